@@ -1,0 +1,15 @@
+"""Operational steps: the outbox sweeper."""
+
+from __future__ import annotations
+
+from infra import outbox
+from infra.broker import get_broker
+from infra.contract.operations import SweepOutbox
+from infra.db.engine import get_engine
+from infra.messaging import command
+
+
+@command(transactional=False, max_retries=0)
+def sweep_outbox(cmd: SweepOutbox) -> None:
+    """Publish what a crash between commit and publish left in the outbox."""
+    outbox.sweep(get_engine(), get_broker())

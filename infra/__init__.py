@@ -1,0 +1,1 @@
+"""Adapters: settings, database, broker, middleware, providers, CLI."""

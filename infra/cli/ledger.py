@@ -1,0 +1,104 @@
+"""Ledger and wallet views: ``ballast ledger check|balance``, ``ballast wallet show``."""
+
+from __future__ import annotations
+
+import click
+from sqlalchemy import text
+
+from domain.errors import NotFound
+from domain.money import format_minor
+from infra import guard, ledger, wallets
+from infra.cli.output import console, emit, fail, json_option, table
+from infra.db.engine import get_engine
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(ledger_group)
+    cli.add_command(wallet_group)
+
+
+@click.group("ledger")
+def ledger_group() -> None:
+    """Prove and read the ledger."""
+
+
+@ledger_group.command("check")
+@json_option
+def ledger_check(as_json: bool) -> None:
+    """Every transaction balances per currency, cached balances equal entry sums,
+    no account that may not go negative is negative.  Exit 1 when not ok."""
+    with get_engine().connect() as conn:
+        result = ledger.check(conn)
+
+    def human(d):
+        status = "[green]OK[/green]" if d["ok"] else "[red]NOT OK[/red]"
+        console.print(f"ledger {status}: {d['transactions']} transactions, {d['entries']} entries")
+        for key in ("unbalanced", "balance_mismatches", "negative_balances"):
+            if d[key]:
+                table(d[key], title=key)
+
+    emit(result, as_json, human)
+    if not result["ok"]:
+        raise SystemExit(1)
+
+
+@ledger_group.command("balance")
+@click.argument("account")
+@json_option
+def ledger_balance(account: str, as_json: bool) -> None:
+    """The balance of one account, by code (e.g. treasury:NGN)."""
+    with get_engine().connect() as conn:
+        try:
+            acc = ledger.balance(conn, account)
+        except NotFound as exc:
+            fail(str(exc), 1)
+    doc = {"account": acc.code, "currency": acc.currency, "balance": acc.balance}
+    emit(doc, as_json, lambda d: click.echo(f"{d['account']}: {format_minor(d['balance'], d['currency'])}"))
+
+
+@click.group("wallet")
+def wallet_group() -> None:
+    """User wallets."""
+
+
+@wallet_group.command("show")
+@click.argument("user_id")
+@click.option("--currency", default=None, help="Only this currency.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@json_option
+def wallet_show(user_id: str, currency: str | None, limit: int, as_json: bool) -> None:
+    """Balances, tier, history and open alerts of one user."""
+    with get_engine().connect() as conn:
+        doc = {
+            "user_id": user_id,
+            "tier": guard.tier_of(conn, user_id),
+            "balances": wallets.balances(conn, user_id, currency),
+            "history": wallets.history(conn, user_id, currency, limit),
+            "alerts": open_alerts_for_user(conn, user_id),
+        }
+
+    def human(d):
+        console.print(f"[bold]{d['user_id']}[/bold] tier {d['tier']}")
+        for cur, bal in d["balances"].items():
+            console.print(f"  {format_minor(bal, cur)}")
+        table(d["history"], ["at", "kind", "currency", "amount", "balance_after", "memo", "transaction_id"],
+              title="history")
+        if d["alerts"]:
+            table(d["alerts"], title="open alerts")
+
+    emit(doc, as_json, human)
+
+
+def open_alerts_for_user(conn, user_id: str) -> list[dict]:
+    rows = conn.execute(
+        text(
+            "SELECT id, kind, severity, subject, status, created_at FROM alerts "
+            "WHERE status <> 'resolved' AND data->>'user_id' = :u ORDER BY id"
+        ),
+        {"u": user_id},
+    )
+    return [
+        {"alert_id": r.id, "kind": r.kind, "severity": r.severity, "subject": r.subject,
+         "status": r.status, "created_at": r.created_at.isoformat()}
+        for r in rows
+    ]

@@ -1,0 +1,43 @@
+"""How the CLI talks: JSON documents for scripts, rich tables for people."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable, Iterable, Sequence
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+def emit(doc: Any, as_json: bool, human: Callable[[Any], None] | None = None) -> None:
+    """Print ``doc`` as JSON, or hand it to ``human`` for a readable rendering."""
+    if as_json or human is None:
+        click.echo(json.dumps(doc, default=str, indent=None if as_json else 2))
+    else:
+        human(doc)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None, title: str | None = None) -> None:
+    rows = list(rows)
+    cols = list(columns or (rows[0].keys() if rows else []))
+    t = Table(title=title, show_lines=False)
+    for c in cols:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in cols))
+    if not rows:
+        console.print(f"[dim]{title + ': ' if title else ''}nothing to show[/dim]")
+        return
+    console.print(t)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """One line on stderr, then exit with ``code`` (1 failed check, 2 bad usage)."""
+    click.echo(message.splitlines()[0] if message else "failed", err=True)
+    sys.exit(code)

@@ -1,0 +1,76 @@
+"""Queue ``ballast.journal`` and the payment matching step (CONTRACT.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
+
+from infra.contract.base import ActorSpec, Amount, Command, Identifier, ShortText
+
+QUEUE = "ballast.journal"
+
+CharacterName = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class RegisterCharacter(Command):
+    character_id: Identifier
+    name: CharacterName
+    role: Literal["USER", "LOGISTICS"]
+
+
+class PlanCycle(Command):
+    cycle_id: Identifier
+
+
+class CreateParticipation(Command):
+    participation_id: Identifier
+    cycle_id: Identifier
+    user_id: Identifier
+    character_name: CharacterName
+    amount: Amount
+
+
+class JournalEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    journal_id: Identifier
+    character_id: Identifier
+    date: AwareDatetime
+    ref_type: Annotated[str, Field(min_length=1, max_length=64)]
+    amount: StrictInt  # minor units, signed (negative: paid out)
+    reason: ShortText = ""
+    first_party_id: Identifier
+    second_party_id: Identifier
+
+
+class ImportWalletJournal(Command):
+    entries: Annotated[list[JournalEntry], Field(min_length=1, max_length=5000)]
+
+
+class LinkPayment(Command):
+    participation_id: Identifier
+    journal_id: Identifier
+    admin_id: Identifier
+
+
+class OpenCycle(Command):
+    cycle_id: Identifier
+
+
+class MatchPayments(Command):
+    cycle_id: Identifier | None = None
+
+
+SPECS = [
+    ActorSpec("register_character", QUEUE, RegisterCharacter),
+    ActorSpec("plan_cycle", QUEUE, PlanCycle),
+    ActorSpec("create_participation", QUEUE, CreateParticipation),
+    ActorSpec("import_wallet_journal", QUEUE, ImportWalletJournal),
+    ActorSpec("link_payment", QUEUE, LinkPayment),
+    ActorSpec("open_cycle", QUEUE, OpenCycle),
+    ActorSpec("match_payments", "ballast.step.matching", MatchPayments, step=True),
+]
+
+_ = datetime  # AwareDatetime parses ISO 8601 with offset

@@ -1,0 +1,25 @@
+"""Operational steps: the alert sweep and the outbox sweeper."""
+
+from __future__ import annotations
+
+from infra.contract.base import ActorSpec, Command
+
+
+class EvaluateAlerts(Command):
+    pass
+
+
+class SweepOutbox(Command):
+    pass
+
+
+class SendDailySummary(Command):
+    pass
+
+
+SPECS = [
+    ActorSpec("evaluate_alerts", "ballast.step.alerts", EvaluateAlerts, step=True),
+    # Not in CONTRACT.md's list: internal, added (never renamed) for SPEC §7's outbox sweep.
+    ActorSpec("sweep_outbox", "ballast.step.outbox", SweepOutbox, step=True),
+    ActorSpec("send_daily_summary", "ballast.step.reports", SendDailySummary, step=True),
+]

@@ -1,0 +1,46 @@
+"""Queue ``ballast.treasury`` and the conversion steps (CONTRACT.md)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import StrictInt, field_validator
+
+from infra.contract.base import ActorSpec, Command, ShortText, SignedAmount
+
+QUEUE = "ballast.treasury"
+
+AccountType = Literal["system_buffer_usdc", "system_buffer_fiat", "broker_operational"]
+
+
+class RecordBufferFlow(Command):
+    account_type: AccountType
+    amount: SignedAmount
+    reference: ShortText
+
+    @field_validator("amount")
+    @classmethod
+    def _not_zero(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("a flow of zero changes nothing")
+        return v
+
+
+class RunSettlementCycle(Command):
+    trigger: Literal["scheduled", "manual"]
+
+
+class SubmitConversion(Command):
+    job_id: StrictInt
+
+
+class PollConversion(Command):
+    job_id: StrictInt | None = None  # None: poll every active job
+
+
+SPECS = [
+    ActorSpec("record_buffer_flow", QUEUE, RecordBufferFlow),
+    ActorSpec("run_settlement_cycle", QUEUE, RunSettlementCycle),
+    ActorSpec("submit_conversion", "ballast.step.conversions", SubmitConversion, step=True),
+    ActorSpec("poll_conversion", "ballast.step.polling", PollConversion, step=True),
+]

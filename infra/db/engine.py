@@ -1,0 +1,48 @@
+"""One SQLAlchemy engine per process, built from BALLAST_DATABASE_URL."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+
+from infra.settings import get_settings
+
+_lock = threading.Lock()
+_engines: dict[tuple[int, str], Engine] = {}
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process's engine for ``url`` (default: settings).
+
+    Engines are keyed by pid so a forked worker never reuses its parent's
+    connections.
+    """
+    url = url or get_settings().database_url
+    key = (os.getpid(), url)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = create_engine(
+                url,
+                pool_size=10,
+                max_overflow=20,
+                pool_pre_ping=True,
+                pool_recycle=1800,
+                connect_args={"connect_timeout": 5},
+            )
+            _engines[key] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def database_name(url: str | None = None) -> str:
+    return make_url(url or get_settings().database_url).database or ""

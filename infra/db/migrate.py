@@ -1,0 +1,64 @@
+"""Bring a database to head: create it if missing, then run Alembic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+
+from infra.settings import get_settings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _libpq_dsn(url: str, database: str) -> str:
+    u = make_url(url).set(drivername="postgresql", database=database)
+    return u.render_as_string(hide_password=False)
+
+
+def ensure_database(url: str | None = None) -> bool:
+    """Create the database named by ``url`` if it does not exist. True if created."""
+    url = url or get_settings().database_url
+    name = make_url(url).database
+    with psycopg.connect(_libpq_dsn(url, "postgres"), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists:
+            return False
+        conn.execute(f'CREATE DATABASE "{name}"')
+        return True
+
+
+def drop_database(url: str) -> None:
+    name = make_url(url).database
+    with psycopg.connect(_libpq_dsn(url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str | None = None) -> str:
+    """Create the database if needed and migrate it to head. Returns the revision."""
+    url = url or get_settings().database_url
+    ensure_database(url)
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            # Serialise concurrent `ballast migrate` runs (compose starts several).
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7340217)")
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision() or ""
+    finally:
+        engine.dispose()

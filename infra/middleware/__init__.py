@@ -1,0 +1,1 @@
+"""Dramatiq middleware of Ballast: log context, retries and dead letters, metrics."""

@@ -1,0 +1,145 @@
+"""Retry transient failures with backoff; dead-letter permanent ones at once, with a reason.
+
+Replaces Dramatiq's Retries middleware.  A dead letter is a copy of the
+message published (with confirm) to ``Q.XQ`` carrying
+``options["dead_letter"] = {reason, code, error, traceback, failed_at, retries}``;
+only then is the original acknowledged.  If that publish fails the message
+is nacked, so RabbitMQ's own dead-lettering still keeps it in ``Q.XQ``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from datetime import datetime, timezone
+
+import pika
+from dramatiq.common import compute_backoff, q_name, xq_name
+from dramatiq.middleware import Middleware
+
+from domain.errors import BallastError
+from infra.errors import is_transient
+from infra.logs import get_logger
+from infra.settings import get_settings
+
+log = get_logger(__name__)
+
+
+class RetryOrDeadLetter(Middleware):
+    """Parameters come from settings: ``retry_min_backoff_ms``, ``retry_max_backoff_ms``,
+    ``retry_max_retries`` and ``retry_max_total_ms`` (first failure to last retry)."""
+
+    def __init__(self) -> None:
+        s = get_settings()
+        self.min_backoff = s.retry_min_backoff_ms  # ms
+        self.max_backoff = s.retry_max_backoff_ms  # ms
+        self.max_retries = s.retry_max_retries
+        self.max_total = s.retry_max_total_ms  # ms
+
+    @property
+    def actor_options(self):
+        return {"max_retries", "throws"}
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        if exception is None:
+            return
+        now_ms = int(time.time() * 1000)
+        retries = message.options.get("retries", 0)
+        first = message.options.setdefault("first_failure_at", now_ms)
+        tb = "".join(traceback.format_exception(exception, limit=30))
+        permanent = isinstance(exception, BallastError)
+        actor = broker.actors.get(message.actor_name)
+        max_retries = actor.options.get("max_retries", self.max_retries) if actor else 0
+        out_of_time = now_ms - first >= self.max_total
+        if not permanent and retries < max_retries and not out_of_time:
+            message.options["retries"] = retries + 1
+            message.options["traceback"] = tb
+            _, delay = compute_backoff(retries, factor=self.min_backoff, max_backoff=self.max_backoff)
+            log.warning(
+                "message.retry",
+                error=_one_line(exception),
+                cause=is_transient(exception) or "unexpected",
+                retry=retries + 1,
+                delay_ms=delay,
+            )
+            broker.enqueue(message, delay=delay)
+            return
+        if permanent:
+            reason = str(exception)
+        else:
+            why = "time budget spent" if out_of_time else f"{retries} retries exhausted"
+            reason = f"{why}: {_one_line(exception)}"
+        self._dead_letter(broker, message, exception, reason, tb, retries, permanent)
+
+    def _dead_letter(self, broker, message, exception, reason, tb, retries, permanent):
+        info = {
+            "reason": reason[:500],
+            "code": getattr(exception, "code", "transient" if not permanent else "error"),
+            "error": type(exception).__name__,
+            "traceback": tb[-8000:],
+            "failed_at": datetime.now(timezone.utc).isoformat(),
+            "retries": retries,
+        }
+        log.error("message.dead_lettered", reason=info["reason"], code=info["code"])
+        body = message.asdict()
+        body["queue_name"] = q_name(message.queue_name)
+        body["options"] = {
+            k: v for k, v in body.get("options", {}).items()
+            if k not in ("eta", "traceback", "_started")
+        }
+        body["options"]["dead_letter"] = info
+        try:
+            broker.channel.basic_publish(
+                exchange="",
+                routing_key=xq_name(body["queue_name"]),
+                body=json.dumps(body, default=str).encode(),
+                properties=pika.BasicProperties(delivery_mode=2),
+                mandatory=True,
+            )
+        except Exception as exc:
+            log.error("message.dead_letter_publish_failed", error=str(exc))
+            try:
+                del broker.connection
+            except Exception:
+                pass
+            message.fail()  # RabbitMQ's dead-lettering keeps it, without the reason
+            return
+        _count_dead_letter(body["queue_name"], message.actor_name, info["code"])
+        if permanent:
+            _publish_rejected(message, info)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _publish_rejected(message, info) -> None:
+    """``command.rejected``: an event row and its publish, in a transaction of its own."""
+    from infra.uow import UnitOfWork
+
+    kwargs = message.kwargs if isinstance(message.kwargs, dict) else {}
+    try:
+        with UnitOfWork() as uow:
+            uow.emit(
+                "command.rejected",
+                {
+                    "message_id": message.message_id,
+                    "actor": message.actor_name,
+                    "queue": q_name(message.queue_name),
+                    "request_id": kwargs.get("request_id"),
+                    "reason": info["reason"],
+                    "code": info["code"],
+                },
+            )
+            uow.commit()
+    except Exception as exc:
+        log.error("command_rejected.publish_failed", error=str(exc))
+
+
+def _count_dead_letter(queue: str, actor: str, code: str) -> None:
+    from infra.middleware.metrics import DEAD_LETTERS
+
+    if DEAD_LETTERS is not None:
+        DEAD_LETTERS.labels(queue=queue, actor=actor, code=code).inc()

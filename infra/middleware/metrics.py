@@ -1,0 +1,34 @@
+"""Prometheus metrics of the workers: Dramatiq's own, plus Ballast's counters."""
+
+from __future__ import annotations
+
+import os
+
+from dramatiq.middleware import Middleware
+
+#: Created after the exposition's multiprocess directory is set (see below).
+DEAD_LETTERS = None
+DUPLICATES = None
+
+
+class BallastMetrics(Middleware):
+    """Declares Ballast's counters once the worker process has booted."""
+
+    def after_process_boot(self, broker):
+        global DEAD_LETTERS, DUPLICATES
+        import prometheus_client as prom
+
+        DEAD_LETTERS = prom.Counter(
+            "ballast_dead_letters_total", "Messages dead-lettered", ["queue", "actor", "code"]
+        )
+        DUPLICATES = prom.Counter(
+            "ballast_duplicate_requests_total", "Requests already applied", ["actor"]
+        )
+
+
+def metrics_middleware(port: int) -> list[Middleware]:
+    """Dramatiq's Prometheus middleware (exposition on ``port``) and Ballast's counters."""
+    os.environ.setdefault("dramatiq_prom_port", str(port))
+    from dramatiq.middleware.prometheus import Prometheus
+
+    return [Prometheus(), BallastMetrics()]

@@ -1,0 +1,210 @@
+"""The transactional outbox: next-step messages and events written with the effect.
+
+Rows are written by the unit of work inside its transaction, published right
+after commit, and swept up by ``sweep`` if a crash left them behind.  Nothing
+is published for a transaction that rolled back, because its rows vanish
+with it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import dramatiq
+import pika
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from sqlalchemy import Connection, Engine, text
+
+from infra.contract import EVENTS_EXCHANGE, spec_for
+from infra.logs import get_logger
+
+log = get_logger(__name__)
+
+#: Rows younger than this are left to the committing worker's own publish.
+SWEEP_GRACE_S = 5  # s
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    kind: str
+    destination: str
+    routing_key: str
+    body: dict[str, Any]
+
+
+def add_message(conn: Connection, actor: str, kwargs: dict[str, Any]) -> OutboxRow:
+    """Write a command for ``actor`` (queue from the contract) to the outbox."""
+    spec = spec_for(actor)
+    message = dramatiq.Message(
+        queue_name=spec.queue,
+        actor_name=actor,
+        args=(),
+        kwargs=kwargs,
+        options={},
+    )
+    body = message.asdict()
+    return _insert(conn, "message", spec.queue, spec.queue, body, None, None)
+
+
+def add_event(
+    conn: Connection, name: str, data: dict[str, Any], recipient: str | None = None
+) -> OutboxRow:
+    """Write a domain event (CONTRACT.md "Events out") to the outbox."""
+    body = {
+        "event": name,
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": datetime.now(timezone.utc).isoformat(),
+        "recipient": recipient,
+        "data": data,
+    }
+    return _insert(conn, "event", EVENTS_EXCHANGE, name, body, name, recipient)
+
+
+def _insert(conn, kind, destination, routing_key, body, event_name, recipient) -> OutboxRow:
+    row_id = conn.execute(
+        text(
+            "INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
+            "VALUES (:k, :d, :r, :e, :rc, CAST(:b AS jsonb)) RETURNING id"
+        ),
+        {
+            "k": kind,
+            "d": destination,
+            "r": routing_key,
+            "e": event_name,
+            "rc": recipient,
+            "b": json.dumps(body, default=str),
+        },
+    ).scalar_one()
+    return OutboxRow(row_id, kind, destination, routing_key, body)
+
+
+class Publisher:
+    """Publishes outbox rows with publisher confirms.
+
+    Parameters:
+      broker: the Dramatiq broker; messages go through ``broker.enqueue``
+        (confirmed, mandatory), events to the ``ballast.events`` exchange on
+        the broker's confirming channel.  With a non-RabbitMQ broker (unit
+        tests) events are kept in ``self.published_events``.
+    """
+
+    def __init__(self, broker: dramatiq.Broker) -> None:
+        self.broker = broker
+        self.published_events: list[dict[str, Any]] = []
+        self._exchange_declared = False
+
+    def publish(self, row: OutboxRow) -> None:
+        if row.kind == "message":
+            self.broker.enqueue(dramatiq.Message(**row.body))
+            return
+        if not isinstance(self.broker, RabbitmqBroker):
+            self.published_events.append(row.body)
+            return
+        channel = self.broker.channel
+        if not self._exchange_declared:
+            channel.exchange_declare(exchange=EVENTS_EXCHANGE, exchange_type="topic", durable=True)
+            self._exchange_declared = True
+        try:
+            channel.basic_publish(
+                exchange=EVENTS_EXCHANGE,
+                routing_key=row.routing_key,
+                body=json.dumps(row.body, default=str).encode(),
+                properties=pika.BasicProperties(
+                    delivery_mode=2,
+                    content_type="application/json",
+                    message_id=row.body.get("event_id"),
+                ),
+            )
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError):
+            del self.broker.connection  # next use reconnects
+            self._exchange_declared = False
+            raise
+
+
+_publishers: dict[int, Publisher] = {}
+
+
+def publisher_for(broker: dramatiq.Broker) -> Publisher:
+    pub = _publishers.get(id(broker))
+    if pub is None:
+        pub = _publishers[id(broker)] = Publisher(broker)
+    return pub
+
+
+def publish_rows(engine: Engine, broker: dramatiq.Broker, rows: Iterable[OutboxRow]) -> int:
+    """Publish rows just committed; mark what went out.  Failures are left to the sweeper."""
+    rows = list(rows)
+    if not rows:
+        return 0
+    pub = publisher_for(broker)
+    done: list[int] = []
+    try:
+        for row in rows:
+            pub.publish(row)
+            done.append(row.id)
+    except Exception as exc:  # the sweeper will retry; the effect is committed
+        log.warning("outbox.publish_failed", error=str(exc), pending=len(rows) - len(done))
+    finally:
+        if done:
+            _mark(engine, done)
+    return len(done)
+
+
+def _mark(engine: Engine, ids: list[int]) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY(:ids)"),
+            {"ids": ids},
+        )
+
+
+def sweep(engine: Engine, broker: dramatiq.Broker, *, grace_s: float = SWEEP_GRACE_S,
+          limit: int = 1000) -> int:
+    """Publish rows a crash left unpublished.  Safe to run concurrently (SKIP LOCKED)."""
+    pub = publisher_for(broker)
+    published = 0
+    started = time.monotonic()
+    while True:
+        with engine.begin() as conn:
+            rows = [
+                OutboxRow(r.id, r.kind, r.destination, r.routing_key, r.body)
+                for r in conn.execute(
+                    text(
+                        "SELECT id, kind, destination, routing_key, body FROM outbox "
+                        "WHERE published_at IS NULL "
+                        "AND created_at < now() - make_interval(secs => :grace) "
+                        "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
+                    ),
+                    {"grace": grace_s, "limit": limit},
+                )
+            ]
+            for row in rows:
+                try:
+                    pub.publish(row)
+                except Exception as exc:
+                    conn.execute(
+                        text("UPDATE outbox SET attempts = attempts + 1, last_error = :e WHERE id = :id"),
+                        {"e": str(exc)[:500], "id": row.id},
+                    )
+                    log.warning("outbox.sweep_failed", outbox_id=row.id, error=str(exc))
+                    return published
+                conn.execute(
+                    text("UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = :id"),
+                    {"id": row.id},
+                )
+                published += 1
+        if len(rows) < limit or time.monotonic() - started > 30:
+            break
+    if published:
+        log.info("outbox.swept", published=published)
+    return published
+
+
+def pending_count(conn: Connection) -> int:
+    return conn.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL")).scalar_one()

@@ -1,0 +1,51 @@
+"""Settings from the environment (CONTRACT.md, "Configuration")."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob Ballast reads from the environment, prefixed ``BALLAST_``.
+
+    Parameters:
+      database_url: SQLAlchemy URL of the system of record.
+      broker_url: AMQP URL of RabbitMQ; its vhost is honoured everywhere.
+      redis_url: Redis URL; its db number is honoured everywhere.
+      timezone: IANA zone for daily reports.
+      alert_webhook_url: where new alerts are POSTed as JSON, if set.
+      log_format: ``json`` for machines, ``console`` for people.
+      metrics_port: Prometheus exposition port of the workers (0 turns it off).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BALLAST_", extra="ignore")
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/ballast"
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    timezone: str = "UTC"
+    alert_webhook_url: str | None = None
+    log_format: str = Field(default="json", pattern="^(json|console)$")
+    log_level: str = "INFO"
+    metrics_port: int = 9191
+
+    # Retry policy of the workers.  Everything stays far below RabbitMQ's
+    # consumer timeout (30 min by default), because delayed messages are held
+    # unacknowledged by the worker until their eta.
+    retry_min_backoff_ms: int = 500  # ms
+    retry_max_backoff_ms: int = 30_000  # ms
+    retry_max_retries: int = 8
+    retry_max_total_ms: int = 300_000  # ms, first failure to last retry
+    actor_time_limit_ms: int = 120_000  # ms
+
+    # Test-only fault injection (see infra/faults.py); empty in production.
+    faults: str = ""
+    fault_dir: str = ""
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

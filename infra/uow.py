@@ -1,0 +1,127 @@
+"""The unit of work: one database transaction, its idempotency claim and its outbox.
+
+    with UnitOfWork(actor="deposit", request_id=cmd.request_id, payload=cmd) as uow:
+        if not uow.claim():
+            return                     # this request already took effect
+        ledger.post(uow.conn, ...)
+        uow.emit("wallet.changed", {...})
+        uow.commit()                   # then the outbox rows are published
+
+Leaving the block without ``commit()`` rolls everything back, outbox rows
+included, so nothing is published for a rolled-back transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import dramatiq
+from pydantic import BaseModel
+from sqlalchemy import Connection, Engine, text
+
+from domain.errors import RequestConflict
+from infra import faults, outbox
+from infra.db.engine import get_engine
+
+
+def payload_hash(payload: Any) -> str:
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(mode="json")
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class UnitOfWork:
+    """Owns one transaction; rolls back unless ``commit()`` is called.
+
+    Parameters:
+      actor: the actor whose effect this is (idempotency scope).
+      request_id: the command's idempotency key.
+      payload: the validated command; a repeat must carry the same payload.
+      engine: defaults to the process engine from settings.
+      broker: where the outbox is published after commit (default: global broker).
+    """
+
+    def __init__(
+        self,
+        actor: str | None = None,
+        request_id: str | None = None,
+        payload: Any = None,
+        *,
+        engine: Engine | None = None,
+        broker: dramatiq.Broker | None = None,
+    ) -> None:
+        self.actor = actor
+        self.request_id = request_id
+        self.payload = payload
+        self.engine = engine or get_engine()
+        self._broker = broker
+        self._rows: list[outbox.OutboxRow] = []
+        self.conn: Connection
+        self.committed = False
+
+    def __enter__(self) -> "UnitOfWork":
+        self.conn = self.engine.connect()
+        self._tx = self.conn.begin()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            if not self.committed and self._tx.is_active:
+                self._tx.rollback()
+        finally:
+            self.conn.close()
+
+    def claim(self) -> bool:
+        """Claim ``(actor, request_id)``.  False when it already took effect.
+
+        Raises RequestConflict when the request id was used with another payload.
+        A concurrent claim of the same key waits for the other transaction.
+        """
+        digest = payload_hash(self.payload)
+        inserted = self.conn.execute(
+            text(
+                "INSERT INTO processed_requests (actor, request_id, payload_hash, message_id) "
+                "VALUES (:a, :r, :h, :m) ON CONFLICT DO NOTHING RETURNING 1"
+            ),
+            {"a": self.actor, "r": self.request_id, "h": digest, "m": _current_message_id()},
+        ).scalar_one_or_none()
+        if inserted:
+            return True
+        earlier = self.conn.execute(
+            text("SELECT payload_hash FROM processed_requests WHERE actor = :a AND request_id = :r"),
+            {"a": self.actor, "r": self.request_id},
+        ).scalar_one()
+        if earlier != digest:
+            raise RequestConflict(
+                f"request_id {self.request_id!r} was already used for {self.actor} "
+                "with a different payload"
+            )
+        return False
+
+    def send(self, actor: str, **kwargs: Any) -> None:
+        """Hand work to the next step: written now, published after commit."""
+        self._rows.append(outbox.add_message(self.conn, actor, kwargs))
+
+    def emit(self, event: str, data: dict[str, Any], recipient: str | None = None) -> None:
+        """Publish a domain event after commit (and keep it as a row)."""
+        self._rows.append(outbox.add_event(self.conn, event, data, recipient))
+
+    def commit(self) -> None:
+        self._tx.commit()
+        self.committed = True
+        faults.point("after_commit", self.actor)
+        if self._rows:
+            from infra.broker import get_broker
+
+            outbox.publish_rows(self.engine, self._broker or get_broker(), self._rows)
+        faults.point("after_publish", self.actor)
+
+
+def _current_message_id() -> str | None:
+    from dramatiq.middleware import CurrentMessage
+
+    msg = CurrentMessage.get_current_message()
+    return msg.message_id if msg is not None else None

@@ -1,0 +1,128 @@
+"""Every change to a user wallet goes through here: guard, ledger, audit, event."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Sequence
+
+from sqlalchemy import Connection, text
+
+from domain.errors import LedgerError
+from domain.ledger import Posting
+from domain.wallet import WalletChange
+from infra import guard, ledger
+from infra.uow import UnitOfWork
+
+
+def apply_changes(
+    uow: UnitOfWork,
+    changes: Sequence[WalletChange],
+    *,
+    counter_account: str,
+    kind: str,
+    memo: str | None = None,
+    idempotency_key: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    notify: bool = True,
+) -> int:
+    """Post ``changes`` against ``counter_account`` as one balanced ledger transaction.
+
+    The wallets and the counter account are locked first (in id order), the
+    guard sees every change with its balance before, then the ledger
+    transaction is posted and the guard records the audit trail.  Returns the
+    ledger transaction id.  A refusal raises before anything is written.
+    """
+    if not changes:
+        raise LedgerError("no wallet changes to apply")
+    currencies = {c.currency for c in changes}
+    if len(currencies) != 1:
+        raise LedgerError(f"one transaction per currency, got {sorted(currencies)}")
+    currency = currencies.pop()
+    net: dict[str, int] = defaultdict(int)
+    for c in changes:
+        net[c.account] += c.amount
+    total = sum(net.values())
+    postings = [Posting(acc, currency, amt) for acc, amt in net.items() if amt != 0]
+    if total != 0:
+        postings.append(Posting(counter_account, currency, -total))
+
+    codes = {counter_account: currency, **{c.account: currency for c in changes}}
+    ledger.ensure_accounts(uow.conn, codes)
+    locked = ledger.lock_accounts(uow.conn, codes)
+    running = {code: acc.balance for code, acc in locked.items()}
+    paired: list[tuple[WalletChange, int]] = []
+    for c in changes:
+        paired.append((c, running[c.account]))
+        running[c.account] += c.amount
+    guard.check(uow.conn, paired)
+
+    txn_id = ledger.post(
+        uow.conn,
+        postings,
+        kind=kind,
+        memo=memo,
+        idempotency_key=idempotency_key,
+        metadata=metadata,
+    )
+    guard.record(uow.conn, paired, txn_id)
+    if notify and len(changes) <= 100:
+        for c, before in paired:
+            uow.emit(
+                "wallet.changed",
+                {
+                    "user_id": c.user_id,
+                    "currency": c.currency,
+                    "amount": c.amount,
+                    "kind": c.kind,
+                    "balance_before": before,
+                    "balance_after": before + c.amount,
+                    "transaction_id": txn_id,
+                },
+                recipient=c.user_id,
+            )
+    return txn_id
+
+
+def balances(conn: Connection, user_id: str, currency: str | None = None) -> dict[str, int]:
+    rows = conn.execute(
+        text(
+            "SELECT currency, balance FROM accounts WHERE code LIKE :pattern "
+            "AND (CAST(:cur AS text) IS NULL OR currency = :cur) ORDER BY currency"
+        ),
+        {"pattern": f"user:{_escape_like(user_id)}:%", "cur": currency},
+    )
+    return {r.currency: int(r.balance) for r in rows}
+
+
+def history(
+    conn: Connection, user_id: str, currency: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The wallet's ledger lines, newest first, with the running balance after each."""
+    rows = conn.execute(
+        text(
+            "SELECT t.id AS transaction_id, t.kind, t.memo, t.created_at, e.currency, e.amount, "
+            "t.reverses_id, sum(e.amount) OVER (PARTITION BY e.account_id ORDER BY e.id) AS balance_after "
+            "FROM ledger_entries e JOIN accounts a ON a.id = e.account_id "
+            "JOIN ledger_transactions t ON t.id = e.transaction_id "
+            "WHERE a.code LIKE :pattern AND (CAST(:cur AS text) IS NULL OR e.currency = :cur) "
+            "ORDER BY e.id DESC LIMIT :limit"
+        ),
+        {"pattern": f"user:{_escape_like(user_id)}:%", "cur": currency, "limit": limit},
+    )
+    return [
+        {
+            "transaction_id": r.transaction_id,
+            "kind": r.kind,
+            "memo": r.memo,
+            "currency": r.currency,
+            "amount": int(r.amount),
+            "balance_after": int(r.balance_after),
+            "reverses": r.reverses_id,
+            "at": r.created_at.isoformat(),
+        }
+        for r in rows
+    ]
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
