@@ -1,0 +1,61 @@
+"""Fixtures on the real services: the run's own database, vhost and Redis db."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import harness
+
+_ENV: harness.TestEnv | None = None
+
+
+def pytest_configure(config):
+    global _ENV
+    from infra.services import unreachable
+
+    down = unreachable()
+    if down:
+        raise pytest.UsageError("\n".join(down))
+    _ENV = harness.create_env()
+    harness.activate(_ENV)
+
+
+def pytest_unconfigure(config):
+    if _ENV is not None:
+        harness.destroy_env(_ENV)
+
+
+@pytest.fixture(scope="session")
+def env() -> harness.TestEnv:
+    assert _ENV is not None
+    return _ENV
+
+
+@pytest.fixture(scope="session")
+def engine(env):
+    from infra.db.engine import get_engine
+
+    return get_engine(env.database_url)
+
+
+@pytest.fixture
+def clean_queues(env):
+    """Empty every queue of the run's vhost before (and after) the test."""
+    harness.purge_all(env)
+    yield
+    harness.purge_all(env)
+
+
+@pytest.fixture
+def worker(env, clean_queues):
+    """One real worker process on every queue, stopped after the test."""
+    w = harness.Worker(env, processes=1, threads=4).start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def events(env):
+    tap = harness.EventTap(env)
+    yield tap
+    tap.close()
