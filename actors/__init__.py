@@ -10,4 +10,12 @@ from infra.logs import configure_logging
 configure_logging()
 broker = get_broker()
 
-from actors import operations, wallets  # noqa: E402,F401
+from actors import (  # noqa: E402,F401
+    alerts,
+    challenges,
+    journal,
+    markets,
+    operations,
+    treasury,
+    wallets,
+)

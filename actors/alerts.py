@@ -1,0 +1,1 @@
+"""Actors of the alerts capability (see CONTRACT.md)."""

@@ -1,0 +1,1 @@
+"""Actors of the challenges capability (see CONTRACT.md)."""

@@ -1,0 +1,1 @@
+"""Actors of the journal capability (see CONTRACT.md)."""

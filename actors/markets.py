@@ -1,0 +1,1 @@
+"""Actors of the markets capability (see CONTRACT.md)."""

@@ -1,0 +1,1 @@
+"""Actors of the treasury capability (see CONTRACT.md)."""

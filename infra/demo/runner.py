@@ -1,0 +1,88 @@
+"""``ballast demo``: start real workers and the scheduler, run every chapter, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from infra import rabbit
+from infra.broker import build_broker, declare_topology
+from infra.db.engine import get_engine
+from infra.db.migrate import upgrade
+from infra.demo import challenges, guard, journal, markets, treasury, wallets
+from infra.demo.context import DemoContext
+
+CHAPTERS = [wallets, guard, challenges, markets, treasury, journal]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    env = dict(os.environ, BALLAST_METRICS_PORT=os.environ.get("BALLAST_METRICS_PORT", "0"))
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_demo(as_json: bool = False) -> int:
+    upgrade()
+    broker = build_broker()
+    declare_topology(broker)
+    logdir = ROOT / ".ballast"
+    logdir.mkdir(exist_ok=True)
+    worker = _start([sys.executable, "-m", "dramatiq", "actors", "--processes", "2", "--threads", "4"],
+                    logdir / "demo-worker.log")
+    sched = _start([sys.executable, "-m", "infra.cli.main", "scheduler"], logdir / "demo-scheduler.log")
+    ctx = DemoContext(get_engine(), broker, as_json)
+    failures = 0
+    try:
+        deadline = time.monotonic() + 60
+        while not all(r["consumers"] for r in rabbit.queue_stats() if r["queue"] == "ballast.wallets"):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start; see {logdir / 'demo-worker.log'}")
+            time.sleep(0.3)
+        ctx.console.print(f"[bold]Ballast demo[/bold] run {ctx.tag}: workers up, scheduler up")
+        for chapter in CHAPTERS:
+            name = chapter.__name__.rsplit(".", 1)[-1]
+            try:
+                chapter.run(ctx)
+            except Exception as exc:
+                failures += 1
+                ctx.report.setdefault(name, {})["error"] = f"{type(exc).__name__}: {exc}"
+                ctx.console.print(f"[red]{name} failed: {type(exc).__name__}: {exc}[/red]")
+        check = ctx.cli("ledger", "check")
+        ctx.report["ledger_check"] = check
+        ctx.console.rule("[bold]Ledger")
+        ctx.console.print(f"  ledger check: {'OK' if check['ok'] else 'NOT OK'} "
+                          f"({check['transactions']} transactions, {check['entries']} entries)")
+        queues = rabbit.queue_stats()
+        ctx.report["queues"] = queues
+        if not check["ok"]:
+            failures += 1
+    finally:
+        _stop(sched)
+        _stop(worker)
+        broker.close()
+    ctx.report["ok"] = failures == 0
+    if as_json:
+        click.echo(json.dumps(ctx.report, default=str))
+    else:
+        ctx.console.rule()
+        ctx.console.print("[green]demo finished: every chapter ran[/green]" if failures == 0
+                          else f"[red]demo finished with {failures} failure(s)[/red]")
+        ctx.console.print(f"  worker log: {logdir / 'demo-worker.log'}")
+    return 0 if failures == 0 else 1
