@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from infra.contract.base import ActorSpec, Command
 
 
@@ -14,7 +16,8 @@ class SweepOutbox(Command):
 
 
 class SendDailySummary(Command):
-    pass
+    #: The day to report (in BALLAST_TIMEZONE); the scheduler passes the previous day.
+    day: date | None = None
 
 
 SPECS = [
