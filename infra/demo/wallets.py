@@ -15,8 +15,8 @@ def run(ctx: DemoContext) -> None:
     ctx.chapter("wallets", "Wallets: deposits, a resend, a refused withdrawal, bad input, a replay")
     alice, bob = ctx.id("alice"), ctx.id("bob")
     rid = ctx.id("dep-alice")
-    for user, amount in ((alice, 250_000), (bob, 40_000)):
-        ctx.send("deposit", request_id=ctx.id(f"dep-{user}"), user_id=user, currency="NGN",
+    for user, request_id, amount in ((alice, rid, 250_000), (bob, ctx.id("dep-bob"), 40_000)):
+        ctx.send("deposit", request_id=request_id, user_id=user, currency="NGN",
                  amount=amount, reference="bank transfer")
     ctx.send("deposit", request_id=rid, user_id=alice, currency="NGN", amount=250_000,
              reference="bank transfer")  # the upstream app resends the same request
