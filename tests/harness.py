@@ -60,12 +60,12 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
-def create_env() -> TestEnv:
-    """Create the run's own database (migrated), vhost and Redis db."""
+def create_env(prefix: str = "ballast_test") -> TestEnv:
+    """Create the run's own database (migrated), vhost and Redis db, named ``{prefix}_<id>``."""
     from infra.db.migrate import upgrade
 
     run_id = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    name = f"ballast_test_{run_id}"
+    name = f"{prefix}_{run_id}"
     host = os.getenv("BALLAST_TEST_PG", "postgres@127.0.0.1:5432")
     database_url = f"postgresql+psycopg://{host}/{name}"
     _rabbitmqctl("add_vhost", name)
@@ -237,13 +237,16 @@ class Worker:
       processes, threads: Dramatiq worker sizing.
       queues: only these queues (default: all).
       faults: BALLAST_FAULTS for this worker (see infra/faults.py).
+      modules: extra modules to load after ``actors`` (test-only or bench actors).
+      extra_env: more environment variables (e.g. BALLAST_RETRY_MAX_RETRIES="2").
     """
 
     def __init__(self, env: TestEnv, *, processes: int = 1, threads: int = 2,
-                 queues: list[str] | None = None, faults: str = "", **extra_env: str) -> None:
+                 queues: list[str] | None = None, faults: str = "",
+                 modules: list[str] | tuple[str, ...] = (), **extra_env: str) -> None:
         self.env = env
-        self.args = [sys.executable, "-m", "dramatiq", "actors", "--processes", str(processes),
-                     "--threads", str(threads)]
+        self.args = [sys.executable, "-m", "dramatiq", "actors", *modules,
+                     "--processes", str(processes), "--threads", str(threads)]
         if queues:
             self.args += ["--queues", *queues]
         self.extra_env = {"BALLAST_FAULTS": faults, **extra_env}
