@@ -4,11 +4,16 @@ This is the worker's entry point (``dramatiq actors``): it sets the broker up
 from the environment, then imports one module per step.
 """
 
-from infra.broker import get_broker
+import dramatiq
+
+from infra.broker import build_broker
 from infra.logs import configure_logging
 
 configure_logging()
-broker = get_broker()
+if dramatiq.broker.global_broker is None:
+    # The worker's broker: with Prometheus metrics when BALLAST_METRICS_PORT is set.
+    dramatiq.set_broker(build_broker(worker=True))
+broker = dramatiq.get_broker()
 
 from actors import (  # noqa: E402,F401
     alerts,

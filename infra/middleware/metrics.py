@@ -16,6 +16,13 @@ class BallastMetrics(Middleware):
 
     def after_process_boot(self, broker):
         global DEAD_LETTERS, DUPLICATES
+        from dramatiq.middleware.prometheus import DB_PATH
+
+        # "after" hooks run in reverse middleware order, so this may run before
+        # Dramatiq's Prometheus middleware: multiprocess mode must be on before
+        # prometheus_client is first imported.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = DB_PATH
+        os.environ["prometheus_multiproc_dir"] = DB_PATH
         import prometheus_client as prom
 
         DEAD_LETTERS = prom.Counter(
@@ -29,6 +36,8 @@ class BallastMetrics(Middleware):
 def metrics_middleware(port: int) -> list[Middleware]:
     """Dramatiq's Prometheus middleware (exposition on ``port``) and Ballast's counters."""
     os.environ.setdefault("dramatiq_prom_port", str(port))
+    os.environ.setdefault("dramatiq_prom_db", f"/tmp/ballast-prometheus-{port}")
+    os.makedirs(os.environ["dramatiq_prom_db"], exist_ok=True)
     from dramatiq.middleware.prometheus import Prometheus
 
     return [Prometheus(), BallastMetrics()]
