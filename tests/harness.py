@@ -191,6 +191,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
             value = predicate()
             if value:
                 return value
+        except AssertionError:
+            raise
         except Exception as exc:  # the service may still be coming up
             last_exc = exc
         time.sleep(interval)
@@ -249,6 +251,7 @@ class Worker:
                      "--processes", str(processes), "--threads", str(threads)]
         if queues:
             self.args += ["--queues", *queues]
+        self.watch_queue = queues[0] if queues else "ballast.wallets"
         self.extra_env = {"BALLAST_FAULTS": faults, **extra_env}
         self.proc: subprocess.Popen | None = None
         self.log_path = Path(env.fault_dir) / f"worker-{uuid.uuid4().hex[:6]}.log"
@@ -270,7 +273,7 @@ class Worker:
             if self.proc and self.proc.poll() is not None:
                 raise AssertionError(f"worker exited early:\n{self.log()[-3000:]}")
             return all(r["consumers"] > 0 for r in rabbit.queue_stats(self.env.broker_url)
-                       if r["queue"] == "ballast.wallets") 
+                       if r["queue"] == self.watch_queue)
         wait_until(consuming, timeout, what="worker to consume")
 
     @property
