@@ -50,17 +50,18 @@ class ResolveChallenge(Command):
     resolved_by: Identifier
 
 
-# Steps (internal kwargs).
+# Steps (internal kwargs): a fill is recorded by ``fill_treasury`` and carried by its id.
+FillId = Annotated[StrictInt, Field(gt=0)]
+
+
 class AssignPersonas(Command):
     challenge_id: Identifier
-    side: Side
-    match_count: MatchCount
-    admin_id: Identifier
+    fill_id: FillId
 
 
 class CreateTreasuryMatches(Command):
     challenge_id: Identifier
-    fill_id: StrictInt
+    fill_id: FillId
 
 
 class SettleChallenge(Command):

@@ -1,0 +1,337 @@
+"""Treasury balancing (SPEC §1), pure: challenges, imbalance, first-come pairing,
+the treasury budget, fill planning, persona choice and settlement math.
+
+A challenge has one ``stake`` per participant and two sides.  Real users are
+paired across sides first-come-first-served; the heavy side's leftovers wait
+until another user or a shadow persona (staked by the treasury) takes the
+other side.  Amounts are integers in minor units.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from typing import Literal, Sequence, TypeVar
+
+from domain.errors import Refused
+from domain.money import format_minor
+
+Side = Literal["YES", "NO"]
+Result = Literal["YES", "NO", "VOID"]
+SIDES: tuple[str, str] = ("YES", "NO")
+RESULTS: tuple[str, str, str] = ("YES", "NO", "VOID")
+
+#: Persona categories of the seeded pool.
+PERSONA_CATEGORIES: tuple[str, ...] = ("big_stepper", "street_smart", "fanatic", "casual")
+
+#: Why a fill matched fewer users than asked (recorded and reported to admins).
+SHORTFALL_BUDGET = "budget"
+SHORTFALL_NO_USERS = "no_users"
+SHORTFALL_PERSONAS = "personas_exhausted"
+
+T = TypeVar("T")
+
+
+def opposite(side: str) -> str:
+    return "NO" if side == "YES" else "YES"
+
+
+def escrow_account(challenge_id: str) -> str:
+    return f"escrow:challenge:{challenge_id}"
+
+
+def treasury_account(currency: str) -> str:
+    return f"treasury:{currency}"
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """A challenge.
+
+    Parameters:
+      challenge_id: its id (part of the escrow account code).
+      title: what it is about.
+      currency: the currency of every stake.
+      stake: minor units each participant (or the treasury, per match) puts in.
+      admin_created: only admin challenges may be balanced by the treasury.
+      status: ``open`` → ``resolved`` (result known) → ``settled`` (escrow paid out).
+      result: ``YES``, ``NO`` or ``VOID`` once resolved.
+    """
+
+    challenge_id: str
+    title: str
+    currency: str
+    stake: int
+    admin_created: bool
+    status: str = "open"
+    result: str | None = None
+
+    def same_terms(self, other: "Challenge") -> bool:
+        return (self.title, self.currency, self.stake, self.admin_created) == (
+            other.title, other.currency, other.stake, other.admin_created)
+
+    def ensure_open(self, action: str) -> None:
+        if self.status != "open":
+            raise Refused(f"cannot {action}: challenge {self.challenge_id} is already {self.status}"
+                          + (f" ({self.result})" if self.result else ""))
+
+    def ensure_admin_created(self, action: str) -> None:
+        if not self.admin_created:
+            raise Refused(f"cannot {action}: challenge {self.challenge_id} is not admin-created; "
+                          "the treasury only balances admin challenges")
+
+    def resolve(self, result: str) -> "Challenge":
+        if result not in RESULTS:
+            raise Refused(f"unknown result {result!r}")
+        self.ensure_open(f"resolve as {result}")
+        return replace(self, status="resolved", result=result)
+
+
+# --- imbalance ------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SideTally:
+    """Participants of one side: how many, their stakes, how many still wait."""
+
+    count: int = 0
+    total: int = 0
+    unmatched: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Imbalance:
+    yes_count: int
+    no_count: int
+    yes_total: int
+    no_total: int
+    gap: int
+    imbalanced_side: str | None
+    unmatched_yes: int
+    unmatched_no: int
+    match_rate: int  # integer percent of real participants paired (user or persona)
+
+
+def imbalance(yes: SideTally, no: SideTally) -> Imbalance:
+    """The imbalance of a challenge from its two sides' tallies."""
+    people = yes.count + no.count
+    paired = people - yes.unmatched - no.unmatched
+    if yes.total > no.total:
+        heavy: str | None = "YES"
+    elif no.total > yes.total:
+        heavy = "NO"
+    else:
+        heavy = None
+    return Imbalance(
+        yes_count=yes.count, no_count=no.count, yes_total=yes.total, no_total=no.total,
+        gap=abs(yes.total - no.total), imbalanced_side=heavy,
+        unmatched_yes=yes.unmatched, unmatched_no=no.unmatched,
+        match_rate=(paired * 100 // people) if people else 0,
+    )
+
+
+def pair_first_come(yes_waiting: Sequence[T], no_waiting: Sequence[T]) -> list[tuple[T, T]]:
+    """Pair the earliest waiting users of each side, in order (both lists oldest first)."""
+    return list(zip(yes_waiting, no_waiting))
+
+
+# --- the treasury budget --------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class TreasuryConfig:
+    """The treasury's budget for one admin challenge.
+
+    Parameters:
+      max_risk: the most the treasury may stake on this challenge.
+      allocated: staked so far (moved into the escrow by match creation).
+      reserved: held by fills whose personas are assigned but not yet matched.
+      filled_count: matches created.
+      notes: the admin's notes.
+    """
+
+    max_risk: int
+    allocated: int = 0
+    reserved: int = 0
+    filled_count: int = 0
+    notes: str = ""
+
+    @property
+    def remaining(self) -> int:
+        return self.max_risk - self.allocated
+
+    @property
+    def available(self) -> int:
+        """What a new fill may still use: remaining minus what other fills hold."""
+        return self.max_risk - self.allocated - self.reserved
+
+    def reconfigure(self, max_risk: int, notes: str) -> "TreasuryConfig":
+        committed = self.allocated + self.reserved
+        if max_risk < committed:
+            raise Refused(f"max_risk {max_risk} is below what the treasury already committed "
+                          f"({self.allocated} allocated + {self.reserved} reserved)")
+        return replace(self, max_risk=max_risk, notes=notes)
+
+    def ensure_can_fund(self, stake: int, challenge_id: str) -> None:
+        if self.available < stake:
+            raise Refused(f"treasury budget exhausted for challenge {challenge_id}: "
+                          f"{self.available} available of max_risk {self.max_risk}, "
+                          f"one match needs {stake}")
+
+    def reserve(self, amount: int) -> "TreasuryConfig":
+        if amount > self.available:
+            raise Refused(f"cannot reserve {amount}: only {self.available} available")
+        return replace(self, reserved=self.reserved + amount)
+
+    def release(self, amount: int) -> "TreasuryConfig":
+        return replace(self, reserved=self.reserved - amount)
+
+    def allocate(self, amount: int, matches: int) -> "TreasuryConfig":
+        """Reserved money became stakes in the escrow."""
+        return replace(self, reserved=self.reserved - amount, allocated=self.allocated + amount,
+                       filled_count=self.filled_count + matches)
+
+
+# --- filling --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class FillPlan:
+    """Which users get which personas; how many fewer than asked and why."""
+
+    pairs: tuple[tuple, ...]  # (user, persona), earliest user first
+    requested: int
+    shortfall: int
+    reasons: tuple[str, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.pairs)
+
+
+def persona_order(challenge_id: str, personas: Sequence[T], key=lambda p: p) -> list[T]:
+    """The challenge's own shuffle of the pool: random-looking, reproducible, and stable
+    when personas are added (each persona's place depends only on the challenge and itself)."""
+
+    def rank(p: T) -> str:
+        return hashlib.sha256(f"{challenge_id}\x00{key(p)}".encode()).hexdigest()
+
+    return sorted(personas, key=rank)
+
+
+def plan_fill(
+    *,
+    challenge_id: str,
+    match_count: int,
+    waiting: Sequence[T],
+    unused_personas: Sequence,
+    available: int,
+    stake: int,
+    persona_key=lambda p: p,
+) -> FillPlan:
+    """n = min(match_count, waiting users, floor(available / stake), unused personas).
+
+    ``waiting`` must hold the side's earliest unmatched users, oldest first (at
+    least ``match_count`` of them when that many wait).  Every limit below
+    ``match_count`` that binds is named in ``reasons``.
+    """
+    if match_count <= 0:
+        raise Refused("match_count must be positive")
+    if stake <= 0:
+        raise Refused("stake must be positive")
+    limits = {
+        SHORTFALL_NO_USERS: len(waiting),
+        SHORTFALL_BUDGET: max(available, 0) // stake,
+        SHORTFALL_PERSONAS: len(unused_personas),
+    }
+    n = min(match_count, *limits.values())
+    reasons = tuple(r for r, lim in limits.items() if lim == n and n < match_count)
+    chosen = persona_order(challenge_id, unused_personas, persona_key)[:n]
+    return FillPlan(pairs=tuple(zip(waiting[:n], chosen)), requested=match_count,
+                    shortfall=match_count - n, reasons=reasons)
+
+
+# --- settlement -----------------------------------------------------------------------
+
+Opponent = Literal["user", "treasury"]
+
+
+@dataclass(frozen=True, slots=True)
+class UserSettlement:
+    outcome: str  # won | lost | refunded
+    payout: int  # credited to the user's wallet
+
+    @property
+    def change_kind(self) -> str:
+        return "payout" if self.outcome == "won" else "refund"
+
+
+@dataclass(frozen=True, slots=True)
+class MatchSettlement:
+    result: str  # treasury_won | treasury_lost | void
+    payout: int  # back to the treasury
+    pnl: int  # +stake won, -stake lost, 0 void
+
+
+def settle_user(*, stake: int, side: str, result: str, opponent: str | None) -> UserSettlement:
+    """A paired user's winner takes both stakes; the unpaired and everyone on VOID get theirs back."""
+    if result == "VOID" or opponent is None:
+        return UserSettlement("refunded", stake)
+    if side == result:
+        return UserSettlement("won", 2 * stake)
+    return UserSettlement("lost", 0)
+
+
+def settle_treasury_match(*, stake: int, user_side: str, result: str) -> MatchSettlement:
+    """The treasury held the side opposite the user's, one stake."""
+    if result == "VOID":
+        return MatchSettlement("void", stake, 0)
+    if user_side == result:
+        return MatchSettlement("treasury_lost", 0, -stake)
+    return MatchSettlement("treasury_won", 2 * stake, stake)
+
+
+@dataclass(frozen=True, slots=True)
+class TreasuryOutcome:
+    """The admins' summary of one settlement."""
+
+    matches: int
+    won: int
+    lost: int
+    refunded: int
+    won_amount: int  # stakes taken from users
+    lost_amount: int  # stakes lost to users
+    refunded_amount: int
+    payout: int  # what came back to the treasury
+    net_pnl: int
+
+
+def treasury_outcome(settled: Sequence[MatchSettlement], stake: int) -> TreasuryOutcome:
+    won = [m for m in settled if m.result == "treasury_won"]
+    lost = [m for m in settled if m.result == "treasury_lost"]
+    void = [m for m in settled if m.result == "void"]
+    return TreasuryOutcome(
+        matches=len(settled), won=len(won), lost=len(lost), refunded=len(void),
+        won_amount=stake * len(won), lost_amount=stake * len(lost),
+        refunded_amount=stake * len(void),
+        payout=sum(m.payout for m in settled), net_pnl=sum(m.pnl for m in settled),
+    )
+
+
+_SYMBOLS = {"NGN": "₦", "USD": "$"}
+
+
+def format_amount(amount: int, currency: str) -> str:
+    """``₦1,500.00`` for NGN and USD; ``1,500.000000 USDC`` otherwise.  Exact, no float."""
+    text = format_minor(amount, currency)
+    symbol = _SYMBOLS.get(currency)
+    if symbol is None:
+        return text
+    number = text[: -len(currency) - 1]
+    return f"-{symbol}{number[1:]}" if number.startswith("-") else f"{symbol}{number}"
+
+
+def settlement_notice(outcome: UserSettlement, stake: int, currency: str) -> tuple[int, str]:
+    """What the user is told: the amount credited when won, the stake when lost or refunded."""
+    if outcome.outcome == "won":
+        return outcome.payout, f"You won {format_amount(outcome.payout, currency)}"
+    if outcome.outcome == "lost":
+        return stake, f"You lost {format_amount(stake, currency)}"
+    return outcome.payout, f"Your stake of {format_amount(outcome.payout, currency)} was refunded"

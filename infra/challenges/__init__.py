@@ -1,0 +1,2 @@
+"""Treasury balancing on PostgreSQL: the repository (``repository``), the shadow
+persona pool (``personas``) and the operator views (``views``)."""

@@ -1,0 +1,159 @@
+"""Operator views of treasury balancing: ``challenge show``, the dashboard, the daily summary."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from domain.challenges import imbalance
+from infra.challenges import repository as repo
+
+#: Settled challenges listed on the dashboard.
+RECENT_SETTLEMENTS = 10
+
+
+def show(conn: Connection, challenge_id: str) -> dict[str, Any]:
+    """The challenge, its imbalance, its treasury budget and its treasury matches."""
+    challenge = repo.get(conn, challenge_id)
+    bal = imbalance(*repo.tallies(conn, challenge_id))
+    cfg = repo.config(conn, challenge_id)
+    matches = conn.execute(
+        text("SELECT m.user_id, p.code AS persona, m.user_side, m.stake, m.status, m.result, "
+             "m.treasury_payout, m.pnl FROM treasury_matches m "
+             "JOIN shadow_personas p ON p.id = m.persona_id "
+             "WHERE m.challenge_id = :c AND m.status <> 'reserved' ORDER BY m.participant_id"),
+        {"c": challenge_id},
+    )
+    return {
+        "challenge_id": challenge.challenge_id,
+        "title": challenge.title,
+        "admin_created": challenge.admin_created,
+        "status": challenge.status,
+        "result": challenge.result,
+        "stake": challenge.stake,
+        "currency": challenge.currency,
+        "yes_count": bal.yes_count,
+        "no_count": bal.no_count,
+        "yes_total": bal.yes_total,
+        "no_total": bal.no_total,
+        "gap": bal.gap,
+        "imbalanced_side": bal.imbalanced_side,
+        "unmatched_yes": bal.unmatched_yes,
+        "unmatched_no": bal.unmatched_no,
+        "match_rate": bal.match_rate,
+        "treasury": {
+            "max_risk": cfg.max_risk if cfg else 0,
+            "allocated": cfg.allocated if cfg else 0,
+            "remaining": cfg.remaining if cfg else 0,
+            "filled_count": cfg.filled_count if cfg else 0,
+            "reserved": cfg.reserved if cfg else 0,
+            "notes": cfg.notes if cfg else None,
+        },
+        "matches": [
+            {"user_id": m.user_id, "persona": m.persona, "user_side": m.user_side,
+             "treasury_staked": int(m.stake), "status": m.status, "result": m.result,
+             "treasury_payout": None if m.treasury_payout is None else int(m.treasury_payout),
+             "pnl": None if m.pnl is None else int(m.pnl)}
+            for m in matches
+        ],
+    }
+
+
+def dashboard(conn: Connection, currency: str) -> dict[str, Any]:
+    """The treasury's position in one currency.
+
+    ``total_allocated`` and ``utilization_percent`` are over active configs
+    (challenges not yet settled); ``net_pnl`` is realized (settled matches).
+    """
+    active = conn.execute(
+        text("SELECT count(*) AS n, COALESCE(sum(t.allocated), 0) AS allocated, "
+             "COALESCE(sum(t.max_risk), 0) AS max_risk FROM challenge_treasury t "
+             "JOIN challenges c ON c.id = t.challenge_id "
+             "WHERE c.currency = :cur AND c.status <> 'settled'"),
+        {"cur": currency},
+    ).one()
+    matches = conn.execute(
+        text("SELECT count(*) FILTER (WHERE m.status IN ('active', 'settled')) AS total, "
+             "count(*) FILTER (WHERE m.status = 'active') AS pending, "
+             "COALESCE(sum(m.pnl) FILTER (WHERE m.status = 'settled'), 0) AS pnl "
+             "FROM treasury_matches m JOIN challenges c ON c.id = m.challenge_id "
+             "WHERE c.currency = :cur"),
+        {"cur": currency},
+    ).one()
+    recent = conn.execute(
+        text("SELECT c.id, c.result, c.settled_at, count(m.id) AS matches, "
+             "count(*) FILTER (WHERE m.result = 'treasury_won') AS won, "
+             "count(*) FILTER (WHERE m.result = 'treasury_lost') AS lost, "
+             "count(*) FILTER (WHERE m.result = 'void') AS refunded, "
+             "COALESCE(sum(m.pnl), 0) AS net_pnl FROM challenges c "
+             "JOIN treasury_matches m ON m.challenge_id = c.id AND m.status = 'settled' "
+             "WHERE c.currency = :cur AND c.status = 'settled' "
+             "GROUP BY c.id ORDER BY c.settled_at DESC, c.id LIMIT :n"),
+        {"cur": currency, "n": RECENT_SETTLEMENTS},
+    )
+    currencies = conn.execute(
+        text("SELECT DISTINCT c.currency FROM challenge_treasury t "
+             "JOIN challenges c ON c.id = t.challenge_id ORDER BY 1")
+    ).scalars().all()
+    max_risk = int(active.max_risk)
+    return {
+        "currency": currency,
+        "total_allocated": int(active.allocated),
+        "total_matches": int(matches.total),
+        "active_challenges": int(active.n),
+        "settlement_pending": int(matches.pending),
+        "net_pnl": int(matches.pnl),
+        "utilization_percent": int(active.allocated) * 100 // max_risk if max_risk else 0,
+        "recent_settlements": [
+            {"challenge_id": r.id, "result": r.result, "settled_at": r.settled_at.isoformat(),
+             "matches": int(r.matches), "won": int(r.won), "lost": int(r.lost),
+             "refunded": int(r.refunded), "net_pnl": int(r.net_pnl)}
+            for r in recent
+        ],
+        "currencies": list(currencies),
+    }
+
+
+def daily_summary(conn: Connection, start: datetime, end: datetime) -> dict[str, Any]:
+    """The treasury's activity in ``[start, end)``, per currency: fills, matches, settlements, P&L."""
+    window = {"start": start, "end": end}
+    per: dict[str, dict[str, int]] = {}
+
+    def bucket(cur: str) -> dict[str, int]:
+        return per.setdefault(cur, {
+            "fills": 0, "fills_short": 0, "fills_failed": 0, "matches_created": 0,
+            "treasury_staked": 0, "challenges_settled": 0, "matches_settled": 0, "won": 0,
+            "lost": 0, "refunded": 0, "won_amount": 0, "lost_amount": 0, "net_pnl": 0})
+
+    for r in conn.execute(text(
+            "SELECT c.currency, count(*) AS fills, count(*) FILTER (WHERE f.shortfall > 0) AS short, "
+            "count(*) FILTER (WHERE f.status = 'failed') AS failed FROM treasury_fills f "
+            "JOIN challenges c ON c.id = f.challenge_id "
+            "WHERE f.created_at >= :start AND f.created_at < :end GROUP BY c.currency"), window):
+        b = bucket(r.currency)
+        b.update(fills=int(r.fills), fills_short=int(r.short), fills_failed=int(r.failed))
+    for r in conn.execute(text(
+            "SELECT c.currency, count(*) AS n, sum(m.stake) AS staked FROM treasury_matches m "
+            "JOIN challenges c ON c.id = m.challenge_id "
+            "WHERE m.matched_at >= :start AND m.matched_at < :end GROUP BY c.currency"), window):
+        bucket(r.currency).update(matches_created=int(r.n), treasury_staked=int(r.staked))
+    for r in conn.execute(text(
+            "SELECT c.currency, count(*) AS n, "
+            "count(*) FILTER (WHERE m.result = 'treasury_won') AS won, "
+            "count(*) FILTER (WHERE m.result = 'treasury_lost') AS lost, "
+            "count(*) FILTER (WHERE m.result = 'void') AS refunded, "
+            "COALESCE(sum(m.stake) FILTER (WHERE m.result = 'treasury_won'), 0) AS won_amount, "
+            "COALESCE(sum(m.stake) FILTER (WHERE m.result = 'treasury_lost'), 0) AS lost_amount, "
+            "sum(m.pnl) AS pnl FROM treasury_matches m JOIN challenges c ON c.id = m.challenge_id "
+            "WHERE m.settled_at >= :start AND m.settled_at < :end GROUP BY c.currency"), window):
+        bucket(r.currency).update(
+            matches_settled=int(r.n), won=int(r.won), lost=int(r.lost), refunded=int(r.refunded),
+            won_amount=int(r.won_amount), lost_amount=int(r.lost_amount), net_pnl=int(r.pnl))
+    for r in conn.execute(text(
+            "SELECT currency, count(*) AS n FROM challenges "
+            "WHERE settled_at >= :start AND settled_at < :end GROUP BY currency"), window):
+        bucket(r.currency)["challenges_settled"] = int(r.n)
+    return {"from": start.isoformat(), "to": end.isoformat(),
+            "currencies": {cur: per[cur] for cur in sorted(per)}}
