@@ -35,8 +35,12 @@ class Account:
 
 def ensure_accounts(conn: Connection, wanted: dict[str, str]) -> None:
     """Create the accounts (code -> currency) that do not exist yet, in code order."""
+    _create_accounts(conn, _missing_accounts(conn, wanted), wanted)
+
+
+def _missing_accounts(conn: Connection, wanted: dict[str, str]) -> list[str]:
     if not wanted:
-        return
+        return []
     codes = sorted(wanted)
     existing = {
         row.code
@@ -44,7 +48,10 @@ def ensure_accounts(conn: Connection, wanted: dict[str, str]) -> None:
             text("SELECT code FROM accounts WHERE code = ANY(:codes)"), {"codes": codes}
         )
     }
-    missing = [c for c in codes if c not in existing]
+    return [c for c in codes if c not in existing]
+
+
+def _create_accounts(conn: Connection, missing: list[str], wanted: dict[str, str]) -> None:
     if missing:
         conn.execute(
             text(
@@ -100,7 +107,19 @@ def post(
             return earlier
 
     currency_of = {p.account: p.currency for p in postings}
-    ensure_accounts(conn, currency_of)
+    missing = _missing_accounts(conn, currency_of)
+    if not missing:
+        return _post_locked(conn, postings, currency_of, kind, idempotency_key, memo, metadata,
+                            reverses_id)
+    # A refusal must leave nothing behind, not even the accounts it would have opened.
+    with conn.begin_nested():
+        _create_accounts(conn, missing, currency_of)
+        return _post_locked(conn, postings, currency_of, kind, idempotency_key, memo, metadata,
+                            reverses_id)
+
+
+def _post_locked(conn, postings, currency_of, kind, idempotency_key, memo, metadata, reverses_id):
+    """Lock the (existing) accounts, check every rule, then write; raises before any write."""
     accounts = lock_accounts(conn, currency_of)
     for p in postings:
         if accounts[p.account].currency != p.currency:
