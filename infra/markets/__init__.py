@@ -1,0 +1,16 @@
+"""Market payouts on PostgreSQL: the repository and the bulk settlement (SPEC §2)."""
+
+from infra.markets import repository
+from infra.markets.settlement import (
+    BATCH,
+    RolledBack,
+    Settled,
+    SettlementPending,
+    escrow_account,
+    reverse_with_audit,
+    roll_back,
+    settle,
+)
+
+__all__ = ["repository", "settle", "roll_back", "reverse_with_audit", "escrow_account", "BATCH",
+           "Settled", "RolledBack", "SettlementPending"]

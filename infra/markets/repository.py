@@ -1,0 +1,331 @@
+"""Markets on PostgreSQL: markets, commitments, distributions and their audit lines.
+
+Every function takes the unit of work's open ``Connection``; nothing here commits.
+Everything that changes a market locks its row first (``lock="update"``), so
+resolutions, settlements and rollbacks of one market are serialised; a
+commitment takes the row ``FOR SHARE`` so commitments do not wait on each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, localcontext
+from fractions import Fraction
+from typing import Any, Iterator, Literal, Sequence
+
+from sqlalchemy import Connection, text
+
+from domain.errors import NotFound
+from domain.markets import Commitment, Line, Market, Terms
+
+#: Digits kept of a line's share (an exact fraction in the domain) for the audit.
+SHARE_DIGITS = 18
+
+
+@dataclass(frozen=True, slots=True)
+class DistributionRow:
+    id: int
+    market_id: str
+    kind: str
+    winning_option_id: str | None
+    status: str
+    requested_by: str
+    reason: str | None
+
+
+def get_market(conn: Connection, market_id: str,
+               lock: Literal["share", "update"] | None = None) -> Market:
+    """The market, optionally locked; NotFound when it does not exist."""
+    suffix = {"share": " FOR SHARE", "update": " FOR UPDATE", None: ""}[lock]
+    row = conn.execute(
+        text("SELECT market_id, kind, currency, creator_id, creator_fee_bps, house_fee_bps, status "
+             "FROM markets WHERE market_id = :m" + suffix),
+        {"m": market_id},
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"market {market_id} does not exist")
+    options = tuple(conn.execute(
+        text("SELECT option_id FROM market_options WHERE market_id = :m ORDER BY ordinal"),
+        {"m": market_id},
+    ).scalars())
+    return Market(row.market_id, row.kind, options, row.currency, row.creator_id,
+                  row.creator_fee_bps, row.house_fee_bps, row.status)
+
+
+def definition(conn: Connection, market_id: str) -> dict[str, Any] | None:
+    """What ``open_market`` said about the market (to recognise a resend), or None."""
+    row = conn.execute(
+        text("SELECT market_id, title, kind, currency, creator_id, creator_fee_bps, house_fee_bps "
+             "FROM markets WHERE market_id = :m"),
+        {"m": market_id},
+    ).mappings().one_or_none()
+    if row is None:
+        return None
+    options = [dict(r) for r in conn.execute(
+        text("SELECT option_id, label FROM market_options WHERE market_id = :m ORDER BY ordinal"),
+        {"m": market_id},
+    ).mappings()]
+    return {**row, "options": options}
+
+
+def add_market(conn: Connection, market: Market, title: str, labels: Sequence[str]) -> None:
+    conn.execute(
+        text("INSERT INTO markets (market_id, title, kind, currency, creator_id, creator_fee_bps, "
+             "house_fee_bps, status) VALUES (:m, :t, :k, :c, :cr, :cf, :hf, :s)"),
+        {"m": market.market_id, "t": title, "k": market.kind, "c": market.currency,
+         "cr": market.creator_id, "cf": market.creator_fee_bps, "hf": market.house_fee_bps,
+         "s": market.status},
+    )
+    conn.execute(
+        text("INSERT INTO market_options (market_id, option_id, label, ordinal) "
+             "SELECT :m, o, l, n FROM unnest(CAST(:opts AS text[]), CAST(:labels AS text[])) "
+             "WITH ORDINALITY AS x(o, l, n)"),
+        {"m": market.market_id, "opts": list(market.options), "labels": list(labels)},
+    )
+
+
+def set_status(conn: Connection, market_id: str, status: str) -> None:
+    conn.execute(text("UPDATE markets SET status = :s, updated_at = now() WHERE market_id = :m"),
+                 {"s": status, "m": market_id})
+
+
+# --- commitments ------------------------------------------------------------------------
+
+def find_commitment(conn: Connection, commitment_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        text("SELECT commitment_id, market_id, user_id, option_id, position, method, amount, status "
+             "FROM market_commitments WHERE commitment_id = :c"),
+        {"c": commitment_id},
+    ).mappings().one_or_none()
+    return dict(row) if row else None
+
+
+def add_commitment(conn: Connection, market_id: str, c: Commitment, position: str | None,
+                   wallet_code: str, transaction_id: int) -> None:
+    conn.execute(
+        text("INSERT INTO market_commitments (commitment_id, market_id, user_id, option_id, "
+             "position, method, amount, wallet_account_id, transaction_id) "
+             "SELECT :c, :m, :u, :o, :p, :method, :a, a.id, :t FROM accounts a WHERE a.code = :w"),
+        {"c": c.commitment_id, "m": market_id, "u": c.user_id, "o": c.option_id, "p": position,
+         "method": c.method, "a": c.amount, "w": wallet_code, "t": transaction_id},
+    )
+
+
+def option_totals(conn: Connection, market_id: str) -> dict[str, int]:
+    """Σ of the active commitments per option (options nobody backed are absent)."""
+    return {r.option_id: int(r.total) for r in conn.execute(
+        text("SELECT option_id, sum(amount) AS total FROM market_commitments "
+             "WHERE market_id = :m AND status = 'active' GROUP BY option_id"),
+        {"m": market_id},
+    )}
+
+
+def active_commitments(conn: Connection, market_id: str, batch: int) -> Iterator[list[Commitment]]:
+    """The active commitments in batches, in ascending wallet-account id (the lock order)."""
+    after: tuple[int, str] = (-1, "")
+    while True:
+        rows = conn.execute(
+            text("SELECT commitment_id, user_id, option_id, amount, method, wallet_account_id "
+                 "FROM market_commitments WHERE market_id = :m AND status = 'active' "
+                 "AND (wallet_account_id, commitment_id) > (:a, :c) "
+                 "ORDER BY wallet_account_id, commitment_id LIMIT :n"),
+            {"m": market_id, "a": after[0], "c": after[1], "n": batch},
+        ).all()
+        if not rows:
+            return
+        yield [Commitment(r.commitment_id, r.user_id, r.option_id, int(r.amount), r.method)
+               for r in rows]
+        after = (rows[-1].wallet_account_id, rows[-1].commitment_id)
+
+
+def set_commitments_status(conn: Connection, market_id: str, old: str, new: str) -> int:
+    return conn.execute(
+        text("UPDATE market_commitments SET status = :new WHERE market_id = :m AND status = :old"),
+        {"m": market_id, "old": old, "new": new},
+    ).rowcount
+
+
+# --- distributions ----------------------------------------------------------------------
+
+_DIST_COLUMNS = "id, market_id, kind, winning_option_id, status, requested_by, reason"
+
+
+def add_distribution(conn: Connection, market_id: str, winning_option_id: str | None,
+                     requested_by: str, reason: str | None) -> int:
+    return conn.execute(
+        text("INSERT INTO market_distributions (market_id, kind, winning_option_id, requested_by, "
+             "reason) VALUES (:m, :k, :w, :by, :r) RETURNING id"),
+        {"m": market_id, "k": "void" if winning_option_id is None else "resolved",
+         "w": winning_option_id, "by": requested_by, "r": reason},
+    ).scalar_one()
+
+
+def get_distribution(conn: Connection, distribution_id: int, *, lock: bool = False) -> DistributionRow:
+    row = conn.execute(
+        text(f"SELECT {_DIST_COLUMNS} FROM market_distributions WHERE id = :d"
+             + (" FOR UPDATE" if lock else "")),
+        {"d": distribution_id},
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"distribution {distribution_id} does not exist")
+    return DistributionRow(*row)
+
+
+def latest_distribution(conn: Connection, market_id: str, *, lock: bool = False) -> DistributionRow | None:
+    row = conn.execute(
+        text(f"SELECT {_DIST_COLUMNS} FROM market_distributions WHERE market_id = :m "
+             "ORDER BY id DESC LIMIT 1" + (" FOR UPDATE" if lock else "")),
+        {"m": market_id},
+    ).one_or_none()
+    return DistributionRow(*row) if row else None
+
+
+def add_lines(conn: Connection, distribution_id: int, lines: Sequence[Line]) -> None:
+    """The audit lines of a batch, in one statement."""
+    if not lines:
+        return
+    conn.execute(
+        text("INSERT INTO market_distribution_lines (distribution_id, commitment_id, user_id, "
+             "option_id, method, amount, result, share, payout, profit) "
+             "SELECT :d, * FROM unnest(CAST(:c AS text[]), CAST(:u AS text[]), CAST(:o AS text[]), "
+             "CAST(:meth AS text[]), CAST(:a AS bigint[]), CAST(:r AS text[]), "
+             "CAST(:s AS numeric[]), CAST(:p AS bigint[]), CAST(:pr AS bigint[]))"),
+        {"d": distribution_id,
+         "c": [ln.commitment.commitment_id for ln in lines],
+         "u": [ln.commitment.user_id for ln in lines],
+         "o": [ln.commitment.option_id for ln in lines],
+         "meth": [ln.commitment.method for ln in lines],
+         "a": [ln.commitment.amount for ln in lines],
+         "r": [ln.result for ln in lines],
+         "s": [share_decimal(ln.share) for ln in lines],
+         "p": [ln.payout for ln in lines],
+         "pr": [ln.profit for ln in lines]},
+    )
+
+
+def share_decimal(share: Fraction) -> Decimal:
+    """The exact fraction, truncated to SHARE_DIGITS decimals for the audit column."""
+    if share.denominator == 1:
+        return Decimal(share.numerator)
+    with localcontext() as ctx:
+        ctx.prec = SHARE_DIGITS + 20
+        return (Decimal(share.numerator) / Decimal(share.denominator)).quantize(
+            Decimal(1).scaleb(-SHARE_DIGITS), rounding="ROUND_DOWN")
+
+
+def complete_distribution(conn: Connection, distribution_id: int, t: Terms, breakage: int,
+                          paid: int, commitments: int, winners: int) -> None:
+    conn.execute(
+        text("UPDATE market_distributions SET status = 'completed', kind = :k, pool = :pool, "
+             "house_fee = :hf, creator_fee = :cf, winner_pool = :wp, winning_total = :wt, "
+             "breakage = :b, paid = :paid, commitments = :n, winners = :w, completed_at = now() "
+             "WHERE id = :d"),
+        {"k": t.kind, "pool": t.pool, "hf": t.house_fee, "cf": t.creator_fee, "wp": t.winner_pool,
+         "wt": t.winning_total, "b": breakage, "paid": paid, "n": commitments, "w": winners,
+         "d": distribution_id},
+    )
+
+
+def fail_distribution(conn: Connection, distribution_id: int, failure: str) -> None:
+    conn.execute(
+        text("UPDATE market_distributions SET status = 'failed', failure = :f WHERE id = :d "
+             "AND status = 'pending'"),
+        {"f": failure[:500], "d": distribution_id},
+    )
+
+
+def roll_back_distribution(conn: Connection, distribution_id: int, by: str, reason: str) -> None:
+    conn.execute(
+        text("UPDATE market_distributions SET status = 'rolled_back', rolled_back_at = now(), "
+             "rolled_back_by = :by, rollback_reason = :r WHERE id = :d"),
+        {"by": by, "r": reason, "d": distribution_id},
+    )
+
+
+def add_transaction(conn: Connection, distribution_id: int, transaction_id: int, purpose: str) -> None:
+    conn.execute(
+        text("INSERT INTO market_distribution_transactions (transaction_id, distribution_id, purpose) "
+             "VALUES (:t, :d, :p)"),
+        {"t": transaction_id, "d": distribution_id, "p": purpose},
+    )
+
+
+def transactions_of(conn: Connection, distribution_id: int) -> list[tuple[int, str]]:
+    """The ledger transactions a distribution posted (not yet reversed), newest first."""
+    return [(r.transaction_id, r.purpose) for r in conn.execute(
+        text("SELECT transaction_id, purpose FROM market_distribution_transactions "
+             "WHERE distribution_id = :d AND reversal_id IS NULL ORDER BY transaction_id DESC"),
+        {"d": distribution_id},
+    )]
+
+
+def set_reversal(conn: Connection, transaction_id: int, reversal_id: int) -> None:
+    conn.execute(
+        text("UPDATE market_distribution_transactions SET reversal_id = :r WHERE transaction_id = :t"),
+        {"r": reversal_id, "t": transaction_id},
+    )
+
+
+def results_by_user(conn: Connection, distribution_id: int, *, only_paid: bool = False,
+                    batch: int = 5000) -> Iterator[list[dict[str, Any]]]:
+    """Per user of a distribution: staked, payout, profit, result — in batches of users."""
+    after = ""
+    while True:
+        rows = conn.execute(
+            text("SELECT user_id, count(*) AS commitments, sum(amount) AS staked, "
+                 "sum(payout) AS payout, bool_or(result = 'won') AS won, "
+                 "bool_or(result = 'refunded') AS refunded FROM market_distribution_lines "
+                 "WHERE distribution_id = :d AND user_id > :after "
+                 "AND (NOT :only_paid OR payout > 0) "
+                 "GROUP BY user_id ORDER BY user_id LIMIT :n"),
+            {"d": distribution_id, "after": after, "only_paid": only_paid, "n": batch},
+        ).all()
+        if not rows:
+            return
+        yield [{"user_id": r.user_id, "commitments": int(r.commitments), "staked": int(r.staked),
+                "payout": int(r.payout), "profit": int(r.payout) - int(r.staked),
+                "result": "refunded" if r.refunded else "won" if r.won else "lost"}
+               for r in rows]
+        after = rows[-1].user_id
+
+
+# --- the operator's view ------------------------------------------------------------------
+
+def show(conn: Connection, market_id: str, line_limit: int | None = None) -> dict[str, Any]:
+    """``ballast market show``: the market, its pool and its latest distribution (CONTRACT.md)."""
+    market = conn.execute(
+        text("SELECT market_id, status, currency FROM markets WHERE market_id = :m"), {"m": market_id}
+    ).one_or_none()
+    if market is None:
+        raise NotFound(f"market {market_id} does not exist")
+    pool = conn.execute(
+        text("SELECT COALESCE(sum(amount), 0) FROM market_commitments WHERE market_id = :m"),
+        {"m": market_id},
+    ).scalar_one()
+    doc: dict[str, Any] = {"market_id": market.market_id, "status": market.status,
+                           "pool": int(pool), "distribution": None}
+    dist = conn.execute(
+        text("SELECT id, status, house_fee, creator_fee, breakage FROM market_distributions "
+             "WHERE market_id = :m ORDER BY id DESC LIMIT 1"),
+        {"m": market_id},
+    ).one_or_none()
+    if dist is not None:
+        lines = conn.execute(
+            text("SELECT commitment_id, user_id, option_id, amount, payout, profit, method "
+                 "FROM market_distribution_lines WHERE distribution_id = :d "
+                 "ORDER BY commitment_id LIMIT :n"),
+            {"d": dist.id, "n": line_limit},
+        ).mappings()
+        doc["distribution"] = {
+            "status": dist.status,
+            "house_fee": _int(dist.house_fee),
+            "creator_fee": _int(dist.creator_fee),
+            "breakage": _int(dist.breakage),
+            "lines": [{k: (int(v) if k in ("amount", "payout", "profit") else v)
+                       for k, v in ln.items()} for ln in lines],
+        }
+    return doc
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -1,0 +1,255 @@
+"""Settling a market and rolling a settlement back, in bulk, inside one unit of work.
+
+A settlement is one database transaction: it streams the active commitments
+in batches (``BATCH`` at a time, in ascending wallet-account id so wallets are
+locked in a fixed order), writes each batch's audit lines in one statement and
+pays each batch's winners in one ledger transaction through
+``wallets.apply_changes``; then fees and breakage leave the escrow in one more
+transaction.  Memory is bounded by the batch, not the market.  A crash
+anywhere before commit leaves nothing behind; after commit the distribution
+is ``completed`` and a redelivery finds nothing to do.
+
+A rollback reverses every ledger transaction the distribution posted
+(reversals, never deletes), returns the commitments to active and leaves the
+market ``closed``: resolvable again, taking no new commitments.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+
+from domain.errors import LedgerError, Refused
+from domain.ledger import Posting
+from domain.markets import (
+    CLOSED,
+    COMPLETED,
+    FAILED,
+    PENDING,
+    ROLLED_BACK,
+    SETTLED,
+    SETTLING,
+    VOIDED,
+    Outcome,
+    Terms,
+    breakage,
+    line,
+    terms,
+)
+from domain.wallet import WalletChange
+from infra import faults, guard, ledger, wallets
+from infra.logs import get_logger
+from infra.markets import repository as repo
+from infra.uow import UnitOfWork
+
+log = get_logger(__name__)
+
+#: Commitments per batch: one ledger transaction and one INSERT of audit lines each.
+BATCH = int(os.environ.get("BALLAST_MARKET_SETTLE_BATCH", "5000"))
+#: Up to this many per-user notifications are published right after commit;
+#: beyond it they are written to the outbox and left to its sweeper.
+PUBLISH_NOW_MAX = 1000
+
+
+class SettlementPending(RuntimeError):
+    """A rollback arrived while the settlement step has not run yet: retried (transient)."""
+
+
+def escrow_account(market_id: str) -> str:
+    return f"escrow:market:{market_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What a settlement did (the ``market.settled`` event)."""
+
+    market_id: str
+    distribution_id: int
+    terms: Terms
+    breakage: int
+    paid: int
+    commitments: int
+    winners: int
+    transactions: list[int]
+
+    def event(self, currency: str) -> dict[str, Any]:
+        t = self.terms
+        return {"market_id": self.market_id, "distribution_id": self.distribution_id,
+                "outcome": t.kind, "winning_option_id": t.winning_option_id,
+                "currency": currency, "pool": t.pool, "house_fee": t.house_fee,
+                "creator_fee": t.creator_fee, "breakage": self.breakage, "paid": self.paid,
+                "commitments": self.commitments, "winners": self.winners,
+                "transactions": self.transactions}
+
+
+def settle(uow: UnitOfWork, distribution_id: int, *, batch: int | None = None) -> Settled | None:
+    """Pay out a pending distribution.  None when it is no longer pending (nothing done)."""
+    conn = uow.conn
+    market_id = repo.get_distribution(conn, distribution_id).market_id
+    market = repo.get_market(conn, market_id, lock="update")
+    dist = repo.get_distribution(conn, distribution_id, lock=True)
+    if dist.status != PENDING:
+        log.info("market.settle_skipped", market_id=market_id, distribution_id=distribution_id,
+                 status=dist.status)
+        return None
+    cur, escrow = market.currency, escrow_account(market_id)
+    t = terms(repo.option_totals(conn, market_id), Outcome(dist.winning_option_id),
+              market.house_fee_bps, market.creator_fee_bps)
+    _check_escrow_holds(conn, escrow, cur, t.pool)
+
+    paid = count = winners = 0
+    txns: list[int] = []
+    kind = "refund" if t.refunding else "payout"
+    for n, commitments in enumerate(repo.active_commitments(conn, market_id, batch or BATCH)):
+        lines = [line(t, c) for c in commitments]
+        repo.add_lines(conn, distribution_id, lines)
+        changes = [
+            WalletChange(ln.commitment.user_id, cur, ln.payout, kind,
+                         reason=f"market {market_id} {ln.result}",
+                         metadata={"market_id": market_id, "distribution_id": distribution_id,
+                                   "commitment_id": ln.commitment.commitment_id})
+            for ln in lines if ln.payout > 0
+        ]
+        if changes:
+            txn = wallets.apply_changes(
+                uow, changes, counter_account=escrow, kind=f"market_{kind}",
+                memo=f"market {market_id}: {kind}s, batch {n}",
+                idempotency_key=f"market:{market_id}:distribution:{distribution_id}:batch:{n}",
+                metadata={"market_id": market_id, "distribution_id": distribution_id, "batch": n},
+                notify=False,
+            )
+            repo.add_transaction(conn, distribution_id, txn, f"{kind}s")
+            txns.append(txn)
+        paid += sum(ln.payout for ln in lines)
+        count += len(lines)
+        winners += sum(1 for ln in lines if ln.result == "won")
+        faults.point("settle_batch", "settle_market")
+
+    left = breakage(t, paid)
+    fees = _fee_postings(market.market_id, market.creator_id, cur, t, left)
+    if fees:
+        txn = ledger.post(conn, fees, kind="market_fees",
+                          memo=f"market {market_id}: house fee, creator fee, breakage",
+                          idempotency_key=f"market:{market_id}:distribution:{distribution_id}:fees",
+                          metadata={"market_id": market_id, "distribution_id": distribution_id,
+                                    "house_fee": t.house_fee, "creator_fee": t.creator_fee,
+                                    "breakage": left})
+        repo.add_transaction(conn, distribution_id, txn, "fees")
+        txns.append(txn)
+    _check_escrow_holds(conn, escrow, cur, 0)
+
+    repo.complete_distribution(conn, distribution_id, t, left, paid, count, winners)
+    repo.set_commitments_status(conn, market_id, "active", "settled")
+    repo.set_status(conn, market_id, VOIDED if t.kind == "void" else SETTLED)
+    done = Settled(market_id, distribution_id, t, left, paid, count, winners, txns)
+    uow.emit("market.settled", done.event(cur))
+    _notify_users(uow, "market.payout", distribution_id, market_id, cur, only_paid=False)
+    return done
+
+
+def _fee_postings(market_id: str, creator_id: str, cur: str, t: Terms, left: int) -> list[Posting]:
+    """House fee and breakage to ``house:{CUR}``, creator fee to ``creator:{id}:{CUR}``."""
+    credits = [(f"house:{cur}", t.house_fee), (f"creator:{creator_id}:{cur}", t.creator_fee),
+               (f"house:{cur}", left)]
+    postings = [Posting(acc, cur, amt) for acc, amt in credits if amt > 0]
+    total = sum(p.amount for p in postings)
+    return [Posting(escrow_account(market_id), cur, -total), *postings] if total else []
+
+
+def _check_escrow_holds(conn: Connection, escrow: str, cur: str, expected: int) -> None:
+    ledger.ensure_accounts(conn, {escrow: cur})
+    held = ledger.lock_accounts(conn, [escrow])[escrow].balance
+    if held != expected:
+        raise LedgerError(f"{escrow} holds {held}, expected {expected}: the books disagree "
+                          "with the commitments; nothing was paid")
+
+
+def _notify_users(uow: UnitOfWork, event: str, distribution_id: int, market_id: str, cur: str,
+                  *, only_paid: bool) -> None:
+    """One notification per user (not per commitment), written set-based per batch of users."""
+    for i, users in enumerate(repo.results_by_user(uow.conn, distribution_id, only_paid=only_paid)):
+        small = i == 0 and len(users) <= PUBLISH_NOW_MAX
+        uow.emit_many(
+            [(event, {"market_id": market_id, "distribution_id": distribution_id,
+                      "currency": cur, **u}, u["user_id"]) for u in users],
+            publish_now=small,
+        )
+
+
+# --- rollback -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RolledBack:
+    market_id: str
+    distribution_id: int
+    reversals: dict[int, int]  # original transaction id -> its reversal
+
+    def event(self, reason: str, by: str) -> dict[str, Any]:
+        return {"market_id": self.market_id, "distribution_id": self.distribution_id,
+                "reason": reason, "requested_by": by,
+                "reversed": [{"transaction_id": t, "reversal_id": r}
+                             for t, r in sorted(self.reversals.items())]}
+
+
+def roll_back(uow: UnitOfWork, market_id: str, *, reason: str, by: str) -> RolledBack | None:
+    """Reverse the market's completed distribution.  None when it is already rolled back."""
+    conn = uow.conn
+    market = repo.get_market(conn, market_id, lock="update")
+    dist = repo.latest_distribution(conn, market_id, lock=True)
+    if dist is None:
+        raise Refused(f"market {market_id} was never resolved: nothing to roll back")
+    if dist.status == ROLLED_BACK:
+        log.info("market.rollback_skipped", market_id=market_id, distribution_id=dist.id,
+                 detail="already rolled back")
+        return None
+    if dist.status == FAILED:
+        raise Refused(f"market {market_id}: distribution {dist.id} failed and paid nothing; "
+                      "nothing to roll back")
+    if dist.status == PENDING:
+        raise SettlementPending(f"market {market_id}: distribution {dist.id} is still being "
+                                "settled; the rollback will be retried")
+    assert dist.status == COMPLETED and market.status in (SETTLED, VOIDED)
+    reversals: dict[int, int] = {}
+    for txn, purpose in repo.transactions_of(conn, dist.id):
+        memo = f"market {market_id}: rollback of distribution {dist.id} ({purpose})"
+        reversals[txn] = reverse_with_audit(uow, txn, memo=memo, reason=reason, by=by)
+        repo.set_reversal(conn, txn, reversals[txn])
+    repo.roll_back_distribution(conn, dist.id, by, reason)
+    repo.set_commitments_status(conn, market_id, "settled", "active")
+    repo.set_status(conn, market_id, CLOSED)
+    done = RolledBack(market_id, dist.id, reversals)
+    uow.emit("market.rolled_back", done.event(reason, by))
+    _notify_users(uow, "market.payout_reversed", dist.id, market_id, market.currency,
+                  only_paid=True)
+    return done
+
+
+def reverse_with_audit(uow: UnitOfWork, txn_id: int, *, memo: str, reason: str, by: str) -> int:
+    """``ledger.reverse`` with the wallet audit kept: each user wallet it touches is a
+    system change of kind ``reversal`` seen by the guard (never blocked, always recorded).
+
+    Belongs in infra/wallets.py next to ``apply_changes``; kept here until it exists there.
+    """
+    conn = uow.conn
+    original = ledger._postings_of(conn, txn_id)
+    # Lock every account of the reversal in id order before reading the balances.
+    locked = ledger.lock_accounts(conn, [code for code, _, _ in original])
+    running = {code: acc.balance for code, acc in locked.items()}
+    paired: list[tuple[WalletChange, int]] = []
+    for code, cur, amount in original:
+        if not code.startswith("user:"):
+            continue
+        user_id = code.split(":")[1]
+        change = WalletChange(user_id, cur, -amount, "reversal", reason=reason, performed_by=by,
+                              metadata={"reverses_transaction_id": txn_id})
+        paired.append((change, running[code]))
+        running[code] -= amount
+    guard.check(conn, paired)
+    reversal = ledger.reverse(conn, txn_id, kind="market_rollback", memo=memo)
+    if paired:
+        guard.record(conn, paired, reversal, uow=uow)
+    return reversal
+
