@@ -1,1 +1,42 @@
-"""Actors of the treasury capability (see CONTRACT.md)."""
+"""Treasury engine actors (SPEC §3): buffer flows, the settlement cycle, conversion steps."""
+
+from __future__ import annotations
+
+from infra.contract.treasury import PollConversion, RecordBufferFlow, RunSettlementCycle, SubmitConversion
+from infra.logs import get_logger
+from infra.messaging import command
+from infra.treasury import cycle, jobs
+from infra.uow import UnitOfWork
+
+log = get_logger(__name__)
+
+
+@command()
+def record_buffer_flow(cmd: RecordBufferFlow, uow: UnitOfWork) -> None:
+    """An upstream service funded (or drew on) a buffer; the world is the counterpart."""
+    cycle.record_flow(uow, cmd.account_type, cmd.amount, cmd.reference)
+
+
+@command()
+def run_settlement_cycle(cmd: RunSettlementCycle, uow: UnitOfWork) -> None:
+    """One replenishment job per buffer below min with nothing in flight."""
+    cycle.run_cycle(uow, cmd.trigger, requested_by="scheduler" if cmd.trigger == "scheduled"
+                    else "operator")
+
+
+@command(transactional=False)
+def submit_conversion(cmd: SubmitConversion) -> None:
+    """Hand a pending job to the best provider, falling back on errors (own transactions:
+    the provider is called outside any)."""
+    status = jobs.submit(cmd.job_id)
+    log.info("submit_conversion.done", job_id=cmd.job_id, status=status)
+
+
+@command(transactional=False)
+def poll_conversion(cmd: PollConversion) -> None:
+    """Let the provider's status drive one job, or every job a provider holds."""
+    if cmd.job_id is None:
+        polled = jobs.poll_all(request_id=cmd.request_id)
+        log.info("poll_conversion.done", polled=polled)
+    else:
+        jobs.poll(cmd.job_id)

@@ -1,10 +1,388 @@
-"""CLI views of the treasury capability (CONTRACT.md)."""
+"""Treasury engine views and levers: ``ballast buffers``, ``providers``, ``conversions``.
+
+(``ballast treasury ...`` belongs to the challenges capability.)
+"""
 
 from __future__ import annotations
 
+import re
+import uuid
+from typing import Any, Callable
+
 import click
+
+from domain.buffers import CURRENCY_OF, Thresholds
+from domain.conversions import DIRECTIONS, PPM, format_rate, parse_rate
+from domain.errors import BallastError, InvalidCommand
+from domain.money import format_minor
+from infra.cli.output import console, emit, fail, json_option, table
+from infra.db.engine import get_engine
+from infra.uow import UnitOfWork
+
+ACCOUNT_TYPES = click.Choice(sorted(CURRENCY_OF))
 
 
 def register(cli: click.Group) -> None:
-    """Add this capability's commands to `ballast`."""
-    return None
+    cli.add_command(buffers_group)
+    cli.add_command(providers_group)
+    cli.add_command(conversions_group)
+
+
+def _guarded(fn: Callable[[], Any]) -> Any:
+    """Business refusals as one line: exit 2 for bad input, 1 for a refusal."""
+    try:
+        return fn()
+    except InvalidCommand as exc:
+        fail(str(exc), 2)
+    except BallastError as exc:
+        fail(str(exc), 1)
+
+
+def _uow(actor: str, what: str) -> UnitOfWork:
+    return UnitOfWork(actor=actor, request_id=f"cli:{what}:{uuid.uuid4()}", payload={"cli": what})
+
+
+# --- buffers -----------------------------------------------------------------------------
+
+@click.group("buffers", invoke_without_command=True)
+@json_option
+@click.pass_context
+def buffers_group(ctx: click.Context, as_json: bool) -> None:
+    """Buffer balances against their thresholds (and the levers on rebalancing)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from infra.treasury import views
+
+    with get_engine().connect() as conn:
+        doc = views.buffers(conn)
+
+    def human(rows):
+        table([{**r, **{k: format_minor(r[k], r["currency"])
+                        for k in ("balance", "min", "target", "max")}} for r in rows],
+              ["account_type", "balance", "min", "target", "max", "status"], title="buffers")
+
+    emit(doc, as_json, human)
+
+
+@buffers_group.command("rebalance")
+@json_option
+def buffers_rebalance(as_json: bool) -> None:
+    """Run a settlement cycle now (even while auto-rebalancing is paused)."""
+    from infra.treasury import cycle
+
+    def run():
+        with _uow("run_settlement_cycle", "rebalance") as uow:
+            uow.claim()
+            created = cycle.run_cycle(uow, "manual", requested_by="operator")
+            uow.commit()
+        return created
+
+    created = _guarded(run)
+    emit({"jobs_created": len(created)}, as_json,
+         lambda d: console.print(f"settlement cycle: {d['jobs_created']} job(s) created "
+                                 f"{created if created else ''}"))
+
+
+def _set_auto(enabled: bool, by: str, as_json: bool) -> None:
+    from infra.treasury import cycle
+
+    with _uow("treasury_settings", "auto_rebalance") as uow:
+        cycle.set_auto_rebalance(uow, enabled, by)
+        uow.commit()
+    emit({"auto_rebalance": enabled, "by": by}, as_json,
+         lambda d: console.print(f"auto-rebalancing {'resumed' if enabled else 'paused'} by {by}"))
+
+
+@buffers_group.command("pause")
+@click.option("--by", default="operator", show_default=True, help="Who pauses it.")
+@json_option
+def buffers_pause(by: str, as_json: bool) -> None:
+    """Pause auto-rebalancing: scheduled cycles create no jobs until resumed."""
+    _set_auto(False, by, as_json)
+
+
+@buffers_group.command("resume")
+@click.option("--by", default="operator", show_default=True)
+@json_option
+def buffers_resume(by: str, as_json: bool) -> None:
+    """Resume auto-rebalancing."""
+    _set_auto(True, by, as_json)
+
+
+@buffers_group.command("set")
+@click.argument("account_type", type=ACCOUNT_TYPES)
+@click.option("--min", "mn", type=int, help="Minor units.")
+@click.option("--target", type=int, help="Minor units.")
+@click.option("--max", "mx", type=int, help="Minor units.")
+@click.option("--batch", type=int, help="Minor units.")
+@click.option("--by", default="operator", show_default=True)
+@json_option
+def buffers_set(account_type: str, mn: int | None, target: int | None, mx: int | None,
+                batch: int | None, by: str, as_json: bool) -> None:
+    """Change a buffer's thresholds (minor units of its currency)."""
+    from infra.treasury import store, views
+
+    def run():
+        with _uow("treasury_settings", "thresholds") as uow:
+            t = store.load_buffers(uow.conn, lock=True)[account_type].thresholds
+            new = Thresholds(t.min if mn is None else mn, t.target if target is None else target,
+                             t.max if mx is None else mx, t.batch if batch is None else batch)
+            store.set_thresholds(uow.conn, account_type, new, by)
+            uow.commit()
+        with get_engine().connect() as conn:
+            return next(r for r in views.buffers(conn) if r["account_type"] == account_type)
+
+    emit(_guarded(run), as_json)
+
+
+# --- providers ---------------------------------------------------------------------------
+
+@click.group("providers", invoke_without_command=True)
+@json_option
+@click.pass_context
+def providers_group(ctx: click.Context, as_json: bool) -> None:
+    """Conversion providers: health, priority, today's volume."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from infra.treasury import views
+
+    with get_engine().connect() as conn:
+        doc = views.providers(conn)
+    emit(doc, as_json, lambda rows: table(rows, title="providers"))
+
+
+def _simulated_options(fn):
+    for opt in reversed([
+        click.option("--rate", help="Simulated: destination per source unit, e.g. 0.9990."),
+        click.option("--fee-bps", type=int, help="Simulated: fee in basis points."),
+        click.option("--latency-polls", type=int, help="Simulated: polls before it finishes."),
+        click.option("--fail-mode", type=click.Choice(
+            ["none", "reject", "error", "timeout", "stick", "fail_late"]), help="Simulated."),
+        click.option("--url", help="HTTP: base URL of the provider's API."),
+        click.option("--timeout-ms", type=int, help="HTTP: per request."),
+        click.option("--retries", type=int, help="HTTP: retries with the same key."),
+        click.option("--min-amount", type=int, help="Per order, USD cents at par."),
+        click.option("--max-amount", type=int, help="Per order, USD cents at par."),
+        click.option("--daily-limit", type=int, help="Per day, USD cents at par."),
+        click.option("--direction", "directions", multiple=True,
+                     type=click.Choice(sorted(DIRECTIONS)), help="Repeatable; default both."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _config(kind: str, current: dict[str, Any], o: dict[str, Any]) -> dict[str, Any]:
+    if kind == "simulated":
+        from infra.providers.simulated import make_config
+
+        if o.get("url") is not None:
+            raise InvalidCommand("--url is for http providers")
+        return make_config(
+            rate_ppm=parse_rate(o["rate"]) if o.get("rate") is not None
+            else current.get("rate_ppm", PPM),
+            fee_bps=o["fee_bps"] if o.get("fee_bps") is not None else current.get("fee_bps", 0),
+            latency_polls=o["latency_polls"] if o.get("latency_polls") is not None
+            else current.get("latency_polls", 1),
+            fail_mode=o["fail_mode"] or current.get("fail_mode", "none"))
+    from infra.providers.http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, make_config
+
+    if any(o.get(k) is not None for k in ("rate", "fee_bps", "latency_polls", "fail_mode")):
+        raise InvalidCommand("--rate, --fee-bps, --latency-polls, --fail-mode are for simulated providers")
+    url = o.get("url") or current.get("url")
+    if not url:
+        raise InvalidCommand("an http provider needs --url")
+
+    def pick(key: str, default: int) -> int:
+        return o[key] if o.get(key) is not None else current.get(key, default)
+
+    return make_config(url, pick("timeout_ms", DEFAULT_TIMEOUT_MS), pick("retries", DEFAULT_RETRIES))
+
+
+def _show_provider(name: str, as_json: bool) -> None:
+    from infra.treasury import views
+
+    with get_engine().connect() as conn:
+        doc = views.provider(conn, name)
+
+    def human(d):
+        table([provider_summary(d)], title=f"provider {name}")
+
+    emit(doc, as_json, human)
+
+
+def provider_summary(d: dict[str, Any]) -> dict[str, Any]:
+    c = d["config"]
+    conf = (f"rate {format_rate(c['rate_ppm'])}, fee {c['fee_bps']} bps, "
+            f"latency {c['latency_polls']} polls, fail {c['fail_mode']}"
+            if d["type"] == "simulated" else f"{c['url']} ({c['timeout_ms']} ms, {c['retries']} retries)")
+    return {k: d[k] for k in ("name", "type", "status", "priority", "healthy", "success_rate",
+                              "daily_volume_used")} | {"config": conf}
+
+
+@providers_group.command("add")
+@click.argument("name")
+@click.option("--type", "kind", type=click.Choice(["simulated", "http"]), required=True)
+@click.option("--priority", type=int, required=True, help="Lower wins.")
+@_simulated_options
+@json_option
+def providers_add(name: str, kind: str, priority: int, as_json: bool, **o: Any) -> None:
+    """Add a provider (simulated for demos and tests, or http)."""
+    from infra.treasury import store
+
+    def run():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise InvalidCommand("a provider name is 1-64 letters, digits, '_', '.', '-'")
+        row = store.ProviderRow(
+            name, kind, priority, "active", tuple(o["directions"] or sorted(DIRECTIONS)),
+            o["min_amount"] or 0, o["max_amount"], o["daily_limit"], _config(kind, {}, o), 0, 0)
+        with _uow("treasury_settings", "provider_add") as uow:
+            store.add_provider(uow.conn, row)
+            uow.commit()
+
+    _guarded(run)
+    _show_provider(name, as_json)
+
+
+@providers_group.command("set")
+@click.argument("name")
+@click.option("--priority", type=int)
+@_simulated_options
+@json_option
+def providers_set(name: str, priority: int | None, as_json: bool, **o: Any) -> None:
+    """Change a provider's priority, limits or configuration."""
+    from infra.treasury import store
+
+    def run():
+        with _uow("treasury_settings", "provider_set") as uow:
+            current = store.get_provider(uow.conn, name)
+            fields: dict[str, Any] = {"config": _config(current.kind, current.config, o)}
+            if priority is not None:
+                fields["priority"] = priority
+            for k in ("min_amount", "max_amount", "daily_limit"):
+                if o[k] is not None:
+                    fields[k] = o[k]
+            if o["directions"]:
+                fields["directions"] = o["directions"]
+            store.update_provider(uow.conn, name, **fields)
+            uow.commit()
+
+    _guarded(run)
+    _show_provider(name, as_json)
+
+
+def _provider_status(name: str, status: str, as_json: bool) -> None:
+    from infra.treasury import store
+
+    def run():
+        with _uow("treasury_settings", f"provider_{status}") as uow:
+            store.update_provider(uow.conn, name, status=status)
+            uow.commit()
+
+    _guarded(run)
+    _show_provider(name, as_json)
+
+
+@providers_group.command("pause")
+@click.argument("name")
+@json_option
+def providers_pause(name: str, as_json: bool) -> None:
+    """Take a provider out of selection (jobs it holds are still polled)."""
+    _provider_status(name, "paused", as_json)
+
+
+@providers_group.command("resume")
+@click.argument("name")
+@json_option
+def providers_resume(name: str, as_json: bool) -> None:
+    """Put a paused provider back into selection."""
+    _provider_status(name, "active", as_json)
+
+
+# --- conversions -------------------------------------------------------------------------
+
+@click.group("conversions", invoke_without_command=True)
+@click.option("--active", is_flag=True, help="Only jobs still in flight.")
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(1, 10_000))
+@json_option
+@click.pass_context
+def conversions_group(ctx: click.Context, active: bool, limit: int, as_json: bool) -> None:
+    """Conversion jobs, newest first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from infra.treasury import views
+
+    with get_engine().connect() as conn:
+        doc = views.conversions(conn, active_only=active, limit=limit)
+    emit(doc, as_json, lambda rows: table(rows, title="conversions"))
+
+
+@conversions_group.command("poll")
+@json_option
+def conversions_poll(as_json: bool) -> None:
+    """Poll every job a provider holds, now."""
+    from infra.treasury import jobs
+
+    polled = jobs.poll_all(request_id=f"cli:poll:{uuid.uuid4()}")
+    emit({"polled": polled}, as_json, lambda d: console.print(f"polled {d['polled']} job(s)"))
+
+
+@conversions_group.command("show")
+@click.argument("job_id", type=int)
+@json_option
+def conversions_show(job_id: int, as_json: bool) -> None:
+    """One job with its attempts and every transition."""
+    from infra.treasury import views
+
+    def run():
+        with get_engine().connect() as conn:
+            return views.job(conn, job_id)
+
+    doc = _guarded(run)
+
+    def human(d):
+        table([{k: v for k, v in d.items() if k not in ("attempt_log", "transitions")}], title=f"job {job_id}")
+        table(d["attempt_log"], title="attempts")
+        table(d["transitions"], title="transitions")
+
+    emit(doc, as_json, human)
+
+
+@conversions_group.command("convert")
+@click.option("--from", "source", type=ACCOUNT_TYPES, required=True, help="Source buffer.")
+@click.option("--to", "destination", type=ACCOUNT_TYPES, required=True, help="Destination buffer.")
+@click.option("--amount", type=click.IntRange(min=1), required=True,
+              help="Minor units of the source currency.")
+@click.option("--by", required=True, help="Who asks for it.")
+@json_option
+def conversions_convert(source: str, destination: str, amount: int, by: str, as_json: bool) -> None:
+    """Convert manually between two buffers (through a provider, like any job)."""
+    from infra.treasury import jobs, views
+
+    def run():
+        with _uow("convert", "manual") as uow:
+            job_id = jobs.convert_manually(uow, source_type=source, destination_type=destination,
+                                           amount=amount, performed_by=by)
+            uow.commit()
+        with get_engine().connect() as conn:
+            return views.job(conn, job_id)
+
+    emit(_guarded(run), as_json)
+
+
+@conversions_group.command("cancel")
+@click.argument("job_id", type=int)
+@click.option("--by", required=True)
+@click.option("--reason", required=True)
+@click.option("--force", is_flag=True,
+              help="Also when a provider may hold it (you vouch it will not complete).")
+@json_option
+def conversions_cancel(job_id: int, by: str, reason: str, force: bool, as_json: bool) -> None:
+    """Cancel a job; its transit returns to the source."""
+    from infra.treasury import jobs, views
+
+    def run():
+        jobs.cancel(job_id, by=by, reason=reason, force=force)
+        with get_engine().connect() as conn:
+            return views.job(conn, job_id)
+
+    emit(_guarded(run), as_json)

@@ -1,0 +1,161 @@
+"""Currency buffers: thresholds, status, and how much a replenishment should convert.
+
+Pure rules (SPEC §3).  Amounts are integers in minor units of the buffer's
+currency; conversions between USD and USDC for *sizing* are at par (one
+dollar = one USDC), the provider's actual rate only matters at completion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from domain.conversions import Direction, at_par, direction_between, par_value
+from domain.errors import InvalidCommand
+from domain.money import major_to_minor
+
+CRITICAL_LOW = "CRITICAL_LOW"
+BELOW_TARGET = "BELOW_TARGET"
+OVER_CAPITALIZED = "OVER_CAPITALIZED"
+HEALTHY = "HEALTHY"
+
+#: Buffer account type -> its currency.
+CURRENCY_OF: dict[str, str] = {
+    "system_buffer_usdc": "USDC",
+    "system_buffer_fiat": "USD",
+    "broker_operational": "USD",
+}
+
+#: Which buffer refills which: usdc <- fiat (USD->USDC); fiat and broker <- usdc (USDC->USD).
+SOURCE_OF: dict[str, str] = {
+    "system_buffer_usdc": "system_buffer_fiat",
+    "system_buffer_fiat": "system_buffer_usdc",
+    "broker_operational": "system_buffer_usdc",
+}
+
+
+def account_code(account_type: str) -> str:
+    """The ledger account of a buffer (SPEC §0: ``buffer:{account_type}``)."""
+    return f"buffer:{account_type}"
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """The levels of one buffer, in minor units of its currency.
+
+    Parameters:
+      min: below it the buffer is CRITICAL_LOW and gets replenished.
+      target: what a replenishment aims for.
+      max: above it the buffer is OVER_CAPITALIZED.
+      batch: conversions are sized in whole batches of this.
+    """
+
+    min: int
+    target: int
+    max: int
+    batch: int
+
+    def __post_init__(self) -> None:
+        for name in ("min", "target", "max", "batch"):
+            if type(getattr(self, name)) is not int:
+                raise InvalidCommand(f"{name} must be an integer amount in minor units")
+        if not 0 <= self.min < self.target < self.max:
+            raise InvalidCommand(
+                f"thresholds need 0 <= min < target < max, got {self.min}/{self.target}/{self.max}"
+            )
+        if self.batch <= 0:
+            raise InvalidCommand("batch must be positive")
+
+
+def _default(currency: str, mn: int, target: int, mx: int, batch: int) -> Thresholds:
+    return Thresholds(*(major_to_minor(v, currency) for v in (mn, target, mx, batch)))
+
+
+#: SPEC §3's table (major units) in minor units.
+DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
+    "system_buffer_usdc": _default("USDC", 10_000, 50_000, 100_000, 20_000),
+    "system_buffer_fiat": _default("USD", 20_000, 100_000, 200_000, 50_000),
+    "broker_operational": _default("USD", 50_000, 200_000, 500_000, 100_000),
+}
+
+
+def status(balance: int, t: Thresholds) -> str:
+    """CRITICAL_LOW (< min), BELOW_TARGET (< target), OVER_CAPITALIZED (> max), else HEALTHY."""
+    if balance < t.min:
+        return CRITICAL_LOW
+    if balance < t.target:
+        return BELOW_TARGET
+    if balance > t.max:
+        return OVER_CAPITALIZED
+    return HEALTHY
+
+
+@dataclass(frozen=True, slots=True)
+class Replenishment:
+    """A conversion the settlement cycle should start.
+
+    Parameters:
+      destination: the buffer account type being refilled.
+      source: the buffer account type paying for it.
+      direction: the conversion's direction.
+      source_amount: what leaves the source, minor units of its currency.
+      expected_amount: what should arrive at par, minor units of the destination.
+      capped: True when the source's own min limited the amount.
+    """
+
+    destination: str
+    source: str
+    direction: Direction
+    source_amount: int
+    expected_amount: int
+    capped: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CannotReplenish:
+    """Why no job was created for a buffer below min (an alert says it)."""
+
+    destination: str
+    source: str
+    reason: str
+
+
+def plan_replenishment(
+    destination: str,
+    balance: int,
+    thresholds: Thresholds,
+    source_balance: int,
+    source_thresholds: Thresholds,
+    provider_minimum: int | None,
+) -> Replenishment | CannotReplenish | None:
+    """What the settlement cycle does for one buffer (SPEC §3).
+
+    None when the buffer is not below min.  The amount is what brings it up
+    to target, rounded *up* to whole batches, but never past its max; the
+    source pays at par, rounded up to its minor unit, and is capped so it
+    stays at or above its own min.  ``provider_minimum`` is the smallest
+    par value (USD cents) any eligible provider accepts, None when no
+    provider serves the direction.
+    """
+    if balance >= thresholds.min:
+        return None
+    source = SOURCE_OF[destination]
+    dest_cur, src_cur = CURRENCY_OF[destination], CURRENCY_OF[source]
+    direction = direction_between(src_cur, dest_cur)
+    deficit = thresholds.target - balance
+    batches = -(-deficit // thresholds.batch)
+    wanted = min(batches * thresholds.batch, thresholds.max - balance)
+    needed = at_par(wanted, dest_cur, src_cur, round_up=True)
+    available = source_balance - source_thresholds.min
+    if available <= 0:
+        return CannotReplenish(destination, source,
+                               f"{source} is at or below its own min ({source_balance} <= "
+                               f"{source_thresholds.min} {src_cur})")
+    amount = min(needed, available)
+    if provider_minimum is None:
+        return CannotReplenish(destination, source, f"no active provider converts {direction}")
+    if par_value(amount, src_cur) < provider_minimum:
+        return CannotReplenish(destination, source,
+                               f"{amount} {src_cur} is below the smallest provider minimum "
+                               f"({provider_minimum} USD cents)")
+    return Replenishment(destination, source, direction, amount,
+                         at_par(amount, src_cur, dest_cur, round_up=False), amount < needed)

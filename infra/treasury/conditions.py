@@ -1,0 +1,66 @@
+"""Treasury alert conditions, evaluated every minute by the ``evaluate_alerts`` sweep."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from domain import conversions as conv
+from domain.providers import ACTIVE
+from infra import alerts
+from infra.conditions import condition
+from infra.treasury import cycle, jobs, store
+from infra.uow import UnitOfWork
+
+
+@condition("treasury.buffers")
+def buffer_levels(uow: UnitOfWork) -> None:
+    """Buffers critically low or over capitalized."""
+    cycle.evaluate_buffer_alerts(uow)
+
+
+@condition("treasury.providers")
+def provider_health(uow: UnitOfWork) -> None:
+    """A provider with ≥ 10 outcomes in the window and a success rate under 80 %."""
+    degraded = []
+    for p in store.load_providers(uow.conn):
+        if p.status == ACTIVE and not p.view().healthy:
+            key = f"provider:degraded:{p.name}"
+            degraded.append(key)
+            total = p.successes + p.failures
+            alerts.raise_alert(uow, kind="provider", severity="warning",
+                               subject=f"provider {p.name} is degraded: {p.successes}/{total} "
+                                       "succeeded in the last 24 h",
+                               dedupe_key=key,
+                               data={"provider": p.name, "successes": p.successes,
+                                     "failures": p.failures})
+    alerts.resolve_all_except(uow, "provider:degraded:", degraded)
+
+
+@condition("treasury.failure_rate")
+def failure_rate(uow: UnitOfWork) -> None:
+    """More than 5 % of the conversions finished in the last day failed."""
+    row = uow.conn.execute(text(
+        "SELECT count(*) FILTER (WHERE status = 'completed') AS completed, "
+        "count(*) FILTER (WHERE status = 'failed') AS failed FROM conversion_jobs "
+        "WHERE finished_at >= now() - interval '1 day'"
+    )).one()
+    key = "conversion:failure_rate"
+    if conv.failure_rate_exceeded(row.completed, row.failed):
+        alerts.raise_alert(uow, kind="conversion", severity="warning",
+                           subject=f"{row.failed} of {row.completed + row.failed} conversions "
+                                   "failed in the last day (over 5 %)",
+                           dedupe_key=key, data={"completed": row.completed, "failed": row.failed})
+    else:
+        alerts.resolve_alert(uow, key, note="failure rate back under 5 %")
+
+
+@condition("treasury.stale_jobs")
+def stale_jobs(uow: UnitOfWork) -> None:
+    """Jobs with their provider (or pending) for 30 minutes: alert, keep polling."""
+    for seen in store.list_jobs(uow.conn, active_only=True, limit=10_000):
+        job = store.get_job(uow.conn, seen.id, lock=True)
+        if job.status in conv.ACTIVE:
+            jobs.flag_if_stale(uow, job)
+    active = {f"conversion:stale:{j.id}" for j in store.list_jobs(uow.conn, active_only=True,
+                                                                    limit=10_000)}
+    alerts.resolve_all_except(uow, "conversion:stale:", active)

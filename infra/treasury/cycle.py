@@ -1,0 +1,113 @@
+"""Buffers: upstream flows, the settlement cycle, and the buffer alerts."""
+
+from __future__ import annotations
+
+from domain import buffers as b
+from domain.conversions import direction_between
+from domain.ledger import Posting
+from domain.money import format_minor
+from domain.providers import smallest_minimum
+from infra import alerts, ledger
+from infra.logs import get_logger
+from infra.treasury import jobs, store
+from infra.uow import UnitOfWork
+
+log = get_logger(__name__)
+
+AUTO_REBALANCE = "auto_rebalance"
+
+
+def record_flow(uow: UnitOfWork, account_type: str, amount: int, reference: str) -> int:
+    """Funding (positive) or withdrawal (negative) reported by an upstream service.
+
+    The counterpart is ``world:{CUR}``; a withdrawal larger than the buffer is
+    refused (a buffer never goes negative).
+    """
+    cur = b.CURRENCY_OF[account_type]
+    return ledger.post(uow.conn, [Posting(f"world:{cur}", cur, -amount),
+                                  Posting(b.account_code(account_type), cur, amount)],
+                       kind="buffer_flow", memo=reference,
+                       metadata={"account_type": account_type, "reference": reference})
+
+
+def auto_rebalance_enabled(conn) -> bool:
+    return bool(store.get_setting(conn, AUTO_REBALANCE, True))
+
+
+def set_auto_rebalance(uow: UnitOfWork, enabled: bool, by: str) -> None:
+    store.put_setting(uow.conn, AUTO_REBALANCE, enabled, by)
+
+
+def run_cycle(uow: UnitOfWork, trigger: str, requested_by: str = "scheduler") -> list[int]:
+    """One settlement cycle (SPEC §3).  Returns the ids of the jobs it created.
+
+    Buffers are locked for the cycle, so two cycles run one after the other
+    and the second sees the first one's jobs in flight.  A scheduled cycle
+    does nothing while auto-rebalancing is paused; an operator's still runs.
+    """
+    if trigger == "scheduled" and not auto_rebalance_enabled(uow.conn):
+        log.info("settlement_cycle.paused", detail="auto-rebalancing is paused")
+        return []
+    buffers = store.load_buffers(uow.conn, lock=True)
+    providers = [p.view() for p in store.load_providers(uow.conn)]
+    in_flight = {j.destination_account for j in store.list_jobs(uow.conn, active_only=True,
+                                                                  limit=10_000)}
+    created: list[int] = []
+    for buf in buffers.values():
+        if buf.status != b.CRITICAL_LOW:
+            continue
+        if buf.account in in_flight:
+            log.info("settlement_cycle.in_flight", account_type=buf.account_type)
+            continue
+        source = buffers[b.SOURCE_OF[buf.account_type]]
+        direction = direction_between(source.currency, buf.currency)
+        plan = b.plan_replenishment(buf.account_type, buf.balance, buf.thresholds,
+                                    source.balance, source.thresholds,
+                                    smallest_minimum(providers, direction))
+        key = f"buffer:cannot_replenish:{buf.account_type}"
+        if isinstance(plan, b.CannotReplenish):
+            alerts.raise_alert(uow, kind="buffer", severity="critical",
+                               subject=f"{buf.account_type} cannot be replenished: {plan.reason}",
+                               dedupe_key=key,
+                               data={"account_type": buf.account_type, "balance": buf.balance,
+                                     "source": plan.source, "reason": plan.reason})
+            log.warning("settlement_cycle.cannot_replenish", account_type=buf.account_type,
+                        reason=plan.reason)
+            continue
+        created.append(jobs.create_job(uow, kind="replenishment", source_type=plan.source,
+                                       destination_type=plan.destination,
+                                       amount=plan.source_amount, requested_by=requested_by,
+                                       trigger=trigger))
+        alerts.resolve_alert(uow, key, note=f"job {created[-1]} created")
+    evaluate_buffer_alerts(uow, buffers)
+    log.info("settlement_cycle.done", trigger=trigger, jobs_created=len(created))
+    return created
+
+
+def evaluate_buffer_alerts(uow: UnitOfWork, buffers: dict[str, store.Buffer] | None = None) -> None:
+    """Critical low and over capitalized, raised while true and resolved when cleared."""
+    buffers = buffers or store.load_buffers(uow.conn)
+    for buf in buffers.values():
+        t = buf.thresholds
+        checks = {
+            "critical_low": (buf.status == b.CRITICAL_LOW, "critical",
+                             f"{buf.account_type} is critically low: "
+                             f"{format_minor(buf.balance, buf.currency)} < "
+                             f"{format_minor(t.min, buf.currency)}"),
+            "over_capitalized": (buf.status == b.OVER_CAPITALIZED, "warning",
+                                 f"{buf.account_type} is over capitalized: "
+                                 f"{format_minor(buf.balance, buf.currency)} > "
+                                 f"{format_minor(t.max, buf.currency)}"),
+        }
+        for name, (true, severity, subject) in checks.items():
+            key = f"buffer:{name}:{buf.account_type}"
+            if true:
+                alerts.raise_alert(uow, kind="buffer", severity=severity, subject=subject,
+                                   dedupe_key=key,
+                                   data={"account_type": buf.account_type, "balance": buf.balance,
+                                         "min": t.min, "target": t.target, "max": t.max})
+            else:
+                alerts.resolve_alert(uow, key, note=f"{buf.account_type} is {buf.status}")
+        if buf.status != b.CRITICAL_LOW:
+            alerts.resolve_alert(uow, f"buffer:cannot_replenish:{buf.account_type}",
+                                 note=f"{buf.account_type} is {buf.status}")

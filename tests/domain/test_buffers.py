@@ -1,0 +1,119 @@
+"""Buffer status and replenishment sizing (SPEC §3), pure."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, strategies as st
+
+from domain import buffers as b
+from domain.conversions import at_par
+from domain.errors import InvalidCommand
+from domain.money import major_to_minor
+
+USDC = b.DEFAULT_THRESHOLDS["system_buffer_usdc"]
+FIAT = b.DEFAULT_THRESHOLDS["system_buffer_fiat"]
+BROKER = b.DEFAULT_THRESHOLDS["broker_operational"]
+
+
+def usd(major):
+    return major_to_minor(major, "USD")
+
+
+def usdc(major):
+    return major_to_minor(major, "USDC")
+
+
+def test_defaults_are_the_spec_table_in_minor_units():
+    assert USDC == b.Thresholds(usdc(10_000), usdc(50_000), usdc(100_000), usdc(20_000))
+    assert FIAT == b.Thresholds(usd(20_000), usd(100_000), usd(200_000), usd(50_000))
+    assert BROKER == b.Thresholds(usd(50_000), usd(200_000), usd(500_000), usd(100_000))
+    assert USDC.min == 10_000 * 10**6 and FIAT.min == 20_000 * 100
+
+
+@pytest.mark.parametrize("balance,expected", [
+    (usd(19_999), b.CRITICAL_LOW), (usd(20_000), b.BELOW_TARGET), (usd(99_999), b.BELOW_TARGET),
+    (usd(100_000), b.HEALTHY), (usd(200_000), b.HEALTHY), (usd(200_000) + 1, b.OVER_CAPITALIZED),
+])
+def test_status_boundaries(balance, expected):
+    assert b.status(balance, FIAT) == expected
+
+
+def test_thresholds_must_be_ordered_and_batch_positive():
+    with pytest.raises(InvalidCommand):
+        b.Thresholds(10, 10, 20, 1)
+    with pytest.raises(InvalidCommand):
+        b.Thresholds(1, 2, 3, 0)
+
+
+def test_usdc_buffer_refills_to_target_in_whole_batches_from_fiat():
+    plan = b.plan_replenishment("system_buffer_usdc", usdc(5_000), USDC, usd(150_000), FIAT, 0)
+    # deficit 45,000 -> three batches of 20,000 USDC, paid 60,000 USD at par
+    assert plan == b.Replenishment("system_buffer_usdc", "system_buffer_fiat", "USD->USDC",
+                                   usd(60_000), usdc(60_000), capped=False)
+
+
+def test_source_is_capped_at_its_own_min():
+    plan = b.plan_replenishment("system_buffer_fiat", usd(10_000), FIAT, usdc(60_000), USDC, 0)
+    # wanted: 2 batches = 100,000 USD, but the usdc buffer may only give 50,000 above its min
+    assert plan.source_amount == usdc(50_000)
+    assert plan.expected_amount == usd(50_000)
+    assert plan.capped
+
+
+def test_source_at_its_min_cannot_replenish():
+    plan = b.plan_replenishment("broker_operational", 0, BROKER, USDC.min, USDC, 0)
+    assert isinstance(plan, b.CannotReplenish)
+    assert "its own min" in plan.reason
+
+
+def test_below_provider_minimum_no_job():
+    plan = b.plan_replenishment("system_buffer_fiat", usd(10_000), FIAT, USDC.min + usdc(100),
+                                USDC, provider_minimum=usd(1_000))
+    assert isinstance(plan, b.CannotReplenish)
+    assert "provider minimum" in plan.reason
+
+
+def test_no_provider_for_the_direction_no_job():
+    plan = b.plan_replenishment("system_buffer_fiat", usd(10_000), FIAT, usdc(90_000), USDC, None)
+    assert isinstance(plan, b.CannotReplenish) and "no active provider" in plan.reason
+
+
+def test_not_below_min_means_nothing_to_do():
+    assert b.plan_replenishment("system_buffer_fiat", FIAT.min, FIAT, usdc(90_000), USDC, 0) is None
+
+
+def test_sub_cent_usdc_rounds_up_when_paying_and_down_when_receiving():
+    assert at_par(1, "USDC", "USD", round_up=True) == 1
+    assert at_par(1, "USDC", "USD", round_up=False) == 0
+    assert at_par(12_345, "USD", "USDC", round_up=False) == 123_450_000
+
+
+thresholds = st.tuples(st.integers(0, 10**12), st.integers(1, 10**12), st.integers(1, 10**12),
+                       st.integers(1, 10**12)).map(
+    lambda t: b.Thresholds(t[0], t[0] + t[1], t[0] + t[1] + t[2], t[3]))
+
+
+@given(dest=st.sampled_from(sorted(b.CURRENCY_OF)), t=thresholds, src_t=thresholds,
+       balance_frac=st.integers(0, 10**6), source_balance=st.integers(0, 10**13),
+       provider_min=st.one_of(st.none(), st.integers(0, 10**9)))
+def test_replenishment_invariants(dest, t, src_t, balance_frac, source_balance, provider_min):
+    balance = t.min * balance_frac // 10**6  # anywhere in [0, min]
+    plan = b.plan_replenishment(dest, balance, t, source_balance, src_t, provider_min)
+    if balance >= t.min:
+        assert plan is None
+        return
+    if isinstance(plan, b.CannotReplenish):
+        return
+    assert plan.source == b.SOURCE_OF[dest]
+    assert plan.source_amount > 0
+    # the source stays at or above its own min
+    assert source_balance - plan.source_amount >= src_t.min
+    # never past max, and when not capped: at least the target, in whole batches (or up to max)
+    assert balance + plan.expected_amount <= t.max
+    if not plan.capped:
+        reached = balance + plan.expected_amount
+        assert reached >= t.target or reached == t.max or plan.expected_amount % t.batch == 0
+    # the provider minimum is honoured (at par, USD cents)
+    from domain.conversions import par_value
+    assert provider_min is not None and par_value(plan.source_amount,
+                                                  b.CURRENCY_OF[plan.source]) >= provider_min
