@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from domain.ledger import Posting
 from domain.wallet import WalletChange
-from infra import ledger, wallets
-from infra.contract.wallets import AdjustBalance, Deposit, FundTreasury, Withdraw
+from infra import guard, ledger, wallets
+from infra.contract.wallets import AdjustBalance, Deposit, FundTreasury, SetTier, Withdraw
 from infra.messaging import command
 from infra.uow import UnitOfWork
 
@@ -36,6 +36,12 @@ def adjust_balance(cmd: AdjustBalance, uow: UnitOfWork) -> None:
     wallets.apply_changes(uow, [change], counter_account=f"house:{cmd.currency}",
                           kind="adjustment", memo=cmd.reason,
                           metadata={"performed_by": cmd.performed_by})
+
+
+@command()
+def set_tier(cmd: SetTier, uow: UnitOfWork) -> None:
+    """Move a user to another tier: their limits change from the next wallet change on."""
+    guard.set_tier(uow, cmd.user_id, cmd.tier, request_id=cmd.request_id)
 
 
 @command()

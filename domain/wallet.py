@@ -1,8 +1,6 @@
-"""Wallet changes and the rules every change to a user wallet must pass.
+"""Wallet changes: what one change to a user wallet is, and how a refusal reads.
 
-The tiered balance guard (SPEC §4) plugs in here: ``check`` is the single
-place a user-initiated change is validated.  Until tiers exist a wallet may
-not be overdrawn by its owner.
+The rules a change must pass (tiers, limits, SPEC §4) are in ``domain.guard``.
 """
 
 from __future__ import annotations
@@ -55,29 +53,38 @@ class BalanceRefused(Refused):
     """A user-initiated change broke a balance rule.
 
     Parameters:
-      rule: the rule's name (``min_balance``, ``daily_limit``...).
+      rule: the rule's name (``min_balance``, ``max_balance``, ``daily_limit``,
+        ``weekly_limit``).
       exceeded_by: by how much, in minor units.
+      limit: the rule's limit, in minor units (when known).
+      change: the refused change (when known).
     """
 
     code = "balance_refused"
 
-    def __init__(self, message: str, *, rule: str, exceeded_by: int) -> None:
+    def __init__(self, message: str, *, rule: str, exceeded_by: int, limit: int | None = None,
+                 change: WalletChange | None = None) -> None:
         super().__init__(message)
         self.rule = rule
         self.exceeded_by = exceeded_by
+        self.limit = limit
+        self.change = change
+
+    def data(self) -> dict[str, Any]:
+        """The refusal as an event payload (``balance.change_rejected``)."""
+        c = self.change
+        return {
+            "user_id": c.user_id if c else None,
+            "currency": c.currency if c else None,
+            "amount": c.amount if c else None,
+            "kind": c.kind if c else None,
+            "rule": self.rule,
+            "limit": self.limit,
+            "exceeded_by": self.exceeded_by,
+            "reason": str(self),
+        }
 
 
 def wallet_account(user_id: str, currency: str) -> str:
     return f"user:{user_id}:{currency}"
 
-
-def check_no_overdraft(change: WalletChange, balance_before: int) -> None:
-    """Until the tiered guard: an owner may not take a wallet below zero."""
-    after = balance_before + change.amount
-    if change.user_initiated and change.amount < 0 and after < 0:
-        raise BalanceRefused(
-            f"{change.kind} of {-change.amount} {change.currency} refused: balance is "
-            f"{balance_before}, short by {-after}",
-            rule="insufficient_balance",
-            exceeded_by=-after,
-        )

@@ -7,9 +7,12 @@ infra.alerts.  Conditions are independent: one failing does not stop the rest.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping
 
+from infra.logs import get_logger
 from infra.uow import UnitOfWork
+
+log = get_logger(__name__)
 
 Condition = Callable[[UnitOfWork], None]
 
@@ -22,3 +25,44 @@ def condition(name: str) -> Callable[[Condition], Condition]:
         return fn
 
     return register
+
+
+def evaluate(conditions: Mapping[str, Condition], *, request_id: str, payload: Any = None,
+             engine=None) -> dict[str, str]:
+    """Run each condition in its own claimed unit of work; returns ``{name: outcome}``
+    (``ok``, ``duplicate`` or ``failed``).
+
+    A condition that raises is rolled back alone and leaves an open
+    ``alert_condition_failed`` alert naming it (resolved once it runs cleanly
+    again); a repeated ``request_id`` skips the conditions that already ran.
+    """
+    from infra import alerts  # alerts registers conditions itself: import late
+
+    outcomes: dict[str, str] = {}
+    for name, fn in sorted(conditions.items()):
+        key = f"alert_condition_failed:{name}"
+        try:
+            with UnitOfWork(actor=f"evaluate_alerts:{name}", request_id=request_id,
+                            payload=payload, engine=engine) as uow:
+                if not uow.claim():
+                    outcomes[name] = "duplicate"
+                    continue
+                fn(uow)
+                alerts.resolve_alert(uow, key, note="condition evaluated cleanly")
+                uow.commit()
+            outcomes[name] = "ok"
+        except Exception as exc:
+            outcomes[name] = "failed"
+            log.exception("alert.condition_failed", condition=name, error=str(exc)[:300])
+            try:
+                with UnitOfWork(engine=engine) as uow:
+                    alerts.raise_alert(
+                        uow, kind="alert_condition_failed", severity="warning",
+                        subject=f"alert condition {name} failed: {type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}",
+                        dedupe_key=key, data={"condition": name, "error": str(exc)[:1000]},
+                    )
+                    uow.commit()
+            except Exception:  # the database itself is down: the next sweep will tell
+                log.exception("alert.condition_failure_unrecorded", condition=name)
+    return outcomes

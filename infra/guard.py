@@ -1,29 +1,387 @@
 """The balance guard's place in every wallet change (SPEC §4).
 
-``check`` runs with the wallet accounts already locked, before anything is
-written; ``record`` runs after the ledger posting, in the same transaction.
+``check`` runs with the wallet accounts already locked (``apply_changes`` locks
+them FOR UPDATE), before anything is written: two changes to one wallet are
+serialised by that lock, so the second one's window sums see the first one's
+audit line and together they never exceed a limit.  ``record`` runs after the
+ledger posting, in the same transaction: the audit trail and the balance
+alerts, set-based (one statement for N changes).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import json
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any, Sequence
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
-from domain.wallet import WalletChange, check_no_overdraft
+from domain import guard as rules
+from domain.errors import InvalidCommand
+from domain.guard import DEFAULT_TIER, Limits, Usage
+from domain.money import format_minor
+from domain.wallet import BalanceRefused, WalletChange
+from infra import alerts
+from infra.alerts import Alert, OutboxOnly, Unit
+from infra.conditions import condition
+
+Paired = Sequence[tuple[WalletChange, int]]
 
 
-def check(conn: Connection, changes: Sequence[tuple[WalletChange, int]]) -> None:
-    """Validate user-initiated changes; ``changes`` pairs each change with its balance before."""
-    for change, before in changes:
-        check_no_overdraft(change, before)
-
-
-def record(conn: Connection, changes: Sequence[tuple[WalletChange, int]], txn_id: int) -> None:
-    """Audit trail and balance alerts for every change (system ones included)."""
-    return None
-
+# --- tiers and limits -----------------------------------------------------------------------
 
 def tier_of(conn: Connection, user_id: str) -> str:
-    """The user's tier (bronze until tiers are stored)."""
-    return "bronze"
+    """The user's tier (bronze until set)."""
+    return tiers_of(conn, [user_id]).get(user_id, DEFAULT_TIER)
+
+
+def tiers_of(conn: Connection, user_ids: Sequence[str]) -> dict[str, str]:
+    """Stored tiers of ``user_ids`` in one query (absent: bronze)."""
+    if not user_ids:
+        return {}
+    return dict(conn.execute(
+        text("SELECT user_id, tier FROM user_tiers WHERE user_id = ANY(CAST(:u AS text[]))"),
+        {"u": list(user_ids)},
+    ).all())
+
+
+def set_tier(uow, user_id: str, tier: str, request_id: str | None = None) -> str:
+    """Store ``user_id``'s tier; returns the previous one.  Emits ``wallet.tier_changed``."""
+    if tier not in rules.TIERS:
+        raise InvalidCommand(f"unknown tier {tier!r}")
+    previous = uow.conn.execute(
+        text("SELECT tier FROM user_tiers WHERE user_id = :u FOR UPDATE"), {"u": user_id}
+    ).scalar_one_or_none() or DEFAULT_TIER
+    uow.conn.execute(
+        text("INSERT INTO user_tiers (user_id, tier) VALUES (:u, :t) ON CONFLICT (user_id) "
+             "DO UPDATE SET tier = EXCLUDED.tier, updated_at = now()"),
+        {"u": user_id, "t": tier},
+    )
+    uow.conn.execute(
+        text("INSERT INTO tier_changes (user_id, previous_tier, tier, request_id) "
+             "VALUES (:u, :p, :t, :r)"),
+        {"u": user_id, "p": previous, "t": tier, "r": request_id},
+    )
+    uow.emit("wallet.tier_changed", {"user_id": user_id, "tier": tier, "previous_tier": previous},
+             recipient=user_id)
+    return previous
+
+
+class LimitTable:
+    """Every (tier, currency) row of ``guard_limits``, falling back to SPEC §4's table."""
+
+    def __init__(self, rows: dict[tuple[str, str], Limits]) -> None:
+        self.rows = rows
+
+    @classmethod
+    def load(cls, conn: Connection) -> "LimitTable":
+        rows = conn.execute(text(
+            "SELECT tier, currency, min_balance, max_balance, daily_limit, weekly_limit, "
+            "warning_threshold, critical_threshold FROM guard_limits"))
+        return cls({(r.tier, r.currency): Limits(r.tier, r.currency, r.min_balance, r.max_balance,
+                                                 r.daily_limit, r.weekly_limit, r.warning_threshold,
+                                                 r.critical_threshold) for r in rows})
+
+    def get(self, tier: str, currency: str) -> Limits:
+        found = self.rows.get((tier, currency))
+        if found is None:
+            found = self.rows[(tier, currency)] = rules.default_limits(tier, currency)
+        return found
+
+
+def set_limits(conn: Connection, limits: Limits, by: str) -> Limits:
+    """Store one tier's limits in one currency (``ballast guard set-limit``)."""
+    conn.execute(
+        text("INSERT INTO guard_limits (tier, currency, min_balance, max_balance, daily_limit, "
+             "weekly_limit, warning_threshold, critical_threshold, updated_by) VALUES "
+             "(:t, :c, :lo, :hi, :d, :w, :warn, :crit, :by) ON CONFLICT (tier, currency) DO UPDATE SET "
+             "min_balance = EXCLUDED.min_balance, max_balance = EXCLUDED.max_balance, "
+             "daily_limit = EXCLUDED.daily_limit, weekly_limit = EXCLUDED.weekly_limit, "
+             "warning_threshold = EXCLUDED.warning_threshold, "
+             "critical_threshold = EXCLUDED.critical_threshold, updated_at = now(), "
+             "updated_by = EXCLUDED.updated_by"),
+        {"t": limits.tier, "c": limits.currency, "lo": limits.min_balance, "hi": limits.max_balance,
+         "d": limits.daily, "w": limits.weekly, "warn": limits.warning, "crit": limits.critical,
+         "by": by},
+    )
+    return limits
+
+
+# --- the guard in apply_changes ---------------------------------------------------------------
+
+def usage(conn: Connection, wallets: Sequence[tuple[str, str]],
+          now: datetime | None = None) -> dict[tuple[str, str], Usage]:
+    """Σ|user-initiated changes| of each wallet in its trailing 24 h and 7 d (one query).
+
+    A change exactly 24 h (7 d) old is out of its window.  ``now`` defaults to the
+    transaction's time.
+    """
+    if not wallets:
+        return {}
+    rows = conn.execute(
+        text(
+            "WITH t AS (SELECT COALESCE(CAST(:now AS timestamptz), now()) AS now) "
+            "SELECT a.user_id, a.currency, "
+            "COALESCE(sum(abs(a.amount)) FILTER (WHERE a.created_at > t.now - interval '24 hours'), 0) AS daily, "
+            "COALESCE(sum(abs(a.amount)), 0) AS weekly "
+            "FROM unnest(CAST(:users AS text[]), CAST(:curs AS text[])) AS w(user_id, currency) "
+            "CROSS JOIN t JOIN wallet_audit a ON a.user_id = w.user_id AND a.currency = w.currency "
+            "AND a.user_initiated AND a.created_at > t.now - interval '7 days' "
+            "GROUP BY a.user_id, a.currency"
+        ),
+        {"now": now, "users": [u for u, _ in wallets], "curs": [c for _, c in wallets]},
+    )
+    return {(r.user_id, r.currency): Usage(int(r.daily), int(r.weekly)) for r in rows}
+
+
+def check(conn: Connection, changes: Paired, *, now: datetime | None = None) -> None:
+    """Validate user-initiated changes; ``changes`` pairs each change with its balance before.
+
+    Raises BalanceRefused (naming the rule and by how much) for the first change that
+    breaks a rule; system changes are never refused.
+    """
+    mine = [(c, before) for c, before in changes if c.user_initiated]
+    if not mine:
+        return
+    wallets = sorted({(c.user_id, c.currency) for c, _ in mine})
+    tiers = tiers_of(conn, sorted({u for u, _ in wallets}))
+    table = LimitTable.load(conn)
+    used = usage(conn, wallets, now)
+    for change, before in mine:
+        key = (change.user_id, change.currency)
+        limits = table.get(tiers.get(change.user_id, DEFAULT_TIER), change.currency)
+        already = used.get(key, Usage())
+        rules.validate(change, before, limits, already)
+        used[key] = already.plus(abs(change.amount))
+
+
+def record(conn: Connection, changes: Paired, txn_id: int, uow: Unit | None = None) -> None:
+    """Audit trail and balance alerts for every change (system ones included).
+
+    One INSERT for the audit lines and a handful of statements for the alerts,
+    whatever the number of changes.  Alert events go through ``uow`` (or, without
+    one, through the outbox for the sweeper).
+    """
+    if not changes:
+        return
+    unit = uow if uow is not None else OutboxOnly(conn)
+    tiers = tiers_of(conn, sorted({c.user_id for c, _ in changes}))
+    cols: dict[str, list[Any]] = defaultdict(list)
+    first_before: dict[tuple[str, str], int] = {}
+    last_after: dict[tuple[str, str], int] = {}
+    for c, before in changes:
+        tier = tiers.get(c.user_id, DEFAULT_TIER)
+        cols["u"].append(c.user_id)
+        cols["cur"].append(c.currency)
+        cols["k"].append(c.kind)
+        cols["ui"].append(c.user_initiated)
+        cols["amt"].append(c.amount)
+        cols["b"].append(before)
+        cols["r"].append(c.reason or None)
+        cols["p"].append(c.performed_by)
+        cols["m"].append(json.dumps(c.metadata, default=str) if c.metadata else None)
+        cols["rs"].append(rules.risk_score(before, c.amount, tier))
+        cols["t"].append(tier)
+        key = (c.user_id, c.currency)
+        first_before.setdefault(key, before)
+        last_after[key] = before + c.amount
+    conn.execute(
+        text(
+            "INSERT INTO wallet_audit (transaction_id, user_id, currency, kind, user_initiated, "
+            "amount, balance_before, balance_after, reason, performed_by, metadata, risk_score, tier) "
+            "SELECT :txn, x.u, x.cur, x.k, x.ui, x.amt, x.b, x.b + x.amt, x.r, x.p, "
+            "CAST(x.m AS jsonb), x.rs, x.t FROM unnest(CAST(:u AS text[]), CAST(:cur AS text[]), "
+            "CAST(:k AS text[]), CAST(:ui AS boolean[]), CAST(:amt AS bigint[]), "
+            "CAST(:b AS bigint[]), CAST(:r AS text[]), CAST(:p AS text[]), CAST(:m AS text[]), "
+            "CAST(:rs AS smallint[]), CAST(:t AS text[])) "
+            "AS x(u, cur, k, ui, amt, b, r, p, m, rs, t)"
+        ),
+        {"txn": txn_id, **cols},
+    )
+    _balance_alerts(unit, tiers, first_before, last_after, txn_id)
+
+
+def _balance_alerts(unit: Unit, tiers: dict[str, str], first_before: dict[tuple[str, str], int],
+                    last_after: dict[tuple[str, str], int], txn_id: int) -> None:
+    """Raise the balance alerts that hold for each wallet after this transaction, resolve
+    those that no longer do."""
+    table = LimitTable.load(unit.conn)
+    clears_at = (datetime.now(timezone.utc) + rules.SIGNIFICANT_DROP_WINDOW).isoformat()
+    raised: list[Alert] = []
+    resolve: list[str] = []
+    recovered: dict[str, int] = {}
+    for (user, cur), after in last_after.items():
+        before = first_before[(user, cur)]
+        limits = table.get(tiers.get(user, DEFAULT_TIER), cur)
+        decision = rules.balance_alerts(before, after, limits)
+        for kind in decision.raise_kinds:
+            raised.append(_balance_alert(kind, user, cur, before, after, limits, txn_id, clears_at))
+        resolve += [alert_key(kind, user, cur) for kind in decision.resolve_kinds]
+        if after > before:
+            recovered[alert_key("significant_drop", user, cur)] = after
+    if recovered:
+        # A drop is over once the wallet is back where it was before the drop.
+        resolve += [
+            r.dedupe_key for r in unit.conn.execute(
+                text("SELECT a.dedupe_key FROM alerts a JOIN unnest(CAST(:k AS text[]), "
+                     "CAST(:v AS bigint[])) AS x(key, after) ON a.dedupe_key = x.key "
+                     "WHERE a.status <> 'resolved' AND a.kind = 'significant_drop' "
+                     "AND x.after >= CAST(a.data->>'balance_before' AS bigint)"),
+                {"k": list(recovered), "v": list(recovered.values())},
+            )
+        ]
+    alerts.resolve_alerts(unit, _open_among(unit.conn, resolve), note="balance back within limits")
+    alerts.raise_alerts(unit, raised)
+
+
+def _open_among(conn: Connection, keys: list[str]) -> list[str]:
+    """The keys (of many) that have an open alert: one lookup against the open alerts."""
+    if not keys:
+        return []
+    return list(conn.execute(
+        text("SELECT a.dedupe_key FROM alerts a JOIN unnest(CAST(:k AS text[])) AS x(key) "
+             "ON a.dedupe_key = x.key WHERE a.status <> 'resolved'"),
+        {"k": keys},
+    ).scalars())
+
+
+def alert_key(kind: str, user_id: str, currency: str) -> str:
+    """One open balance alert per kind and wallet (a user has one wallet per currency)."""
+    return f"{kind}:{user_id}:{currency}"
+
+
+def _balance_alert(kind: str, user: str, cur: str, before: int, after: int, limits: Limits,
+                   txn_id: int, clears_at: str) -> Alert:
+    if kind == "significant_drop":
+        subject = (f"{user} {cur} balance dropped from {format_minor(before, cur)} "
+                   f"to {format_minor(after, cur)}")
+    else:
+        threshold = limits.critical if kind == "balance_critical" else limits.warning
+        subject = (f"{user} {cur} balance {format_minor(after, cur)} is below "
+                   f"{format_minor(threshold, cur)}")
+    data = {"user_id": user, "currency": cur, "balance_before": before, "balance": after,
+            "tier": limits.tier, "transaction_id": txn_id,
+            "warning": limits.warning, "critical": limits.critical}
+    if kind == "significant_drop":
+        data["clears_at"] = clears_at
+    return Alert(kind, rules.ALERT_SEVERITY[kind], subject, alert_key(kind, user, cur), data)
+
+
+def refused(unit: Unit, error: BalanceRefused) -> None:
+    """What a refusal leaves behind (in its own transaction, the change's rolled back):
+    a ``balance.change_rejected`` event and, for a daily/weekly limit, ``limit_exceeded``."""
+    data = error.data()
+    unit.emit_many([("balance.change_rejected", data, data["user_id"])])
+    window = rules.LIMIT_RULES.get(error.rule)
+    if window is None or error.change is None:
+        return
+    c = error.change
+    clears_at = datetime.now(timezone.utc) + window
+    alerts.raise_alerts(unit, [Alert(
+        "limit_exceeded", rules.ALERT_SEVERITY["limit_exceeded"],
+        f"{c.user_id} {c.currency} {c.kind} refused by {error.rule}: over by "
+        f"{format_minor(error.exceeded_by, c.currency)}",
+        alert_key("limit_exceeded", c.user_id, c.currency),
+        {**data, "clears_at": clears_at.isoformat()},
+    )])
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+def history(conn: Connection, user_id: str, currency: str | None = None,
+            limit: int = 50) -> list[dict[str, Any]]:
+    """The wallet's audit trail, newest first."""
+    rows = conn.execute(
+        text("SELECT * FROM wallet_audit WHERE user_id = :u "
+             "AND (CAST(:cur AS text) IS NULL OR currency = :cur) ORDER BY id DESC LIMIT :n"),
+        {"u": user_id, "cur": currency, "n": limit},
+    )
+    return [
+        {"at": r.created_at.isoformat(), "transaction_id": r.transaction_id, "kind": r.kind,
+         "currency": r.currency, "amount": r.amount, "balance_before": r.balance_before,
+         "balance_after": r.balance_after, "reason": r.reason, "performed_by": r.performed_by,
+         "risk_score": r.risk_score, "tier": r.tier, "metadata": r.metadata}
+        for r in rows
+    ]
+
+
+def limits_report(conn: Connection, user_id: str, currencies: Sequence[str]) -> dict[str, Any]:
+    """Each wallet's limits and what its trailing windows already hold."""
+    tier = tier_of(conn, user_id)
+    table = LimitTable.load(conn)
+    used = usage(conn, [(user_id, c) for c in currencies])
+    out = {}
+    for cur in currencies:
+        lim = table.get(tier, cur)
+        u = used.get((user_id, cur), Usage())
+        out[cur] = {"min_balance": lim.min_balance, "max_balance": lim.max_balance,
+                    "daily_limit": lim.daily, "daily_used": u.daily,
+                    "weekly_limit": lim.weekly, "weekly_used": u.weekly,
+                    "warning": lim.warning, "critical": lim.critical}
+    return out
+
+
+def analytics(conn: Connection, start: datetime, end: datetime, user_id: str | None = None,
+              currency: str | None = None) -> dict[str, Any]:
+    """SPEC §4's analytics over ``[start, end)`` for one user or the platform, per currency.
+
+    Balances come from the ledger (the truth), changes and their types from the audit trail.
+    """
+    pattern = f"user:{_escape_like(user_id)}:%" if user_id else "user:%"
+    balances = conn.execute(
+        text(
+            "SELECT a.currency, "
+            "COALESCE(sum(e.amount) FILTER (WHERE t.created_at < :start), 0) AS start_balance, "
+            "COALESCE(sum(e.amount) FILTER (WHERE t.created_at < :end), 0) AS end_balance "
+            "FROM accounts a LEFT JOIN ledger_entries e ON e.account_id = a.id "
+            "LEFT JOIN ledger_transactions t ON t.id = e.transaction_id "
+            "WHERE a.code LIKE :pattern AND (CAST(:cur AS text) IS NULL OR a.currency = :cur) "
+            "GROUP BY a.currency"
+        ),
+        {"start": start, "end": end, "pattern": pattern, "cur": currency},
+    ).all()
+    stats = conn.execute(
+        text(
+            "SELECT currency, kind, count(*) AS n, sum(abs(amount)) AS s1, "
+            "sum(CAST(amount AS numeric) * amount) AS s2, sum(amount) AS net FROM wallet_audit "
+            "WHERE created_at >= :start AND created_at < :end "
+            "AND (CAST(:user AS text) IS NULL OR user_id = :user) "
+            "AND (CAST(:cur AS text) IS NULL OR currency = :cur) GROUP BY currency, kind"
+        ),
+        {"start": start, "end": end, "user": user_id, "cur": currency},
+    ).all()
+    per_cur: dict[str, dict[str, Any]] = defaultdict(lambda: {"n": 0, "s1": 0, "s2": 0, "by": {}})
+    for r in stats:
+        acc = per_cur[r.currency]
+        acc["n"] += int(r.n)
+        acc["s1"] += int(r.s1)
+        acc["s2"] += int(r.s2)
+        acc["by"][r.kind] = int(r.net)
+    currencies = {}
+    for r in sorted(balances, key=lambda r: r.currency):
+        acc = per_cur[r.currency]
+        st = rules.ChangeStats(acc["n"], acc["s1"], acc["s2"], acc["by"])
+        currencies[r.currency] = rules.analyze(r.currency, int(r.start_balance), int(r.end_balance), st)
+    return {"user_id": user_id, "start": start.isoformat(), "end": end.isoformat(),
+            "currencies": currencies}
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# --- conditions of the alert sweep --------------------------------------------------------------
+
+@condition("balance_alert_expiry")
+def balance_alert_expiry(uow) -> None:
+    """``limit_exceeded`` clears when the window that refused has rolled past the refusal;
+    ``significant_drop`` a day after the last drop."""
+    keys = list(uow.conn.execute(
+        text("SELECT dedupe_key FROM alerts WHERE status <> 'resolved' "
+             "AND kind IN ('limit_exceeded', 'significant_drop') "
+             "AND CAST(data->>'clears_at' AS timestamptz) <= now() "
+             "ORDER BY id FOR UPDATE SKIP LOCKED"),
+    ).scalars())
+    alerts.resolve_alerts(uow, keys, note="window passed")
+

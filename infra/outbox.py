@@ -66,6 +66,36 @@ def add_event(
     return _insert(conn, "event", EVENTS_EXCHANGE, name, body, name, recipient)
 
 
+def add_events(
+    conn: Connection, events: Iterable[tuple[str, dict[str, Any], str | None]]
+) -> list[OutboxRow]:
+    """Write many events ``(name, data, recipient)`` in one statement (set-based steps)."""
+    now = datetime.now(timezone.utc).isoformat()
+    bodies = [
+        {"event": name, "event_id": str(uuid.uuid4()), "occurred_at": now,
+         "recipient": recipient, "data": data}
+        for name, data, recipient in events
+    ]
+    if not bodies:
+        return []
+    ids = dict(conn.execute(
+        text(
+            "INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
+            "SELECT 'event', :dest, e.name, e.name, e.recipient, CAST(e.body AS jsonb) "
+            "FROM unnest(CAST(:names AS text[]), CAST(:recipients AS text[]), "
+            "CAST(:bodies AS text[])) WITH ORDINALITY AS e(name, recipient, body, n) "
+            "ORDER BY e.n RETURNING body->>'event_id', id"
+        ),
+        {
+            "dest": EVENTS_EXCHANGE,
+            "names": [b["event"] for b in bodies],
+            "recipients": [b["recipient"] for b in bodies],
+            "bodies": [json.dumps(b, default=str) for b in bodies],
+        },
+    ).all())
+    return [OutboxRow(ids[b["event_id"]], "event", EVENTS_EXCHANGE, b["event"], b) for b in bodies]
+
+
 def _insert(conn, kind, destination, routing_key, body, event_name, recipient) -> OutboxRow:
     row_id = conn.execute(
         text(

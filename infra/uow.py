@@ -109,6 +109,15 @@ class UnitOfWork:
         """Publish a domain event after commit (and keep it as a row)."""
         self._rows.append(outbox.add_event(self.conn, event, data, recipient))
 
+    def emit_many(self, events: list[tuple[str, dict[str, Any], str | None]], *,
+                  publish_now: bool = True) -> None:
+        """Many events ``(name, data, recipient)`` in one statement.  With
+        ``publish_now=False`` they are left to ``outbox.sweep`` (a bulk step
+        does not wait for thousands of publishes after its commit)."""
+        rows = outbox.add_events(self.conn, events)
+        if publish_now:
+            self._rows.extend(rows)
+
     def commit(self) -> None:
         self._tx.commit()
         self.committed = True

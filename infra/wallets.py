@@ -9,7 +9,7 @@ from sqlalchemy import Connection, text
 
 from domain.errors import LedgerError
 from domain.ledger import Posting
-from domain.wallet import WalletChange
+from domain.wallet import BalanceRefused, WalletChange
 from infra import guard, ledger
 from infra.uow import UnitOfWork
 
@@ -54,7 +54,11 @@ def apply_changes(
     for c in changes:
         paired.append((c, running[c.account]))
         running[c.account] += c.amount
-    guard.check(uow.conn, paired)
+    try:
+        guard.check(uow.conn, paired)
+    except BalanceRefused as refusal:
+        _record_refusal(uow, refusal)
+        raise
 
     txn_id = ledger.post(
         uow.conn,
@@ -64,7 +68,7 @@ def apply_changes(
         idempotency_key=idempotency_key,
         metadata=metadata,
     )
-    guard.record(uow.conn, paired, txn_id)
+    guard.record(uow.conn, paired, txn_id, uow=uow)
     if notify and len(changes) <= 100:
         for c, before in paired:
             uow.emit(
@@ -81,6 +85,16 @@ def apply_changes(
                 recipient=c.user_id,
             )
     return txn_id
+
+
+def _record_refusal(uow: UnitOfWork, refusal: BalanceRefused) -> None:
+    """The refusal's event and alert, committed on their own: the change's transaction
+    is about to roll back, and the refusal must still be told."""
+    with UnitOfWork(engine=uow.engine, broker=uow._broker) as side:
+        # Never wait long on the outer transaction's locks (it waits for us).
+        side.conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+        guard.refused(side, refusal)
+        side.commit()
 
 
 def balances(conn: Connection, user_id: str, currency: str | None = None) -> dict[str, int]:

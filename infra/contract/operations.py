@@ -15,6 +15,10 @@ class SweepOutbox(Command):
     pass
 
 
+class DeliverAlertWebhooks(Command):
+    pass
+
+
 class SendDailySummary(Command):
     #: The day to report (in BALLAST_TIMEZONE); the scheduler passes the previous day.
     day: date | None = None
@@ -25,4 +29,6 @@ SPECS = [
     # Not in CONTRACT.md's list: internal, added (never renamed) for SPEC §7's outbox sweep.
     ActorSpec("sweep_outbox", "ballast.step.outbox", SweepOutbox, step=True),
     ActorSpec("send_daily_summary", "ballast.step.reports", SendDailySummary, step=True),
+    # Internal (SPEC §6): alert webhooks POSTed on their own queue, off the raising step.
+    ActorSpec("deliver_alert_webhooks", "ballast.step.webhooks", DeliverAlertWebhooks, step=True),
 ]
