@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 from infra.contract.base import ActorSpec, Amount, Command, Identifier, ShortText
 
 QUEUE = "ballast.journal"
 
-CharacterName = Annotated[str, Field(min_length=1, max_length=64)]
+#: Outer whitespace is dropped: it would make the memo to send impossible to type.
+CharacterName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 
 
 class RegisterCharacter(Command):
@@ -60,6 +61,8 @@ class OpenCycle(Command):
 
 
 class MatchPayments(Command):
+    """Internal step: one matching run, over every planned cycle or only ``cycle_id``."""
+
     cycle_id: Identifier | None = None
 
 

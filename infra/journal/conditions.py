@@ -1,0 +1,40 @@
+"""The ``unmatched_payments`` alert: donations left unmatched for more than a day."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from infra.alerts import raise_alert, resolve_all_except
+from infra.conditions import condition
+from infra.journal.repository import CANDIDATE_PAYMENTS
+from infra.uow import UnitOfWork
+
+UNMATCHED_AFTER_S = 86_400  # s: a payment unmatched this long since it was paid is an alert
+DEDUPE_KEY = "journal:unmatched_payments"
+LISTED = 50  # journal ids named in the alert's data
+
+
+@condition("unmatched_payments")
+def unmatched_payments(uow: UnitOfWork) -> None:
+    """One open alert while any donation to a LOGISTICS character, paid more than a day
+    ago, is still not linked (ambiguous ones included: they wait for review)."""
+    stale = uow.conn.execute(
+        text(
+            "SELECT count(*) AS n, COALESCE(sum(e.amount), 0) AS total, min(e.date) AS oldest, "
+            "(array_agg(e.journal_id ORDER BY e.date, e.journal_id))[1:" + str(LISTED) + "] AS ids "
+            + CANDIDATE_PAYMENTS
+            + " AND e.date < now() - make_interval(secs => :after)"
+        ),
+        {"after": UNMATCHED_AFTER_S},
+    ).one()
+    if stale.n:
+        raise_alert(
+            uow,
+            kind="unmatched_payments",
+            severity="warning",
+            subject=f"{stale.n} payment(s) unmatched for more than a day",
+            dedupe_key=DEDUPE_KEY,
+            data={"count": int(stale.n), "amount": int(stale.total), "currency": "ISK",
+                  "oldest": stale.oldest.isoformat(), "journal_ids": list(stale.ids)},
+        )
+    resolve_all_except(uow, DEDUPE_KEY, [DEDUPE_KEY] if stale.n else [])

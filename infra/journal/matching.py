@@ -1,0 +1,183 @@
+"""Linking payments to participations: the matching run, the admin's link, opening a cycle.
+
+All three hold the matching lock for their whole transaction, so they see each
+other's links and never decide on the same payment at once; the link table's
+primary key is the last word (one link per journal entry, ever).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+from domain import matching
+from domain.errors import LedgerError, Refused
+from domain.ledger import Posting
+from domain.matching import Decision, Expectation, Payment, Tally
+from infra import ledger
+from infra.journal import repository as repo
+from infra.journal.repository import Link
+from infra.logs import get_logger
+from infra.uow import UnitOfWork
+
+log = get_logger(__name__)
+
+CURRENCY = "ISK"
+MATCHER = "matcher"  # performed_by of automatic links
+
+
+class LinkRace(RuntimeError):
+    """A payment was linked by someone else meanwhile (transient: the retry re-reads)."""
+
+
+def cycle_account(cycle_id: str) -> str:
+    return f"cycle:{cycle_id}"
+
+
+def run(uow: UnitOfWork, cycle_id: str | None = None) -> Tally:
+    """One matching run: every unlinked payment against every participation expecting one.
+
+    With ``cycle_id``, payments are still scored against every cycle (so the best
+    score wins everywhere), but only links into that cycle are made, and only
+    ambiguities that involve it are counted; unmatched payments belong to no cycle
+    and are always counted.
+    """
+    conn = uow.conn
+    repo.lock_matching(conn)
+    if cycle_id is not None:
+        repo.cycle(conn, cycle_id)  # NotFound for an unknown cycle
+    parts = repo.expecting(conn)
+    cycle_of = {p.participation_id: p.cycle_id for p in parts}
+    rows = {r.journal_id: r for r in repo.candidate_payments(conn)}
+    decisions = matching.match(
+        [Payment(r.journal_id, r.amount, r.reason) for r in rows.values()],
+        [Expectation(p.participation_id, p.cycle_id, p.character_name, p.pledged) for p in parts],
+    )
+
+    def in_scope(*pids: str) -> bool:
+        return cycle_id is None or any(cycle_of[p] == cycle_id for p in pids)
+
+    links, verdicts, ambiguous, unmatched = [], {}, 0, 0
+    for d in decisions:
+        if d.outcome == matching.MATCHED and in_scope(d.participation_id):
+            r = rows[d.journal_id]
+            links.append(Link(d.journal_id, d.participation_id, r.amount, r.first_party_id, r.date,
+                              d.match_type, d.points))
+        elif d.outcome == matching.AMBIGUOUS:
+            verdicts[d.journal_id] = (d.outcome, _note(d))
+            ambiguous += in_scope(*d.tied)
+        elif d.outcome == matching.UNMATCHED:
+            verdicts[d.journal_id] = (d.outcome, _note(d) if d.tied else None)
+            unmatched += 1
+    totals, pledged = apply_links(uow, links, performed_by=MATCHER)
+    repo.record_review(conn, verdicts)
+    result = matching.tally({lk.journal_id: lk.participation_id for lk in links}, totals, pledged,
+                            ambiguous, unmatched)
+    log.info("matching.run", cycle_id=cycle_id, payments=len(decisions),
+             participations=len(parts), **result.as_dict())
+    return result
+
+
+def link_by_hand(uow: UnitOfWork, participation_id: str, journal_id: str, admin_id: str) -> None:
+    """An admin links a payment: the same rules as the matcher, the admin's word for the memo."""
+    conn = uow.conn
+    repo.lock_matching(conn)
+    entry = repo.entry(conn, journal_id)
+    if entry.linked_to is not None:
+        raise Refused(f"journal entry {journal_id} is already linked to {entry.linked_to}")
+    problem = matching.payment_problem(entry.ref_type, entry.amount, entry.receiver_role)
+    if problem:
+        raise Refused(f"journal entry {journal_id} cannot pay: {problem}")
+    part = repo.participation(conn, participation_id, for_update=True)
+    problem = matching.participation_problem(part.status, part.cycle_status)
+    if problem:
+        raise Refused(f"participation {participation_id} cannot take a payment: {problem}")
+    link = Link(journal_id, participation_id, entry.amount, entry.first_party_id, entry.date,
+                matching.MANUAL, None)
+    apply_links(uow, [link], performed_by=admin_id)
+    log.info("matching.linked_by_hand", journal_id=journal_id, participation_id=participation_id,
+             admin_id=admin_id)
+
+
+def open_cycle(uow: UnitOfWork, cycle_id: str) -> dict[str, object] | None:
+    """Open a planned cycle: payments already in the journal are matched first, then the
+    participations still awaiting payment expire.  None when it is already open."""
+    conn = uow.conn
+    repo.lock_matching(conn)
+    cyc = repo.cycle(conn, cycle_id, for_update=True)
+    if cyc.status == "open":
+        log.info("cycle.already_open", cycle_id=cycle_id)
+        return None
+    if cyc.status != "planned":
+        raise Refused(f"cycle {cycle_id} is {cyc.status}, it cannot be opened")
+    before = run(uow, cycle_id)
+    opened = repo.open_cycle(conn, cycle_id)
+    held = ledger.balances(conn, [cycle_account(cycle_id)]).get(cycle_account(cycle_id), 0)
+    if held != opened["initial_capital"]:
+        raise LedgerError(f"{cycle_account(cycle_id)} holds {held}, "
+                          f"participations confirm {opened['initial_capital']}")
+    doc = {"cycle_id": cycle_id, "currency": CURRENCY, **opened, "matched_on_open": before.as_dict()}
+    uow.emit("cycle.opened", doc, recipient="admin")
+    log.info("cycle.opened", **doc)
+    return doc
+
+
+def apply_links(uow: UnitOfWork, links: Sequence[Link], *,
+                performed_by: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Link payments: audit rows, participations opted in with what they received, one
+    deposit per cycle from ``world:ISK`` into ``cycle:{id}``, a ``payment.matched`` event
+    per payment.  Returns (received, pledged) per participation touched."""
+    if not links:
+        return {}, {}
+    conn = uow.conn
+    request_id = uow.request_id or ""
+    links = sorted(links, key=lambda lk: (lk.date, lk.journal_id))
+    cycle_of = repo.insert_links(conn, links, request_id=request_id, performed_by=performed_by)
+    if len(cycle_of) != len(links):
+        raise LinkRace(f"{len(links) - len(cycle_of)} payment(s) were linked meanwhile")
+    received: dict[str, tuple[int, str, str]] = {}
+    for lk in links:  # oldest first: the first payer and match type stay
+        amount, payer, kind = received.get(lk.participation_id, (0, lk.payer_character_id,
+                                                                 lk.match_type))
+        received[lk.participation_id] = (amount + lk.amount, payer, kind)
+    after = {r.participation_id: r for r in repo.credit_participations(conn, received)}
+
+    by_cycle: dict[str, list[Link]] = defaultdict(list)
+    for lk in links:
+        by_cycle[cycle_of[lk.journal_id]].append(lk)
+    for cycle_id, group in sorted(by_cycle.items()):
+        total = sum(lk.amount for lk in group)
+        txn = ledger.post(
+            conn,
+            [Posting(f"world:{CURRENCY}", CURRENCY, -total),
+             Posting(cycle_account(cycle_id), CURRENCY, total)],
+            kind="cycle_deposit",
+            # (actor, request_id) takes effect once, so this key is unique per deposit.
+            idempotency_key=(f"cycle_deposit:{uow.actor}:{request_id}:{cycle_id}"
+                             if uow.request_id else None),
+            memo=f"{len(group)} payment(s) into cycle {cycle_id}",
+            metadata={"request_id": request_id, "performed_by": performed_by, "payments": len(group)},
+        )
+        repo.set_link_transaction(conn, (lk.journal_id for lk in group), txn)
+
+    repo.record_review(conn, {lk.journal_id: ("linked", None) for lk in links})
+    for lk in links:
+        part = after[lk.participation_id]
+        uow.emit("payment.matched", {
+            "participation_id": lk.participation_id,
+            "cycle_id": part.cycle_id,
+            "journal_id": lk.journal_id,
+            "amount": lk.amount,
+            "received": part.amount,
+            "pledged": part.pledged,
+            "state": matching.payment_state(part.amount, part.pledged),
+            "match_type": lk.match_type,
+            "payer_character_id": lk.payer_character_id,
+            "currency": CURRENCY,
+        }, recipient=part.user_id)
+    totals = {pid: r.amount for pid, r in after.items()}
+    return totals, {pid: r.pledged for pid, r in after.items()}
+
+
+def _note(d: Decision) -> dict[str, object]:
+    return {"participation_ids": list(d.tied), "score": d.points}
