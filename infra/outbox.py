@@ -179,7 +179,7 @@ def publish_rows(engine: Engine, broker: dramatiq.Broker, rows: Iterable[OutboxR
             pub.publish(row)
             done.append(row.id)
     except Exception as exc:  # the sweeper will retry; the effect is committed
-        log.warning("outbox.publish_failed", error=str(exc), pending=len(rows) - len(done))
+        log.warning("outbox.publish_failed", error=_describe(exc), pending=len(rows) - len(done))
     finally:
         if done:
             _mark(engine, done)
@@ -220,9 +220,9 @@ def sweep(engine: Engine, broker: dramatiq.Broker, *, grace_s: float = SWEEP_GRA
                 except Exception as exc:
                     conn.execute(
                         text("UPDATE outbox SET attempts = attempts + 1, last_error = :e WHERE id = :id"),
-                        {"e": str(exc)[:500], "id": row.id},
+                        {"e": _describe(exc)[:500], "id": row.id},
                     )
-                    log.warning("outbox.sweep_failed", outbox_id=row.id, error=str(exc))
+                    log.warning("outbox.sweep_failed", outbox_id=row.id, error=_describe(exc))
                     return published
                 conn.execute(
                     text("UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = :id"),
@@ -234,6 +234,11 @@ def sweep(engine: Engine, broker: dramatiq.Broker, *, grace_s: float = SWEEP_GRA
     if published:
         log.info("outbox.swept", published=published)
     return published
+
+
+def _describe(exc: BaseException) -> str:
+    """The error's class and message: pika's connection errors often have no message."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
 
 
 def pending_count(conn: Connection) -> int:
