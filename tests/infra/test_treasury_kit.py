@@ -155,3 +155,100 @@ def drive(engine, job_id: int, max_polls: int = 20) -> store.Job:
 
 def transit_total(engine) -> int:
     return sum(balances(engine, "transit:USD", "transit:USDC").values())
+
+
+# --- a fake HTTP provider ----------------------------------------------------------------
+
+class FakeHttpProvider:
+    """A provider's HTTP API on 127.0.0.1 (http.server in a thread), scriptable.
+
+    ``script`` lists how the next POSTs are answered: ``ok``, ``500``, ``503``, ``422``,
+    ``slow`` (the order is taken, the answer comes after ``slow_s``).  Orders finish
+    after ``polls_to_finish`` status reads, as ``finish_as`` (``completed``/``failed``).
+    """
+
+    def __init__(self, *, rate_ppm: int = 1_000_000, fee_bps: int = 0, polls_to_finish: int = 1,
+                 finish_as: str = "completed", slow_s: float = 1.5) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from domain.conversions import quote
+
+        self.rate_ppm, self.fee_bps = rate_ppm, fee_bps
+        self.polls_to_finish, self.finish_as, self.slow_s = polls_to_finish, finish_as, slow_s
+        self.script: list[str] = []
+        self.orders: dict[str, dict] = {}
+        self.posts: list[tuple[str, str]] = []  # (header key, body key)
+        self.status_words: dict[str, str] = {}  # key -> word to answer instead
+        self.healthy = True
+        lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, code: int, doc: dict) -> None:
+                body = json.dumps(doc).encode()
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def do_POST(self):
+                doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                key = doc["idempotency_key"]
+                with lock:
+                    fake.posts.append((self.headers.get("Idempotency-Key"), key))
+                    how = fake.script.pop(0) if fake.script else "ok"
+                    if how in ("500", "503"):
+                        return self._send(int(how), {"error": "try later"})
+                    if how == "422":
+                        return self._send(422, {"error": "amount not supported"})
+                    q = quote(doc["source_amount"], doc["direction"], fake.rate_ppm, fake.fee_bps)
+                    order = fake.orders.setdefault(key, {"order_id": f"ord-{len(fake.orders) + 1}",
+                                                         "reads": 0, "net": q.net, "fee": q.fee})
+                if how == "slow":
+                    import time
+                    time.sleep(fake.slow_s)
+                self._send(201, {"order_id": order["order_id"], "status": "accepted"})
+
+            def do_GET(self):
+                if self.path == "/health":
+                    return self._send(200 if fake.healthy else 503, {})
+                key = self.path.rsplit("/", 1)[-1]
+                with lock:
+                    order = fake.orders.get(key)
+                    if order is None:
+                        return self._send(404, {"error": "no such order"})
+                    order["reads"] += 1
+                    done = order["reads"] >= fake.polls_to_finish
+                    word = fake.status_words.get(key) or (fake.finish_as if done else "processing")
+                doc = {"order_id": order["order_id"], "status": word}
+                if word in ("completed", "settled"):
+                    doc.update(destination_amount=order["net"], fee_amount=order["fee"],
+                               rate_ppm=fake.rate_ppm)
+                self._send(200, doc)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port() -> int:
+    """A port nothing listens on (for 'connection refused')."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
