@@ -1,0 +1,105 @@
+"""``ballast buffers|providers|conversions``: the documents of CONTRACT.md, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from domain import conversions as conv
+from infra.cli.main import cli
+from tests.harness import uid
+from tests.infra.test_treasury_kit import job, reset, usd, usdc
+
+pytestmark = pytest.mark.usefixtures("clean_queues")
+
+
+def run(*args, code=0):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == code, (result.output, result.stderr if result.stderr_bytes else "")
+    return json.loads(result.stdout) if code == 0 and "--json" in args else result
+
+
+def test_buffers_view_is_the_contract_document(engine):
+    reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(600_000))
+    rows = {r["account_type"]: r for r in run("buffers", "--json")}
+    assert set(rows) == {"system_buffer_usdc", "system_buffer_fiat", "broker_operational"}
+    for r in rows.values():
+        assert list(r) == ["account_type", "currency", "balance", "min", "target", "max", "status"]
+    assert rows["system_buffer_usdc"] == {
+        "account_type": "system_buffer_usdc", "currency": "USDC", "balance": usdc(5_000),
+        "min": usdc(10_000), "target": usdc(50_000), "max": usdc(100_000), "status": "CRITICAL_LOW"}
+    assert rows["system_buffer_fiat"]["status"] == "HEALTHY"
+    assert rows["broker_operational"]["status"] == "OVER_CAPITALIZED"
+
+
+def test_providers_add_pause_resume_and_list(engine):
+    reset(engine)
+    name = uid("cli")
+    added = run("providers", "add", name, "--type", "simulated", "--priority", "3", "--rate",
+                "0.9990", "--fee-bps", "15", "--latency-polls", "2", "--fail-mode", "stick", "--json")
+    assert (added["name"], added["type"], added["priority"], added["status"]) == (
+        name, "simulated", 3, "active")
+    assert added["config"] == {"rate_ppm": 999_000, "fee_bps": 15, "latency_polls": 2,
+                               "fail_mode": "stick"}
+    assert run("providers", "pause", name, "--json")["status"] == "paused"
+    assert run("providers", "resume", name, "--json")["status"] == "active"
+    assert run("providers", "set", name, "--fail-mode", "none", "--json")["config"]["fail_mode"] == "none"
+    [row] = [r for r in run("providers", "--json") if r["name"] == name]
+    assert row == {"name": name, "status": "active", "priority": 3, "success_rate": None,
+                   "daily_volume_used": 0, "healthy": True}
+    run("providers", "add", name, "--type", "simulated", "--priority", "1", code=1)  # exists
+    run("providers", "add", "bad:name", "--type", "simulated", "--priority", "1", code=2)
+    run("providers", "add", uid("h"), "--type", "http", "--priority", "1", code=2)  # no --url
+    run("providers", "add", uid("r"), "--type", "simulated", "--priority", "1", "--rate", "0.1234567",
+        code=2)
+    run("providers", "pause", "nobody", code=1)
+
+
+def test_rebalance_convert_poll_and_conversions_views(engine):
+    reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
+    name = uid("cli")
+    run("providers", "add", name, "--type", "simulated", "--priority", "1", "--latency-polls", "0")
+    assert run("buffers", "rebalance", "--json") == {"jobs_created": 1}
+    assert run("buffers", "rebalance", "--json") == {"jobs_created": 0}  # one in flight
+    [active] = run("conversions", "--active", "--json")
+    assert list(active) == ["job_id", "direction", "source_amount", "destination_amount", "status",
+                            "provider", "attempts", "created_at"]
+    assert (active["direction"], active["source_amount"], active["status"]) == (
+        "USD->USDC", usd(60_000), "pending")
+    from infra.treasury import jobs
+    jobs.submit(active["job_id"], engine)
+    assert run("conversions", "poll", "--json") == {"polled": 1}
+    assert job(engine, active["job_id"]).status == conv.COMPLETED
+    assert run("conversions", "--active", "--json") == []
+    shown = run("conversions", "show", str(active["job_id"]), "--json")
+    assert [t["to"] for t in shown["transitions"]] == ["pending", "provider_submitted", "completed"]
+
+    manual = run("conversions", "convert", "--from", "broker_operational", "--to",
+                 "system_buffer_usdc", "--amount", str(usd(1_000)), "--by", "ops", "--json")
+    assert (manual["kind"], manual["status"], manual["requested_by"]) == ("manual", "pending", "ops")
+    cancelled = run("conversions", "cancel", str(manual["job_id"]), "--by", "ops", "--reason",
+                    "changed my mind", "--json")
+    assert cancelled["status"] == "cancelled"
+    run("conversions", "convert", "--from", "broker_operational", "--to", "system_buffer_usdc",
+        "--amount", str(usd(10**6)), "--by", "ops", code=1)
+
+
+def test_pausing_auto_rebalancing(engine):
+    reset(engine)
+    assert run("buffers", "pause", "--by", "ops", "--json") == {"auto_rebalance": False, "by": "ops"}
+    assert run("buffers", "resume", "--json")["auto_rebalance"] is True
+
+
+def test_thresholds_are_configurable(engine):
+    reset(engine)
+    row = run("buffers", "set", "system_buffer_fiat", "--min", str(usd(30_000)), "--json")
+    assert row["min"] == usd(30_000) and row["target"] == usd(100_000)
+    run("buffers", "set", "system_buffer_fiat", "--min", str(usd(200_000)), code=2)
+
+
+def test_human_tables_render(engine):
+    reset(engine)
+    for args in (["buffers"], ["providers"], ["conversions"]):
+        assert run(*args).exit_code == 0
