@@ -63,7 +63,13 @@ class RetryOrDeadLetter(Middleware):
                 retry=retries + 1,
                 delay_ms=delay,
             )
-            broker.enqueue(message, delay=delay)
+            try:
+                broker.enqueue(message, delay=delay)
+            except Exception as exc:
+                # Dramatiq would log this and ack the message: it would be lost.  Nack it
+                # instead, so RabbitMQ's own dead-lettering keeps it in Q.XQ.
+                log.error("message.retry_enqueue_failed", error=_one_line(exc))
+                message.fail()
             return
         if permanent:
             reason = str(exception)
@@ -75,7 +81,8 @@ class RetryOrDeadLetter(Middleware):
     def _dead_letter(self, broker, message, exception, reason, tb, retries, permanent):
         info = {
             "reason": reason[:500],
-            "code": getattr(exception, "code", "transient" if not permanent else "error"),
+            # Only our errors' codes: other libraries' ``code`` (SQLAlchemy's "e3q8") mean else.
+            "code": exception.code if permanent else "transient",
             "error": type(exception).__name__,
             "traceback": tb[-8000:],
             "failed_at": datetime.now(timezone.utc).isoformat(),

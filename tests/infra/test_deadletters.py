@@ -1,0 +1,126 @@
+"""Retries and dead letters through a real worker: transient errors back off, then land in
+.XQ with their reason and traceback; permanent ones land there at once."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import dramatiq
+import pytest
+import redis
+
+from infra import rabbit
+from tests.e2e.flaky_actors import QUEUE
+from tests.harness import EventTap, Worker, publish_raw, purge_all, uid, wait_until
+
+pytestmark = pytest.mark.e2e
+
+MIN_BACKOFF_MS = 200  # the harness's BALLAST_RETRY_MIN_BACKOFF_MS
+
+
+@pytest.fixture(scope="module")
+def flaky_worker(env):
+    purge_all(env)
+    w = Worker(env, modules=["tests.e2e.flaky_actors"], BALLAST_RETRY_MAX_RETRIES="2").start()
+    yield w
+    w.stop()
+    purge_all(env)
+
+
+def send(env, actor: str, key: str) -> str:
+    msg = dramatiq.Message(queue_name=QUEUE, actor_name=actor, args=(), kwargs={"key": key},
+                           options={})
+    publish_raw(env, QUEUE, json.dumps(msg.asdict()).encode())
+    return msg.message_id
+
+
+def attempts(env, key: str) -> list[float]:
+    client = redis.Redis.from_url(env.redis_url)
+    try:
+        return [float(t) for t in client.lrange(key, 0, -1)]
+    finally:
+        client.close()
+
+
+def dead_letter(env, message_id: str) -> rabbit.DeadLetter | None:
+    found = [d for d in rabbit.list_dead_letters(QUEUE, 1000, env.broker_url)
+             if d.message_id == message_id]
+    return found[0] if found else None
+
+
+def test_a_transient_error_is_retried_with_backoff_then_dead_lettered_with_its_traceback(env, flaky_worker):
+    key = uid("k")
+    message_id = send(env, "always_transient", key)
+    letter = wait_until(lambda: dead_letter(env, message_id), what="dead letter")
+    times = attempts(env, key)
+    assert len(times) == 3  # the first attempt and two retries
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(gap >= 0.9 * MIN_BACKOFF_MS / 2 / 1000 for gap in gaps), gaps  # jitter halves at most
+    info = letter.info
+    assert info["retries"] == 2 and info["code"] == "transient"
+    assert info["reason"].startswith("2 retries exhausted: OperationalError")
+    assert "server closed the connection unexpectedly" in info["traceback"]
+    assert "always_transient" in info["traceback"]
+    summary = letter.summary()
+    assert (summary["queue"], summary["actor"], summary["retries"]) == (QUEUE, "always_transient", 2)
+
+
+def test_a_transient_error_that_clears_is_not_dead_lettered(env, flaky_worker):
+    key = uid("k")
+    message_id = send(env, "transient_once", key)
+    wait_until(lambda: len(attempts(env, key)) == 2, what="the retry")
+    time.sleep(1)
+    assert dead_letter(env, message_id) is None
+    assert len(attempts(env, key)) == 2
+
+
+def test_a_retry_that_cannot_be_enqueued_is_kept_in_the_dead_letter_queue(env, flaky_worker):
+    key = uid("k")
+    message_id = send(env, "transient_while_broker_down", key)
+    letter = wait_until(lambda: dead_letter(env, message_id), what="dead letter")
+    assert letter.summary()["reason"].startswith("dead-lettered by RabbitMQ")
+    assert len(attempts(env, key)) == 1
+
+
+def test_a_permanent_error_is_dead_lettered_at_once_with_its_reason(env, flaky_worker):
+    tap = EventTap(env, "command.rejected")
+    try:
+        key = uid("k")
+        message_id = send(env, "always_refused", key)
+        letter = wait_until(lambda: dead_letter(env, message_id), what="dead letter")
+        assert attempts(env, key)[1:] == []  # tried once
+        assert letter.info["retries"] == 0 and letter.info["code"] == "refused"
+        assert letter.info["reason"] == f"{key} is refused for good"
+        rejected = wait_until(lambda: [e for e in tap.named("command.rejected")
+                                       if e["data"]["message_id"] == message_id])
+        assert rejected[0]["data"]["reason"] == f"{key} is refused for good"
+    finally:
+        tap.close()
+
+
+def test_a_replayed_dead_letter_starts_its_retries_afresh(env, flaky_worker):
+    key = uid("k")
+    message_id = send(env, "always_transient", key)
+    wait_until(lambda: dead_letter(env, message_id), what="dead letter")
+    assert rabbit.replay(QUEUE, {message_id}, env.broker_url) == 1
+    wait_until(lambda: len(attempts(env, key)) == 6, what="three more attempts")
+    letter = wait_until(lambda: dead_letter(env, message_id), what="second dead letter")
+    assert letter.info["retries"] == 2
+    assert letter.body["options"]["replays"] == 1
+    assert letter.body["options"]["last_dead_letter_reason"].startswith("2 retries exhausted")
+
+
+def test_retries_stop_when_the_time_budget_is_spent(env, flaky_worker):
+    flaky_worker.stop()  # this test wants its own budget
+    w = Worker(env, modules=["tests.e2e.flaky_actors"], BALLAST_RETRY_MAX_RETRIES="50",
+               BALLAST_RETRY_MAX_TOTAL_MS="1").start()
+    try:
+        key = uid("k")
+        message_id = send(env, "always_transient", key)
+        letter = wait_until(lambda: dead_letter(env, message_id), what="dead letter")
+        assert len(attempts(env, key)) == 2  # the first failure starts the clock
+        assert letter.info["reason"].startswith("time budget spent: OperationalError")
+    finally:
+        w.stop()
+        flaky_worker.start()
