@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from infra import alerts, guard  # noqa: F401  (importing them registers their conditions)
 from infra.conditions import CONDITIONS, evaluate
-from infra.contract.operations import DeliverAlertWebhooks, EvaluateAlerts
+from infra.contract.operations import DeliverAlertWebhooks, EvaluateAlerts, EvaluateBalanceAlerts
 from infra.db.engine import get_engine
 from infra.messaging import command
+from infra.uow import UnitOfWork
 
 
 @command(transactional=False, max_retries=0)
@@ -22,3 +23,14 @@ def deliver_alert_webhooks(cmd: DeliverAlertWebhooks) -> None:
     """POST due alert deliveries to BALLAST_ALERT_WEBHOOK_URL; failures back off and the
     alert sweep hands them to a later run."""
     alerts.deliver_pending(get_engine())
+
+
+@command()
+def evaluate_balance_alerts(cmd: EvaluateBalanceAlerts, uow: UnitOfWork) -> None:
+    """Balance alerts of one chunk of a big wallet transaction; hands on the next chunk."""
+    after = (cmd.after_user, cmd.after_currency) if cmd.after_user and cmd.after_currency else None
+    last = guard.evaluate_deferred(uow, cmd.transaction_id, after)
+    if last is not None:
+        uow.send("evaluate_balance_alerts",
+                 request_id=f"balance-alerts:{cmd.transaction_id}:{last[0]}:{last[1]}",
+                 transaction_id=cmd.transaction_id, after_user=last[0], after_currency=last[1])

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Annotated
 
-from infra.contract.base import ActorSpec, Command
+from pydantic import Field, StrictInt
+
+from infra.contract.base import ActorSpec, Command, Currency, Identifier
 
 
 class EvaluateAlerts(Command):
@@ -19,6 +22,14 @@ class DeliverAlertWebhooks(Command):
     pass
 
 
+class EvaluateBalanceAlerts(Command):
+    """The balance alerts of a big wallet transaction, one chunk of wallets per message."""
+
+    transaction_id: Annotated[StrictInt, Field(gt=0)]
+    after_user: Identifier | None = None
+    after_currency: Currency | None = None
+
+
 class SendDailySummary(Command):
     #: The day to report (in BALLAST_TIMEZONE); the scheduler passes the previous day.
     day: date | None = None
@@ -31,4 +42,6 @@ SPECS = [
     ActorSpec("send_daily_summary", "ballast.step.reports", SendDailySummary, step=True),
     # Internal (SPEC §6): alert webhooks POSTed on their own queue, off the raising step.
     ActorSpec("deliver_alert_webhooks", "ballast.step.webhooks", DeliverAlertWebhooks, step=True),
+    # Internal (SPEC §4): balance alerts of a bulk settlement, off the settling step.
+    ActorSpec("evaluate_balance_alerts", "ballast.step.alerts", EvaluateBalanceAlerts, step=True),
 ]

@@ -280,7 +280,8 @@ def test_audit_trail_is_append_only(engine):
 
 
 def test_record_is_set_based_for_many_system_changes(engine):
-    """A settlement's 5,000 payouts are audited with a handful of statements, not 5,000."""
+    """A settlement's 5,000 payouts are audited with a handful of statements, not 5,000,
+    and their balance alerts are handed to the evaluate_balance_alerts step in chunks."""
     users = [uid("bulk") for _ in range(5_000)]
     statements = []
 
@@ -289,19 +290,51 @@ def test_record_is_set_based_for_many_system_changes(engine):
 
     with UnitOfWork(engine=engine) as uow:
         event.listen(uow.conn, "before_cursor_execute", count)
-        wallets.apply_changes(uow, [WalletChange(u, "USD", 50_000, "payout") for u in users],
-                              counter_account="world:USD", kind="payout")
+        txn = wallets.apply_changes(uow, [WalletChange(u, "USD", 50_000, "payout") for u in users],
+                                    counter_account="world:USD", kind="payout")
         event.remove(uow.conn, "before_cursor_execute", count)
         uow.commit()
     assert len(statements) < 20, statements
-    with engine.connect() as conn:
-        n = conn.execute(text("SELECT count(*) FROM wallet_audit WHERE user_id = ANY(:u) "
-                              "AND currency = 'USD'"), {"u": users}).scalar_one()
-        warnings = conn.execute(text("SELECT count(*) FROM alerts WHERE kind = 'balance_warning' "
+
+    def warnings():
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM alerts WHERE kind = 'balance_warning' "
                                      "AND status = 'open' AND data->>'user_id' = ANY(:u)"),
                                 {"u": users}).scalar_one()
+
+    with engine.connect() as conn:
+        n = conn.execute(text("SELECT count(*) FROM wallet_audit WHERE transaction_id = :t"),
+                         {"t": txn}).scalar_one()
+        handed = conn.execute(text("SELECT body FROM outbox WHERE kind = 'message' "
+                                   "AND body->>'actor_name' = 'evaluate_balance_alerts' "
+                                   "AND CAST(body->'kwargs'->>'transaction_id' AS bigint) = :t"),
+                              {"t": txn}).scalars().all()
     assert n == 5_000
-    assert warnings == 5_000  # $500.00 is below the $1,000.00 warning threshold
+    assert len(handed) == 1 and handed[0]["queue_name"] == "ballast.step.alerts"
+    assert warnings() == 0  # not inline
+    after, chunks = None, 0
+    while True:
+        with UnitOfWork(engine=engine) as uow:
+            after = guard.evaluate_deferred(uow, txn, after, limit=1_200)
+            uow.commit()
+        chunks += 1
+        if after is None:
+            break
+    assert chunks == 5
+    assert warnings() == 5_000  # $500.00 is below the $1,000.00 warning threshold
+    with UnitOfWork(engine=engine) as uow:  # a repeated chunk changes nothing
+        guard.evaluate_deferred(uow, txn, None, limit=1_200)
+        uow.commit()
+    assert warnings() == 5_000
+
+
+def test_a_few_wallets_get_their_balance_alerts_inline(engine):
+    users = [uid() for _ in range(guard.INLINE_ALERT_WALLETS)]
+    with UnitOfWork(engine=engine) as uow:
+        wallets.apply_changes(uow, [WalletChange(u, "USD", 50_000, "refund") for u in users],
+                              counter_account="world:USD", kind="refund")
+        uow.commit()
+    assert all(open_alerts(engine, u, "balance_warning") for u in users)
 
 
 # --- balance alerts -----------------------------------------------------------------------------
