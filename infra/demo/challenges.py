@@ -1,10 +1,86 @@
-"""Demo chapter: challenges (filled in by its capability)."""
+"""Demo chapter: a lopsided admin challenge balanced by the treasury, then settled."""
 
 from __future__ import annotations
 
+from sqlalchemy import text
+
+from domain.challenges import format_amount
+from infra import ledger
 from infra.demo.context import DemoContext
+
+STAKE = 150_000  # ₦1,500.00
+
+
+def _balance(ctx: DemoContext, code: str) -> int:
+    with ctx.engine.connect() as conn:
+        return ledger.balances(conn, [code]).get(code, 0)
+
+
+def _scalar(ctx: DemoContext, sql: str, **params):
+    with ctx.engine.connect() as conn:
+        return conn.execute(text(sql), params).scalar_one_or_none()
+
+
+def _events(ctx: DemoContext, name: str, cid: str) -> list[dict]:
+    with ctx.engine.connect() as conn:
+        return list(conn.execute(text(
+            "SELECT body FROM outbox WHERE event_name = :n AND body->'data'->>'challenge_id' = :c "
+            "ORDER BY id"), {"n": name, "c": cid}).scalars())
 
 
 def run(ctx: DemoContext) -> None:
-    """Drive this capability through the real workers and report what happened."""
-    ctx.skip("challenges", "not built yet")
+    ctx.chapter("challenges", "Treasury balancing: joins, a treasury fill with shadow personas, "
+                              "a resolution, the dashboard")
+    money = lambda n: format_amount(n, "NGN")  # noqa: E731
+    cid = ctx.id("eagles")
+    ctx.send("fund_treasury", request_id=ctx.id("fund-challenges"), currency="NGN",
+             amount=10 * STAKE, reference="treasury capital for challenges", performed_by="cfo")
+    ctx.send("open_challenge", request_id=ctx.id("open-eagles"), challenge_id=cid,
+             title="Super Eagles win on Sunday?", currency="NGN", stake=STAKE, admin_created=True)
+    names = ["chidi", "funmi", "emeka", "zara", "tobi", "ngozi"]
+    sides = ["YES", "YES", "NO", "YES", "YES", "YES"]
+    users = [ctx.id(n) for n in names]
+    for user in users:
+        ctx.send("deposit", request_id=ctx.id(f"dep-{user}"), user_id=user, currency="NGN",
+                 amount=STAKE, reference="card")
+    ctx.wait_until(lambda: all(_balance(ctx, f"user:{u}:NGN") == STAKE for u in users), "deposits")
+    ctx.wait_until(lambda: _scalar(ctx, "SELECT status FROM challenges WHERE id = :c", c=cid),
+                   "the challenge to open")
+    for user, side in zip(users, sides):  # one after the other: first come, first served
+        ctx.send("join_challenge", request_id=ctx.id(f"join-{user}"), challenge_id=cid,
+                 user_id=user, side=side)
+        ctx.wait_until(lambda: _balance(ctx, f"user:{user}:NGN") == 0, f"{user} to join")
+    doc = ctx.cli("challenge", "show", cid)
+    ctx.say(f"6 users joined at {money(STAKE)} each: YES {doc['yes_count']}, NO {doc['no_count']}; "
+            f"emeka (NO) is paired with chidi, the first YES; {doc['unmatched_yes']} YES users wait "
+            f"(gap {money(doc['gap'])}, match rate {doc['match_rate']}%)")
+
+    ctx.send("configure_treasury", request_id=ctx.id("cfg-eagles"), challenge_id=cid,
+             max_risk=3 * STAKE, notes="cover the YES overflow, at most 3 stakes", admin_id="ops-ada")
+    ctx.send("fill_treasury", request_id=ctx.id("fill-eagles"), challenge_id=cid, side="YES",
+             match_count=4, admin_id="ops-ada")
+    ctx.wait_until(lambda: _events(ctx, "admin.treasury.match_created", cid), "the treasury matches")
+    doc = ctx.cli("challenge", "show", cid)
+    short = _events(ctx, "admin.treasury.fill_shortfall", cid)
+    ctx.say(f"the admin asked for 4 treasury matches; the budget of {money(3 * STAKE)} allowed "
+            f"{len(doc['matches'])} (shortfall {short[0]['data']['shortfall'] if short else 0}, "
+            f"reason {', '.join(short[0]['data']['reasons']) if short else '-'}): "
+            + ", ".join(f"{m['user_id'].split('-')[0]} vs {m['persona']}" for m in doc["matches"]))
+    ctx.show("challenge show (after the fill)", doc)
+    ctx.show("treasury dashboard (stakes at risk)", ctx.cli("treasury", "dashboard"))
+
+    treasury_before = _balance(ctx, "treasury:NGN")
+    ctx.send("resolve_challenge", request_id=ctx.id("resolve-eagles"), challenge_id=cid,
+             result="NO", resolved_by="ops-ada")
+    ctx.wait_until(lambda: _scalar(ctx, "SELECT status FROM challenges WHERE id = :c", c=cid)
+                   == "settled", "the settlement")
+    told = {e["recipient"]: e["data"]["message"] for e in _events(ctx, "challenge.settled", cid)}
+    for name, user in zip(names, users):
+        ctx.say(f"{name}: {told.get(user, '?')} (wallet {money(_balance(ctx, f'user:{user}:NGN'))})")
+    summary = _events(ctx, "admin.treasury.settlement", cid)[0]["data"]
+    ctx.say(f"result NO: treasury won {summary['won']}, lost {summary['lost']}, refunded "
+            f"{summary['refunded']}, net P&L {money(summary['net_pnl'])}; escrow now "
+            f"{money(_balance(ctx, f'escrow:challenge:{cid}'))}; treasury "
+            f"{money(treasury_before)} → {money(_balance(ctx, 'treasury:NGN'))}")
+    ctx.show("challenge show (settled)", ctx.cli("challenge", "show", cid))
+    ctx.show("treasury dashboard (settled)", ctx.cli("treasury", "dashboard"))
