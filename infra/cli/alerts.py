@@ -1,10 +1,178 @@
-"""CLI views of the alerts capability (CONTRACT.md)."""
+"""Alerts, analytics and the guard's limits: ``ballast alerts``, ``ballast analytics``,
+``ballast guard`` (CONTRACT.md)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime, timezone
+
 import click
+
+from domain import guard as rules
+from domain.errors import BallastError
+from domain.money import CURRENCIES, format_minor
+from infra import alerts, guard
+from infra.cli.output import console, emit, fail, json_option, table
+from infra.db.engine import get_engine
+
+SUMMARY = ("alert_id", "kind", "severity", "subject", "status", "created_at")
 
 
 def register(cli: click.Group) -> None:
     """Add this capability's commands to `ballast`."""
-    return None
+    cli.add_command(alerts_group)
+    cli.add_command(analytics)
+    cli.add_command(guard_group)
+
+
+@click.group("alerts", invoke_without_command=True)
+@click.option("--open", "open_only", is_flag=True, help="Only open and acknowledged alerts.")
+@click.option("--kind", default=None, help="Only this kind (e.g. balance_critical).")
+@click.option("--user", "user_id", default=None, help="Only alerts about this user.")
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(1, 100_000))
+@json_option
+@click.pass_context
+def alerts_group(ctx: click.Context, open_only: bool, kind: str | None, user_id: str | None,
+                 limit: int, as_json: bool) -> None:
+    """List alerts, newest first (subcommands: ack, show)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with get_engine().connect() as conn:
+        rows = alerts.listing(conn, open_only=open_only, limit=limit, kind=kind, user_id=user_id)
+    doc = [{k: r[k] for k in SUMMARY} for r in rows]
+    emit(doc, as_json, lambda d: table(d, SUMMARY, title="open alerts" if open_only else "alerts"))
+
+
+@alerts_group.command("ack")
+@click.argument("alert_id", type=int)
+@click.option("--by", "by", required=True, help="Who acknowledges (recorded with the time).")
+@json_option
+def alerts_ack(alert_id: int, by: str, as_json: bool) -> None:
+    """Acknowledge an open alert: it stays until its condition clears, and no duplicate opens."""
+    if not by.strip():
+        fail("--by needs a name", 2)
+    try:
+        with get_engine().begin() as conn:
+            doc = alerts.acknowledge(conn, alert_id, by.strip())
+    except BallastError as exc:
+        fail(str(exc), 1)
+    emit(doc, as_json, lambda d: console.print(
+        f"alert {d['alert_id']} ({d['kind']}) acknowledged by {d['acknowledged_by']} "
+        f"at {d['acknowledged_at']}"))
+
+
+@alerts_group.command("show")
+@click.argument("alert_id", type=int)
+@json_option
+def alerts_show(alert_id: int, as_json: bool) -> None:
+    """One alert with its data, who acknowledged it and when it was resolved."""
+    try:
+        with get_engine().connect() as conn:
+            doc = alerts.get(conn, alert_id)
+    except BallastError as exc:
+        fail(str(exc), 1)
+    emit(doc, as_json, None)
+
+
+def _when(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{name}: not an ISO 8601 time: {value!r}", 2)
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
+@click.command()
+@click.option("--user", "user_id", default=None, help="One user (default: platform-wide).")
+@click.option("--period", required=True, type=click.Choice(list(rules.PERIODS)))
+@click.option("--start", default=None, help="Custom period start, ISO 8601 (UTC if no offset).")
+@click.option("--end", default=None, help="Custom period end (default: now for the others).")
+@click.option("--currency", default=None, type=click.Choice(list(CURRENCIES)))
+@json_option
+def analytics(user_id: str | None, period: str, start: str | None, end: str | None,
+              currency: str | None, as_json: bool) -> None:
+    """Balance analytics per currency: start and end balance, net and % change, totals by
+    type, volatility, trend and risk level (SPEC §4)."""
+    try:
+        lo, hi = rules.period_bounds(period, datetime.now(timezone.utc),
+                                     _when(start, "--start"), _when(end, "--end"))
+    except BallastError as exc:
+        fail(str(exc), 2)
+    with get_engine().connect() as conn:
+        doc = guard.analytics(conn, lo, hi, user_id=user_id, currency=currency)
+    doc["period"] = period
+
+    def human(d):
+        who = d["user_id"] or "platform"
+        console.print(f"[bold]{who}[/bold] {d['period']} {d['start']} → {d['end']}")
+        rows = []
+        for cur, a in d["currencies"].items():
+            rows.append({
+                "currency": cur, "start": format_minor(a["start_balance"], cur),
+                "end": format_minor(a["end_balance"], cur), "net": format_minor(a["net_change"], cur),
+                "change %": "n/a" if a["change_percent"] is None else f"{a['change_percent']:.2f}",
+                "changes": a["changes"], "volatility": format_minor(a["volatility"], cur),
+                "trend": a["trend"], "risk": a["risk_level"],
+                "by type": ", ".join(f"{k} {format_minor(v, cur)}" for k, v in a["totals_by_type"].items()),
+            })
+        table(rows, title="analytics")
+
+    emit(doc, as_json, human)
+
+
+@click.group("guard")
+def guard_group() -> None:
+    """The balance guard's limits per tier and currency."""
+
+
+@guard_group.command("limits")
+@click.option("--tier", default=None, type=click.Choice(list(rules.TIERS)))
+@click.option("--currency", default=None, type=click.Choice(list(CURRENCIES)))
+@json_option
+def guard_limits(tier: str | None, currency: str | None, as_json: bool) -> None:
+    """Every tier's limits in minor units (min/max balance, daily/weekly, warning/critical)."""
+    with get_engine().connect() as conn:
+        table_ = guard.LimitTable.load(conn)
+    doc = [
+        _limits_doc(table_.get(t, c))
+        for t in rules.TIERS if tier in (None, t)
+        for c in CURRENCIES if currency in (None, c)
+    ]
+    emit(doc, as_json, lambda d: table(d, title="limits (minor units)"))
+
+
+@guard_group.command("set-limit")
+@click.argument("tier", type=click.Choice(list(rules.TIERS)))
+@click.argument("currency", type=click.Choice(list(CURRENCIES)))
+@click.option("--min-balance", type=int, default=None)
+@click.option("--max-balance", type=int, default=None)
+@click.option("--daily", type=int, default=None)
+@click.option("--weekly", type=int, default=None)
+@click.option("--warning", type=int, default=None)
+@click.option("--critical", type=int, default=None)
+@click.option("--by", "by", required=True, help="Who changes the limits (recorded).")
+@json_option
+def guard_set_limit(tier: str, currency: str, min_balance, max_balance, daily, weekly, warning,
+                    critical, by: str, as_json: bool) -> None:
+    """Change a tier's limits in one currency (minor units); applies to the next change."""
+    changes = {k: v for k, v in dict(min_balance=min_balance, max_balance=max_balance, daily=daily,
+                                     weekly=weekly, warning=warning, critical=critical).items()
+               if v is not None}
+    if not changes:
+        fail("nothing to change: give at least one of --min-balance, --max-balance, --daily, "
+             "--weekly, --warning, --critical", 2)
+    try:
+        with get_engine().begin() as conn:
+            current = guard.LimitTable.load(conn).get(tier, currency)
+            stored = guard.set_limits(conn, replace(current, **changes), by=by)
+    except BallastError as exc:
+        fail(str(exc), 2)
+    emit(_limits_doc(stored), as_json, lambda d: table([d], title="limits (minor units)"))
+
+
+def _limits_doc(lim: rules.Limits) -> dict:
+    return {"tier": lim.tier, "currency": lim.currency, "min_balance": lim.min_balance,
+            "max_balance": lim.max_balance, "daily_limit": lim.daily, "weekly_limit": lim.weekly,
+            "warning": lim.warning, "critical": lim.critical}

@@ -69,19 +69,26 @@ def wallet_group() -> None:
 def wallet_show(user_id: str, currency: str | None, limit: int, as_json: bool) -> None:
     """Balances, tier, history and open alerts of one user."""
     with get_engine().connect() as conn:
+        balances = wallets.balances(conn, user_id, currency)
         doc = {
             "user_id": user_id,
             "tier": guard.tier_of(conn, user_id),
-            "balances": wallets.balances(conn, user_id, currency),
-            "history": wallets.history(conn, user_id, currency, limit),
+            "balances": balances,
+            # The audit trail: every change with before/after, who, why and its risk score.
+            "history": guard.history(conn, user_id, currency, limit),
             "alerts": open_alerts_for_user(conn, user_id),
+            "limits": guard.limits_report(conn, user_id, sorted(balances)),
         }
 
     def human(d):
         console.print(f"[bold]{d['user_id']}[/bold] tier {d['tier']}")
         for cur, bal in d["balances"].items():
-            console.print(f"  {format_minor(bal, cur)}")
-        table(d["history"], ["at", "kind", "currency", "amount", "balance_after", "memo", "transaction_id"],
+            lim = d["limits"][cur]
+            console.print(f"  {format_minor(bal, cur)}  (daily {format_minor(lim['daily_used'], cur)} of "
+                          f"{format_minor(lim['daily_limit'], cur)}, weekly "
+                          f"{format_minor(lim['weekly_used'], cur)} of {format_minor(lim['weekly_limit'], cur)})")
+        table(d["history"], ["at", "kind", "currency", "amount", "balance_before", "balance_after",
+                             "reason", "performed_by", "risk_score", "transaction_id"],
               title="history")
         if d["alerts"]:
             table(d["alerts"], title="open alerts")
