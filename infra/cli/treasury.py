@@ -298,6 +298,26 @@ def providers_resume(name: str, as_json: bool) -> None:
     _provider_status(name, "active", as_json)
 
 
+@providers_group.command("check")
+@click.argument("name")
+@json_option
+def providers_check(name: str, as_json: bool) -> None:
+    """Ask the provider itself whether it is up (its ``health`` call).  Exit 1 when not."""
+    from infra import providers
+    from infra.treasury import store
+
+    def row():
+        with get_engine().connect() as conn:
+            return store.get_provider(conn, name)
+
+    p = _guarded(row)
+    up = providers.build(p.name, p.kind, p.config).health()
+    emit({"name": name, "reachable": up}, as_json,
+         lambda d: console.print(f"{name}: {'reachable' if up else '[red]unreachable[/red]'}"))
+    if not up:
+        raise SystemExit(1)
+
+
 # --- conversions -------------------------------------------------------------------------
 
 @click.group("conversions", invoke_without_command=True)
@@ -313,7 +333,14 @@ def conversions_group(ctx: click.Context, active: bool, limit: int, as_json: boo
 
     with get_engine().connect() as conn:
         doc = views.conversions(conn, active_only=active, limit=limit)
-    emit(doc, as_json, lambda rows: table(rows, title="conversions"))
+    def human(rows):
+        table([{**r, "direction": r["direction"],
+                "source_amount": format_minor(r["source_amount"], r["direction"].split("->")[0]),
+                "destination_amount": "" if r["destination_amount"] is None else
+                format_minor(r["destination_amount"], r["direction"].split("->")[1]),
+                "created_at": r["created_at"][:19]} for r in rows], title="conversions")
+
+    emit(doc, as_json, human)
 
 
 @conversions_group.command("poll")

@@ -368,6 +368,8 @@ def complete(uow: UnitOfWork, job: Job, attempt: Attempt, report: Report) -> Job
     if type(net) is not int or type(fee) is not int or net < 0 or fee < 0:
         raise ProviderUncertain(f"{attempt.provider} completed job {job.id} without amounts")
     src, dst, p = job.source_currency, job.destination_currency, attempt.provider
+    # Lock order everywhere: job, provider rows, then ledger accounts (no deadlocks).
+    store.count_outcome(uow.conn, p, success=True)
     postings = [
         Posting(f"transit:{src}", src, -job.source_amount),
         Posting(f"provider:{p}:{src}", src, job.source_amount),
@@ -383,7 +385,6 @@ def complete(uow: UnitOfWork, job: Job, attempt: Attempt, report: Report) -> Job
     job = store.move_job(uow.conn, job, conv.COMPLETED, f"{p} completed: {net} {dst} net, "
                          f"fee {fee}", destination_amount=net, fee_amount=fee, finished_at=_now())
     store.finish_attempt(uow.conn, attempt, "completed")
-    store.count_outcome(uow.conn, p, success=True)
     uow.emit("conversion.completed", _event(job), recipient="admin")
     for key in (f"conversion:stale:{job.id}", f"conversion:lost:{job.id}"):
         alerts.resolve_alert(uow, key, note="completed")
@@ -393,12 +394,12 @@ def complete(uow: UnitOfWork, job: Job, attempt: Attempt, report: Report) -> Job
 
 def fail(uow: UnitOfWork, job: Job, reason: str, *, attempt: Attempt | None = None) -> Job:
     """Final failure: transit returns to the source, an alert, ``conversion.failed``."""
+    if attempt is not None:
+        store.count_outcome(uow.conn, attempt.provider, success=False)
+        store.finish_attempt(uow.conn, attempt, "failed", error=reason[:500])
     _return_transit(uow, job, "conversion_return", "failed")
     job = store.move_job(uow.conn, job, conv.FAILED, reason[:500], failure_reason=reason[:500],
                          finished_at=_now())
-    if attempt is not None:
-        store.finish_attempt(uow.conn, attempt, "failed", error=reason[:500])
-        store.count_outcome(uow.conn, attempt.provider, success=False)
     uow.emit("conversion.failed", {**_event(job), "reason": reason[:500]}, recipient="admin")
     alerts.raise_alert(uow, kind="conversion", severity="critical",
                        subject=f"conversion job {job.id} failed: {reason[:200]}",

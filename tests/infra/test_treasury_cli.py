@@ -103,3 +103,15 @@ def test_human_tables_render(engine):
     reset(engine)
     for args in (["buffers"], ["providers"], ["conversions"]):
         assert run(*args).exit_code == 0
+
+
+def test_providers_check_asks_the_provider(engine):
+    from sqlalchemy import text
+    reset(engine)
+    name = uid("chk")
+    run("providers", "add", name, "--type", "simulated", "--priority", "1")
+    assert run("providers", "check", name, "--json") == {"name": name, "reachable": True}
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE conversion_providers SET config = jsonb_set(config, '{fail_mode}', "
+                          "'\"error\"') WHERE name = :n"), {"n": name})
+    assert run("providers", "check", name, code=1).stdout.strip() != ""
