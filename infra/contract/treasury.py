@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import StrictInt, field_validator
+from pydantic import Field, StrictInt, field_validator
 
 from infra.contract.base import ActorSpec, Command, ShortText, SignedAmount
 
@@ -30,12 +30,15 @@ class RunSettlementCycle(Command):
     trigger: Literal["scheduled", "manual"]
 
 
+JobId = Annotated[StrictInt, Field(gt=0)]
+
+
 class SubmitConversion(Command):
-    job_id: StrictInt
+    job_id: JobId
 
 
 class PollConversion(Command):
-    job_id: StrictInt | None = None  # None: poll every active job
+    job_id: JobId | None = None  # None: poll every job a provider holds
 
 
 SPECS = [

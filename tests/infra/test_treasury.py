@@ -380,3 +380,31 @@ def test_ledger_balances_after_any_mix_of_completions_and_failures(engine):
         assert statuses <= {conv.COMPLETED, conv.FAILED}, (round_, statuses)
         assert transit_total(engine) == 0
         assert ledger_check(engine)["ok"]
+
+
+def _in_threads(fn, n):
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(n) as pool:
+        return [f.result() for f in [pool.submit(fn) for _ in range(n)]]
+
+
+def test_cycles_racing_in_parallel_create_one_job(engine):
+    reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
+    add_provider(engine)
+    created = [j for batch in _in_threads(lambda: cycle_now(engine), 6) for j in batch]
+    assert len(created) == 1
+
+
+def test_the_same_job_submitted_by_parallel_workers_is_sent_once(engine):
+    reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
+    add_provider(engine)
+    [job_id] = cycle_now(engine)
+    assert set(_in_threads(lambda: jobs.submit(job_id, engine), 5)) == {conv.SUBMITTED}
+    [a] = attempts(engine, job_id)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM simulated_provider_orders WHERE "
+                                 "idempotency_key LIKE :k"), {"k": f"ballast-{job_id}-%"}).scalar_one() == 1
+    assert balance(engine, "transit:USD") == usd(60_000)
+    assert set(_in_threads(lambda: jobs.poll(job_id, engine), 5)) <= {True, False}
+    assert drive(engine, job_id).status == conv.COMPLETED
+    assert balance(engine, USDC_BUF) == usdc(65_000)
