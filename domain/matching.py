@@ -170,20 +170,21 @@ def match(payments: Iterable[Payment], expectations: Sequence[Expectation]) -> l
     return [index.decide(pay) for pay in payments]
 
 
-class _CycleNames:
-    """The fuzzy block of one cycle: its lower-case memo prefix and names sorted by length."""
+class _CycleBlock:
+    """The fuzzy block of one cycle: its lower-case memo prefix, and its lower-case
+    expected memos sorted by length."""
 
-    __slots__ = ("prefix", "names", "lengths", "ids_by_name")
+    __slots__ = ("prefix", "memos", "lengths", "ids_by_memo")
 
     def __init__(self, cycle_id: str) -> None:
         self.prefix = expected_memo(cycle_id, "").lower()
-        self.names: list[str] = []
+        self.memos: list[str] = []
         self.lengths: list[int] = []
-        self.ids_by_name: dict[str, list[int]] = defaultdict(list)
+        self.ids_by_memo: dict[str, list[int]] = defaultdict(list)
 
     def freeze(self) -> None:
-        self.names = sorted(self.ids_by_name, key=len)
-        self.lengths = [len(n) for n in self.names]
+        self.memos = sorted(self.ids_by_memo, key=len)
+        self.lengths = [len(m) for m in self.memos]
 
 
 class MemoIndex:
@@ -192,7 +193,7 @@ class MemoIndex:
     - ``by_memo``: expected memo → participations (equal and contained memos);
     - ``memo_lengths``: cycle id → lengths of its expected memos, so a memo is
       probed only at each ``ARB <cycle> `` it contains, once per length;
-    - per cycle, lower-case names sorted by length for the fuzzy search.
+    - per cycle, lower-case expected memos sorted by length for the fuzzy search.
     """
 
     def __init__(self, expectations: Sequence[Expectation]) -> None:
@@ -201,19 +202,18 @@ class MemoIndex:
         self.memos = [e.memo for e in self.expectations]
         self.by_memo: dict[str, list[int]] = defaultdict(list)
         lengths: dict[str, set[int]] = defaultdict(set)
-        self.cycles: dict[str, _CycleNames] = {}
+        self.cycles: dict[str, _CycleBlock] = {}
         for i, (exp, memo) in enumerate(zip(self.expectations, self.memos)):
             self.by_memo[memo].append(i)
             lengths[exp.cycle_id].add(len(memo))
             block = self.cycles.get(exp.cycle_id)
             if block is None:
-                block = self.cycles[exp.cycle_id] = _CycleNames(exp.cycle_id)
-            # Split the lower-cased memo, not the lower-cased name: the comparison
-            # lower-cases whole memos, and lower() may depend on context.
+                block = self.cycles[exp.cycle_id] = _CycleBlock(exp.cycle_id)
+            # The fuzzy search splits lower-cased memos after the lower-cased prefix.
             lowered = memo.lower()
             if not lowered.startswith(block.prefix):
                 raise ValueError(f"cannot index the memo {memo!r}")
-            block.ids_by_name[lowered[len(block.prefix):]].append(i)
+            block.ids_by_memo[lowered].append(i)
         self.memo_lengths = {c: sorted(ls) for c, ls in lengths.items()}
         for block in self.cycles.values():
             block.freeze()
@@ -248,28 +248,30 @@ class MemoIndex:
     def near(self, memo: str) -> set[int]:
         """Participations whose expected memo is within MAX_DISTANCE of ``memo``, ignoring case.
 
-        An expected memo is ``prefix + name`` with the cycle's prefix ``arb {cycle} ``;
-        an alignment within k edits splits the memo at some j with
-        ``d(prefix, memo[:j]) + d(name, memo[j:]) ≤ k``, and |j − len(prefix)| ≤ k.
-        So per cycle: a few prefix comparisons, then names only of a length within the
-        remaining budget — never every memo against every participation.
+        Blocked twice.  By cycle: an expected memo is ``prefix + name`` with the cycle's
+        prefix ``arb {cycle} ``, and an alignment within k edits maps the prefix onto
+        ``memo[:j]`` with |j − len(prefix)| ≤ k and d(prefix, memo[:j]) ≤ k; a cycle
+        whose prefix fits no such ``j`` is skipped.  By length: only expected memos
+        within k characters of the memo's length are compared (in rapidfuzz).
         """
         text = memo.strip().lower()
         found: set[int] = set()
+        k = MAX_DISTANCE
         for block in self.cycles.values():
             plen = len(block.prefix)
-            for j in range(max(0, plen - MAX_DISTANCE), min(len(text), plen + MAX_DISTANCE) + 1):
-                spent = Levenshtein.distance(block.prefix, text[:j], score_cutoff=MAX_DISTANCE)
-                if spent > MAX_DISTANCE:
-                    continue
-                rest, budget = text[j:], MAX_DISTANCE - spent
-                lo = bisect_left(block.lengths, len(rest) - budget)
-                hi = bisect_right(block.lengths, len(rest) + budget)
-                if lo >= hi:
-                    continue
-                for name, _, _ in process.extract(rest, block.names[lo:hi], scorer=Levenshtein.distance,
-                                                  score_cutoff=budget, limit=None):
-                    found.update(block.ids_by_name[name])
+            # d(prefix, text[:j]) ≥ d(prefix, text[:plen]) − |j − plen|: one comparison
+            # rules most memos out before the k-window is tried.
+            if Levenshtein.distance(block.prefix, text[:plen], score_cutoff=2 * k) > 2 * k:
+                continue
+            if all(Levenshtein.distance(block.prefix, text[:j], score_cutoff=k) > k
+                   for j in range(max(0, plen - k), min(len(text), plen + k) + 1)):
+                continue
+            lo = bisect_left(block.lengths, len(text) - k)
+            hi = bisect_right(block.lengths, len(text) + k)
+            if lo < hi:
+                for hit, _, _ in process.extract(text, block.memos[lo:hi], scorer=Levenshtein.distance,
+                                                 score_cutoff=k, limit=None):
+                    found.update(block.ids_by_memo[hit])
         return found
 
 

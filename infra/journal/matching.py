@@ -24,6 +24,9 @@ log = get_logger(__name__)
 
 CURRENCY = "ISK"
 MATCHER = "matcher"  # performed_by of automatic links
+#: Above this many payment.matched events a run leaves publishing to the outbox sweeper
+#: instead of holding its message while it publishes them one confirm at a time.
+PUBLISH_NOW_MAX = 1000
 
 
 class LinkRace(RuntimeError):
@@ -161,9 +164,10 @@ def apply_links(uow: UnitOfWork, links: Sequence[Link], *,
         repo.set_link_transaction(conn, (lk.journal_id for lk in group), txn)
 
     repo.record_review(conn, {lk.journal_id: ("linked", None) for lk in links})
+    events = []
     for lk in links:
         part = after[lk.participation_id]
-        uow.emit("payment.matched", {
+        events.append(("payment.matched", {
             "participation_id": lk.participation_id,
             "cycle_id": part.cycle_id,
             "journal_id": lk.journal_id,
@@ -174,7 +178,8 @@ def apply_links(uow: UnitOfWork, links: Sequence[Link], *,
             "match_type": lk.match_type,
             "payer_character_id": lk.payer_character_id,
             "currency": CURRENCY,
-        }, recipient=part.user_id)
+        }, part.user_id))
+    uow.emit_many(events, publish_now=len(events) <= PUBLISH_NOW_MAX)
     totals = {pid: r.amount for pid, r in after.items()}
     return totals, {pid: r.pledged for pid, r in after.items()}
 
