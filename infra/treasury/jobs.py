@@ -210,11 +210,14 @@ def _call_provider(sub: Submission, engine: Engine) -> Answer:
     p = providers.build(sub.attempt.provider, sub.kind, sub.config, engine)
     key = sub.attempt.idempotency_key
     order = providers.Order(key, sub.job.direction, sub.job.source_amount)
-    try:
-        if sub.recovering:
+    if sub.recovering:  # it may have the order: only its answer may send us elsewhere
+        try:
             known = p.status(key)
-            if known.state != conv.NOT_FOUND:
-                return Answer("accepted", known)
+        except ProviderError as exc:
+            raise ProviderUncertain(f"cannot ask {p.name} about {key}: {exc}") from None
+        if known.state != conv.NOT_FOUND:
+            return Answer("accepted", known)
+    try:
         return Answer("accepted", p.initiate(order))
     except ProviderRejected as exc:
         return Answer("rejected", error=str(exc))

@@ -160,3 +160,17 @@ def test_an_http_timeout_whose_order_was_taken_is_kept_not_sent_elsewhere(engine
     assert [(a.provider, a.status) for a in attempts(engine, job_id)] == [(slow, "accepted")]
     assert len(fake.orders) == 1
     assert drive(engine, job_id).status == conv.COMPLETED
+
+
+def test_a_recovered_attempt_whose_provider_cannot_answer_is_never_sent_elsewhere(engine,
+                                                                                  clean_queues):
+    reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
+    gone = add_provider(engine, priority=1, kind="http",
+                        config=http_config(f"http://127.0.0.1:{free_port()}"))
+    add_provider(engine, priority=2)
+    [job_id] = cycle_now(engine)
+    jobs._prepare_attempt(engine, job_id)  # then the worker died: did the provider get it?
+    with pytest.raises(jobs.ProviderUncertain):
+        jobs.submit(job_id, engine)
+    assert [(a.provider, a.status) for a in attempts(engine, job_id)] == [(gone, "submitting")]
+    assert job(engine, job_id).status == conv.PENDING
