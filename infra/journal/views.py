@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from domain.matching import OPTED_IN, payment_state
+from domain.matching import MATCHED, OPTED_IN, payment_state
 from infra.journal import repository as repo
 
 
@@ -72,7 +72,7 @@ def report(conn: Connection, cycle_id: str | None = None) -> dict[str, Any]:
                 "cycle_id": p.cycle_id,
                 "user_id": p.user_id,
                 "character_name": p.character_name,
-                "payment": payment_state(p.amount, p.pledged) if p.status == OPTED_IN else None,
+                "payment": _paid(p.amount, p.pledged) if p.status == OPTED_IN else None,
                 "validated_at": p.validated_at.isoformat() if p.validated_at else None,
             }
             for p in parts
@@ -80,6 +80,12 @@ def report(conn: Connection, cycle_id: str | None = None) -> dict[str, Any]:
         "unmatched": unmatched,
         "ambiguous": ambiguous,
     }
+
+
+def _paid(received: int, pledged: int) -> str:
+    """``exact``, ``partial`` or ``over``: what the participation received against its pledge."""
+    state = payment_state(received, pledged)
+    return "exact" if state == MATCHED else state
 
 
 def _cycles_of(conn: Connection, cycle_id: str) -> dict[str, str]:

@@ -198,3 +198,24 @@ def test_concurrent_matching_runs_link_each_payment_once(env, engine, worker, cl
         100 + i for i in range(n))
     assert not dead(env, "match_payments")
     assert len(outs) == 2
+
+
+def test_demo_chapter_shows_every_class_and_opens_the_cycle(env, engine, worker, clean):
+    from infra.broker import build_broker
+    from infra.demo import journal as chapter
+    from infra.demo.context import DemoContext
+
+    broker = build_broker(env.broker_url)
+    try:
+        ctx = DemoContext(engine, broker, as_json=True)
+        chapter.run(ctx)
+    finally:
+        broker.close()
+    views = ctx.report["journal"]["views"]
+    assert views["cycle show"]["initial_capital"] == 1_749_900  # 17,499.00 ISK
+    assert views["cycle show"]["by_status"] == {"EXPIRED": 3, "OPTED_IN": 8}
+    assert views["cycle show"]["account_balance"] == 1_749_900
+    report = views["matching report --cycle (this run's payments)"]
+    assert len(report["ambiguous"]) == 1 and len(report["unmatched"]) == 1
+    types = {p["match_type"] for p in report["participations"]}
+    assert types == {"auto_exact", "auto_contains", "auto_fuzzy", "manual", None}

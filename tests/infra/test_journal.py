@@ -141,7 +141,8 @@ def test_every_class_of_payment_in_one_run(engine, clean):
         doc = views.report(conn, cycle)
     rows = {p["participation_id"]: p for p in doc["participations"]}
     assert rows["p-gina"]["journal_ids"] == ["j-several-1", "j-several-2"]
-    assert (rows["p-erin"]["payment"], rows["p-frank"]["payment"]) == ("partial", "over")
+    assert (rows["p-erin"]["payment"], rows["p-frank"]["payment"], rows["p-alice"]["payment"]) == (
+        "partial", "over", "exact")
     assert set(rows["p-alice"]) >= {"participation_id", "status", "amount", "pledged",
                                     "payer_character_id", "journal_ids", "match_type"}
     unmatched = {u["journal_id"]: u for u in doc["unmatched"]}
