@@ -26,7 +26,8 @@ def clean(engine):
         conn.execute(text(
             "DELETE FROM journal_payment_links; DELETE FROM journal_entries; "
             "DELETE FROM journal_participations; DELETE FROM journal_cycles; "
-            "DELETE FROM journal_characters"))
+            "DELETE FROM journal_characters; "
+            "UPDATE alerts SET status = 'resolved' WHERE dedupe_key LIKE 'journal:%'"))
     yield
 
 
@@ -219,3 +220,29 @@ def test_demo_chapter_shows_every_class_and_opens_the_cycle(env, engine, worker,
     assert len(report["ambiguous"]) == 1 and len(report["unmatched"]) == 1
     types = {p["match_type"] for p in report["participations"]}
     assert types == {"auto_exact", "auto_contains", "auto_fuzzy", "manual", None}
+
+
+def test_payment_unmatched_for_a_day_raises_an_alert_in_the_sweep_until_linked(env, engine, worker,
+                                                                               events, clean):
+    cycle = uid("cyc")
+    setup_cycle(env, cycle, {"olga": 9_000})
+    old = datetime.now(timezone.utc) - timedelta(days=2)
+    send(env, "import_wallet_journal", request_id=uid("imp"), entries=[
+        entry("j-old", 9_000, "olga's money, no memo", date=old)])
+
+    def alert():
+        with engine.connect() as conn:
+            return conn.execute(text(
+                "SELECT * FROM alerts WHERE dedupe_key = 'journal:unmatched_payments' "
+                "AND status <> 'resolved'")).one_or_none()
+
+    send(env, "evaluate_alerts", request_id=uid("sweep"))
+    raised = wait_until(alert, what="the unmatched-payments alert")
+    assert raised.data["journal_ids"] == ["j-old"] and raised.kind == "unmatched_payments"
+    wait_until(lambda: [e for e in events.named("alert.raised")
+                        if e["data"]["dedupe_key"] == "journal:unmatched_payments"])
+    send(env, "link_payment", request_id=uid("link"), participation_id="p-olga", journal_id="j-old",
+         admin_id="ops")
+    wait_until(lambda: "j-old" in linked(engine), what="the admin's link")
+    send(env, "evaluate_alerts", request_id=uid("sweep"))
+    wait_until(lambda: alert() is None, what="the alert to resolve")
