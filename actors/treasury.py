@@ -5,7 +5,7 @@ from __future__ import annotations
 from infra.contract.treasury import PollConversion, RecordBufferFlow, RunSettlementCycle, SubmitConversion
 from infra.logs import get_logger
 from infra.messaging import command
-from infra.treasury import cycle, jobs
+from infra.treasury import cycle, polling, submission
 from infra.uow import UnitOfWork
 
 log = get_logger(__name__)
@@ -28,7 +28,7 @@ def run_settlement_cycle(cmd: RunSettlementCycle, uow: UnitOfWork) -> None:
 def submit_conversion(cmd: SubmitConversion) -> None:
     """Hand a pending job to the best provider, falling back on errors (own transactions:
     the provider is called outside any)."""
-    status = jobs.submit(cmd.job_id)
+    status = submission.submit(cmd.job_id)
     log.info("submit_conversion.done", job_id=cmd.job_id, status=status)
 
 
@@ -36,7 +36,7 @@ def submit_conversion(cmd: SubmitConversion) -> None:
 def poll_conversion(cmd: PollConversion) -> None:
     """Let the provider's status drive one job, or every job a provider holds."""
     if cmd.job_id is None:
-        polled = jobs.poll_all(request_id=cmd.request_id)
+        polled = polling.poll_all(request_id=cmd.request_id)
         log.info("poll_conversion.done", polled=polled)
     else:
-        jobs.poll(cmd.job_id)
+        polling.poll(cmd.job_id)

@@ -347,9 +347,9 @@ def conversions_group(ctx: click.Context, active: bool, limit: int, as_json: boo
 @json_option
 def conversions_poll(as_json: bool) -> None:
     """Poll every job a provider holds, now."""
-    from infra.treasury import jobs
+    from infra.treasury import polling
 
-    polled = jobs.poll_all(request_id=f"cli:poll:{uuid.uuid4()}")
+    polled = polling.poll_all(request_id=f"cli:poll:{uuid.uuid4()}")
     emit({"polled": polled}, as_json, lambda d: console.print(f"polled {d['polled']} job(s)"))
 
 

@@ -7,7 +7,7 @@ import pytest
 from domain import conversions as conv
 from infra.providers import Order, ProviderRejected, ProviderUnavailable
 from infra.providers.http import HttpProvider, make_config
-from infra.treasury import jobs
+from infra.treasury import jobs, submission
 from tests.infra.test_treasury_kit import (
     FakeHttpProvider, add_provider, attempts, balance, cycle_now, drive, free_port, job,
     ledger_check, reset, usd, usdc,
@@ -143,7 +143,7 @@ def test_an_unreachable_http_provider_falls_back_to_the_next(engine, clean_queue
                         config=http_config(f"http://127.0.0.1:{free_port()}"))
     up = add_provider(engine, priority=2)
     [job_id] = cycle_now(engine)
-    jobs.submit(job_id, engine)
+    submission.submit(job_id, engine)
     assert [(a.provider, a.status) for a in attempts(engine, job_id)] == [
         (down, "error"), (up, "accepted")]
 
@@ -156,7 +156,7 @@ def test_an_http_timeout_whose_order_was_taken_is_kept_not_sent_elsewhere(engine
                         config=http_config(fake.url, timeout_ms=300, retries=1))
     add_provider(engine, priority=2)
     [job_id] = cycle_now(engine)
-    jobs.submit(job_id, engine)
+    submission.submit(job_id, engine)
     assert [(a.provider, a.status) for a in attempts(engine, job_id)] == [(slow, "accepted")]
     assert len(fake.orders) == 1
     assert drive(engine, job_id).status == conv.COMPLETED
@@ -169,8 +169,8 @@ def test_a_recovered_attempt_whose_provider_cannot_answer_is_never_sent_elsewher
                         config=http_config(f"http://127.0.0.1:{free_port()}"))
     add_provider(engine, priority=2)
     [job_id] = cycle_now(engine)
-    jobs._prepare_attempt(engine, job_id)  # then the worker died: did the provider get it?
+    submission._prepare_attempt(engine, job_id)  # then the worker died: did the provider get it?
     with pytest.raises(jobs.ProviderUncertain):
-        jobs.submit(job_id, engine)
+        submission.submit(job_id, engine)
     assert [(a.provider, a.status) for a in attempts(engine, job_id)] == [(gone, "submitting")]
     assert job(engine, job_id).status == conv.PENDING

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from domain import conversions as conv
 from domain.errors import InsufficientFunds, Refused
-from infra.treasury import cycle, jobs, store
+from infra.treasury import cycle, jobs, polling, store, submission
 from infra.uow import UnitOfWork
 from tests.harness import uid
 from tests.infra.test_treasury_kit import (
@@ -53,10 +53,10 @@ def test_cycle_twice_while_a_job_is_in_flight_creates_no_second_job(engine):
     assert (j.direction, j.source_account, j.destination_account) == ("USD->USDC", FIAT, USDC_BUF)
     assert j.source_amount == usd(60_000)  # 45,000 short of target -> 3 batches of 20,000
     assert cycle_now(engine) == []  # pending
-    jobs.submit(j.id, engine)
+    submission.submit(j.id, engine)
     assert job(engine, j.id).status == conv.SUBMITTED
     assert cycle_now(engine) == []  # with the provider
-    jobs.poll(j.id, engine)
+    polling.poll(j.id, engine)
     assert job(engine, j.id).status == conv.COMPLETED
     assert cycle_now(engine) == []  # refilled: nothing below min
     assert balance(engine, USDC_BUF) == usdc(65_000)
@@ -81,12 +81,12 @@ def test_completion_moves_transit_through_provider_at_its_rate_and_books_the_fee
     j = job(engine, job_id)
     assert j.source_amount == usdc(50_000) and j.direction == "USDC->USD"  # capped at usdc's min
     fees_before = balance(engine, "fees:conversion:USD")
-    jobs.submit(job_id, engine)
+    submission.submit(job_id, engine)
     assert balances(engine, USDC_BUF, "transit:USDC") == {USDC_BUF: usdc(10_000),
                                                           "transit:USDC": usdc(50_000)}
-    jobs.poll(job_id, engine)
+    polling.poll(job_id, engine)
     assert job(engine, job_id).status == conv.PROCESSING
-    jobs.poll(job_id, engine)
+    polling.poll(job_id, engine)
     done = job(engine, job_id)
     # 50,000 USDC at 0.999 = 49,950.00 USD; 25 bps fee = 124.875 -> 124.88 (fee rounds up)
     assert (done.status, done.destination_amount, done.fee_amount) == (conv.COMPLETED, 4_982_512, 12_488)
@@ -110,7 +110,7 @@ def test_provider_errors_fall_back_in_priority_order_each_with_its_own_key(engin
     good = add_provider(engine, priority=3)
     spare = add_provider(engine, priority=4)
     [job_id] = cycle_now(engine)
-    jobs.submit(job_id, engine)
+    submission.submit(job_id, engine)
     tried = attempts(engine, job_id)
     assert [(a.provider, a.status) for a in tried] == [
         (erroring, "error"), (rejecting, "rejected"), (good, "accepted")]
@@ -132,7 +132,7 @@ def test_a_degraded_provider_is_skipped(engine):
     healthy = add_provider(engine, priority=2)
     seed_outcomes(engine, healthy, successes=8, failures=2)  # 80 %: still healthy
     [job_id] = cycle_now(engine)
-    jobs.submit(job_id, engine)
+    submission.submit(job_id, engine)
     assert [a.provider for a in attempts(engine, job_id)] == [healthy]
 
 
@@ -143,7 +143,7 @@ def test_order_limits_and_daily_volume_are_honoured(engine):
     volume = add_provider(engine, priority=3, daily_limit=usd(100_000))
     fallback = add_provider(engine, priority=4)
     [first] = cycle_now(engine)  # 60,000 USD
-    jobs.submit(first, engine)
+    submission.submit(first, engine)
     assert [a.provider for a in attempts(engine, first)] == [volume]
     with engine.connect() as conn:
         used = {p.name: p.daily_volume_used for p in store.load_providers(conn)}
@@ -154,7 +154,7 @@ def test_order_limits_and_daily_volume_are_honoured(engine):
     for name in (too_small, too_big, volume, fallback):
         _resume(engine, name)
     [second] = cycle_now(engine)
-    jobs.submit(second, engine)
+    submission.submit(second, engine)
     assert [a.provider for a in attempts(engine, second)] == [fallback]
 
 
@@ -167,7 +167,7 @@ def test_retries_run_out_then_failed_alert_and_transit_back_to_source(engine):
     reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
     broken = [add_provider(engine, priority=n, config=sim(fail_mode="error")) for n in range(1, 6)]
     [job_id] = cycle_now(engine)
-    assert jobs.submit(job_id, engine) == conv.FAILED
+    assert submission.submit(job_id, engine) == conv.FAILED
     tried = attempts(engine, job_id)
     assert [a.provider for a in tried] == broken[:4]  # the first try and 3 retries
     j = job(engine, job_id)
@@ -184,7 +184,7 @@ def test_no_provider_at_all_fails_without_touching_the_source(engine):
     [job_id] = cycle_now(engine)
     with engine.begin() as conn:
         conn.execute(text("UPDATE conversion_providers SET status = 'paused'"))
-    assert jobs.submit(job_id, engine) == conv.FAILED
+    assert submission.submit(job_id, engine) == conv.FAILED
     assert "no provider can take it" in job(engine, job_id).failure_reason
     assert balance(engine, FIAT) == usd(150_000)
 
@@ -207,7 +207,7 @@ def test_a_timed_out_submission_the_provider_did_take_is_not_sent_elsewhere(engi
     slow = add_provider(engine, priority=1, config=sim(fail_mode="timeout"))
     other = add_provider(engine, priority=2)
     [job_id] = cycle_now(engine)
-    jobs.submit(job_id, engine)
+    submission.submit(job_id, engine)
     assert [(a.provider, a.status) for a in attempts(engine, job_id)] == [(slow, "accepted")]
     with engine.connect() as conn:
         orders = conn.execute(text("SELECT provider FROM simulated_provider_orders "
@@ -224,11 +224,11 @@ def test_redelivery_after_a_crash_asks_the_provider_instead_of_submitting_again(
     add_provider(engine, priority=2)
     [job_id] = cycle_now(engine)
     # The first worker records the attempt, the provider accepts, the worker dies.
-    sub = jobs._prepare_attempt(engine, job_id)
-    jobs._call_provider(sub, engine)
+    sub = submission._prepare_attempt(engine, job_id)
+    submission._call_provider(sub, engine)
     assert attempts(engine, job_id)[0].status == "submitting"
     # The message is redelivered:
-    jobs.submit(job_id, engine)
+    submission.submit(job_id, engine)
     [a] = attempts(engine, job_id)
     assert (a.provider, a.status, a.idempotency_key) == (name, "accepted", sub.attempt.idempotency_key)
     with engine.connect() as conn:
@@ -242,8 +242,8 @@ def test_a_crash_before_the_provider_heard_resends_the_same_key(engine):
     reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
     add_provider(engine, priority=1)
     [job_id] = cycle_now(engine)
-    sub = jobs._prepare_attempt(engine, job_id)  # died before calling the provider
-    jobs.submit(job_id, engine)
+    sub = submission._prepare_attempt(engine, job_id)  # died before calling the provider
+    submission.submit(job_id, engine)
     [a] = attempts(engine, job_id)
     assert (a.status, a.idempotency_key) == ("accepted", sub.attempt.idempotency_key)
 
@@ -253,20 +253,20 @@ def test_a_stale_job_alerts_keeps_polling_and_completes_exactly_once(engine):
     name = add_provider(engine, priority=1, config=sim(fail_mode="stick"))
     add_provider(engine, priority=2)
     [job_id] = cycle_now(engine)
-    jobs.submit(job_id, engine)
-    jobs.poll(job_id, engine)
+    submission.submit(job_id, engine)
+    polling.poll(job_id, engine)
     assert job(engine, job_id).status == conv.PROCESSING
     with engine.begin() as conn:
         conn.execute(text("UPDATE conversion_jobs SET submitted_at = submitted_at - :d WHERE id = :j"),
                      {"d": conv.STALE_AFTER + timedelta(minutes=1), "j": job_id})
-    jobs.poll(job_id, engine)
+    polling.poll(job_id, engine)
     assert job(engine, job_id).status == conv.PROCESSING and job(engine, job_id).stale_at
     assert open_alert(engine, f"conversion:stale:{job_id}") is not None
     assert cycle_now(engine) == []  # a stale job is still in flight: nothing resubmitted
     assert len(attempts(engine, job_id)) == 1
     set_mode(engine, name, "none")  # the provider gets round to it
     for _ in range(3):
-        jobs.poll(job_id, engine)
+        polling.poll(job_id, engine)
     assert job(engine, job_id).status == conv.COMPLETED
     with engine.connect() as conn:
         completions = conn.execute(text("SELECT count(*) FROM ledger_transactions WHERE "
@@ -281,7 +281,7 @@ def test_a_completion_reported_twice_completes_once(engine):
     reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
     add_provider(engine, config=sim(latency_polls=0))
     [job_id] = cycle_now(engine)
-    jobs.submit(job_id, engine)
+    submission.submit(job_id, engine)
     j = job(engine, job_id)
     [a] = attempts(engine, job_id)
     from infra.providers import Report
@@ -289,7 +289,7 @@ def test_a_completion_reported_twice_completes_once(engine):
     for _ in range(2):
         with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
             current = store.get_job(uow.conn, job_id, lock=True)
-            jobs._apply_report(uow, current, a, report)
+            polling._apply_report(uow, current, a, report)
             uow.commit()
     assert job(engine, job_id).status == conv.COMPLETED
     assert balance(engine, USDC_BUF) == usdc(65_000)
@@ -349,7 +349,7 @@ def test_manual_conversion_and_cancel(engine):
                                        destination_type="system_buffer_usdc", amount=usd(1_000),
                                        performed_by="ops")
         uow.commit()
-    jobs.submit(job_id, engine)
+    submission.submit(job_id, engine)
     assert balance(engine, BROKER) == usd(249_000)
     with pytest.raises(Refused, match="may still convert"):
         jobs.cancel(job_id, by="ops", reason="stuck")
@@ -399,12 +399,12 @@ def test_the_same_job_submitted_by_parallel_workers_is_sent_once(engine):
     reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
     add_provider(engine)
     [job_id] = cycle_now(engine)
-    assert set(_in_threads(lambda: jobs.submit(job_id, engine), 5)) == {conv.SUBMITTED}
+    assert set(_in_threads(lambda: submission.submit(job_id, engine), 5)) == {conv.SUBMITTED}
     [a] = attempts(engine, job_id)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM simulated_provider_orders WHERE "
                                  "idempotency_key LIKE :k"), {"k": f"ballast-{job_id}-%"}).scalar_one() == 1
     assert balance(engine, "transit:USD") == usd(60_000)
-    assert set(_in_threads(lambda: jobs.poll(job_id, engine), 5)) <= {True, False}
+    assert set(_in_threads(lambda: polling.poll(job_id, engine), 5)) <= {True, False}
     assert drive(engine, job_id).status == conv.COMPLETED
     assert balance(engine, USDC_BUF) == usdc(65_000)

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from domain import conversions as conv
 from infra.conditions import CONDITIONS
-from infra.treasury import jobs  # noqa: F401  (registers the conditions)
+from infra.treasury import polling, submission  # also registers the conditions
 from infra.uow import UnitOfWork
 from tests.harness import uid
 from tests.infra.test_treasury_kit import (
@@ -81,7 +81,7 @@ def test_a_stale_job_is_flagged_by_the_sweep_and_cleared_when_it_finishes(engine
     reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
     name = add_provider(engine, config=sim(fail_mode="stick"))
     [job_id] = cycle_now(engine)
-    jobs.submit(job_id, engine)
+    submission.submit(job_id, engine)
     evaluate(engine, "treasury.stale_jobs")
     assert open_alert(engine, f"conversion:stale:{job_id}") is None
     with engine.begin() as conn:
@@ -103,8 +103,8 @@ def test_a_pending_job_nobody_submitted_is_handed_back_by_polling(engine):
     [job_id] = cycle_now(engine)
     with engine.begin() as conn:
         conn.execute(text("UPDATE conversion_jobs SET updated_at = now() - :d WHERE id = :j"),
-                     {"d": timedelta(seconds=jobs.RESUBMIT_PENDING_AFTER_S + 1), "j": job_id})
-    jobs.poll_all(engine)
+                     {"d": timedelta(seconds=polling.RESUBMIT_PENDING_AFTER_S + 1), "j": job_id})
+    polling.poll_all(engine)
     with engine.connect() as conn:
         resent = conn.execute(text(
             "SELECT count(*) FROM outbox WHERE kind = 'message' AND routing_key = "

@@ -68,8 +68,8 @@ def test_rebalance_convert_poll_and_conversions_views(engine):
                             "provider", "attempts", "created_at"]
     assert (active["direction"], active["source_amount"], active["status"]) == (
         "USD->USDC", usd(60_000), "pending")
-    from infra.treasury import jobs
-    jobs.submit(active["job_id"], engine)
+    from infra.treasury import submission
+    submission.submit(active["job_id"], engine)
     assert run("conversions", "poll", "--json") == {"polled": 1}
     assert job(engine, active["job_id"]).status == conv.COMPLETED
     assert run("conversions", "--active", "--json") == []

@@ -15,7 +15,7 @@ from domain.buffers import DEFAULT_THRESHOLDS, account_code
 from domain.money import major_to_minor
 from infra import ledger
 from infra.providers.simulated import make_config
-from infra.treasury import cycle, jobs, store
+from infra.treasury import cycle, jobs, polling, store, submission
 from infra.uow import UnitOfWork
 from tests.harness import uid
 
@@ -145,11 +145,11 @@ def outbox_events(engine, name: str, job_id: int) -> list[dict]:
 def drive(engine, job_id: int, max_polls: int = 20) -> store.Job:
     """Submit (if pending) and poll until the job is finished or polls run out."""
     if job(engine, job_id).status == conv.PENDING:
-        jobs.submit(job_id, engine)
+        submission.submit(job_id, engine)
     for _ in range(max_polls):
         if job(engine, job_id).status in conv.TERMINAL:
             break
-        jobs.poll(job_id, engine)
+        polling.poll(job_id, engine)
     return job(engine, job_id)
 
 

@@ -1,0 +1,130 @@
+"""Following jobs a provider holds (the ``poll_conversion`` step).
+
+The provider's status drives the job.  A job with its provider for 30 minutes
+is stale: an alert, and it keeps being polled — never resubmitted while the
+provider may still complete it.  Pending jobs nobody touched for a while are
+handed back to ``submit_conversion``.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import Engine
+
+from domain import conversions as conv
+from infra import alerts, providers
+from infra.db.engine import get_engine
+from infra.logs import get_logger
+from infra.providers import ProviderError, Report
+from infra.treasury import store
+from infra.treasury.jobs import now_utc, complete, fail, job_lock
+from infra.treasury.store import Attempt, Job
+from infra.uow import UnitOfWork
+
+log = get_logger(__name__)
+
+#: A pending job untouched this long is handed to submit_conversion again by polling.
+RESUBMIT_PENDING_AFTER_S = 120  # s
+
+
+def poll(job_id: int, engine: Engine | None = None) -> bool:
+    """Ask the provider about a job it holds and move the job accordingly.
+
+    False when the job is not with a provider or another worker holds it.
+    """
+    engine = engine or get_engine()
+    with job_lock(engine, job_id) as got:
+        if not got:
+            return False
+        with engine.connect() as conn:
+            job = store.get_job(conn, job_id)
+            if job.status not in conv.WITH_PROVIDER:
+                return False
+            attempt = next(a for a in store.attempts_of(conn, job_id) if a.status == "accepted")
+            row = store.get_provider(conn, attempt.provider)
+        report, problem = None, None
+        try:
+            report = providers.build(row.name, row.kind, row.config, engine).status(
+                attempt.idempotency_key)
+        except ProviderError as exc:
+            problem = str(exc)
+            log.warning("conversion.poll_failed", job_id=job_id, error=problem)
+        with UnitOfWork(actor="poll_conversion", request_id=f"conversion:{job_id}:poll",
+                        engine=engine) as uow:
+            job = store.get_job(uow.conn, job_id, lock=True)
+            if job.status in conv.WITH_PROVIDER and report is not None:
+                job = _apply_report(uow, job, attempt, report)
+            if job.status in conv.WITH_PROVIDER:
+                flag_if_stale(uow, job, problem)
+            uow.commit()
+    return True
+
+
+def _apply_report(uow: UnitOfWork, job: Job, attempt: Attempt, report: Report) -> Job:
+    new = conv.after_report(job.status, report.state)
+    if report.state == conv.NOT_FOUND:
+        alerts.raise_alert(uow, kind="conversion", severity="critical",
+                           subject=f"{attempt.provider} does not know conversion job {job.id}",
+                           dedupe_key=f"conversion:lost:{job.id}",
+                           data={"job_id": job.id, "key": attempt.idempotency_key})
+        return job
+    if new == conv.PROCESSING:
+        return store.move_job(uow.conn, job, new, f"{attempt.provider} is processing")
+    if new == conv.COMPLETED:
+        return complete(uow, job, attempt, report)
+    if new == conv.FAILED:
+        return fail(uow, job, report.detail or f"{attempt.provider} failed the order",
+                    attempt=attempt)
+    return job
+
+
+def flag_if_stale(uow: UnitOfWork, job: Job, problem: str | None = None) -> Job:
+    """Alert once a job has been with its provider (or pending) too long; keep polling."""
+    since = job.submitted_at or job.created_at
+    if not conv.is_stale(since, now_utc()):
+        return job
+    alerts.raise_alert(uow, kind="conversion", severity="warning",
+                       subject=f"conversion job {job.id} is stale ({job.status} since "
+                               f"{since.isoformat()})",
+                       dedupe_key=f"conversion:stale:{job.id}",
+                       data={"job_id": job.id, "provider": job.provider, "status": job.status,
+                             "last_error": problem})
+    if job.stale_at is None:
+        job = store.update_job(uow.conn, job, stale_at=now_utc())
+        store.record_transition(uow.conn, job.id, job.status, job.status,
+                                "stale: still polling, never resubmitted")
+    return job
+
+
+def poll_all(engine: Engine | None = None, *, request_id: str = "poll") -> int:
+    """Poll every job a provider holds; hand long-untouched pending jobs back to submission.
+
+    Returns how many jobs were polled.
+    """
+    engine = engine or get_engine()
+    with engine.connect() as conn:
+        jobs = store.list_jobs(conn, active_only=True, limit=10_000)
+    polled = 0
+    for job in sorted(jobs, key=lambda j: j.id):
+        if job.status in conv.WITH_PROVIDER:
+            polled += poll(job.id, engine)
+        elif (now_utc() - job.updated_at).total_seconds() >= RESUBMIT_PENDING_AFTER_S:
+            _rekick(engine, job, request_id)
+    return polled
+
+
+def _rekick(engine: Engine, job: Job, request_id: str) -> None:
+    with job_lock(engine, job.id) as got:
+        if not got:  # being submitted right now
+            return
+    with UnitOfWork(actor="poll_conversion", request_id=request_id, engine=engine) as uow:
+        current = store.get_job(uow.conn, job.id, lock=True)
+        if current.status != conv.PENDING:
+            return
+        store.update_job(uow.conn, current, provider=current.provider)  # touch updated_at
+        flag_if_stale(uow, current)
+        uow.send("submit_conversion", request_id=f"conversion:{job.id}:resubmit:{uuid.uuid4().hex}",
+                 job_id=job.id)
+        uow.commit()
+    log.warning("conversion.resubmitted_pending", job_id=job.id)
