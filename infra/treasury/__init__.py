@@ -2,7 +2,9 @@
 
 - ``store``: its tables.
 - ``cycle``: upstream buffer flows, the settlement cycle, buffer alerts.
-- ``jobs``: a conversion job's life with its provider.
+- ``jobs``: creating a conversion job, its lock, and how it ends.
+- ``submission``: handing a pending job to a provider (``submit_conversion``).
+- ``polling``: following what a provider holds (``poll_conversion``), stale jobs.
 - ``conditions``: what the alert sweep evaluates every minute.
 - ``views``: what operators see (``ballast buffers|providers|conversions``).
 """
