@@ -160,21 +160,24 @@ def create_treasury_matches(cmd: CreateTreasuryMatches, uow: UnitOfWork) -> None
         return
     matches = repo.reserved_of_fill(uow.conn, fill.id)
     amount = len(matches) * challenge.stake
+    cfg = repo.config(uow.conn, challenge.challenge_id, lock=True).allocate(amount, len(matches))
     try:
-        txn = ledger.post(
-            uow.conn,
-            [Posting(treasury_account(challenge.currency), challenge.currency, -amount),
-             Posting(escrow_account(challenge.challenge_id), challenge.currency, amount)],
-            kind="treasury_stake", idempotency_key=f"challenge:{challenge.challenge_id}:fill:{fill.id}",
-            memo=f"treasury stakes {len(matches)} match(es) on challenge {challenge.challenge_id}",
-            metadata={"challenge_id": challenge.challenge_id, "fill_id": fill.id})
+        with uow.conn.begin_nested():  # all of it, or (treasury short) none of it
+            repo.activate(uow.conn, matches)
+            repo.save_config(uow.conn, challenge.challenge_id, cfg)
+            # treasury:{CUR} is every fill's and settlement's account: lock it last, hold it briefly.
+            txn = ledger.post(
+                uow.conn,
+                [Posting(treasury_account(challenge.currency), challenge.currency, -amount),
+                 Posting(escrow_account(challenge.challenge_id), challenge.currency, amount)],
+                kind="treasury_stake",
+                idempotency_key=f"challenge:{challenge.challenge_id}:fill:{fill.id}",
+                memo=f"treasury stakes {len(matches)} match(es) on challenge {challenge.challenge_id}",
+                metadata={"challenge_id": challenge.challenge_id, "fill_id": fill.id})
+            repo.finish_fill(uow.conn, fill.id, "created", transaction_id=txn)
     except InsufficientFunds as exc:
         _treasury_cannot_pay(uow, challenge, fill, amount, str(exc))
         return
-    repo.activate(uow.conn, matches)
-    cfg = repo.config(uow.conn, challenge.challenge_id, lock=True).allocate(amount, len(matches))
-    repo.save_config(uow.conn, challenge.challenge_id, cfg)
-    repo.finish_fill(uow.conn, fill.id, "created", transaction_id=txn)
     _announce_matches(uow, challenge, fill, matches, cfg)
 
 
@@ -196,23 +199,21 @@ def settle_challenge(cmd: SettleChallenge) -> None:
 
 
 def _settle_next_batch(uow: UnitOfWork, challenge_id: str) -> bool:
+    """Settle the next batch of seats; the last batch also closes the escrow.  True when done."""
     challenge = repo.get(uow.conn, challenge_id, lock=True)
     if challenge.status == "settled":
         return True
     if challenge.status != "resolved":
         raise Refused(f"challenge {challenge_id} is {challenge.status}, not resolved")
-    seats = repo.unsettled(uow.conn, challenge_id, SETTLE_BATCH)
-    if not seats:
-        _close_settlement(uow, challenge)
-        return True
+    seats = repo.unsettled(uow.conn, challenge_id, SETTLE_BATCH + 1)
+    last = len(seats) <= SETTLE_BATCH
+    seats = seats[:SETTLE_BATCH]
     outcomes = [(s, rules.settle_user(stake=s.stake, side=s.side, result=challenge.result,
                                       opponent=s.opponent)) for s in seats]
     matches = [(s.match_id, rules.settle_treasury_match(stake=s.stake, user_side=s.side,
                                                         result=challenge.result))
                for s in seats if s.opponent == "treasury"]
-    escrow, treasury = escrow_account(challenge_id), treasury_account(challenge.currency)
-    ledger.lock_accounts(uow.conn, [escrow, treasury, *(f"user:{s.user_id}:{challenge.currency}"
-                                                        for s in seats)])
+    escrow = escrow_account(challenge_id)
     changes = [WalletChange(s.user_id, challenge.currency, o.payout, o.change_kind,
                             reason=f"challenge {challenge_id} {challenge.result}: {o.outcome}",
                             metadata={"challenge_id": challenge_id})
@@ -224,24 +225,29 @@ def _settle_next_batch(uow: UnitOfWork, challenge_id: str) -> bool:
             memo=f"settlement of challenge {challenge_id} ({challenge.result})",
             idempotency_key=f"challenge:{challenge_id}:settle:{seats[0].participant_id}",
             metadata={"challenge_id": challenge_id, "result": challenge.result})
+    repo.settle_seats(uow.conn, outcomes, txn)
+    repo.settle_matches(uow.conn, matches)
+    uow.emit_many([("challenge.settled", _settled_notice(challenge, seat, outcome), seat.user_id)
+                   for seat, outcome in outcomes])
     back = sum(m.payout for _, m in matches)
-    if back:
+    if back:  # last: treasury:{CUR} is the hottest account
         ledger.post(uow.conn, [Posting(escrow, challenge.currency, -back),
-                               Posting(treasury, challenge.currency, back)],
+                               Posting(treasury_account(challenge.currency), challenge.currency, back)],
                     kind="treasury_payout",
                     idempotency_key=f"challenge:{challenge_id}:treasury:{seats[0].participant_id}",
                     memo=f"treasury matches of challenge {challenge_id} ({challenge.result})",
                     metadata={"challenge_id": challenge_id})
-    repo.settle_seats(uow.conn, outcomes, txn)
-    repo.settle_matches(uow.conn, matches)
-    for seat, outcome in outcomes:
-        amount, message = rules.settlement_notice(outcome, seat.stake, challenge.currency)
-        uow.emit("challenge.settled", {
-            "challenge_id": challenge_id, "user_id": seat.user_id, "side": seat.side,
+    if last:
+        _close_settlement(uow, challenge)
+    return last
+
+
+def _settled_notice(challenge: Challenge, seat: repo.Seat, outcome: rules.UserSettlement) -> dict:
+    amount, message = rules.settlement_notice(outcome, seat.stake, challenge.currency)
+    return {"challenge_id": challenge.challenge_id, "user_id": seat.user_id, "side": seat.side,
             "result": challenge.result, "outcome": outcome.outcome, "amount": amount,
             "credited": outcome.payout, "stake": seat.stake, "currency": challenge.currency,
-            "message": message}, recipient=seat.user_id)
-    return False
+            "message": message}
 
 
 def _close_settlement(uow: UnitOfWork, challenge: Challenge) -> None:
@@ -299,11 +305,10 @@ def _pair_waiting(uow: UnitOfWork, challenge: Challenge) -> None:
 
 def _announce_matches(uow: UnitOfWork, challenge: Challenge, fill: repo.Fill,
                       matches: list[repo.ReservedMatch], cfg: TreasuryConfig) -> None:
-    for m in matches:
-        uow.emit("match.found", {
-            "challenge_id": challenge.challenge_id, "user_id": m.user_id, "side": m.user_side,
-            "opponent": m.persona.display_name, "stake": challenge.stake,
-            "currency": challenge.currency}, recipient=m.user_id)
+    uow.emit_many([("match.found", {
+        "challenge_id": challenge.challenge_id, "user_id": m.user_id, "side": m.user_side,
+        "opponent": m.persona.display_name, "stake": challenge.stake,
+        "currency": challenge.currency}, m.user_id) for m in matches])
     uow.emit("admin.treasury.match_created", {
         "challenge_id": challenge.challenge_id, "fill_id": fill.id, "side": fill.side,
         "requested": fill.requested, "created": len(matches),

@@ -1,0 +1,104 @@
+"""Challenges per second through the whole treasury-balancing pipeline, against a no-op actor.
+
+Each challenge: ``open_challenge``, ``configure_treasury``, five ``join_challenge`` (four
+YES, one NO: one pair, three waiting), ``fill_treasury`` of three (→ ``assign_personas`` →
+``create_treasury_matches``), ``resolve_challenge`` (→ ``settle_challenge``): 12 messages,
+every one through RabbitMQ and a real worker.  The phases run for all challenges at once
+(a challenge's joins need it open, its fill needs its joins, ...), timed from the first
+open to the last settlement.  Wallets are funded before the clock starts.
+
+The baseline is the no-op actor's rate (``bench.common.noop_rate``) on the same worker,
+divided by the 12 messages a challenge takes: the challenges per second the pipeline
+would reach if its messages did nothing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from bench.common import bench_env, db_count, noop_rate, publish, result, start_worker
+
+CHALLENGES = 200
+STAKE = 10_000  # ₦100.00
+SIDES = ["YES", "YES", "YES", "YES", "NO"]
+FILL = 3
+MESSAGES_PER_CHALLENGE = 12
+THREADS = 8
+TIMEOUT = 300.0  # s per phase
+
+
+def _wait(env, sql: str, n: int, what: str, **params) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while db_count(env, sql, **params) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: fewer than {n} after {TIMEOUT:.0f}s")
+        time.sleep(0.05)
+
+
+def _fund(env, tag: str, users: list[str]) -> None:
+    publish(env, "fund_treasury", [dict(request_id=f"{tag}fund", currency="NGN",
+                                        amount=CHALLENGES * FILL * STAKE, reference="bench",
+                                        performed_by="bench")])
+    publish(env, "deposit", [dict(request_id=f"{tag}dep-{u}", user_id=u, currency="NGN",
+                                  amount=STAKE, reference="bench") for u in users])
+    _wait(env, "SELECT count(*) FROM processed_requests WHERE actor = 'deposit' "
+               "AND request_id LIKE :t", len(users), "deposits", t=f"{tag}dep-%")
+    _wait(env, "SELECT count(*) FROM processed_requests WHERE actor = 'fund_treasury' "
+               "AND request_id = :t", 1, "treasury funding", t=f"{tag}fund")
+
+
+def challenge_rate(env, n: int) -> float:
+    tag = f"b{uuid.uuid4().hex[:6]}-"
+    ids = [f"{tag}{i}" for i in range(n)]
+    users = {cid: [f"{cid}-u{k}" for k in range(len(SIDES))] for cid in ids}
+    _fund(env, tag, [u for us in users.values() for u in us])
+    like = {"t": f"{tag}%"}
+
+    started = time.monotonic()
+    publish(env, "open_challenge", [dict(request_id=f"{cid}-open", challenge_id=cid, title="bench",
+                                         currency="NGN", stake=STAKE, admin_created=True)
+                                    for cid in ids])
+    _wait(env, "SELECT count(*) FROM challenges WHERE id LIKE :t", n, "opens", **like)
+    publish(env, "configure_treasury", [dict(request_id=f"{cid}-cfg", challenge_id=cid,
+                                             max_risk=FILL * STAKE, notes="", admin_id="bench")
+                                        for cid in ids])
+    publish(env, "join_challenge", [dict(request_id=f"{u}-join", challenge_id=cid, user_id=u,
+                                         side=side)
+                                    for cid in ids for u, side in zip(users[cid], SIDES)])
+    _wait(env, "SELECT count(*) FROM challenge_participants WHERE challenge_id LIKE :t",
+          n * len(SIDES), "joins", **like)
+    _wait(env, "SELECT count(*) FROM challenge_treasury WHERE challenge_id LIKE :t", n,
+          "treasury configs", **like)
+    publish(env, "fill_treasury", [dict(request_id=f"{cid}-fill", challenge_id=cid, side="YES",
+                                        match_count=FILL, admin_id="bench") for cid in ids])
+    _wait(env, "SELECT count(*) FROM treasury_fills WHERE challenge_id LIKE :t "
+               "AND status = 'created'", n, "fills", **like)
+    publish(env, "resolve_challenge", [dict(request_id=f"{cid}-res", challenge_id=cid,
+                                            result="NO" if i % 2 else "YES", resolved_by="bench")
+                                       for i, cid in enumerate(ids)])
+    _wait(env, "SELECT count(*) FROM challenges WHERE id LIKE :t AND status = 'settled'", n,
+          "settlements", **like)
+    return n / (time.monotonic() - started)
+
+
+def run() -> dict:
+    with bench_env() as env, start_worker(env, threads=THREADS) as worker:
+        baseline = noop_rate(env, 5000, worker) / MESSAGES_PER_CHALLENGE
+        challenge_rate(env, 20)  # warm-up
+        value = challenge_rate(env, CHALLENGES)
+        matches = db_count(env, "SELECT count(*) FROM treasury_matches WHERE status = 'settled'")
+        escrow = db_count(env, "SELECT COALESCE(sum(balance), 0) FROM accounts "
+                               "WHERE code LIKE 'escrow:challenge:%'")
+    if escrow != 0:
+        raise AssertionError(f"escrows hold {escrow} after every settlement")
+    return result(
+        "challenges",
+        value,
+        "challenges/s",
+        baseline,
+        f"{CHALLENGES} challenges, each open + configure + 5 joins + fill of {FILL} "
+        f"(assign, create) + resolve + settle = {MESSAGES_PER_CHALLENGE} messages, phases "
+        f"barriered across challenges; baseline = no-op messages/s / {MESSAGES_PER_CHALLENGE}; "
+        f"1 worker process x {THREADS} threads; {matches} treasury matches settled, escrows at 0",
+    )
