@@ -37,6 +37,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import signal
 import statistics
 import sys
 import time
@@ -57,14 +58,22 @@ BENCH_DIR = Path(__file__).resolve().parent
 NOT_BENCHMARKS = {"__init__", "common", "noop"}
 
 
+_workers: list[harness.Worker] = []
+
+
 @contextmanager
 def bench_env() -> Iterator[harness.TestEnv]:
-    """A database, vhost and Redis db of the benchmark's own, active while inside."""
+    """A database, vhost and Redis db of the benchmark's own, active while inside.
+
+    Every worker started with ``start_worker`` is stopped on the way out.
+    """
     env = harness.create_env(prefix="ballast_bench")
     harness.activate(env)
     try:
         yield env
     finally:
+        while _workers:
+            _workers.pop().stop()
         harness.destroy_env(env)
 
 
@@ -72,8 +81,10 @@ def start_worker(env: harness.TestEnv, *, modules: Iterable[str] = ("bench.noop"
                  processes: int = 1, threads: int = 8, **extra_env: str) -> harness.Worker:
     """A started worker process on every queue, with ``modules`` loaded after ``actors``."""
     extra_env.setdefault("BALLAST_LOG_LEVEL", "WARNING")  # logging is not what we measure
-    return harness.Worker(env, processes=processes, threads=threads, modules=tuple(modules),
-                          **extra_env).start()
+    worker = harness.Worker(env, processes=processes, threads=threads, modules=tuple(modules),
+                            **extra_env)
+    _workers.append(worker)
+    return worker.start()
 
 
 def publish(env: harness.TestEnv, actor: str, kwargs_list: Iterable[dict[str, Any]],
@@ -195,6 +206,8 @@ def main(argv: list[str]) -> int:
     from infra.logs import configure_logging
 
     configure_logging(level="WARNING")
+    # ``timeout bench/run`` sends SIGTERM: unwind, so workers and databases are cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.getLogger("pika").setLevel(logging.ERROR)  # passive declares of absent queues
     failed = 0
     for name in names:

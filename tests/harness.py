@@ -327,7 +327,9 @@ class Worker:
             return ""
 
     def __enter__(self) -> "Worker":
-        return self.start()
+        # An already started worker (e.g. from bench.common.start_worker) is not started twice:
+        # the first process would be orphaned, still consuming.
+        return self if self.alive else self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
