@@ -21,6 +21,7 @@ from domain.ledger import Posting
 from domain.wallet import WalletChange
 from infra import ledger, wallets
 from infra.alerts import raise_alert, resolve_alert
+from infra.challenges import conditions  # noqa: F401  (registers the alert conditions)
 from infra.challenges import repository as repo
 from infra.challenges import views
 from infra.contract.challenges import (

@@ -410,11 +410,54 @@ def test_personas_can_be_added_and_refused_twice(engine):
     with engine.connect() as conn:
         listed = persona_pool.listing(conn)
     assert code in {p_["code"] for p_ in listed}
-    seeded = [p_ for p_ in listed if "." in p_["code"] and not p_["code"].startswith("persona.")]
+    seeded = [p_ for p_ in listed if p_["code"].split(".")[0] == p_["category"]]
     assert len(seeded) == 49
     assert {p_["category"] for p_ in seeded} == {"big_stepper", "street_smart", "fanatic", "casual"}
     with engine.begin() as conn:  # leave the pool as the other tests expect it
         conn.execute(text("DELETE FROM shadow_personas WHERE code = :c"), {"c": code})
+
+
+def test_treasury_alerts_clear_by_themselves_when_their_condition_clears(engine):
+    from infra.challenges.conditions import treasury_balancing
+    from infra.conditions import CONDITIONS
+    from infra.uow import UnitOfWork
+
+    assert CONDITIONS["treasury_balancing"] is treasury_balancing
+
+    def sweep():
+        with UnitOfWork(engine=engine, broker=p._COLLECTOR) as uow:
+            treasury_balancing(uow)
+            uow.commit()
+
+    cid = open_challenge(max_risk=10 * STAKE)
+    join(cid, "YES")
+    set_treasury(engine, 0)
+    p.run("fill_treasury", challenge_id=cid, side="YES", match_count=1, admin_id="adm")
+    assert open_alert(engine, "treasury:underfunded:NGN")
+    sweep()
+    assert open_alert(engine, "treasury:underfunded:NGN")  # still cannot pay
+    set_treasury(engine, STAKE)
+    sweep()
+    assert open_alert(engine, "treasury:underfunded:NGN") is None
+
+    with engine.connect() as conn:
+        pool = conn.execute(text("SELECT count(*) FROM shadow_personas WHERE active")).scalar_one()
+    set_treasury(engine, 1_000 * STAKE)
+    big = open_challenge(max_risk=1_000 * STAKE)
+    for _ in range(pool + 1):
+        join(big, "NO")
+    p.run("fill_treasury", challenge_id=big, side="NO", match_count=pool + 1, admin_id="adm")
+    sweep()
+    assert open_alert(engine, f"treasury:personas:{big}")
+    code = uid("extra.")
+    with engine.begin() as conn:
+        persona_pool.add(conn, code, "Extra_plays", "casual")
+    try:
+        sweep()
+        assert open_alert(engine, f"treasury:personas:{big}") is None
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE shadow_personas SET active = false WHERE code = :c"), {"c": code})
 
 
 def open_alert(engine, key: str):
