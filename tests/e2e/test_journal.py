@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -246,3 +247,38 @@ def test_payment_unmatched_for_a_day_raises_an_alert_in_the_sweep_until_linked(e
     wait_until(lambda: "j-old" in linked(engine), what="the admin's link")
     send(env, "evaluate_alerts", request_id=uid("sweep"))
     wait_until(lambda: alert() is None, what="the alert to resolve")
+
+
+def test_import_crashing_after_commit_loses_no_handoff_and_links_once(env, engine, clean_queues,
+                                                                      clean):
+    from tests.harness import Worker
+
+    cycle = uid("cyc")
+    w = Worker(env, threads=4).start()
+    try:
+        setup_cycle(env, cycle, {"nina": 4_000, "omar": 5_000})
+    finally:
+        w.stop()
+    batch = [entry("j-nina", 4_000, f"ARB {cycle} Nina"), entry("j-omar", 5_000, f"ARB {cycle} Omar")]
+    w = Worker(env, threads=4, faults="after_commit:import_wallet_journal").start()
+    try:
+        send(env, "import_wallet_journal", request_id=uid("imp"), entries=batch)
+        w.wait_dead()  # killed after its commit: the handoff to match_payments is only in the outbox
+        with engine.connect() as conn:
+            pending = conn.execute(text(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL "
+                "AND body->>'actor_name' = 'match_payments'")).scalar_one()
+        assert pending == 1 and linked(engine) == {}
+        w.start()  # the import is redelivered (a duplicate now); the sweeper sends the handoff
+
+        def swept():  # the sweeper leaves rows younger than a few seconds to their writer
+            send(env, "sweep_outbox", request_id=uid("sweep"))
+            time.sleep(1)
+            return len(linked(engine)) == 2
+
+        wait_until(swept, 60, what="the swept handoff's matching run")
+        wait_quiet(env)
+        assert linked(engine) == {"j-nina": ("p-nina", "auto_exact"), "j-omar": ("p-omar", "auto_exact")}
+        assert ballast(env, "ledger", "balance", f"cycle:{cycle}")["balance"] == 9_000
+    finally:
+        w.stop()
