@@ -18,7 +18,7 @@ import pika
 from dramatiq.common import compute_backoff, q_name, xq_name
 from dramatiq.middleware import Middleware
 
-from domain.errors import BallastError
+from domain.errors import BallastError, InvalidCommand
 from infra.errors import is_transient
 from infra.logs import get_logger
 from infra.settings import get_settings
@@ -48,6 +48,11 @@ class RetryOrDeadLetter(Middleware):
         retries = message.options.get("retries", 0)
         first = message.options.setdefault("first_failure_at", now_ms)
         tb = "".join(traceback.format_exception(exception, limit=30))
+        if not isinstance(exception, BallastError) and _misshapen(message):
+            # Positional args or non-object kwargs cannot bind to a command, ever.
+            exception = InvalidCommand(
+                "invalid payload: a command carries no positional args and its kwargs "
+                f"are a JSON object ({_one_line(exception)})")
         permanent = isinstance(exception, BallastError)
         actor = broker.actors.get(message.actor_name)
         max_retries = actor.options.get("max_retries", self.max_retries) if actor else 0
@@ -115,6 +120,11 @@ class RetryOrDeadLetter(Middleware):
         _count_dead_letter(body["queue_name"], message.actor_name, info["code"])
         if permanent:
             _publish_rejected(message, info)
+
+
+def _misshapen(message) -> bool:
+    """Not the contract's envelope: ``args`` must be empty and ``kwargs`` an object."""
+    return bool(message.args) or not isinstance(message.kwargs, dict)
 
 
 def _one_line(exc: BaseException) -> str:

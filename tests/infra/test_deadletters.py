@@ -124,3 +124,18 @@ def test_retries_stop_when_the_time_budget_is_spent(env, flaky_worker):
     finally:
         w.stop()
         flaky_worker.start()
+
+
+@pytest.mark.parametrize("shape", [
+    {"args": [1], "kwargs": {}},
+    {"args": [], "kwargs": ["not", "an", "object"]},
+])
+def test_a_command_not_shaped_as_the_contract_says_is_dead_lettered_at_once(env, flaky_worker, shape):
+    body = dramatiq.Message(queue_name="ballast.wallets", actor_name="deposit", args=(),
+                            kwargs={}, options={}).asdict()
+    body.update(shape)
+    publish_raw(env, "ballast.wallets", json.dumps(body).encode())
+    letter = wait_until(lambda: [d for d in rabbit.list_dead_letters("ballast.wallets", 1000, env.broker_url)
+                                 if d.message_id == body["message_id"]], what="dead letter")[0]
+    assert letter.info["retries"] == 0 and letter.info["code"] == "invalid"
+    assert letter.info["reason"].startswith("invalid payload")
