@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import text
@@ -112,6 +113,14 @@ def test_a_challenge_is_balanced_and_settled_through_the_workers(env, engine, wo
         dash = ballast_json(env, "treasury", "dashboard")
         assert dash["recent_settlements"][0]["challenge_id"] == cid
         assert ballast_json(env, "ledger", "check")["ok"]
+
+        today = datetime.now(timezone.utc).date().isoformat()  # BALLAST_TIMEZONE is UTC here
+        send(env, "send_daily_summary", request_id=f"schedule:daily_summary:{uid()}", day=today)
+        report = wait_until(lambda: [e for e in tap.named("admin.treasury.daily_summary")
+                                     if e["data"]["day"] == today], what="daily summary")[0]
+        ngn = report["data"]["currencies"]["NGN"]
+        assert report["recipient"] == "admin"
+        assert ngn["matches_created"] >= 2 and ngn["won"] >= 2 and ngn["challenges_settled"] >= 1
     finally:
         tap.close()
 
