@@ -41,7 +41,11 @@ def poll(job_id: int, engine: Engine | None = None) -> bool:
             job = store.get_job(conn, job_id)
             if job.status not in conv.WITH_PROVIDER:
                 return False
-            attempt = next(a for a in store.attempts_of(conn, job_id) if a.status == "accepted")
+            attempt = next((a for a in store.attempts_of(conn, job_id)
+                            if a.status == "accepted"), None)
+            if attempt is None:
+                log.error("conversion.no_accepted_attempt", job_id=job_id, status=job.status)
+                return False
             row = store.get_provider(conn, attempt.provider)
         report, problem = None, None
         try:
