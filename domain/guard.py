@@ -115,20 +115,21 @@ def validate(change: WalletChange, before: int, limits: Limits, used: Usage) -> 
     after = before + change.amount
     size = abs(change.amount)
     cur = change.currency
-    what = f"{change.kind} of {format_minor(size, cur)} refused ({limits.tier})"
+    what = f"{change.kind} of {format_minor(size, cur)} refused by {{rule}} ({limits.tier})"
     if change.amount < 0 and after < limits.min_balance:
         short = limits.min_balance - after
         raise _refused(
             change, "min_balance", short, limits.min_balance,
-            f"{what}: balance {format_minor(before, cur)} would become {format_minor(after, cur)}, "
-            f"below the minimum {format_minor(limits.min_balance, cur)}; short by {short}",
+            f"{what.format(rule='min_balance')}: balance {format_minor(before, cur)} would become "
+            f"{format_minor(after, cur)}, below the minimum {format_minor(limits.min_balance, cur)}; "
+            f"short by {short}",
         )
     if change.amount > 0 and after > limits.max_balance:
         over = after - limits.max_balance
         raise _refused(
             change, "max_balance", over, limits.max_balance,
-            f"{what}: balance would become {format_minor(after, cur)}, above the maximum "
-            f"{format_minor(limits.max_balance, cur)}; over by {over}",
+            f"{what.format(rule='max_balance')}: balance would become {format_minor(after, cur)}, "
+            f"above the maximum {format_minor(limits.max_balance, cur)}; over by {over}",
         )
     for rule, limit, already, window in (
         ("daily_limit", limits.daily, used.daily, "24 h"),
@@ -138,7 +139,7 @@ def validate(change: WalletChange, before: int, limits: Limits, used: Usage) -> 
             over = already + size - limit
             raise _refused(
                 change, rule, over, limit,
-                f"{what}: {rule} is {format_minor(limit, cur)} per trailing {window}, "
+                f"{what.format(rule=rule)}: {format_minor(limit, cur)} per trailing {window}, "
                 f"{format_minor(already, cur)} already used; over by {over}",
             )
 

@@ -85,11 +85,12 @@ def test_garbage_body_is_dead_lettered_not_retried(env, engine, worker):
 def test_refused_withdrawal_replayed_after_the_cause_is_fixed_is_processed(env, engine, worker):
     user = uid()
     rid = uid("r")
-    send(env, "withdraw", request_id=rid, user_id=user, currency="USD", amount=500, reference="out")
+    # A bronze wallet may go down to -10,000.00 USD (its credit line): ask for 5.00 more.
+    send(env, "withdraw", request_id=rid, user_id=user, currency="USD", amount=1_000_500, reference="out")
     letter = wait_until(lambda: [d for d in dead(env, "withdraw") if d["request_id"] == rid])[0]
-    assert "short by 500" in letter["reason"]
-    send(env, "deposit", request_id=uid("r"), user_id=user, currency="USD", amount=800, reference="in")
-    wait_until(lambda: balance(engine, user, "USD") == 800)
+    assert "min_balance" in letter["reason"] and "short by 500" in letter["reason"]
+    send(env, "deposit", request_id=uid("r"), user_id=user, currency="USD", amount=1_000_800, reference="in")
+    wait_until(lambda: balance(engine, user, "USD") == 1_000_800)
     assert rabbit.replay("ballast.wallets", {letter["message_id"]}, env.broker_url) == 1
     wait_until(lambda: balance(engine, user, "USD") == 300, what="replayed withdrawal")
     assert not [d for d in dead(env, "withdraw") if d["request_id"] == rid]
