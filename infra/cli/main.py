@@ -43,9 +43,18 @@ def demo(as_json: bool) -> None:
 def main() -> None:
     """Entry point: friendly one-line errors when a service is down."""
     try:
-        cli(standalone_mode=True)
+        # Commands exit through fail()/SystemExit; return values are not exit codes.
+        cli.main(standalone_mode=False)
     except SystemExit:
         raise
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare group: its help
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # bad usage: one line, not click's usage block
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(1)
     except Exception as exc:  # a service is down, or a bug: say it in one line
         from infra.services import unreachable
 

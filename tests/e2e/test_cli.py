@@ -100,8 +100,16 @@ def test_migrate_on_the_existing_database_changes_nothing_and_declares_every_que
     assert all(isinstance(r[k], int) for r in rows for k in ("ready", "delayed", "dead", "consumers"))
 
 
-def test_an_unknown_command_is_bad_usage(env):
-    assert cli(env, "no-such-command").returncode == 2
+@pytest.mark.parametrize("args", [
+    ["no-such-command"],
+    ["queues", "--no-such-option"],
+    ["dlq", "list", "--limit", "many"],
+    ["send"],
+])
+def test_bad_usage_exits_2_with_one_line_on_stderr(env, args):
+    done = cli(env, *args)
+    assert_usage_error(done)
+    assert done.stdout == ""
 
 
 # --- send ------------------------------------------------------------------------------
