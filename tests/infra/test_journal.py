@@ -290,7 +290,7 @@ def test_opening_a_cycle_expires_unpaid_participations_and_reports_capital(engin
 
 
 def test_payments_unmatched_for_more_than_a_day_raise_one_alert_until_linked(engine, clean):
-    cycle = make_cycle(engine, ("p-a", "A", 500))
+    make_cycle(engine, ("p-a", "A", 500))
     now = datetime.now(timezone.utc)
     import_(engine, entry("j-old", 500, "no idea", date=now - timedelta(days=2)),
             entry("j-new", 500, "no idea either", date=now - timedelta(hours=2)),
