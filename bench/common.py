@@ -17,16 +17,16 @@ Helpers:
 - ``start_worker(env, modules=("bench.noop",), processes=1, threads=8, **extra_env)`` — a
   real ``dramatiq actors`` worker process (a ``tests.harness.Worker``, started and
   consuming); load your own extra actor modules through ``modules``.  Use it as a
-  context manager or call ``.stop()``.
+  context manager (it is not started twice) or call ``.stop()``; ``bench_env`` stops
+  whatever is still running when it exits, and ``bench/run`` unwinds on SIGTERM.
 - ``publish(env, actor, kwargs_list, queue=None)`` — publish one Dramatiq message per
   kwargs dict, as fast as one AMQP channel allows; returns the seconds it took.
 - ``drain_rate(count, n, started, timeout=...)`` — poll ``count()`` until it reaches ``n``;
   returns messages per second since ``started`` (a ``time.monotonic()`` value).
 - ``noop_rate(env, n=5000, worker=None, rounds=3)`` — messages per second (median of
   ``rounds`` bursts) through a real worker for the no-op actor of ``bench/noop.py`` (queue
-  ``bench.noop``, counted in Redis).  Pass the
-  worker you measure your own actor with to compare like with like; without one, a
-  worker is started for the measurement and stopped after it.
+  ``bench.noop``, counted in Redis).  Pass the worker you measure your own actor with to
+  compare like with like; without one, a worker is started for it and stopped after.
 - ``db_count(env, sql, **params)`` — a ``count``-style scalar from the bench database,
   handy as ``count`` for ``drain_rate``.
 - ``result(bench, value, unit, baseline, note)`` — the JSON line's dict.
