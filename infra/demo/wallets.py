@@ -32,7 +32,8 @@ def run(ctx: DemoContext) -> None:
     ctx.say("alice withdrew ₦1,000.00: balance 150000")
 
     wd = ctx.id("wd-bob")
-    ctx.send("withdraw", request_id=wd, user_id=bob, currency="USD", amount=99_000, reference="to bank")
+    # Beyond the bronze credit line (a wallet may go down to -$10,000.00): refused.
+    ctx.send("withdraw", request_id=wd, user_id=bob, currency="USD", amount=1_099_000, reference="to bank")
     bad = ctx.id("bad")
     ctx.send_raw("deposit", request_id=bad, user_id=bob, currency="NGN", amount=12.5, reference="x",
                  colour="blue")
@@ -45,11 +46,11 @@ def run(ctx: DemoContext) -> None:
     ctx.say(f"bob's USD withdrawal was refused: {found[wd]['reason']}")
     ctx.say(f"a malformed deposit went to the dead letters: {found[bad]['reason']}")
 
-    ctx.send("deposit", request_id=ctx.id("dep-bob-usd"), user_id=bob, currency="USD", amount=120_000,
+    ctx.send("deposit", request_id=ctx.id("dep-bob-usd"), user_id=bob, currency="USD", amount=1_120_000,
              reference="card")
-    ctx.wait_until(lambda: balance(ctx, f"user:{bob}:USD") == 120_000, "bob's USD deposit")
+    ctx.wait_until(lambda: balance(ctx, f"user:{bob}:USD") == 1_120_000, "bob's USD deposit")
     replayed = rabbit.replay("ballast.wallets", {found[wd]["message_id"]})
     ctx.wait_until(lambda: balance(ctx, f"user:{bob}:USD") == 21_000, "replayed withdrawal")
-    ctx.say(f"after bob deposited $1,200.00 the refused withdrawal was replayed ({replayed}): balance $210.00")
+    ctx.say(f"after bob deposited $11,200.00 the refused withdrawal was replayed ({replayed}): balance $210.00")
     ctx.show("wallet show " + bob, ctx.cli("wallet", "show", bob))
     ctx.show("treasury:NGN", ctx.cli("ledger", "balance", "treasury:NGN"))
