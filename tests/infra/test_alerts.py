@@ -292,7 +292,7 @@ def test_dead_letter_condition_names_the_queue_and_count_and_resolves_when_empty
     assert all(r.status == "resolved" for r in rows(engine, "dead_letters:ballast.wallets"))
 
 
-def test_since_is_iso(engine):
+def test_listing_gives_times_in_iso_8601(engine):
     key = uid("k")
     raise_one(engine, key)
     with engine.connect() as conn:
