@@ -252,7 +252,9 @@ class Worker:
         if queues:
             self.args += ["--queues", *queues]
         self.watch_queue = queues[0] if queues else "ballast.wallets"
-        self.extra_env = {"BALLAST_FAULTS": faults, **extra_env}
+        # Each Worker's faults fire once for it (across its restarts), not once per run.
+        fault_dir = tempfile.mkdtemp(prefix="worker-", dir=env.fault_dir)
+        self.extra_env = {"BALLAST_FAULTS": faults, "BALLAST_FAULT_DIR": fault_dir, **extra_env}
         self.proc: subprocess.Popen | None = None
         self.log_path = Path(env.fault_dir) / f"worker-{uuid.uuid4().hex[:6]}.log"
 
