@@ -10,7 +10,6 @@ committing transaction, with a request id derived from the parent's.
 from __future__ import annotations
 
 import hashlib
-import os
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -43,7 +42,7 @@ from infra.uow import UnitOfWork
 log = get_logger(__name__)
 
 #: Participants settled per transaction; a crash loses at most one batch of work, never pays twice.
-SETTLE_BATCH = int(os.getenv("BALLAST_CHALLENGE_SETTLE_BATCH", "200"))
+SETTLE_BATCH = get_settings().challenge_settle_batch
 
 
 def child_request_id(parent: str, step: str) -> str:

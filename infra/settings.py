@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     retry_max_total_ms: int = 300_000  # ms, first failure to last retry
     actor_time_limit_ms: int = 120_000  # ms
 
+    # Settlement batch sizes (seats / commitments per transaction).
+    challenge_settle_batch: int = Field(default=200, ge=1)
+    market_settle_batch: int = Field(default=5000, ge=1)
+
     # Test-only fault injection (see infra/faults.py); empty in production.
     faults: str = ""
     fault_dir: str = ""

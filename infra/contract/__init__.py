@@ -34,6 +34,9 @@ EVENTS = [
     "alert.raised",
     "alert.resolved",
     "wallet.changed",
+    "wallet.tier_changed",
+    "admin.treasury.fill_shortfall",
+    "admin.treasury.fill_failed",
 ]
 
 
