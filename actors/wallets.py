@@ -30,10 +30,10 @@ def withdraw(cmd: Withdraw, uow: UnitOfWork) -> None:
 
 @command()
 def adjust_balance(cmd: AdjustBalance, uow: UnitOfWork) -> None:
-    """An operator corrects a wallet; the counterpart is the house account."""
+    """An operator corrects a wallet; the counterpart is the ``adjustments`` account."""
     change = WalletChange(cmd.user_id, cmd.currency, cmd.amount, "adjustment",
                           reason=cmd.reason, performed_by=cmd.performed_by)
-    wallets.apply_changes(uow, [change], counter_account=f"house:{cmd.currency}",
+    wallets.apply_changes(uow, [change], counter_account=f"adjustments:{cmd.currency}",
                           kind="adjustment", memo=cmd.reason,
                           metadata={"performed_by": cmd.performed_by})
 

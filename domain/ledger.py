@@ -11,8 +11,10 @@ from domain.money import CURRENCIES
 
 #: Account-code prefixes whose balance may go below zero.  ``world`` is the
 #: outside of the platform; ``user`` wallets carry a tiered credit line that
-#: the balance guard enforces; ``provider`` mirrors an external party.
-NEGATIVE_ALLOWED_PREFIXES = ("world:", "user:", "provider:")
+#: the balance guard enforces; ``provider`` mirrors an external party;
+#: ``adjustments`` is the platform's side of operator corrections (an upward
+#: correction is a cost to the platform, so it goes negative).
+NEGATIVE_ALLOWED_PREFIXES = ("world:", "user:", "provider:", "adjustments:")
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ def queue_stats(url: str | None = None) -> list[dict[str, Any]]:
                     "ready": main[0] if main else 0,
                     "delayed": delayed[0] if delayed else 0,
                     "dead": dead[0] if dead else 0,
-                    "consumers": (main[1] if main else 0) + (delayed[1] if delayed else 0),
+                    "consumers": main[1] if main else 0,
                 }
             )
     return out

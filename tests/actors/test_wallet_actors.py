@@ -115,20 +115,21 @@ def test_a_refused_withdrawal_changes_nothing_and_can_succeed_later(engine, wall
     assert balances(engine, wallet)[wallet] == 200
 
 
-def test_adjust_balance_moves_money_between_the_house_and_the_wallet(engine, wallets):
+def test_adjust_balance_moves_money_between_the_adjustments_account_and_the_wallet(engine, wallets):
     user = uid()
     wallet = f"user:{user}:ISK"
     call(wallets.deposit, **deposit_kwargs(user, 1_000, "ISK"))
-    house_before = balances(engine, "house:ISK")["house:ISK"]
-    call(wallets.adjust_balance, request_id=uid("r"), user_id=user, currency="ISK", amount=-300,
-         reason="duplicate credit", performed_by="ops-ann")
+    before = balances(engine, "adjustments:ISK")["adjustments:ISK"]
+    # An upward correction first: it must not depend on any platform account holding money.
     call(wallets.adjust_balance, request_id=uid("r"), user_id=user, currency="ISK", amount=200,
          reason="goodwill", performed_by="ops-ann")
+    call(wallets.adjust_balance, request_id=uid("r"), user_id=user, currency="ISK", amount=-300,
+         reason="duplicate credit", performed_by="ops-ann")
     assert balances(engine, wallet)[wallet] == 900
-    assert balances(engine, "house:ISK")["house:ISK"] - house_before == 100
+    assert balances(engine, "adjustments:ISK")["adjustments:ISK"] - before == 100
     adjustments = [t for t in transactions_of(engine, wallet) if t.kind == "adjustment"]
     assert [(t.memo, t.amount, t.metadata["performed_by"]) for t in adjustments] == [
-        ("duplicate credit", -300, "ops-ann"), ("goodwill", 200, "ops-ann")]
+        ("goodwill", 200, "ops-ann"), ("duplicate credit", -300, "ops-ann")]
 
 
 def test_fund_treasury_moves_capital_from_the_world_into_the_treasury_once(engine, wallets):
