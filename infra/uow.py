@@ -118,6 +118,16 @@ class UnitOfWork:
         if publish_now:
             self._rows.extend(rows)
 
+    def emit_select(self, event: str, select_sql: str, params: dict[str, Any] | None = None,
+                    *, publish_max: int = 1000) -> int:
+        """One event per row of ``select_sql`` (``recipient``, ``data`` jsonb), written by the
+        database in one statement; published after commit when there are at most
+        ``publish_max``, else left to ``outbox.sweep``.  Returns how many."""
+        count, rows = outbox.add_events_select(self.conn, event, select_sql, params or {},
+                                               return_max=publish_max)
+        self._rows.extend(rows)
+        return count
+
     def commit(self) -> None:
         self._tx.commit()
         self.committed = True

@@ -9,7 +9,6 @@ commitment takes the row ``FOR SHARE`` so commitments do not wait on each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal, localcontext
 from fractions import Fraction
 from typing import Any, Iterator, Literal, Sequence
 
@@ -181,36 +180,23 @@ def latest_distribution(conn: Connection, market_id: str, *, lock: bool = False)
 
 
 def add_lines(conn: Connection, distribution_id: int, lines: Sequence[Line]) -> None:
-    """The audit lines of a batch, in one statement."""
+    """The audit lines of a batch, by COPY on the unit of work's own connection."""
     if not lines:
         return
-    conn.execute(
-        text("INSERT INTO market_distribution_lines (distribution_id, commitment_id, user_id, "
-             "option_id, method, amount, result, share, payout, profit) "
-             "SELECT :d, * FROM unnest(CAST(:c AS text[]), CAST(:u AS text[]), CAST(:o AS text[]), "
-             "CAST(:meth AS text[]), CAST(:a AS bigint[]), CAST(:r AS text[]), "
-             "CAST(:s AS numeric[]), CAST(:p AS bigint[]), CAST(:pr AS bigint[]))"),
-        {"d": distribution_id,
-         "c": [ln.commitment.commitment_id for ln in lines],
-         "u": [ln.commitment.user_id for ln in lines],
-         "o": [ln.commitment.option_id for ln in lines],
-         "meth": [ln.commitment.method for ln in lines],
-         "a": [ln.commitment.amount for ln in lines],
-         "r": [ln.result for ln in lines],
-         "s": [share_decimal(ln.share) for ln in lines],
-         "p": [ln.payout for ln in lines],
-         "pr": [ln.profit for ln in lines]},
-    )
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor.copy("COPY market_distribution_lines (distribution_id, commitment_id, user_id, "
+                     "option_id, method, amount, result, share, payout, profit) FROM STDIN") as copy:
+        for ln in lines:
+            c = ln.commitment
+            copy.write_row((distribution_id, c.commitment_id, c.user_id, c.option_id, c.method,
+                            c.amount, ln.result, share_text(ln.share), ln.payout, ln.profit))
 
 
-def share_decimal(share: Fraction) -> Decimal:
-    """The exact fraction, truncated to SHARE_DIGITS decimals for the audit column."""
-    if share.denominator == 1:
-        return Decimal(share.numerator)
-    with localcontext() as ctx:
-        ctx.prec = SHARE_DIGITS + 20
-        return (Decimal(share.numerator) / Decimal(share.denominator)).quantize(
-            Decimal(1).scaleb(-SHARE_DIGITS), rounding="ROUND_DOWN")
+def share_text(share: Fraction) -> str:
+    """The exact fraction as a decimal, truncated to SHARE_DIGITS places (integers only)."""
+    whole, rest = divmod(share.numerator * 10**SHARE_DIGITS // share.denominator,
+                         10**SHARE_DIGITS)
+    return f"{whole}.{rest:0{SHARE_DIGITS}d}"
 
 
 def complete_distribution(conn: Connection, distribution_id: int, t: Terms, breakage: int,
@@ -266,27 +252,20 @@ def set_reversal(conn: Connection, transaction_id: int, reversal_id: int) -> Non
     )
 
 
-def results_by_user(conn: Connection, distribution_id: int, *, only_paid: bool = False,
-                    batch: int = 5000) -> Iterator[list[dict[str, Any]]]:
-    """Per user of a distribution: staked, payout, profit, result — in batches of users."""
-    after = ""
-    while True:
-        rows = conn.execute(
-            text("SELECT user_id, count(*) AS commitments, sum(amount) AS staked, "
-                 "sum(payout) AS payout, bool_or(result = 'won') AS won, "
-                 "bool_or(result = 'refunded') AS refunded FROM market_distribution_lines "
-                 "WHERE distribution_id = :d AND user_id > :after "
-                 "AND (NOT :only_paid OR payout > 0) "
-                 "GROUP BY user_id ORDER BY user_id LIMIT :n"),
-            {"d": distribution_id, "after": after, "only_paid": only_paid, "n": batch},
-        ).all()
-        if not rows:
-            return
-        yield [{"user_id": r.user_id, "commitments": int(r.commitments), "staked": int(r.staked),
-                "payout": int(r.payout), "profit": int(r.payout) - int(r.staked),
-                "result": "refunded" if r.refunded else "won" if r.won else "lost"}
-               for r in rows]
-        after = rows[-1].user_id
+def user_results_sql(*, only_paid: bool) -> str:
+    """Per user of a distribution (``:distribution_id``) one row ``recipient, data``:
+    commitments, staked, payout, profit and result — for ``uow.emit_select``."""
+    return (
+        "SELECT l.user_id AS recipient, jsonb_build_object("
+        "'market_id', CAST(:market_id AS text), 'distribution_id', CAST(:distribution_id AS bigint), "
+        "'currency', CAST(:currency AS text), 'user_id', l.user_id, 'commitments', count(*), "
+        "'staked', sum(l.amount), 'payout', sum(l.payout), 'profit', sum(l.payout) - sum(l.amount), "
+        "'result', CASE WHEN bool_or(l.result = 'refunded') THEN 'refunded' "
+        "WHEN bool_or(l.result = 'won') THEN 'won' ELSE 'lost' END) AS data "
+        "FROM market_distribution_lines l WHERE l.distribution_id = :distribution_id"
+        + (" AND l.payout > 0" if only_paid else "")
+        + " GROUP BY l.user_id ORDER BY l.user_id"
+    )
 
 
 # --- the operator's view ------------------------------------------------------------------

@@ -168,15 +168,14 @@ def _check_escrow_holds(conn: Connection, escrow: str, cur: str, expected: int) 
 
 
 def _notify_users(uow: UnitOfWork, event: str, distribution_id: int, market_id: str, cur: str,
-                  *, only_paid: bool) -> None:
-    """One notification per user (not per commitment), written set-based per batch of users."""
-    for i, users in enumerate(repo.results_by_user(uow.conn, distribution_id, only_paid=only_paid)):
-        small = i == 0 and len(users) <= PUBLISH_NOW_MAX
-        uow.emit_many(
-            [(event, {"market_id": market_id, "distribution_id": distribution_id,
-                      "currency": cur, **u}, u["user_id"]) for u in users],
-            publish_now=small,
-        )
+                  *, only_paid: bool) -> int:
+    """One notification per user (not per commitment), built by the database in one
+    statement; small markets' go out right after commit, large ones' via the outbox sweeper."""
+    return uow.emit_select(
+        event, repo.user_results_sql(only_paid=only_paid),
+        {"distribution_id": distribution_id, "market_id": market_id, "currency": cur},
+        publish_max=PUBLISH_NOW_MAX,
+    )
 
 
 # --- rollback -----------------------------------------------------------------------------

@@ -482,3 +482,26 @@ def test_escrow_that_does_not_hold_the_pool_fails_the_settlement_and_pays_nobody
     with pytest.raises(LedgerError, match="holds 1999, expected 2000"):
         run.settle_pending()
     assert balances(engine, [f"user:{u}:NGN" for u in users]) == before
+
+
+def test_notifications_of_a_large_market_are_written_set_based_and_left_to_the_sweeper(
+        engine, run, monkeypatch):
+    from infra.markets import settlement
+
+    monkeypatch.setattr(settlement, "PUBLISH_NOW_MAX", 2)
+    users = [uid("u") for _ in range(3)]
+    fund(run, users)
+    m = open_market(run)
+    for u in users:
+        commit(run, m, u, 1_000, option_id="red")
+    published = publisher_for(STUB).published_events
+    seen = len(published)
+    run("resolve_market", market_id=m, winning_option_id="red", resolved_by="ops")
+    run.settle_pending()
+    mine = [e for e in published[seen:] if e["data"].get("market_id") == m]
+    assert [e["event"] for e in mine] == ["market.settled"]  # published right after commit
+    with engine.connect() as conn:
+        waiting = conn.execute(text(
+            "SELECT recipient FROM outbox WHERE event_name = 'market.payout' "
+            "AND published_at IS NULL AND body->'data'->>'market_id' = :m"), {"m": m}).scalars().all()
+    assert sorted(waiting) == sorted(users)
