@@ -505,3 +505,34 @@ def test_notifications_of_a_large_market_are_written_set_based_and_left_to_the_s
             "SELECT recipient FROM outbox WHERE event_name = 'market.payout' "
             "AND published_at IS NULL AND body->'data'->>'market_id' = :m"), {"m": m}).scalars().all()
     assert sorted(waiting) == sorted(users)
+
+
+def test_a_market_nobody_committed_to_resolves_with_nothing_to_pay(engine, run):
+    m = open_market(run)
+    run("resolve_market", market_id=m, winning_option_id="red", resolved_by="ops")
+    [done] = run.settle_pending()
+    assert (done.terms.pool, done.paid, done.transactions) == (0, 0, [])
+    doc = show(engine, m)
+    assert (doc["status"], doc["pool"], doc["distribution"]["lines"]) == ("settled", 0, [])
+
+
+def test_a_rollback_the_house_can_no_longer_pay_is_refused_and_changes_nothing(engine, run):
+    from domain.errors import InsufficientFunds
+    from domain.ledger import Posting
+
+    users = [uid("u") for _ in range(2)]
+    fund(run, users, currency="USD")
+    m = open_market(run, currency="USD")
+    commit(run, m, users[0], 1_000, option_id="red")
+    commit(run, m, users[1], 1_000, option_id="green")
+    run("resolve_market", market_id=m, winning_option_id="red", resolved_by="ops")
+    run.settle_pending()
+    with engine.begin() as conn:  # the house spent its money
+        house = ledger.balance(conn, "house:USD").balance
+        ledger.post(conn, [Posting("house:USD", "USD", -house), Posting("world:USD", "USD", house)],
+                    kind="test")
+    codes = [f"user:{u}:USD" for u in users] + ["house:USD", f"escrow:market:{m}"]
+    before = balances(engine, codes), show(engine, m)
+    with pytest.raises(InsufficientFunds, match="house:USD would go negative"):
+        run.rollback(m)
+    assert (balances(engine, codes), show(engine, m)) == before
