@@ -100,7 +100,7 @@ def post(
     if idempotency_key is not None:
         earlier = _by_key(conn, idempotency_key)
         if earlier is not None:
-            if sorted(_postings_of(conn, earlier)) != sorted(
+            if sorted(postings_of(conn, earlier)) != sorted(
                 (p.account, p.currency, p.amount) for p in postings
             ):
                 raise LedgerError(f"idempotency key {idempotency_key!r} reused with other postings")
@@ -186,7 +186,7 @@ def reverse(
     ).scalar_one_or_none()
     if done is not None:
         return done
-    original = [Posting(a, c, amt) for a, c, amt in _postings_of(conn, txn_id)]
+    original = [Posting(a, c, amt) for a, c, amt in postings_of(conn, txn_id)]
     return post(
         conn,
         reversal_of(original),
@@ -280,7 +280,8 @@ def _by_key(conn: Connection, key: str) -> int | None:
     ).scalar_one_or_none()
 
 
-def _postings_of(conn: Connection, txn_id: int) -> list[tuple[str, str, int]]:
+def postings_of(conn: Connection, txn_id: int) -> list[tuple[str, str, int]]:
+    """(account code, currency, amount) of each entry of a transaction, in entry order."""
     return [
         (r.code, r.currency, int(r.amount))
         for r in conn.execute(

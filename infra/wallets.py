@@ -140,3 +140,30 @@ def history(
 
 def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def reverse_with_audit(uow: UnitOfWork, txn_id: int, *, kind: str = "reversal", memo: str, reason: str,
+                       by: str) -> int:
+    """``ledger.reverse`` with the wallet audit kept: each user wallet it touches is a
+    system change of kind ``reversal`` seen by the guard (never blocked, always recorded).
+    Returns the reversal's transaction id (the first one, if already reversed).
+    """
+    conn = uow.conn
+    original = ledger.postings_of(conn, txn_id)
+    # Lock every account of the reversal in id order before reading the balances.
+    locked = ledger.lock_accounts(conn, [code for code, _, _ in original])
+    running = {code: acc.balance for code, acc in locked.items()}
+    paired: list[tuple[WalletChange, int]] = []
+    for code, cur, amount in original:
+        if not code.startswith("user:"):
+            continue
+        user_id = code.split(":")[1]
+        change = WalletChange(user_id, cur, -amount, "reversal", reason=reason, performed_by=by,
+                              metadata={"reverses_transaction_id": txn_id})
+        paired.append((change, running[code]))
+        running[code] -= amount
+    guard.check(conn, paired)
+    reversal = ledger.reverse(conn, txn_id, kind=kind, memo=memo)
+    if paired:
+        guard.record(conn, paired, reversal, uow=uow)
+    return reversal

@@ -37,6 +37,8 @@ EVENTS = [
     "wallet.tier_changed",
     "admin.treasury.fill_shortfall",
     "admin.treasury.fill_failed",
+    "market.payout",
+    "market.payout_reversed",
 ]
 
 

@@ -7,10 +7,9 @@ from infra.markets.settlement import (
     Settled,
     SettlementPending,
     escrow_account,
-    reverse_with_audit,
     roll_back,
     settle,
 )
 
-__all__ = ["repository", "settle", "roll_back", "reverse_with_audit", "escrow_account", "BATCH",
+__all__ = ["repository", "settle", "roll_back", "escrow_account", "BATCH",
            "Settled", "RolledBack", "SettlementPending"]

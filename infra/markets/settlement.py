@@ -16,7 +16,6 @@ market ``closed``: resolvable again, taking no new commitments.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,15 +39,16 @@ from domain.markets import (
     terms,
 )
 from domain.wallet import WalletChange
-from infra import faults, guard, ledger, wallets
+from infra import faults, ledger, wallets
 from infra.logs import get_logger
+from infra.settings import get_settings
 from infra.markets import repository as repo
 from infra.uow import UnitOfWork
 
 log = get_logger(__name__)
 
 #: Commitments per batch: one ledger transaction and one INSERT of audit lines each.
-BATCH = int(os.environ.get("BALLAST_MARKET_SETTLE_BATCH", "5000"))
+BATCH = get_settings().market_settle_batch
 #: Up to this many per-user notifications are published right after commit;
 #: beyond it they are written to the outbox and left to its sweeper.
 PUBLISH_NOW_MAX = 1000
@@ -214,7 +214,8 @@ def roll_back(uow: UnitOfWork, market_id: str, *, reason: str, by: str) -> Rolle
     reversals: dict[int, int] = {}
     for txn, purpose in repo.transactions_of(conn, dist.id):
         memo = f"market {market_id}: rollback of distribution {dist.id} ({purpose})"
-        reversals[txn] = reverse_with_audit(uow, txn, memo=memo, reason=reason, by=by)
+        reversals[txn] = wallets.reverse_with_audit(uow, txn, kind="market_rollback", memo=memo,
+                                                     reason=reason, by=by)
         repo.set_reversal(conn, txn, reversals[txn])
     repo.roll_back_distribution(conn, dist.id, by, reason)
     repo.set_commitments_status(conn, market_id, "settled", "active")
@@ -225,30 +226,4 @@ def roll_back(uow: UnitOfWork, market_id: str, *, reason: str, by: str) -> Rolle
                   only_paid=True)
     return done
 
-
-def reverse_with_audit(uow: UnitOfWork, txn_id: int, *, memo: str, reason: str, by: str) -> int:
-    """``ledger.reverse`` with the wallet audit kept: each user wallet it touches is a
-    system change of kind ``reversal`` seen by the guard (never blocked, always recorded).
-
-    Belongs in infra/wallets.py next to ``apply_changes``; kept here until it exists there.
-    """
-    conn = uow.conn
-    original = ledger._postings_of(conn, txn_id)
-    # Lock every account of the reversal in id order before reading the balances.
-    locked = ledger.lock_accounts(conn, [code for code, _, _ in original])
-    running = {code: acc.balance for code, acc in locked.items()}
-    paired: list[tuple[WalletChange, int]] = []
-    for code, cur, amount in original:
-        if not code.startswith("user:"):
-            continue
-        user_id = code.split(":")[1]
-        change = WalletChange(user_id, cur, -amount, "reversal", reason=reason, performed_by=by,
-                              metadata={"reverses_transaction_id": txn_id})
-        paired.append((change, running[code]))
-        running[code] -= amount
-    guard.check(conn, paired)
-    reversal = ledger.reverse(conn, txn_id, kind="market_rollback", memo=memo)
-    if paired:
-        guard.record(conn, paired, reversal, uow=uow)
-    return reversal
 
