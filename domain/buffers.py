@@ -99,7 +99,7 @@ class Replenishment:
       direction: the conversion's direction.
       source_amount: what leaves the source, minor units of its currency.
       expected_amount: what should arrive at par, minor units of the destination.
-      capped: True when the source's own min limited the amount.
+      capped: True when the source's own min (or its minor unit) limited the amount.
     """
 
     destination: str
@@ -145,6 +145,15 @@ def plan_replenishment(
     batches = -(-deficit // thresholds.batch)
     wanted = min(batches * thresholds.batch, thresholds.max - balance)
     needed = at_par(wanted, dest_cur, src_cur, round_up=True)
+    # Rounding the source up to its minor unit may overshoot max (a cent is 10,000
+    # micro-USDC): then pay only the whole source units that fit under max.
+    whole_units_only = at_par(needed, src_cur, dest_cur, round_up=False) > thresholds.max - balance
+    if whole_units_only:
+        needed = at_par(wanted, dest_cur, src_cur, round_up=False)
+        if needed <= 0:
+            return CannotReplenish(destination, source,
+                                   f"room below max ({thresholds.max - balance} {dest_cur}) is "
+                                   f"less than one minor unit of {src_cur}")
     available = source_balance - source_thresholds.min
     if available <= 0:
         return CannotReplenish(destination, source,
@@ -158,4 +167,5 @@ def plan_replenishment(
                                f"{amount} {src_cur} is below the smallest provider minimum "
                                f"({provider_minimum} USD cents)")
     return Replenishment(destination, source, direction, amount,
-                         at_par(amount, src_cur, dest_cur, round_up=False), amount < needed)
+                         at_par(amount, src_cur, dest_cur, round_up=False),
+                         amount < needed or whole_units_only)

@@ -88,6 +88,13 @@ def test_sub_cent_usdc_rounds_up_when_paying_and_down_when_receiving():
     assert at_par(12_345, "USD", "USDC", round_up=False) == 123_450_000
 
 
+def test_a_cent_that_would_overshoot_max_is_not_paid():
+    # One USD cent buys 10,000 micro-USDC: with 3 micro-USDC of room below max no job fits.
+    tiny = b.Thresholds(min=1, target=2, max=3, batch=1)
+    plan = b.plan_replenishment("system_buffer_usdc", 0, tiny, 1, b.Thresholds(0, 1, 2, 1), 0)
+    assert isinstance(plan, b.CannotReplenish) and "less than one minor unit" in plan.reason
+
+
 thresholds = st.tuples(st.integers(0, 10**12), st.integers(1, 10**12), st.integers(1, 10**12),
                        st.integers(1, 10**12)).map(
     lambda t: b.Thresholds(t[0], t[0] + t[1], t[0] + t[1] + t[2], t[3]))
