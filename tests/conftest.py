@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests import harness
+
+# Property tests hit a real database on a 2-core machine: no per-example deadline.
+# In CI the examples are derandomized, so a submission's run is reproducible.
+settings.register_profile("ballast", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("ci", parent=settings.get_profile("ballast"), derandomize=True)
+settings.load_profile("ci" if os.getenv("CI") else "ballast")
 
 _ENV: harness.TestEnv | None = None
 
