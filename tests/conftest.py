@@ -69,3 +69,16 @@ def events(env):
     tap = harness.EventTap(env)
     yield tap
     tap.close()
+
+
+@pytest.fixture
+def empty_journal(engine):
+    """Matching is global (every unlinked payment, every planned cycle): start empty."""
+    from sqlalchemy import text
+
+    with engine.begin() as conn:
+        conn.execute(text(
+            "DELETE FROM journal_payment_links; DELETE FROM journal_entries; "
+            "DELETE FROM journal_participations; DELETE FROM journal_cycles; "
+            "DELETE FROM journal_characters; "
+            "UPDATE alerts SET status = 'resolved' WHERE dedupe_key LIKE 'journal:%'"))

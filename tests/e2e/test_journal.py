@@ -21,14 +21,7 @@ T0 = datetime(2024, 6, 1, 9, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def clean(engine):
-    """Matching is global (every unlinked payment, every planned cycle): start empty."""
-    with engine.begin() as conn:
-        conn.execute(text(
-            "DELETE FROM journal_payment_links; DELETE FROM journal_entries; "
-            "DELETE FROM journal_participations; DELETE FROM journal_cycles; "
-            "DELETE FROM journal_characters; "
-            "UPDATE alerts SET status = 'resolved' WHERE dedupe_key LIKE 'journal:%'"))
+def clean(empty_journal):
     yield
 
 

@@ -22,14 +22,9 @@ T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def clean(engine):
-    """Matching is global (every unlinked payment, every planned cycle): start empty."""
+def clean(engine, empty_journal):
+    """An empty journal with one LOGISTICS and one USER character."""
     with engine.begin() as conn:
-        conn.execute(text(
-            "DELETE FROM journal_payment_links; DELETE FROM journal_entries; "
-            "DELETE FROM journal_participations; DELETE FROM journal_cycles; "
-            "DELETE FROM journal_characters; "
-            "UPDATE alerts SET status = 'resolved' WHERE dedupe_key LIKE 'journal:%'"))
         repo.register_character(conn, LOGI, "Logistics One", "LOGISTICS")
         repo.register_character(conn, USER_CHAR, "Some Pilot", "USER")
     yield
