@@ -7,7 +7,9 @@ dollar = one USDC), the provider's actual rate only matters at completion.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Mapping
 
 from domain.conversions import Direction, at_par, direction_between, par_value
 from domain.errors import InvalidCommand
@@ -100,6 +102,8 @@ class Replenishment:
       source_amount: what leaves the source, minor units of its currency.
       expected_amount: what should arrive at par, minor units of the destination.
       capped: True when the source's own min (or its minor unit) limited the amount.
+      wanted_amount: what the buffer wanted, minor units of the source (equal to
+        ``source_amount`` unless capped).
     """
 
     destination: str
@@ -108,6 +112,7 @@ class Replenishment:
     source_amount: int
     expected_amount: int
     capped: bool
+    wanted_amount: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +124,16 @@ class CannotReplenish:
     reason: str
 
 
+def spare(balance: int, thresholds: Thresholds, reserved: int = 0) -> int:
+    """What a source buffer can give without going below its own min.
+
+    ``reserved`` is what its jobs already created, and not yet moved to
+    transit, will take (a job in transit has left the balance already).
+    Never negative: a source at or below its min spares nothing.
+    """
+    return max(0, balance - thresholds.min - reserved)
+
+
 def plan_replenishment(
     destination: str,
     balance: int,
@@ -126,15 +141,19 @@ def plan_replenishment(
     source_balance: int,
     source_thresholds: Thresholds,
     provider_minimum: int | None,
+    source_reserved: int = 0,
 ) -> Replenishment | CannotReplenish | None:
     """What the settlement cycle does for one buffer (SPEC §3).
 
     None when the buffer is not below min.  The amount is what brings it up
     to target, rounded *up* to whole batches, but never past its max; the
-    source pays at par, rounded up to its minor unit, and is capped so it
-    stays at or above its own min.  ``provider_minimum`` is the smallest
-    par value (USD cents) any eligible provider accepts, None when no
-    provider serves the direction.
+    source pays at par, rounded up to its minor unit, and is capped at what
+    it can spare (``spare``: it stays at or above its own min, after what
+    its pending jobs will take).  A capped amount is rounded *down* to whole
+    batches when at least one batch fits, else it is all that is spare (a
+    buffer below min is better served by part of a batch than by nothing).
+    ``provider_minimum`` is the smallest par value (USD cents) any eligible
+    provider accepts, None when no provider serves the direction.
     """
     if balance >= thresholds.min:
         return None
@@ -154,12 +173,21 @@ def plan_replenishment(
             return CannotReplenish(destination, source,
                                    f"room below max ({thresholds.max - balance} {dest_cur}) is "
                                    f"less than one minor unit of {src_cur}")
-    available = source_balance - source_thresholds.min
+    available = spare(source_balance, source_thresholds, source_reserved)
     if available <= 0:
+        if source_reserved:
+            return CannotReplenish(destination, source,
+                                   f"{source} can spare nothing: {source_balance} - its min "
+                                   f"{source_thresholds.min} - {source_reserved} already held by "
+                                   f"jobs {src_cur}")
         return CannotReplenish(destination, source,
                                f"{source} is at or below its own min ({source_balance} <= "
                                f"{source_thresholds.min} {src_cur})")
     amount = min(needed, available)
+    if amount < needed:
+        batch_cost = at_par(thresholds.batch, dest_cur, src_cur, round_up=True)
+        if available >= batch_cost:
+            amount = available // batch_cost * batch_cost
     if provider_minimum is None:
         return CannotReplenish(destination, source, f"no active provider converts {direction}")
     if par_value(amount, src_cur) < provider_minimum:
@@ -168,4 +196,69 @@ def plan_replenishment(
                                f"({provider_minimum} USD cents)")
     return Replenishment(destination, source, direction, amount,
                          at_par(amount, src_cur, dest_cur, round_up=False),
-                         amount < needed or whole_units_only)
+                         amount < needed or whole_units_only, needed)
+
+
+@dataclass(frozen=True, slots=True)
+class BufferLevel:
+    """One buffer as the cycle sees it: its balance and thresholds."""
+
+    account_type: str
+    balance: int
+    thresholds: Thresholds
+
+
+def criticality(level: BufferLevel) -> tuple[Fraction, str]:
+    """Sort key, most critical first: the lowest balance as a share of its min,
+    ties broken by account type (a fixed, stated rule)."""
+    share = Fraction(level.balance, level.thresholds.min) if level.thresholds.min else Fraction(1)
+    return share, level.account_type
+
+
+def plan_cycle(
+    levels: Mapping[str, BufferLevel],
+    reserved: Mapping[str, int],
+    in_flight: frozenset[str] | set[str],
+    provider_minimum: Mapping[Direction, int | None],
+) -> list[Replenishment | CannotReplenish]:
+    """A whole settlement cycle, planned at once (SPEC §3).
+
+    Every buffer below min with no job in flight towards it gets a plan, the
+    most critical first (``criticality``).  Buffers that draw on the same
+    source share what it can spare: each plan is sized from what the source
+    has left after its pending jobs (``reserved``, by account type) *and*
+    after the plans made before it in this cycle.  So the sum planned from a
+    source never exceeds ``spare`` of it.
+    """
+    used: dict[str, int] = {}  # planned from each source so far in this cycle
+    plans: list[Replenishment | CannotReplenish] = []
+    for level in sorted(levels.values(), key=criticality):
+        if level.balance >= level.thresholds.min or level.account_type in in_flight:
+            continue
+        src = levels[SOURCE_OF[level.account_type]]
+        direction = direction_between(CURRENCY_OF[src.account_type],
+                                      CURRENCY_OF[level.account_type])
+        held = reserved.get(src.account_type, 0) + used.get(src.account_type, 0)
+        plan = plan_replenishment(level.account_type, level.balance, level.thresholds,
+                                  src.balance, src.thresholds, provider_minimum.get(direction),
+                                  source_reserved=held)
+        if isinstance(plan, Replenishment):
+            used[src.account_type] = used.get(src.account_type, 0) + plan.source_amount
+        plans.append(plan)
+    return plans
+
+
+def may_take(source_type: str, amount: int, balance: int, thresholds: Thresholds,
+             reserved: int = 0) -> str | None:
+    """Why ``amount`` may not leave the source buffer now, or None when it may.
+
+    The rule every conversion obeys at creation and again at submission
+    (under the source's lock): the source keeps its own min after what its
+    earlier pending jobs (``reserved``) will take.
+    """
+    room = spare(balance, thresholds, reserved)
+    if amount > room:
+        cur = CURRENCY_OF[source_type]
+        return (f"{account_code(source_type)} can spare {room} {cur} (balance {balance} - min "
+                f"{thresholds.min} - {reserved} held by earlier pending jobs), not {amount}")
+    return None

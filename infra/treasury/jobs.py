@@ -5,7 +5,8 @@ completed`` (or ``failed`` / ``cancelled``), every transition recorded with its
 time.  ``submission`` hands a pending job to a provider, ``polling`` follows it
 there; both end here, in ``complete`` or ``fail``.
 
-Lock order, everywhere: the job row, provider rows, then ledger accounts.
+Lock order, everywhere: the job row, provider rows, buffer rows (in account-type
+order), then ledger accounts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Iterator
 from sqlalchemy import Engine, text
 
 from domain import conversions as conv
-from domain.buffers import CURRENCY_OF
+from domain.buffers import CURRENCY_OF, may_take
 from domain.errors import InvalidCommand, Refused
 from domain.ledger import Posting
 from infra import alerts, ledger
@@ -57,14 +58,20 @@ def create_job(uow: UnitOfWork, *, kind: str, source_type: str, destination_type
 
 def convert_manually(uow: UnitOfWork, *, source_type: str, destination_type: str, amount: int,
                      performed_by: str) -> int:
-    """An operator's conversion between two buffers of different currencies."""
+    """An operator's conversion between two buffers of different currencies.
+
+    It obeys the source rule of every conversion: the source keeps its own min
+    after what its pending jobs will take (checked again at submission).
+    """
     if source_type not in CURRENCY_OF or destination_type not in CURRENCY_OF:
         raise InvalidCommand(f"buffers are {', '.join(CURRENCY_OF)}")
     if type(amount) is not int or amount <= 0:
         raise InvalidCommand("amount must be a positive integer in minor units")
-    available = ledger.balances(uow.conn, [f"buffer:{source_type}"]).get(f"buffer:{source_type}", 0)
-    if available < amount:
-        raise Refused(f"buffer:{source_type} holds {available}, cannot convert {amount}")
+    buffer = store.lock_buffer(uow.conn, source_type)
+    reserved = store.reserved_by_pending(uow.conn).get(source_type, 0)
+    refusal = may_take(source_type, amount, buffer.balance, buffer.thresholds, reserved)
+    if refusal:
+        raise Refused(f"cannot convert: {refusal}")
     return create_job(uow, kind="manual", source_type=source_type,
                       destination_type=destination_type, amount=amount,
                       requested_by=performed_by, trigger="manual")

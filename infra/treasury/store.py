@@ -41,13 +41,17 @@ class Buffer:
         return buffer_status(self.balance, self.thresholds)
 
 
-def load_buffers(conn: Connection, *, lock: bool = False) -> dict[str, Buffer]:
-    """Every buffer with its balance; ``lock`` serialises settlement cycles."""
+def load_buffers(conn: Connection, *, lock: bool = False,
+                 only: str | None = None) -> dict[str, Buffer]:
+    """Every buffer (or ``only`` one) with its balance; ``lock`` takes the buffer
+    rows in account-type order, which serialises cycles and submissions."""
     rows = conn.execute(text(
         "SELECT b.*, COALESCE(a.balance, 0) AS balance FROM treasury_buffers b "
-        "LEFT JOIN accounts a ON a.code = 'buffer:' || b.account_type ORDER BY b.account_type"
+        "LEFT JOIN accounts a ON a.code = 'buffer:' || b.account_type "
+        "WHERE CAST(:only AS text) IS NULL OR b.account_type = CAST(:only AS text) "
+        "ORDER BY b.account_type"
         + (" FOR UPDATE OF b" if lock else "")
-    ))
+    ), {"only": only})
     return {
         r.account_type: Buffer(r.account_type, r.currency,
                                Thresholds(r.min_amount, r.target_amount, r.max_amount,
@@ -288,6 +292,29 @@ def list_jobs(conn: Connection, *, active_only: bool = False, limit: int = 200,
         {"st": list(wanted) if wanted else None, "lim": limit},
     )
     return [Job(**r._mapping) for r in rows]
+
+
+def reserved_by_pending(conn: Connection, *, before_job: int | None = None) -> dict[str, int]:
+    """What pending jobs will still take from each source buffer, by account type.
+
+    Only jobs whose source amount has not moved to transit yet: a job in
+    transit has left the balance already.  ``before_job`` counts only jobs
+    created before it (older jobs go first at submission).
+    """
+    rows = conn.execute(
+        text("SELECT source_account, SUM(source_amount) AS held FROM conversion_jobs "
+             "WHERE status = :pending AND NOT transit_moved "
+             "AND (CAST(:before AS bigint) IS NULL OR id < CAST(:before AS bigint)) "
+             "GROUP BY source_account"),
+        {"pending": conv.PENDING, "before": before_job},
+    )
+    return {r.source_account.removeprefix("buffer:"): int(r.held) for r in rows}
+
+
+def lock_buffer(conn: Connection, account_type: str) -> Buffer:
+    """One buffer, its row locked: the source's lock, taken by cycles (all buffers)
+    and by every submission and manual conversion drawing on it."""
+    return load_buffers(conn, lock=True, only=account_type)[account_type]
 
 
 def move_job(conn: Connection, job: Job, new: str, note: str | None = None,

@@ -1,10 +1,13 @@
 """Handing a pending conversion job to a provider (the ``submit_conversion`` step).
 
 A provider is never called inside a database transaction.  Under the job's
-advisory lock:
+advisory lock (lock order: the job row, provider rows, the source buffer row,
+then ledger accounts in ascending id):
 
 1. one transaction records the attempt (with its fresh idempotency key) and,
-   the first time, moves the source amount to ``transit:{CUR}``;
+   the first time, moves the source amount to ``transit:{CUR}`` — only if the
+   source keeps its own min after what older pending jobs will take
+   (``domain.buffers.may_take``, checked under the source's lock);
 2. the provider is called, outside any transaction;
 3. another transaction records its answer.
 
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from domain import conversions as conv
+from domain.buffers import may_take
 from domain.ledger import Posting
 from domain.providers import rank, why_not
 from infra import faults, ledger, providers
@@ -110,9 +114,9 @@ def _prepare_attempt(engine: Engine, job_id: int) -> Submission | None:
             uow.commit()
             return None
         if not job.transit_moved:
-            source = ledger.balances(uow.conn, [job.source_account]).get(job.source_account, 0)
-            if source < job.source_amount:
-                fail(uow, job, f"{job.source_account} holds {source}, needs {job.source_amount}")
+            refusal = _source_refuses(uow, job)
+            if refusal:
+                fail(uow, job, refusal)
                 uow.commit()
                 return None
             ledger.post(uow.conn, [
@@ -129,6 +133,18 @@ def _prepare_attempt(engine: Engine, job_id: int) -> Submission | None:
     log.info("conversion.submitting", job_id=job_id, provider=chosen.name, key=key,
              attempt=attempt.attempt_no)
     return Submission(job, attempt, chosen.kind, chosen.config, recovering=False)
+
+
+def _source_refuses(uow: UnitOfWork, job: Job) -> str | None:
+    """The source rule again, under the source's lock: the buffer row (which
+    cycles and manual conversions take too) and then its ledger account with
+    transit, in the ledger's own order, so the balance read is the one posted."""
+    buffer = store.lock_buffer(uow.conn, job.source_type)
+    held = ledger.lock_accounts(uow.conn, [job.source_account,
+                                           f"transit:{job.source_currency}"])
+    balance = held[job.source_account].balance if job.source_account in held else 0
+    reserved = store.reserved_by_pending(uow.conn, before_job=job.id).get(job.source_type, 0)
+    return may_take(job.source_type, job.source_amount, balance, buffer.thresholds, reserved)
 
 
 def _call_provider(sub: Submission, engine: Engine) -> Answer:

@@ -146,3 +146,20 @@ def test_a_bad_or_impossible_buffer_flow_is_dead_lettered_with_its_reason(env, e
     assert "zero" in letters[zero]["reason"]
     assert "would go negative" in letters[overdraw]["reason"]
     assert balance(engine, "buffer:system_buffer_fiat") == usd(100)
+
+
+def test_two_buffers_on_one_source_low_together_through_the_workers(env, engine, worker):
+    # fiat and broker both refill from usdc, which can spare 50,000 above its min
+    reset(engine, usdc_buffer=usdc(60_000), fiat=usd(10_000), broker=usd(10_000))
+    add_provider(engine, config=sim(latency_polls=1))
+    since = last_job_id(engine)
+    send(env, "run_settlement_cycle", request_id=uid("cycle"), trigger="manual")
+    send(env, "run_settlement_cycle", request_id=uid("cycle"), trigger="manual")
+    [job_id] = wait_until(lambda: jobs_for(engine, since, "buffer:broker_operational"),
+                          what="the broker's job")
+    poll_until_finished(env, engine, job_id)
+    assert job(engine, job_id).status == conv.COMPLETED
+    assert jobs_for(engine, since, "buffer:system_buffer_fiat") == []  # nothing left to spare
+    assert balance(engine, USDC_BUF) == usdc(10_000)  # at its min, never below
+    assert transit_total(engine) == 0
+    assert ledger_check(engine)["ok"]

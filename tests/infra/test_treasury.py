@@ -408,3 +408,88 @@ def test_the_same_job_submitted_by_parallel_workers_is_sent_once(engine):
     assert set(_in_threads(lambda: polling.poll(job_id, engine), 5)) <= {True, False}
     assert drive(engine, job_id).status == conv.COMPLETED
     assert balance(engine, USDC_BUF) == usdc(65_000)
+
+
+# --- buffers sharing a source (SPEC §3: the source stays at or above its own min) ----------
+
+def test_two_buffers_on_one_source_in_one_cycle_never_take_it_below_its_min(engine):
+    # usdc spares 50,000 above its min; fiat and broker both want more than that
+    reset(engine, usdc_buffer=usdc(60_000), fiat=usd(10_000), broker=usd(10_000))
+    add_provider(engine)
+    created = cycle_now(engine)
+    assert [job(engine, j).destination_account for j in created] == [BROKER]
+    assert job(engine, created[0]).source_amount == usdc(50_000)
+    shortfall = open_alert(engine, "buffer:shortfall:broker_operational")
+    assert shortfall is not None and shortfall.data["missing"] == usdc(150_000)
+    assert "can spare nothing" in open_alert(
+        engine, "buffer:cannot_replenish:system_buffer_fiat").subject
+    for job_id in created:
+        assert drive(engine, job_id).status == conv.COMPLETED
+    assert balance(engine, USDC_BUF) == usdc(10_000)  # exactly its min, never below
+    assert ledger_check(engine)["ok"]
+
+
+def test_a_pending_job_holds_its_amount_against_the_next_cycle_and_manual_conversions(engine):
+    reset(engine, usdc_buffer=usdc(160_000), fiat=usd(150_000), broker=usd(10_000))
+    add_provider(engine)
+    [first] = cycle_now(engine)  # broker: one whole batch of 100,000 of the 150,000 spare
+    assert job(engine, first).source_amount == usdc(100_000)
+    # fiat drains while the broker's job is still pending (not in transit yet)
+    with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
+        cycle.record_flow(uow, "system_buffer_fiat", -usd(140_000), "payouts")
+        uow.commit()
+    [second] = cycle_now(engine)
+    assert job(engine, second).source_amount == usdc(50_000)  # what is left, not 150,000
+    with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
+        with pytest.raises(Refused, match="can spare 0"):
+            jobs.convert_manually(uow, source_type="system_buffer_usdc",
+                                  destination_type="broker_operational", amount=1,
+                                  performed_by="ops")
+    for job_id in (second, first):  # the newer job submits first: both still fit
+        assert drive(engine, job_id).status == conv.COMPLETED
+    assert balance(engine, USDC_BUF) == usdc(10_000)
+    assert ledger_check(engine)["ok"]
+
+
+def test_submission_refuses_a_job_whose_source_was_drained_below_what_it_may_take(engine):
+    reset(engine, usdc_buffer=usdc(60_000), fiat=usd(150_000), broker=usd(10_000))
+    add_provider(engine)
+    [job_id] = cycle_now(engine)
+    with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
+        cycle.record_flow(uow, "system_buffer_usdc", -1, "on-chain payout")  # one micro-USDC
+        uow.commit()
+    assert submission.submit(job_id, engine) == conv.FAILED
+    assert "can spare" in job(engine, job_id).failure_reason
+    assert balances(engine, USDC_BUF, "transit:USDC") == {USDC_BUF: usdc(60_000) - 1,
+                                                          "transit:USDC": 0}
+    assert ledger_check(engine)["ok"]
+
+
+def test_cycles_and_manual_conversions_racing_never_take_a_source_below_its_min(engine):
+    reset(engine, usdc_buffer=usdc(90_000), fiat=usd(10_000), broker=usd(10_000))
+    add_provider(engine)
+
+    def manual():
+        try:
+            with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
+                jobs.convert_manually(uow, source_type="system_buffer_usdc",
+                                      destination_type="system_buffer_fiat",
+                                      amount=usdc(30_000), performed_by="ops")
+                uow.commit()
+        except Refused:
+            pass
+
+    def either(i):
+        return cycle_now(engine) if i % 2 else manual()
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(either, range(6)))
+    with engine.connect() as conn:
+        pending = store.list_jobs(conn, active_only=True, limit=100)
+    assert sum(j.source_amount for j in pending if j.source_type == "system_buffer_usdc") \
+        <= usdc(80_000)
+    for j in pending:
+        assert drive(engine, j.id).status == conv.COMPLETED
+    assert balance(engine, USDC_BUF) >= usdc(10_000)
+    assert ledger_check(engine)["ok"]
