@@ -165,25 +165,44 @@ class Publisher:
         if not isinstance(self.broker, RabbitmqBroker):
             self.published_events.append(row.body)
             return
+        try:
+            self._publish_event(row)
+        except _LOST:
+            # An idle connection the broker dropped (missed heartbeats) fails once:
+            # try again on a fresh one.  A duplicate is harmless (events are
+            # at-least-once, deduplicated on event_id); a second failure is real.
+            self._reset()
+            log.info("outbox.reconnecting", outbox_id=row.id)
+            try:
+                self._publish_event(row)
+            except _LOST:
+                self._reset()
+                raise
+
+    def _publish_event(self, row: OutboxRow) -> None:
         channel = self.broker.channel
         if not self._exchange_declared:
             channel.exchange_declare(exchange=EVENTS_EXCHANGE, exchange_type="topic", durable=True)
             self._exchange_declared = True
-        try:
-            channel.basic_publish(
-                exchange=EVENTS_EXCHANGE,
-                routing_key=row.routing_key,
-                body=json.dumps(row.body, default=str).encode(),
-                properties=pika.BasicProperties(
-                    delivery_mode=2,
-                    content_type="application/json",
-                    message_id=row.body.get("event_id"),
-                ),
-            )
-        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError):
-            del self.broker.connection  # next use reconnects
-            self._exchange_declared = False
-            raise
+        channel.basic_publish(
+            exchange=EVENTS_EXCHANGE,
+            routing_key=row.routing_key,
+            body=json.dumps(row.body, default=str).encode(),
+            properties=pika.BasicProperties(
+                delivery_mode=2,
+                content_type="application/json",
+                message_id=row.body.get("event_id"),
+            ),
+        )
+
+    def _reset(self) -> None:
+        del self.broker.connection  # next use reconnects
+        self._exchange_declared = False
+
+
+#: What a lost or closed connection raises on the next publish.
+_LOST = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError,
+         pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError)
 
 
 _publishers: dict[int, Publisher] = {}

@@ -98,3 +98,20 @@ def test_a_failed_sweep_keeps_the_row_with_its_error_for_the_next_one(env, engin
     assert row.published_at is None and row.attempts >= 1 and row.last_error
     outbox.sweep(engine, get_broker(), grace_s=0)
     assert rows(engine, marker)[0].published_at is not None
+
+
+def test_a_connection_the_broker_dropped_is_replaced_and_the_sweep_still_publishes(env, engine):
+    import socket
+
+    marker = uid("m")
+    broker = build_broker(env.broker_url)
+    broker.channel  # an open connection, as a long-lived sweeper has
+    # What a broker that gave up on missed heartbeats leaves: a socket reset under us.
+    broker.connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+    leave_unpublished(engine, marker, 2)
+    tap = EventTap(env, "wallet.changed")
+    try:
+        assert outbox.sweep(engine, broker, grace_s=0) >= 2
+        assert wait_until(lambda: seen(tap, marker) == [0, 1])
+    finally:
+        tap.close()
