@@ -161,6 +161,7 @@ def configure_logging(fmt: str | None = None, level: str | None = None, stream: 
     )
     shared = [
         structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
