@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import text
@@ -25,9 +26,14 @@ def _status(ctx: DemoContext, cycle: str) -> str | None:
                             {"c": cycle}).scalar_one_or_none()
 
 
+def game_id(ctx: DemoContext, name: str) -> int:
+    """A character id as the game gives them (a positive integer), unique to this demo run."""
+    return 90_000_000_000 + zlib.crc32(ctx.id(name).encode())
+
+
 def run(ctx: DemoContext) -> None:
     ctx.chapter("journal", "Payment matching: wallet-journal payments to cycle participations")
-    logi, pilot, cycle = ctx.id("logi"), ctx.id("pilot"), ctx.id("cyc")
+    logi, pilot, cycle = game_id(ctx, "logi"), game_id(ctx, "pilot"), ctx.id("cyc")
     ctx.send("register_character", request_id=ctx.id("reg-logi"), character_id=logi,
              name="Ballast Logistics", role="LOGISTICS")
     ctx.send("register_character", request_id=ctx.id("reg-pilot"), character_id=pilot,
@@ -69,7 +75,7 @@ def run(ctx: DemoContext) -> None:
     entries = [
         {"journal_id": jid[suffix], "character_id": receiver,
          "date": (now - timedelta(minutes=len(payments) - i)).isoformat(), "ref_type": ref_type,
-         "amount": isk * ISK, "reason": text_, "first_party_id": ctx.id(payer),
+         "amount": isk * ISK, "reason": text_, "first_party_id": game_id(ctx, payer),
          "second_party_id": receiver}
         for i, (_, suffix, isk, text_, payer, ref_type, receiver) in enumerate(payments)
     ]
