@@ -42,7 +42,8 @@ def _number(v: Any) -> bool:
 
 #: Options Ballast and Dramatiq's middleware read, with the type each must have.  Any other
 #: option is refused: ``throws``, ``pipe_target``, ``on_success``, ``on_failure``,
-#: ``time_limit``... would let a sender change how a worker treats the message.
+#: ``time_limit``... would let a sender change how a worker treats the message, and
+#: ``max_age`` would have it skipped and nacked (dead-lettered by RabbitMQ, without a reason).
 OPTIONS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "eta": ("a number (ms since the epoch)", _number),
     "retries": ("a non-negative integer", _nonneg_int),
@@ -51,7 +52,6 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "traceback": ("a string", lambda v: isinstance(v, str)),
     "replays": ("a non-negative integer", _nonneg_int),
     "last_dead_letter_reason": ("a string or null", lambda v: v is None or isinstance(v, str)),
-    "max_age": ("a positive integer (ms)", lambda v: _int(v) and v > 0),
     "broker_priority": ("an integer from 0 to 255 or null",
                         lambda v: v is None or (_int(v) and 0 <= v <= 255)),
     "dead_letter": ("an object", lambda v: isinstance(v, dict)),
