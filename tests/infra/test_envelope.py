@@ -34,14 +34,14 @@ def test_a_delayed_message_on_its_delay_queue_passes():
                    "ballast.wallets.DQ").ok
 
 
-@given(st.one_of(st.integers(), st.floats(allow_nan=False), st.text(), st.booleans(), st.none(),
+@given(st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(), st.booleans(), st.none(),
                  st.lists(st.integers(), max_size=3)))
 def test_options_that_are_not_an_object_are_refused_with_one_line(value):
     v = verdict(body(options=value))
     assert not v.ok and "\n" not in v.reason and v.reason.startswith("invalid payload: options")
 
 
-@given(st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.none(),
+@given(st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none(),
                  st.lists(st.text(max_size=3), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)))
 def test_non_string_names_and_ids_are_refused(value):
     for field in ("queue_name", "actor_name", "message_id"):
