@@ -6,7 +6,12 @@ import threading
 
 import dramatiq
 import pika
-from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
+from dramatiq.brokers.rabbitmq import (
+    DEAD_MESSAGE_TTL,
+    RabbitmqBroker,
+    _RabbitmqConsumer,
+    _RabbitmqMessage,
+)
 from dramatiq.common import q_name, xq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import (
@@ -39,9 +44,29 @@ class BallastBroker(RabbitmqBroker):
     makes Dramatiq nack, which RabbitMQ dead-letters without a reason.
     """
 
+    def __init__(self, *, queue_type: str = "classic", delivery_limit: int = 20, **kwargs) -> None:
+        self.queue_type = queue_type
+        self.delivery_limit = delivery_limit
+        super().__init__(**kwargs)
+
     @property
     def consumer_class(self):
         return _CheckedConsumer
+
+    def _build_queue_arguments(self, queue_name):
+        arguments = super()._build_queue_arguments(queue_name)
+        if self.queue_type == "quorum":
+            # A second line against poison: a message that kills its worker process on every
+            # delivery (no envelope check can see that) is dead-lettered after the limit.
+            arguments.update({"x-queue-type": "quorum", "x-delivery-limit": self.delivery_limit})
+        return arguments
+
+    def _declare_xq_queue(self, queue_name):
+        if self.queue_type != "quorum":
+            return super()._declare_xq_queue(queue_name)
+        return self.channel.queue_declare(
+            queue=xq_name(queue_name), durable=True,
+            arguments={"x-message-ttl": DEAD_MESSAGE_TTL, "x-queue-type": "quorum"})
 
 
 class _CheckedConsumer(_RabbitmqConsumer):
@@ -142,6 +167,8 @@ def build_broker(url: str | None = None, *, worker: bool = False) -> RabbitmqBro
 
         middleware = [*metrics_middleware(settings.metrics_port), *middleware]
     broker = BallastBroker(
+        queue_type=settings.queue_type,
+        delivery_limit=settings.queue_delivery_limit,
         url=url or settings.broker_url,
         confirm_delivery=True,
         middleware=middleware,

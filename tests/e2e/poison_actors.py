@@ -36,3 +36,13 @@ def budgeted_transient(key: str) -> None:
 @dramatiq.actor(queue_name=QUEUE, broker=get_broker())
 def noted(key: str) -> None:
     attempt(key)
+
+
+@dramatiq.actor(queue_name=QUEUE, broker=get_broker())
+def crash_the_worker(key: str) -> None:
+    """SIGKILLs the whole worker on every delivery: only a delivery limit stops it."""
+    import os
+    import signal
+
+    attempt(key)
+    os.killpg(os.getpgid(0), signal.SIGKILL)
