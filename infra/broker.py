@@ -25,6 +25,14 @@ from dramatiq.middleware import (
 
 from infra.contract import EVENTS_EXCHANGE, QUEUES, envelope
 from infra.logs import get_logger
+from infra.middleware.deadletters import (
+    RetryOrDeadLetter,
+    count_dead_letter,
+    dead_letter_info,
+    publish_rejected,
+)
+from infra.middleware.logcontext import LogContext
+from infra.middleware.threads import ThreadWatch
 from infra.settings import get_settings
 
 log = get_logger(__name__)
@@ -105,8 +113,6 @@ class _CheckedConsumer(_RabbitmqConsumer):
     def _refuse(self, tag: int, verdict: envelope.Verdict) -> None:
         """Dead-letter (confirmed) then ack; if the dead letter cannot be published, nack,
         so RabbitMQ's own dead-lettering still keeps the message in ``Q.XQ``."""
-        from infra.middleware.deadletters import count_dead_letter, dead_letter_info, publish_rejected
-
         body = dict(verdict.salvage)
         raw = body.pop("raw", None)
         info = dead_letter_info(verdict.reason, "invalid", "InvalidEnvelope", "", 0)
@@ -146,10 +152,6 @@ def build_broker(url: str | None = None, *, worker: bool = False) -> RabbitmqBro
     which never retries a permanent error and keeps the reason with the
     dead letter.
     """
-    from infra.middleware.deadletters import RetryOrDeadLetter
-    from infra.middleware.logcontext import LogContext
-    from infra.middleware.threads import ThreadWatch
-
     settings = get_settings()
     middleware = [
         AgeLimit(),
