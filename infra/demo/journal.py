@@ -26,6 +26,15 @@ def _status(ctx: DemoContext, cycle: str) -> str | None:
                             {"c": cycle}).scalar_one_or_none()
 
 
+def _ready(ctx: DemoContext, cycle: str, logi: int) -> int:
+    """Participations of ``cycle`` recorded, or 0 while the LOGISTICS character is not."""
+    with ctx.engine.connect() as conn:
+        return conn.execute(text(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM journal_characters WHERE character_id = :l) "
+            "THEN (SELECT count(*) FROM journal_participations WHERE cycle_id = :c) ELSE 0 END"),
+            {"c": cycle, "l": str(logi)}).scalar_one()
+
+
 def game_id(ctx: DemoContext, name: str) -> int:
     """A character id as the game gives them (a positive integer), unique to this demo run."""
     return 90_000_000_000 + zlib.crc32(ctx.id(name).encode())
@@ -49,6 +58,9 @@ def run(ctx: DemoContext) -> None:
         ctx.send("create_participation", request_id=ctx.id(f"cp-{name}"), participation_id=pid[name],
                  cycle_id=cycle, user_id=ctx.id(f"user-{name.lower().replace(' ', '-')}"),
                  character_name=name.split()[0], amount=amount * ISK)
+    # Several workers take these in parallel with the import below: wait for them (and the
+    # LOGISTICS character), or the import's matching run may see only some of them.
+    ctx.wait_until(lambda: _ready(ctx, cycle, logi) == len(pid), "the participations")
     ctx.say(f"cycle {cycle} planned with {len(pid)} participations; each is told to send "
             f"'ARB {cycle} <character>'")
 
