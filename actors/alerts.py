@@ -10,7 +10,7 @@ from infra.messaging import command
 from infra.uow import UnitOfWork
 
 
-@command(transactional=False, max_retries=0)
+@command(transactional=False, max_retries=20, retry_within_ms=55_000)  # fired every 60 s
 def evaluate_alerts(cmd: EvaluateAlerts) -> None:
     """Evaluate every registered condition, each in its own unit of work: one failing
     condition raises ``alert_condition_failed`` and the others still run.  A repeated
@@ -18,7 +18,7 @@ def evaluate_alerts(cmd: EvaluateAlerts) -> None:
     evaluate(CONDITIONS, request_id=cmd.request_id, payload=cmd)
 
 
-@command(transactional=False, max_retries=0)
+@command(transactional=False, max_retries=20, retry_within_ms=55_000)  # kicked by the 60 s sweep
 def deliver_alert_webhooks(cmd: DeliverAlertWebhooks) -> None:
     """POST due alert deliveries to BALLAST_ALERT_WEBHOOK_URL; failures back off and the
     alert sweep hands them to a later run."""

@@ -72,7 +72,7 @@ def open_cycle(cmd: OpenCycle, uow: UnitOfWork) -> None:
     matching.open_cycle(uow, cmd.cycle_id)
 
 
-@command()
+@command(max_retries=20, retry_within_ms=290_000)  # fired every 5 min
 def match_payments(cmd: MatchPayments, uow: UnitOfWork) -> None:
     """Match unlinked payments to participations (after imports, every 5 min, on demand)."""
     matching.run(uow, cmd.cycle_id)

@@ -9,7 +9,9 @@ from infra.db.engine import get_engine
 from infra.messaging import command
 
 
-@command(transactional=False, max_retries=0)
+# Fired every 10 s: transient errors are retried within the period, then the next firing
+# takes over (tests/schedules/test_periodic_retries.py holds the budgets to the table).
+@command(transactional=False, max_retries=20, retry_within_ms=9_000)
 def sweep_outbox(cmd: SweepOutbox) -> None:
     """Publish what a crash between commit and publish left in the outbox."""
     outbox.sweep(get_engine(), get_broker())

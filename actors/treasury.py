@@ -17,7 +17,7 @@ def record_buffer_flow(cmd: RecordBufferFlow, uow: UnitOfWork) -> None:
     cycle.record_flow(uow, cmd.account_type, cmd.amount, cmd.reference)
 
 
-@command()
+@command(max_retries=20, retry_within_ms=290_000)  # fired every 5 min
 def run_settlement_cycle(cmd: RunSettlementCycle, uow: UnitOfWork) -> None:
     """One replenishment job per buffer below min with nothing in flight."""
     cycle.run_cycle(uow, cmd.trigger, requested_by="scheduler" if cmd.trigger == "scheduled"
@@ -32,7 +32,7 @@ def submit_conversion(cmd: SubmitConversion) -> None:
     log.info("submit_conversion.done", job_id=cmd.job_id, status=status)
 
 
-@command(transactional=False)
+@command(transactional=False, max_retries=20, retry_within_ms=55_000)  # fired every 60 s
 def poll_conversion(cmd: PollConversion) -> None:
     """Let the provider's status drive one job, or every job a provider holds."""
     if cmd.job_id is None:

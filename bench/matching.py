@@ -115,7 +115,7 @@ def _through_postgres(exps: list[Expectation], pays: list[Payment]) -> str:
         engine = get_engine(env.database_url)
         paid_at = datetime(2024, 6, 1, tzinfo=timezone.utc)
         with engine.begin() as conn:
-            repo.register_character(conn, "logi", "Logi", "LOGISTICS")
+            repo.register_character(conn, 9001, "Logi", "LOGISTICS")
             for cycle in {e.cycle_id for e in exps}:
                 repo.plan_cycle(conn, cycle)
             for e in exps:
@@ -123,10 +123,10 @@ def _through_postgres(exps: list[Expectation], pays: list[Payment]) -> str:
                                           e.pledged)
         started = time.monotonic()
         for at in range(0, len(pays), 5000):
-            batch = [JournalEntry(journal_id=p.journal_id, character_id="logi",
+            batch = [JournalEntry(journal_id=p.journal_id, character_id=9001,
                                   date=paid_at + timedelta(seconds=i), ref_type="player_donation",
-                                  amount=p.amount, reason=p.memo[:200], first_party_id="payer",
-                                  second_party_id="logi")
+                                  amount=p.amount, reason=p.memo[:200], first_party_id=7001,
+                                  second_party_id=9001)
                      for i, p in enumerate(pays[at:at + 5000], start=at)]
             with engine.begin() as conn:
                 repo.import_entries(conn, batch, f"bench-{at}")

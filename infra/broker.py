@@ -6,7 +6,14 @@ import threading
 
 import dramatiq
 import pika
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.rabbitmq import (
+    DEAD_MESSAGE_TTL,
+    RabbitmqBroker,
+    _RabbitmqConsumer,
+    _RabbitmqMessage,
+)
+from dramatiq.common import q_name, xq_name
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -16,22 +23,135 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from infra.contract import EVENTS_EXCHANGE, QUEUES
+from infra.contract import EVENTS_EXCHANGE, QUEUES, envelope
+from infra.logs import get_logger
+from infra.middleware.deadletters import (
+    RetryOrDeadLetter,
+    count_dead_letter,
+    dead_letter_info,
+    publish_rejected,
+)
+from infra.middleware.logcontext import LogContext
+from infra.middleware.threads import ThreadWatch
 from infra.settings import get_settings
 
+log = get_logger(__name__)
 _lock = threading.Lock()
 
 
+class BallastBroker(RabbitmqBroker):
+    """Dramatiq's RabbitmqBroker whose consumers check every envelope on arrival.
+
+    Dramatiq trusts the envelope it decodes; a wrong type in one field of it kills a
+    worker thread or crash-loops a consumer (see ``infra.contract.envelope``).  Here
+    the raw body is checked before Dramatiq builds its ``Message``: a refused one is
+    dead-lettered once to ``Q.XQ`` with its reason, a ``command.rejected`` event is
+    published, and it is acknowledged; Dramatiq never sees it.  The consumer is the
+    hook rather than an Encoder: an encoder's ``decode`` knows neither the queue the
+    body came from nor how to acknowledge it, and its only way out (``DecodeError``)
+    makes Dramatiq nack, which RabbitMQ dead-letters without a reason.
+    """
+
+    def __init__(self, *, queue_type: str = "classic", delivery_limit: int = 20, **kwargs) -> None:
+        self.queue_type = queue_type
+        self.delivery_limit = delivery_limit
+        super().__init__(**kwargs)
+
+    @property
+    def consumer_class(self):
+        return _CheckedConsumer
+
+    def _build_queue_arguments(self, queue_name):
+        arguments = super()._build_queue_arguments(queue_name)
+        if self.queue_type == "quorum":
+            # A second line against poison: a message that kills its worker process on every
+            # delivery (no envelope check can see that) is dead-lettered after the limit.
+            arguments.update({"x-queue-type": "quorum", "x-delivery-limit": self.delivery_limit})
+        return arguments
+
+    def _declare_xq_queue(self, queue_name):
+        if self.queue_type != "quorum":
+            return super()._declare_xq_queue(queue_name)
+        return self.channel.queue_declare(
+            queue=xq_name(queue_name), durable=True,
+            arguments={"x-message-ttl": DEAD_MESSAGE_TTL, "x-queue-type": "quorum"})
+
+
+class _CheckedConsumer(_RabbitmqConsumer):
+    """Checks each delivery's envelope; refuses it (dead letter + ack) or hands it on."""
+
+    _reject_channel = None
+
+    def __next__(self):
+        try:
+            method, properties, body = next(self.iterator)
+            if method is None:
+                return None
+        except (AssertionError, pika.exceptions.AMQPConnectionError,
+                pika.exceptions.AMQPChannelError) as e:
+            if getattr(e, "reply_code", None) == 404:
+                self.broker.queues_pending.add(q_name(self.queue_name))
+            raise ConnectionClosed(e) from None
+
+        actors = {name: actor.queue_name for name, actor in self.broker.actors.items()}
+        verdict = envelope.check(body, self.queue_name, actors)
+        message = None
+        if verdict.ok:
+            fields = verdict.fields
+            fields["args"] = tuple(fields["args"])
+            try:
+                message = dramatiq.Message(**fields)
+            except Exception as exc:  # pragma: no cover - check() admits only valid fields
+                verdict = envelope.Verdict(None, f"invalid payload: {exc}"[:300],
+                                           envelope.salvage(body, fields, self.queue_name))
+        if message is None:
+            self._refuse(method.delivery_tag, verdict)
+            return None
+        self.known_tags.add(method.delivery_tag)
+        return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
+
+    def _refuse(self, tag: int, verdict: envelope.Verdict) -> None:
+        """Dead-letter (confirmed) then ack; if the dead letter cannot be published, nack,
+        so RabbitMQ's own dead-lettering still keeps the message in ``Q.XQ``."""
+        body = dict(verdict.salvage)
+        raw = body.pop("raw", None)
+        info = dead_letter_info(verdict.reason, "invalid", "InvalidEnvelope", "", 0)
+        if raw is not None:
+            info["body"] = raw
+        body["options"] = {**body.get("options", {}), "dead_letter": info}
+        queue = body["queue_name"]
+        log.warning("message.refused", queue=self.queue_name, message_id=body["message_id"],
+                    actor=body["actor_name"], reason=info["reason"])
+        try:
+            if self._reject_channel is None or not self._reject_channel.is_open:
+                self._reject_channel = self.connection.channel()
+                self._reject_channel.confirm_delivery()
+            self._reject_channel.basic_publish(
+                exchange="", routing_key=xq_name(queue),
+                body=envelope.encode(body),
+                properties=pika.BasicProperties(delivery_mode=2), mandatory=True)
+            self.channel.basic_ack(tag)
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError,
+                AssertionError) as e:
+            log.error("message.refuse_failed", queue=self.queue_name,
+                      error=f"{type(e).__name__}: {e}"[:300])
+            try:
+                self.channel.basic_nack(tag, requeue=False)
+            except Exception:
+                pass
+            raise ConnectionClosed(e) from None
+        count_dead_letter(queue, body["actor_name"], "invalid")
+        publish_rejected(body["message_id"], body["actor_name"], queue, body["kwargs"], info)
+
+
 def build_broker(url: str | None = None, *, worker: bool = False) -> RabbitmqBroker:
-    """A RabbitmqBroker with confirms on, and Ballast's middleware.
+    """A BallastBroker (envelopes checked on arrival) with confirms on, and Ballast's
+    middleware.
 
     Dramatiq's own Retries middleware is replaced by ``RetryOrDeadLetter``,
     which never retries a permanent error and keeps the reason with the
     dead letter.
     """
-    from infra.middleware.deadletters import RetryOrDeadLetter
-    from infra.middleware.logcontext import LogContext
-
     settings = get_settings()
     middleware = [
         AgeLimit(),
@@ -42,12 +162,15 @@ def build_broker(url: str | None = None, *, worker: bool = False) -> RabbitmqBro
         CurrentMessage(),
         LogContext(),
         RetryOrDeadLetter(),
+        ThreadWatch(),
     ]
     if worker and settings.metrics_port:
         from infra.middleware.metrics import metrics_middleware
 
         middleware = [*metrics_middleware(settings.metrics_port), *middleware]
-    broker = RabbitmqBroker(
+    broker = BallastBroker(
+        queue_type=settings.queue_type,
+        delivery_limit=settings.queue_delivery_limit,
         url=url or settings.broker_url,
         confirm_delivery=True,
         middleware=middleware,

@@ -1,62 +1,193 @@
-"""structlog set-up: JSON lines in production, a console renderer for people."""
+"""structlog set-up: JSON lines in production, a console renderer for people.
+
+One writer, one lock: structlog's lines and every stdlib logger's (Dramatiq,
+pika, alembic) go through the same ``logging`` handler, whose stream writes a
+whole line per ``write`` under one process-wide lock.  A Dramatiq worker
+process's stderr is a pipe that frames each ``write``; two writers with two
+locks (structlog's and the handler's) used to cut each other's frames and
+silence the worker's logs for good.
+
+Bounded: no line is longer than ``MAX_LINE_CHARS``.  Every value is cut to
+``MAX_VALUE_CHARS`` (tracebacks to ``MAX_TRACEBACK_CHARS``) with the number of
+characters left out, so a 100 KB kwarg is never dumped whole.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+import threading
+from typing import Any
 
 import structlog
 
 from infra.settings import get_settings
 
+MAX_LINE_CHARS = 8192  # characters of one rendered line, newline excluded
+MAX_VALUE_CHARS = 1000  # characters of one value (message text, kwarg, id...)
+MAX_TRACEBACK_CHARS = 4000  # characters of a rendered exception (its last ones are kept)
+
 _configured = False
+_LOCK = threading.Lock()
 
 
-def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
-    """Configure structlog and the stdlib root logger once per process.
+def _reset_lock() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+# A fork while another thread writes would leave the child's copy of the lock held forever.
+os.register_at_fork(after_in_child=_reset_lock)
+
+
+class LineStream:
+    """The one writer: each ``write`` goes out whole, under the process-wide lock, to
+    ``target`` or else to the current ``sys.stderr`` (looked up at every write: a Dramatiq
+    worker process replaces it with its logging pipe after start-up)."""
+
+    def __init__(self, target: Any = None) -> None:
+        self.target = target
+
+    def write(self, text: str) -> int:
+        with _LOCK:
+            stream = self.target or sys.stderr
+            stream.write(text)
+            stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def _cut(value: str, limit: int, keep_end: bool = False) -> str:
+    if len(value) <= limit:
+        return value
+    left = len(value) - limit
+    if keep_end:
+        return f"…({left} chars cut) " + value[-limit:]
+    return value[:limit] + f"…({left} chars cut)"
+
+
+def _bound(value: Any, limit: int, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return _cut(value, limit)
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict) and depth < 2:
+        return {str(k)[:100]: _bound(v, limit, depth + 1) for k, v in list(value.items())[:50]}
+    if isinstance(value, (list, tuple)) and depth < 2:
+        return [_bound(v, limit, depth + 1) for v in list(value)[:50]]
+    return _cut(repr(value), limit)
+
+
+def bound_values(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: every value cut to its bound (after the exception is rendered)."""
+    out = {}
+    for key, value in event.items():
+        if key in ("_record", "_from_structlog"):  # ProcessorFormatter's own, removed later
+            out[key] = value
+        elif key in ("exception", "stack"):
+            out[key] = _cut(str(value), MAX_TRACEBACK_CHARS, keep_end=True)
+        else:
+            out[key] = _bound(value, MAX_VALUE_CHARS)
+    return out
+
+
+class BoundedJSON:
+    """JSONRenderer whose output never exceeds ``MAX_LINE_CHARS``: when it would, the longest
+    values are cut further (and named in ``truncated``) until the line fits."""
+
+    def __init__(self) -> None:
+        self._render = structlog.processors.JSONRenderer(default=str)
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> str:
+        line = self._render(logger, method, dict(event))
+        if len(line) <= MAX_LINE_CHARS:
+            return line
+        event = dict(event)
+        cut: list[str] = []
+        while len(line) > MAX_LINE_CHARS:
+            sizes = {k: len(json.dumps(v, default=str)) for k, v in event.items()
+                     if k not in ("level", "timestamp")}
+            if not sizes:
+                break
+            key = max(sizes, key=sizes.get)
+            if sizes[key] <= 40:
+                event = {k: event[k] for k in ("event", "level", "timestamp") if k in event}
+                event["truncated"] = cut
+                line = self._render(logger, method, event)
+                break
+            text = event[key] if isinstance(event[key], str) else json.dumps(event[key], default=str)
+            event[key] = _cut(text, max(20, sizes[key] // 4))
+            if key not in cut:
+                cut.append(key)
+            event["truncated"] = cut
+            line = self._render(logger, method, event)
+        return line[:MAX_LINE_CHARS]
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """A thread's uncaught exception as one bounded log line (not a raw traceback on stderr)."""
+    if args.exc_type is SystemExit:
+        return
+    structlog.get_logger("infra.logs").error(
+        "thread.died", thread=getattr(args.thread, "name", None),
+        error=f"{args.exc_type.__name__}: {args.exc_value}",
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+def configure_logging(fmt: str | None = None, level: str | None = None, stream: Any = None) -> None:
+    """Configure structlog and the stdlib root logger (one handler) for this process.
 
     Parameters:
       fmt: ``json`` or ``console``; defaults to ``BALLAST_LOG_FORMAT``.
       level: log level name; defaults to ``BALLAST_LOG_LEVEL``.
+      stream: where lines go; default: ``sys.stderr`` as it is at each write.
     """
     global _configured
     settings = get_settings()
     fmt = fmt or settings.log_format
     level_no = logging.getLevelName((level or settings.log_level).upper())
+    stream = LineStream(stream)
     renderer = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.dev.ConsoleRenderer(colors=stream.isatty())
         if fmt == "console"
-        else structlog.processors.JSONRenderer()
+        else BoundedJSON()
     )
     shared = [
         structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
+        bound_values,
     ]
     structlog.configure(
-        processors=[*shared, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(level_no),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        processors=[structlog.stdlib.filter_by_level, *shared,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
-    # Route dramatiq/pika/alembic stdlib logs through the same renderer.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processor=renderer,
-            foreign_pre_chain=[
-                structlog.contextvars.merge_contextvars,
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=shared,
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level_no)
     logging.getLogger("pika").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    threading.excepthook = _thread_died
     _configured = True
 
 

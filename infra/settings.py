@@ -19,6 +19,8 @@ class Settings(BaseSettings):
       alert_webhook_url: where new alerts are POSTed as JSON, if set.
       log_format: ``json`` for machines, ``console`` for people.
       metrics_port: Prometheus exposition port of the workers (0 turns it off).
+      queue_type: ``classic`` or ``quorum`` RabbitMQ queues.
+      queue_delivery_limit: deliveries of one message before a quorum queue dead-letters it.
     """
 
     model_config = SettingsConfigDict(env_prefix="BALLAST_", extra="ignore")
@@ -31,6 +33,11 @@ class Settings(BaseSettings):
     log_format: str = Field(default="json", pattern="^(json|console)$")
     log_level: str = "INFO"
     metrics_port: int = 9191
+    # RabbitMQ queue type of every Ballast queue (with its .DQ and .XQ): ``classic`` or
+    # ``quorum`` (replicated on a cluster; a message delivered more than
+    # ``queue_delivery_limit`` times is dead-lettered by RabbitMQ itself).
+    queue_type: str = Field(default="classic", pattern="^(classic|quorum)$")
+    queue_delivery_limit: int = Field(default=20, ge=1)
 
     # Retry policy of the workers.  Everything stays far below RabbitMQ's
     # consumer timeout (30 min by default), because delayed messages are held

@@ -264,7 +264,7 @@ class Worker:
                  queues: list[str] | None = None, faults: str = "",
                  modules: list[str] | tuple[str, ...] = (), **extra_env: str) -> None:
         self.env = env
-        self.args = [sys.executable, "-m", "dramatiq", "actors", *modules,
+        self.args = [sys.executable, "-m", "infra.worker", "actors", *modules,
                      "--processes", str(processes), "--threads", str(threads)]
         if queues:
             self.args += ["--queues", *queues]

@@ -52,7 +52,8 @@ def worker(processes: int, threads: int, queues: tuple[str, ...]) -> None:
     unknown = [q for q in queues if q not in QUEUES]
     if unknown:
         fail(f"unknown queue(s): {', '.join(unknown)}", 2)
-    args = [sys.executable, "-m", "dramatiq", "actors", "--processes", str(processes),
+    # infra.worker is Dramatiq's CLI with Ballast's bounded JSON log lines in every process.
+    args = [sys.executable, "-m", "infra.worker", "actors", "--processes", str(processes),
             "--threads", str(threads)]
     if queues:
         args += ["--queues", *queues]

@@ -5,27 +5,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, ValidationError
 
 from domain.errors import InvalidCommand
 from domain.money import MAX_AMOUNT, Currency  # noqa: F401  (re-exported for schemas)
 
-#: Identifiers become parts of account codes (``user:{id}:NGN``), so no colons.
+# Every identifier has one declared type (CONTRACT.md, "Identifiers"); a value of another
+# type is refused, never coerced: a user_id of 12.5 is invalid, not the user "12.5".
+
+#: Ballast's own identifiers (users, challenges, markets, participations, cycles...) are
+#: strings.  They become parts of account codes (``user:{id}:NGN``), so no colons.
 Identifier = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@\-]+$")
+    StrictStr, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@\-]+$")
 ]
-RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-ShortText = Annotated[str, StringConstraints(max_length=200)]
-LongText = Annotated[str, StringConstraints(max_length=2000)]
+#: The game's identifiers (the journal's characters and parties) are positive integers,
+#: as the game gives them (64-bit).
+GameId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
+RequestId = Annotated[StrictStr, StringConstraints(min_length=1, max_length=128)]
+ShortText = Annotated[StrictStr, StringConstraints(max_length=200)]
+LongText = Annotated[StrictStr, StringConstraints(max_length=2000)]
 #: A positive amount in minor units.  StrictInt: a float or a string is refused.
 Amount = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT)]
 SignedAmount = Annotated[StrictInt, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
 
 
 class Command(BaseModel):
-    """Base of every message payload: unknown fields are refused."""
+    """Base of every message payload: unknown fields are refused, and no value is coerced
+    from one type to another."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     request_id: RequestId
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 
-from infra.contract.base import ActorSpec, Amount, Command, Identifier, ShortText
+from infra.contract.base import ActorSpec, Amount, Command, GameId, Identifier, ShortText
 
 QUEUE = "ballast.journal"
 
 #: Outer whitespace is dropped: it would make the memo to send impossible to type.
-CharacterName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+CharacterName = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 
 
 class RegisterCharacter(Command):
-    character_id: Identifier
+    character_id: GameId
     name: CharacterName
     role: Literal["USER", "LOGISTICS"]
 
@@ -34,16 +34,16 @@ class CreateParticipation(Command):
 
 
 class JournalEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     journal_id: Identifier
-    character_id: Identifier
+    character_id: GameId
     date: AwareDatetime
-    ref_type: Annotated[str, Field(min_length=1, max_length=64)]
+    ref_type: Annotated[StrictStr, Field(min_length=1, max_length=64)]
     amount: StrictInt  # minor units, signed (negative: paid out)
     reason: ShortText = ""
-    first_party_id: Identifier
-    second_party_id: Identifier
+    first_party_id: GameId
+    second_party_id: GameId
 
 
 class ImportWalletJournal(Command):

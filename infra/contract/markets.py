@@ -14,7 +14,7 @@ Bps = Annotated[StrictInt, Field(ge=0, le=10_000)]
 
 
 class MarketOption(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     option_id: Identifier
     label: ShortText

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import text
@@ -25,9 +26,23 @@ def _status(ctx: DemoContext, cycle: str) -> str | None:
                             {"c": cycle}).scalar_one_or_none()
 
 
+def _ready(ctx: DemoContext, cycle: str, logi: int) -> int:
+    """Participations of ``cycle`` recorded, or 0 while the LOGISTICS character is not."""
+    with ctx.engine.connect() as conn:
+        return conn.execute(text(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM journal_characters WHERE character_id = :l) "
+            "THEN (SELECT count(*) FROM journal_participations WHERE cycle_id = :c) ELSE 0 END"),
+            {"c": cycle, "l": str(logi)}).scalar_one()
+
+
+def game_id(ctx: DemoContext, name: str) -> int:
+    """A character id as the game gives them (a positive integer), unique to this demo run."""
+    return 90_000_000_000 + zlib.crc32(ctx.id(name).encode())
+
+
 def run(ctx: DemoContext) -> None:
     ctx.chapter("journal", "Payment matching: wallet-journal payments to cycle participations")
-    logi, pilot, cycle = ctx.id("logi"), ctx.id("pilot"), ctx.id("cyc")
+    logi, pilot, cycle = game_id(ctx, "logi"), game_id(ctx, "pilot"), ctx.id("cyc")
     ctx.send("register_character", request_id=ctx.id("reg-logi"), character_id=logi,
              name="Ballast Logistics", role="LOGISTICS")
     ctx.send("register_character", request_id=ctx.id("reg-pilot"), character_id=pilot,
@@ -43,6 +58,9 @@ def run(ctx: DemoContext) -> None:
         ctx.send("create_participation", request_id=ctx.id(f"cp-{name}"), participation_id=pid[name],
                  cycle_id=cycle, user_id=ctx.id(f"user-{name.lower().replace(' ', '-')}"),
                  character_name=name.split()[0], amount=amount * ISK)
+    # Several workers take these in parallel with the import below: wait for them (and the
+    # LOGISTICS character), or the import's matching run may see only some of them.
+    ctx.wait_until(lambda: _ready(ctx, cycle, logi) == len(pid), "the participations")
     ctx.say(f"cycle {cycle} planned with {len(pid)} participations; each is told to send "
             f"'ARB {cycle} <character>'")
 
@@ -69,7 +87,7 @@ def run(ctx: DemoContext) -> None:
     entries = [
         {"journal_id": jid[suffix], "character_id": receiver,
          "date": (now - timedelta(minutes=len(payments) - i)).isoformat(), "ref_type": ref_type,
-         "amount": isk * ISK, "reason": text_, "first_party_id": ctx.id(payer),
+         "amount": isk * ISK, "reason": text_, "first_party_id": game_id(ctx, payer),
          "second_party_id": receiver}
         for i, (_, suffix, isk, text_, payer, ref_type, receiver) in enumerate(payments)
     ]

@@ -44,7 +44,7 @@ def run_demo(as_json: bool = False) -> int:
     declare_topology(broker)
     logdir = ROOT / ".ballast"
     logdir.mkdir(exist_ok=True)
-    worker = _start([sys.executable, "-m", "dramatiq", "actors", "--processes", "2", "--threads", "4"],
+    worker = _start([sys.executable, "-m", "infra.worker", "actors", "--processes", "2", "--threads", "4"],
                     logdir / "demo-worker.log")
     sched = _start([sys.executable, "-m", "infra.cli.main", "scheduler"], logdir / "demo-scheduler.log")
     ctx = DemoContext(get_engine(), broker, as_json)

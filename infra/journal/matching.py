@@ -176,7 +176,7 @@ def apply_links(uow: UnitOfWork, links: Sequence[Link], *,
             "pledged": part.pledged,
             "state": matching.payment_state(part.amount, part.pledged),
             "match_type": lk.match_type,
-            "payer_character_id": lk.payer_character_id,
+            "payer_character_id": repo.game_id(lk.payer_character_id),
             "currency": CURRENCY,
         }, part.user_id))
     uow.emit_many(events, publish_now=len(events) <= PUBLISH_NOW_MAX)

@@ -37,7 +37,17 @@ def lock_matching(conn: Connection) -> None:
 
 # --- characters and cycles ----------------------------------------------------------
 
-def register_character(conn: Connection, character_id: str, name: str, role: str) -> str:
+def game_id(stored: str | None) -> int | str | None:
+    """A character or party id as declared (an integer, CONTRACT.md), from its text column.
+
+    The columns are text (older rows may hold other ids); the contract admits only
+    integers now, written as their decimal text."""
+    if isinstance(stored, str) and stored.isdigit():
+        return int(stored)
+    return stored
+
+
+def register_character(conn: Connection, character_id: int, name: str, role: str) -> str:
     """Create or update a character; returns ``created``, ``updated`` or ``unchanged``."""
     row = conn.execute(
         text(
@@ -46,7 +56,7 @@ def register_character(conn: Connection, character_id: str, name: str, role: str
             "updated_at = now() WHERE (c.name, c.role) IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.role) "
             "RETURNING (xmax = 0) AS created"
         ),
-        {"id": character_id, "n": name, "r": role},
+        {"id": str(character_id), "n": name, "r": role},
     ).one_or_none()
     if row is None:
         return "unchanged"
@@ -165,13 +175,13 @@ def import_entries(conn: Connection, entries: Sequence[Any], request_id: str) ->
         "ids", "chars", "dates", "types", "amounts", "reasons", "firsts", "seconds")}
     for e in entries:
         cols["ids"].append(e.journal_id)
-        cols["chars"].append(e.character_id)
+        cols["chars"].append(str(e.character_id))
         cols["dates"].append(e.date)
         cols["types"].append(e.ref_type)
         cols["amounts"].append(e.amount)
         cols["reasons"].append(e.reason)
-        cols["firsts"].append(e.first_party_id)
-        cols["seconds"].append(e.second_party_id)
+        cols["firsts"].append(str(e.first_party_id))
+        cols["seconds"].append(str(e.second_party_id))
     return conn.execute(
         text(
             "INSERT INTO journal_entries (journal_id, character_id, date, ref_type, amount, reason, "

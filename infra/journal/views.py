@@ -41,8 +41,8 @@ def report(conn: Connection, cycle_id: str | None = None) -> dict[str, Any]:
     for r in pending:
         doc = {
             "journal_id": r.journal_id,
-            "character_id": r.character_id,
-            "payer_character_id": r.first_party_id,
+            "character_id": repo.game_id(r.character_id),
+            "payer_character_id": repo.game_id(r.first_party_id),
             "amount": r.amount,
             "memo": r.reason,
             "date": r.date.isoformat(),
@@ -66,7 +66,7 @@ def report(conn: Connection, cycle_id: str | None = None) -> dict[str, Any]:
                 "status": p.status,
                 "amount": p.amount,
                 "pledged": p.pledged,
-                "payer_character_id": p.payer_character_id,
+                "payer_character_id": repo.game_id(p.payer_character_id),
                 "journal_ids": list(p.journal_ids),
                 "match_type": p.match_type,
                 "cycle_id": p.cycle_id,

@@ -28,7 +28,11 @@ log = get_logger(__name__)
 
 class RetryOrDeadLetter(Middleware):
     """Parameters come from settings: ``retry_min_backoff_ms``, ``retry_max_backoff_ms``,
-    ``retry_max_retries`` and ``retry_max_total_ms`` (first failure to last retry)."""
+    ``retry_max_retries`` and ``retry_max_total_ms`` (first failure to last retry).
+
+    Actor options: ``max_retries``; ``retry_within_ms``, a shorter time budget (ms, first
+    failure to last retry) for a periodic step, so its retries end before its next firing
+    takes over; ``throws`` (Dramatiq's: expected errors, logged without traceback)."""
 
     def __init__(self) -> None:
         s = get_settings()
@@ -39,7 +43,7 @@ class RetryOrDeadLetter(Middleware):
 
     @property
     def actor_options(self):
-        return {"max_retries", "throws"}
+        return {"max_retries", "throws", "retry_within_ms"}
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         if exception is None:
@@ -56,11 +60,14 @@ class RetryOrDeadLetter(Middleware):
         permanent = isinstance(exception, BallastError)
         actor = broker.actors.get(message.actor_name)
         max_retries = actor.options.get("max_retries", self.max_retries) if actor else 0
-        out_of_time = now_ms - first >= self.max_total
+        budget = min(self.max_total, actor.options.get("retry_within_ms", self.max_total)
+                     if actor else self.max_total)  # ms
+        out_of_time = now_ms - first >= budget
         if not permanent and retries < max_retries and not out_of_time:
             message.options["retries"] = retries + 1
             message.options["traceback"] = tb
             _, delay = compute_backoff(retries, factor=self.min_backoff, max_backoff=self.max_backoff)
+            delay = max(0, min(delay, first + budget - now_ms))  # the last retry within budget
             log.warning(
                 "message.retry",
                 error=_one_line(exception),
@@ -84,15 +91,9 @@ class RetryOrDeadLetter(Middleware):
         self._dead_letter(broker, message, exception, reason, tb, retries, permanent)
 
     def _dead_letter(self, broker, message, exception, reason, tb, retries, permanent):
-        info = {
-            "reason": reason[:500],
-            # Only our errors' codes: other libraries' ``code`` (SQLAlchemy's "e3q8") mean else.
-            "code": exception.code if permanent else "transient",
-            "error": type(exception).__name__,
-            "traceback": tb[-8000:],
-            "failed_at": datetime.now(timezone.utc).isoformat(),
-            "retries": retries,
-        }
+        # Only our errors' codes: other libraries' ``code`` (SQLAlchemy's "e3q8") mean else.
+        info = dead_letter_info(reason, exception.code if permanent else "transient",
+                                type(exception).__name__, tb, retries)
         log.error("message.dead_lettered", reason=info["reason"], code=info["code"])
         body = message.asdict()
         body["queue_name"] = q_name(message.queue_name)
@@ -132,27 +133,49 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
+def dead_letter_info(reason: str, code: str, error: str, tb: str, retries: int) -> dict:
+    """``options["dead_letter"]`` of a dead letter: what ``ballast dlq list|show`` reads."""
+    return {
+        "reason": reason[:500],
+        "code": code,
+        "error": error,
+        "traceback": tb[-8000:],
+        "failed_at": datetime.now(timezone.utc).isoformat(),
+        "retries": retries,
+    }
+
+
 def _publish_rejected(message, info) -> None:
+    publish_rejected(message.message_id, message.actor_name, q_name(message.queue_name),
+                     message.kwargs, info)
+
+
+def publish_rejected(message_id, actor, queue: str, kwargs, info: dict) -> None:
     """``command.rejected``: an event row and its publish, in a transaction of its own."""
     from infra.uow import UnitOfWork
 
-    kwargs = message.kwargs if isinstance(message.kwargs, dict) else {}
+    kwargs = kwargs if isinstance(kwargs, dict) else {}
+    request_id = kwargs.get("request_id")
     try:
         with UnitOfWork() as uow:
             uow.emit(
                 "command.rejected",
                 {
-                    "message_id": message.message_id,
-                    "actor": message.actor_name,
-                    "queue": q_name(message.queue_name),
-                    "request_id": kwargs.get("request_id"),
+                    "message_id": message_id,
+                    "actor": actor,
+                    "queue": queue,
+                    "request_id": request_id if isinstance(request_id, str) else None,
                     "reason": info["reason"],
                     "code": info["code"],
                 },
             )
             uow.commit()
     except Exception as exc:
-        log.error("command_rejected.publish_failed", error=str(exc))
+        log.error("command_rejected.publish_failed", error=_one_line(exc))
+
+
+def count_dead_letter(queue: str, actor: str | None, code: str) -> None:
+    _count_dead_letter(queue, actor or "", code)
 
 
 def _count_dead_letter(queue: str, actor: str, code: str) -> None:

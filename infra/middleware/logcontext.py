@@ -34,10 +34,12 @@ class LogContext(Middleware):
             retries=message.options.get("retries", 0),
             **(domain_ids(kwargs) if isinstance(kwargs, dict) else {}),
         )
-        message.options["_started"] = time.monotonic()
+        # On the proxy, not in ``options``: a retry re-publishes the options, and the
+        # envelope check refuses options Ballast does not know.
+        message.ballast_started = time.monotonic()
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
-        started = message.options.pop("_started", None)
+        started = getattr(message, "ballast_started", None)
         ms = int((time.monotonic() - started) * 1000) if started else None
         if exception is None:
             log.info("message.processed", duration_ms=ms)

@@ -9,13 +9,14 @@ from dramatiq.middleware import Middleware
 #: Created after the exposition's multiprocess directory is set (see below).
 DEAD_LETTERS = None
 DUPLICATES = None
+THREADS_REPLACED = None
 
 
 class BallastMetrics(Middleware):
     """Declares Ballast's counters once the worker process has booted."""
 
     def after_process_boot(self, broker):
-        global DEAD_LETTERS, DUPLICATES
+        global DEAD_LETTERS, DUPLICATES, THREADS_REPLACED
         from dramatiq.middleware.prometheus import DB_PATH
 
         # "after" hooks run in reverse middleware order, so this may run before
@@ -30,6 +31,10 @@ class BallastMetrics(Middleware):
         )
         DUPLICATES = prom.Counter(
             "ballast_duplicate_requests_total", "Requests already applied", ["actor"]
+        )
+        THREADS_REPLACED = prom.Counter(
+            "ballast_worker_threads_replaced_total",
+            "Worker and consumer threads that died and were replaced", ["kind"]
         )
 
 

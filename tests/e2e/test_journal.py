@@ -32,15 +32,19 @@ def ballast(env, *args, code=0):
     return json.loads(out.stdout) if out.stdout.strip() else None
 
 
-def entry(jid, amount, memo, *, char="logi", payer="payer", ref_type="player_donation", date=T0):
+# Character and party ids are the game's integers (CONTRACT.md, "Identifiers").
+LOGI, PILOT, PAYER, HANKS_ALT = 9001, 9002, 7001, 7002
+
+
+def entry(jid, amount, memo, *, char=LOGI, payer=PAYER, ref_type="player_donation", date=T0):
     return {"journal_id": jid, "character_id": char, "date": date.isoformat(), "ref_type": ref_type,
             "amount": amount, "reason": memo, "first_party_id": payer, "second_party_id": char}
 
 
 def setup_cycle(env, cycle, pledges):
-    send(env, "register_character", request_id=uid("r"), character_id="logi", name="Logi",
+    send(env, "register_character", request_id=uid("r"), character_id=LOGI, name="Logi",
          role="LOGISTICS")
-    send(env, "register_character", request_id=uid("r"), character_id="pilot", name="Pilot",
+    send(env, "register_character", request_id=uid("r"), character_id=PILOT, name="Pilot",
          role="USER")
     send(env, "plan_cycle", request_id=uid("r"), cycle_id=cycle)
     wait_quiet(env)
@@ -80,9 +84,9 @@ def test_payments_of_every_class_matched_after_import_through_the_workers(env, e
         entry("j-over", 12_000, memo("Frank")),
         entry("j-several-1", 10_000, memo("Gina")),
         entry("j-several-2", 20_000, memo("Gina"), date=T0 + timedelta(minutes=5)),
-        entry("j-other-payer", 10_000, memo("Hank"), payer="hanks-alt"),
+        entry("j-other-payer", 10_000, memo("Hank"), payer=HANKS_ALT),
         entry("j-no-memo", 10_000, ""),
-        entry("j-to-user", 10_000, memo("Ivan"), char="pilot"),
+        entry("j-to-user", 10_000, memo("Ivan"), char=PILOT),
         entry("j-not-donation", 10_000, memo("Ivan"), ref_type="corporation_account_withdrawal"),
         entry("j-tie", 5_000, memo("Twin")),
     ]
@@ -102,7 +106,7 @@ def test_payments_of_every_class_matched_after_import_through_the_workers(env, e
     assert rows["p-gina"]["amount"] == 30_000 and rows["p-gina"]["journal_ids"] == [
         "j-several-1", "j-several-2"]
     assert (rows["p-erin"]["amount"], rows["p-erin"]["pledged"]) == (10_000, 50_000)
-    assert rows["p-hank"]["payer_character_id"] == "hanks-alt"
+    assert rows["p-hank"]["payer_character_id"] == HANKS_ALT  # an integer, as declared
     assert rows["p-dave"]["status"] == rows["p-ivan"]["status"] == "AWAITING_INVESTMENT"
     assert {u["journal_id"] for u in report["unmatched"]} == {"j-fuzzy-wrong", "j-no-memo"}
     assert [(a["journal_id"], a["participation_ids"]) for a in report["ambiguous"]] == [
@@ -138,7 +142,7 @@ def test_admin_link_and_opening_the_cycle_through_the_workers(env, engine, worke
     send(env, "import_wallet_journal", request_id=uid("imp"), entries=[
         entry("j-anna", 7_000, f"ARB {cycle} Anna"),
         entry("j-typo", 1_000, "for boris, sorry no memo"),
-        entry("j-user", 8_000, f"ARB {cycle} Boris", char="pilot"),
+        entry("j-user", 8_000, f"ARB {cycle} Boris", char=PILOT),
     ])
     wait_until(lambda: "j-anna" in linked(engine), what="anna's payment")
     rid = uid("link")

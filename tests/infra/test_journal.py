@@ -17,7 +17,8 @@ from infra.journal import matching, repository as repo, views
 from infra.uow import UnitOfWork
 from tests.harness import uid
 
-LOGI, USER_CHAR = "logi-1", "user-char-1"
+# Character and party ids are the game's integers (CONTRACT.md, "Identifiers").
+LOGI, USER_CHAR, PAYER, HANKS_ALT = 90001, 90002, 70001, 70002
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 
 
@@ -51,7 +52,7 @@ def make_cycle(engine, *participations):
     return cycle
 
 
-def entry(jid, amount, memo, *, char=LOGI, payer="payer-1", ref_type="player_donation", date=T0):
+def entry(jid, amount, memo, *, char=LOGI, payer=PAYER, ref_type="player_donation", date=T0):
     return JournalEntry(journal_id=jid, character_id=char, date=date, ref_type=ref_type,
                         amount=amount, reason=memo, first_party_id=payer, second_party_id=char)
 
@@ -100,7 +101,7 @@ def test_every_class_of_payment_in_one_run(engine, clean):
         entry("j-over", 15_000, memo("Frank")),
         entry("j-several-1", 10_000, memo("Gina"), date=T0),
         entry("j-several-2", 20_000, memo("Gina"), date=T0 + timedelta(hours=1)),
-        entry("j-other-payer", 10_000, memo("Hank"), payer="hanks-alt"),
+        entry("j-other-payer", 10_000, memo("Hank"), payer=HANKS_ALT),
         entry("j-no-memo", 10_000, ""),
         entry("j-to-user", 10_000, memo("Ivan"), char=USER_CHAR),
         entry("j-not-donation", 10_000, memo("Ivan"), ref_type="bounty_prizes"),
@@ -126,7 +127,7 @@ def test_every_class_of_payment_in_one_run(engine, clean):
     erin, frank, gina, hank = (part(engine, f"p-{n}") for n in ("erin", "frank", "gina", "hank"))
     assert (erin.status, erin.amount, erin.pledged) == ("OPTED_IN", 20_000, 50_000)
     assert (frank.amount, gina.amount) == (15_000, 30_000)
-    assert hank.payer_character_id == "hanks-alt" and erin.payer_character_id == "payer-1"
+    assert hank.payer_character_id == str(HANKS_ALT) and erin.payer_character_id == str(PAYER)
     assert hank.validated_at is not None and hank.match_type == "auto_exact"
     received = sum(lk.amount for lk in linked.values())
     assert balance(engine, f"cycle:{cycle}") == received == 135_000

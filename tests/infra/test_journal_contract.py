@@ -7,7 +7,7 @@ import pytest
 from domain.errors import InvalidCommand
 from infra.contract import parse, spec_for
 
-ENTRY = {"journal_id": 9001, "character_id": 42, "date": "2024-06-01T10:00:00+00:00",
+ENTRY = {"journal_id": "9001", "character_id": 42, "date": "2024-06-01T10:00:00+00:00",
          "ref_type": "player_donation", "amount": 150_000, "reason": "ARB c1 Alice",
          "first_party_id": 7, "second_party_id": 42}
 
@@ -17,9 +17,21 @@ def imported(**changes):
                  {"request_id": "r", "entries": [{**ENTRY, **changes}]})
 
 
-def test_numeric_journal_ids_from_the_game_are_kept_as_text():
+def test_character_and_party_ids_are_the_games_integers_and_journal_ids_strings():
     entry = imported().entries[0]
-    assert (entry.journal_id, entry.character_id, entry.first_party_id) == ("9001", "42", "7")
+    assert (entry.journal_id, entry.character_id, entry.first_party_id) == ("9001", 42, 7)
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"character_id": "42"}, "character_id"),  # never coerced, either way
+    ({"first_party_id": 7.0}, "first_party_id"),
+    ({"second_party_id": True}, "second_party_id"),
+    ({"character_id": 0}, "character_id"),
+    ({"journal_id": 9001}, "journal_id"),
+])
+def test_an_id_of_another_type_is_refused_not_coerced(changes, field):
+    with pytest.raises(InvalidCommand, match=field):
+        imported(**changes)
 
 
 @pytest.mark.parametrize("changes, field", [
@@ -58,7 +70,7 @@ def test_character_names_lose_outer_whitespace_and_pledges_are_positive_integers
 def test_roles_are_user_or_logistics():
     schema = spec_for("register_character").schema
     with pytest.raises(InvalidCommand, match="role"):
-        parse(schema, {"request_id": "r", "character_id": "1", "name": "X", "role": "ADMIN"})
+        parse(schema, {"request_id": "r", "character_id": 1, "name": "X", "role": "ADMIN"})
 
 
 def test_the_matching_step_runs_over_every_cycle_unless_told_one():

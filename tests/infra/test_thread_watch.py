@@ -1,0 +1,49 @@
+"""ThreadWatch replaces worker and consumer threads that died while meant to run."""
+
+from __future__ import annotations
+
+from infra.middleware.threads import ThreadWatch
+
+
+class FakeThread:
+    def __init__(self, name, alive=True, running=True):
+        self.name, self._alive, self.running = name, alive, running
+        self.closed = False
+
+    def is_alive(self):
+        return self._alive
+
+    def close(self):
+        self.closed = True
+
+
+class FakeWorker:
+    def __init__(self):
+        self.workers = [FakeThread("w1"), FakeThread("w2", alive=False),
+                        FakeThread("w3", alive=False, running=False)]  # stopped on purpose
+        self.consumers = {"q": FakeThread("c-q"), "q.DQ": FakeThread("c-dq", alive=False)}
+        self.added_workers = 0
+        self.added_consumers = []
+
+    def _add_worker(self):
+        self.added_workers += 1
+        self.workers.append(FakeThread(f"new{self.added_workers}"))
+
+    def _add_consumer(self, queue, *, delay=False):
+        self.added_consumers.append((queue, delay))
+        self.consumers[queue] = FakeThread(f"new-{queue}")
+
+
+def test_dead_threads_are_replaced_and_stopped_ones_left_alone(monkeypatch):
+    alerts = []
+    monkeypatch.setattr("infra.middleware.threads._alert", lambda *a: alerts.append(a))
+    watch = ThreadWatch()
+    watch.last_errors["w2"] = "AttributeError: 'list' object has no attribute 'get'"
+    worker = FakeWorker()
+    dead_consumer = worker.consumers["q.DQ"]
+    assert watch.check(worker) == 2
+    assert worker.added_workers == 1 and [t.name for t in worker.workers][:2] == ["w1", "w3"]
+    assert worker.added_consumers == [("q.DQ", True)] and dead_consumer.closed
+    assert watch.replaced == 2
+    assert alerts[0][0] == "worker" and "AttributeError" in alerts[0][2]
+    assert watch.check(worker) == 0  # nothing more to replace
