@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from infra.contract.treasury import PollConversion, RecordBufferFlow, RunSettlementCycle, SubmitConversion
+from infra.contract.treasury import (
+    PollConversion,
+    ProbeProviders,
+    RecordBufferFlow,
+    RunSettlementCycle,
+    SubmitConversion,
+)
 from infra.logs import get_logger
 from infra.messaging import command
 from infra.treasury import cycle, polling, submission
@@ -39,4 +45,12 @@ def poll_conversion(cmd: PollConversion) -> None:
         polled = polling.poll_all(request_id=cmd.request_id)
         log.info("poll_conversion.done", polled=polled)
     else:
-        polling.poll(cmd.job_id)
+        polling.poll(cmd.job_id, poll_no=cmd.poll_no)
+
+
+@command(transactional=False)
+def probe_providers(cmd: ProbeProviders) -> None:
+    """Probe every active provider's health endpoint; the result feeds selection."""
+    results = polling.probe_all()
+    log.info("probe_providers.done", up=sorted(n for n, ok in results.items() if ok),
+             down=sorted(n for n, ok in results.items() if not ok))

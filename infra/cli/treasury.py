@@ -1,6 +1,8 @@
-"""Treasury engine views and levers: ``ballast buffers``, ``providers``, ``conversions``.
+"""Treasury engine views and levers: ``ballast buffers``, ``providers``, ``conversions``,
+``callbacks``, and ``ballast treasury reconcile|custody``.
 
-(``ballast treasury ...`` belongs to the challenges capability.)
+(The ``ballast treasury`` group belongs to the challenges capability; the engine adds its
+subcommands to it.)
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ def register(cli: click.Group) -> None:
     cli.add_command(buffers_group)
     cli.add_command(providers_group)
     cli.add_command(conversions_group)
+    cli.add_command(callbacks_group)
+    treasury = _treasury_group(cli)
+    treasury.add_command(treasury_reconcile)
+    treasury.add_command(custody_group)
 
 
 def _guarded(fn: Callable[[], Any]) -> Any:
@@ -367,9 +373,13 @@ def conversions_show(job_id: int, as_json: bool) -> None:
     doc = _guarded(run)
 
     def human(d):
-        table([{k: v for k, v in d.items() if k not in ("attempt_log", "transitions")}], title=f"job {job_id}")
-        table(d["attempt_log"], title="attempts")
+        table([{k: v for k, v in d.items() if k not in ("attempt_log", "transitions", "overrides")}],
+              title=f"job {job_id}")
+        table(d["attempt_log"], ["attempt", "provider", "idempotency_key", "status", "error",
+                                 "decision"], title="attempts")
         table(d["transitions"], title="transitions")
+        if d["overrides"]:
+            table(d["overrides"], ["action", "by", "reason", "evidence", "at"], title="overrides")
 
     emit(doc, as_json, human)
 
@@ -413,3 +423,186 @@ def conversions_cancel(job_id: int, by: str, reason: str, force: bool, as_json: 
             return views.job(conn, job_id)
 
     emit(_guarded(run), as_json)
+
+
+# --- the emergency override -----------------------------------------------------------------
+
+@conversions_group.command("freeze")
+@click.option("--by", required=True, help="Who freezes (recorded).")
+@click.option("--reason", required=True)
+@json_option
+def conversions_freeze(by: str, reason: str, as_json: bool) -> None:
+    """Freeze every conversion: no new job, nothing submitted; held jobs are still polled."""
+    from infra.treasury import overrides
+
+    def run():
+        with _uow("override_conversion", "freeze") as uow:
+            state = overrides.freeze(uow, by=by, reason=reason)
+            uow.commit()
+        return state
+
+    emit(_guarded(run), as_json,
+         lambda d: console.print(f"conversions [red]frozen[/red] by {d['by']}: {d['reason']}"))
+
+
+@conversions_group.command("thaw")
+@click.option("--by", required=True, help="Who thaws (recorded).")
+@json_option
+def conversions_thaw(by: str, as_json: bool) -> None:
+    """Lift the freeze; pending jobs are handed to submission again."""
+    from infra.treasury import overrides
+
+    def run():
+        with _uow("override_conversion", "thaw") as uow:
+            state = overrides.thaw(uow, by=by)
+            uow.commit()
+        return state
+
+    emit(_guarded(run), as_json,
+         lambda d: console.print(f"conversions thawed by {d['by']}; "
+                                 f"{d['pending_resubmitted']} pending job(s) resubmitted"))
+
+
+@conversions_group.command("complete")
+@click.argument("job_id", type=int)
+@click.option("--by", required=True, help="Who completes it (recorded).")
+@click.option("--reason", required=True)
+@click.option("--evidence", required=True, help="The provider's reference of the order.")
+@click.option("--destination-amount", type=int, required=True,
+              help="Net minor units the destination received.")
+@click.option("--fee", type=int, required=True, help="The provider's fee, destination minor units.")
+@json_option
+def conversions_complete(job_id: int, by: str, reason: str, evidence: str,
+                         destination_amount: int, fee: int, as_json: bool) -> None:
+    """Complete a stuck job by hand, posted to the ledger like the provider's completion."""
+    from infra.treasury import overrides, views
+
+    def run():
+        overrides.complete_by_hand(job_id, by=by, reason=reason, evidence=evidence,
+                                   destination_amount=destination_amount, fee_amount=fee)
+        with get_engine().connect() as conn:
+            return views.job(conn, job_id)
+
+    emit(_guarded(run), as_json)
+
+
+@conversions_group.command("fail")
+@click.argument("job_id", type=int)
+@click.option("--by", required=True, help="Who fails it (recorded).")
+@click.option("--reason", required=True)
+@click.option("--evidence", required=True, help="The provider's reference of the order.")
+@json_option
+def conversions_fail(job_id: int, by: str, reason: str, evidence: str, as_json: bool) -> None:
+    """Fail a stuck job by hand: transit back to the source, like a provider's failure."""
+    from infra.treasury import overrides, views
+
+    def run():
+        overrides.fail_by_hand(job_id, by=by, reason=reason, evidence=evidence)
+        with get_engine().connect() as conn:
+            return views.job(conn, job_id)
+
+    emit(_guarded(run), as_json)
+
+
+# --- reconciliation (under ``ballast treasury``) ---------------------------------------------
+
+def _treasury_group(cli: click.Group) -> click.Group:
+    group = cli.commands.get("treasury")
+    if group is None:
+        @click.group("treasury")
+        def group() -> None:
+            """The treasury."""
+        cli.add_command(group)
+    return group
+
+
+@click.command("reconcile")
+@json_option
+def treasury_reconcile(as_json: bool) -> None:
+    """Ledger against custodian, providers' books and jobs.  Exit 1 on any difference."""
+    from infra.treasury import reconcile
+
+    engine = get_engine()
+    reports = reconcile.provider_reports(engine)
+    with engine.connect() as conn:
+        doc = reconcile.report(conn, reports)
+
+    def human(d):
+        if d["ok"]:
+            console.print(f"reconciliation OK ({len(d['providers_reporting'])} provider(s) "
+                          "reporting their books)")
+        else:
+            table(d["differences"], ["check", "subject", "currency", "expected", "actual",
+                                     "difference", "detail"], title="reconciliation differences")
+
+    emit(doc, as_json, human)
+    if not doc["ok"]:
+        raise SystemExit(1)
+
+
+@click.group("custody")
+def custody_group() -> None:
+    """The custodian stand-in: balances a custodian reports for the buffers."""
+
+
+@custody_group.command("report")
+@click.argument("account_type", type=ACCOUNT_TYPES)
+@click.option("--balance", type=int, required=True, help="Minor units, as the custodian says.")
+@click.option("--by", required=True, help="Who (or which feed) reports it.")
+@json_option
+def custody_report(account_type: str, balance: int, by: str, as_json: bool) -> None:
+    """Record what the custodian (the chain for USDC, a bank for USD) holds now."""
+    from infra.treasury import reconcile
+
+    def run():
+        if not by.strip():
+            raise InvalidCommand("--by NAME is required")
+        with _uow("treasury_settings", "custody") as uow:
+            doc = reconcile.record_custody(uow.conn, account_type, balance, by.strip())
+            uow.commit()
+        return doc
+
+    emit(_guarded(run), as_json)
+
+
+# --- provider callbacks ---------------------------------------------------------------------
+
+@click.group("callbacks")
+def callbacks_group() -> None:
+    """Provider status callbacks (webhooks)."""
+
+
+@callbacks_group.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8088, show_default=True, type=int)
+def callbacks_serve(host: str, port: int) -> None:
+    """Receive signed provider callbacks on POST /callbacks/PROVIDER."""
+    from infra.logs import configure_logging
+    from infra.treasury import callbacks
+
+    configure_logging()
+    callbacks.serve(host, port)
+
+
+@callbacks_group.command("secret")
+@click.argument("name")
+@click.option("--secret", help="The secret to use (default: a new random one).")
+@json_option
+def callbacks_secret(name: str, secret: str | None, as_json: bool) -> None:
+    """Set the provider's callback signing secret; printed once, never shown again."""
+    import secrets
+
+    from infra.treasury import store
+
+    value = secret or secrets.token_hex(32)
+
+    def run():
+        if len(value) < 16:
+            raise InvalidCommand("a callback secret has at least 16 characters")
+        with _uow("treasury_settings", "callback_secret") as uow:
+            store.set_callback_secret(uow.conn, name, value)
+            uow.commit()
+
+    _guarded(run)
+    emit({"provider": name, "secret": value}, as_json,
+         lambda d: console.print(f"callback secret of {name}: {d['secret']}"))

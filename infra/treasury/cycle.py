@@ -44,9 +44,13 @@ def run_cycle(uow: UnitOfWork, trigger: str, requested_by: str = "scheduler") ->
     Buffers are locked for the cycle, so two cycles run one after the other
     and the second sees the first one's jobs in flight.  A scheduled cycle
     does nothing while auto-rebalancing is paused; an operator's still runs.
+    No cycle creates a job while conversions are frozen.
     """
     if trigger == "scheduled" and not auto_rebalance_enabled(uow.conn):
         log.info("settlement_cycle.paused", detail="auto-rebalancing is paused")
+        return []
+    if store.freeze_state(uow.conn):  # the operator's emergency freeze: no new job at all
+        log.warning("settlement_cycle.frozen", detail="conversions are frozen")
         return []
     buffers = store.load_buffers(uow.conn, lock=True)
     providers = [p.view() for p in store.load_providers(uow.conn)]

@@ -62,6 +62,9 @@ def convert_manually(uow: UnitOfWork, *, source_type: str, destination_type: str
         raise InvalidCommand(f"buffers are {', '.join(CURRENCY_OF)}")
     if type(amount) is not int or amount <= 0:
         raise InvalidCommand("amount must be a positive integer in minor units")
+    freeze = store.freeze_state(uow.conn)
+    if freeze:
+        raise Refused(f"conversions are frozen by {freeze['by']}: {freeze['reason']}")
     available = ledger.balances(uow.conn, [f"buffer:{source_type}"]).get(f"buffer:{source_type}", 0)
     if available < amount:
         raise Refused(f"buffer:{source_type} holds {available}, cannot convert {amount}")
