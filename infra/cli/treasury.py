@@ -159,8 +159,9 @@ def providers_group(ctx: click.Context, as_json: bool) -> None:
 
 def _simulated_options(fn):
     for opt in reversed([
-        click.option("--rate", help="Simulated: destination per source unit, e.g. 0.9990."),
-        click.option("--fee-bps", type=int, help="Simulated: fee in basis points."),
+        click.option("--rate", help="Destination per source unit, e.g. 0.9990 (http: assumed "
+                                    "when it does not quote)."),
+        click.option("--fee-bps", type=int, help="Fee in basis points (http: as --rate)."),
         click.option("--latency-polls", type=int, help="Simulated: polls before it finishes."),
         click.option("--fail-mode", type=click.Choice(
             ["none", "reject", "error", "timeout", "stick", "fail_late"]), help="Simulated."),
@@ -192,8 +193,8 @@ def _config(kind: str, current: dict[str, Any], o: dict[str, Any]) -> dict[str, 
             fail_mode=o["fail_mode"] or current.get("fail_mode", "none"))
     from infra.providers.http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, make_config
 
-    if any(o.get(k) is not None for k in ("rate", "fee_bps", "latency_polls", "fail_mode")):
-        raise InvalidCommand("--rate, --fee-bps, --latency-polls, --fail-mode are for simulated providers")
+    if any(o.get(k) is not None for k in ("latency_polls", "fail_mode")):
+        raise InvalidCommand("--latency-polls, --fail-mode are for simulated providers")
     url = o.get("url") or current.get("url")
     if not url:
         raise InvalidCommand("an http provider needs --url")
@@ -201,7 +202,11 @@ def _config(kind: str, current: dict[str, Any], o: dict[str, Any]) -> dict[str, 
     def pick(key: str, default: int) -> int:
         return o[key] if o.get(key) is not None else current.get(key, default)
 
-    return make_config(url, pick("timeout_ms", DEFAULT_TIMEOUT_MS), pick("retries", DEFAULT_RETRIES))
+    # --rate/--fee-bps: what selection assumes when the provider does not quote (GET /quote)
+    rate = parse_rate(o["rate"]) if o.get("rate") is not None else current.get("rate_ppm")
+    fee = o["fee_bps"] if o.get("fee_bps") is not None else current.get("fee_bps")
+    return make_config(url, pick("timeout_ms", DEFAULT_TIMEOUT_MS), pick("retries", DEFAULT_RETRIES),
+                       rate_ppm=rate, fee_bps=fee)
 
 
 def _show_provider(name: str, as_json: bool) -> None:

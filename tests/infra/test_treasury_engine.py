@@ -327,3 +327,67 @@ def test_a_custody_difference_is_an_alert_with_amounts_until_it_is_resolved(engi
     assert open_alert(engine, key) is None
     from infra.conditions import CONDITIONS
     assert CONDITIONS["treasury.reconciliation"] is conditions.reconciliation  # in the sweep
+
+
+# --- callbacks (the handler; tests/e2e drives the real server) ---------------------------------
+
+def test_a_callback_secret_is_set_once_and_never_shown(engine):
+    reset(engine)
+    name = add_provider(engine)
+    doc = run("callbacks", "secret", name, "--json")
+    assert doc["provider"] == name and len(doc["secret"]) == 64
+    shown = run("providers", "set", name, "--json")
+    assert shown["callbacks"] is True and doc["secret"] not in json.dumps(shown)
+    run("callbacks", "secret", name, "--secret", "short", code=2)
+    run("callbacks", "secret", "nobody", "--secret", "x" * 20, code=1)
+
+
+def test_the_callback_handler_refuses_what_it_cannot_believe(engine):
+    from infra.providers import callbacks as signing
+    from infra.treasury import callbacks
+
+    reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
+    name = add_provider(engine, config=sim(latency_polls=1000))
+    secret = run("callbacks", "secret", name, "--json")["secret"]
+    [job_id] = cycle_now(engine)
+    submission.submit(job_id, engine)
+    [a] = attempts(engine, job_id)
+
+    def call(doc, **over):
+        body, headers = signing.signed_request(secret, doc)
+        return callbacks.handle(engine, name, {**headers, **over}, body)
+
+    assert call({"idempotency_key": "ballast-nope", "status": "completed",
+                 "destination_amount": 1})[0] == 404
+    assert call({"idempotency_key": a.idempotency_key, "status": "completed"})[0] == 400  # no amounts
+    assert call({"idempotency_key": a.idempotency_key, "status": "teleported"})[0] == 400
+    assert call({"idempotency_key": a.idempotency_key, "status": "processing"},
+                **{signing.TIMESTAMP_HEADER: "1"})[0] == 401  # signature no longer matches
+    assert job(engine, job_id).status == conv.SUBMITTED
+    code, answer = call({"idempotency_key": a.idempotency_key, "status": "failed",
+                         "reason": "compliance hold"})
+    assert (code, answer["status"]) == (200, conv.FAILED)
+    assert "compliance hold" in job(engine, job_id).failure_reason
+    assert transit_total(engine) == 0 and ledger_check(engine)["ok"]
+
+
+def test_an_http_provider_without_a_quote_endpoint_is_priced_at_its_configured_rate(engine):
+    from infra.providers.http import make_config as http_config
+    from tests.infra.test_treasury_kit import FakeHttpProvider
+
+    fake = FakeHttpProvider(rate_ppm=999_900)
+    try:
+        reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
+        add_provider(engine, priority=1, config=sim(rate_ppm=999_000))
+        name = uid("http")
+        run("providers", "add", name, "--type", "http", "--priority", "2", "--url", fake.url,
+            "--rate", "0.9999", "--json")
+        [job_id] = cycle_now(engine)
+        submission.submit(job_id, engine)
+        [a] = attempts(engine, job_id)
+    finally:
+        fake.close()
+    assert a.provider == name
+    quoted = {q["provider"]: q for q in a.quotes}[name]
+    assert (quoted["source"], quoted["rate_ppm"]) == ("configured", 999_900)
+    assert quoted["destination_amount"] == conv.quote(usd(60_000), "USD->USDC", 999_900, 0).net
