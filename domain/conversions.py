@@ -164,6 +164,20 @@ def after_report(current: str, reported: str) -> str | None:
     return transition(current, reported)
 
 
+def ledger_transactions_of(status: str, transit_moved: bool) -> tuple[int, int, int]:
+    """How many (transit, conversion, return) ledger transactions a job in ``status`` has:
+    a completed job its transit and its conversion; a failed or cancelled one its transit
+    and the return of it, if the source ever moved; an active one its transit, if moved."""
+    moved = 1 if transit_moved else 0
+    if status == COMPLETED:
+        return 1, 1, 0
+    if status in (FAILED, CANCELLED):
+        return moved, 0, moved
+    if status in ACTIVE:
+        return moved, 0, 0
+    raise InvalidCommand(f"unknown job status {status!r}")
+
+
 def retries_left(attempts_made: int) -> bool:
     """May the job try (another) provider after ``attempts_made`` attempts?"""
     return attempts_made <= MAX_RETRIES

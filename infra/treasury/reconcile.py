@@ -157,20 +157,10 @@ WHERE (j.status = 'completed')
 """
 
 
-def _expected_transactions(status: str, transit_moved: bool) -> tuple[int, int, int]:
-    """(transit, conversion, return) transactions a job in ``status`` has in the ledger."""
-    moved = 1 if transit_moved else 0
-    if status == conv.COMPLETED:
-        return 1, 1, 0
-    if status in (conv.FAILED, conv.CANCELLED):
-        return moved, 0, moved
-    return moved, 0, 0
-
-
 def _job_ledger(conn: Connection) -> list[Difference]:
     out = []
     for r in conn.execute(text(_JOB_LEDGER), {"kinds": list(LEDGER_KINDS)}):
-        want = _expected_transactions(r.status, r.transit_moved)
+        want = conv.ledger_transactions_of(r.status, r.transit_moved)
         have = (int(r.transit), int(r.converted), int(r.returned))
         if have != want:
             out.append(Difference("job_ledger", f"job {r.id}", None, None, None,

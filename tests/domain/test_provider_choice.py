@@ -74,3 +74,13 @@ def test_poll_backoff_doubles_from_two_seconds_and_is_capped(n):
 
 def test_poll_backoff_starts_2_4_8():
     assert [conv.poll_delay_ms(i) for i in range(6)] == [2_000, 4_000, 8_000, 16_000, 30_000, 30_000]
+
+
+@given(st.sampled_from(conv.ACTIVE + conv.TERMINAL), st.booleans())
+def test_a_job_s_ledger_transactions_follow_its_status(status, moved):
+    transit, converted, returned = conv.ledger_transactions_of(status, moved)
+    assert converted == (1 if status == conv.COMPLETED else 0)
+    # money that left the source is either in transit, converted, or back: never two of them
+    assert transit == (1 if moved or status == conv.COMPLETED else 0)
+    assert returned == (1 if moved and status in (conv.FAILED, conv.CANCELLED) else 0)
+    assert converted + returned <= transit

@@ -127,6 +127,7 @@ def test_a_frozen_cycle_creates_no_job(engine, thawed):
     assert cycle_now(engine) == [] and cycle_now(engine, "scheduled") == []
     thaw(engine)
     assert len(cycle_now(engine)) == 1
+    assert ledger_check(engine)["ok"]
 
 
 def test_freeze_and_thaw_from_the_cli_need_a_name(engine, thawed):
@@ -225,6 +226,7 @@ def test_the_provider_quoting_the_most_for_the_destination_wins_over_priority(en
     assert by_name[dear]["destination_amount"] == conv.quote(usd(60_000), "USD->USDC", 998_000, 10).net
     assert cheap in a.decision and "the most" in a.decision
     assert drive(engine, job_id).destination_amount == by_name[cheap]["destination_amount"]
+    assert ledger_check(engine)["ok"]
 
 
 def test_equal_quotes_go_to_the_lower_priority_number(engine):
@@ -236,6 +238,7 @@ def test_equal_quotes_go_to_the_lower_priority_number(engine):
     [a] = attempts(engine, job_id)
     assert a.provider == first and "tied" in a.decision
     assert {q["provider"] for q in a.quotes} == {first, second}
+    assert ledger_check(engine)["ok"]
 
 
 # --- per-job polling --------------------------------------------------------------------------
@@ -259,6 +262,7 @@ def test_a_submitted_job_schedules_its_own_polls_with_backoff(engine):
     polling.poll(job_id, engine, poll_no=2)
     assert job(engine, job_id).status == conv.COMPLETED
     assert len(outbox_messages(engine, "poll_conversion", job_id)) == 3  # finished: no next
+    assert ledger_check(engine)["ok"]
 
 
 # --- reconciliation ---------------------------------------------------------------------------
@@ -391,3 +395,4 @@ def test_an_http_provider_without_a_quote_endpoint_is_priced_at_its_configured_r
     quoted = {q["provider"]: q for q in a.quotes}[name]
     assert (quoted["source"], quoted["rate_ppm"]) == ("configured", 999_900)
     assert quoted["destination_amount"] == conv.quote(usd(60_000), "USD->USDC", 999_900, 0).net
+    assert ledger_check(engine)["ok"]

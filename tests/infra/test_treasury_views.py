@@ -15,7 +15,9 @@ from infra.cli.main import cli
 from infra.treasury import jobs, polling, submission
 from infra.uow import UnitOfWork
 from tests.harness import uid
-from tests.infra.test_treasury_kit import add_provider, cycle_now, reset, seed_outcomes, set_mode, usd, usdc
+from tests.infra.test_treasury_kit import (
+    add_provider, cycle_now, ledger_check, reset, seed_outcomes, set_mode, usd, usdc,
+)
 
 pytestmark = pytest.mark.usefixtures("clean_queues")
 
@@ -87,6 +89,7 @@ def test_ballast_providers_json_is_v_provider_health(engine):
     assert (rows[degraded]["healthy"], rows[degraded]["success_rate"]) == (False, 0.7)
     assert (rows[down]["healthy"], rows[down]["probe"]) == (False, "down")
     assert rows[down]["probed_at"] is not None
+    assert ledger_check(engine)["ok"]
 
 
 def test_ballast_conversions_active_json_is_v_active_conversion_jobs(engine):
@@ -105,3 +108,4 @@ def test_ballast_conversions_active_json_is_v_active_conversion_jobs(engine):
     assert cli_rows == view
     assert sorted(r["job_id"] for r in view) == sorted(created)
     assert {r["status"] for r in view} == {"pending", "provider_submitted"}
+    assert ledger_check(engine)["ok"]
