@@ -26,8 +26,10 @@ def record_buffer_flow(cmd: RecordBufferFlow, uow: UnitOfWork) -> None:
 @command()
 def run_settlement_cycle(cmd: RunSettlementCycle, uow: UnitOfWork) -> None:
     """One replenishment job per buffer below min with nothing in flight."""
-    cycle.run_cycle(uow, cmd.trigger, requested_by="scheduler" if cmd.trigger == "scheduled"
-                    else "operator")
+    # Without a name, a manual cycle is recorded as asked by its request (never a made-up name).
+    who = cmd.requested_by or ("scheduler" if cmd.trigger == "scheduled"
+                               else f"request {cmd.request_id}")
+    cycle.run_cycle(uow, cmd.trigger, requested_by=who[:200])
 
 
 @command(transactional=False)

@@ -47,17 +47,18 @@ def add_message(conn: Connection, actor: str, kwargs: dict[str, Any],
     as ``broker.enqueue(message, delay=...)`` would send it (a row published late by
     the sweeper is simply due at once)."""
     spec = spec_for(actor)
-    queue, options = spec.queue, {}
-    if delay_ms is not None:
-        queue = dq_name(spec.queue)
-        options = {"eta": int(time.time() * 1000) + int(delay_ms)}
+    queue = spec.queue
     message = dramatiq.Message(
         queue_name=queue,
         actor_name=actor,
         args=(),
         kwargs=kwargs,
-        options=options,
+        options={},
     )
+    if delay_ms is not None:
+        queue = dq_name(spec.queue)
+        message = message.copy(queue_name=queue,
+                               options={"eta": message.message_timestamp + int(delay_ms)})
     body = message.asdict()
     return _insert(conn, "message", queue, queue, body, None, None)
 

@@ -44,6 +44,19 @@ def _guarded(fn: Callable[[], Any]) -> Any:
         fail(str(exc), 1)
 
 
+def _operator(by: str | None) -> str:
+    """Who pulls an everyday lever: ``--by``, else the login name (never a made-up literal)."""
+    import getpass
+
+    who = (by or "").strip() or getpass.getuser()
+    if not who:
+        raise InvalidCommand("--by NAME is required: who pulls the lever")
+    return who
+
+
+by_option = click.option("--by", help="Who pulls the lever (recorded; default: your login name).")
+
+
 def _uow(actor: str, what: str) -> UnitOfWork:
     return UnitOfWork(actor=actor, request_id=f"cli:{what}:{uuid.uuid4()}", payload={"cli": what})
 
@@ -71,15 +84,18 @@ def buffers_group(ctx: click.Context, as_json: bool) -> None:
 
 
 @buffers_group.command("rebalance")
+@by_option
 @json_option
-def buffers_rebalance(as_json: bool) -> None:
+def buffers_rebalance(by: str | None, as_json: bool) -> None:
     """Run a settlement cycle now (even while auto-rebalancing is paused)."""
-    from infra.treasury import cycle
+    from infra.treasury import cycle, overrides
 
     def run():
+        who = _operator(by)
         with _uow("run_settlement_cycle", "rebalance") as uow:
             uow.claim()
-            created = cycle.run_cycle(uow, "manual", requested_by="operator")
+            created = cycle.run_cycle(uow, "manual", requested_by=who)
+            overrides.record_lever(uow.conn, "rebalance", who, data={"jobs_created": created})
             uow.commit()
         return created
 
@@ -89,28 +105,31 @@ def buffers_rebalance(as_json: bool) -> None:
                                  f"{created if created else ''}"))
 
 
-def _set_auto(enabled: bool, by: str, as_json: bool) -> None:
-    from infra.treasury import cycle
+def _set_auto(enabled: bool, by: str | None, as_json: bool) -> None:
+    from infra.treasury import cycle, overrides
 
+    by = _guarded(lambda: _operator(by))
     with _uow("treasury_settings", "auto_rebalance") as uow:
         cycle.set_auto_rebalance(uow, enabled, by)
+        overrides.record_lever(uow.conn, "resume_rebalancing" if enabled else "pause_rebalancing",
+                               by)
         uow.commit()
     emit({"auto_rebalance": enabled, "by": by}, as_json,
          lambda d: console.print(f"auto-rebalancing {'resumed' if enabled else 'paused'} by {by}"))
 
 
 @buffers_group.command("pause")
-@click.option("--by", default="operator", show_default=True, help="Who pauses it.")
+@by_option
 @json_option
-def buffers_pause(by: str, as_json: bool) -> None:
+def buffers_pause(by: str | None, as_json: bool) -> None:
     """Pause auto-rebalancing: scheduled cycles create no jobs until resumed."""
     _set_auto(False, by, as_json)
 
 
 @buffers_group.command("resume")
-@click.option("--by", default="operator", show_default=True)
+@by_option
 @json_option
-def buffers_resume(by: str, as_json: bool) -> None:
+def buffers_resume(by: str | None, as_json: bool) -> None:
     """Resume auto-rebalancing."""
     _set_auto(True, by, as_json)
 
@@ -121,19 +140,23 @@ def buffers_resume(by: str, as_json: bool) -> None:
 @click.option("--target", type=int, help="Minor units.")
 @click.option("--max", "mx", type=int, help="Minor units.")
 @click.option("--batch", type=int, help="Minor units.")
-@click.option("--by", default="operator", show_default=True)
+@by_option
 @json_option
 def buffers_set(account_type: str, mn: int | None, target: int | None, mx: int | None,
-                batch: int | None, by: str, as_json: bool) -> None:
+                batch: int | None, by: str | None, as_json: bool) -> None:
     """Change a buffer's thresholds (minor units of its currency)."""
-    from infra.treasury import store, views
+    from infra.treasury import overrides, store, views
 
     def run():
+        who = _operator(by)
         with _uow("treasury_settings", "thresholds") as uow:
             t = store.load_buffers(uow.conn, lock=True)[account_type].thresholds
             new = Thresholds(t.min if mn is None else mn, t.target if target is None else target,
                              t.max if mx is None else mx, t.batch if batch is None else batch)
-            store.set_thresholds(uow.conn, account_type, new, by)
+            store.set_thresholds(uow.conn, account_type, new, who)
+            overrides.record_lever(uow.conn, "set_thresholds", who, data={
+                "account_type": account_type, "min": new.min, "target": new.target,
+                "max": new.max, "batch": new.batch})
             uow.commit()
         with get_engine().connect() as conn:
             return next(r for r in views.buffers(conn) if r["account_type"] == account_type)
@@ -281,12 +304,15 @@ def providers_set(name: str, priority: int | None, as_json: bool, **o: Any) -> N
     _show_provider(name, as_json)
 
 
-def _provider_status(name: str, status: str, as_json: bool) -> None:
-    from infra.treasury import store
+def _provider_status(name: str, status: str, by: str | None, as_json: bool) -> None:
+    from infra.treasury import overrides, store
 
     def run():
+        who = _operator(by)
         with _uow("treasury_settings", f"provider_{status}") as uow:
             store.update_provider(uow.conn, name, status=status)
+            overrides.record_lever(uow.conn, "pause_provider" if status == "paused"
+                                   else "resume_provider", who, data={"provider": name})
             uow.commit()
 
     _guarded(run)
@@ -295,18 +321,20 @@ def _provider_status(name: str, status: str, as_json: bool) -> None:
 
 @providers_group.command("pause")
 @click.argument("name")
+@by_option
 @json_option
-def providers_pause(name: str, as_json: bool) -> None:
+def providers_pause(name: str, by: str | None, as_json: bool) -> None:
     """Take a provider out of selection (jobs it holds are still polled)."""
-    _provider_status(name, "paused", as_json)
+    _provider_status(name, "paused", by, as_json)
 
 
 @providers_group.command("resume")
 @click.argument("name")
+@by_option
 @json_option
-def providers_resume(name: str, as_json: bool) -> None:
+def providers_resume(name: str, by: str | None, as_json: bool) -> None:
     """Put a paused provider back into selection."""
-    _provider_status(name, "active", as_json)
+    _provider_status(name, "active", by, as_json)
 
 
 @providers_group.command("check")

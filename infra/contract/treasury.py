@@ -28,6 +28,7 @@ class RecordBufferFlow(Command):
 
 class RunSettlementCycle(Command):
     trigger: Literal["scheduled", "manual"]
+    requested_by: ShortText | None = None  # who asks for a manual cycle (recorded on its jobs)
 
 
 JobId = Annotated[StrictInt, Field(gt=0)]

@@ -50,7 +50,7 @@ def run(ctx: DemoContext) -> None:
     flaky, steady = ctx.id("demo-flaky"), ctx.id("demo-steady")
     for p in ctx.cli("providers"):
         if p["name"].startswith("demo-") and p["status"] == "active":
-            ctx.cli("providers", "pause", p["name"])  # earlier demo runs' providers
+            ctx.cli("providers", "pause", p["name"], "--by", "demo-operator")  # earlier demo runs' providers
     # It refuses orders while its health endpoint answers: the scheduler's probes (which keep
     # a provider whose health endpoint is down out of selection) let it be tried.
     ctx.cli("providers", "add", flaky, "--type", "simulated", "--priority", "1",
@@ -69,8 +69,8 @@ def run(ctx: DemoContext) -> None:
     ctx.say(f"on-chain payouts drained system_buffer_usdc to "
             f"{format_minor(usdc_row['balance'], 'USDC')}: {usdc_row['status']}")
 
-    first = ctx.cli("buffers", "rebalance")["jobs_created"]
-    second = ctx.cli("buffers", "rebalance")["jobs_created"]
+    first = ctx.cli("buffers", "rebalance", "--by", "demo-operator")["jobs_created"]
+    second = ctx.cli("buffers", "rebalance", "--by", "demo-operator")["jobs_created"]
     # newest first; it may be finished already (its own polls start 2 s after submission)
     job = next(j for j in ctx.cli("conversions", "--limit", "20") if j["direction"] == "USD->USDC")
     ctx.say(f"settlement cycle: {first} job created (job {job['job_id']}: "
@@ -117,9 +117,9 @@ def _freeze_drill(ctx: DemoContext) -> None:
              account_type="broker_operational", amount=-210_000 * 100, reference="broker payouts")
     ctx.wait_until(lambda: balance(ctx, "buffer:broker_operational") == 40_000 * 100,
                    "broker_operational to drop below its min")
-    frozen = ctx.cli("buffers", "rebalance")["jobs_created"]
+    frozen = ctx.cli("buffers", "rebalance", "--by", "demo-operator")["jobs_created"]
     thawed = ctx.cli("conversions", "thaw", "--by", "demo-operator")
-    after = ctx.cli("buffers", "rebalance")["jobs_created"]
+    after = ctx.cli("buffers", "rebalance", "--by", "demo-operator")["jobs_created"]
     ctx.say(f"freeze by {state['by']} ({state['reason']}): broker_operational fell to 40,000.00 "
             f"USD, a cycle created {frozen} job(s); thawed by {thawed['by']}: the next cycle "
             f"created {after}")

@@ -1,6 +1,7 @@
 """The operator's emergency levers: freeze/thaw every conversion, end a stuck job by hand.
 
-Every lever records who pulled it, when, why (``treasury_overrides``).  While
+Every lever records who pulled it, when, why (``treasury_overrides``; also the everyday
+ones: rebalance, pausing rebalancing or a provider, thresholds — ``record_lever``).  While
 frozen no job is created and nothing is submitted to a provider; jobs a
 provider already holds keep being polled.  A job ended by hand goes through
 ``jobs.complete`` / ``jobs.fail``, so the ledger sees exactly what a provider's
@@ -45,6 +46,12 @@ def _audit(conn: Connection, action: str, by: str, *, job_id: int | None = None,
         {"a": action, "j": job_id, "by": by, "r": reason, "e": evidence,
          "d": json.dumps(data or {}, default=str)},
     ).scalar_one()
+
+
+def record_lever(conn: Connection, action: str, by: str, *, reason: str | None = None,
+                 data: dict[str, Any] | None = None) -> int:
+    """Audit an operator's lever other than these (rebalance, pause/resume, thresholds)."""
+    return _audit(conn, action, _who(by), reason=reason, data=data)
 
 
 def freeze(uow: UnitOfWork, *, by: str, reason: str) -> dict[str, Any]:

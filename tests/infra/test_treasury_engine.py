@@ -396,3 +396,27 @@ def test_an_http_provider_without_a_quote_endpoint_is_priced_at_its_configured_r
     assert (quoted["source"], quoted["rate_ppm"]) == ("configured", 999_900)
     assert quoted["destination_amount"] == conv.quote(usd(60_000), "USD->USDC", 999_900, 0).net
     assert ledger_check(engine)["ok"]
+
+
+def test_every_everyday_lever_records_who_pulled_it(engine):
+    import getpass
+
+    reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
+    name = add_provider(engine)
+    assert run("buffers", "rebalance", "--by", "grace", "--json") == {"jobs_created": 1}
+    [active] = run("conversions", "--active", "--json")
+    assert job(engine, active["job_id"]).requested_by == "grace"
+    run("providers", "pause", name, "--by", "heidi", "--json")
+    run("providers", "resume", name, "--json")  # no --by: the login name, not a literal
+    run("buffers", "pause", "--by", "ivan", "--json")
+    run("buffers", "resume", "--by", "ivan", "--json")
+    run("buffers", "set", "system_buffer_fiat", "--batch", str(usd(50_000)), "--by", "judy",
+        "--json")
+    with engine.connect() as conn:
+        log = overrides.audit_log(conn, limit=6)
+    assert [(a["action"], a["by"]) for a in reversed(log)] == [
+        ("rebalance", "grace"), ("pause_provider", "heidi"),
+        ("resume_provider", getpass.getuser()), ("pause_rebalancing", "ivan"),
+        ("resume_rebalancing", "ivan"), ("set_thresholds", "judy")]
+    assert log[-1]["data"] == {"jobs_created": [active["job_id"]]}
+    assert log[-2]["data"] == {"provider": name}

@@ -35,15 +35,17 @@ def upgrade() -> None:
         -- Every operator lever on the engine: who pulled it, when, why, on what evidence.
         CREATE TABLE treasury_overrides (
             id bigserial PRIMARY KEY,
-            action text NOT NULL CHECK (action IN ('freeze', 'thaw', 'complete', 'fail')),
+            action text NOT NULL CHECK (action IN ('freeze', 'thaw', 'complete', 'fail',
+                'rebalance', 'pause_rebalancing', 'resume_rebalancing', 'set_thresholds',
+                'pause_provider', 'resume_provider')),
             job_id bigint REFERENCES conversion_jobs(id),
             performed_by text NOT NULL CHECK (performed_by <> ''),
             reason text,
             evidence text,
             data jsonb,
             at timestamptz NOT NULL DEFAULT now(),
-            CHECK (action IN ('freeze', 'thaw') OR (job_id IS NOT NULL AND reason <> ''
-                                                   AND evidence <> ''))
+            CHECK (action NOT IN ('complete', 'fail') OR (job_id IS NOT NULL AND reason <> ''
+                                                             AND evidence <> ''))
         );
         CREATE INDEX treasury_overrides_job ON treasury_overrides (job_id);
 
