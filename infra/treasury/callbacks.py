@@ -72,7 +72,7 @@ def handle(engine: Engine, provider: str, headers: Mapping[str, str],
         return 409, {"error": f"callback {nonce} was already received"}
     try:
         applied = polling.drive(job_id, engine, report, wait_s=SUBMIT_LOCK_WAIT_S,
-                                provider=provider)
+                                idempotency_key=key)
     except Exception as exc:  # let the provider send it again (with its nonce freed)
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM conversion_callback_nonces WHERE provider = :p "

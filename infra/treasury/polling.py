@@ -47,13 +47,13 @@ def poll(job_id: int, engine: Engine | None = None, *, poll_no: int | None = Non
 
 
 def drive(job_id: int, engine: Engine, told: Report | None, *,
-          wait_s: float = 0, provider: str | None = None) -> bool:
+          wait_s: float = 0, idempotency_key: str | None = None) -> bool:
     """The one path by which a provider's word moves a job: ``told`` (a verified
     callback) or, when None, the provider's answer to a status call.  Under the job's
     lock, so a callback and a poll arriving together change the job once.
 
-    ``provider``: the job's provider must be this one (a callback speaks for its own
-    orders only).  False when nothing could be applied.
+    ``idempotency_key``: the order ``told`` is about must be the one the provider holds
+    now (a callback speaks for one order only).  False when nothing could be applied.
     """
     with job_lock(engine, job_id, wait_s) as got:
         if not got:
@@ -67,7 +67,9 @@ def drive(job_id: int, engine: Engine, told: Report | None, *,
             if attempt is None:
                 log.error("conversion.no_accepted_attempt", job_id=job_id, status=job.status)
                 return False
-            if provider is not None and attempt.provider != provider:
+            if idempotency_key is not None and attempt.idempotency_key != idempotency_key:
+                log.warning("conversion.callback_for_another_order", job_id=job_id,
+                            key=idempotency_key, held=attempt.idempotency_key)
                 return False
             row = store.get_provider(conn, attempt.provider)
         report, problem = told, None
