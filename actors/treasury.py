@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from infra.contract.treasury import PollConversion, RecordBufferFlow, RunSettlementCycle, SubmitConversion
+from infra.contract.treasury import (
+    PollConversion,
+    ProbeProviders,
+    RecordBufferFlow,
+    RunSettlementCycle,
+    SubmitConversion,
+)
 from infra.logs import get_logger
 from infra.messaging import command
 from infra.treasury import cycle, polling, submission
@@ -20,8 +26,10 @@ def record_buffer_flow(cmd: RecordBufferFlow, uow: UnitOfWork) -> None:
 @command(max_retries=20, retry_within_ms=290_000)  # fired every 5 min
 def run_settlement_cycle(cmd: RunSettlementCycle, uow: UnitOfWork) -> None:
     """One replenishment job per buffer below min with nothing in flight."""
-    cycle.run_cycle(uow, cmd.trigger, requested_by="scheduler" if cmd.trigger == "scheduled"
-                    else "operator")
+    # Without a name, a manual cycle is recorded as asked by its request (never a made-up name).
+    who = cmd.requested_by or ("scheduler" if cmd.trigger == "scheduled"
+                               else f"request {cmd.request_id}")
+    cycle.run_cycle(uow, cmd.trigger, requested_by=who[:200])
 
 
 @command(transactional=False)
@@ -39,4 +47,12 @@ def poll_conversion(cmd: PollConversion) -> None:
         polled = polling.poll_all(request_id=cmd.request_id)
         log.info("poll_conversion.done", polled=polled)
     else:
-        polling.poll(cmd.job_id)
+        polling.poll(cmd.job_id, poll_no=cmd.poll_no)
+
+
+@command(transactional=False)
+def probe_providers(cmd: ProbeProviders) -> None:
+    """Probe every active provider's health endpoint; the result feeds selection."""
+    results = polling.probe_all()
+    log.info("probe_providers.done", up=sorted(n for n, ok in results.items() if ok),
+             down=sorted(n for n, ok in results.items() if not ok))

@@ -32,6 +32,9 @@ BPS = 10_000
 MAX_RETRIES = 3
 #: A job still with its provider after this long is stale (alert, keep polling).
 STALE_AFTER = timedelta(minutes=30)
+#: Per-job polling after submission: the first poll after this, doubling, capped.
+POLL_FIRST_DELAY_MS = 2_000  # ms
+POLL_MAX_DELAY_MS = 30_000  # ms
 #: Conversion failure rate over the last day above this raises an alert (5 %).
 FAILURE_RATE_LIMIT_BPS = 500
 
@@ -161,9 +164,31 @@ def after_report(current: str, reported: str) -> str | None:
     return transition(current, reported)
 
 
+def ledger_transactions_of(status: str, transit_moved: bool) -> tuple[int, int, int]:
+    """How many (transit, conversion, return) ledger transactions a job in ``status`` has:
+    a completed job its transit and its conversion; a failed or cancelled one its transit
+    and the return of it, if the source ever moved; an active one its transit, if moved."""
+    moved = 1 if transit_moved else 0
+    if status == COMPLETED:
+        return 1, 1, 0
+    if status in (FAILED, CANCELLED):
+        return moved, 0, moved
+    if status in ACTIVE:
+        return moved, 0, 0
+    raise InvalidCommand(f"unknown job status {status!r}")
+
+
 def retries_left(attempts_made: int) -> bool:
     """May the job try (another) provider after ``attempts_made`` attempts?"""
     return attempts_made <= MAX_RETRIES
+
+
+def poll_delay_ms(poll_no: int) -> int:
+    """How long after the previous one the job's ``poll_no``-th own poll comes (0-based):
+    2 s, 4 s, 8 s, ... capped at 30 s."""
+    if poll_no < 0:
+        raise InvalidCommand("poll number must be >= 0")
+    return min(POLL_MAX_DELAY_MS, POLL_FIRST_DELAY_MS << min(poll_no, 30))
 
 
 def is_stale(since: datetime, now: datetime, after: timedelta = STALE_AFTER) -> bool:

@@ -7,7 +7,7 @@ the direction, so one number bounds both.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 #: Fewer outcomes than this say nothing about a provider's health.
 HEALTH_MIN_ATTEMPTS = 10
@@ -37,6 +37,7 @@ class ProviderView:
       daily_limit: USD cents at par per day (None: no limit).
       daily_volume_used: what today's orders already hold of it.
       successes, failures: outcomes in the health window.
+      probe_healthy: the latest fresh health probe (None: no fresh probe, says nothing).
     """
 
     name: str
@@ -49,10 +50,12 @@ class ProviderView:
     daily_volume_used: int = 0
     successes: int = 0
     failures: int = 0
+    probe_healthy: bool | None = None
 
     @property
     def healthy(self) -> bool:
-        return is_healthy(self.successes, self.failures)
+        """Its outcomes say healthy and its latest fresh probe does not say down."""
+        return is_healthy(self.successes, self.failures) and self.probe_healthy is not False
 
     @property
     def remaining_daily(self) -> int | None:
@@ -72,6 +75,8 @@ def why_not(p: ProviderView, direction: str, par_amount: int) -> str | None:
     remaining = p.remaining_daily
     if remaining is not None and par_amount > remaining:
         return f"{p.name} has {remaining} of its daily volume left"
+    if p.probe_healthy is False:
+        return f"{p.name} failed its health probe"
     if not p.healthy:
         return f"{p.name} is degraded"
     return None
@@ -83,6 +88,17 @@ def rank(providers: Iterable[ProviderView], direction: str, par_amount: int,
     eligible = [p for p in providers
                 if p.name not in exclude and why_not(p, direction, par_amount) is None]
     return sorted(eligible, key=lambda p: (p.priority, p.name))
+
+
+def choose(eligible: Sequence[ProviderView], nets: Mapping[str, int | None]) -> list[ProviderView]:
+    """Cost-aware order among eligible providers: the most delivered to the destination
+    (``nets``: each provider's quoted net, destination minor units) wins; priority, then
+    name, breaks ties.  Quotes compare only when every eligible provider gave one: with
+    any quote missing, the order is by priority alone (what cannot be priced is not
+    assumed cheaper or dearer)."""
+    if any(nets.get(p.name) is None for p in eligible):
+        return sorted(eligible, key=lambda p: (p.priority, p.name))
+    return sorted(eligible, key=lambda p: (-nets[p.name], p.priority, p.name))
 
 
 def smallest_minimum(providers: Iterable[ProviderView], direction: str) -> int | None:

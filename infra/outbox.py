@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import dramatiq
 import pika
+from dramatiq.common import dq_name
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy import Connection, Engine, text
 
@@ -38,18 +39,28 @@ class OutboxRow:
     body: dict[str, Any]
 
 
-def add_message(conn: Connection, actor: str, kwargs: dict[str, Any]) -> OutboxRow:
-    """Write a command for ``actor`` (queue from the contract) to the outbox."""
+def add_message(conn: Connection, actor: str, kwargs: dict[str, Any],
+                delay_ms: int | None = None) -> OutboxRow:
+    """Write a command for ``actor`` (queue from the contract) to the outbox.
+
+    With ``delay_ms`` it goes to the queue's ``.DQ`` with an eta that long after now,
+    as ``broker.enqueue(message, delay=...)`` would send it (a row published late by
+    the sweeper is simply due at once)."""
     spec = spec_for(actor)
+    queue = spec.queue
     message = dramatiq.Message(
-        queue_name=spec.queue,
+        queue_name=queue,
         actor_name=actor,
         args=(),
         kwargs=kwargs,
         options={},
     )
+    if delay_ms is not None:
+        queue = dq_name(spec.queue)
+        message = message.copy(queue_name=queue,
+                               options={"eta": message.message_timestamp + int(delay_ms)})
     body = message.asdict()
-    return _insert(conn, "message", spec.queue, spec.queue, body, None, None)
+    return _insert(conn, "message", queue, queue, body, None, None)
 
 
 def add_event(

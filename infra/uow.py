@@ -105,6 +105,10 @@ class UnitOfWork:
         """Hand work to the next step: written now, published after commit."""
         self._rows.append(outbox.add_message(self.conn, actor, kwargs))
 
+    def send_later(self, actor: str, delay_ms: int, **kwargs: Any) -> None:
+        """Like ``send``, due ``delay_ms`` after commit (Dramatiq's delay queue)."""
+        self._rows.append(outbox.add_message(self.conn, actor, kwargs, delay_ms=delay_ms))
+
     def emit(self, event: str, data: dict[str, Any], recipient: str | None = None) -> None:
         """Publish a domain event after commit (and keep it as a row)."""
         self._rows.append(outbox.add_event(self.conn, event, data, recipient))

@@ -34,6 +34,7 @@ SCHEDULES: list[Schedule] = [
     Schedule("settlement_cycle", "run_settlement_cycle", every_s=300,
              kwargs=lambda slot: {"trigger": "scheduled"}),
     Schedule("conversion_polling", "poll_conversion", every_s=60),
+    Schedule("provider_probes", "probe_providers", every_s=60),
     Schedule("payment_matching", "match_payments", every_s=300),
     Schedule("alert_sweep", "evaluate_alerts", every_s=60),
     Schedule("outbox_sweep", "sweep_outbox", every_s=10),

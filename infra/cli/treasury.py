@@ -1,6 +1,8 @@
-"""Treasury engine views and levers: ``ballast buffers``, ``providers``, ``conversions``.
+"""Treasury engine views and levers: ``ballast buffers``, ``providers``, ``conversions``,
+``callbacks``, and ``ballast treasury reconcile|custody``.
 
-(``ballast treasury ...`` belongs to the challenges capability.)
+(The ``ballast treasury`` group belongs to the challenges capability; the engine adds its
+subcommands to it.)
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ def register(cli: click.Group) -> None:
     cli.add_command(buffers_group)
     cli.add_command(providers_group)
     cli.add_command(conversions_group)
+    cli.add_command(callbacks_group)
+    treasury = _treasury_group(cli)
+    treasury.add_command(treasury_reconcile)
+    treasury.add_command(custody_group)
 
 
 def _guarded(fn: Callable[[], Any]) -> Any:
@@ -36,6 +42,19 @@ def _guarded(fn: Callable[[], Any]) -> Any:
         fail(str(exc), 2)
     except BallastError as exc:
         fail(str(exc), 1)
+
+
+def _operator(by: str | None) -> str:
+    """Who pulls an everyday lever: ``--by``, else the login name (never a made-up literal)."""
+    import getpass
+
+    who = (by or "").strip() or getpass.getuser()
+    if not who:
+        raise InvalidCommand("--by NAME is required: who pulls the lever")
+    return who
+
+
+by_option = click.option("--by", help="Who pulls the lever (recorded; default: your login name).")
 
 
 def _uow(actor: str, what: str) -> UnitOfWork:
@@ -65,15 +84,18 @@ def buffers_group(ctx: click.Context, as_json: bool) -> None:
 
 
 @buffers_group.command("rebalance")
+@by_option
 @json_option
-def buffers_rebalance(as_json: bool) -> None:
+def buffers_rebalance(by: str | None, as_json: bool) -> None:
     """Run a settlement cycle now (even while auto-rebalancing is paused)."""
-    from infra.treasury import cycle
+    from infra.treasury import cycle, overrides
 
     def run():
+        who = _operator(by)
         with _uow("run_settlement_cycle", "rebalance") as uow:
             uow.claim()
-            created = cycle.run_cycle(uow, "manual", requested_by="operator")
+            created = cycle.run_cycle(uow, "manual", requested_by=who)
+            overrides.record_lever(uow.conn, "rebalance", who, data={"jobs_created": created})
             uow.commit()
         return created
 
@@ -83,28 +105,31 @@ def buffers_rebalance(as_json: bool) -> None:
                                  f"{created if created else ''}"))
 
 
-def _set_auto(enabled: bool, by: str, as_json: bool) -> None:
-    from infra.treasury import cycle
+def _set_auto(enabled: bool, by: str | None, as_json: bool) -> None:
+    from infra.treasury import cycle, overrides
 
+    by = _guarded(lambda: _operator(by))
     with _uow("treasury_settings", "auto_rebalance") as uow:
         cycle.set_auto_rebalance(uow, enabled, by)
+        overrides.record_lever(uow.conn, "resume_rebalancing" if enabled else "pause_rebalancing",
+                               by)
         uow.commit()
     emit({"auto_rebalance": enabled, "by": by}, as_json,
          lambda d: console.print(f"auto-rebalancing {'resumed' if enabled else 'paused'} by {by}"))
 
 
 @buffers_group.command("pause")
-@click.option("--by", default="operator", show_default=True, help="Who pauses it.")
+@by_option
 @json_option
-def buffers_pause(by: str, as_json: bool) -> None:
+def buffers_pause(by: str | None, as_json: bool) -> None:
     """Pause auto-rebalancing: scheduled cycles create no jobs until resumed."""
     _set_auto(False, by, as_json)
 
 
 @buffers_group.command("resume")
-@click.option("--by", default="operator", show_default=True)
+@by_option
 @json_option
-def buffers_resume(by: str, as_json: bool) -> None:
+def buffers_resume(by: str | None, as_json: bool) -> None:
     """Resume auto-rebalancing."""
     _set_auto(True, by, as_json)
 
@@ -115,19 +140,23 @@ def buffers_resume(by: str, as_json: bool) -> None:
 @click.option("--target", type=int, help="Minor units.")
 @click.option("--max", "mx", type=int, help="Minor units.")
 @click.option("--batch", type=int, help="Minor units.")
-@click.option("--by", default="operator", show_default=True)
+@by_option
 @json_option
 def buffers_set(account_type: str, mn: int | None, target: int | None, mx: int | None,
-                batch: int | None, by: str, as_json: bool) -> None:
+                batch: int | None, by: str | None, as_json: bool) -> None:
     """Change a buffer's thresholds (minor units of its currency)."""
-    from infra.treasury import store, views
+    from infra.treasury import overrides, store, views
 
     def run():
+        who = _operator(by)
         with _uow("treasury_settings", "thresholds") as uow:
             t = store.load_buffers(uow.conn, lock=True)[account_type].thresholds
             new = Thresholds(t.min if mn is None else mn, t.target if target is None else target,
                              t.max if mx is None else mx, t.batch if batch is None else batch)
-            store.set_thresholds(uow.conn, account_type, new, by)
+            store.set_thresholds(uow.conn, account_type, new, who)
+            overrides.record_lever(uow.conn, "set_thresholds", who, data={
+                "account_type": account_type, "min": new.min, "target": new.target,
+                "max": new.max, "batch": new.batch})
             uow.commit()
         with get_engine().connect() as conn:
             return next(r for r in views.buffers(conn) if r["account_type"] == account_type)
@@ -153,8 +182,9 @@ def providers_group(ctx: click.Context, as_json: bool) -> None:
 
 def _simulated_options(fn):
     for opt in reversed([
-        click.option("--rate", help="Simulated: destination per source unit, e.g. 0.9990."),
-        click.option("--fee-bps", type=int, help="Simulated: fee in basis points."),
+        click.option("--rate", help="Destination per source unit, e.g. 0.9990 (http: assumed "
+                                    "when it does not quote)."),
+        click.option("--fee-bps", type=int, help="Fee in basis points (http: as --rate)."),
         click.option("--latency-polls", type=int, help="Simulated: polls before it finishes."),
         click.option("--fail-mode", type=click.Choice(
             ["none", "reject", "error", "timeout", "stick", "fail_late"]), help="Simulated."),
@@ -186,8 +216,8 @@ def _config(kind: str, current: dict[str, Any], o: dict[str, Any]) -> dict[str, 
             fail_mode=o["fail_mode"] or current.get("fail_mode", "none"))
     from infra.providers.http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, make_config
 
-    if any(o.get(k) is not None for k in ("rate", "fee_bps", "latency_polls", "fail_mode")):
-        raise InvalidCommand("--rate, --fee-bps, --latency-polls, --fail-mode are for simulated providers")
+    if any(o.get(k) is not None for k in ("latency_polls", "fail_mode")):
+        raise InvalidCommand("--latency-polls, --fail-mode are for simulated providers")
     url = o.get("url") or current.get("url")
     if not url:
         raise InvalidCommand("an http provider needs --url")
@@ -195,7 +225,11 @@ def _config(kind: str, current: dict[str, Any], o: dict[str, Any]) -> dict[str, 
     def pick(key: str, default: int) -> int:
         return o[key] if o.get(key) is not None else current.get(key, default)
 
-    return make_config(url, pick("timeout_ms", DEFAULT_TIMEOUT_MS), pick("retries", DEFAULT_RETRIES))
+    # --rate/--fee-bps: what selection assumes when the provider does not quote (GET /quote)
+    rate = parse_rate(o["rate"]) if o.get("rate") is not None else current.get("rate_ppm")
+    fee = o["fee_bps"] if o.get("fee_bps") is not None else current.get("fee_bps")
+    return make_config(url, pick("timeout_ms", DEFAULT_TIMEOUT_MS), pick("retries", DEFAULT_RETRIES),
+                       rate_ppm=rate, fee_bps=fee)
 
 
 def _show_provider(name: str, as_json: bool) -> None:
@@ -270,12 +304,15 @@ def providers_set(name: str, priority: int | None, as_json: bool, **o: Any) -> N
     _show_provider(name, as_json)
 
 
-def _provider_status(name: str, status: str, as_json: bool) -> None:
-    from infra.treasury import store
+def _provider_status(name: str, status: str, by: str | None, as_json: bool) -> None:
+    from infra.treasury import overrides, store
 
     def run():
+        who = _operator(by)
         with _uow("treasury_settings", f"provider_{status}") as uow:
             store.update_provider(uow.conn, name, status=status)
+            overrides.record_lever(uow.conn, "pause_provider" if status == "paused"
+                                   else "resume_provider", who, data={"provider": name})
             uow.commit()
 
     _guarded(run)
@@ -284,18 +321,20 @@ def _provider_status(name: str, status: str, as_json: bool) -> None:
 
 @providers_group.command("pause")
 @click.argument("name")
+@by_option
 @json_option
-def providers_pause(name: str, as_json: bool) -> None:
+def providers_pause(name: str, by: str | None, as_json: bool) -> None:
     """Take a provider out of selection (jobs it holds are still polled)."""
-    _provider_status(name, "paused", as_json)
+    _provider_status(name, "paused", by, as_json)
 
 
 @providers_group.command("resume")
 @click.argument("name")
+@by_option
 @json_option
-def providers_resume(name: str, as_json: bool) -> None:
+def providers_resume(name: str, by: str | None, as_json: bool) -> None:
     """Put a paused provider back into selection."""
-    _provider_status(name, "active", as_json)
+    _provider_status(name, "active", by, as_json)
 
 
 @providers_group.command("check")
@@ -367,9 +406,13 @@ def conversions_show(job_id: int, as_json: bool) -> None:
     doc = _guarded(run)
 
     def human(d):
-        table([{k: v for k, v in d.items() if k not in ("attempt_log", "transitions")}], title=f"job {job_id}")
-        table(d["attempt_log"], title="attempts")
+        table([{k: v for k, v in d.items() if k not in ("attempt_log", "transitions", "overrides")}],
+              title=f"job {job_id}")
+        table(d["attempt_log"], ["attempt", "provider", "idempotency_key", "status", "error",
+                                 "decision"], title="attempts")
         table(d["transitions"], title="transitions")
+        if d["overrides"]:
+            table(d["overrides"], ["action", "by", "reason", "evidence", "at"], title="overrides")
 
     emit(doc, as_json, human)
 
@@ -413,3 +456,186 @@ def conversions_cancel(job_id: int, by: str, reason: str, force: bool, as_json: 
             return views.job(conn, job_id)
 
     emit(_guarded(run), as_json)
+
+
+# --- the emergency override -----------------------------------------------------------------
+
+@conversions_group.command("freeze")
+@click.option("--by", required=True, help="Who freezes (recorded).")
+@click.option("--reason", required=True)
+@json_option
+def conversions_freeze(by: str, reason: str, as_json: bool) -> None:
+    """Freeze every conversion: no new job, nothing submitted; held jobs are still polled."""
+    from infra.treasury import overrides
+
+    def run():
+        with _uow("override_conversion", "freeze") as uow:
+            state = overrides.freeze(uow, by=by, reason=reason)
+            uow.commit()
+        return state
+
+    emit(_guarded(run), as_json,
+         lambda d: console.print(f"conversions [red]frozen[/red] by {d['by']}: {d['reason']}"))
+
+
+@conversions_group.command("thaw")
+@click.option("--by", required=True, help="Who thaws (recorded).")
+@json_option
+def conversions_thaw(by: str, as_json: bool) -> None:
+    """Lift the freeze; pending jobs are handed to submission again."""
+    from infra.treasury import overrides
+
+    def run():
+        with _uow("override_conversion", "thaw") as uow:
+            state = overrides.thaw(uow, by=by)
+            uow.commit()
+        return state
+
+    emit(_guarded(run), as_json,
+         lambda d: console.print(f"conversions thawed by {d['by']}; "
+                                 f"{d['pending_resubmitted']} pending job(s) resubmitted"))
+
+
+@conversions_group.command("complete")
+@click.argument("job_id", type=int)
+@click.option("--by", required=True, help="Who completes it (recorded).")
+@click.option("--reason", required=True)
+@click.option("--evidence", required=True, help="The provider's reference of the order.")
+@click.option("--destination-amount", type=int, required=True,
+              help="Net minor units the destination received.")
+@click.option("--fee", type=int, required=True, help="The provider's fee, destination minor units.")
+@json_option
+def conversions_complete(job_id: int, by: str, reason: str, evidence: str,
+                         destination_amount: int, fee: int, as_json: bool) -> None:
+    """Complete a stuck job by hand, posted to the ledger like the provider's completion."""
+    from infra.treasury import overrides, views
+
+    def run():
+        overrides.complete_by_hand(job_id, by=by, reason=reason, evidence=evidence,
+                                   destination_amount=destination_amount, fee_amount=fee)
+        with get_engine().connect() as conn:
+            return views.job(conn, job_id)
+
+    emit(_guarded(run), as_json)
+
+
+@conversions_group.command("fail")
+@click.argument("job_id", type=int)
+@click.option("--by", required=True, help="Who fails it (recorded).")
+@click.option("--reason", required=True)
+@click.option("--evidence", required=True, help="The provider's reference of the order.")
+@json_option
+def conversions_fail(job_id: int, by: str, reason: str, evidence: str, as_json: bool) -> None:
+    """Fail a stuck job by hand: transit back to the source, like a provider's failure."""
+    from infra.treasury import overrides, views
+
+    def run():
+        overrides.fail_by_hand(job_id, by=by, reason=reason, evidence=evidence)
+        with get_engine().connect() as conn:
+            return views.job(conn, job_id)
+
+    emit(_guarded(run), as_json)
+
+
+# --- reconciliation (under ``ballast treasury``) ---------------------------------------------
+
+def _treasury_group(cli: click.Group) -> click.Group:
+    group = cli.commands.get("treasury")
+    if group is None:
+        @click.group("treasury")
+        def group() -> None:
+            """The treasury."""
+        cli.add_command(group)
+    return group
+
+
+@click.command("reconcile")
+@json_option
+def treasury_reconcile(as_json: bool) -> None:
+    """Ledger against custodian, providers' books and jobs.  Exit 1 on any difference."""
+    from infra.treasury import reconcile
+
+    engine = get_engine()
+    reports = reconcile.provider_reports(engine)
+    with engine.connect() as conn:
+        doc = reconcile.report(conn, reports)
+
+    def human(d):
+        if d["ok"]:
+            console.print(f"reconciliation OK ({len(d['providers_reporting'])} provider(s) "
+                          "reporting their books)")
+        else:
+            table(d["differences"], ["check", "subject", "currency", "expected", "actual",
+                                     "difference", "detail"], title="reconciliation differences")
+
+    emit(doc, as_json, human)
+    if not doc["ok"]:
+        raise SystemExit(1)
+
+
+@click.group("custody")
+def custody_group() -> None:
+    """The custodian stand-in: balances a custodian reports for the buffers."""
+
+
+@custody_group.command("report")
+@click.argument("account_type", type=ACCOUNT_TYPES)
+@click.option("--balance", type=int, required=True, help="Minor units, as the custodian says.")
+@click.option("--by", required=True, help="Who (or which feed) reports it.")
+@json_option
+def custody_report(account_type: str, balance: int, by: str, as_json: bool) -> None:
+    """Record what the custodian (the chain for USDC, a bank for USD) holds now."""
+    from infra.treasury import reconcile
+
+    def run():
+        if not by.strip():
+            raise InvalidCommand("--by NAME is required")
+        with _uow("treasury_settings", "custody") as uow:
+            doc = reconcile.record_custody(uow.conn, account_type, balance, by.strip())
+            uow.commit()
+        return doc
+
+    emit(_guarded(run), as_json)
+
+
+# --- provider callbacks ---------------------------------------------------------------------
+
+@click.group("callbacks")
+def callbacks_group() -> None:
+    """Provider status callbacks (webhooks)."""
+
+
+@callbacks_group.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8088, show_default=True, type=int)
+def callbacks_serve(host: str, port: int) -> None:
+    """Receive signed provider callbacks on POST /callbacks/PROVIDER."""
+    from infra.logs import configure_logging
+    from infra.treasury import callbacks
+
+    configure_logging()
+    callbacks.serve(host, port)
+
+
+@callbacks_group.command("secret")
+@click.argument("name")
+@click.option("--secret", help="The secret to use (default: a new random one).")
+@json_option
+def callbacks_secret(name: str, secret: str | None, as_json: bool) -> None:
+    """Set the provider's callback signing secret; printed once, never shown again."""
+    import secrets
+
+    from infra.treasury import store
+
+    value = secret or secrets.token_hex(32)
+
+    def run():
+        if len(value) < 16:
+            raise InvalidCommand("a callback secret has at least 16 characters")
+        with _uow("treasury_settings", "callback_secret") as uow:
+            store.set_callback_secret(uow.conn, name, value)
+            uow.commit()
+
+    _guarded(run)
+    emit({"provider": name, "secret": value}, as_json,
+         lambda d: console.print(f"callback secret of {name}: {d['secret']}"))

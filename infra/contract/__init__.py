@@ -39,6 +39,9 @@ EVENTS = [
     "admin.treasury.fill_failed",
     "market.payout",
     "market.payout_reversed",
+    "conversion.frozen",
+    "conversion.thawed",
+    "conversion.reconciliation_failed",
 ]
 
 

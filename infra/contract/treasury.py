@@ -28,6 +28,7 @@ class RecordBufferFlow(Command):
 
 class RunSettlementCycle(Command):
     trigger: Literal["scheduled", "manual"]
+    requested_by: ShortText | None = None  # who asks for a manual cycle (recorded on its jobs)
 
 
 JobId = Annotated[StrictInt, Field(gt=0)]
@@ -39,6 +40,12 @@ class SubmitConversion(Command):
 
 class PollConversion(Command):
     job_id: JobId | None = None  # None: poll every job a provider holds
+    # The job's own polls after submission (0, 1, ...): each schedules the next with backoff.
+    poll_no: Annotated[StrictInt, Field(ge=0, le=10_000)] | None = None
+
+
+class ProbeProviders(Command):
+    """Ask every active provider's health endpoint (the scheduler, every minute)."""
 
 
 SPECS = [
@@ -46,4 +53,5 @@ SPECS = [
     ActorSpec("run_settlement_cycle", QUEUE, RunSettlementCycle),
     ActorSpec("submit_conversion", "ballast.step.conversions", SubmitConversion, step=True),
     ActorSpec("poll_conversion", "ballast.step.polling", PollConversion, step=True),
+    ActorSpec("probe_providers", "ballast.step.polling", ProbeProviders, step=True),
 ]

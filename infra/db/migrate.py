@@ -58,6 +58,12 @@ def upgrade(url: str | None = None) -> str:
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+            # The operator views count daily volume from midnight in BALLAST_TIMEZONE too.
+            conn.exec_driver_sql(
+                "INSERT INTO treasury_settings (key, value, updated_by) "
+                "VALUES ('timezone', to_jsonb(CAST(%(z)s AS text)), 'migrate') "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                {"z": get_settings().timezone})
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision() or ""
     finally:

@@ -10,6 +10,7 @@ from infra.providers.base import (
     Order,
     Provider,
     ProviderError,
+    ProviderQuote,
     ProviderRejected,
     ProviderUnavailable,
     Report,
@@ -31,5 +32,5 @@ def build(name: str, kind: str, config: dict[str, Any], engine: Engine | None = 
     raise ValueError(f"unknown provider kind {kind!r}")
 
 
-__all__ = ["KINDS", "Order", "Provider", "ProviderError", "ProviderRejected",
+__all__ = ["KINDS", "Order", "Provider", "ProviderError", "ProviderQuote", "ProviderRejected",
            "ProviderUnavailable", "Report", "build"]

@@ -46,6 +46,23 @@ class Report:
     detail: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderQuote:
+    """What a provider says an order would deliver (cost-aware selection).
+
+    Parameters:
+      rate_ppm: destination major units per source major unit, times 10^6.
+      fee_amount: its fee, destination minor units.
+      destination_amount: net minor units the destination would receive.
+      source: ``provider`` (it quoted) or ``configured`` (its configured rate and fee).
+    """
+
+    rate_ppm: int
+    fee_amount: int
+    destination_amount: int
+    source: str = "provider"
+
+
 class ProviderError(Exception):
     """Base of what a provider call can raise."""
 
@@ -75,3 +92,13 @@ class Provider(Protocol):
     def status(self, idempotency_key: str) -> Report: ...
 
     def health(self) -> bool: ...
+
+    def quote(self, direction: str, source_amount: int) -> ProviderQuote | None:
+        """What an order would deliver now; None when it cannot say."""
+        ...
+
+    def balances(self) -> dict[str, int] | None:
+        """Its books of Ballast's completed orders, per currency: what it received (+)
+        less what it delivered with fees (-) — the mirror of ``provider:NAME:CUR``.
+        None when it does not report."""
+        ...

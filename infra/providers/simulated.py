@@ -22,7 +22,14 @@ from sqlalchemy import Engine, text
 
 from domain.conversions import PPM, quote
 from domain.errors import InvalidCommand
-from infra.providers.base import Order, ProviderRejected, ProviderUnavailable, Report
+from infra.providers import callbacks
+from infra.providers.base import (
+    Order,
+    ProviderQuote,
+    ProviderRejected,
+    ProviderUnavailable,
+    Report,
+)
 
 FAIL_MODES = ("none", "reject", "error", "timeout", "stick", "fail_late")
 
@@ -118,6 +125,55 @@ class SimulatedProvider:
     def health(self) -> bool:
         with self.engine.connect() as conn:
             return self._current_mode(conn) not in ("error", "timeout")
+
+    def quote(self, direction: str, source_amount: int) -> ProviderQuote | None:
+        """Its configured rate and fee applied to the amount (what it would deliver)."""
+        q = quote(source_amount, direction, self.config["rate_ppm"], self.config["fee_bps"])
+        return ProviderQuote(self.config["rate_ppm"], q.fee, q.net, "provider")
+
+    def balances(self) -> dict[str, int]:
+        """Its books of completed orders: source received (+), destination and fee paid (-)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT cur, sum(amount) AS total FROM ("
+                " SELECT split_part(direction, '->', 1) AS cur, source_amount AS amount"
+                " FROM simulated_provider_orders WHERE provider = :p AND state = 'completed'"
+                " UNION ALL SELECT split_part(direction, '->', 2),"
+                " -(destination_amount + fee_amount)"
+                " FROM simulated_provider_orders WHERE provider = :p AND state = 'completed'"
+                ") x GROUP BY cur"), {"p": self.name})
+            return {r.cur: int(r.total) for r in rows}
+
+    def finish(self, idempotency_key: str) -> Report:
+        """The order reaches its end now (as its failure mode says), without a status read:
+        what the provider does before it calls back."""
+        with self.engine.begin() as conn:
+            mode = self._current_mode(conn)
+            if mode != "stick":
+                conn.execute(
+                    text("UPDATE simulated_provider_orders SET state = :s, updated_at = now() "
+                         "WHERE provider = :p AND idempotency_key = :k AND state = 'processing'"),
+                    {"s": "failed" if mode == "fail_late" else "completed", "p": self.name,
+                     "k": idempotency_key})
+            row = self._order(conn, idempotency_key)
+        ref = self._reference(idempotency_key)
+        if row.state == "completed":
+            return Report("completed", ref, row.destination_amount, row.fee_amount, row.rate_ppm)
+        if row.state == "failed":
+            return Report("failed", ref, detail=f"{self.name} failed the order (simulated)")
+        return Report("processing", ref)
+
+    def send_callback(self, idempotency_key: str, url: str, secret: str):
+        """Finish the order and tell Ballast through its callback endpoint (signed)."""
+        report = self.finish(idempotency_key)
+        doc = {"idempotency_key": idempotency_key, "status": report.state,
+               "order_id": report.reference}
+        if report.state == "completed":
+            doc.update(destination_amount=report.destination_amount,
+                       fee_amount=report.fee_amount, rate_ppm=report.rate_ppm)
+        elif report.detail:
+            doc["reason"] = report.detail
+        return callbacks.send(url, secret, doc)
 
     def _order(self, conn, key: str):
         return conn.execute(

@@ -8,7 +8,7 @@ from domain import conversions as conv
 from domain.providers import ACTIVE
 from infra import alerts
 from infra.conditions import condition
-from infra.treasury import cycle, polling, store
+from infra.treasury import cycle, polling, reconcile, store
 from infra.uow import UnitOfWork
 
 
@@ -20,19 +20,21 @@ def buffer_levels(uow: UnitOfWork) -> None:
 
 @condition("treasury.providers")
 def provider_health(uow: UnitOfWork) -> None:
-    """A provider with ≥ 10 outcomes in the window and a success rate under 80 %."""
+    """A provider with ≥ 10 outcomes in the window and a success rate under 80 %, or whose
+    fresh health probe says down."""
     degraded = []
     for p in store.load_providers(uow.conn):
         if p.status == ACTIVE and not p.view().healthy:
             key = f"provider:degraded:{p.name}"
             degraded.append(key)
             total = p.successes + p.failures
+            why = ("its health probe says down" if p.probe_healthy is False
+                   else f"{p.successes}/{total} succeeded in the last 24 h")
             alerts.raise_alert(uow, kind="provider", severity="warning",
-                               subject=f"provider {p.name} is degraded: {p.successes}/{total} "
-                                       "succeeded in the last 24 h",
+                               subject=f"provider {p.name} is degraded: {why}",
                                dedupe_key=key,
                                data={"provider": p.name, "successes": p.successes,
-                                     "failures": p.failures})
+                                     "failures": p.failures, "probe_healthy": p.probe_healthy})
     alerts.resolve_all_except(uow, "provider:degraded:", degraded)
 
 
@@ -64,3 +66,10 @@ def stale_jobs(uow: UnitOfWork) -> None:
     active = {f"conversion:stale:{j.id}" for j in store.list_jobs(uow.conn, active_only=True,
                                                                     limit=10_000)}
     alerts.resolve_all_except(uow, "conversion:stale:", active)
+
+
+@condition("treasury.reconciliation")
+def reconciliation(uow: UnitOfWork) -> None:
+    """Ledger against custodian, providers' books and our own jobs; differences alert."""
+    found = reconcile.differences(uow.conn, reconcile.provider_reports(uow.engine))
+    reconcile.raise_alerts(uow, found)

@@ -45,10 +45,14 @@ def run_cycle(uow: UnitOfWork, trigger: str, requested_by: str = "scheduler") ->
     and the second sees the first one's jobs.  The cycle is planned as a
     whole (``domain.buffers.plan_cycle``): buffers that draw on one source
     share what it can spare after its pending jobs.  A scheduled cycle does
-    nothing while auto-rebalancing is paused; an operator's still runs.
+    nothing while auto-rebalancing is paused; an operator's still runs.  No
+    cycle creates a job while conversions are frozen.
     """
     if trigger == "scheduled" and not auto_rebalance_enabled(uow.conn):
         log.info("settlement_cycle.paused", detail="auto-rebalancing is paused")
+        return []
+    if store.freeze_state(uow.conn):  # the operator's emergency freeze: no new job at all
+        log.warning("settlement_cycle.frozen", detail="conversions are frozen")
         return []
     buffers = store.load_buffers(uow.conn, lock=True)
     providers = [p.view() for p in store.load_providers(uow.conn)]

@@ -67,6 +67,9 @@ def convert_manually(uow: UnitOfWork, *, source_type: str, destination_type: str
         raise InvalidCommand(f"buffers are {', '.join(CURRENCY_OF)}")
     if type(amount) is not int or amount <= 0:
         raise InvalidCommand("amount must be a positive integer in minor units")
+    freeze = store.freeze_state(uow.conn)
+    if freeze:
+        raise Refused(f"conversions are frozen by {freeze['by']}: {freeze['reason']}")
     buffer = store.lock_buffer(uow.conn, source_type)
     reserved = store.reserved_by_pending(uow.conn).get(source_type, 0)
     refusal = may_take(source_type, amount, buffer.balance, buffer.thresholds, reserved)

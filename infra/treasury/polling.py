@@ -1,6 +1,8 @@
 """Following jobs a provider holds (the ``poll_conversion`` step).
 
-The provider's status drives the job.  A job with its provider for 30 minutes
+The provider's status drives the job: asked every minute for every job (the
+sweep), and per job after its submission with backoff (2 s, 4 s, 8 s ... 30 s);
+a verified callback drives it by the same path (``drive``).  A job with its provider for 30 minutes
 is stale: an alert, and it keeps being polled — never resubmitted while the
 provider may still complete it.  Pending jobs nobody touched for a while are
 handed back to ``submit_conversion``.
@@ -13,6 +15,7 @@ import uuid
 from sqlalchemy import Engine
 
 from domain import conversions as conv
+from domain.providers import ACTIVE
 from infra import alerts, providers
 from infra.db.engine import get_engine
 from infra.logs import get_logger
@@ -28,13 +31,31 @@ log = get_logger(__name__)
 RESUBMIT_PENDING_AFTER_S = 120  # s
 
 
-def poll(job_id: int, engine: Engine | None = None) -> bool:
+def poll(job_id: int, engine: Engine | None = None, *, poll_no: int | None = None) -> bool:
     """Ask the provider about a job it holds and move the job accordingly.
 
-    False when the job is not with a provider or another worker holds it.
+    False when the job is not with a provider or another worker holds it.  With
+    ``poll_no`` (the job's own polls after submission) the next one is scheduled
+    with backoff while the job is with its provider and not stale, even when this
+    one found the job busy.
     """
     engine = engine or get_engine()
-    with job_lock(engine, job_id) as got:
+    done = drive(job_id, engine, None)
+    if poll_no is not None:
+        _schedule_next(engine, job_id, poll_no + 1)
+    return done
+
+
+def drive(job_id: int, engine: Engine, told: Report | None, *,
+          wait_s: float = 0, idempotency_key: str | None = None) -> bool:
+    """The one path by which a provider's word moves a job: ``told`` (a verified
+    callback) or, when None, the provider's answer to a status call.  Under the job's
+    lock, so a callback and a poll arriving together change the job once.
+
+    ``idempotency_key``: the order ``told`` is about must be the one the provider holds
+    now (a callback speaks for one order only).  False when nothing could be applied.
+    """
+    with job_lock(engine, job_id, wait_s) as got:
         if not got:
             return False
         with engine.connect() as conn:
@@ -46,14 +67,19 @@ def poll(job_id: int, engine: Engine | None = None) -> bool:
             if attempt is None:
                 log.error("conversion.no_accepted_attempt", job_id=job_id, status=job.status)
                 return False
+            if idempotency_key is not None and attempt.idempotency_key != idempotency_key:
+                log.warning("conversion.callback_for_another_order", job_id=job_id,
+                            key=idempotency_key, held=attempt.idempotency_key)
+                return False
             row = store.get_provider(conn, attempt.provider)
-        report, problem = None, None
-        try:
-            report = providers.build(row.name, row.kind, row.config, engine).status(
-                attempt.idempotency_key)
-        except ProviderError as exc:
-            problem = str(exc)
-            log.warning("conversion.poll_failed", job_id=job_id, error=problem)
+        report, problem = told, None
+        if report is None:
+            try:
+                report = providers.build(row.name, row.kind, row.config, engine).status(
+                    attempt.idempotency_key)
+            except ProviderError as exc:
+                problem = str(exc)
+                log.warning("conversion.poll_failed", job_id=job_id, error=problem)
         with UnitOfWork(actor="poll_conversion", request_id=f"conversion:{job_id}:poll",
                         engine=engine) as uow:
             job = store.get_job(uow.conn, job_id, lock=True)
@@ -63,6 +89,24 @@ def poll(job_id: int, engine: Engine | None = None) -> bool:
                 flag_if_stale(uow, job, problem)
             uow.commit()
     return True
+
+
+def schedule_first(uow: UnitOfWork, job_id: int) -> None:
+    """After a submission: the job's first own poll (the rest follow with backoff)."""
+    uow.send_later("poll_conversion", conv.poll_delay_ms(0),
+                   request_id=f"conversion:{job_id}:poll:0", job_id=job_id, poll_no=0)
+
+
+def _schedule_next(engine: Engine, job_id: int, poll_no: int) -> None:
+    with UnitOfWork(actor="poll_conversion", request_id=f"conversion:{job_id}:poll:{poll_no}",
+                    engine=engine) as uow:
+        job = store.get_job(uow.conn, job_id)
+        if job.status not in conv.WITH_PROVIDER or job.stale_at is not None:
+            return  # finished, or stale: the minute sweep keeps polling it
+        uow.send_later("poll_conversion", conv.poll_delay_ms(poll_no),
+                       request_id=f"conversion:{job_id}:poll:{poll_no}", job_id=job_id,
+                       poll_no=poll_no)
+        uow.commit()
 
 
 def _apply_report(uow: UnitOfWork, job: Job, attempt: Attempt, report: Report) -> Job:
@@ -119,6 +163,9 @@ def poll_all(engine: Engine | None = None, *, request_id: str = "poll") -> int:
 
 
 def _rekick(engine: Engine, job: Job, request_id: str) -> None:
+    with engine.connect() as conn:
+        if store.freeze_state(conn):  # frozen: nothing is submitted; thawing hands it back
+            return
     with job_lock(engine, job.id) as got:
         if not got:  # being submitted right now
             return
@@ -132,3 +179,26 @@ def _rekick(engine: Engine, job: Job, request_id: str) -> None:
                  job_id=job.id)
         uow.commit()
     log.warning("conversion.resubmitted_pending", job_id=job.id)
+
+
+def probe_all(engine: Engine | None = None) -> dict[str, bool]:
+    """Ask each active provider's health endpoint (outside any transaction) and store the
+    answer; a provider whose fresh probe says down is left out of selection."""
+    engine = engine or get_engine()
+    with engine.connect() as conn:
+        rows = [r for r in store.load_providers(conn) if r.status == ACTIVE]
+    results: dict[str, bool] = {}
+    for row in rows:
+        error = None
+        try:
+            up = bool(providers.build(row.name, row.kind, row.config, engine).health())
+            if not up:
+                error = "health endpoint says down"
+        except Exception as exc:  # an unreachable or broken provider is down, not our bug
+            up, error = False, f"{type(exc).__name__}: {exc}"[:300]
+        with engine.begin() as conn:
+            store.record_probe(conn, row.name, up, error)
+        results[row.name] = up
+        if not up:
+            log.warning("provider.probe_down", provider=row.name, error=error)
+    return results

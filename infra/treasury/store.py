@@ -21,6 +21,8 @@ from infra.settings import get_settings
 
 #: Provider outcomes older than this no longer count for its health.
 HEALTH_WINDOW = "24 hours"
+#: A health probe older than this says nothing about a provider (as in v_provider_health).
+PROBE_FRESH = "300 seconds"
 
 
 # --- buffers and settings ----------------------------------------------------------------
@@ -85,6 +87,21 @@ def put_setting(conn: Connection, key: str, value: Any, by: str) -> None:
     )
 
 
+#: The setting that freezes every conversion (``overrides.freeze``).
+FROZEN = "conversions_frozen"
+
+
+def freeze_state(conn: Connection, *, lock: bool = False) -> dict[str, Any] | None:
+    """The freeze in force (``{"frozen", "by", "reason", "at"}``), or None.
+
+    ``lock`` holds the setting's row shared until commit: a freeze (which updates it)
+    waits for such a transaction, and no such transaction starts after a freeze."""
+    if lock:
+        conn.execute(text("SELECT 1 FROM treasury_settings WHERE key = :k FOR SHARE"), {"k": FROZEN})
+    state = get_setting(conn, FROZEN, {"frozen": False})
+    return state if isinstance(state, dict) and state.get("frozen") else None
+
+
 # --- providers ---------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +120,13 @@ class ProviderRow:
     successes: int = 0  # in the health window
     failures: int = 0
     daily_volume_used: int = 0
+    probe_healthy: bool | None = None  # the latest probe, if fresh (PROBE_FRESH)
 
     def view(self) -> ProviderView:
         return ProviderView(self.name, self.priority, self.status, frozenset(self.directions),
                             self.min_amount, self.max_amount, self.daily_limit,
-                            self.daily_volume_used, self.successes, self.failures)
+                            self.daily_volume_used, self.successes, self.failures,
+                            self.probe_healthy)
 
 
 def day_start(now: datetime | None = None) -> datetime:
@@ -119,7 +138,9 @@ def day_start(now: datetime | None = None) -> datetime:
 
 _PROVIDERS = f"""
     SELECT p.*, COALESCE(w.successes, 0) AS successes, COALESCE(w.failures, 0) AS failures,
-           COALESCE(v.used, 0) AS daily_volume_used
+           COALESCE(v.used, 0) AS daily_volume_used,
+           CASE WHEN p.probed_at >= now() - interval '{PROBE_FRESH}' THEN p.probe_healthy END
+               AS probe_ok
     FROM conversion_providers p
     LEFT JOIN (
         SELECT provider,
@@ -161,7 +182,7 @@ def _provider(r) -> ProviderRow:
                        None if r.max_amount is None else int(r.max_amount),
                        None if r.daily_limit is None else int(r.daily_limit), dict(r.config),
                        int(r.success_count), int(r.failure_count), int(r.successes),
-                       int(r.failures), int(r.daily_volume_used))
+                       int(r.failures), int(r.daily_volume_used), r.probe_ok)
 
 
 def add_provider(conn: Connection, row: ProviderRow) -> None:
@@ -194,6 +215,25 @@ def update_provider(conn: Connection, name: str, **fields: Any) -> None:
     ).rowcount
     if not done:
         raise NotFound(f"no provider {name!r}")
+
+
+def set_callback_secret(conn: Connection, name: str, secret: str) -> None:
+    done = conn.execute(text("UPDATE conversion_providers SET callback_secret = :s, "
+                             "updated_at = now() WHERE name = :n"), {"s": secret, "n": name}).rowcount
+    if not done:
+        raise NotFound(f"no provider {name!r}")
+
+
+def callback_secret(conn: Connection, name: str) -> str | None:
+    return conn.execute(text("SELECT callback_secret FROM conversion_providers WHERE name = :n"),
+                        {"n": name}).scalar_one_or_none()
+
+
+def record_probe(conn: Connection, name: str, healthy: bool, error: str | None) -> None:
+    """The result of a health probe of ``name`` (fed to selection while fresh)."""
+    conn.execute(text("UPDATE conversion_providers SET probe_healthy = :h, probed_at = now(), "
+                      "probe_error = :e WHERE name = :n"),
+                 {"h": healthy, "e": error, "n": name})
 
 
 def count_outcome(conn: Connection, provider: str, success: bool) -> None:
@@ -251,6 +291,8 @@ class Attempt:
     error: str | None
     created_at: datetime
     answered_at: datetime | None = field(default=None)
+    quotes: list[dict[str, Any]] | None = field(default=None)
+    decision: str | None = field(default=None)
 
 
 _JOB_COLUMNS = ", ".join(Job.__dataclass_fields__)
@@ -365,11 +407,16 @@ def attempts_of(conn: Connection, job_id: int) -> list[Attempt]:
         {"j": job_id})]
 
 
-def insert_attempt(conn: Connection, job: Job, provider: str, key: str, par_amount: int) -> Attempt:
+def insert_attempt(conn: Connection, job: Job, provider: str, key: str, par_amount: int, *,
+                   quotes: list[dict[str, Any]] | None = None,
+                   decision: str | None = None) -> Attempt:
+    """A submission attempt, with the quotes selection saw and why it chose ``provider``."""
     row = conn.execute(
         text("INSERT INTO conversion_attempts (job_id, attempt_no, provider, idempotency_key, "
-             f"par_amount) VALUES (:j, :n, :p, :k, :par) RETURNING {_ATTEMPT_COLUMNS}"),
-        {"j": job.id, "n": job.attempts + 1, "p": provider, "k": key, "par": par_amount},
+             "par_amount, quotes, decision) VALUES (:j, :n, :p, :k, :par, CAST(:q AS jsonb), :dec) "
+             f"RETURNING {_ATTEMPT_COLUMNS}"),
+        {"j": job.id, "n": job.attempts + 1, "p": provider, "k": key, "par": par_amount,
+         "q": None if quotes is None else json.dumps(quotes), "dec": decision},
     ).one()
     return Attempt(**row._mapping)
 

@@ -28,12 +28,19 @@ from sqlalchemy import Engine
 from domain import conversions as conv
 from domain.buffers import may_take
 from domain.ledger import Posting
-from domain.providers import rank, why_not
+from domain.providers import choose, rank, why_not
 from infra import faults, ledger, providers
 from infra.db.engine import get_engine
 from infra.logs import get_logger
-from infra.providers import ProviderError, ProviderRejected, ProviderUnavailable, Report
+from infra.providers import (
+    ProviderError,
+    ProviderQuote,
+    ProviderRejected,
+    ProviderUnavailable,
+    Report,
+)
 from infra.treasury import store
+from infra.treasury.polling import schedule_first as schedule_first_poll
 from infra.treasury.jobs import SUBMIT_LOCK_WAIT_S, ProviderUncertain, now_utc, fail, job_lock
 from infra.treasury.store import Attempt, Job
 from infra.uow import UnitOfWork
@@ -70,7 +77,7 @@ def submit(job_id: int, engine: Engine | None = None) -> str:
         if not got:
             raise JobBusy(f"conversion job {job_id} is held by another worker")
         while True:
-            sub = _prepare_attempt(engine, job_id)
+            sub = _prepare_attempt(engine, job_id, _gather_quotes(engine, job_id))
             if sub is None:
                 with engine.connect() as conn:
                     return store.get_job(conn, job_id).status
@@ -85,11 +92,60 @@ def _uow(engine: Engine, job_id: int, what: str) -> UnitOfWork:
                       engine=engine)
 
 
-def _prepare_attempt(engine: Engine, job_id: int) -> Submission | None:
+def _gather_quotes(engine: Engine, job_id: int) -> dict[str, ProviderQuote | None]:
+    """Ask each provider that could take the job what it would deliver (outside any
+    transaction: a quote may be an HTTP call)."""
+    with engine.connect() as conn:
+        job = store.get_job(conn, job_id)
+        if job.status != conv.PENDING:
+            return {}
+        tried = [a.provider for a in store.attempts_of(conn, job_id)]
+        par = conv.par_value(job.source_amount, job.source_currency)
+        rows = {r.name: r for r in store.load_providers(conn)}
+    quotes: dict[str, ProviderQuote | None] = {}
+    for view in rank([r.view() for r in rows.values()], job.direction, par, exclude=tried):
+        row = rows[view.name]
+        try:
+            quotes[view.name] = providers.build(row.name, row.kind, row.config, engine).quote(
+                job.direction, job.source_amount)
+        except Exception as exc:  # a quote is advice: without one, priority decides
+            log.warning("conversion.quote_failed", job_id=job_id, provider=row.name,
+                        error=f"{type(exc).__name__}: {exc}"[:300])
+            quotes[view.name] = None
+    return quotes
+
+
+def _decision(ranked: list, quotes: dict[str, ProviderQuote | None]) -> tuple[list[dict], str]:
+    """The quotes as kept on the attempt, and one line saying why the first one won."""
+    kept = [{"provider": p.name, "priority": p.priority,
+             **({"rate_ppm": q.rate_ppm, "fee_amount": q.fee_amount,
+                 "destination_amount": q.destination_amount, "source": q.source}
+                if (q := quotes.get(p.name)) else {"destination_amount": None})}
+            for p in ranked]
+    best = kept[0]
+    if any(k["destination_amount"] is None for k in kept):
+        missing = ", ".join(k["provider"] for k in kept if k["destination_amount"] is None)
+        return kept, (f"{best['provider']}: lowest priority ({best['priority']}); no quote from "
+                      f"{missing}, so quotes were not compared")
+    ties = [k for k in kept if k["destination_amount"] == best["destination_amount"]]
+    why = (f"{best['provider']} quotes the most to the destination "
+           f"({best['destination_amount']} net, fee {best['fee_amount']})")
+    if len(ties) > 1:
+        why += f", tied with {len(ties) - 1} other(s): lowest priority ({best['priority']}) wins"
+    return kept, why
+
+
+def _prepare_attempt(engine: Engine, job_id: int,
+                     quotes: dict[str, ProviderQuote | None] | None = None) -> Submission | None:
     """Transaction 1: the attempt and its key, and the source moved to transit."""
+    quotes = quotes or {}
     with _uow(engine, job_id, "prepare") as uow:
         job = store.get_job(uow.conn, job_id, lock=True)
         if job.status != conv.PENDING:
+            return None
+        freeze = store.freeze_state(uow.conn, lock=True)
+        if freeze:  # nothing goes to a provider; thawing hands the job back to submission
+            log.warning("conversion.frozen_not_submitted", job_id=job_id, by=freeze["by"])
             return None
         tried = store.attempts_of(uow.conn, job_id)
         open_ = [a for a in tried if a.status == "submitting"]
@@ -105,8 +161,9 @@ def _prepare_attempt(engine: Engine, job_id: int) -> Submission | None:
             return None
         par = conv.par_value(job.source_amount, job.source_currency)
         rows = store.load_providers(uow.conn, lock=True)
-        ranked = rank([r.view() for r in rows], job.direction, par,
-                      exclude=[a.provider for a in tried])
+        ranked = choose(rank([r.view() for r in rows], job.direction, par,
+                             exclude=[a.provider for a in tried]),
+                        {n: q.destination_amount for n, q in quotes.items() if q is not None})
         if not ranked:
             reasons = "; ".join(why_not(r.view(), job.direction, par) or f"{r.name} already tried"
                                 for r in rows) or "no providers configured"
@@ -126,7 +183,9 @@ def _prepare_attempt(engine: Engine, job_id: int) -> Submission | None:
                 memo=f"conversion job {job.id} submitted", metadata={"job_id": job.id})
         chosen = next(r for r in rows if r.name == ranked[0].name)
         key = f"ballast-{job.id}-{job.attempts + 1}-{uuid.uuid4().hex[:12]}"
-        attempt = store.insert_attempt(uow.conn, job, chosen.name, key, par)
+        kept, why = _decision(ranked, quotes)
+        attempt = store.insert_attempt(uow.conn, job, chosen.name, key, par, quotes=kept,
+                                       decision=why)
         job = store.update_job(uow.conn, job, attempts=job.attempts + 1, provider=chosen.name,
                                transit_moved=True)
         uow.commit()
@@ -188,6 +247,7 @@ def _record_answer(engine: Engine, sub: Submission, answer: Answer) -> bool:
             store.move_job(uow.conn, job, conv.SUBMITTED,
                            f"{sub.attempt.provider} accepted {sub.attempt.idempotency_key}",
                            submitted_at=now_utc(), provider=sub.attempt.provider)
+            schedule_first_poll(uow, job.id)
             uow.commit()
             log.info("conversion.submitted", job_id=job.id, provider=sub.attempt.provider)
             return True

@@ -47,8 +47,9 @@ def test_providers_add_pause_resume_and_list(engine):
     assert run("providers", "resume", name, "--json")["status"] == "active"
     assert run("providers", "set", name, "--fail-mode", "none", "--json")["config"]["fail_mode"] == "none"
     [row] = [r for r in run("providers", "--json") if r["name"] == name]
+    # probe/probed_at extend the contract's document (no probe yet: says nothing)
     assert row == {"name": name, "status": "active", "priority": 3, "success_rate": None,
-                   "daily_volume_used": 0, "healthy": True}
+                   "daily_volume_used": 0, "healthy": True, "probe": None, "probed_at": None}
     run("providers", "add", name, "--type", "simulated", "--priority", "1", code=1)  # exists
     run("providers", "add", "bad:name", "--type", "simulated", "--priority", "1", code=2)
     run("providers", "add", uid("h"), "--type", "http", "--priority", "1", code=2)  # no --url

@@ -1,0 +1,150 @@
+"""Receiving provider callbacks (``ballast callbacks serve``): verified, then applied as a poll.
+
+    POST /callbacks/{provider}
+        X-Ballast-Timestamp, X-Ballast-Signature (infra/providers/callbacks.py)
+        {"callback_id", "idempotency_key", "status", "order_id", amounts...}
+
+    200 {"job_id", "status", "applied"}   applied (or nothing left to change)
+    400 malformed · 401 bad signature or stale (> 5 min) · 404 unknown provider or order
+    409 replayed callback_id · 503 could not be applied now (the provider should retry)
+
+A callback is believed only with a valid signature of the provider's secret over its
+timestamp and body, within five minutes, and once per ``callback_id`` (the nonce table).
+It then drives the job through ``polling.drive`` — the very path of a poll, under the
+job's lock — so a callback and a poll arriving together change the job once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Mapping
+
+from sqlalchemy import Engine, text
+
+from infra.db.engine import get_engine
+from infra.logs import get_logger
+from infra.providers import ProviderError, callbacks as signing
+from infra.providers.http import report_from
+from infra.treasury import polling, store
+from infra.treasury.jobs import SUBMIT_LOCK_WAIT_S
+
+log = get_logger(__name__)
+
+PATH = re.compile(r"^/callbacks/([A-Za-z0-9_.-]{1,64})$")
+MAX_BODY_BYTES = 64 * 1024
+
+
+def handle(engine: Engine, provider: str, headers: Mapping[str, str],
+           body: bytes) -> tuple[int, dict[str, Any]]:
+    """Verify one callback and apply it.  Returns (HTTP status, answer)."""
+    with engine.connect() as conn:
+        secret = store.callback_secret(conn, provider)
+    if not secret:
+        return 404, {"error": f"no callbacks for provider {provider!r}"}
+    ts = headers.get(signing.TIMESTAMP_HEADER) or ""
+    if not signing.valid(secret, ts, body, headers.get(signing.SIGNATURE_HEADER) or ""):
+        log.warning("callback.bad_signature", provider=provider)
+        return 401, {"error": "bad signature"}
+    if not signing.fresh(ts):
+        log.warning("callback.stale", provider=provider, timestamp=ts)
+        return 401, {"error": f"stale callback (more than {signing.MAX_AGE_S} s old)"}
+    try:
+        doc = json.loads(body)
+        nonce, key = str(doc["callback_id"]), str(doc["idempotency_key"])
+        report = report_from(provider, doc)
+    except (ValueError, KeyError, TypeError, ProviderError) as exc:
+        return 400, {"error": f"malformed callback: {exc}"[:300]}
+    with engine.connect() as conn:
+        job_id = conn.execute(text("SELECT job_id FROM conversion_attempts WHERE provider = :p "
+                                   "AND idempotency_key = :k"),
+                              {"p": provider, "k": key}).scalar_one_or_none()
+    if job_id is None:
+        return 404, {"error": f"{provider} has no order {key} of ours"}
+    with engine.begin() as conn:
+        fresh_nonce = conn.execute(text(
+            "INSERT INTO conversion_callback_nonces (provider, nonce, idempotency_key) "
+            "VALUES (:p, :n, :k) ON CONFLICT DO NOTHING RETURNING 1"),
+            {"p": provider, "n": nonce, "k": key}).scalar_one_or_none()
+    if not fresh_nonce:
+        log.warning("callback.replayed", provider=provider, callback_id=nonce)
+        return 409, {"error": f"callback {nonce} was already received"}
+    try:
+        applied = polling.drive(job_id, engine, report, wait_s=SUBMIT_LOCK_WAIT_S,
+                                idempotency_key=key)
+    except Exception as exc:  # let the provider send it again (with its nonce freed)
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM conversion_callback_nonces WHERE provider = :p "
+                              "AND nonce = :n"), {"p": provider, "n": nonce})
+        log.exception("callback.failed", provider=provider, job_id=job_id)
+        return 503, {"error": f"{type(exc).__name__}: could not apply now"}
+    with engine.connect() as conn:
+        status = store.get_job(conn, job_id).status
+    log.info("callback.received", provider=provider, job_id=job_id, state=report.state,
+             applied=applied, status=status)
+    return 200, {"job_id": job_id, "status": status, "applied": applied}
+
+
+def make_server(host: str, port: int, engine: Engine | None = None) -> ThreadingHTTPServer:
+    engine = engine or get_engine()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:  # structlog says what matters
+            pass
+
+        def _answer(self, code: int, doc: dict[str, Any]) -> None:
+            out = json.dumps(doc).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                return self._answer(200, {"ok": True})
+            self._answer(404, {"error": "not found"})
+
+        def do_POST(self) -> None:
+            match = PATH.match(self.path)
+            if not match:
+                return self._answer(404, {"error": "not found"})
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 < length <= MAX_BODY_BYTES:
+                return self._answer(400, {"error": "a body of 1..65536 bytes is needed"})
+            body = self.rfile.read(length)
+            try:
+                code, doc = handle(engine, match.group(1), self.headers, body)
+            except Exception as exc:  # the database is down: the provider retries
+                log.exception("callback.error", provider=match.group(1))
+                code, doc = 503, {"error": f"{type(exc).__name__}"}
+            self._answer(code, doc)
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def serve(host: str, port: int) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    import signal
+    import threading
+
+    server = make_server(host, port)
+    stop = threading.Event()
+
+    def shutdown(*_: Any) -> None:
+        if not stop.is_set():
+            stop.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, shutdown)
+    log.info("callbacks.serving", host=host, port=server.server_address[1])
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        log.info("callbacks.stopped")
