@@ -221,3 +221,29 @@ def test_a_cycle_is_closed_through_the_workers(env, engine, worker, empty_journa
     wait_until(lambda: [d for d in dead(env, "create_participation") if d["request_id"] == rid],
                what="refused after close")
     wait_quiet(env)
+
+
+def test_demo_chapters_show_the_limits_a_dispute_and_a_closed_cycle(env, engine, worker, empty_journal):
+    from infra.broker import build_broker
+    from infra.demo import challenges, journal, markets
+    from infra.demo.context import DemoContext
+
+    broker = build_broker(env.broker_url)
+    try:
+        ctx = DemoContext(engine, broker, as_json=True)
+        for chapter in (challenges, markets, journal):
+            chapter.run(ctx)
+    finally:
+        broker.close()
+    limits = ctx.report["challenges"]["views"]["challenge show (limits)"]
+    assert (limits["max_participants"], limits["user_count"]) == (2, 2) and limits["closes_at"]
+    said = " ".join(s["say"] for s in ctx.report["challenges"]["steps"])
+    assert "is full (2 of max_participants 2)" in said and "Settlement: " in said
+    second = ctx.report["markets"]["views"]["market show (after rollback and second resolution)"]
+    assert (second["dispute"]["status"], second["dispute"]["reresolved_outcome"]) == \
+        ("rolled_back", "thunder")
+    said = " ".join(s["say"] for s in ctx.report["markets"]["steps"])
+    assert "already disputed" in said and "dispute confirmed, 2 dispute(s)" in said
+    closed = ctx.report["journal"]["views"]["cycle show (closed)"]
+    assert closed["status"] == "closed"
+    assert closed["closing_capital"] == closed["account_balance"] == closed["initial_capital"]
