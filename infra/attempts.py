@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from domain.errors import BallastError
@@ -29,8 +30,6 @@ def final_attempt(exc: BaseException) -> bool:
     retries = message.options.get("retries", 0)
     max_retries = settings.retry_max_retries
     try:
-        import dramatiq
-
         actor = dramatiq.get_broker().get_actor(message.actor_name)
         max_retries = actor.options.get("max_retries", max_retries)
     except Exception:  # an actor this process does not know: the default applies

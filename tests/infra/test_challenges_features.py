@@ -7,10 +7,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import text
 
 import actors.challenges as challenge_actors
 from domain.errors import Refused
+from infra.cli import output
+from infra.cli.main import cli
 from infra import ledger
 from infra.challenges import settlement, views
 from infra.uow import UnitOfWork
@@ -19,6 +22,16 @@ from tests.infra import challenges_pipeline as p
 from tests.infra.test_challenges import STAKE, join, set_treasury, show, snapshot
 
 pytestmark = pytest.mark.usefixtures("_no_leftover_steps")
+
+
+def human(*args: str) -> str:
+    """``ballast ARGS`` for people, on a wide console (rich wraps at 80 columns)."""
+    width = output.console.width
+    output.console.width = 500
+    try:
+        return CliRunner().invoke(cli, list(args)).output
+    finally:
+        output.console.width = width
 
 
 @pytest.fixture
@@ -56,6 +69,8 @@ def test_a_join_beyond_max_participants_is_refused_with_the_reason_and_changes_n
     assert p.balance(engine, f"user:{user}:NGN") == STAKE
     doc = show(engine, cid)
     assert (doc["max_participants"], doc["closes_at"], doc["user_count"]) == (2, None, 2)
+    shown = human("challenge", "show", cid)
+    assert "at most 2 participants" in shown and "2 user(s)" in shown
 
 
 def test_a_join_after_closes_at_is_refused_and_show_reports_the_limit(engine):
@@ -175,6 +190,8 @@ def test_a_settlement_failing_for_good_is_visible_and_its_retry_pays_nobody_twic
         assert (a.kind, a.severity, a.status) == ("challenge_settlement_failed", "critical", "open")
         with pytest.raises(Refused, match="already settlement_failed"):
             p.run("join_challenge", challenge_id=cid, user_id=uid(), side="NO")
+        shown = human("challenge", "show", cid)
+        assert "settlement failed" in shown and f"ballast challenge settle {cid}" in shown
     finally:
         with engine.begin() as conn:
             conn.execute(text(f"DROP TRIGGER test_fail_settlement_{tag} ON challenge_participants"))

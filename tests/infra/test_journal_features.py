@@ -6,13 +6,26 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import text
 
 import actors.journal as journal_actors
 from domain.errors import Refused
+from infra.cli import output
+from infra.cli.main import cli
 from infra.journal import matching, repository as repo, views
 from tests.harness import uid
 from tests.infra.test_journal import LOGI, T0, balance, clean, entry, import_, make_cycle, run, work  # noqa: F401
+
+
+def human(*args: str) -> str:
+    """``ballast ARGS`` for people, on a wide console (rich wraps at 80 columns)."""
+    width = output.console.width
+    output.console.width = 500
+    try:
+        return CliRunner().invoke(cli, list(args)).output
+    finally:
+        output.console.width = width
 
 
 def report(engine, cycle=None):
@@ -38,6 +51,8 @@ def test_closing_a_cycle_reports_its_account_as_closing_capital_and_takes_nothin
     assert (view["status"], view["closing_capital"], view["closed_by"]) == ("closed", 1_000, "ops-ada")
     assert view["closing_capital"] == balance(engine, f"cycle:{cycle}")
     assert view["closed_at"]
+    shown = human("cycle", "show", cycle)
+    assert "closing capital 10.00 ISK" in shown and "ops-ada" in shown
     # Closing again changes nothing; nothing is added or linked after the close.
     assert work(engine, fn=lambda uow: matching.close_cycle(uow, cycle, "someone")) is None
     assert cycle_view(engine, cycle)["closed_by"] == "ops-ada"
@@ -96,6 +111,8 @@ def test_payments_without_a_usable_memo_get_ranked_suggestions_never_applied(eng
     assert [s["participation_id"] for s in got["n3"]] == ["s2", "s1", "s3"]
     assert got["n3"][2]["reasons"] == ["known_payer"]
     assert got["n4"] == []
+    shown = human("matching", "report")
+    assert "s3 (same_amount+known_payer)" in shown and "awaiting payment" in shown
     # Suggestions are for review: nothing was linked, every participation still awaits.
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM journal_payment_links")).scalar_one() == 0

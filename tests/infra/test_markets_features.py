@@ -4,15 +4,28 @@
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import text
 
 import actors.markets as market_actors
 from domain.errors import Refused
+from infra.cli import output
+from infra.cli.main import cli
 from infra import ledger
 from infra.markets import failure_alert_key, retry
 from infra.uow import UnitOfWork
 from tests.harness import uid
 from tests.infra.test_markets import STUB, Run, balances, commit, fund, open_market, show
+
+
+def human(*args: str) -> str:
+    """``ballast ARGS`` for people, on a wide console (rich wraps at 80 columns)."""
+    width = output.console.width
+    output.console.width = 500
+    try:
+        return CliRunner().invoke(cli, list(args)).output
+    finally:
+        output.console.width = width
 
 
 class DisputeRun(Run):
@@ -76,6 +89,8 @@ def test_a_disputed_market_is_held_then_confirmed_without_moving_money(run, engi
     assert (doc["dispute"]["status"], doc["dispute"]["ended_by"], doc["dispute"]["end_note"]) == \
         ("confirmed", "ops-ada", "video reviewed")
     assert money(engine, [a, b]) == before  # confirming moves nothing
+    shown = human("market", "show", m)
+    assert "dispute" in shown and "confirmed by ops-ada" in shown
     with pytest.raises(Refused, match="not disputed"):
         run("confirm_market", market_id=m, confirmed_by="ops-ada")
     with engine.connect() as conn:
@@ -156,6 +171,8 @@ def test_a_settlement_out_of_retries_is_failed_with_an_alert_and_its_retry_pays_
     doc = show(engine, m)
     assert (doc["status"], doc["distribution"]["status"]) == ("closed", "failed")
     assert "OperationalError" in doc["distribution"]["failure"]
+    shown = human("market", "show", m)
+    assert f"ballast market settle {m}" in shown
     assert money(engine, [a, b]) == before  # one transaction: nothing was paid
     dist_id = doc["distribution"]["distribution_id"]
     with engine.connect() as conn:
