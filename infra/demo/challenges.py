@@ -92,10 +92,10 @@ def run(ctx: DemoContext) -> None:
 
 def _limits(ctx: DemoContext) -> None:
     """A challenge with a time limit and a cap: the join beyond the cap is refused."""
-    cid = ctx.id("derby")
+    cid = ctx.id("cupfinal")
     closes = datetime.now(timezone.utc) + timedelta(hours=2)
-    ctx.send("open_challenge", request_id=ctx.id("open-derby"), challenge_id=cid,
-             title="Derby: a draw?", currency="NGN", stake=STAKE, admin_created=True,
+    ctx.send("open_challenge", request_id=ctx.id("open-cupfinal"), challenge_id=cid,
+             title="Cup final: a draw?", currency="NGN", stake=STAKE, admin_created=True,
              closes_at=closes.isoformat(), max_participants=2)
     users = [ctx.id(n) for n in ("kemi", "sola", "bayo")]
     for user in users:
@@ -103,7 +103,7 @@ def _limits(ctx: DemoContext) -> None:
                  amount=STAKE, reference="card")
     ctx.wait_until(lambda: all(_balance(ctx, f"user:{u}:NGN") == STAKE for u in users), "deposits")
     ctx.wait_until(lambda: _scalar(ctx, "SELECT status FROM challenges WHERE id = :c", c=cid),
-                   "the derby to open")
+                   "the cup final to open")
     for user, side in zip(users[:2], ("YES", "NO")):
         ctx.send("join_challenge", request_id=ctx.id(f"join-{user}"), challenge_id=cid,
                  user_id=user, side=side)
@@ -114,8 +114,8 @@ def _limits(ctx: DemoContext) -> None:
                                      if d.summary()["request_id"] == late], "the refused join")
     found = _events(ctx, "match.found", cid)
     doc = ctx.cli("challenge", "show", cid)
-    ctx.say(f"a derby open until {doc['closes_at']} for at most {doc['max_participants']}: kemi and "
-            f"sola are told \"{found[0]['data']['message']}\"; bayo, the third, is refused: "
+    ctx.say(f"a cup final open until {doc['closes_at']} for at most {doc['max_participants']}: "
+            f"kemi and sola are told \"{found[0]['data']['message']}\"; bayo, the third, is refused: "
             f"{letter[0]['reason']} (his {format_amount(STAKE, 'NGN')} stays in his wallet)")
     ctx.show("challenge show (limits)", {k: doc[k] for k in (
         "challenge_id", "closes_at", "max_participants", "user_count", "potential_matches",
