@@ -84,6 +84,42 @@ def test_challenge_limits_and_human_lines_through_the_workers(env, engine, worke
         tap.close()
 
 
+def test_a_void_challenge_ends_its_treasury_matches_refunded_through_the_workers(env, engine, worker):
+    tap = EventTap(env)
+    try:
+        before = balance(engine, "treasury:NGN")
+        send(env, "fund_treasury", request_id=uid("f"), currency="NGN", amount=5 * STAKE,
+             reference="capital", performed_by="cfo")
+        wait_until(lambda: balance(engine, "treasury:NGN") == before + 5 * STAKE, what="funding")
+        cid = uid("c")
+        send(env, "open_challenge", request_id=uid("r"), challenge_id=cid, title="Void me",
+             currency="NGN", stake=STAKE, admin_created=True)
+        wait_until(lambda: scalar(engine, "SELECT status FROM challenges WHERE id = :c", c=cid) == "open")
+        send(env, "configure_treasury", request_id=uid("r"), challenge_id=cid, max_risk=2 * STAKE,
+             notes="", admin_id="ops")
+        users = [uid(), uid()]
+        fund(env, engine, users)
+        for u in users:
+            join(env, engine, cid, u, "YES")
+        send(env, "fill_treasury", request_id=uid("r"), challenge_id=cid, side="YES", match_count=2,
+             admin_id="ops")
+        created = wait_until(lambda: [e for e in tap.named("admin.treasury.match_created")
+                                      if e["data"]["challenge_id"] == cid], what="matches")
+        assert created[0]["data"]["message"] == "2 matches filled on YES"
+        send(env, "resolve_challenge", request_id=uid("r"), challenge_id=cid, result="VOID",
+             resolved_by="ops")
+        summary = wait_until(lambda: [e for e in tap.named("admin.treasury.settlement")
+                                      if e["data"]["challenge_id"] == cid], what="settlement")
+        assert summary[0]["data"]["message"] == "Settlement: 0 won, 0 lost, 2 refunded, ₦0.00"
+        code, doc, _ = cli(env, "challenge", "show", cid)
+        assert [(m["status"], m["result"], m["treasury_payout"], m["pnl"]) for m in doc["matches"]] \
+            == [("refunded", None, STAKE, 0)] * 2
+        assert [balance(engine, f"user:{u}:NGN") for u in users] == [STAKE, STAKE]
+        assert balance(engine, "treasury:NGN") == before + 5 * STAKE
+    finally:
+        tap.close()
+
+
 FAIL_SEAT = """
 CREATE OR REPLACE FUNCTION test_fail_seat_{tag}() RETURNS trigger AS $$
 BEGIN
