@@ -18,6 +18,11 @@ from dramatiq.middleware import CurrentMessage
 from domain.errors import BallastError
 from infra.settings import get_settings
 
+#: The middleware reads the clock a moment after the step does: within this margin of the
+#: time budget the attempt counts as the last (marking a failure one attempt early is safe —
+#: a settlement resumes from a failed state — missing the last one is not).
+BUDGET_MARGIN_MS = 1000  # ms
+
 
 def final_attempt(exc: BaseException) -> bool:
     """True when the failure ``exc`` of the current message will not be retried."""
@@ -29,11 +34,11 @@ def final_attempt(exc: BaseException) -> bool:
     settings = get_settings()
     retries = message.options.get("retries", 0)
     max_retries = settings.retry_max_retries
-    try:
-        actor = dramatiq.get_broker().get_actor(message.actor_name)
+    # The worker's broker, never a default one created here (it would point at the default vhost).
+    broker = dramatiq.broker.global_broker
+    actor = broker.actors.get(message.actor_name) if broker is not None else None
+    if actor is not None:
         max_retries = actor.options.get("max_retries", max_retries)
-    except Exception:  # an actor this process does not know: the default applies
-        pass
     now_ms = int(time.time() * 1000)
     first = message.options.get("first_failure_at", now_ms)
-    return retries >= max_retries or now_ms - first >= settings.retry_max_total_ms
+    return retries >= max_retries or now_ms - first >= settings.retry_max_total_ms - BUDGET_MARGIN_MS
