@@ -39,6 +39,12 @@ EVENTS = [
     "admin.treasury.fill_failed",
     "market.payout",
     "market.payout_reversed",
+    # issue 14
+    "admin.treasury.settlement_failed",
+    "admin.treasury.settlement_retried",
+    "market.disputed",
+    "market.confirmed",
+    "cycle.closed",
 ]
 
 
