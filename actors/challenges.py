@@ -13,6 +13,8 @@ import hashlib
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from dramatiq.middleware import TimeLimitExceeded
+
 from domain import challenges as rules
 from domain.challenges import Challenge, TreasuryConfig, escrow_account, treasury_account
 from domain.errors import InsufficientFunds, LedgerError, Refused
@@ -20,8 +22,10 @@ from domain.ledger import Posting
 from domain.wallet import WalletChange
 from infra import ledger, wallets
 from infra.alerts import raise_alert, resolve_alert
+from infra.attempts import final_attempt
 from infra.challenges import conditions  # noqa: F401  (registers the alert conditions)
 from infra.challenges import repository as repo
+from infra.challenges import settlement as settlement_failures
 from infra.challenges import views
 from infra.contract.challenges import (
     AssignPersonas,
@@ -55,9 +59,13 @@ def child_request_id(parent: str, step: str) -> str:
 
 @command()
 def open_challenge(cmd: OpenChallenge, uow: UnitOfWork) -> None:
-    """A challenge with a fixed stake per participant opens for joins."""
-    repo.add(uow.conn, Challenge(cmd.challenge_id, cmd.title, cmd.currency, cmd.stake,
-                                 cmd.admin_created))
+    """A challenge with a fixed stake per participant opens for joins (until ``closes_at``,
+    up to ``max_participants`` when given)."""
+    challenge = Challenge(cmd.challenge_id, cmd.title, cmd.currency, cmd.stake, cmd.admin_created,
+                          closes_at=cmd.closes_at, max_participants=cmd.max_participants)
+    if not repo.exists(uow.conn, cmd.challenge_id):
+        challenge.check_new(repo.db_now(uow.conn))
+    repo.add(uow.conn, challenge)
 
 
 @command()
@@ -67,6 +75,9 @@ def join_challenge(cmd: JoinChallenge, uow: UnitOfWork) -> None:
     challenge.ensure_open(f"join {cmd.side}")
     if repo.has_joined(uow.conn, challenge.challenge_id, cmd.user_id):
         raise Refused(f"user {cmd.user_id} already joined challenge {challenge.challenge_id}")
+    # Under the challenge's row lock: concurrent joins see each other, the cap holds.
+    challenge.ensure_can_join(repo.db_now(uow.conn),
+                              repo.participant_count(uow.conn, challenge.challenge_id))
     wager = WalletChange(cmd.user_id, challenge.currency, -challenge.stake, "wager",
                          reason=f"challenge {challenge.challenge_id} {cmd.side}",
                          performed_by=cmd.user_id,
@@ -189,13 +200,23 @@ def settle_challenge(cmd: SettleChallenge) -> None:
 
     Each batch is one transaction that marks its participants settled, so a
     worker killed between batches resumes where it stopped and pays nobody twice.
+    A failure for good (permanent, or transient on the last attempt) leaves the
+    challenge ``settlement_failed`` with an alert before the message is dead-lettered.
     """
-    while True:
-        with UnitOfWork(actor="settle_challenge", request_id=cmd.request_id, payload=cmd) as uow:
-            finished = _settle_next_batch(uow, cmd.challenge_id)
-            uow.commit()
-        if finished:
-            return
+    try:
+        while True:
+            with UnitOfWork(actor="settle_challenge", request_id=cmd.request_id, payload=cmd) as uow:
+                finished = _settle_next_batch(uow, cmd.challenge_id)
+                uow.commit()
+            if finished:
+                return
+    except (Exception, TimeLimitExceeded) as exc:
+        if final_attempt(exc):
+            try:
+                settlement_failures.record_failure(cmd.challenge_id, f"{type(exc).__name__}: {exc}")
+            except Exception as unrecorded:  # the database is the cause: the dead letter stays
+                log.error("challenge.settlement_failure_unrecorded", error=str(unrecorded))
+        raise
 
 
 def _settle_next_batch(uow: UnitOfWork, challenge_id: str) -> bool:
@@ -203,7 +224,8 @@ def _settle_next_batch(uow: UnitOfWork, challenge_id: str) -> bool:
     challenge = repo.get(uow.conn, challenge_id, lock=True)
     if challenge.status == "settled":
         return True
-    if challenge.status != "resolved":
+    # settlement_failed: a dead letter replayed before `challenge settle` resumes just the same.
+    if challenge.status not in ("resolved", "settlement_failed"):
         raise Refused(f"challenge {challenge_id} is {challenge.status}, not resolved")
     seats = repo.unsettled(uow.conn, challenge_id, SETTLE_BATCH + 1)
     last = len(seats) <= SETTLE_BATCH
@@ -261,6 +283,7 @@ def _close_settlement(uow: UnitOfWork, challenge: Challenge) -> None:
     repo.mark_settled(uow.conn, challenge.challenge_id)
     for key in (_budget_alert_key(challenge), _personas_alert_key(challenge)):
         resolve_alert(uow, key, note="challenge settled")
+    settlement_failures.settled(uow, challenge.challenge_id)
     uow.emit("admin.treasury.settlement", {
         "challenge_id": challenge.challenge_id, "result": challenge.result,
         "currency": challenge.currency, "stake": challenge.stake,
@@ -268,7 +291,8 @@ def _close_settlement(uow: UnitOfWork, challenge: Challenge) -> None:
         "matches": outcome.matches, "won": outcome.won, "lost": outcome.lost,
         "refunded": outcome.refunded, "won_amount": outcome.won_amount,
         "lost_amount": outcome.lost_amount, "refunded_amount": outcome.refunded_amount,
-        "treasury_payout": outcome.payout, "net_pnl": outcome.net_pnl}, recipient="admin")
+        "treasury_payout": outcome.payout, "net_pnl": outcome.net_pnl,
+        "message": rules.settlement_message(outcome, challenge.currency)}, recipient="admin")
 
 
 # --- the daily summary ----------------------------------------------------------------
@@ -300,7 +324,8 @@ def _pair_waiting(uow: UnitOfWork, challenge: Challenge) -> None:
             uow.emit("match.found", {
                 "challenge_id": challenge.challenge_id, "user_id": me.user_id, "side": me.side,
                 "opponent": them.user_id, "stake": challenge.stake,
-                "currency": challenge.currency}, recipient=me.user_id)
+                "currency": challenge.currency, "message": rules.matched_message(None)},
+                recipient=me.user_id)
 
 
 def _announce_matches(uow: UnitOfWork, challenge: Challenge, fill: repo.Fill,
@@ -308,14 +333,16 @@ def _announce_matches(uow: UnitOfWork, challenge: Challenge, fill: repo.Fill,
     uow.emit_many([("match.found", {
         "challenge_id": challenge.challenge_id, "user_id": m.user_id, "side": m.user_side,
         "opponent": m.persona.display_name, "stake": challenge.stake,
-        "currency": challenge.currency}, m.user_id) for m in matches])
+        "currency": challenge.currency, "message": rules.matched_message(m.persona.display_name)},
+        m.user_id) for m in matches])
     uow.emit("admin.treasury.match_created", {
         "challenge_id": challenge.challenge_id, "fill_id": fill.id, "side": fill.side,
         "requested": fill.requested, "created": len(matches),
         "treasury_staked": len(matches) * challenge.stake, "currency": challenge.currency,
         "matches": [{"user_id": m.user_id, "persona": m.persona.code} for m in matches[:100]],
         "max_risk": cfg.max_risk, "allocated": cfg.allocated, "remaining": cfg.remaining,
-        "requested_by": fill.admin_id}, recipient="admin")
+        "requested_by": fill.admin_id,
+        "message": rules.filled_message(len(matches), fill.side)}, recipient="admin")
     resolve_alert(uow, f"treasury:underfunded:{challenge.currency}", note="a fill was funded")
     if cfg.available < challenge.stake:
         raise_alert(uow, kind="treasury_budget_exhausted", severity="warning",

@@ -7,6 +7,7 @@ import hashlib
 
 from domain.errors import Refused
 from infra.contract.journal import (
+    CloseCycle,
     CreateParticipation,
     ImportWalletJournal,
     LinkPayment,
@@ -70,6 +71,12 @@ def link_payment(cmd: LinkPayment, uow: UnitOfWork) -> None:
 def open_cycle(cmd: OpenCycle, uow: UnitOfWork) -> None:
     """The cycle opens: unpaid participations expire, the initial capital is reported."""
     matching.open_cycle(uow, cmd.cycle_id)
+
+
+@command()
+def close_cycle(cmd: CloseCycle, uow: UnitOfWork) -> None:
+    """The cycle closes: nothing is added or linked after; its account is the closing capital."""
+    matching.close_cycle(uow, cmd.cycle_id, cmd.closed_by)
 
 
 @command(max_retries=20, retry_within_ms=290_000)  # fired every 5 min

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from dramatiq.middleware import TimeLimitExceeded
+
 from domain.errors import BallastError, Refused
-from domain.markets import CLOSED, COMPLETED, PENDING, SETTLING, Market
+from domain.markets import (
+    COMPLETED,
+    DISPUTE_CONFIRMED,
+    DISPUTED,
+    PENDING,
+    SETTLING,
+    Market,
+    status_after_settlement,
+)
 from domain.wallet import WalletChange
-from infra import alerts, wallets
+from infra import wallets
+from infra.attempts import final_attempt
 from infra.contract.markets import (
+    ConfirmMarket,
+    DisputeMarket,
     OpenMarket,
     PlaceCommitment,
     ResolveMarket,
@@ -15,7 +28,7 @@ from infra.contract.markets import (
     VoidMarket,
 )
 from infra.logs import get_logger
-from infra.markets import escrow_account, repository, roll_back, settle
+from infra.markets import escrow_account, record_failure, repository, roll_back, settle
 from infra.messaging import command
 from infra.uow import UnitOfWork
 
@@ -77,17 +90,50 @@ def rollback_market(cmd: RollbackMarket, uow: UnitOfWork) -> None:
     roll_back(uow, cmd.market_id, reason=cmd.reason, by=cmd.requested_by)
 
 
+@command()
+def dispute_market(cmd: DisputeMarket, uow: UnitOfWork) -> None:
+    """Hold a resolved market ``disputed`` (who, why); nothing is paid or taken back."""
+    market = repository.get_market(uow.conn, cmd.market_id, lock="update")
+    if repository.open_dispute(uow.conn, cmd.market_id) is not None:
+        raise Refused(f"market {cmd.market_id} is already disputed: confirm it or roll it back first")
+    market.check_disputable()
+    dist = repository.latest_distribution(uow.conn, cmd.market_id)
+    assert dist is not None and dist.status == COMPLETED
+    dispute = repository.add_dispute(uow.conn, cmd.market_id, dist.id, cmd.reason, cmd.disputed_by)
+    repository.set_status(uow.conn, cmd.market_id, DISPUTED)
+    uow.emit("market.disputed", {"market_id": cmd.market_id, "dispute_id": dispute,
+                                 "distribution_id": dist.id, "previous_status": market.status,
+                                 "reason": cmd.reason, "disputed_by": cmd.disputed_by})
+
+
+@command()
+def confirm_market(cmd: ConfirmMarket, uow: UnitOfWork) -> None:
+    """The disputed resolution stands: the dispute ends ``confirmed``, no money moves."""
+    market = repository.get_market(uow.conn, cmd.market_id, lock="update")
+    market.check_confirmable()
+    dispute = repository.open_dispute(uow.conn, cmd.market_id)
+    assert dispute is not None  # a disputed market has its open dispute
+    status = status_after_settlement(repository.distribution_kind(uow.conn, dispute.distribution_id))
+    repository.end_dispute(uow.conn, dispute.id, DISPUTE_CONFIRMED, cmd.confirmed_by, cmd.note or None)
+    repository.set_status(uow.conn, cmd.market_id, status)
+    uow.emit("market.confirmed", {"market_id": cmd.market_id, "dispute_id": dispute.id,
+                                  "distribution_id": dispute.distribution_id, "status": status,
+                                  "confirmed_by": cmd.confirmed_by, "note": cmd.note})
+
+
 @command(transactional=False, time_limit=SETTLE_TIME_LIMIT_MS)
 def settle_market(cmd: SettleMarket) -> None:
-    """Pay the distribution out in bulk; a refused settlement is recorded as ``failed``."""
+    """Pay the distribution out in bulk.  A settlement that fails for good (refused, or a
+    transient failure on its last attempt) is recorded as ``failed`` with an alert."""
     try:
         with UnitOfWork(actor="settle_market", request_id=cmd.request_id, payload=cmd) as uow:
             if not uow.claim():
                 return
             settle(uow, cmd.distribution_id)
             uow.commit()
-    except BallastError as exc:
-        _record_failure(cmd, exc)
+    except (Exception, TimeLimitExceeded) as exc:
+        if final_attempt(exc):
+            _record_failure(cmd, exc)
         raise
 
 
@@ -100,6 +146,8 @@ def _resolve(uow: UnitOfWork, market_id: str, winner: str | None, by: str, reaso
     market.check_resolvable(winner)
     dist = repository.add_distribution(uow.conn, market_id, winner, by, reason)
     repository.set_status(uow.conn, market_id, SETTLING)
+    # After a dispute was rolled back, the dispute records how the market was re-resolved.
+    repository.record_reresolution(uow.conn, market_id, dist, winner or "void")
     uow.send("settle_market", request_id=f"settle_market:{dist}", market_id=market_id,
              distribution_id=dist)
 
@@ -118,18 +166,14 @@ def _known_commitment(uow: UnitOfWork, cmd: PlaceCommitment) -> bool:
     return True
 
 
-def _record_failure(cmd: SettleMarket, exc: BallastError) -> None:
-    """The distribution is ``failed`` and the market resolvable again; admins are alerted."""
-    with UnitOfWork() as uow:
-        repository.get_market(uow.conn, cmd.market_id, lock="update")
-        dist = repository.get_distribution(uow.conn, cmd.distribution_id, lock=True)
-        if dist.status != PENDING:
-            return
-        repository.fail_distribution(uow.conn, dist.id, str(exc))
-        repository.set_status(uow.conn, cmd.market_id, CLOSED)
-        alerts.raise_alert(uow, kind="market_settlement_failed", severity="critical",
-                           subject=f"market {cmd.market_id}: settlement failed: {exc}",
-                           dedupe_key=f"market_settlement_failed:{dist.id}",
-                           data={"market_id": cmd.market_id, "distribution_id": dist.id,
-                                 "reason": str(exc)})
-        uow.commit()
+def _record_failure(cmd: SettleMarket, exc: BaseException) -> None:
+    """The distribution is ``failed`` and the market resolvable again (or retried with
+    ``ballast market settle``); admins are alerted.  In a transaction of its own."""
+    # A transient failure out of retries names its kind; a refusal is its own sentence.
+    reason = str(exc) if isinstance(exc, BallastError) else f"{type(exc).__name__}: {exc}"
+    try:
+        with UnitOfWork() as uow:
+            if record_failure(uow, cmd.market_id, cmd.distribution_id, reason):
+                uow.commit()
+    except Exception as unrecorded:  # the database is the cause: the dead letter stays
+        log.error("market.settlement_failure_unrecorded", error=str(unrecorded))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Literal, Sequence, TypeVar
 
 from domain.errors import Refused
@@ -54,8 +55,11 @@ class Challenge:
       currency: the currency of every stake.
       stake: minor units each participant (or the treasury, per match) puts in.
       admin_created: only admin challenges may be balanced by the treasury.
-      status: ``open`` → ``resolved`` (result known) → ``settled`` (escrow paid out).
+      status: ``open`` → ``resolved`` (result known) → ``settled`` (escrow paid out);
+        ``settlement_failed`` when the settlement failed for good (retried by an operator).
       result: ``YES``, ``NO`` or ``VOID`` once resolved.
+      closes_at: no join at or after this time (None: open until resolved).
+      max_participants: no join beyond this many real participants (None: no cap).
     """
 
     challenge_id: str
@@ -65,10 +69,39 @@ class Challenge:
     admin_created: bool
     status: str = "open"
     result: str | None = None
+    closes_at: datetime | None = None
+    max_participants: int | None = None
 
     def same_terms(self, other: "Challenge") -> bool:
-        return (self.title, self.currency, self.stake, self.admin_created) == (
-            other.title, other.currency, other.stake, other.admin_created)
+        return (self.title, self.currency, self.stake, self.admin_created, self.closes_at,
+                self.max_participants) == (
+            other.title, other.currency, other.stake, other.admin_created, other.closes_at,
+            other.max_participants)
+
+    def check_new(self, now: datetime) -> None:
+        """A new challenge's limits make sense: it does not open already closed."""
+        if self.closes_at is not None and self.closes_at <= now:
+            raise Refused(f"challenge {self.challenge_id} would open already closed: closes_at "
+                          f"{self.closes_at.isoformat()} is not after {now.isoformat()}")
+        if self.max_participants is not None and self.max_participants < 1:
+            raise Refused(f"challenge {self.challenge_id}: max_participants must be at least 1")
+
+    def ensure_can_join(self, now: datetime, participants: int) -> None:
+        """Refused after the close or at the cap (``participants``: real users joined so far)."""
+        self.ensure_open("join")
+        if self.closes_at is not None and now >= self.closes_at:
+            raise Refused(f"cannot join: challenge {self.challenge_id} closed at "
+                          f"{self.closes_at.isoformat()}")
+        if self.max_participants is not None and participants >= self.max_participants:
+            raise Refused(f"cannot join: challenge {self.challenge_id} is full "
+                          f"({participants} of max_participants {self.max_participants})")
+
+    def retry_settlement(self) -> "Challenge":
+        """An operator retries a settlement that failed for good: it is resolved again."""
+        if self.status != "settlement_failed":
+            raise Refused(f"challenge {self.challenge_id} is {self.status}: only a "
+                          "settlement_failed challenge is retried")
+        return replace(self, status="resolved")
 
     def ensure_open(self, action: str) -> None:
         if self.status != "open":
@@ -109,10 +142,17 @@ class Imbalance:
     unmatched_yes: int
     unmatched_no: int
     match_rate: int  # integer percent of real participants paired (user or persona)
+    user_count: int = 0  # real participants, both sides
+    potential_matches: int = 0  # pairs still possible between the sides' waiting users
 
 
 def imbalance(yes: SideTally, no: SideTally) -> Imbalance:
-    """The imbalance of a challenge from its two sides' tallies."""
+    """The imbalance of a challenge from its two sides' tallies.
+
+    ``potential_matches`` counts the user-vs-user pairs the waiting users of the two sides
+    could still form (joins pair at once, so it is non-zero only while a join is in flight);
+    what the treasury could still match is ``fillable``.
+    """
     people = yes.count + no.count
     paired = people - yes.unmatched - no.unmatched
     if yes.total > no.total:
@@ -126,7 +166,16 @@ def imbalance(yes: SideTally, no: SideTally) -> Imbalance:
         gap=abs(yes.total - no.total), imbalanced_side=heavy,
         unmatched_yes=yes.unmatched, unmatched_no=no.unmatched,
         match_rate=(paired * 100 // people) if people else 0,
+        user_count=people,
+        potential_matches=min(yes.unmatched, no.unmatched),
     )
+
+
+def fillable(waiting_on_heavy: int, available: int, stake: int, unused_personas: int) -> int:
+    """How many matches a fill could make now: waiting users, budget, personas (SPEC §1's n)."""
+    if stake <= 0:
+        return 0
+    return max(0, min(waiting_on_heavy, max(available, 0) // stake, unused_personas))
 
 
 def pair_first_come(yes_waiting: Sequence[T], no_waiting: Sequence[T]) -> list[tuple[T, T]]:
@@ -265,9 +314,15 @@ class UserSettlement:
 
 @dataclass(frozen=True, slots=True)
 class MatchSettlement:
-    result: str  # treasury_won | treasury_lost | void
+    """How one treasury match ends: ``settled`` with a result, or ``refunded`` (VOID)."""
+
+    result: str | None  # treasury_won | treasury_lost; None when refunded
     payout: int  # back to the treasury
-    pnl: int  # +stake won, -stake lost, 0 void
+    pnl: int  # +stake won, -stake lost, 0 refunded
+
+    @property
+    def status(self) -> str:
+        return "refunded" if self.result is None else "settled"
 
 
 def settle_user(*, stake: int, side: str, result: str, opponent: str | None) -> UserSettlement:
@@ -280,9 +335,9 @@ def settle_user(*, stake: int, side: str, result: str, opponent: str | None) -> 
 
 
 def settle_treasury_match(*, stake: int, user_side: str, result: str) -> MatchSettlement:
-    """The treasury held the side opposite the user's, one stake."""
+    """The treasury held the side opposite the user's, one stake; VOID refunds it."""
     if result == "VOID":
-        return MatchSettlement("void", stake, 0)
+        return MatchSettlement(None, stake, 0)
     if user_side == result:
         return MatchSettlement("treasury_lost", 0, -stake)
     return MatchSettlement("treasury_won", 2 * stake, stake)
@@ -306,7 +361,7 @@ class TreasuryOutcome:
 def treasury_outcome(settled: Sequence[MatchSettlement], stake: int) -> TreasuryOutcome:
     won = [m for m in settled if m.result == "treasury_won"]
     lost = [m for m in settled if m.result == "treasury_lost"]
-    void = [m for m in settled if m.result == "void"]
+    void = [m for m in settled if m.status == "refunded"]
     return TreasuryOutcome(
         matches=len(settled), won=len(won), lost=len(lost), refunded=len(void),
         won_amount=stake * len(won), lost_amount=stake * len(lost),
@@ -335,3 +390,27 @@ def settlement_notice(outcome: UserSettlement, stake: int, currency: str) -> tup
     if outcome.outcome == "lost":
         return stake, f"You lost {format_amount(stake, currency)}"
     return outcome.payout, f"Your stake of {format_amount(outcome.payout, currency)} was refunded"
+
+
+# --- what people are told (the original's lines, next to the data) ---------------------
+
+def matched_message(opponent: str | None) -> str:
+    """``match.found``: the persona's display name, or another player for a user pair."""
+    return f"You've been matched with {opponent}" if opponent else "You've been matched with another player"
+
+
+def filled_message(created: int, side: str) -> str:
+    """``admin.treasury.match_created``."""
+    return f"{created} {'match' if created == 1 else 'matches'} filled on {side}"
+
+
+def signed_amount(amount: int, currency: str) -> str:
+    """``+₦8,500.00``, ``-₦1,500.00``, ``₦0.00``."""
+    return f"+{format_amount(amount, currency)}" if amount > 0 else format_amount(amount, currency)
+
+
+def settlement_message(outcome: TreasuryOutcome, currency: str) -> str:
+    """``admin.treasury.settlement``: ``Settlement: 12 won, 3 lost, +₦8,500.00``."""
+    refunded = f", {outcome.refunded} refunded" if outcome.refunded else ""
+    return (f"Settlement: {outcome.won} won, {outcome.lost} lost{refunded}, "
+            f"{signed_amount(outcome.net_pnl, currency)}")

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fractions import Fraction
 from math import isqrt
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence, TypeVar
 
 from domain.errors import InvalidCommand
 from domain.money import format_minor, major_to_minor
 from domain.wallet import BalanceRefused, WalletChange
+
+T = TypeVar("T")
 
 TIERS: tuple[str, ...] = ("bronze", "silver", "gold", "platinum", "diamond")
 DEFAULT_TIER = "bronze"
@@ -326,4 +328,46 @@ def analyze(currency: str, start_balance: int, end_balance: int, stats: ChangeSt
         "volatility": vol,
         "trend": trend(net, currency),
         "risk_level": risk_level(vol, pct, currency),
+    }
+
+
+#: A change this risky or more counts as ``risky`` in an agent's analytics.
+RISKY_SCORE = 50
+
+
+def parse_cursor(cursor: str | None) -> int | None:
+    """A page cursor (the last audit id seen, as text); InvalidCommand when it is not one."""
+    if cursor is None:
+        return None
+    if not cursor.isdigit() or int(cursor) <= 0:
+        raise InvalidCommand(f"not a page cursor: {cursor!r} (give the next_cursor of a page)")
+    return int(cursor)
+
+
+def page(rows: Sequence[T], limit: int, key) -> tuple[list[T], str | None]:
+    """Keyset paging, newest first: ``rows`` holds up to ``limit + 1`` rows after the
+    cursor; the page is the first ``limit`` and the next cursor is the last one's key
+    when more remain (None on the last page)."""
+    shown = list(rows[:limit])
+    more = len(rows) > limit
+    return shown, (str(key(shown[-1])) if more and shown else None)
+
+
+def analyze_agent(currency: str, stats: ChangeStats, users: int, max_risk: int, risky: int) -> dict:
+    """What one agent (the operator or upstream service that performed the changes) did
+    in one currency over one period: no balances (an agent has none), its changes."""
+    vol = volatility(stats.count, stats.sum_abs, stats.sum_sq)
+    net = sum((stats.by_type or {}).values())
+    return {
+        "currency": currency,
+        "changes": stats.count,
+        "users": users,
+        "net_change": net,
+        "volume": stats.sum_abs,
+        "totals_by_type": dict(sorted((stats.by_type or {}).items())),
+        "volatility": vol,
+        "trend": trend(net, currency),
+        "max_risk_score": max_risk,
+        "risky_changes": risky,
+        "risk_level": risk_level(vol, None, currency),
     }

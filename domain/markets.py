@@ -36,9 +36,18 @@ CREATOR_FEE_MIN_BPS = 100
 CREATOR_FEE_MAX_BPS = 500
 
 #: Market statuses.  ``closed``: no new commitments, resolvable (after a rollback).
+#: ``disputed``: a resolved market held while someone's dispute is looked at.
 OPEN, SETTLING, SETTLED, VOIDED, CLOSED = "open", "settling", "settled", "voided", "closed"
+DISPUTED = "disputed"
 #: Distribution statuses (``pending`` while the settlement step has not run).
 PENDING, COMPLETED, FAILED, ROLLED_BACK = "pending", "completed", "failed", "rolled_back"
+#: How a dispute ends: the resolution confirmed (no money moves), or rolled back.
+DISPUTE_OPEN, DISPUTE_CONFIRMED, DISPUTE_ROLLED_BACK = "open", "confirmed", "rolled_back"
+
+
+def status_after_settlement(distribution_kind: str) -> str:
+    """A completed distribution leaves its market ``voided`` (void) or ``settled``."""
+    return VOIDED if distribution_kind == "void" else SETTLED
 
 
 def check_fees(creator_fee_bps: int, house_fee_bps: int) -> None:
@@ -155,6 +164,26 @@ class Market:
             raise InvalidCommand(f"amount must be a positive integer, got {amount!r}")
         chosen, method = self.option_for(option_id, position)
         return Commitment(commitment_id, user_id, chosen, amount, method)
+
+    def check_disputable(self) -> None:
+        """Refused unless the market is resolved (settled or voided) and not disputed now."""
+        if self.status == DISPUTED:
+            raise Refused(f"market {self.market_id} is already disputed: confirm it or roll it "
+                          "back first")
+        if self.status not in (SETTLED, VOIDED):
+            raise Refused(f"market {self.market_id} is {self.status}: only a resolved (settled "
+                          "or voided) market can be disputed")
+
+    def check_confirmable(self) -> None:
+        if self.status != DISPUTED:
+            raise Refused(f"market {self.market_id} is {self.status}, not disputed: "
+                          "nothing to confirm")
+
+    def check_retryable(self, distribution_status: str) -> None:
+        """Only a ``failed`` latest distribution of a ``closed`` market is retried."""
+        if distribution_status != FAILED or self.status != CLOSED:
+            raise Refused(f"market {self.market_id} is {self.status} and its latest distribution "
+                          f"is {distribution_status}: only a failed settlement is retried")
 
     def check_resolvable(self, winning_option_id: str | None) -> None:
         """Refused unless the market can be resolved (or voided, with None) now."""

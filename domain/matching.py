@@ -343,3 +343,52 @@ def participation_problem(status: str, cycle_status: str) -> str | None:
     if cycle_status != "planned":
         return f"its cycle is {cycle_status}, no longer taking payments"
     return None
+
+
+# --- suggestions for review (never applied automatically) ---------------------------------
+
+#: Suggestions listed per payment without a usable memo.
+SUGGESTIONS_MAX = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A participation a payment without a usable memo might be for.
+
+    Parameters:
+      participation_id: the participation.
+      pledged: its pledge (ISK minor units).
+      at: when it was created, seconds on any common clock.
+      known_payer: the payer's character is known to be this participant's (its registered
+        name is the participation's character name, or it paid for this user before).
+    """
+
+    participation_id: str
+    pledged: int
+    at: int
+    known_payer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    participation_id: str
+    same_amount: bool
+    known_payer: bool
+    seconds_apart: int
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(r for r, ok in (("same_amount", self.same_amount),
+                                     ("known_payer", self.known_payer)) if ok)
+
+
+def suggest(amount: int, paid_at: int, candidates: Iterable[Candidate],
+            limit: int = SUGGESTIONS_MAX) -> list[Suggestion]:
+    """Ranked suggestions for one payment: a candidate needs the same amount as its pledge
+    or a known payer; more of those first, then the same amount, then the known payer, then
+    the nearest date (ties by id).  For a person to review: nothing here links anything."""
+    found = [Suggestion(c.participation_id, c.pledged == amount, c.known_payer, abs(paid_at - c.at))
+             for c in candidates if c.pledged == amount or c.known_payer]
+    found.sort(key=lambda s: (-(s.same_amount + s.known_payer), not s.same_amount,
+                              not s.known_payer, s.seconds_apart, s.participation_id))
+    return found[:limit]

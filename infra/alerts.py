@@ -257,7 +257,27 @@ def _row(r) -> dict[str, Any]:
         "acknowledged_by": r.acknowledged_by,
         "acknowledged_at": r.acknowledged_at.isoformat() if r.acknowledged_at else None,
         "resolved_at": r.resolved_at.isoformat() if r.resolved_at else None,
+        "resolved_by": getattr(r, "resolved_by", None),
+        "resolution_note": getattr(r, "resolution_note", None),
     }
+
+
+def resolve_by_hand(uow: Unit, alert_id: int, by: str, note: str) -> dict[str, Any]:
+    """An operator resolves an alert that no condition clears (a failed conversion, a failed
+    settlement) once it is handled: who, when and how are kept; ``alert.resolved`` goes out."""
+    row = uow.conn.execute(
+        text("UPDATE alerts SET status = 'resolved', resolved_at = now(), updated_at = now(), "
+             "resolved_by = :by, resolution_note = :note WHERE id = :id AND status <> 'resolved' "
+             "RETURNING id, kind, severity, subject, dedupe_key, data"),
+        {"id": alert_id, "by": by, "note": note},
+    ).one_or_none()
+    if row is None:
+        get(uow.conn, alert_id)  # NotFound for an unknown id
+        raise Refused(f"alert {alert_id} is already resolved")
+    _announce(uow, "alert.resolved", [
+        {"alert_id": row.id, "kind": row.kind, "severity": row.severity, "subject": row.subject,
+         "dedupe_key": row.dedupe_key, "data": row.data, "note": note, "resolved_by": by}])
+    return get(uow.conn, alert_id)
 
 
 def _like_prefix(prefix: str) -> str:

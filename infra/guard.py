@@ -324,20 +324,47 @@ def refused(unit: Unit, error: BalanceRefused) -> None:
 # --- reports -----------------------------------------------------------------------------------
 
 def history(conn: Connection, user_id: str, currency: str | None = None,
-            limit: int = 50) -> list[dict[str, Any]]:
-    """The wallet's audit trail, newest first."""
+            limit: int = 50, after: int | None = None) -> list[dict[str, Any]]:
+    """The wallet's audit trail, newest first (``after``: only lines older than that audit id)."""
+    return history_page(conn, user_id, currency, limit, after)[0]
+
+
+def history_page(conn: Connection, user_id: str, currency: str | None = None, limit: int = 50,
+                 after: int | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the wallet's audit trail, newest first, and the next page's cursor."""
     rows = conn.execute(
         text("SELECT * FROM wallet_audit WHERE user_id = :u "
-             "AND (CAST(:cur AS text) IS NULL OR currency = :cur) ORDER BY id DESC LIMIT :n"),
-        {"u": user_id, "cur": currency, "n": limit},
-    )
-    return [
-        {"at": r.created_at.isoformat(), "transaction_id": r.transaction_id, "kind": r.kind,
-         "currency": r.currency, "amount": r.amount, "balance_before": r.balance_before,
-         "balance_after": r.balance_after, "reason": r.reason, "performed_by": r.performed_by,
-         "risk_score": r.risk_score, "tier": r.tier, "metadata": r.metadata}
-        for r in rows
-    ]
+             "AND (CAST(:cur AS text) IS NULL OR currency = :cur) "
+             "AND (CAST(:after AS bigint) IS NULL OR id < :after) ORDER BY id DESC LIMIT :n"),
+        {"u": user_id, "cur": currency, "n": limit + 1, "after": after},
+    ).all()
+    shown, cursor = rules.page(rows, limit, key=lambda r: r.id)
+    return [_audit_line(r) for r in shown], cursor
+
+
+def _audit_line(r) -> dict[str, Any]:
+    return {"audit_id": r.id, "at": r.created_at.isoformat(), "transaction_id": r.transaction_id,
+            "kind": r.kind, "currency": r.currency, "amount": r.amount,
+            "balance_before": r.balance_before, "balance_after": r.balance_after,
+            "reason": r.reason, "performed_by": r.performed_by, "risk_score": r.risk_score,
+            "tier": r.tier, "metadata": r.metadata}
+
+
+def recent_changes(conn: Connection, *, hours: int | None = 24, by: str | None = None,
+                   min_risk: int = 0, limit: int = 50, after: int | None = None) -> dict[str, Any]:
+    """Recent changes across all customers, newest first, keyset-paged on the audit id
+    (``ballast audit recent``): a page never repeats or skips a line, whatever is written
+    meanwhile (new lines have higher ids and are only on the first page of a new walk)."""
+    rows = conn.execute(
+        text("SELECT * FROM wallet_audit WHERE "
+             "(CAST(:hours AS integer) IS NULL OR created_at >= now() - make_interval(hours => :hours)) "
+             "AND (CAST(:by AS text) IS NULL OR performed_by = :by) AND risk_score >= :risk "
+             "AND (CAST(:after AS bigint) IS NULL OR id < :after) ORDER BY id DESC LIMIT :n"),
+        {"hours": hours, "by": by, "risk": min_risk, "after": after, "n": limit + 1},
+    ).all()
+    shown, cursor = rules.page(rows, limit, key=lambda r: r.id)
+    return {"changes": [{"user_id": r.user_id, **_audit_line(r)} for r in shown],
+            "next_cursor": cursor, "hours": hours, "performed_by": by, "min_risk": min_risk}
 
 
 def limits_report(conn: Connection, user_id: str, currencies: Sequence[str]) -> dict[str, Any]:
@@ -398,6 +425,46 @@ def analytics(conn: Connection, start: datetime, end: datetime, user_id: str | N
         st = rules.ChangeStats(acc["n"], acc["s1"], acc["s2"], acc["by"])
         currencies[r.currency] = rules.analyze(r.currency, int(r.start_balance), int(r.end_balance), st)
     return {"user_id": user_id, "start": start.isoformat(), "end": end.isoformat(),
+            "currencies": currencies}
+
+
+def agent_analytics(conn: Connection, start: datetime, end: datetime, agent: str,
+                    currency: str | None = None) -> dict[str, Any]:
+    """What one agent (``performed_by``: an operator, an upstream service, ``system``) did
+    over ``[start, end)``, per currency, from the audit trail."""
+    rows = conn.execute(
+        text(
+            "SELECT currency, kind, count(*) AS n, sum(abs(amount)) AS s1, "
+            "sum(CAST(amount AS numeric) * amount) AS s2, sum(amount) AS net, "
+            "max(risk_score) AS max_risk, count(*) FILTER (WHERE risk_score >= :risky) AS risky "
+            "FROM wallet_audit WHERE performed_by = :agent AND created_at >= :start "
+            "AND created_at < :end AND (CAST(:cur AS text) IS NULL OR currency = :cur) "
+            "GROUP BY currency, kind"
+        ),
+        {"agent": agent, "start": start, "end": end, "cur": currency, "risky": rules.RISKY_SCORE},
+    ).all()
+    users = dict(conn.execute(
+        text("SELECT currency, count(DISTINCT user_id) FROM wallet_audit WHERE performed_by = :agent "
+             "AND created_at >= :start AND created_at < :end "
+             "AND (CAST(:cur AS text) IS NULL OR currency = :cur) GROUP BY currency"),
+        {"agent": agent, "start": start, "end": end, "cur": currency},
+    ).all())
+    per_cur: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"n": 0, "s1": 0, "s2": 0, "by": {}, "max": 0, "risky": 0})
+    for r in rows:
+        acc = per_cur[r.currency]
+        acc["n"] += int(r.n)
+        acc["s1"] += int(r.s1)
+        acc["s2"] += int(r.s2)
+        acc["by"][r.kind] = int(r.net)
+        acc["max"] = max(acc["max"], int(r.max_risk))
+        acc["risky"] += int(r.risky)
+    currencies = {
+        cur: rules.analyze_agent(cur, rules.ChangeStats(a["n"], a["s1"], a["s2"], a["by"]),
+                                 int(users.get(cur, 0)), a["max"], a["risky"])
+        for cur, a in sorted(per_cur.items())
+    }
+    return {"agent": agent, "user_id": None, "start": start.isoformat(), "end": end.isoformat(),
             "currencies": currencies}
 
 

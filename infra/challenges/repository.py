@@ -22,14 +22,19 @@ from domain.errors import NotFound, Refused
 
 def get(conn: Connection, challenge_id: str, *, lock: bool = False) -> Challenge:
     row = conn.execute(
-        text("SELECT id, title, currency, stake, admin_created, status, result FROM challenges "
-             "WHERE id = :id" + (" FOR UPDATE" if lock else "")),
+        text("SELECT id, title, currency, stake, admin_created, status, result, closes_at, "
+             "max_participants FROM challenges WHERE id = :id" + (" FOR UPDATE" if lock else "")),
         {"id": challenge_id},
     ).one_or_none()
     if row is None:
         raise NotFound(f"challenge {challenge_id} does not exist")
     return Challenge(row.id, row.title, row.currency, int(row.stake), row.admin_created,
-                     row.status, row.result)
+                     row.status, row.result, row.closes_at, row.max_participants)
+
+
+def exists(conn: Connection, challenge_id: str) -> bool:
+    return conn.execute(text("SELECT 1 FROM challenges WHERE id = :id"),
+                        {"id": challenge_id}).first() is not None
 
 
 def add(conn: Connection, challenge: Challenge) -> bool:
@@ -38,10 +43,12 @@ def add(conn: Connection, challenge: Challenge) -> bool:
     Raises Refused when the id is taken by a challenge on other terms.
     """
     inserted = conn.execute(
-        text("INSERT INTO challenges (id, title, currency, stake, admin_created) "
-             "VALUES (:id, :title, :cur, :stake, :admin) ON CONFLICT (id) DO NOTHING RETURNING 1"),
+        text("INSERT INTO challenges (id, title, currency, stake, admin_created, closes_at, "
+             "max_participants) VALUES (:id, :title, :cur, :stake, :admin, :closes, :cap) "
+             "ON CONFLICT (id) DO NOTHING RETURNING 1"),
         {"id": challenge.challenge_id, "title": challenge.title, "cur": challenge.currency,
-         "stake": challenge.stake, "admin": challenge.admin_created},
+         "stake": challenge.stake, "admin": challenge.admin_created,
+         "closes": challenge.closes_at, "cap": challenge.max_participants},
     ).scalar_one_or_none()
     if inserted:
         return True
@@ -49,8 +56,38 @@ def add(conn: Connection, challenge: Challenge) -> bool:
     if not existing.same_terms(challenge):
         raise Refused(f"challenge {challenge.challenge_id} already exists with other terms "
                       f"({existing.currency} stake {existing.stake}, "
-                      f"admin_created={existing.admin_created})")
+                      f"admin_created={existing.admin_created}, closes_at={existing.closes_at}, "
+                      f"max_participants={existing.max_participants})")
     return False
+
+
+def db_now(conn: Connection):
+    """The transaction's time (the same clock for every worker)."""
+    return conn.execute(text("SELECT now()")).scalar_one()
+
+
+def participant_count(conn: Connection, challenge_id: str) -> int:
+    return int(conn.execute(
+        text("SELECT count(*) FROM challenge_participants WHERE challenge_id = :c"),
+        {"c": challenge_id}).scalar_one())
+
+
+def mark_settlement_failed(conn: Connection, challenge_id: str, reason: str) -> bool:
+    """A resolved challenge whose settlement failed for good; True when it was resolved."""
+    return conn.execute(
+        text("UPDATE challenges SET status = 'settlement_failed', settlement_failure = :why, "
+             "settlement_failed_at = now() WHERE id = :id AND status = 'resolved' RETURNING 1"),
+        {"id": challenge_id, "why": reason[:500]},
+    ).first() is not None
+
+
+def reopen_settlement(conn: Connection, challenge_id: str) -> int:
+    """settlement_failed → resolved for a retry; returns the retry's number."""
+    return int(conn.execute(
+        text("UPDATE challenges SET status = 'resolved', settlement_retries = settlement_retries + 1 "
+             "WHERE id = :id AND status = 'settlement_failed' RETURNING settlement_retries"),
+        {"id": challenge_id},
+    ).scalar_one())
 
 
 def save_resolution(conn: Connection, challenge: Challenge, resolved_by: str) -> None:
@@ -64,7 +101,7 @@ def save_resolution(conn: Connection, challenge: Challenge, resolved_by: str) ->
 def mark_settled(conn: Connection, challenge_id: str) -> None:
     conn.execute(
         text("UPDATE challenges SET status = 'settled', settled_at = now() "
-             "WHERE id = :id AND status = 'resolved'"),
+             "WHERE id = :id AND status IN ('resolved', 'settlement_failed')"),
         {"id": challenge_id},
     )
 
@@ -366,12 +403,14 @@ def settle_matches(conn: Connection, matches: Sequence[tuple[int, MatchSettlemen
     if not matches:
         return
     conn.execute(
-        text("UPDATE treasury_matches m SET status = 'settled', result = x.result, "
+        text("UPDATE treasury_matches m SET status = x.status, result = x.result, "
              "treasury_payout = x.payout, pnl = x.pnl, settled_at = now() "
-             "FROM unnest(CAST(:ids AS bigint[]), CAST(:results AS text[]), "
-             "CAST(:payouts AS bigint[]), CAST(:pnls AS bigint[])) AS x(id, result, payout, pnl) "
+             "FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]), "
+             "CAST(:results AS text[]), CAST(:payouts AS bigint[]), CAST(:pnls AS bigint[])) "
+             "AS x(id, status, result, payout, pnl) "
              "WHERE m.id = x.id AND m.status = 'active'"),
-        {"ids": [i for i, _ in matches], "results": [m.result for _, m in matches],
+        {"ids": [i for i, _ in matches], "statuses": [m.status for _, m in matches],
+         "results": [m.result for _, m in matches],
          "payouts": [m.payout for _, m in matches], "pnls": [m.pnl for _, m in matches]},
     )
 
@@ -379,7 +418,7 @@ def settle_matches(conn: Connection, matches: Sequence[tuple[int, MatchSettlemen
 def settled_matches(conn: Connection, challenge_id: str) -> list[MatchSettlement]:
     rows = conn.execute(
         text("SELECT result, treasury_payout, pnl FROM treasury_matches "
-             "WHERE challenge_id = :c AND status = 'settled' ORDER BY id"),
+             "WHERE challenge_id = :c AND status IN ('settled', 'refunded') ORDER BY id"),
         {"c": challenge_id},
     )
     return [MatchSettlement(r.result, int(r.treasury_payout), int(r.pnl)) for r in rows]

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from domain.challenges import imbalance
+from domain.challenges import fillable, imbalance
 from infra.challenges import repository as repo
 
 #: Settled challenges listed on the dashboard.
@@ -19,6 +19,12 @@ def show(conn: Connection, challenge_id: str) -> dict[str, Any]:
     challenge = repo.get(conn, challenge_id)
     bal = imbalance(*repo.tallies(conn, challenge_id))
     cfg = repo.config(conn, challenge_id)
+    extra = conn.execute(
+        text("SELECT settlement_failure, settlement_failed_at, settlement_retries FROM challenges "
+             "WHERE id = :c"), {"c": challenge_id}).one()
+    heavy_waiting = {"YES": bal.unmatched_yes, "NO": bal.unmatched_no}.get(bal.imbalanced_side or "", 0)
+    can_fill = fillable(heavy_waiting, cfg.available if cfg else 0, challenge.stake,
+                        len(repo.unused_personas(conn, challenge_id))) if cfg and challenge.status == "open" else 0
     matches = conn.execute(
         text("SELECT m.user_id, p.code AS persona, m.user_side, m.stake, m.status, m.result, "
              "m.treasury_payout, m.pnl FROM treasury_matches m "
@@ -43,6 +49,15 @@ def show(conn: Connection, challenge_id: str) -> dict[str, Any]:
         "unmatched_yes": bal.unmatched_yes,
         "unmatched_no": bal.unmatched_no,
         "match_rate": bal.match_rate,
+        "user_count": bal.user_count,
+        "potential_matches": bal.potential_matches,
+        "fillable": can_fill,
+        "closes_at": challenge.closes_at.isoformat() if challenge.closes_at else None,
+        "max_participants": challenge.max_participants,
+        "settlement_failure": extra.settlement_failure,
+        "settlement_failed_at": (extra.settlement_failed_at.isoformat()
+                                 if extra.settlement_failed_at else None),
+        "settlement_retries": int(extra.settlement_retries),
         "treasury": {
             "max_risk": cfg.max_risk if cfg else 0,
             "allocated": cfg.allocated if cfg else 0,
@@ -75,9 +90,9 @@ def dashboard(conn: Connection, currency: str) -> dict[str, Any]:
         {"cur": currency},
     ).one()
     matches = conn.execute(
-        text("SELECT count(*) FILTER (WHERE m.status IN ('active', 'settled')) AS total, "
+        text("SELECT count(*) FILTER (WHERE m.status IN ('active', 'settled', 'refunded')) AS total, "
              "count(*) FILTER (WHERE m.status = 'active') AS pending, "
-             "COALESCE(sum(m.pnl) FILTER (WHERE m.status = 'settled'), 0) AS pnl "
+             "COALESCE(sum(m.pnl) FILTER (WHERE m.status IN ('settled', 'refunded')), 0) AS pnl "
              "FROM treasury_matches m JOIN challenges c ON c.id = m.challenge_id "
              "WHERE c.currency = :cur"),
         {"cur": currency},
@@ -86,9 +101,10 @@ def dashboard(conn: Connection, currency: str) -> dict[str, Any]:
         text("SELECT c.id, c.result, c.settled_at, count(m.id) AS matches, "
              "count(*) FILTER (WHERE m.result = 'treasury_won') AS won, "
              "count(*) FILTER (WHERE m.result = 'treasury_lost') AS lost, "
-             "count(*) FILTER (WHERE m.result = 'void') AS refunded, "
+             "count(*) FILTER (WHERE m.status = 'refunded') AS refunded, "
              "COALESCE(sum(m.pnl), 0) AS net_pnl FROM challenges c "
-             "JOIN treasury_matches m ON m.challenge_id = c.id AND m.status = 'settled' "
+             "JOIN treasury_matches m ON m.challenge_id = c.id "
+             "AND m.status IN ('settled', 'refunded') "
              "WHERE c.currency = :cur AND c.status = 'settled' "
              "GROUP BY c.id ORDER BY c.settled_at DESC, c.id LIMIT :n"),
         {"cur": currency, "n": RECENT_SETTLEMENTS},
@@ -143,7 +159,7 @@ def daily_summary(conn: Connection, start: datetime, end: datetime) -> dict[str,
             "SELECT c.currency, count(*) AS n, "
             "count(*) FILTER (WHERE m.result = 'treasury_won') AS won, "
             "count(*) FILTER (WHERE m.result = 'treasury_lost') AS lost, "
-            "count(*) FILTER (WHERE m.result = 'void') AS refunded, "
+            "count(*) FILTER (WHERE m.status = 'refunded') AS refunded, "
             "COALESCE(sum(m.stake) FILTER (WHERE m.result = 'treasury_won'), 0) AS won_amount, "
             "COALESCE(sum(m.stake) FILTER (WHERE m.result = 'treasury_lost'), 0) AS lost_amount, "
             "sum(m.pnl) AS pnl FROM treasury_matches m JOIN challenges c ON c.id = m.challenge_id "

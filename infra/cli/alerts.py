@@ -1,8 +1,9 @@
-"""Alerts, analytics and the guard's limits: ``ballast alerts``, ``ballast analytics``,
-``ballast guard`` (CONTRACT.md)."""
+"""Alerts, analytics, the audit trail and the guard's limits: ``ballast alerts``,
+``ballast analytics``, ``ballast audit recent``, ``ballast guard`` (CONTRACT.md)."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
 
@@ -14,6 +15,7 @@ from domain.money import CURRENCIES, format_minor
 from infra import alerts, guard
 from infra.cli.output import console, emit, fail, json_option, table
 from infra.db.engine import get_engine
+from infra.uow import UnitOfWork
 
 SUMMARY = ("alert_id", "kind", "severity", "subject", "status", "created_at")
 
@@ -22,6 +24,7 @@ def register(cli: click.Group) -> None:
     """Add this capability's commands to `ballast`."""
     cli.add_command(alerts_group)
     cli.add_command(analytics)
+    cli.add_command(audit_group)
     cli.add_command(guard_group)
 
 
@@ -34,7 +37,7 @@ def register(cli: click.Group) -> None:
 @click.pass_context
 def alerts_group(ctx: click.Context, open_only: bool, kind: str | None, user_id: str | None,
                  limit: int, as_json: bool) -> None:
-    """List alerts, newest first (subcommands: ack, show)."""
+    """List alerts, newest first (subcommands: ack, resolve, show)."""
     if ctx.invoked_subcommand is not None:
         return
     with get_engine().connect() as conn:
@@ -59,6 +62,26 @@ def alerts_ack(alert_id: int, by: str, as_json: bool) -> None:
     emit(doc, as_json, lambda d: console.print(
         f"alert {d['alert_id']} ({d['kind']}) acknowledged by {d['acknowledged_by']} "
         f"at {d['acknowledged_at']}"))
+
+
+@alerts_group.command("resolve")
+@click.argument("alert_id", type=int)
+@click.option("--by", "by", required=True, help="Who resolves it (recorded with the time).")
+@click.option("--note", required=True, help="How it was handled (recorded, sent with alert.resolved).")
+@json_option
+def alerts_resolve(alert_id: int, by: str, note: str, as_json: bool) -> None:
+    """Resolve a one-shot alert (a failed conversion, a failed settlement) once it is handled.
+    An alert whose condition still holds is raised again by the next sweep."""
+    if not by.strip() or not note.strip():
+        fail("--by and --note need a value", 2)
+    try:
+        with UnitOfWork(actor="alerts_resolve", request_id=f"cli:{uuid.uuid4()}") as uow:
+            doc = alerts.resolve_by_hand(uow, alert_id, by.strip(), note.strip())
+            uow.commit()
+    except BallastError as exc:
+        fail(str(exc), 1)
+    emit(doc, as_json, lambda d: console.print(
+        f"alert {d['alert_id']} ({d['kind']}) resolved by {d['resolved_by']}: {d['resolution_note']}"))
 
 
 @alerts_group.command("show")
@@ -86,23 +109,45 @@ def _when(value: str | None, name: str) -> datetime | None:
 
 @click.command()
 @click.option("--user", "user_id", default=None, help="One user (default: platform-wide).")
+@click.option("--agent", default=None,
+              help="One agent: the operator or service that performed the changes (performed_by).")
 @click.option("--period", required=True, type=click.Choice(list(rules.PERIODS)))
 @click.option("--start", default=None, help="Custom period start, ISO 8601 (UTC if no offset).")
 @click.option("--end", default=None, help="Custom period end (default: now for the others).")
 @click.option("--currency", default=None, type=click.Choice(list(CURRENCIES)))
 @json_option
-def analytics(user_id: str | None, period: str, start: str | None, end: str | None,
-              currency: str | None, as_json: bool) -> None:
+def analytics(user_id: str | None, agent: str | None, period: str, start: str | None,
+              end: str | None, currency: str | None, as_json: bool) -> None:
     """Balance analytics per currency: start and end balance, net and % change, totals by
-    type, volatility, trend and risk level (SPEC §4)."""
+    type, volatility, trend and risk level (SPEC §4) — per user, per agent, or platform-wide."""
+    if user_id and agent:
+        fail("give --user or --agent, not both", 2)
     try:
         lo, hi = rules.period_bounds(period, datetime.now(timezone.utc),
                                      _when(start, "--start"), _when(end, "--end"))
     except BallastError as exc:
         fail(str(exc), 2)
     with get_engine().connect() as conn:
-        doc = guard.analytics(conn, lo, hi, user_id=user_id, currency=currency)
+        if agent:
+            doc = guard.agent_analytics(conn, lo, hi, agent, currency=currency)
+        else:
+            doc = guard.analytics(conn, lo, hi, user_id=user_id, currency=currency)
     doc["period"] = period
+    if agent:
+        def agent_human(d):
+            console.print(f"[bold]agent {d['agent']}[/bold] {d['period']} {d['start']} → {d['end']}")
+            table([{"currency": cur, "changes": a["changes"], "users": a["users"],
+                    "net": format_minor(a["net_change"], cur),
+                    "volume": format_minor(a["volume"], cur),
+                    "volatility": format_minor(a["volatility"], cur), "trend": a["trend"],
+                    "max risk": a["max_risk_score"], "risky": a["risky_changes"],
+                    "risk": a["risk_level"],
+                    "by type": ", ".join(f"{k} {format_minor(v, cur)}"
+                                         for k, v in a["totals_by_type"].items())}
+                   for cur, a in d["currencies"].items()], title="agent analytics")
+
+        emit(doc, as_json, agent_human)
+        return
 
     def human(d):
         who = d["user_id"] or "platform"
@@ -118,6 +163,41 @@ def analytics(user_id: str | None, period: str, start: str | None, end: str | No
                 "by type": ", ".join(f"{k} {format_minor(v, cur)}" for k, v in a["totals_by_type"].items()),
             })
         table(rows, title="analytics")
+
+    emit(doc, as_json, human)
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """The wallet audit trail across all customers."""
+
+
+@audit_group.command("recent")
+@click.option("--hours", default=24, show_default=True, type=click.IntRange(1, 24 * 366),
+              help="Changes of the last H hours.")
+@click.option("--by", "by", default=None, help="Only changes performed by this operator/service.")
+@click.option("--min-risk", default=0, show_default=True, type=click.IntRange(0, 100),
+              help="Only changes with at least this risk score.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--after", "after", default=None, help="The next_cursor of the previous page.")
+@json_option
+def audit_recent(hours: int, by: str | None, min_risk: int, limit: int, after: str | None,
+                 as_json: bool) -> None:
+    """Recent changes across all customers, newest first, a page at a time."""
+    try:
+        cursor = rules.parse_cursor(after)
+    except BallastError as exc:
+        fail(str(exc), 2)
+    with get_engine().connect() as conn:
+        doc = guard.recent_changes(conn, hours=hours, by=by, min_risk=min_risk, limit=limit,
+                                   after=cursor)
+
+    def human(d):
+        table(d["changes"], ["audit_id", "at", "user_id", "kind", "currency", "amount",
+                             "balance_after", "performed_by", "risk_score", "reason"],
+              title=f"changes of the last {hours} h")
+        if d["next_cursor"]:
+            console.print(f"  more: --after {d['next_cursor']}")
 
     emit(doc, as_json, human)
 

@@ -1,7 +1,9 @@
-"""Treasury balancing for operators: ``ballast challenge show``, ``ballast treasury dashboard``,
-``ballast personas [list|add]`` (CONTRACT.md)."""
+"""Treasury balancing for operators: ``ballast challenge show|settle``, ``ballast treasury
+dashboard``, ``ballast personas [list|add]`` (CONTRACT.md)."""
 
 from __future__ import annotations
+
+import uuid
 
 import click
 
@@ -9,9 +11,10 @@ from domain.challenges import PERSONA_CATEGORIES, format_amount
 from domain.errors import NotFound, Refused
 from domain.money import CURRENCIES
 from infra.challenges import personas as persona_pool
-from infra.challenges import views
+from infra.challenges import settlement, views
 from infra.cli.output import console, emit, fail, json_option, table
 from infra.db.engine import get_engine
+from infra.uow import UnitOfWork
 
 
 def register(cli: click.Group) -> None:
@@ -46,8 +49,17 @@ def challenge_show(challenge_id: str, as_json: bool) -> None:
         console.print(f"  YES {d['yes_count']} ({money(d['yes_total'])}), "
                       f"NO {d['no_count']} ({money(d['no_total'])}); gap {money(d['gap'])}"
                       f" on {d['imbalanced_side'] or 'neither side'}")
-        console.print(f"  unmatched YES {d['unmatched_yes']}, NO {d['unmatched_no']}; "
-                      f"match rate {d['match_rate']}%")
+        console.print(f"  {d['user_count']} user(s); unmatched YES {d['unmatched_yes']}, "
+                      f"NO {d['unmatched_no']}; match rate {d['match_rate']}%; "
+                      f"potential matches {d['potential_matches']}, fillable now {d['fillable']}")
+        limits = [f"closes at {d['closes_at']}" if d["closes_at"] else "no time limit",
+                  f"at most {d['max_participants']} participants" if d["max_participants"]
+                  else "no participant cap"]
+        console.print("  " + ", ".join(limits))
+        if d["settlement_failure"]:
+            console.print(f"  [red]settlement failed[/red] at {d['settlement_failed_at']}: "
+                          f"{d['settlement_failure']} (retry: ballast challenge settle "
+                          f"{d['challenge_id']} --by NAME)")
         t = d["treasury"]
         console.print(f"  treasury: max risk {money(t['max_risk'])}, allocated {money(t['allocated'])}, "
                       f"remaining {money(t['remaining'])}, {t['filled_count']} match(es)")
@@ -55,6 +67,25 @@ def challenge_show(challenge_id: str, as_json: bool) -> None:
                              "treasury_payout", "pnl"], title="treasury matches")
 
     emit(doc, as_json, human)
+
+
+@challenge_group.command("settle")
+@click.argument("challenge_id")
+@click.option("--by", "by", required=True, help="Who retries (recorded with the retry).")
+@json_option
+def challenge_settle(challenge_id: str, by: str, as_json: bool) -> None:
+    """Retry a settlement that failed for good, once its cause is fixed: seats already
+    paid are skipped, so nobody is paid twice."""
+    if not by.strip():
+        fail("--by needs a name", 2)
+    try:
+        with UnitOfWork(actor="challenge_settle", request_id=f"cli:{uuid.uuid4()}") as uow:
+            settlement.retry(uow, challenge_id, by.strip())
+            uow.commit()
+    except (NotFound, Refused) as exc:
+        fail(str(exc), 1)
+    emit({"challenge_id": challenge_id, "status": "resolved", "settlement": "retrying"}, as_json,
+         lambda d: console.print(f"challenge {challenge_id}: settlement handed to the workers again"))
 
 
 @click.group("treasury")

@@ -63,8 +63,15 @@ def matching_report(cycle_id: str | None, as_json: bool) -> None:
                                     "payer_character_id", "journal_ids"], title="participations")
         table(d["ambiguous"], ["journal_id", "amount", "memo", "participation_ids", "score"],
               title="ambiguous (for review)")
-        table(d["unmatched"], ["journal_id", "date", "amount", "memo", "payer_character_id",
-                               "near_participation_ids", "near_score"], title="unmatched")
+        table([{**u, "suggestions": ", ".join(
+                   f"{s['participation_id']} ({'+'.join(s['reasons'])})" for s in u["suggestions"])}
+               for u in d["unmatched"]],
+              ["journal_id", "date", "amount", "memo", "payer_character_id",
+               "near_participation_ids", "near_score", "suggestions"],
+              title="unmatched (suggestions are for review, never applied)")
+        table([{**a, "age": f"{a['age_seconds'] // 3600} h"} for a in d["awaiting"]],
+              ["participation_id", "cycle_id", "character_name", "pledged", "created_at", "age"],
+              title="awaiting payment")
 
     emit(doc, as_json, human)
 
@@ -90,5 +97,8 @@ def cycle_show(cycle_id: str, as_json: bool) -> None:
         console.print(f"[bold]{d['cycle_id']}[/bold] {d['status']}: {d['participations']} "
                       f"participations {d['by_status']}, confirmed "
                       f"{format_minor(d['confirmed_amount'], 'ISK')}, initial capital {capital}")
+        if d["closing_capital"] is not None:
+            console.print(f"  closed at {d['closed_at']} by {d['closed_by']}, closing capital "
+                          f"{format_minor(d['closing_capital'], 'ISK')}")
 
     emit(doc, as_json, human)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 from sqlalchemy import text
 
-from domain.errors import NotFound
+from domain.errors import InvalidCommand, NotFound
+from domain.guard import parse_cursor
 from domain.money import format_minor
 from infra import guard, ledger, wallets
 from infra.cli.output import console, emit, fail, json_option, table
@@ -65,17 +66,25 @@ def wallet_group() -> None:
 @click.argument("user_id")
 @click.option("--currency", default=None, help="Only this currency.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--after", "after", default=None, help="History older than this (a history_next_cursor).")
 @json_option
-def wallet_show(user_id: str, currency: str | None, limit: int, as_json: bool) -> None:
-    """Balances, tier, history and open alerts of one user."""
+def wallet_show(user_id: str, currency: str | None, limit: int, after: str | None,
+                as_json: bool) -> None:
+    """Balances, tier, history (a page at a time) and open alerts of one user."""
+    try:
+        cursor = parse_cursor(after)
+    except InvalidCommand as exc:
+        fail(str(exc), 2)
     with get_engine().connect() as conn:
         balances = wallets.balances(conn, user_id, currency)
+        history, next_cursor = guard.history_page(conn, user_id, currency, limit, cursor)
         doc = {
             "user_id": user_id,
             "tier": guard.tier_of(conn, user_id),
             "balances": balances,
             # The audit trail: every change with before/after, who, why and its risk score.
-            "history": guard.history(conn, user_id, currency, limit),
+            "history": history,
+            "history_next_cursor": next_cursor,
             "alerts": open_alerts_for_user(conn, user_id),
             "limits": guard.limits_report(conn, user_id, sorted(balances)),
         }
@@ -90,6 +99,8 @@ def wallet_show(user_id: str, currency: str | None, limit: int, as_json: bool) -
         table(d["history"], ["at", "kind", "currency", "amount", "balance_before", "balance_after",
                              "reason", "performed_by", "risk_score", "transaction_id"],
               title="history")
+        if d["history_next_cursor"]:
+            console.print(f"  older: --after {d['history_next_cursor']}")
         if d["alerts"]:
             table(d["alerts"], title="open alerts")
 

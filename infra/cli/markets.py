@@ -1,15 +1,19 @@
-"""CLI views of the markets capability: ``ballast market show ID`` (CONTRACT.md)."""
+"""CLI views of the markets capability: ``ballast market show ID``, ``ballast market settle ID``
+(CONTRACT.md)."""
 
 from __future__ import annotations
+
+import uuid
 
 import click
 from sqlalchemy import text
 
-from domain.errors import NotFound
+from domain.errors import NotFound, Refused
 from domain.money import format_minor
 from infra.cli.output import console, emit, fail, json_option, table
 from infra.db.engine import get_engine
-from infra.markets import repository
+from infra.markets import repository, retry
+from infra.uow import UnitOfWork
 
 
 def register(cli: click.Group) -> None:
@@ -47,9 +51,41 @@ def market_show(market_id: str, line_limit: int | None, as_json: bool) -> None:
         fees = " ".join(f"{k.replace('_', ' ')} {format_minor(dist[k], currency)}"
                         for k in ("house_fee", "creator_fee", "breakage") if dist[k] is not None)
         console.print(f"  distribution {dist['status']} {fees}")
+        if dist["failure"]:
+            console.print(f"  [red]failure[/red]: {dist['failure']}"
+                          + ("" if dist["status"] != "failed" else
+                             f" (retry: ballast market settle {d['market_id']} --by NAME)"))
+        dispute = d.get("dispute")
+        if dispute:
+            ended = (f", {dispute['status']} by {dispute['ended_by']}: {dispute['end_note'] or '-'}"
+                     if dispute["status"] != "open" else ", open")
+            again = (f", re-resolved as {dispute['reresolved_outcome']}"
+                     if dispute["reresolved_outcome"] else "")
+            console.print(f"  dispute {dispute['dispute_id']} by {dispute['disputed_by']}: "
+                          f"{dispute['reason']!r}{ended}{again}")
         table(dist["lines"][:200], ["commitment_id", "user_id", "option_id", "method", "amount",
                                     "payout", "profit"], title="audit lines")
         if len(dist["lines"]) > 200:
             console.print(f"  … {len(dist['lines']) - 200} more (use --json)")
 
     emit(doc, as_json, human)
+
+
+@market_group.command("settle")
+@click.argument("market_id")
+@click.option("--by", "by", required=True, help="Who retries (recorded on the distribution).")
+@json_option
+def market_settle(market_id: str, by: str, as_json: bool) -> None:
+    """Retry a settlement that failed, once its cause is fixed: the distribution is pending
+    again and the settlement step pays it once (one transaction; paying twice is impossible)."""
+    if not by.strip():
+        fail("--by needs a name", 2)
+    try:
+        with UnitOfWork(actor="market_settle", request_id=f"cli:{uuid.uuid4()}") as uow:
+            dist = retry(uow, market_id, by.strip())
+            uow.commit()
+    except (NotFound, Refused) as exc:
+        fail(str(exc), 1)
+    emit({"market_id": market_id, "distribution_id": dist, "status": "settling"}, as_json,
+         lambda d: console.print(f"market {market_id}: distribution {dist} handed to the "
+                                 "settlement step again"))

@@ -42,6 +42,12 @@ EVENTS = [
     "conversion.frozen",
     "conversion.thawed",
     "conversion.reconciliation_failed",
+    # issue 14
+    "admin.treasury.settlement_failed",
+    "admin.treasury.settlement_retried",
+    "market.disputed",
+    "market.confirmed",
+    "cycle.closed",
 ]
 
 

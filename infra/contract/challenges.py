@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import StrictBool, StrictInt, Field
+from pydantic import AwareDatetime, StrictBool, StrictInt, Field
 from typing import Annotated
 
 from infra.contract.base import ActorSpec, Amount, Command, Currency, Identifier, LongText, ShortText
@@ -14,6 +14,7 @@ QUEUE = "ballast.challenges"
 Side = Literal["YES", "NO"]
 Result = Literal["YES", "NO", "VOID"]
 MatchCount = Annotated[StrictInt, Field(gt=0, le=10_000)]
+MaxParticipants = Annotated[StrictInt, Field(gt=0, le=1_000_000)]
 
 
 class OpenChallenge(Command):
@@ -22,6 +23,10 @@ class OpenChallenge(Command):
     currency: Currency
     stake: Amount
     admin_created: StrictBool
+    #: No join at or after this time (ISO 8601 with offset); absent: open until resolved.
+    closes_at: AwareDatetime | None = None
+    #: No join beyond this many real participants; absent: no cap.
+    max_participants: MaxParticipants | None = None
 
 
 class JoinChallenge(Command):

@@ -60,6 +60,11 @@ class OpenCycle(Command):
     cycle_id: Identifier
 
 
+class CloseCycle(Command):
+    cycle_id: Identifier
+    closed_by: Identifier
+
+
 class MatchPayments(Command):
     """Internal step: one matching run, over every planned cycle or only ``cycle_id``."""
 
@@ -73,6 +78,7 @@ SPECS = [
     ActorSpec("import_wallet_journal", QUEUE, ImportWalletJournal),
     ActorSpec("link_payment", QUEUE, LinkPayment),
     ActorSpec("open_cycle", QUEUE, OpenCycle),
+    ActorSpec("close_cycle", QUEUE, CloseCycle),
     ActorSpec("match_payments", "ballast.step.matching", MatchPayments, step=True),
 ]
 

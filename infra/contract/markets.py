@@ -58,6 +58,18 @@ class RollbackMarket(Command):
     requested_by: Identifier
 
 
+class DisputeMarket(Command):
+    market_id: Identifier
+    reason: ShortText
+    disputed_by: Identifier
+
+
+class ConfirmMarket(Command):
+    market_id: Identifier
+    confirmed_by: Identifier
+    note: ShortText = ""
+
+
 class SettleMarket(Command):
     market_id: Identifier
     distribution_id: StrictInt
@@ -69,5 +81,7 @@ SPECS = [
     ActorSpec("resolve_market", QUEUE, ResolveMarket),
     ActorSpec("void_market", QUEUE, VoidMarket),
     ActorSpec("rollback_market", QUEUE, RollbackMarket),
+    ActorSpec("dispute_market", QUEUE, DisputeMarket),
+    ActorSpec("confirm_market", QUEUE, ConfirmMarket),
     ActorSpec("settle_market", "ballast.step.settlement", SettleMarket, step=True),
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from sqlalchemy import text
 
 from domain.challenges import format_amount
-from infra import ledger
+from infra import ledger, rabbit
 from infra.demo.context import DemoContext
 
 STAKE = 150_000  # ₦1,500.00
@@ -82,5 +84,39 @@ def run(ctx: DemoContext) -> None:
             f"{summary['refunded']}, net P&L {money(summary['net_pnl'])}; escrow now "
             f"{money(_balance(ctx, f'escrow:challenge:{cid}'))}; treasury "
             f"{money(treasury_before)} → {money(_balance(ctx, 'treasury:NGN'))}")
+    ctx.say(f"the admins' line: {summary['message']}")
     ctx.show("challenge show (settled)", ctx.cli("challenge", "show", cid))
     ctx.show("treasury dashboard (settled)", ctx.cli("treasury", "dashboard"))
+    _limits(ctx)
+
+
+def _limits(ctx: DemoContext) -> None:
+    """A challenge with a time limit and a cap: the join beyond the cap is refused."""
+    cid = ctx.id("cupfinal")
+    closes = datetime.now(timezone.utc) + timedelta(hours=2)
+    ctx.send("open_challenge", request_id=ctx.id("open-cupfinal"), challenge_id=cid,
+             title="Cup final: a draw?", currency="NGN", stake=STAKE, admin_created=True,
+             closes_at=closes.isoformat(), max_participants=2)
+    users = [ctx.id(n) for n in ("kemi", "sola", "bayo")]
+    for user in users:
+        ctx.send("deposit", request_id=ctx.id(f"dep-{user}"), user_id=user, currency="NGN",
+                 amount=STAKE, reference="card")
+    ctx.wait_until(lambda: all(_balance(ctx, f"user:{u}:NGN") == STAKE for u in users), "deposits")
+    ctx.wait_until(lambda: _scalar(ctx, "SELECT status FROM challenges WHERE id = :c", c=cid),
+                   "the cup final to open")
+    for user, side in zip(users[:2], ("YES", "NO")):
+        ctx.send("join_challenge", request_id=ctx.id(f"join-{user}"), challenge_id=cid,
+                 user_id=user, side=side)
+        ctx.wait_until(lambda: _balance(ctx, f"user:{user}:NGN") == 0, f"{user} to join")
+    late = ctx.id("join-bayo-late")
+    ctx.send("join_challenge", request_id=late, challenge_id=cid, user_id=users[2], side="YES")
+    letter = ctx.wait_until(lambda: [d.summary() for d in rabbit.list_dead_letters("ballast.challenges")
+                                     if d.summary()["request_id"] == late], "the refused join")
+    found = _events(ctx, "match.found", cid)
+    doc = ctx.cli("challenge", "show", cid)
+    ctx.say(f"a cup final open until {doc['closes_at']} for at most {doc['max_participants']}: "
+            f"kemi and sola are told \"{found[0]['data']['message']}\"; bayo, the third, is refused: "
+            f"{letter[0]['reason']} (his {format_amount(STAKE, 'NGN')} stays in his wallet)")
+    ctx.show("challenge show (limits)", {k: doc[k] for k in (
+        "challenge_id", "closes_at", "max_participants", "user_count", "potential_matches",
+        "fillable", "match_rate")})

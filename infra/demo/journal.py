@@ -121,6 +121,11 @@ def run(ctx: DemoContext) -> None:
     ctx.say(f"left for review: {[a['journal_id'] for a in report['ambiguous']]} fits "
             f"{[a['participation_ids'] for a in report['ambiguous']]}; unmatched: "
             f"{[u['journal_id'] for u in report['unmatched']]}")
+    hints = {u["journal_id"]: [f"{s['participation_id']} ({'+'.join(s['reasons'])})"
+                               for s in u["suggestions"]] for u in report["unmatched"]}
+    ctx.say(f"suggestions for review (same amount, known payer, nearest date; never applied): "
+            f"{hints}; still awaiting payment: "
+            + ", ".join(f"{a['character_name']} ({a['age_seconds']} s)" for a in report["awaiting"]))
 
     ctx.send("open_cycle", request_id=ctx.id("open"), cycle_id=cycle)
     ctx.wait_until(lambda: _status(ctx, cycle) == "open", "the cycle to open")
@@ -129,3 +134,11 @@ def run(ctx: DemoContext) -> None:
     ctx.say(f"cycle opened: {shown['by_status'].get('EXPIRED', 0)} unpaid participations expired "
             f"(kept), initial capital {format_minor(shown['initial_capital'], 'ISK')}, "
             f"cycle account {format_minor(shown['account_balance'], 'ISK')}")
+
+    ctx.send("close_cycle", request_id=ctx.id("close"), cycle_id=cycle, closed_by="ops-demo")
+    ctx.wait_until(lambda: _status(ctx, cycle) == "closed", "the cycle to close")
+    closed = ctx.cli("cycle", "show", cycle)
+    ctx.show("cycle show (closed)", closed)
+    ctx.say(f"cycle closed by {closed['closed_by']}: closing capital "
+            f"{format_minor(closed['closing_capital'], 'ISK')} (the cycle account); it takes no "
+            "participation or payment any more")

@@ -21,7 +21,8 @@ def _status(ctx: DemoContext, market_id: str) -> str | None:
 
 
 def run(ctx: DemoContext) -> None:
-    ctx.chapter("markets", "Markets: a multi-option market resolved, rolled back, resolved again")
+    ctx.chapter("markets", "Markets: a multi-option market resolved, disputed, rolled back, "
+                           "resolved again, disputed and confirmed")
     m = ctx.id("derby")
     names = ("ada", "ben", "chi", "dee")
     users = {n: ctx.id(n) for n in names}
@@ -62,12 +63,23 @@ def run(ctx: DemoContext) -> None:
             f"ada {_won(first, users['ada'])}")
     ctx.show("market show (first resolution)", first)
 
+    ctx.send("dispute_market", request_id=ctx.id("mkt-dispute-1"), market_id=m,
+             reason="Thunder crossed the line first", disputed_by=users["chi"])
+    ctx.wait_until(lambda: _status(ctx, m) == "disputed", "the dispute")
+    twice = ctx.id("mkt-dispute-twice")
+    ctx.send("dispute_market", request_id=twice, market_id=m, reason="me too",
+             disputed_by=users["dee"])
+    letter = ctx.wait_until(lambda: [d.summary() for d in rabbit.list_dead_letters("ballast.markets")
+                                     if d.summary()["request_id"] == twice], "second dispute refused")
+    ctx.say(f"chi disputes the result: the market is held disputed (no commitments, no other "
+            f"resolution); a second dispute meanwhile is refused: {letter[0]['reason']}")
+
     ctx.send("rollback_market", request_id=ctx.id("mkt-rollback"), market_id=m,
              reason="the result was announced wrongly", requested_by="ops")
     ctx.wait_until(lambda: _status(ctx, m) == "closed", "rollback")
     back = {n: _balance(ctx, f"user:{u}:NGN") for n, u in users.items()}
-    ctx.say("rolled back by reversing transactions: balances are as right after the commitments",
-            balances=back)
+    ctx.say("the dispute holds: rolled back by reversing transactions; balances are as right "
+            "after the commitments", balances=back)
 
     ctx.send("resolve_market", request_id=ctx.id("mkt-resolve-2"), market_id=m,
              winning_option_id="thunder", resolved_by="ops")
@@ -77,7 +89,20 @@ def run(ctx: DemoContext) -> None:
     ctx.say(f"resolved again, to Thunder: ada gets {_won(second, users['ada'])}, chi "
             f"{_won(second, users['chi'])}; {_fees(d)}",
             balances={n: _balance(ctx, f"user:{u}:NGN") for n, u in users.items()})
+    dispute = second["dispute"]
+    ctx.say(f"the dispute records how it ended: {dispute['status']} by {dispute['ended_by']}, "
+            f"then re-resolved as {dispute['reresolved_outcome']}")
     ctx.show("market show (after rollback and second resolution)", second)
+
+    ctx.send("dispute_market", request_id=ctx.id("mkt-dispute-2"), market_id=m,
+             reason="Comet was robbed", disputed_by=users["ben"])
+    ctx.wait_until(lambda: _status(ctx, m) == "disputed", "the second dispute")
+    ctx.send("confirm_market", request_id=ctx.id("mkt-confirm"), market_id=m,
+             confirmed_by="ops", note="photo finish reviewed: Thunder")
+    ctx.wait_until(lambda: _status(ctx, m) == "settled", "the confirmation")
+    confirmed = ctx.cli("market", "show", m)
+    ctx.say(f"ben disputes the new result; the operator confirms it (no money moves): dispute "
+            f"{confirmed['dispute']['status']}, {confirmed['disputes']} dispute(s) on record")
 
 
 def _won(doc: dict, user_id: str) -> str:

@@ -125,6 +125,27 @@ def open_cycle(uow: UnitOfWork, cycle_id: str) -> dict[str, object] | None:
     return doc
 
 
+def close_cycle(uow: UnitOfWork, cycle_id: str, closed_by: str) -> dict[str, object] | None:
+    """Close an open cycle: it took no participation or payment since it opened and takes
+    none now; its account's balance is reported as the closing capital.  None when it is
+    already closed."""
+    conn = uow.conn
+    repo.lock_matching(conn)
+    cyc = repo.cycle(conn, cycle_id, for_update=True)
+    if cyc.status == "closed":
+        log.info("cycle.already_closed", cycle_id=cycle_id)
+        return None
+    if cyc.status != "open":
+        raise Refused(f"cycle {cycle_id} is {cyc.status}: only an open cycle is closed")
+    capital = ledger.balances(conn, [cycle_account(cycle_id)]).get(cycle_account(cycle_id), 0)
+    repo.close_cycle(conn, cycle_id, capital, closed_by)
+    doc = {"cycle_id": cycle_id, "currency": CURRENCY, "initial_capital": cyc.initial_capital,
+           "closing_capital": capital, "closed_by": closed_by}
+    uow.emit("cycle.closed", doc, recipient="admin")
+    log.info("cycle.closed", **doc)
+    return doc
+
+
 def apply_links(uow: UnitOfWork, links: Sequence[Link], *,
                 performed_by: str) -> tuple[dict[str, int], dict[str, int]]:
     """Link payments: audit rows, participations opted in with what they received, one

@@ -108,6 +108,15 @@ def open_cycle(conn: Connection, cycle_id: str) -> dict[str, int]:
     return {"participants": int(capital.n), "expired": expired, "initial_capital": int(capital.total)}
 
 
+def close_cycle(conn: Connection, cycle_id: str, closing_capital: int, closed_by: str) -> None:
+    """open → closed, with the capital its account holds now."""
+    conn.execute(
+        text("UPDATE journal_cycles SET status = 'closed', closed_at = now(), "
+             "closing_capital = :cap, closed_by = :by WHERE cycle_id = :c AND status = 'open'"),
+        {"c": cycle_id, "cap": closing_capital, "by": closed_by},
+    )
+
+
 # --- participations -----------------------------------------------------------------
 
 def create_participation(conn: Connection, participation_id: str, cycle_id: str, user_id: str,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
 
-from domain.matching import MATCHED, OPTED_IN, payment_state
+from domain.matching import AWAITING, MATCHED, OPTED_IN, Candidate, payment_state, suggest
 from infra.journal import repository as repo
 
 
@@ -59,7 +60,23 @@ def report(conn: Connection, cycle_id: str | None = None) -> dict[str, Any]:
             unmatched.append({**doc, "reviewed": r.review_state is not None,
                               "near_participation_ids": note.get("participation_ids", []),
                               "near_score": note.get("score")})
+    awaiting = conn.execute(
+        text(
+            "SELECT p.participation_id, p.cycle_id, p.user_id, p.character_name, p.memo, p.pledged, "
+            "p.created_at, CAST(EXTRACT(EPOCH FROM now() - p.created_at) AS bigint) AS age "
+            "FROM journal_participations p WHERE p.status = :awaiting "
+            "AND (CAST(:c AS text) IS NULL OR p.cycle_id = :c) ORDER BY p.created_at, p.participation_id"
+        ),
+        {"c": cycle_id, "awaiting": AWAITING},
+    )
+    _add_suggestions(conn, unmatched, cycle_id)
     return {
+        "awaiting": [
+            {"participation_id": a.participation_id, "cycle_id": a.cycle_id, "user_id": a.user_id,
+             "character_name": a.character_name, "memo": a.memo, "pledged": a.pledged,
+             "created_at": a.created_at.isoformat(), "age_seconds": int(a.age)}
+            for a in awaiting
+        ],
         "participations": [
             {
                 "participation_id": p.participation_id,
@@ -80,6 +97,58 @@ def report(conn: Connection, cycle_id: str | None = None) -> dict[str, Any]:
         "unmatched": unmatched,
         "ambiguous": ambiguous,
     }
+
+
+def _add_suggestions(conn: Connection, unmatched: list[dict[str, Any]], cycle_id: str | None) -> None:
+    """Each payment without a usable memo gets ranked suggestions (same amount as a pledge,
+    the payer's known character, nearest date) for a person to review; nothing is linked."""
+    if not unmatched:
+        return
+    parts = conn.execute(
+        text(
+            "SELECT p.participation_id, p.user_id, lower(p.character_name) AS name, p.pledged, "
+            "CAST(EXTRACT(EPOCH FROM p.created_at) AS bigint) AS at "
+            "FROM journal_participations p JOIN journal_cycles c USING (cycle_id) "
+            "WHERE c.status = 'planned' AND p.status IN (:awaiting, :opted) "
+            "AND (CAST(:c AS text) IS NULL OR p.cycle_id = :c)"
+        ),
+        {"awaiting": AWAITING, "opted": OPTED_IN, "c": cycle_id},
+    ).all()
+    if not parts:
+        for u in unmatched:
+            u["suggestions"] = []
+        return
+    payers = sorted({u["payer_character_id"] for u in unmatched})
+    names = dict(conn.execute(
+        text("SELECT character_id, lower(name) FROM journal_characters "
+             "WHERE character_id = ANY(CAST(:ids AS text[]))"), {"ids": payers}).all())
+    paid_for = {(r.payer, r.user_id) for r in conn.execute(
+        text("SELECT DISTINCT l.payer_character_id AS payer, p.user_id FROM journal_payment_links l "
+             "JOIN journal_participations p USING (participation_id) "
+             "WHERE l.payer_character_id = ANY(CAST(:ids AS text[]))"), {"ids": payers})}
+    by_id = {p.participation_id: p for p in parts}
+    by_amount: dict[int, list] = {}
+    by_name: dict[str, list] = {}
+    by_user: dict[str, list] = {}
+    for p in parts:
+        by_amount.setdefault(int(p.pledged), []).append(p)
+        by_name.setdefault(p.name, []).append(p)
+        by_user.setdefault(p.user_id, []).append(p)
+    for u in unmatched:
+        payer = u["payer_character_id"]
+        known = {p.participation_id for p in by_name.get(names.get(payer, ""), [])}
+        known |= {p.participation_id for (who, user) in paid_for if who == payer
+                  for p in by_user.get(user, [])}
+        pool = {p.participation_id: p for p in by_amount.get(int(u["amount"]), [])}
+        pool.update({pid: by_id[pid] for pid in known})
+        paid_at = int(datetime.fromisoformat(u["date"]).timestamp())
+        u["suggestions"] = [
+            {"participation_id": s.participation_id, "reasons": list(s.reasons),
+             "seconds_apart": s.seconds_apart}
+            for s in suggest(int(u["amount"]), paid_at,
+                             [Candidate(p.participation_id, int(p.pledged), int(p.at),
+                                        p.participation_id in known) for p in pool.values()])
+        ]
 
 
 def _paid(received: int, pledged: int) -> str:
@@ -119,4 +188,7 @@ def cycle_view(conn: Connection, cycle_id: str) -> dict[str, Any]:
         "by_status": {k: v["count"] for k, v in sorted(by_status.items())},
         "account_balance": int(balance or 0),
         "opened_at": cyc.opened_at.isoformat() if cyc.opened_at else None,
+        "closing_capital": None if cyc.closing_capital is None else int(cyc.closing_capital),
+        "closed_at": cyc.closed_at.isoformat() if cyc.closed_at else None,
+        "closed_by": cyc.closed_by,
     }

@@ -7,9 +7,13 @@ from infra.markets.settlement import (
     Settled,
     SettlementPending,
     escrow_account,
+    failure_alert_key,
+    record_failure,
+    retry,
     roll_back,
     settle,
 )
 
 __all__ = ["repository", "settle", "roll_back", "escrow_account", "BATCH",
-           "Settled", "RolledBack", "SettlementPending"]
+           "Settled", "RolledBack", "SettlementPending", "record_failure", "retry",
+           "failure_alert_key"]

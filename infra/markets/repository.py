@@ -268,6 +268,81 @@ def user_results_sql(*, only_paid: bool) -> str:
     )
 
 
+def retry_distribution(conn: Connection, distribution_id: int, by: str) -> int:
+    """failed → pending again (its settlement is retried); returns the retry's number."""
+    return int(conn.execute(
+        text("UPDATE market_distributions SET status = 'pending', retries = retries + 1, "
+             "retried_by = :by, retried_at = now() WHERE id = :d AND status = 'failed' "
+             "RETURNING retries"),
+        {"by": by, "d": distribution_id},
+    ).scalar_one())
+
+
+def distribution_kind(conn: Connection, distribution_id: int) -> str:
+    return conn.execute(text("SELECT kind FROM market_distributions WHERE id = :d"),
+                        {"d": distribution_id}).scalar_one()
+
+
+# --- disputes -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class DisputeRow:
+    id: int
+    market_id: str
+    distribution_id: int
+    status: str
+
+
+def open_dispute(conn: Connection, market_id: str) -> DisputeRow | None:
+    row = conn.execute(
+        text("SELECT id, market_id, distribution_id, status FROM market_disputes "
+             "WHERE market_id = :m AND status = 'open' FOR UPDATE"),
+        {"m": market_id},
+    ).one_or_none()
+    return DisputeRow(*row) if row else None
+
+
+def add_dispute(conn: Connection, market_id: str, distribution_id: int, reason: str, by: str) -> int:
+    """The partial unique index refuses a second open dispute of a market."""
+    return conn.execute(
+        text("INSERT INTO market_disputes (market_id, distribution_id, reason, disputed_by) "
+             "VALUES (:m, :d, :r, :by) RETURNING id"),
+        {"m": market_id, "d": distribution_id, "r": reason, "by": by},
+    ).scalar_one()
+
+
+def end_dispute(conn: Connection, dispute_id: int, status: str, by: str, note: str | None) -> None:
+    conn.execute(
+        text("UPDATE market_disputes SET status = :s, ended_by = :by, end_note = :n, "
+             "ended_at = now() WHERE id = :id AND status = 'open'"),
+        {"s": status, "by": by, "n": note, "id": dispute_id},
+    )
+
+
+def record_reresolution(conn: Connection, market_id: str, distribution_id: int,
+                        outcome: str) -> int | None:
+    """A market re-resolved after a rolled-back dispute: the dispute records the new outcome.
+    Returns the dispute's id (None when no rolled-back dispute awaited a re-resolution)."""
+    return conn.execute(
+        text("UPDATE market_disputes SET reresolved_distribution_id = :d, reresolved_outcome = :o, "
+             "reresolved_at = now() WHERE id = (SELECT id FROM market_disputes WHERE market_id = :m "
+             "AND status = 'rolled_back' AND reresolved_distribution_id IS NULL "
+             "ORDER BY id DESC LIMIT 1) RETURNING id"),
+        {"m": market_id, "d": distribution_id, "o": outcome},
+    ).scalar_one_or_none()
+
+
+def disputes(conn: Connection, market_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        text("SELECT id, distribution_id, status, reason, disputed_by, created_at, ended_by, "
+             "end_note, ended_at, reresolved_distribution_id, reresolved_outcome, reresolved_at "
+             "FROM market_disputes WHERE market_id = :m ORDER BY id"),
+        {"m": market_id},
+    ).mappings()
+    return [{("dispute_id" if k == "id" else k): (v.isoformat() if hasattr(v, "isoformat") else v)
+             for k, v in r.items()} for r in rows]
+
+
 # --- the operator's view ------------------------------------------------------------------
 
 def show(conn: Connection, market_id: str, line_limit: int | None = None) -> dict[str, Any]:
@@ -284,8 +359,8 @@ def show(conn: Connection, market_id: str, line_limit: int | None = None) -> dic
     doc: dict[str, Any] = {"market_id": market.market_id, "status": market.status,
                            "pool": int(pool), "distribution": None}
     dist = conn.execute(
-        text("SELECT id, status, house_fee, creator_fee, breakage FROM market_distributions "
-             "WHERE market_id = :m ORDER BY id DESC LIMIT 1"),
+        text("SELECT id, status, house_fee, creator_fee, breakage, failure, retries, retried_by "
+             "FROM market_distributions WHERE market_id = :m ORDER BY id DESC LIMIT 1"),
         {"m": market_id},
     ).one_or_none()
     if dist is not None:
@@ -300,9 +375,16 @@ def show(conn: Connection, market_id: str, line_limit: int | None = None) -> dic
             "house_fee": _int(dist.house_fee),
             "creator_fee": _int(dist.creator_fee),
             "breakage": _int(dist.breakage),
+            "distribution_id": dist.id,
+            "failure": dist.failure,
+            "retries": int(dist.retries),
+            "retried_by": dist.retried_by,
             "lines": [{k: (int(v) if k in ("amount", "payout", "profit") else v)
                        for k, v in ln.items()} for ln in lines],
         }
+    history = disputes(conn, market_id)
+    doc["dispute"] = history[-1] if history else None
+    doc["disputes"] = len(history)
     return doc
 
 

@@ -26,6 +26,8 @@ from domain.ledger import Posting
 from domain.markets import (
     CLOSED,
     COMPLETED,
+    DISPUTE_ROLLED_BACK,
+    DISPUTED,
     FAILED,
     PENDING,
     ROLLED_BACK,
@@ -39,7 +41,7 @@ from domain.markets import (
     terms,
 )
 from domain.wallet import WalletChange
-from infra import faults, ledger, wallets
+from infra import alerts, faults, ledger, wallets
 from infra.logs import get_logger
 from infra.settings import get_settings
 from infra.markets import repository as repo
@@ -144,6 +146,7 @@ def settle(uow: UnitOfWork, distribution_id: int, *, batch: int | None = None) -
     repo.complete_distribution(conn, distribution_id, t, left, paid, count, winners)
     repo.set_commitments_status(conn, market_id, "active", "settled")
     repo.set_status(conn, market_id, VOIDED if t.kind == "void" else SETTLED)
+    alerts.resolve_alert(uow, failure_alert_key(distribution_id), note="settled on retry")
     done = Settled(market_id, distribution_id, t, left, paid, count, winners, txns)
     uow.emit("market.settled", done.event(cur))
     _notify_users(uow, "market.payout", distribution_id, market_id, cur, only_paid=False)
@@ -210,7 +213,7 @@ def roll_back(uow: UnitOfWork, market_id: str, *, reason: str, by: str) -> Rolle
     if dist.status == PENDING:
         raise SettlementPending(f"market {market_id}: distribution {dist.id} is still being "
                                 "settled; the rollback will be retried")
-    assert dist.status == COMPLETED and market.status in (SETTLED, VOIDED)
+    assert dist.status == COMPLETED and market.status in (SETTLED, VOIDED, DISPUTED)
     reversals: dict[int, int] = {}
     for txn, purpose in repo.transactions_of(conn, dist.id):
         memo = f"market {market_id}: rollback of distribution {dist.id} ({purpose})"
@@ -220,10 +223,58 @@ def roll_back(uow: UnitOfWork, market_id: str, *, reason: str, by: str) -> Rolle
     repo.roll_back_distribution(conn, dist.id, by, reason)
     repo.set_commitments_status(conn, market_id, "settled", "active")
     repo.set_status(conn, market_id, CLOSED)
+    dispute = repo.open_dispute(conn, market_id)
+    if dispute is not None:  # the dispute ends here: the resolution was rolled back
+        repo.end_dispute(conn, dispute.id, DISPUTE_ROLLED_BACK, by, reason)
     done = RolledBack(market_id, dist.id, reversals)
-    uow.emit("market.rolled_back", done.event(reason, by))
+    uow.emit("market.rolled_back", {**done.event(reason, by),
+                                    "dispute_id": dispute.id if dispute else None})
     _notify_users(uow, "market.payout_reversed", dist.id, market_id, market.currency,
                   only_paid=True)
     return done
 
 
+
+
+# --- a settlement that failed for good, and its retry ------------------------------------------
+
+def failure_alert_key(distribution_id: int) -> str:
+    return f"market_settlement_failed:{distribution_id}"
+
+
+def record_failure(uow: UnitOfWork, market_id: str, distribution_id: int, reason: str) -> bool:
+    """The distribution is ``failed`` and the market ``closed`` (resolvable again, or
+    retried with ``ballast market settle``); admins are alerted.  False when it was no
+    longer pending (nothing recorded)."""
+    repo.get_market(uow.conn, market_id, lock="update")
+    dist = repo.get_distribution(uow.conn, distribution_id, lock=True)
+    if dist.status != PENDING:
+        return False
+    repo.fail_distribution(uow.conn, dist.id, reason)
+    repo.set_status(uow.conn, market_id, CLOSED)
+    alerts.raise_alert(uow, kind="market_settlement_failed", severity="critical",
+                       subject=f"market {market_id}: settlement failed: {reason}"[:300],
+                       dedupe_key=failure_alert_key(dist.id),
+                       data={"market_id": market_id, "distribution_id": dist.id,
+                             "reason": reason[:500],
+                             "retry": f"ballast market settle {market_id} --by NAME"})
+    return True
+
+
+def retry(uow: UnitOfWork, market_id: str, by: str) -> int:
+    """The latest distribution failed: pending again, the market settling, and a new
+    ``settle_market`` after commit.  The settlement pays a pending distribution once,
+    in one transaction, so a retry can never pay twice.  Returns the distribution id."""
+    conn = uow.conn
+    market = repo.get_market(conn, market_id, lock="update")
+    dist = repo.latest_distribution(conn, market_id, lock=True)
+    if dist is None:
+        raise Refused(f"market {market_id} was never resolved: nothing to settle")
+    market.check_retryable(dist.status)
+    attempt = repo.retry_distribution(conn, dist.id, by)
+    repo.set_status(conn, market_id, SETTLING)
+    uow.send("settle_market", request_id=f"settle_market:{dist.id}:retry:{attempt}",
+             market_id=market_id, distribution_id=dist.id)
+    log.info("market.settlement_retried", market_id=market_id, distribution_id=dist.id,
+             retry=attempt, by=by)
+    return dist.id

@@ -146,7 +146,11 @@ def test_unpaired_user_gets_the_stake_back_whatever_the_result():
 
 def test_void_refunds_everyone_treasury_included():
     assert settle_user(stake=500, side="NO", result="VOID", opponent="treasury").payout == 500
-    assert settle_treasury_match(stake=500, user_side="NO", result="VOID") == rules.MatchSettlement("void", 500, 0)
+    # The original's states: a void match ends refunded, with no result, its stake back, P&L 0.
+    refunded = settle_treasury_match(stake=500, user_side="NO", result="VOID")
+    assert refunded == rules.MatchSettlement(None, 500, 0)
+    assert refunded.status == "refunded"
+    assert settle_treasury_match(stake=500, user_side="NO", result="NO").status == "settled"
 
 
 def test_treasury_pnl_is_plus_stake_won_minus_stake_lost():
@@ -204,3 +208,95 @@ def test_amounts_format_exactly_with_a_symbol(amount):
     text = rules.format_amount(amount, "NGN")
     digits = text.replace("₦", "").replace(",", "").replace(".", "")
     assert int(digits) == amount
+
+
+# --- limits on joins (issue 14) ---------------------------------------------------------
+
+from datetime import datetime, timedelta, timezone  # noqa: E402
+
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+@given(offset_s=st.integers(-10**6, 10**6), cap=st.one_of(st.none(), st.integers(1, 50)),
+       joined=st.integers(0, 60))
+def test_a_join_is_refused_exactly_at_or_after_the_close_and_at_the_cap(offset_s, cap, joined):
+    closes = NOW + timedelta(seconds=offset_s)
+    c = Challenge("c1", "t", "NGN", 100, True, closes_at=closes, max_participants=cap)
+    closed = NOW >= closes
+    full = cap is not None and joined >= cap
+    if closed or full:
+        with pytest.raises(Refused, match="closed at" if closed else "is full"):
+            c.ensure_can_join(NOW, joined)
+    else:
+        c.ensure_can_join(NOW, joined)
+
+
+def test_a_challenge_without_limits_takes_any_join_until_resolved():
+    c = Challenge("c1", "t", "NGN", 100, True)
+    c.ensure_can_join(NOW + timedelta(days=10_000), 10**6)
+    with pytest.raises(Refused, match="already resolved"):
+        c.resolve("YES").ensure_can_join(NOW, 0)
+
+
+def test_a_challenge_does_not_open_already_closed_and_limits_are_part_of_its_terms():
+    with pytest.raises(Refused, match="already closed"):
+        Challenge("c1", "t", "NGN", 100, True, closes_at=NOW).check_new(NOW)
+    Challenge("c1", "t", "NGN", 100, True, closes_at=NOW + timedelta(seconds=1)).check_new(NOW)
+    base = Challenge("c1", "t", "NGN", 100, True)
+    assert not base.same_terms(Challenge("c1", "t", "NGN", 100, True, max_participants=3))
+    assert not base.same_terms(Challenge("c1", "t", "NGN", 100, True, closes_at=NOW))
+
+
+def test_only_a_failed_settlement_is_retried():
+    failed = Challenge("c1", "t", "NGN", 100, True, status="settlement_failed", result="NO")
+    assert failed.retry_settlement().status == "resolved"
+    for status in ("open", "resolved", "settled"):
+        with pytest.raises(Refused, match="only a settlement_failed"):
+            Challenge("c1", "t", "NGN", 100, True, status=status).retry_settlement()
+
+
+# --- the imbalance view's extra counts ------------------------------------------------
+
+tallies = st.builds(lambda n, u: SideTally(n, n * 100, min(u, n)), st.integers(0, 500), st.integers(0, 500))
+
+
+@given(yes=tallies, no=tallies)
+def test_user_count_and_potential_matches(yes, no):
+    bal = imbalance(yes, no)
+    assert bal.user_count == yes.count + no.count
+    assert bal.potential_matches == min(yes.unmatched, no.unmatched)
+    assert 0 <= bal.potential_matches <= min(bal.unmatched_yes, bal.unmatched_no)
+
+
+@given(waiting=st.integers(0, 100), available=st.integers(-1000, 10**6), stake=st.integers(1, 10**4),
+       personas=st.integers(0, 60))
+def test_fillable_is_the_fill_plans_n(waiting, available, stake, personas):
+    n = rules.fillable(waiting, available, stake, personas)
+    plan = plan_fill(challenge_id="c", match_count=10**6, waiting=list(range(waiting)),
+                     unused_personas=list(range(personas)), available=available, stake=stake)
+    assert n == plan.n
+
+
+# --- the human lines ---------------------------------------------------------------------
+
+def test_notifications_carry_the_originals_lines():
+    assert rules.matched_message("Tunde_stakes") == "You've been matched with Tunde_stakes"
+    assert rules.filled_message(3, "YES") == "3 matches filled on YES"
+    assert rules.filled_message(1, "NO") == "1 match filled on NO"
+    outcome = rules.TreasuryOutcome(matches=15, won=12, lost=3, refunded=0, won_amount=0,
+                                    lost_amount=0, refunded_amount=0, payout=0, net_pnl=850_000)
+    assert rules.settlement_message(outcome, "NGN") == "Settlement: 12 won, 3 lost, +₦8,500.00"
+    loss = rules.TreasuryOutcome(4, 1, 2, 1, 0, 0, 0, 0, -150_000)
+    assert rules.settlement_message(loss, "NGN") == "Settlement: 1 won, 2 lost, 1 refunded, -₦1,500.00"
+
+
+@given(won=st.integers(0, 10**4), lost=st.integers(0, 10**4), stake=stakes)
+def test_the_settlement_line_states_the_signed_net_pnl(won, lost, stake):
+    matches = [rules.MatchSettlement("treasury_won", 2 * stake, stake)] * won + \
+        [rules.MatchSettlement("treasury_lost", 0, -stake)] * lost
+    outcome = rules.treasury_outcome(matches, stake)
+    line = rules.settlement_message(outcome, "NGN")
+    amount = line.rsplit(", ", 1)[1]
+    digits = int(amount.lstrip("+").replace("₦", "").replace(",", "").replace(".", ""))
+    assert digits == (won - lost) * stake
+    assert amount.startswith("+") == ((won - lost) * stake > 0)

@@ -325,7 +325,9 @@ def test_void_refunds_everyone_and_the_treasury(engine):
     p.run("resolve_challenge", challenge_id=cid, result="VOID", resolved_by="adm")
     assert [p.balance(engine, f"user:{u}:NGN") for u in users] == [STAKE] * 4
     assert p.balance(engine, "treasury:NGN") == 100 * STAKE
-    assert {m["result"] for m in show(engine, cid)["matches"]} == {"void"}
+    # Issue 14: the original's states — a void match ends refunded, with no result.
+    assert {(m["status"], m["result"], m["pnl"]) for m in show(engine, cid)["matches"]} == \
+        {("refunded", None, 0)}
 
 
 def test_resolution_during_a_fill_drops_the_fill_and_refunds_the_held_users(engine):

@@ -141,8 +141,11 @@ def test_a_multi_option_market_settles_exactly_as_the_distribution_says(engine, 
     ledger_ok(engine)
 
     doc = show(engine, m)
-    assert set(doc) == {"market_id", "status", "pool", "distribution"}
-    assert set(doc["distribution"]) == {"status", "house_fee", "creator_fee", "breakage", "lines"}
+    # Issue 14 added the dispute and the retry bookkeeping next to the contract's keys.
+    assert set(doc) == {"market_id", "status", "pool", "distribution", "dispute", "disputes"}
+    assert set(doc["distribution"]) == {"status", "house_fee", "creator_fee", "breakage", "lines",
+                                        "distribution_id", "failure", "retries", "retried_by"}
+    assert (doc["dispute"], doc["disputes"]) == (None, 0)
     assert (doc["status"], doc["pool"], doc["distribution"]["status"]) == ("settled", 92_778, "completed")
     by_id = {ln["commitment_id"]: ln for ln in doc["distribution"]["lines"]}
     assert len(by_id) == 5
