@@ -19,6 +19,8 @@ class Settings(BaseSettings):
       alert_webhook_url: where new alerts are POSTed as JSON, if set.
       log_format: ``json`` for machines, ``console`` for people.
       metrics_port: Prometheus exposition port of the workers (0 turns it off).
+      rabbitmq_api_url: RabbitMQ management HTTP API (vhosts, honest queue counts); unset:
+        ``http://<broker host>:15672`` with the broker URL's credentials.
     """
 
     model_config = SettingsConfigDict(env_prefix="BALLAST_", extra="ignore")
@@ -31,6 +33,7 @@ class Settings(BaseSettings):
     log_format: str = Field(default="json", pattern="^(json|console)$")
     log_level: str = "INFO"
     metrics_port: int = 9191
+    rabbitmq_api_url: str | None = None
 
     # Retry policy of the workers.  Everything stays far below RabbitMQ's
     # consumer timeout (30 min by default), because delayed messages are held
