@@ -11,6 +11,7 @@ import click
 import dramatiq
 
 from infra import rabbit
+from infra.cli.levers import by_option, check_by, confirm, lever_options, record_now
 from infra.cli.output import emit, fail, json_option, table
 from infra.contract import ACTORS, parse
 from domain.errors import InvalidCommand
@@ -144,28 +145,76 @@ def dlq_show(message_id: str, as_json: bool) -> None:
 
 @dlq.command("replay")
 @click.argument("queue", required=False)
-@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter (of QUEUE).")
+@click.option("--all", "replay_all", is_flag=True,
+              help="Replay every dead letter (of QUEUE; without QUEUE, of every queue): asks first.")
 @click.option("--id", "ids", multiple=True, help="Replay this message id (repeatable).")
+@by_option
+@lever_options
 @json_option
-def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], as_json: bool) -> None:
+def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], by: str, yes: bool,
+               dry_run: bool, as_json: bool) -> None:
     """Move dead letters back to their queue with the retry count reset."""
     _known_queue(queue)
+    check_by(by)
     if replay_all == bool(ids):
         fail("give exactly one of --all or --id ID", 2)
-    n = rabbit.replay(queue, set(ids) if ids else None)
-    emit({"replayed": n}, as_json, lambda d: click.echo(f"replayed {d['replayed']} message(s)"))
+    from infra.contract import QUEUES
+
+    queues = [queue] if queue else list(QUEUES)
+    if dry_run:
+        counts = _would_replay(queues, set(ids) if ids else None)
+        emit({"dry_run": True, "replayed": 0, "would_replay": sum(counts.values()),
+              "queues": counts}, as_json,
+             lambda d: _per_queue(d["queues"], f"dry run: would replay {d['would_replay']} "
+                                                "dead letter(s)"))
+        return
+    if replay_all:
+        waiting = {q: n for q, n in rabbit.dead_letter_counts().items() if q in queues and n}
+        confirm(f"Replay {sum(waiting.values())} dead letter(s) of "
+                f"{queue or f'{len(waiting)} queue(s)'}", yes)
+    counts: dict[str, int] = {}
+    for q in queues:
+        n = rabbit.replay(q, set(ids) if ids else None)
+        if n:
+            counts[q] = n
+    record_now(by, "dlq replay", queue, {"all": replay_all, "ids": list(ids), "queues": counts})
+    emit({"replayed": sum(counts.values()), "queues": counts}, as_json,
+         lambda d: _per_queue(d["queues"], f"replayed {d['replayed']} message(s)"))
+
+
+def _would_replay(queues: list[str], ids: set[str] | None) -> dict[str, int]:
+    if ids is None:
+        return {q: n for q, n in rabbit.dead_letter_counts().items() if q in queues and n}
+    counts: dict[str, int] = {}
+    for dl in rabbit.list_dead_letters(None, 100_000):
+        if dl.queue in queues and dl.message_id in ids:
+            counts[dl.queue] = counts.get(dl.queue, 0) + 1
+    return counts
+
+
+def _per_queue(counts: dict[str, int], headline: str) -> None:
+    click.echo(headline)
+    for q, n in counts.items():
+        click.echo(f"  {q:<32} {n:>8}")
 
 
 @dlq.command("purge")
 @click.argument("queue")
-@click.option("--yes", is_flag=True, help="Really delete the dead letters of QUEUE.")
+@by_option
+@lever_options
 @json_option
-def dlq_purge(queue: str, yes: bool, as_json: bool) -> None:
-    """Delete every dead letter of QUEUE (needs --yes)."""
+def dlq_purge(queue: str, by: str, yes: bool, dry_run: bool, as_json: bool) -> None:
+    """Delete every dead letter of QUEUE for good: asks first (--yes in scripts)."""
     _known_queue(queue)
-    if not yes:
-        fail("purge deletes dead letters for good; add --yes", 2)
+    check_by(by)
+    waiting = rabbit.dead_letter_counts().get(queue, 0)
+    if dry_run:
+        emit({"dry_run": True, "purged": 0, "would_purge": waiting}, as_json,
+             lambda d: click.echo(f"dry run: would purge {waiting} dead letter(s) of {queue}"))
+        return
+    confirm(f"Delete {waiting} dead letter(s) of {queue} for good", yes)
     n = rabbit.purge(queue)
+    record_now(by, "dlq purge", queue, {"purged": n})
     emit({"purged": n}, as_json, lambda d: click.echo(f"purged {d['purged']} dead letter(s)"))
 
 

@@ -28,7 +28,7 @@ def _settle_leftovers(ctx: DemoContext) -> None:
         time.sleep(0.5)
     for job in ctx.cli("conversions", "--active"):
         ctx.cli("conversions", "cancel", str(job["job_id"]), "--by", "demo", "--reason",
-                "left over by an earlier demo run", "--force")
+                "left over by an earlier demo run", "--force", "--yes")
 
 
 def _set_balances(ctx: DemoContext) -> None:
@@ -48,10 +48,10 @@ def run(ctx: DemoContext) -> None:
     flaky, steady = ctx.id("demo-flaky"), ctx.id("demo-steady")
     for p in ctx.cli("providers"):
         if p["name"].startswith("demo-") and p["status"] == "active":
-            ctx.cli("providers", "pause", p["name"])  # earlier demo runs' providers
-    ctx.cli("providers", "add", flaky, "--type", "simulated", "--priority", "1",
+            ctx.cli("providers", "pause", p["name"], "--by", "demo")  # earlier demo runs' providers
+    ctx.cli("providers", "add", flaky, "--by", "demo", "--type", "simulated", "--priority", "1",
             "--fail-mode", "error")
-    ctx.cli("providers", "add", steady, "--type", "simulated", "--priority", "2", "--rate",
+    ctx.cli("providers", "add", steady, "--by", "demo", "--type", "simulated", "--priority", "2", "--rate",
             "0.9995", "--fee-bps", "10", "--latency-polls", "2")
     ctx.say(f"providers: {flaky} (priority 1, answering 503) and {steady} "
             "(priority 2, rate 0.9995, fee 10 bps, done after 2 polls)")
@@ -65,8 +65,8 @@ def run(ctx: DemoContext) -> None:
     ctx.say(f"on-chain payouts drained system_buffer_usdc to "
             f"{format_minor(usdc_row['balance'], 'USDC')}: {usdc_row['status']}")
 
-    first = ctx.cli("buffers", "rebalance")["jobs_created"]
-    second = ctx.cli("buffers", "rebalance")["jobs_created"]
+    first = ctx.cli("buffers", "rebalance", "--by", "demo")["jobs_created"]
+    second = ctx.cli("buffers", "rebalance", "--by", "demo")["jobs_created"]
     job = next(j for j in ctx.cli("conversions", "--active") if j["direction"] == "USD->USDC")
     ctx.say(f"settlement cycle: {first} job created (job {job['job_id']}: "
             f"{format_minor(job['source_amount'], 'USD')} USD->USDC, 3 batches up to target); "

@@ -223,8 +223,10 @@ def test_dead_letters_are_listed_shown_replayed_and_purged(env, engine, worker):
     send(env, "deposit", request_id=uid("r"), user_id=user, currency="USD", amount=1_000_000,
          reference="in")
     wait_until(lambda: balance(engine, f"user:{user}:USD") == 1_000_000)
-    assert_usage_error(cli(env, "dlq", "replay", "ballast.wallets", "--json"))  # neither --all nor --id
-    assert cli_json(env, "dlq", "replay", "ballast.wallets", "--id", message_id) == {"replayed": 1}
+    assert_usage_error(cli(env, "dlq", "replay", "ballast.wallets", "--by", "ops", "--json"))  # neither --all nor --id
+    assert_usage_error(cli(env, "dlq", "replay", "ballast.wallets", "--id", message_id, "--json"))  # no --by
+    replayed = cli_json(env, "dlq", "replay", "ballast.wallets", "--id", message_id, "--by", "ops")
+    assert replayed["replayed"] == 1 and replayed["queues"] == {"ballast.wallets": 1}
     wait_until(lambda: balance(engine, f"user:{user}:USD") == -500_000, what="replayed withdrawal")
     wait_quiet(env)
     assert not [d for d in dead_letters(env, "withdraw") if d["request_id"] == rid]
@@ -234,8 +236,11 @@ def test_dead_letters_are_listed_shown_replayed_and_purged(env, engine, worker):
          reference="x")
     wait_until(lambda: rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"] >= 1)
     dead = rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"]
-    assert_usage_error(cli(env, "dlq", "purge", "ballast.wallets", "--json"))
+    assert_usage_error(cli(env, "dlq", "purge", "ballast.wallets", "--by", "ops", "--json"))
     assert rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"] == dead
-    assert cli_json(env, "dlq", "purge", "ballast.wallets", "--yes") == {"purged": dead}
+    assert cli_json(env, "dlq", "purge", "ballast.wallets", "--by", "ops", "--dry-run") == {
+        "dry_run": True, "purged": 0, "would_purge": dead}
+    assert rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"] == dead
+    assert cli_json(env, "dlq", "purge", "ballast.wallets", "--by", "ops", "--yes") == {"purged": dead}
     assert rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"] == 0
     assert cli_json(env, "dlq", "list", "ballast.wallets") == []
