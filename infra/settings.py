@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics_port: int = 9191
     rabbitmq_api_url: str | None = None
+    # How long RabbitMQ keeps a dead letter in Q.XQ (x-message-ttl, set when the queue is
+    # first declared); every dead letter is also kept in PostgreSQL (dead_letters).
+    dead_letter_ttl_ms: int = Field(default=7 * 86_400_000, ge=1)  # ms; Dramatiq's 7 days
 
     # Retry policy of the workers.  Everything stays far below RabbitMQ's
     # consumer timeout (30 min by default), because delayed messages are held

@@ -10,10 +10,11 @@ import uuid
 import click
 import dramatiq
 
-from infra import rabbit
-from infra.cli.levers import by_option, check_by, confirm, lever_options, record_now
+from infra import deadletter_log, rabbit
+from infra.cli.levers import by_option, check_by, confirm, lever_options, record
 from infra.cli.output import emit, fail, json_option, table
 from infra.contract import ACTORS, parse
+from infra.db.engine import get_engine
 from domain.errors import InvalidCommand
 
 
@@ -118,29 +119,80 @@ def dlq() -> None:
 @dlq.command("list")
 @click.argument("queue", required=False)
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--actor", help="Only this actor's.")
+@click.option("--code", help="Only this code (refused, invalid, transient, ...).")
+@click.option("--since", help="Only dead-lettered since: ISO 8601 time or an age (90m, 2h, 7d).")
+@click.option("--grep", "grep", help="Only those whose reason, traceback or body contain TEXT.")
+@click.option("--history", is_flag=True,
+              help="From the durable log in PostgreSQL: replayed, purged and expired ones too.")
 @json_option
-def dlq_list(queue: str | None, limit: int, as_json: bool) -> None:
-    """Dead letters with their one-line reason."""
+def dlq_list(queue: str | None, limit: int, actor: str | None, code: str | None,
+             since: str | None, grep: str | None, history: bool, as_json: bool) -> None:
+    """Dead letters with their one-line reason (those in RabbitMQ, or --history)."""
     _known_queue(queue)
-    rows = [dl.summary() for dl in rabbit.list_dead_letters(queue, limit)]
-    emit(rows, as_json, lambda r: table(
-        r, ["queue", "message_id", "actor", "request_id", "reason", "retries", "failed_at"],
-        title="dead letters"))
+    try:
+        after = deadletter_log.parse_since(since) if since else None
+    except ValueError as exc:
+        fail(str(exc), 2)
+    columns = ["queue", "message_id", "actor", "request_id", "reason", "retries", "failed_at"]
+    if history:
+        with get_engine().connect() as conn:
+            rows = deadletter_log.history(conn, queue=queue, actor=actor, code=code, since=after,
+                                          grep=grep, limit=limit)
+        columns += ["status", "resolved_by"]
+    else:
+        filtered = bool(actor or code or after or grep)
+        letters = rabbit.list_dead_letters(queue, 10_000 if filtered else limit)
+        rows = [dl.summary() | {"code": dl.info.get("code")} for dl in letters]
+        rows = [r for r, dl in zip(rows, letters)
+                if deadletter_log.matches(r, dl.body, actor=actor, code=code, since=after,
+                                          grep=grep)][:limit]
+    emit(rows, as_json, lambda r: table(r, columns, title="dead letters"))
 
 
 @dlq.command("show")
 @click.argument("message_id")
 @json_option
 def dlq_show(message_id: str, as_json: bool) -> None:
-    """The whole dead message with its reason and traceback."""
+    """The whole dead message with its reason and traceback (from the log once RabbitMQ
+    has expired it)."""
     dl = rabbit.find_dead_letter(message_id)
-    if dl is None:
-        fail(f"no dead letter with message id {message_id}", 1)
-    doc = {**dl.summary(), "message": dl.body,
-           "traceback": dl.info.get("traceback"), "headers": _plain(dl.headers)}
-    emit(doc, as_json, lambda d: (click.echo(json.dumps({k: v for k, v in d.items() if k != "traceback"},
-                                                        indent=2, default=str)),
-                                  click.echo(d.get("traceback") or "(no traceback)")))
+    if dl is not None:
+        doc = {**dl.summary(), "code": dl.info.get("code"), "message": dl.body,
+               "traceback": dl.info.get("traceback"), "headers": _plain(dl.headers),
+               "source": "rabbitmq"}
+    else:
+        with get_engine().connect() as conn:
+            rec = deadletter_log.find(conn, message_id)
+        if rec is None:
+            fail(f"no dead letter with message id {message_id}", 1)
+        doc = {"queue": rec["queue"], "message_id": rec["message_id"], "actor": rec["actor"],
+               "request_id": rec["request_id"], "reason": rec["reason"],
+               "retries": rec["retries"], "failed_at": rec["dead_lettered_at"].isoformat(),
+               "code": rec["code"], "message": rec["body"], "traceback": rec["traceback"],
+               "headers": {}, "source": "log", "status": rec["status"],
+               "resolved_by": rec["resolved_by"],
+               "resolved_at": rec["resolved_at"].isoformat() if rec["resolved_at"] else None}
+
+    def human(d):
+        shown = {k: v for k, v in d.items() if k != "traceback"}
+        shown["message"] = _without_traceback(d["message"])
+        click.echo(json.dumps(shown, indent=2, default=str))
+        click.echo(d.get("traceback") or "(no traceback)")
+
+    emit(doc, as_json, human)
+
+
+def _without_traceback(body):
+    """The message as printed for people: its traceback is printed once, below it."""
+    if not isinstance(body, dict) or not isinstance(body.get("options"), dict):
+        return body
+    options = dict(body["options"])
+    if isinstance(options.get("dead_letter"), dict):
+        options["dead_letter"] = {k: v for k, v in options["dead_letter"].items()
+                                  if k != "traceback"}
+    options.pop("traceback", None)
+    return {**body, "options": options}
 
 
 @dlq.command("replay")
@@ -173,11 +225,15 @@ def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], by: st
         confirm(f"Replay {sum(waiting.values())} dead letter(s) of "
                 f"{queue or f'{len(waiting)} queue(s)'}", yes)
     counts: dict[str, int] = {}
+    replayed: list[dict] = []
     for q in queues:
-        n = rabbit.replay(q, set(ids) if ids else None)
+        n = rabbit.replay(q, set(ids) if ids else None,
+                          on_replayed=lambda dl: replayed.append(dl.body))
         if n:
             counts[q] = n
-    record_now(by, "dlq replay", queue, {"all": replay_all, "ids": list(ids), "queues": counts})
+    with get_engine().begin() as conn:
+        deadletter_log.mark_replayed(conn, replayed, by)
+        record(conn, by, "dlq replay", queue, {"all": replay_all, "ids": list(ids), "queues": counts})
     emit({"replayed": sum(counts.values()), "queues": counts}, as_json,
          lambda d: _per_queue(d["queues"], f"replayed {d['replayed']} message(s)"))
 
@@ -214,7 +270,9 @@ def dlq_purge(queue: str, by: str, yes: bool, dry_run: bool, as_json: bool) -> N
         return
     confirm(f"Delete {waiting} dead letter(s) of {queue} for good", yes)
     n = rabbit.purge(queue)
-    record_now(by, "dlq purge", queue, {"purged": n})
+    with get_engine().begin() as conn:
+        logged = deadletter_log.mark_purged(conn, queue, by)
+        record(conn, by, "dlq purge", queue, {"purged": n, "log_rows": logged})
     emit({"purged": n}, as_json, lambda d: click.echo(f"purged {d['purged']} dead letter(s)"))
 
 

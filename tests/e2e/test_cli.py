@@ -205,7 +205,7 @@ def test_dead_letters_are_listed_shown_replayed_and_purged(env, engine, worker):
 
     listed = cli_json(env, "dlq", "list", "ballast.wallets")
     mine = [d for d in listed if d["request_id"] == rid]
-    assert len(mine) == 1 and set(mine[0]) == DEAD_LETTER_KEYS
+    assert len(mine) == 1 and set(mine[0]) == DEAD_LETTER_KEYS | {"code"}  # code: added (issue 17)
     assert mine[0]["actor"] == "withdraw" and mine[0]["reason"]
     assert mine[0]["retries"] == 0 and mine[0]["failed_at"]
     assert [d for d in cli_json(env, "dlq", "list") if d["request_id"] == rid] == mine

@@ -29,6 +29,8 @@ def upgrade() -> None:
             traceback text,
             body jsonb NOT NULL,
             retries integer NOT NULL DEFAULT 0,
+            -- how many times it had been replayed before this death (options.replays)
+            replays integer NOT NULL DEFAULT 0,
             dead_lettered_at timestamptz NOT NULL DEFAULT now(),
             status text NOT NULL DEFAULT 'dead' CHECK (status IN ('dead', 'replayed', 'purged')),
             resolved_at timestamptz,
