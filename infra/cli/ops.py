@@ -71,7 +71,8 @@ def worker(processes: int, threads: int, queues: tuple[str, ...]) -> None:
 
 @click.command()
 @click.argument("actor")
-@click.option("--kwargs", "kwargs_json", required=True, help="The message kwargs as JSON.")
+@click.option("--kwargs", "kwargs_json", required=True,
+              help="The message kwargs as JSON; @FILE reads them from FILE, - from stdin.")
 @json_option
 def send(actor: str, kwargs_json: str, as_json: bool) -> None:
     """Validate a command and publish it (confirmed) to its queue.
@@ -80,6 +81,7 @@ def send(actor: str, kwargs_json: str, as_json: bool) -> None:
     """
     if actor not in ACTORS:
         fail(f"unknown actor {actor!r}; known: {', '.join(sorted(ACTORS))}", 2)
+    kwargs_json = _read_kwargs(kwargs_json)
     try:
         kwargs = json.loads(kwargs_json)
     except ValueError as exc:
@@ -102,6 +104,20 @@ def send(actor: str, kwargs_json: str, as_json: bool) -> None:
         broker.close()
     emit({"message_id": msg.message_id, "queue": spec.queue}, as_json,
          lambda d: click.echo(f"sent {actor} as {d['message_id']} to {d['queue']}"))
+
+
+def _read_kwargs(value: str) -> str:
+    """``--kwargs``: JSON text, ``@FILE`` or ``-`` (stdin)."""
+    if value == "-":
+        return sys.stdin.read()
+    if value.startswith("@"):
+        path = value[1:]
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except OSError as exc:
+            fail(f"--kwargs {value}: cannot read {path}: {exc.strerror or exc}", 2)
+    return value
 
 
 @click.command()
