@@ -11,7 +11,6 @@ write is logged and the message still goes to ``Q.XQ``.
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
@@ -19,12 +18,11 @@ from sqlalchemy import Connection, text
 
 from infra.db.engine import get_engine
 from infra.logs import get_logger
+from infra.retention import parse_age
 
 log = get_logger(__name__)
 
 STATUSES = ("dead", "replayed", "purged")
-_RELATIVE = re.compile(r"(\d+)\s*([smhd])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def record(body: dict[str, Any], info: dict[str, Any]) -> None:
@@ -105,9 +103,9 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     """``--since``: an ISO 8601 time (UTC when it has no offset) or an age like ``90m``,
     ``2h``, ``7d``."""
     now = now or datetime.now(timezone.utc)
-    m = _RELATIVE.fullmatch(value.strip())
-    if m:
-        return now - timedelta(seconds=int(m.group(1)) * _UNIT_S[m.group(2)])
+    age = parse_age(value)
+    if age is not None:
+        return now - timedelta(seconds=age)
     try:
         t = datetime.fromisoformat(value.strip())
     except ValueError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,6 +37,19 @@ class Settings(BaseSettings):
     # How long RabbitMQ keeps a dead letter in Q.XQ (x-message-ttl, set when the queue is
     # first declared); every dead letter is also kept in PostgreSQL (dead_letters).
     dead_letter_ttl_ms: int = Field(default=7 * 86_400_000, ge=1)  # ms; Dramatiq's 7 days
+
+    # Retention (infra/retention.py): published outbox rows and remembered request ids are
+    # deleted after these many days.  A request id must outlive any dead letter that could
+    # be replayed, hence the check below.
+    retention_outbox_days: int = Field(default=30, ge=1)
+    retention_requests_days: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _request_ids_outlive_dead_letters(self) -> "Settings":
+        if self.retention_requests_days * 86_400_000 <= self.dead_letter_ttl_ms:
+            raise ValueError("BALLAST_RETENTION_REQUESTS_DAYS must be longer than "
+                             "BALLAST_DEAD_LETTER_TTL_MS (a replayed dead letter would run twice)")
+        return self
 
     # Retry policy of the workers.  Everything stays far below RabbitMQ's
     # consumer timeout (30 min by default), because delayed messages are held

@@ -6,8 +6,14 @@ import sys
 
 import click
 
-from infra.cli import alerts, challenges, journal, ledger, markets, ops, treasury
-from infra.logs import configure_logging
+from infra.cli.output import settings_or_exit
+
+# Before the commands' modules: some read settings when imported, and a bad value must be
+# one line, not a traceback.
+settings_or_exit()
+
+from infra.cli import alerts, challenges, journal, ledger, markets, ops, treasury  # noqa: E402
+from infra.logs import configure_logging  # noqa: E402
 
 
 @click.group()

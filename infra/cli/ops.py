@@ -24,6 +24,7 @@ def register(cli: click.Group) -> None:
     cli.add_command(send)
     cli.add_command(queues)
     cli.add_command(dlq)
+    cli.add_command(outbox_group)
 
 
 @click.command()
@@ -307,3 +308,89 @@ def _plain(value):
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
+
+
+# --- outbox and retention --------------------------------------------------------------
+
+@click.group("outbox", invoke_without_command=True)
+@click.option("--pending", is_flag=True, help="List the rows not yet published, oldest first.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@json_option
+@click.pass_context
+def outbox_group(ctx: click.Context, pending: bool, limit: int, as_json: bool) -> None:
+    """The outbox: its backlog and oldest age, what retention keeps (and prune)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from sqlalchemy import text
+
+    from infra import outbox, retention
+    from infra.settings import get_settings
+
+    with get_engine().connect() as conn:
+        if pending:
+            rows = [{"id": r.id, "kind": r.kind, "routing_key": r.routing_key,
+                     "created_at": r.created_at.isoformat(timespec="seconds"),
+                     "attempts": r.attempts, "last_error": r.last_error}
+                    for r in conn.execute(text(
+                        "SELECT id, kind, routing_key, created_at, attempts, last_error FROM outbox "
+                        "WHERE published_at IS NULL ORDER BY id LIMIT :n"), {"n": limit})]
+            emit(rows, as_json, lambda r: table(r, title="outbox: not yet published"))
+            return
+        out_s, req_s = retention.windows(get_settings())
+        oldest = outbox.oldest_pending(conn)
+        age = conn.execute(text("SELECT extract(epoch FROM now() - :t)"), {"t": oldest}).scalar_one() \
+            if oldest else None
+        doc = {"pending": outbox.pending_count(conn),
+               "oldest_pending_at": oldest.isoformat(timespec="seconds") if oldest else None,
+               "oldest_pending_age_s": int(age) if age is not None else None,
+               "published": conn.execute(text(
+                   "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")).scalar_one(),
+               "retention_days": out_s // retention.DAY_S,
+               "prunable": outbox.prunable(conn, out_s),
+               "requests_retention_days": req_s // retention.DAY_S,
+               "requests_prunable": retention.prunable_requests(conn, req_s)}
+
+    def human(d):
+        click.echo(f"pending   {d['pending']:>10}" + (
+            f"   oldest {d['oldest_pending_at']} ({d['oldest_pending_age_s']} s ago)"
+            if d["oldest_pending_at"] else ""))
+        click.echo(f"published {d['published']:>10}   kept {d['retention_days']} days; "
+                   f"{d['prunable']} older")
+        click.echo(f"request ids kept {d['requests_retention_days']} days; "
+                   f"{d['requests_prunable']} older")
+
+    emit(doc, as_json, human)
+
+
+@outbox_group.command("prune")
+@click.option("--older-than", "older_than",
+              help="Published rows older than this age (90m, 12h, 30d); default the retention.")
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+@json_option
+def outbox_prune(older_than: str | None, dry_run: bool, as_json: bool) -> None:
+    """Delete published outbox rows (never a pending one) and remembered request ids past
+    their windows, as the hourly retention schedule does."""
+    from infra import outbox, retention
+    from infra.settings import get_settings
+
+    out_s, req_s = retention.windows(get_settings())
+    if older_than is not None:
+        age = retention.parse_age(older_than)
+        if age is None or age <= 0:
+            fail(f"--older-than {older_than!r}: an age like 90m, 12h, 30d", 2)
+        out_s = age
+    if dry_run:
+        with get_engine().connect() as conn:
+            doc = {"dry_run": True, "outbox_pruned": 0, "requests_pruned": 0,
+                   "would_prune_outbox": outbox.prunable(conn, out_s),
+                   "would_prune_requests": retention.prunable_requests(conn, req_s),
+                   "older_than_s": out_s, "requests_older_than_s": req_s}
+        emit(doc, as_json, lambda d: click.echo(
+            f"dry run: would delete {d['would_prune_outbox']} published outbox row(s) and "
+            f"{d['would_prune_requests']} request id(s)"))
+        return
+    done = retention.run(get_engine(), get_settings(), out_s)
+    emit({"outbox_pruned": done.outbox, "requests_pruned": done.requests, "older_than_s": out_s,
+          "requests_older_than_s": req_s}, as_json,
+         lambda d: click.echo(f"deleted {d['outbox_pruned']} published outbox row(s) and "
+                              f"{d['requests_pruned']} request id(s)"))

@@ -41,3 +41,18 @@ def fail(message: str, code: int = 1) -> None:
     """One line on stderr, then exit with ``code`` (1 failed check, 2 bad usage)."""
     click.echo(message.splitlines()[0] if message else "failed", err=True)
     sys.exit(code)
+
+
+def settings_or_exit() -> None:
+    """A bad ``BALLAST_*`` value: one line naming it on stderr, exit 2 (no traceback)."""
+    from pydantic import ValidationError
+
+    from infra.settings import get_settings
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ("BALLAST_" + "_".join(str(p) for p in err["loc"]).upper() + ": ") if err["loc"] else ""
+        click.echo(f"error: {name}{err['msg'].removeprefix('Value error, ')}", err=True)
+        sys.exit(2)
