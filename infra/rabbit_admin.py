@@ -122,3 +122,52 @@ def delete_vhost(name: str, broker_url: str | None = None) -> None:
         return
     if vhost(name, broker_url) is not None:
         _ctl("delete_vhost", name)
+
+
+def _vhost_of(broker_url: str | None) -> str:
+    path = urlparse(broker_url or get_settings().broker_url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def _rate(stats: dict[str, Any] | None, key: str) -> float | None:
+    details = (stats or {}).get(f"{key}_details")
+    return round(float(details["rate"]), 2) if details and "rate" in details else None
+
+
+def queue_stats(broker_url: str | None = None) -> list[dict[str, Any]] | None:
+    """Every contract queue as the management API sees it, or None when it is not reachable.
+
+    ``ready`` and ``unacked`` (delivered to a worker, not yet acknowledged: in flight) of
+    the queue itself; ``delayed`` every message of ``Q.DQ`` (Dramatiq's workers hold them
+    unacknowledged until their eta); ``dead`` every message of ``Q.XQ`` (read or not);
+    ``consumers``; publish and ack rates (messages/s) of the queue.
+    """
+    from dramatiq.common import dq_name, xq_name
+
+    from infra.contract import QUEUES
+
+    found = api_get(f"/queues/{quote(_vhost_of(broker_url), safe='')}", broker_url,
+                    columns="name,messages,messages_ready,messages_unacknowledged,consumers,"
+                            "message_stats")
+    if found is None or not isinstance(found, list):
+        return None
+    by_name = {q["name"]: q for q in found}
+
+    def get(name: str, key: str) -> int:
+        return int(by_name.get(name, {}).get(key) or 0)
+
+    rows = []
+    for q in QUEUES:
+        stats = by_name.get(q, {}).get("message_stats")
+        rows.append({
+            "queue": q,
+            "ready": get(q, "messages_ready"),
+            "delayed": get(dq_name(q), "messages"),
+            "dead": get(xq_name(q), "messages"),
+            "consumers": get(q, "consumers"),
+            "unacked": get(q, "messages_unacknowledged"),
+            "publish_rate": _rate(stats, "publish"),
+            "ack_rate": _rate(stats, "ack"),
+            "source": "management",
+        })
+    return rows

@@ -122,10 +122,55 @@ def _read_kwargs(value: str) -> str:
 
 
 @click.command()
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (a terminal only).")
+@click.option("--every", default=2.0, show_default=True, type=click.FloatRange(0.5, 3600),
+              help="Seconds between refreshes with --watch.")
 @json_option
-def queues(as_json: bool) -> None:
-    """Every queue with its ready, delayed and dead counts and consumers."""
-    emit(rabbit.queue_stats(), as_json, lambda rows: table(rows, title="queues"))
+def queues(watch: bool, every: float, as_json: bool) -> None:
+    """Every queue: ready, in flight (unacked), delayed, dead, consumers, rates.
+
+    From RabbitMQ's management API when it is reachable (BALLAST_RABBITMQ_API_URL), else
+    over plain AMQP, which sees only messages ready for delivery (columns say so).
+    """
+    import time
+
+    if watch and (as_json or not sys.stdout.isatty()):
+        fail("--watch is for a terminal; without it the command prints once", 2)
+    while True:
+        rows = queue_rows()
+        if watch:
+            click.clear()
+        emit(rows, as_json, _queues_table)
+        if not watch:
+            return
+        time.sleep(every)
+
+
+def queue_rows() -> list[dict]:
+    """The management API's counts, or AMQP's with the columns it cannot see as None."""
+    from infra import rabbit_admin
+
+    rows = rabbit_admin.queue_stats()
+    if rows is not None:
+        return rows
+    return [r | {"unacked": None, "publish_rate": None, "ack_rate": None, "source": "amqp"}
+            for r in rabbit.queue_stats()]
+
+
+def _queues_table(rows: list[dict]) -> None:
+    if rows and rows[0]["source"] == "amqp":
+        table([{"queue": r["queue"], "ready": r["ready"], "delayed (ready)": r["delayed"],
+                "dead (ready)": r["dead"], "consumers": r["consumers"]} for r in rows],
+              title="queues (over AMQP: messages ready only)")
+        click.echo("in-flight, unacknowledged and held delayed messages are not visible over "
+                   "AMQP; enable the management plugin or set BALLAST_RABBITMQ_API_URL", err=True)
+        return
+    rates = any(r["publish_rate"] is not None or r["ack_rate"] is not None for r in rows)
+    table([{"queue": r["queue"], "ready": r["ready"], "unacked": r["unacked"],
+            "delayed": r["delayed"], "dead": r["dead"], "consumers": r["consumers"]}
+           | ({"in/s": f"{r['publish_rate'] or 0:.1f}", "ack/s": f"{r['ack_rate'] or 0:.1f}"}
+              if rates else {}) for r in rows],
+          title="queues (management API)")
 
 
 @click.group()

@@ -7,6 +7,7 @@ import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -26,15 +27,27 @@ def emit(doc: Any, as_json: bool, human: Callable[[Any], None] | None = None) ->
 def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None, title: str | None = None) -> None:
     rows = list(rows)
     cols = list(columns or (rows[0].keys() if rows else []))
-    t = Table(title=title, show_lines=False)
+    t = Table(title=title, show_lines=False, box=box.SIMPLE_HEAD, pad_edge=False,
+              collapse_padding=True)
     for c in cols:
-        t.add_column(c, overflow="fold")
+        values = [r.get(c) for r in rows if r.get(c) is not None]
+        numeric = bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                       for v in values)
+        # Ids and names are copied and pasted: never folded.
+        whole = c in _UNFOLDED or c.endswith("_id")
+        t.add_column(c, overflow="fold", no_wrap=whole,
+                     min_width=max([len(c)] + [len(str(v)) for v in values])
+                     if whole or numeric else None,
+                     justify="right" if numeric else "left")
     for r in rows:
         t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in cols))
     if not rows:
         console.print(f"[dim]{title + ': ' if title else ''}nothing to show[/dim]")
         return
     console.print(t)
+
+
+_UNFOLDED = {"queue", "name", "id", "account", "account_type", "actor"}
 
 
 def fail(message: str, code: int = 1) -> None:

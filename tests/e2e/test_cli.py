@@ -96,7 +96,8 @@ def test_migrate_on_the_existing_database_changes_nothing_and_declares_every_que
     assert snapshot(env.database_url) == before
     rows = cli_json(env, "queues")
     assert [r["queue"] for r in rows] == QUEUES
-    assert all(set(r) == {"queue", "ready", "delayed", "dead", "consumers"} for r in rows)
+    assert all(set(r) == {"queue", "ready", "delayed", "dead", "consumers",  # added by issue 17:
+                          "unacked", "publish_rate", "ack_rate", "source"} for r in rows)
     assert all(isinstance(r[k], int) for r in rows for k in ("ready", "delayed", "dead", "consumers"))
 
 
