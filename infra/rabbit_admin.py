@@ -10,6 +10,7 @@ administered with ``rabbitmqctl``.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from urllib.parse import quote, unquote, urlparse
 import httpx
 
 from infra.settings import get_settings
+
+# httpx logs every request at INFO: not an operator's business.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 API_PORT = 15672
 TIMEOUT_S = 5.0  # s, per API request
