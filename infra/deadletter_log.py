@@ -169,3 +169,11 @@ def matches(summary: dict[str, Any], body: dict[str, Any], *, actor: str | None 
         if grep.lower() not in haystack.lower():
             return False
     return True
+
+
+def live(conn: Connection, message_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """The live (``dead``) records of these message ids: ``{"message_id", "queue", "body"}``."""
+    return [dict(r) for r in conn.execute(text(
+        "SELECT message_id, queue, body FROM dead_letters "
+        "WHERE status = 'dead' AND message_id = ANY(:ids) ORDER BY id"),
+        {"ids": list(message_ids)}).mappings()]

@@ -261,7 +261,8 @@ def _without_traceback(body):
 @click.argument("queue", required=False)
 @click.option("--all", "replay_all", is_flag=True,
               help="Replay every dead letter (of QUEUE; without QUEUE, of every queue): asks first.")
-@click.option("--id", "ids", multiple=True, help="Replay this message id (repeatable).")
+@click.option("--id", "ids", multiple=True,
+              help="Replay this message id (repeatable); from the log once RabbitMQ expired it.")
 @by_option
 @lever_options
 @json_option
@@ -293,6 +294,14 @@ def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], by: st
                           on_replayed=lambda dl: replayed.append(dl.body))
         if n:
             counts[q] = n
+    if ids:  # what RabbitMQ no longer holds (expired from Q.XQ) is replayed from the log
+        missing = set(ids) - {b.get("message_id") for b in replayed}
+        with get_engine().connect() as conn:
+            from_log = [r for r in deadletter_log.live(conn, missing) if r["queue"] in queues]
+        for r in from_log:
+            rabbit.publish_confirmed(r["queue"], rabbit.replay_body(r["body"], r["queue"]))
+            replayed.append(r["body"])
+            counts[r["queue"]] = counts.get(r["queue"], 0) + 1
     with get_engine().begin() as conn:
         deadletter_log.mark_replayed(conn, replayed, by)
         record(conn, by, "dlq replay", queue, {"all": replay_all, "ids": list(ids), "queues": counts})
@@ -304,9 +313,15 @@ def _would_replay(queues: list[str], ids: set[str] | None) -> dict[str, int]:
     if ids is None:
         return {q: n for q, n in rabbit.dead_letter_counts().items() if q in queues and n}
     counts: dict[str, int] = {}
+    seen: set[str] = set()
     for dl in rabbit.list_dead_letters(None, 100_000):
         if dl.queue in queues and dl.message_id in ids:
             counts[dl.queue] = counts.get(dl.queue, 0) + 1
+            seen.add(dl.message_id)
+    with get_engine().connect() as conn:
+        for r in deadletter_log.live(conn, ids - seen):
+            if r["queue"] in queues:
+                counts[r["queue"]] = counts.get(r["queue"], 0) + 1
     return counts
 
 

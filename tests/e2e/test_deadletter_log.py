@@ -148,3 +148,29 @@ def test_the_dead_letter_retention_in_rabbitmq_is_configurable(env):
         assert ttl["x-message-ttl"] == 3_600_000
     finally:
         rabbit_admin.delete_vhost(vhost)
+
+
+def test_a_dead_letter_rabbitmq_expired_is_replayed_from_the_log(env, engine, worker):
+    rid, row = refused_withdrawal(env, engine)
+    user = row["body"]["kwargs"]["user_id"]
+    conn = amqp(env)  # as if its x-message-ttl had passed
+    try:
+        conn.channel().queue_purge(xq_name("ballast.wallets"))
+    finally:
+        conn.close()
+    send(env, "deposit", request_id=uid("r"), user_id=user, currency="USD", amount=1_000_000,
+         reference="in")  # the cause, fixed
+
+    def balance():
+        with engine.connect() as c:
+            return c.execute(text("SELECT balance FROM accounts WHERE code = :c"),
+                             {"c": f"user:{user}:USD"}).scalar_one_or_none()
+
+    wait_until(lambda: balance() == 1_000_000, what="the deposit")
+    dry = cli_json(env, "dlq", "replay", "--id", row["message_id"], "--by", "ada", "--dry-run")
+    assert dry["would_replay"] == 1 and dry["queues"] == {"ballast.wallets": 1}
+    done = cli_json(env, "dlq", "replay", "--id", row["message_id"], "--by", "ada")
+    assert done == {"replayed": 1, "queues": {"ballast.wallets": 1}}
+    wait_until(lambda: balance() == -500_000, what="the withdrawal replayed from the log")
+    [record] = logged(engine, rid)
+    assert (record["status"], record["resolved_by"]) == ("replayed", "ada")
