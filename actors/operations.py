@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from infra import outbox
+from infra import outbox, retention
 from infra.broker import get_broker
-from infra.contract.operations import SweepOutbox
+from infra.contract.operations import PruneRetention, SweepOutbox
 from infra.db.engine import get_engine
 from infra.messaging import command
+from infra.settings import get_settings
 
 
 # Fired every 10 s: transient errors are retried within the period, then the next firing
@@ -15,3 +16,9 @@ from infra.messaging import command
 def sweep_outbox(cmd: SweepOutbox) -> None:
     """Publish what a crash between commit and publish left in the outbox."""
     outbox.sweep(get_engine(), get_broker())
+
+
+@command(transactional=False, max_retries=0)
+def prune_retention(cmd: PruneRetention) -> None:
+    """Delete published outbox rows and remembered request ids past their windows."""
+    retention.run(get_engine(), get_settings())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import dramatiq
+import dramatiq.brokers.rabbitmq as dramatiq_rabbitmq
 import pika
 from dramatiq.brokers.rabbitmq import (
     DEAD_MESSAGE_TTL,
@@ -153,6 +154,8 @@ def build_broker(url: str | None = None, *, worker: bool = False) -> RabbitmqBro
     dead letter.
     """
     settings = get_settings()
+    # Dramatiq reads the XQ's x-message-ttl from this module global when it declares a queue.
+    dramatiq_rabbitmq.DEAD_MESSAGE_TTL = settings.dead_letter_ttl_ms
     middleware = [
         AgeLimit(),
         TimeLimit(time_limit=settings.actor_time_limit_ms),

@@ -302,3 +302,38 @@ def _describe(exc: BaseException) -> str:
 
 def pending_count(conn: Connection) -> int:
     return conn.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL")).scalar_one()
+
+
+def oldest_pending(conn: Connection) -> datetime | None:
+    return conn.execute(text("SELECT min(created_at) FROM outbox WHERE published_at IS NULL")).scalar_one()
+
+
+def prune(engine: Engine, older_than_s: float, *, batch: int = 10_000) -> int:
+    """Delete rows published more than ``older_than_s`` seconds ago, ``batch`` rows per
+    transaction (never an unpublished row).  Returns how many."""
+    deleted = 0
+    while True:
+        with engine.begin() as conn:
+            n = conn.execute(
+                text(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox "
+                    "WHERE published_at IS NOT NULL "
+                    "AND published_at < now() - make_interval(secs => :age) "
+                    "ORDER BY published_at LIMIT :batch FOR UPDATE SKIP LOCKED)"
+                ),
+                {"age": older_than_s, "batch": batch},
+            ).rowcount
+        deleted += n
+        if n < batch:
+            break
+    if deleted:
+        log.info("outbox.pruned", rows=deleted, older_than_s=older_than_s)
+    return deleted
+
+
+def prunable(conn: Connection, older_than_s: float) -> int:
+    return conn.execute(
+        text("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL "
+             "AND published_at < now() - make_interval(secs => :age)"),
+        {"age": older_than_s},
+    ).scalar_one()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pika
 from dramatiq.common import dq_name, xq_name
@@ -154,7 +154,34 @@ def find_dead_letter(message_id: str, url: str | None = None) -> DeadLetter | No
     return None
 
 
-def replay(queue: str | None, ids: set[str] | None, url: str | None = None) -> int:
+def replay_body(dead: dict[str, Any], queue: str) -> dict[str, Any]:
+    """The message to publish back to ``queue`` for a dead letter: retry count reset, the
+    replay counted, the last reason kept."""
+    body = dict(dead)
+    options = dict(body.get("options") or {})
+    history = options.pop("dead_letter", None)
+    for key in ("retries", "first_failure_at", "traceback", "eta", "requeue_timestamp"):
+        options.pop(key, None)
+    options["replays"] = int(options.get("replays", 0)) + 1
+    if history:
+        options["last_dead_letter_reason"] = history.get("reason")
+    body["options"] = options
+    body["queue_name"] = queue
+    return body
+
+
+def publish_confirmed(queue: str, body: dict[str, Any], url: str | None = None) -> None:
+    """Publish ``body`` to ``queue`` (persistent, mandatory) and wait for the confirm."""
+    with connection(url) as conn:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish(exchange="", routing_key=queue, body=json.dumps(body).encode(),
+                         properties=pika.BasicProperties(delivery_mode=2), mandatory=True)
+        ch.close()
+
+
+def replay(queue: str | None, ids: set[str] | None, url: str | None = None,
+           on_replayed: Callable[[DeadLetter], None] | None = None) -> int:
     """Move dead letters back to their queue, retry count reset.
 
     Each copy is published with a publisher confirm before the dead copy is
@@ -170,16 +197,7 @@ def replay(queue: str | None, ids: set[str] | None, url: str | None = None) -> i
             for dl in read_dead_letters(ch, q):
                 if ids is not None and dl.message_id not in ids:
                     continue
-                body = dict(dl.body)
-                options = dict(body.get("options") or {})
-                history = options.pop("dead_letter", None)
-                for key in ("retries", "first_failure_at", "traceback", "eta", "requeue_timestamp"):
-                    options.pop(key, None)
-                options["replays"] = int(options.get("replays", 0)) + 1
-                if history:
-                    options["last_dead_letter_reason"] = history.get("reason")
-                body["options"] = options
-                body["queue_name"] = q
+                body = replay_body(dl.body, q)
                 ch.basic_publish(
                     exchange="",
                     routing_key=q,
@@ -189,6 +207,8 @@ def replay(queue: str | None, ids: set[str] | None, url: str | None = None) -> i
                 )
                 ch.basic_ack(dl.delivery_tag)
                 replayed += 1
+                if on_replayed is not None:
+                    on_replayed(dl)
             ch.close()
     return replayed
 

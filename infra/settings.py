@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,8 @@ class Settings(BaseSettings):
       metrics_port: Prometheus exposition port of the workers (0 turns it off).
       queue_type: ``classic`` or ``quorum`` RabbitMQ queues.
       queue_delivery_limit: deliveries of one message before a quorum queue dead-letters it.
+      rabbitmq_api_url: RabbitMQ management HTTP API (vhosts, honest queue counts); unset:
+        ``http://<broker host>:15672`` with the broker URL's credentials.
     """
 
     model_config = SettingsConfigDict(env_prefix="BALLAST_", extra="ignore")
@@ -38,6 +40,23 @@ class Settings(BaseSettings):
     # ``queue_delivery_limit`` times is dead-lettered by RabbitMQ itself).
     queue_type: str = Field(default="classic", pattern="^(classic|quorum)$")
     queue_delivery_limit: int = Field(default=20, ge=1)
+    rabbitmq_api_url: str | None = None
+    # How long RabbitMQ keeps a dead letter in Q.XQ (x-message-ttl, set when the queue is
+    # first declared); every dead letter is also kept in PostgreSQL (dead_letters).
+    dead_letter_ttl_ms: int = Field(default=7 * 86_400_000, ge=1)  # ms; Dramatiq's 7 days
+
+    # Retention (infra/retention.py): published outbox rows and remembered request ids are
+    # deleted after these many days.  A request id must outlive any dead letter that could
+    # be replayed, hence the check below.
+    retention_outbox_days: int = Field(default=30, ge=1)
+    retention_requests_days: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _request_ids_outlive_dead_letters(self) -> "Settings":
+        if self.retention_requests_days * 86_400_000 <= self.dead_letter_ttl_ms:
+            raise ValueError("BALLAST_RETENTION_REQUESTS_DAYS must be longer than "
+                             "BALLAST_DEAD_LETTER_TTL_MS (a replayed dead letter would run twice)")
+        return self
 
     # Retry policy of the workers.  Everything stays far below RabbitMQ's
     # consumer timeout (30 min by default), because delayed messages are held

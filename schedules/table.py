@@ -38,5 +38,6 @@ SCHEDULES: list[Schedule] = [
     Schedule("payment_matching", "match_payments", every_s=300),
     Schedule("alert_sweep", "evaluate_alerts", every_s=60),
     Schedule("outbox_sweep", "sweep_outbox", every_s=10),
+    Schedule("retention", "prune_retention", every_s=3600),
     Schedule("daily_summary", "send_daily_summary", daily_at=time(0, 5), kwargs=_previous_day),
 ]

@@ -25,6 +25,8 @@ from urllib.parse import quote
 import dramatiq
 import pika
 
+from infra import rabbit_admin
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,10 +58,6 @@ class TestEnv:
         return env
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
 def create_env(prefix: str = "ballast_test") -> TestEnv:
     """Create the run's own database (migrated), vhost and Redis db, named ``{prefix}_<id>``."""
     from infra.db.migrate import upgrade
@@ -68,10 +66,10 @@ def create_env(prefix: str = "ballast_test") -> TestEnv:
     name = f"{prefix}_{run_id}"
     host = os.getenv("BALLAST_TEST_PG", "postgres@127.0.0.1:5432")
     database_url = f"postgresql+psycopg://{host}/{name}"
-    _rabbitmqctl("add_vhost", name)
-    _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
     amqp_host = os.getenv("BALLAST_TEST_AMQP", "guest:guest@127.0.0.1:5672")
     broker_url = f"amqp://{amqp_host}/{quote(name, safe='')}"
+    # The management API when it is reachable (a broker in a container), else rabbitmqctl.
+    rabbit_admin.create_vhost(name, "ballast test run", broker_url)
     redis_db = random.randint(1, 15)
     redis_url = f"redis://127.0.0.1:6379/{redis_db}"
     env = TestEnv(run_id, database_url, broker_url, redis_url, name,
@@ -89,7 +87,7 @@ def destroy_env(env: TestEnv) -> None:
         drop_database(env.database_url)
     finally:
         try:
-            _rabbitmqctl("delete_vhost", env.vhost)
+            rabbit_admin.delete_vhost(env.vhost, env.broker_url)
         except Exception:
             pass
 

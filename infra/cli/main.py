@@ -6,8 +6,14 @@ import sys
 
 import click
 
-from infra.cli import alerts, challenges, journal, ledger, markets, ops, treasury
-from infra.logs import configure_logging
+from infra.cli.output import settings_or_exit
+
+# Before the commands' modules: some read settings when imported, and a bad value must be
+# one line, not a traceback.
+settings_or_exit()
+
+from infra.cli import alerts, challenges, journal, ledger, markets, ops, treasury  # noqa: E402
+from infra.logs import configure_logging  # noqa: E402
 
 
 @click.group()
@@ -31,12 +37,46 @@ def scheduler() -> None:
 
 
 @cli.command()
+@click.option("--database", default="ballast_demo", show_default=True,
+              help="The demo's own database (on BALLAST_DATABASE_URL's server), recreated each run.")
+@click.option("--vhost", default="ballast_demo", show_default=True,
+              help="The demo's own RabbitMQ vhost (on BALLAST_BROKER_URL's server).")
+@click.option("--redis-db", default=15, show_default=True, type=click.IntRange(0, 15),
+              help="The demo's own Redis db (on BALLAST_REDIS_URL's server).")
+@click.option("--clean", is_flag=True, help="Drop the demo's database and vhost, run nothing.")
+@click.option("--check", "check_only", is_flag=True,
+              help="Only say whether the demo may run there (exit 2 when it may not).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
-def demo(as_json: bool) -> None:
-    """Run the end-to-end demo through real workers and print what happened."""
-    from infra.demo.runner import run_demo
+def demo(database: str, vhost: str, redis_db: int, clean: bool, check_only: bool,
+         as_json: bool) -> None:
+    """Run the end-to-end demo through real workers on its own database, vhost and Redis db.
 
-    code = run_demo(as_json=as_json)
+    It never touches BALLAST_DATABASE_URL's database: it refuses a database that is not
+    empty unless it is a demo database.
+    """
+    from infra.cli.output import emit, fail
+    from infra.demo import target as demo_target
+    from infra.settings import get_settings
+
+    settings = get_settings()
+    where = demo_target.target_for(settings, database, vhost, redis_db)
+    try:
+        if check_only:
+            state = demo_target.check(where, settings)
+            emit({"database": where.database, "vhost": where.vhost, "state": state}, as_json,
+                 lambda d: click.echo(f"the demo may run on database {d['database']} ({state}), "
+                                      f"vhost {d['vhost']}"))
+            return
+        if clean:
+            demo_target.clean(where, settings)
+            emit({"dropped": where.database, "vhost": where.vhost}, as_json,
+                 lambda d: click.echo(f"dropped the demo database {d['dropped']} and vhost {d['vhost']}"))
+            return
+        from infra.demo.runner import run_demo
+
+        code = run_demo(where, as_json=as_json)
+    except demo_target.DemoRefused as exc:
+        fail(f"refused: {exc}", 2)
     raise SystemExit(code)
 
 

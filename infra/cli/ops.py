@@ -10,9 +10,11 @@ import uuid
 import click
 import dramatiq
 
-from infra import rabbit
+from infra import deadletter_log, rabbit
+from infra.cli.levers import by_option, check_by, confirm, lever_options, record
 from infra.cli.output import emit, fail, json_option, table
 from infra.contract import ACTORS, parse
+from infra.db.engine import get_engine
 from domain.errors import InvalidCommand
 
 
@@ -22,6 +24,7 @@ def register(cli: click.Group) -> None:
     cli.add_command(send)
     cli.add_command(queues)
     cli.add_command(dlq)
+    cli.add_command(outbox_group)
 
 
 @click.command()
@@ -70,7 +73,8 @@ def worker(processes: int, threads: int, queues: tuple[str, ...]) -> None:
 
 @click.command()
 @click.argument("actor")
-@click.option("--kwargs", "kwargs_json", required=True, help="The message kwargs as JSON.")
+@click.option("--kwargs", "kwargs_json", required=True,
+              help="The message kwargs as JSON; @FILE reads them from FILE, - from stdin.")
 @json_option
 def send(actor: str, kwargs_json: str, as_json: bool) -> None:
     """Validate a command and publish it (confirmed) to its queue.
@@ -79,6 +83,7 @@ def send(actor: str, kwargs_json: str, as_json: bool) -> None:
     """
     if actor not in ACTORS:
         fail(f"unknown actor {actor!r}; known: {', '.join(sorted(ACTORS))}", 2)
+    kwargs_json = _read_kwargs(kwargs_json)
     try:
         kwargs = json.loads(kwargs_json)
     except ValueError as exc:
@@ -103,11 +108,70 @@ def send(actor: str, kwargs_json: str, as_json: bool) -> None:
          lambda d: click.echo(f"sent {actor} as {d['message_id']} to {d['queue']}"))
 
 
+def _read_kwargs(value: str) -> str:
+    """``--kwargs``: JSON text, ``@FILE`` or ``-`` (stdin)."""
+    if value == "-":
+        return sys.stdin.read()
+    if value.startswith("@"):
+        path = value[1:]
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except OSError as exc:
+            fail(f"--kwargs {value}: cannot read {path}: {exc.strerror or exc}", 2)
+    return value
+
+
 @click.command()
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (a terminal only).")
+@click.option("--every", default=2.0, show_default=True, type=click.FloatRange(0.5, 3600),
+              help="Seconds between refreshes with --watch.")
 @json_option
-def queues(as_json: bool) -> None:
-    """Every queue with its ready, delayed and dead counts and consumers."""
-    emit(rabbit.queue_stats(), as_json, lambda rows: table(rows, title="queues"))
+def queues(watch: bool, every: float, as_json: bool) -> None:
+    """Every queue: ready, in flight (unacked), delayed, dead, consumers, rates.
+
+    From RabbitMQ's management API when it is reachable (BALLAST_RABBITMQ_API_URL), else
+    over plain AMQP, which sees only messages ready for delivery (columns say so).
+    """
+    import time
+
+    if watch and (as_json or not sys.stdout.isatty()):
+        fail("--watch is for a terminal; without it the command prints once", 2)
+    while True:
+        rows = queue_rows()
+        if watch:
+            click.clear()
+        emit(rows, as_json, _queues_table)
+        if not watch:
+            return
+        time.sleep(every)
+
+
+def queue_rows() -> list[dict]:
+    """The management API's counts, or AMQP's with the columns it cannot see as None."""
+    from infra import rabbit_admin
+
+    rows = rabbit_admin.queue_stats()
+    if rows is not None:
+        return rows
+    return [r | {"unacked": None, "publish_rate": None, "ack_rate": None, "source": "amqp"}
+            for r in rabbit.queue_stats()]
+
+
+def _queues_table(rows: list[dict]) -> None:
+    if rows and rows[0]["source"] == "amqp":
+        table([{"queue": r["queue"], "ready": r["ready"], "delayed (ready)": r["delayed"],
+                "dead (ready)": r["dead"], "consumers": r["consumers"]} for r in rows],
+              title="queues (over AMQP: messages ready only)")
+        click.echo("in-flight, unacknowledged and held delayed messages are not visible over "
+                   "AMQP; enable the management plugin or set BALLAST_RABBITMQ_API_URL", err=True)
+        return
+    rates = any(r["publish_rate"] is not None or r["ack_rate"] is not None for r in rows)
+    table([{"queue": r["queue"], "ready": r["ready"], "unacked": r["unacked"],
+            "delayed": r["delayed"], "dead": r["dead"], "consumers": r["consumers"]}
+           | ({"in/s": f"{r['publish_rate'] or 0:.1f}", "ack/s": f"{r['ack_rate'] or 0:.1f}"}
+              if rates else {}) for r in rows],
+          title="queues (management API)")
 
 
 @click.group()
@@ -118,55 +182,175 @@ def dlq() -> None:
 @dlq.command("list")
 @click.argument("queue", required=False)
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--actor", help="Only this actor's.")
+@click.option("--code", help="Only this code (refused, invalid, transient, ...).")
+@click.option("--since", help="Only dead-lettered since: ISO 8601 time or an age (90m, 2h, 7d).")
+@click.option("--grep", "grep", help="Only those whose reason, traceback or body contain TEXT.")
+@click.option("--history", is_flag=True,
+              help="From the durable log in PostgreSQL: replayed, purged and expired ones too.")
 @json_option
-def dlq_list(queue: str | None, limit: int, as_json: bool) -> None:
-    """Dead letters with their one-line reason."""
+def dlq_list(queue: str | None, limit: int, actor: str | None, code: str | None,
+             since: str | None, grep: str | None, history: bool, as_json: bool) -> None:
+    """Dead letters with their one-line reason (those in RabbitMQ, or --history)."""
     _known_queue(queue)
-    rows = [dl.summary() for dl in rabbit.list_dead_letters(queue, limit)]
-    emit(rows, as_json, lambda r: table(
-        r, ["queue", "message_id", "actor", "request_id", "reason", "retries", "failed_at"],
-        title="dead letters"))
+    try:
+        after = deadletter_log.parse_since(since) if since else None
+    except ValueError as exc:
+        fail(str(exc), 2)
+    columns = ["queue", "message_id", "actor", "request_id", "reason", "retries", "failed_at"]
+    if history:
+        with get_engine().connect() as conn:
+            rows = deadletter_log.history(conn, queue=queue, actor=actor, code=code, since=after,
+                                          grep=grep, limit=limit)
+        columns += ["status", "resolved_by"]
+    else:
+        filtered = bool(actor or code or after or grep)
+        letters = rabbit.list_dead_letters(queue, 10_000 if filtered else limit)
+        rows = [dl.summary() | {"code": dl.info.get("code")} for dl in letters]
+        rows = [r for r, dl in zip(rows, letters)
+                if deadletter_log.matches(r, dl.body, actor=actor, code=code, since=after,
+                                          grep=grep)][:limit]
+    emit(rows, as_json, lambda r: table(r, columns, title="dead letters"))
 
 
 @dlq.command("show")
 @click.argument("message_id")
 @json_option
 def dlq_show(message_id: str, as_json: bool) -> None:
-    """The whole dead message with its reason and traceback."""
+    """The whole dead message with its reason and traceback (from the log once RabbitMQ
+    has expired it)."""
     dl = rabbit.find_dead_letter(message_id)
-    if dl is None:
-        fail(f"no dead letter with message id {message_id}", 1)
-    doc = {**dl.summary(), "message": dl.body,
-           "traceback": dl.info.get("traceback"), "headers": _plain(dl.headers)}
-    emit(doc, as_json, lambda d: (click.echo(json.dumps({k: v for k, v in d.items() if k != "traceback"},
-                                                        indent=2, default=str)),
-                                  click.echo(d.get("traceback") or "(no traceback)")))
+    if dl is not None:
+        doc = {**dl.summary(), "code": dl.info.get("code"), "message": dl.body,
+               "traceback": dl.info.get("traceback"), "headers": _plain(dl.headers),
+               "source": "rabbitmq"}
+    else:
+        with get_engine().connect() as conn:
+            rec = deadletter_log.find(conn, message_id)
+        if rec is None:
+            fail(f"no dead letter with message id {message_id}", 1)
+        doc = {"queue": rec["queue"], "message_id": rec["message_id"], "actor": rec["actor"],
+               "request_id": rec["request_id"], "reason": rec["reason"],
+               "retries": rec["retries"], "failed_at": rec["dead_lettered_at"].isoformat(),
+               "code": rec["code"], "message": rec["body"], "traceback": rec["traceback"],
+               "headers": {}, "source": "log", "status": rec["status"],
+               "resolved_by": rec["resolved_by"],
+               "resolved_at": rec["resolved_at"].isoformat() if rec["resolved_at"] else None}
+
+    def human(d):
+        shown = {k: v for k, v in d.items() if k != "traceback"}
+        shown["message"] = _without_traceback(d["message"])
+        click.echo(json.dumps(shown, indent=2, default=str))
+        click.echo(d.get("traceback") or "(no traceback)")
+
+    emit(doc, as_json, human)
+
+
+def _without_traceback(body):
+    """The message as printed for people: its traceback is printed once, below it."""
+    if not isinstance(body, dict) or not isinstance(body.get("options"), dict):
+        return body
+    options = dict(body["options"])
+    if isinstance(options.get("dead_letter"), dict):
+        options["dead_letter"] = {k: v for k, v in options["dead_letter"].items()
+                                  if k != "traceback"}
+    options.pop("traceback", None)
+    return {**body, "options": options}
 
 
 @dlq.command("replay")
 @click.argument("queue", required=False)
-@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter (of QUEUE).")
-@click.option("--id", "ids", multiple=True, help="Replay this message id (repeatable).")
+@click.option("--all", "replay_all", is_flag=True,
+              help="Replay every dead letter (of QUEUE; without QUEUE, of every queue): asks first.")
+@click.option("--id", "ids", multiple=True,
+              help="Replay this message id (repeatable); from the log once RabbitMQ expired it.")
+@by_option
+@lever_options
 @json_option
-def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], as_json: bool) -> None:
+def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], by: str, yes: bool,
+               dry_run: bool, as_json: bool) -> None:
     """Move dead letters back to their queue with the retry count reset."""
     _known_queue(queue)
+    check_by(by)
     if replay_all == bool(ids):
         fail("give exactly one of --all or --id ID", 2)
-    n = rabbit.replay(queue, set(ids) if ids else None)
-    emit({"replayed": n}, as_json, lambda d: click.echo(f"replayed {d['replayed']} message(s)"))
+    from infra.contract import QUEUES
+
+    queues = [queue] if queue else list(QUEUES)
+    if dry_run:
+        counts = _would_replay(queues, set(ids) if ids else None)
+        emit({"dry_run": True, "replayed": 0, "would_replay": sum(counts.values()),
+              "queues": counts}, as_json,
+             lambda d: _per_queue(d["queues"], f"dry run: would replay {d['would_replay']} "
+                                                "dead letter(s)"))
+        return
+    if replay_all:
+        waiting = {q: n for q, n in rabbit.dead_letter_counts().items() if q in queues and n}
+        confirm(f"Replay {sum(waiting.values())} dead letter(s) of "
+                f"{queue or f'{len(waiting)} queue(s)'}", yes)
+    counts: dict[str, int] = {}
+    replayed: list[dict] = []
+    for q in queues:
+        n = rabbit.replay(q, set(ids) if ids else None,
+                          on_replayed=lambda dl: replayed.append(dl.body))
+        if n:
+            counts[q] = n
+    if ids:  # what RabbitMQ no longer holds (expired from Q.XQ) is replayed from the log
+        missing = set(ids) - {b.get("message_id") for b in replayed}
+        with get_engine().connect() as conn:
+            from_log = [r for r in deadletter_log.live(conn, missing) if r["queue"] in queues]
+        for r in from_log:
+            rabbit.publish_confirmed(r["queue"], rabbit.replay_body(r["body"], r["queue"]))
+            replayed.append(r["body"])
+            counts[r["queue"]] = counts.get(r["queue"], 0) + 1
+    with get_engine().begin() as conn:
+        deadletter_log.mark_replayed(conn, replayed, by)
+        record(conn, by, "dlq replay", queue, {"all": replay_all, "ids": list(ids), "queues": counts})
+    emit({"replayed": sum(counts.values()), "queues": counts}, as_json,
+         lambda d: _per_queue(d["queues"], f"replayed {d['replayed']} message(s)"))
+
+
+def _would_replay(queues: list[str], ids: set[str] | None) -> dict[str, int]:
+    if ids is None:
+        return {q: n for q, n in rabbit.dead_letter_counts().items() if q in queues and n}
+    counts: dict[str, int] = {}
+    seen: set[str] = set()
+    for dl in rabbit.list_dead_letters(None, 100_000):
+        if dl.queue in queues and dl.message_id in ids:
+            counts[dl.queue] = counts.get(dl.queue, 0) + 1
+            seen.add(dl.message_id)
+    with get_engine().connect() as conn:
+        for r in deadletter_log.live(conn, ids - seen):
+            if r["queue"] in queues:
+                counts[r["queue"]] = counts.get(r["queue"], 0) + 1
+    return counts
+
+
+def _per_queue(counts: dict[str, int], headline: str) -> None:
+    click.echo(headline)
+    for q, n in counts.items():
+        click.echo(f"  {q:<32} {n:>8}")
 
 
 @dlq.command("purge")
 @click.argument("queue")
-@click.option("--yes", is_flag=True, help="Really delete the dead letters of QUEUE.")
+@by_option
+@lever_options
 @json_option
-def dlq_purge(queue: str, yes: bool, as_json: bool) -> None:
-    """Delete every dead letter of QUEUE (needs --yes)."""
+def dlq_purge(queue: str, by: str, yes: bool, dry_run: bool, as_json: bool) -> None:
+    """Delete every dead letter of QUEUE for good: asks first (--yes in scripts)."""
     _known_queue(queue)
-    if not yes:
-        fail("purge deletes dead letters for good; add --yes", 2)
+    check_by(by)
+    waiting = rabbit.dead_letter_counts().get(queue, 0)
+    if dry_run:
+        emit({"dry_run": True, "purged": 0, "would_purge": waiting}, as_json,
+             lambda d: click.echo(f"dry run: would purge {waiting} dead letter(s) of {queue}"))
+        return
+    confirm(f"Delete {waiting} dead letter(s) of {queue} for good", yes)
     n = rabbit.purge(queue)
+    with get_engine().begin() as conn:
+        logged = deadletter_log.mark_purged(conn, queue, by)
+        record(conn, by, "dlq purge", queue, {"purged": n, "log_rows": logged})
     emit({"purged": n}, as_json, lambda d: click.echo(f"purged {d['purged']} dead letter(s)"))
 
 
@@ -185,3 +369,89 @@ def _plain(value):
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
+
+
+# --- outbox and retention --------------------------------------------------------------
+
+@click.group("outbox", invoke_without_command=True)
+@click.option("--pending", is_flag=True, help="List the rows not yet published, oldest first.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@json_option
+@click.pass_context
+def outbox_group(ctx: click.Context, pending: bool, limit: int, as_json: bool) -> None:
+    """The outbox: its backlog and oldest age, what retention keeps (and prune)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from sqlalchemy import text
+
+    from infra import outbox, retention
+    from infra.settings import get_settings
+
+    with get_engine().connect() as conn:
+        if pending:
+            rows = [{"id": r.id, "kind": r.kind, "routing_key": r.routing_key,
+                     "created_at": r.created_at.isoformat(timespec="seconds"),
+                     "attempts": r.attempts, "last_error": r.last_error}
+                    for r in conn.execute(text(
+                        "SELECT id, kind, routing_key, created_at, attempts, last_error FROM outbox "
+                        "WHERE published_at IS NULL ORDER BY id LIMIT :n"), {"n": limit})]
+            emit(rows, as_json, lambda r: table(r, title="outbox: not yet published"))
+            return
+        out_s, req_s = retention.windows(get_settings())
+        oldest = outbox.oldest_pending(conn)
+        age = conn.execute(text("SELECT extract(epoch FROM now() - :t)"), {"t": oldest}).scalar_one() \
+            if oldest else None
+        doc = {"pending": outbox.pending_count(conn),
+               "oldest_pending_at": oldest.isoformat(timespec="seconds") if oldest else None,
+               "oldest_pending_age_s": int(age) if age is not None else None,
+               "published": conn.execute(text(
+                   "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")).scalar_one(),
+               "retention_days": out_s // retention.DAY_S,
+               "prunable": outbox.prunable(conn, out_s),
+               "requests_retention_days": req_s // retention.DAY_S,
+               "requests_prunable": retention.prunable_requests(conn, req_s)}
+
+    def human(d):
+        click.echo(f"pending   {d['pending']:>10}" + (
+            f"   oldest {d['oldest_pending_at']} ({d['oldest_pending_age_s']} s ago)"
+            if d["oldest_pending_at"] else ""))
+        click.echo(f"published {d['published']:>10}   kept {d['retention_days']} days; "
+                   f"{d['prunable']} older")
+        click.echo(f"request ids kept {d['requests_retention_days']} days; "
+                   f"{d['requests_prunable']} older")
+
+    emit(doc, as_json, human)
+
+
+@outbox_group.command("prune")
+@click.option("--older-than", "older_than",
+              help="Published rows older than this age (90m, 12h, 30d); default the retention.")
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+@json_option
+def outbox_prune(older_than: str | None, dry_run: bool, as_json: bool) -> None:
+    """Delete published outbox rows (never a pending one) and remembered request ids past
+    their windows, as the hourly retention schedule does."""
+    from infra import outbox, retention
+    from infra.settings import get_settings
+
+    out_s, req_s = retention.windows(get_settings())
+    if older_than is not None:
+        age = retention.parse_age(older_than)
+        if age is None or age <= 0:
+            fail(f"--older-than {older_than!r}: an age like 90m, 12h, 30d", 2)
+        out_s = age
+    if dry_run:
+        with get_engine().connect() as conn:
+            doc = {"dry_run": True, "outbox_pruned": 0, "requests_pruned": 0,
+                   "would_prune_outbox": outbox.prunable(conn, out_s),
+                   "would_prune_requests": retention.prunable_requests(conn, req_s),
+                   "older_than_s": out_s, "requests_older_than_s": req_s}
+        emit(doc, as_json, lambda d: click.echo(
+            f"dry run: would delete {d['would_prune_outbox']} published outbox row(s) and "
+            f"{d['would_prune_requests']} request id(s)"))
+        return
+    done = retention.run(get_engine(), get_settings(), out_s)
+    emit({"outbox_pruned": done.outbox, "requests_pruned": done.requests, "older_than_s": out_s,
+          "requests_older_than_s": req_s}, as_json,
+         lambda d: click.echo(f"deleted {d['outbox_pruned']} published outbox row(s) and "
+                              f"{d['requests_pruned']} request id(s)"))

@@ -7,6 +7,7 @@ import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -26,9 +27,18 @@ def emit(doc: Any, as_json: bool, human: Callable[[Any], None] | None = None) ->
 def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None, title: str | None = None) -> None:
     rows = list(rows)
     cols = list(columns or (rows[0].keys() if rows else []))
-    t = Table(title=title, show_lines=False)
+    t = Table(title=title, show_lines=False, box=box.SIMPLE_HEAD, pad_edge=False,
+              collapse_padding=True)
     for c in cols:
-        t.add_column(c, overflow="fold")
+        values = [r.get(c) for r in rows if r.get(c) is not None]
+        numeric = bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                       for v in values)
+        # Ids and names are copied and pasted: never folded.
+        whole = c in _UNFOLDED or c.endswith("_id")
+        t.add_column(c, overflow="fold", no_wrap=whole,
+                     min_width=max([len(c)] + [len(str(v)) for v in values])
+                     if whole or numeric else None,
+                     justify="right" if numeric else "left")
     for r in rows:
         t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in cols))
     if not rows:
@@ -37,7 +47,25 @@ def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None, 
     console.print(t)
 
 
+_UNFOLDED = {"queue", "name", "id", "account", "account_type", "actor"}
+
+
 def fail(message: str, code: int = 1) -> None:
     """One line on stderr, then exit with ``code`` (1 failed check, 2 bad usage)."""
     click.echo(message.splitlines()[0] if message else "failed", err=True)
     sys.exit(code)
+
+
+def settings_or_exit() -> None:
+    """A bad ``BALLAST_*`` value: one line naming it on stderr, exit 2 (no traceback)."""
+    from pydantic import ValidationError
+
+    from infra.settings import get_settings
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ("BALLAST_" + "_".join(str(p) for p in err["loc"]).upper() + ": ") if err["loc"] else ""
+        click.echo(f"error: {name}{err['msg'].removeprefix('Value error, ')}", err=True)
+        sys.exit(2)

@@ -17,6 +17,7 @@ from domain.buffers import CURRENCY_OF, Thresholds
 from domain.conversions import DIRECTIONS, PPM, format_rate, parse_rate
 from domain.errors import BallastError, InvalidCommand
 from domain.money import format_minor
+from infra.cli.levers import by_option, check_by, confirm, lever_options, record
 from infra.cli.output import console, emit, fail, json_option, table
 from infra.db.engine import get_engine
 from infra.uow import UnitOfWork
@@ -42,19 +43,6 @@ def _guarded(fn: Callable[[], Any]) -> Any:
         fail(str(exc), 2)
     except BallastError as exc:
         fail(str(exc), 1)
-
-
-def _operator(by: str | None) -> str:
-    """Who pulls an everyday lever: ``--by``, else the login name (never a made-up literal)."""
-    import getpass
-
-    who = (by or "").strip() or getpass.getuser()
-    if not who:
-        raise InvalidCommand("--by NAME is required: who pulls the lever")
-    return who
-
-
-by_option = click.option("--by", help="Who pulls the lever (recorded; default: your login name).")
 
 
 def _uow(actor: str, what: str) -> UnitOfWork:
@@ -86,16 +74,18 @@ def buffers_group(ctx: click.Context, as_json: bool) -> None:
 @buffers_group.command("rebalance")
 @by_option
 @json_option
-def buffers_rebalance(by: str | None, as_json: bool) -> None:
+def buffers_rebalance(by: str, as_json: bool) -> None:
     """Run a settlement cycle now (even while auto-rebalancing is paused)."""
     from infra.treasury import cycle, overrides
 
+    check_by(by)
+
     def run():
-        who = _operator(by)
         with _uow("run_settlement_cycle", "rebalance") as uow:
             uow.claim()
-            created = cycle.run_cycle(uow, "manual", requested_by=who)
-            overrides.record_lever(uow.conn, "rebalance", who, data={"jobs_created": created})
+            created = cycle.run_cycle(uow, "manual", requested_by=by)
+            record(uow.conn, by, "buffers rebalance", None, {"jobs_created": list(created)})
+            overrides.record_lever(uow.conn, "rebalance", by, data={"jobs_created": created})
             uow.commit()
         return created
 
@@ -105,12 +95,13 @@ def buffers_rebalance(by: str | None, as_json: bool) -> None:
                                  f"{created if created else ''}"))
 
 
-def _set_auto(enabled: bool, by: str | None, as_json: bool) -> None:
+def _set_auto(enabled: bool, by: str, as_json: bool) -> None:
     from infra.treasury import cycle, overrides
 
-    by = _guarded(lambda: _operator(by))
+    check_by(by)
     with _uow("treasury_settings", "auto_rebalance") as uow:
         cycle.set_auto_rebalance(uow, enabled, by)
+        record(uow.conn, by, f"buffers {'resume' if enabled else 'pause'}", None)
         overrides.record_lever(uow.conn, "resume_rebalancing" if enabled else "pause_rebalancing",
                                by)
         uow.commit()
@@ -121,7 +112,7 @@ def _set_auto(enabled: bool, by: str | None, as_json: bool) -> None:
 @buffers_group.command("pause")
 @by_option
 @json_option
-def buffers_pause(by: str | None, as_json: bool) -> None:
+def buffers_pause(by: str, as_json: bool) -> None:
     """Pause auto-rebalancing: scheduled cycles create no jobs until resumed."""
     _set_auto(False, by, as_json)
 
@@ -129,7 +120,7 @@ def buffers_pause(by: str | None, as_json: bool) -> None:
 @buffers_group.command("resume")
 @by_option
 @json_option
-def buffers_resume(by: str | None, as_json: bool) -> None:
+def buffers_resume(by: str, as_json: bool) -> None:
     """Resume auto-rebalancing."""
     _set_auto(True, by, as_json)
 
@@ -141,27 +132,49 @@ def buffers_resume(by: str | None, as_json: bool) -> None:
 @click.option("--max", "mx", type=int, help="Minor units.")
 @click.option("--batch", type=int, help="Minor units.")
 @by_option
+@lever_options
 @json_option
 def buffers_set(account_type: str, mn: int | None, target: int | None, mx: int | None,
-                batch: int | None, by: str | None, as_json: bool) -> None:
-    """Change a buffer's thresholds (minor units of its currency)."""
+                batch: int | None, by: str, yes: bool, dry_run: bool, as_json: bool) -> None:
+    """Change a buffer's thresholds (minor units of its currency): asks first."""
     from infra.treasury import overrides, store, views
 
-    def run():
-        who = _operator(by)
+    check_by(by)
+
+    def change(commit: bool):
         with _uow("treasury_settings", "thresholds") as uow:
-            t = store.load_buffers(uow.conn, lock=True)[account_type].thresholds
+            buf = store.load_buffers(uow.conn, lock=True)[account_type]
+            t = buf.thresholds
             new = Thresholds(t.min if mn is None else mn, t.target if target is None else target,
                              t.max if mx is None else mx, t.batch if batch is None else batch)
-            store.set_thresholds(uow.conn, account_type, new, who)
-            overrides.record_lever(uow.conn, "set_thresholds", who, data={
-                "account_type": account_type, "min": new.min, "target": new.target,
-                "max": new.max, "batch": new.batch})
-            uow.commit()
-        with get_engine().connect() as conn:
-            return next(r for r in views.buffers(conn) if r["account_type"] == account_type)
+            store.set_thresholds(uow.conn, account_type, new, by)  # validates; rolled back unless commit
+            if commit:
+                record(uow.conn, by, "buffers set", account_type,
+                       {"before": _thresholds(t), "after": _thresholds(new)})
+                overrides.record_lever(uow.conn, "set_thresholds", by, data={
+                    "account_type": account_type, **_thresholds(new)})
+                uow.commit()
+        return buf.currency, t, new
 
-    emit(_guarded(run), as_json)
+    cur, old, new = _guarded(lambda: change(False))
+    what = (f"set {account_type} thresholds to " + ", ".join(
+        f"{k} {format_minor(b, cur)} (was {format_minor(a, cur)})"
+        for k, a, b in zip(("min", "target", "max", "batch"), _thresholds(old).values(),
+                           _thresholds(new).values()) if a != b) if old != new
+        else f"leave {account_type} thresholds as they are")
+    if dry_run:
+        emit({"dry_run": True, "account_type": account_type, "currency": cur,
+              "before": _thresholds(old), "after": _thresholds(new)}, as_json,
+             lambda d: click.echo(f"dry run: would {what}"))
+        return
+    confirm(what[0].upper() + what[1:], yes)
+    _guarded(lambda: change(True))
+    with get_engine().connect() as conn:
+        emit(next(r for r in views.buffers(conn) if r["account_type"] == account_type), as_json)
+
+
+def _thresholds(t: Thresholds) -> dict[str, int]:
+    return {"min": t.min, "target": t.target, "max": t.max, "batch": t.batch}
 
 
 # --- providers ---------------------------------------------------------------------------
@@ -258,10 +271,13 @@ def provider_summary(d: dict[str, Any]) -> dict[str, Any]:
 @click.option("--type", "kind", type=click.Choice(["simulated", "http"]), required=True)
 @click.option("--priority", type=int, required=True, help="Lower wins.")
 @_simulated_options
+@by_option
 @json_option
-def providers_add(name: str, kind: str, priority: int, as_json: bool, **o: Any) -> None:
+def providers_add(name: str, kind: str, priority: int, by: str, as_json: bool, **o: Any) -> None:
     """Add a provider (simulated for demos and tests, or http)."""
     from infra.treasury import store
+
+    check_by(by)
 
     def run():
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
@@ -271,6 +287,7 @@ def providers_add(name: str, kind: str, priority: int, as_json: bool, **o: Any) 
             o["min_amount"] or 0, o["max_amount"], o["daily_limit"], _config(kind, {}, o), 0, 0)
         with _uow("treasury_settings", "provider_add") as uow:
             store.add_provider(uow.conn, row)
+            record(uow.conn, by, "providers add", name, {"type": kind, "priority": priority})
             uow.commit()
 
     _guarded(run)
@@ -281,12 +298,17 @@ def providers_add(name: str, kind: str, priority: int, as_json: bool, **o: Any) 
 @click.argument("name")
 @click.option("--priority", type=int)
 @_simulated_options
+@by_option
+@lever_options
 @json_option
-def providers_set(name: str, priority: int | None, as_json: bool, **o: Any) -> None:
-    """Change a provider's priority, limits or configuration."""
+def providers_set(name: str, priority: int | None, by: str, yes: bool, dry_run: bool,
+                  as_json: bool, **o: Any) -> None:
+    """Change a provider's priority, limits or configuration: asks first."""
     from infra.treasury import store
 
-    def run():
+    check_by(by)
+
+    def change(commit: bool):
         with _uow("treasury_settings", "provider_set") as uow:
             current = store.get_provider(uow.conn, name)
             fields: dict[str, Any] = {"config": _config(current.kind, current.config, o)}
@@ -296,23 +318,41 @@ def providers_set(name: str, priority: int | None, as_json: bool, **o: Any) -> N
                 if o[k] is not None:
                     fields[k] = o[k]
             if o["directions"]:
-                fields["directions"] = o["directions"]
-            store.update_provider(uow.conn, name, **fields)
-            uow.commit()
+                fields["directions"] = list(o["directions"])
+            before = {k: getattr(current, k) for k in fields}
+            before = {k: list(v) if isinstance(v, tuple) else v for k, v in before.items()}
+            changed = {k: v for k, v in fields.items() if before.get(k) != v}
+            store.update_provider(uow.conn, name, **fields)  # validates; rolled back unless commit
+            if commit:
+                record(uow.conn, by, "providers set", name,
+                       {"before": {k: before[k] for k in changed}, "after": changed})
+                uow.commit()
+        return before, changed
 
-    _guarded(run)
+    before, changed = _guarded(lambda: change(False))
+    what = (f"change provider {name}: " + "; ".join(
+        f"{k} {before[k]} -> {v}" for k, v in changed.items()) if changed
+        else f"leave provider {name} as it is")
+    if dry_run:
+        emit({"dry_run": True, "name": name, "before": {k: before[k] for k in changed},
+              "after": changed}, as_json, lambda d: click.echo(f"dry run: would {what}"))
+        return
+    confirm(what[0].upper() + what[1:], yes)
+    _guarded(lambda: change(True))
     _show_provider(name, as_json)
 
 
-def _provider_status(name: str, status: str, by: str | None, as_json: bool) -> None:
+def _provider_status(name: str, status: str, by: str, as_json: bool) -> None:
     from infra.treasury import overrides, store
 
+    check_by(by)
+
     def run():
-        who = _operator(by)
         with _uow("treasury_settings", f"provider_{status}") as uow:
             store.update_provider(uow.conn, name, status=status)
+            record(uow.conn, by, f"providers {'pause' if status == 'paused' else 'resume'}", name)
             overrides.record_lever(uow.conn, "pause_provider" if status == "paused"
-                                   else "resume_provider", who, data={"provider": name})
+                                   else "resume_provider", by, data={"provider": name})
             uow.commit()
 
     _guarded(run)
@@ -323,7 +363,7 @@ def _provider_status(name: str, status: str, by: str | None, as_json: bool) -> N
 @click.argument("name")
 @by_option
 @json_option
-def providers_pause(name: str, by: str | None, as_json: bool) -> None:
+def providers_pause(name: str, by: str, as_json: bool) -> None:
     """Take a provider out of selection (jobs it holds are still polled)."""
     _provider_status(name, "paused", by, as_json)
 
@@ -332,7 +372,7 @@ def providers_pause(name: str, by: str | None, as_json: bool) -> None:
 @click.argument("name")
 @by_option
 @json_option
-def providers_resume(name: str, by: str | None, as_json: bool) -> None:
+def providers_resume(name: str, by: str, as_json: bool) -> None:
     """Put a paused provider back into selection."""
     _provider_status(name, "active", by, as_json)
 
@@ -444,16 +484,40 @@ def conversions_convert(source: str, destination: str, amount: int, by: str, as_
 @click.option("--by", required=True)
 @click.option("--reason", required=True)
 @click.option("--force", is_flag=True,
-              help="Also when a provider may hold it (you vouch it will not complete).")
+              help="Also when a provider may hold it (you vouch it will not complete): asks first.")
+@lever_options
 @json_option
-def conversions_cancel(job_id: int, by: str, reason: str, force: bool, as_json: bool) -> None:
+def conversions_cancel(job_id: int, by: str, reason: str, force: bool, yes: bool, dry_run: bool,
+                       as_json: bool) -> None:
     """Cancel a job; its transit returns to the source."""
+    from infra.cli.levers import record_now
     from infra.treasury import jobs, views
+
+    check_by(by)
+
+    def look():
+        with get_engine().connect() as conn:
+            return views.job(conn, job_id)
+
+    job = _guarded(look)
+    held = [a for a in job["attempt_log"] if a["status"] in ("submitting", "accepted")]
+    what = (f"cancel conversion job {job_id} ({job['status']}, "
+            f"{format_minor(job['source_amount'], job['direction'].split('->')[0])} "
+            f"{job['direction']})" + (f" although {held[0]['provider']} may still complete it"
+                                      if held else ""))
+    if dry_run:
+        emit({"dry_run": True, "job_id": job_id, "status": job["status"],
+              "held_by": [a["provider"] for a in held], "force_needed": bool(held)}, as_json,
+             lambda d: click.echo(f"dry run: would {what}"
+                                     + (" (needs --force)" if held and not force else "")))
+        return
+    if force:
+        confirm(what[0].upper() + what[1:], yes)
 
     def run():
         jobs.cancel(job_id, by=by, reason=reason, force=force)
-        with get_engine().connect() as conn:
-            return views.job(conn, job_id)
+        record_now(by, "conversions cancel", str(job_id), {"reason": reason, "force": force})
+        return look()
 
     emit(_guarded(run), as_json)
 

@@ -22,6 +22,10 @@ class DeliverAlertWebhooks(Command):
     pass
 
 
+class PruneRetention(Command):
+    pass
+
+
 class EvaluateBalanceAlerts(Command):
     """The balance alerts of a big wallet transaction, one chunk of wallets per message."""
 
@@ -39,6 +43,8 @@ SPECS = [
     ActorSpec("evaluate_alerts", "ballast.step.alerts", EvaluateAlerts, step=True),
     # Not in CONTRACT.md's list: internal, added (never renamed) for SPEC §7's outbox sweep.
     ActorSpec("sweep_outbox", "ballast.step.outbox", SweepOutbox, step=True),
+    # Internal (issue 17): retention of published outbox rows and remembered request ids.
+    ActorSpec("prune_retention", "ballast.step.outbox", PruneRetention, step=True),
     ActorSpec("send_daily_summary", "ballast.step.reports", SendDailySummary, step=True),
     # Internal (SPEC §6): alert webhooks POSTed on their own queue, off the raising step.
     ActorSpec("deliver_alert_webhooks", "ballast.step.webhooks", DeliverAlertWebhooks, step=True),

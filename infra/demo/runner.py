@@ -1,4 +1,8 @@
-"""``ballast demo``: start real workers and the scheduler, run every chapter, report."""
+"""``ballast demo``: start real workers and the scheduler, run every chapter, report.
+
+Everything runs on the demo's own database, vhost and Redis db (``infra/demo/target.py``):
+this process and every process it starts see only the demo's ``BALLAST_*`` URLs.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ import click
 
 from infra import rabbit
 from infra.broker import build_broker, declare_topology
-from infra.db.engine import get_engine
+from infra.db.engine import dispose_engines, get_engine
 from infra.db.migrate import upgrade
 from infra.demo import challenges, guard, journal, markets, treasury, wallets
 from infra.demo.context import DemoContext
+from infra.demo.target import DemoTarget, prepare
+from infra.settings import get_settings
 
 CHAPTERS = [wallets, guard, challenges, markets, treasury, journal]
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +44,25 @@ def _stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def run_demo(as_json: bool = False) -> int:
+def enter(target: DemoTarget) -> None:
+    """Point this process (and so every process it starts) at the demo's target only."""
+    os.environ.update(target.environ())
+    get_settings.cache_clear()
+    dispose_engines()
+
+
+def _safe(url: str) -> str:
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    return url.replace(f":{u.password}@", ":***@") if u.password else url
+
+
+def run_demo(target: DemoTarget, as_json: bool = False, scheduler: bool = True) -> int:
+    """Prepare ``target`` (refusing what is not the demo's: DemoRefused), run every chapter
+    (with the scheduler firing, unless ``scheduler`` is False)."""
+    prepare(target, get_settings())
+    enter(target)
     upgrade()
     broker = build_broker()
     declare_topology(broker)
@@ -46,7 +70,8 @@ def run_demo(as_json: bool = False) -> int:
     logdir.mkdir(exist_ok=True)
     worker = _start([sys.executable, "-m", "infra.worker", "actors", "--processes", "2", "--threads", "4"],
                     logdir / "demo-worker.log")
-    sched = _start([sys.executable, "-m", "infra.cli.main", "scheduler"], logdir / "demo-scheduler.log")
+    sched = (_start([sys.executable, "-m", "infra.cli.main", "scheduler"], logdir / "demo-scheduler.log")
+             if scheduler else None)
     ctx = DemoContext(get_engine(), broker, as_json)
     failures = 0
     try:
@@ -55,7 +80,8 @@ def run_demo(as_json: bool = False) -> int:
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the worker did not start; see {logdir / 'demo-worker.log'}")
             time.sleep(0.3)
-        ctx.console.print(f"[bold]Ballast demo[/bold] run {ctx.tag}: workers up, scheduler up")
+        ctx.console.print(f"[bold]Ballast demo[/bold] run {ctx.tag} on database {target.database}, "
+                          f"vhost {target.vhost}: workers up" + (", scheduler up" if sched else ""))
         for chapter in CHAPTERS:
             name = chapter.__name__.rsplit(".", 1)[-1]
             try:
@@ -74,7 +100,8 @@ def run_demo(as_json: bool = False) -> int:
         if not check["ok"]:
             failures += 1
     finally:
-        _stop(sched)
+        if sched is not None:
+            _stop(sched)
         _stop(worker)
         broker.close()
     ctx.report["ok"] = failures == 0
@@ -85,4 +112,7 @@ def run_demo(as_json: bool = False) -> int:
         ctx.console.print("[green]demo finished: every chapter ran[/green]" if failures == 0
                           else f"[red]demo finished with {failures} failure(s)[/red]")
         ctx.console.print(f"  worker log: {logdir / 'demo-worker.log'}")
+        ctx.console.print(f"  look around: BALLAST_DATABASE_URL={_safe(target.database_url)} "
+                          f"BALLAST_BROKER_URL={_safe(target.broker_url)} ballast wallet show ...")
+        ctx.console.print("  drop it: ballast demo --clean")
     return 0 if failures == 0 else 1

@@ -30,7 +30,7 @@ def _settle_leftovers(ctx: DemoContext) -> None:
         time.sleep(0.5)
     for job in ctx.cli("conversions", "--active"):
         ctx.cli("conversions", "cancel", str(job["job_id"]), "--by", "demo", "--reason",
-                "left over by an earlier demo run", "--force")
+                "left over by an earlier demo run", "--force", "--yes")
 
 
 def _set_balances(ctx: DemoContext) -> None:
@@ -53,9 +53,9 @@ def run(ctx: DemoContext) -> None:
             ctx.cli("providers", "pause", p["name"], "--by", "demo-operator")  # earlier demo runs' providers
     # It refuses orders while its health endpoint answers: the scheduler's probes (which keep
     # a provider whose health endpoint is down out of selection) let it be tried.
-    ctx.cli("providers", "add", flaky, "--type", "simulated", "--priority", "1",
+    ctx.cli("providers", "add", flaky, "--by", "demo-operator", "--type", "simulated", "--priority", "1",
             "--fail-mode", "reject")
-    ctx.cli("providers", "add", steady, "--type", "simulated", "--priority", "2", "--rate",
+    ctx.cli("providers", "add", steady, "--by", "demo-operator", "--type", "simulated", "--priority", "2", "--rate",
             "0.9995", "--fee-bps", "10", "--latency-polls", "2")
     ctx.say(f"providers: {flaky} (priority 1, refusing every order) and {steady} "
             "(priority 2, rate 0.9995, fee 10 bps, done after 2 polls)")

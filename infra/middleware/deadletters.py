@@ -19,6 +19,7 @@ from dramatiq.common import compute_backoff, q_name, xq_name
 from dramatiq.middleware import Middleware
 
 from domain.errors import BallastError, InvalidCommand
+from infra import deadletter_log
 from infra.errors import is_transient
 from infra.logs import get_logger
 from infra.settings import get_settings
@@ -102,6 +103,7 @@ class RetryOrDeadLetter(Middleware):
             if k not in ("eta", "traceback", "_started")
         }
         body["options"]["dead_letter"] = info
+        deadletter_log.record(body, info)  # durable, whatever RabbitMQ's copy becomes
         try:
             broker.channel.basic_publish(
                 exchange="",

@@ -96,7 +96,8 @@ def test_migrate_on_the_existing_database_changes_nothing_and_declares_every_que
     assert snapshot(env.database_url) == before
     rows = cli_json(env, "queues")
     assert [r["queue"] for r in rows] == QUEUES
-    assert all(set(r) == {"queue", "ready", "delayed", "dead", "consumers"} for r in rows)
+    assert all(set(r) == {"queue", "ready", "delayed", "dead", "consumers",  # added by issue 17:
+                          "unacked", "publish_rate", "ack_rate", "source"} for r in rows)
     assert all(isinstance(r[k], int) for r in rows for k in ("ready", "delayed", "dead", "consumers"))
 
 
@@ -205,7 +206,7 @@ def test_dead_letters_are_listed_shown_replayed_and_purged(env, engine, worker):
 
     listed = cli_json(env, "dlq", "list", "ballast.wallets")
     mine = [d for d in listed if d["request_id"] == rid]
-    assert len(mine) == 1 and set(mine[0]) == DEAD_LETTER_KEYS
+    assert len(mine) == 1 and set(mine[0]) == DEAD_LETTER_KEYS | {"code"}  # code: added (issue 17)
     assert mine[0]["actor"] == "withdraw" and mine[0]["reason"]
     assert mine[0]["retries"] == 0 and mine[0]["failed_at"]
     assert [d for d in cli_json(env, "dlq", "list") if d["request_id"] == rid] == mine
@@ -223,8 +224,10 @@ def test_dead_letters_are_listed_shown_replayed_and_purged(env, engine, worker):
     send(env, "deposit", request_id=uid("r"), user_id=user, currency="USD", amount=1_000_000,
          reference="in")
     wait_until(lambda: balance(engine, f"user:{user}:USD") == 1_000_000)
-    assert_usage_error(cli(env, "dlq", "replay", "ballast.wallets", "--json"))  # neither --all nor --id
-    assert cli_json(env, "dlq", "replay", "ballast.wallets", "--id", message_id) == {"replayed": 1}
+    assert_usage_error(cli(env, "dlq", "replay", "ballast.wallets", "--by", "ops", "--json"))  # neither --all nor --id
+    assert_usage_error(cli(env, "dlq", "replay", "ballast.wallets", "--id", message_id, "--json"))  # no --by
+    replayed = cli_json(env, "dlq", "replay", "ballast.wallets", "--id", message_id, "--by", "ops")
+    assert replayed["replayed"] == 1 and replayed["queues"] == {"ballast.wallets": 1}
     wait_until(lambda: balance(engine, f"user:{user}:USD") == -500_000, what="replayed withdrawal")
     wait_quiet(env)
     assert not [d for d in dead_letters(env, "withdraw") if d["request_id"] == rid]
@@ -234,8 +237,11 @@ def test_dead_letters_are_listed_shown_replayed_and_purged(env, engine, worker):
          reference="x")
     wait_until(lambda: rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"] >= 1)
     dead = rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"]
-    assert_usage_error(cli(env, "dlq", "purge", "ballast.wallets", "--json"))
+    assert_usage_error(cli(env, "dlq", "purge", "ballast.wallets", "--by", "ops", "--json"))
     assert rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"] == dead
-    assert cli_json(env, "dlq", "purge", "ballast.wallets", "--yes") == {"purged": dead}
+    assert cli_json(env, "dlq", "purge", "ballast.wallets", "--by", "ops", "--dry-run") == {
+        "dry_run": True, "purged": 0, "would_purge": dead}
+    assert rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"] == dead
+    assert cli_json(env, "dlq", "purge", "ballast.wallets", "--by", "ops", "--yes") == {"purged": dead}
     assert rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"] == 0
     assert cli_json(env, "dlq", "list", "ballast.wallets") == []

@@ -340,7 +340,7 @@ def test_a_callback_secret_is_set_once_and_never_shown(engine):
     name = add_provider(engine)
     doc = run("callbacks", "secret", name, "--json")
     assert doc["provider"] == name and len(doc["secret"]) == 64
-    shown = run("providers", "set", name, "--json")
+    shown = run("providers", "set", name, "--by", "ops", "--yes", "--json")
     assert shown["callbacks"] is True and doc["secret"] not in json.dumps(shown)
     run("callbacks", "secret", name, "--secret", "short", code=2)
     run("callbacks", "secret", "nobody", "--secret", "x" * 20, code=1)
@@ -384,7 +384,7 @@ def test_an_http_provider_without_a_quote_endpoint_is_priced_at_its_configured_r
         reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
         add_provider(engine, priority=1, config=sim(rate_ppm=999_000))
         name = uid("http")
-        run("providers", "add", name, "--type", "http", "--priority", "2", "--url", fake.url,
+        run("providers", "add", name, "--by", "ops", "--type", "http", "--priority", "2", "--url", fake.url,
             "--rate", "0.9999", "--json")
         [job_id] = cycle_now(engine)
         submission.submit(job_id, engine)
@@ -399,24 +399,23 @@ def test_an_http_provider_without_a_quote_endpoint_is_priced_at_its_configured_r
 
 
 def test_every_everyday_lever_records_who_pulled_it(engine):
-    import getpass
-
     reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
     name = add_provider(engine)
     assert run("buffers", "rebalance", "--by", "grace", "--json") == {"jobs_created": 1}
     [active] = run("conversions", "--active", "--json")
     assert job(engine, active["job_id"]).requested_by == "grace"
     run("providers", "pause", name, "--by", "heidi", "--json")
-    run("providers", "resume", name, "--json")  # no --by: the login name, not a literal
+    run("providers", "resume", name, "--json", code=2)  # no --by: refused, never a literal
+    run("providers", "resume", name, "--by", "heidi", "--json")
     run("buffers", "pause", "--by", "ivan", "--json")
     run("buffers", "resume", "--by", "ivan", "--json")
     run("buffers", "set", "system_buffer_fiat", "--batch", str(usd(50_000)), "--by", "judy",
-        "--json")
+        "--yes", "--json")
     with engine.connect() as conn:
         log = overrides.audit_log(conn, limit=6)
     assert [(a["action"], a["by"]) for a in reversed(log)] == [
         ("rebalance", "grace"), ("pause_provider", "heidi"),
-        ("resume_provider", getpass.getuser()), ("pause_rebalancing", "ivan"),
+        ("resume_provider", "heidi"), ("pause_rebalancing", "ivan"),
         ("resume_rebalancing", "ivan"), ("set_thresholds", "judy")]
     assert log[-1]["data"] == {"jobs_created": [active["job_id"]]}
     assert log[-2]["data"] == {"provider": name}
