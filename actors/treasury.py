@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from infra.contract.operations import SetProviderStatus
 from infra.contract.treasury import PollConversion, RecordBufferFlow, RunSettlementCycle, SubmitConversion
 from infra.logs import get_logger
 from infra.messaging import command
-from infra.treasury import cycle, polling, submission
+from infra.treasury import cycle, polling, store, submission
 from infra.uow import UnitOfWork
 
 log = get_logger(__name__)
@@ -40,3 +41,10 @@ def poll_conversion(cmd: PollConversion) -> None:
         log.info("poll_conversion.done", polled=polled)
     else:
         polling.poll(cmd.job_id)
+
+
+@command()
+def set_provider_status(cmd: SetProviderStatus, uow: UnitOfWork) -> None:
+    """Pause a provider (out of selection) or resume it (``ballast providers pause|resume``)."""
+    store.update_provider(uow.conn, cmd.name, status=cmd.status)
+    log.info("provider.status_set", provider=cmd.name, status=cmd.status, by=cmd.performed_by)

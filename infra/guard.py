@@ -324,12 +324,12 @@ def refused(unit: Unit, error: BalanceRefused) -> None:
 # --- reports -----------------------------------------------------------------------------------
 
 def history(conn: Connection, user_id: str, currency: str | None = None,
-            limit: int = 50) -> list[dict[str, Any]]:
-    """The wallet's audit trail, newest first."""
+            limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+    """The wallet's audit trail, newest first (``offset``: rows skipped, for paging)."""
     rows = conn.execute(
         text("SELECT * FROM wallet_audit WHERE user_id = :u "
-             "AND (CAST(:cur AS text) IS NULL OR currency = :cur) ORDER BY id DESC LIMIT :n"),
-        {"u": user_id, "cur": currency, "n": limit},
+             "AND (CAST(:cur AS text) IS NULL OR currency = :cur) ORDER BY id DESC LIMIT :n OFFSET :off"),
+        {"u": user_id, "cur": currency, "n": limit, "off": offset},
     )
     return [
         {"at": r.created_at.isoformat(), "transaction_id": r.transaction_id, "kind": r.kind,

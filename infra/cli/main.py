@@ -7,6 +7,7 @@ import sys
 import click
 
 from infra.cli import alerts, challenges, journal, ledger, markets, ops, treasury
+from infra.web import cli as web_cli
 from infra.logs import configure_logging
 
 
@@ -19,6 +20,7 @@ def cli() -> None:
 
 for module in (ops, ledger, alerts, challenges, markets, treasury, journal):
     module.register(cli)
+web_cli.register(cli)  # the operations console (infra/web)
 
 
 @cli.command()
