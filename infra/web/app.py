@@ -93,7 +93,8 @@ def create_app(engine: Engine | None = None, settings: WebSettings | None = None
     @app.errorhandler(CSRFError)
     def _csrf(exc: CSRFError):
         with engine.begin() as conn:
-            operators.audit(conn, getattr(g.get("operator"), "name", None), "csrf", "refused",
+            # CSRF is checked before _who: the name is the signed session's claim.
+            operators.audit(conn, session.get("operator"), "csrf", "refused",
                             {"path": request.path, "reason": exc.description},
                             request.remote_addr)
         return render_template("error.html", message=f"refused: {exc.description}"), 400
