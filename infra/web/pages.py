@@ -27,9 +27,8 @@ bp = Blueprint("pages", __name__)
 #: Queue samples kept in this process for the overview's trend (one per overview load).
 TREND_SAMPLES = 60
 _trend: deque[tuple[float, dict[str, dict[str, int]]]] = deque(maxlen=TREND_SAMPLES)
-_ledger_cache: dict[str, Any] = {}
 _ledger_lock = threading.Lock()
-LEDGER_CHECK_TTL_S = 60  # s: a full ledger check scans every entry; not on every refresh
+LEDGER_CHECK_TTL_S = 20  # s: a full ledger check scans every entry; not on every refresh
 
 
 def _engine():
@@ -103,6 +102,7 @@ def logout():
 # --- overview -----------------------------------------------------------------------------
 
 def _ledger_state(conn) -> dict[str, Any]:
+    _ledger_cache = current_app.extensions.setdefault("ballast.ledger_check", {})
     with _ledger_lock:
         cached = _ledger_cache.get("doc")
         if cached is None or time.monotonic() - _ledger_cache["at"] > LEDGER_CHECK_TTL_S:
@@ -320,7 +320,7 @@ def matching():
 
 
 def render_matching(errors: dict | None = None, values: dict | None = None, status: int = 200):
-    cycle_id = request.args.get("cycle") or None
+    cycle_id = request.values.get("cycle") or None  # a refused POST re-renders its cycle
     page, size = _page(), _size()
     with _engine().connect() as conn:
         try:

@@ -177,3 +177,32 @@ def test_the_asyncapi_document_has_every_actor_with_its_schema():
         kwargs = doc["components"]["schemas"][f"{actor}.message"]["properties"]["kwargs"]
         target = doc["components"]["schemas"][kwargs["$ref"].split("/")[-1]]
         assert set(target["properties"]) == set(spec.schema.model_fields)
+
+
+def test_the_overview_shows_the_ledger_check_and_buffers_of_the_cli(engine, make_operator):
+    from infra import ledger
+    from infra.treasury import views
+    from infra.web.app import create_app
+    from infra.web.settings import WebSettings
+
+    fresh = create_app(engine, WebSettings(secret_key="fresh-" + "k" * 32))  # no cached check
+    client = fresh.test_client()
+    login(client, make_operator("viewer"))
+    html = client.get(BASE + "/").get_data(as_text=True)
+    with engine.connect() as conn:
+        check = ledger.check(conn)
+        buffers = views.buffers(conn)
+    assert f"{check['transactions']} transactions, {check['entries']} entries" in html
+    for b in buffers:
+        assert f"{b['balance']:,} {b['currency']}" in html
+
+
+def test_send_command_refuses_bad_input_before_publishing(env, clean_queues):
+    from infra.commands import send_command
+
+    with pytest.raises(InvalidCommand, match="match_count"):
+        send_command("fill_treasury", {"challenge_id": "c1", "side": "YES", "match_count": 0,
+                                       "admin_id": "ada"}, sender="ada")
+    with pytest.raises(InvalidCommand, match="unknown actor"):
+        send_command("no_such_actor", {})
+    assert queued(env, "ballast.challenges") == 0
