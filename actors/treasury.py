@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from infra.contract.operations import SetProviderStatus
+from infra.contract.operations import SetAutoRebalance, SetProviderStatus
 from infra.contract.treasury import PollConversion, RecordBufferFlow, RunSettlementCycle, SubmitConversion
 from infra.logs import get_logger
 from infra.messaging import command
@@ -48,3 +48,9 @@ def set_provider_status(cmd: SetProviderStatus, uow: UnitOfWork) -> None:
     """Pause a provider (out of selection) or resume it (``ballast providers pause|resume``)."""
     store.update_provider(uow.conn, cmd.name, status=cmd.status)
     log.info("provider.status_set", provider=cmd.name, status=cmd.status, by=cmd.performed_by)
+
+
+@command()
+def set_auto_rebalance(cmd: SetAutoRebalance, uow: UnitOfWork) -> None:
+    """Freeze or resume scheduled rebalancing (a manual cycle still runs when asked)."""
+    cycle.set_auto_rebalance(uow, cmd.enabled, cmd.performed_by)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import Field, StrictInt
+from pydantic import Field, StrictBool, StrictInt
 
 from infra.contract.base import ActorSpec, Command, Currency, Identifier
 
@@ -64,7 +64,15 @@ class SetProviderStatus(Command):
     performed_by: Identifier
 
 
+class SetAutoRebalance(Command):
+    """Freeze (False) or resume (True) scheduled rebalancing (``ballast buffers pause|resume``)."""
+
+    enabled: StrictBool
+    performed_by: Identifier
+
+
 SPECS += [
     ActorSpec("acknowledge_alert", OPERATIONS_QUEUE, AcknowledgeAlert),
     ActorSpec("set_provider_status", OPERATIONS_QUEUE, SetProviderStatus),
+    ActorSpec("set_auto_rebalance", OPERATIONS_QUEUE, SetAutoRebalance),
 ]

@@ -271,6 +271,20 @@ def set_provider_status(name: str, verb: str):
                 back=_treasury_back, to=url_for("pages.treasury"))
 
 
+@bp.post("/treasury/auto-rebalance/<verb>")
+def set_auto_rebalance(verb: str):
+    if verb not in ("freeze", "resume"):
+        abort(404)
+    return confirm_or_send("set_auto_rebalance", "set_auto_rebalance",
+                           {"enabled": verb == "resume", "performed_by": g.operator.name},
+                           back=_treasury_back, to=url_for("pages.treasury"),
+                           title=f"{verb.capitalize()} scheduled rebalancing",
+                           lines=["Scheduled settlement cycles create no conversion jobs while "
+                                  "frozen; a cycle run by hand still does."
+                                  if verb == "freeze" else
+                                  "Scheduled settlement cycles create jobs again."])
+
+
 # --- payment matching -----------------------------------------------------------------------
 
 def _matching_back(errors, values, status):

@@ -28,6 +28,7 @@ ACTION_ROLES: dict[str, str] = {
     "configure_treasury": "admin", "fill_treasury": "operator", "resolve_challenge": "admin",
     "resolve_market": "admin", "void_market": "admin", "rollback_market": "admin",
     "run_settlement_cycle": "operator", "set_provider_status": "admin",
+    "set_auto_rebalance": "admin",
     "match_payments": "operator", "link_payment": "operator", "open_cycle": "admin",
     "audit": "admin",
 }

@@ -18,6 +18,7 @@ from infra.challenges import views as challenge_views
 from infra.cli.ledger import open_alerts_for_user
 from infra.journal import views as journal_views
 from infra.markets import repository as markets
+from infra.treasury import cycle as treasury_cycle
 from infra.treasury import views as treasury_views
 from infra.web import operators, queries
 from infra.web.asyncapi import document as asyncapi_document
@@ -257,6 +258,7 @@ def render_market(market_id: str, errors: dict | None = None, values: dict | Non
 def treasury(errors: dict | None = None):
     with _engine().connect() as conn:
         doc = {"buffers": treasury_views.buffers(conn),
+               "auto_rebalance": treasury_cycle.auto_rebalance_enabled(conn),
                "providers": treasury_views.providers(conn),
                "conversions": treasury_views.conversions(conn, limit=_size())}
     return render_template("treasury.html", doc=doc, notice=sent_notice(), errors=errors or {})

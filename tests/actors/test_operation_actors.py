@@ -14,7 +14,8 @@ from tests.harness import uid
 def acts():
     from actors import alerts, treasury  # registers the actors on the run's broker
 
-    return {"ack": alerts.acknowledge_alert, "status": treasury.set_provider_status}
+    return {"ack": alerts.acknowledge_alert, "status": treasury.set_provider_status,
+            "auto": treasury.set_auto_rebalance}
 
 
 def open_alert(engine) -> int:
@@ -66,3 +67,20 @@ def test_set_provider_status_pauses_and_resumes(engine, acts):
     with pytest.raises(BallastError):
         acts["status"].fn(request_id=uid("r"), name=uid("nobody"), status="paused",
                           performed_by="ada")
+
+
+def test_set_auto_rebalance_freezes_and_resumes_scheduled_cycles(engine, acts):
+    from infra.treasury import cycle
+
+    def enabled():
+        with engine.connect() as conn:
+            return cycle.auto_rebalance_enabled(conn)
+
+    try:
+        acts["auto"].fn(request_id=uid("r"), enabled=False, performed_by="ada")
+        assert enabled() is False
+    finally:
+        acts["auto"].fn(request_id=uid("r"), enabled=True, performed_by="ada")
+    assert enabled() is True
+    with pytest.raises(InvalidCommand, match="enabled"):
+        acts["auto"].fn(request_id=uid("r"), enabled="no", performed_by="ada")
