@@ -103,9 +103,9 @@ def dlq_replay():
     queue = request.form.get("queue") or None
     if queue is not None and queue not in QUEUES:
         abort(404, f"unknown queue {queue!r}")
-    ids = request.form.getlist("id")
     every = request.form.get("all") == "1"
-    if every == bool(ids):
+    ids = [] if every else request.form.getlist("id")
+    if not every and not ids:
         return render_template("error.html", message="choose messages, or all of a queue"), 422
     if not _confirmed():
         stats = {r["queue"]: r["dead"] for r in rabbit.queue_stats()}
@@ -124,18 +124,25 @@ def dlq_replay():
 
 @bp.post("/dlq/purge")
 def dlq_purge():
+    """Delete the selected dead letters, or every one of a queue (after a confirmation)."""
     _allowed("dlq_purge")
-    queue = request.form.get("queue", "")
-    if queue not in QUEUES:
+    queue = request.form.get("queue") or None
+    if queue is not None and queue not in QUEUES:
         abort(404, f"unknown queue {queue!r}")
+    ids = request.form.getlist("id")
+    every = request.form.get("all") == "1"
+    if every == bool(ids) or (every and queue is None):
+        return render_template("error.html", message="choose messages, or all of one queue"), 422
     if not _confirmed():
-        n = next(r["dead"] for r in rabbit.queue_stats() if r["queue"] == queue)
+        n = len(ids) if ids else next(r["dead"] for r in rabbit.queue_stats() if r["queue"] == queue)
+        what = f"{n} selected dead letter(s)" if ids else f"{n} dead letter(s) of {queue}"
         return render_template("confirm.html", title="Purge dead letters",
-                               lines=[f"Delete {n} dead letter(s) of {queue} for good."],
-                               danger="This cannot be undone.", fields={"queue": queue},
-                               cancel=url_for("pages.dlq", queue=queue))
-    n = rabbit.purge(queue)
-    _audit("dlq_purge", "ok", {"queue": queue, "purged": n})
+                               lines=[f"Delete {what} for good."],
+                               danger="This cannot be undone.",
+                               fields={"queue": queue or "", "all": "1" if every else ""},
+                               multi={"id": ids}, cancel=url_for("pages.dlq", queue=queue))
+    n = rabbit.discard(queue, set(ids)) if ids else rabbit.purge(queue)
+    _audit("dlq_purge", "ok", {"queue": queue, "ids": ids, "purged": n})
     return redirect(url_for("pages.dlq", queue=queue, done=f"purged {n} dead letter(s)"))
 
 

@@ -206,3 +206,32 @@ def test_send_command_refuses_bad_input_before_publishing(env, clean_queues):
     with pytest.raises(InvalidCommand, match="unknown actor"):
         send_command("no_such_actor", {})
     assert queued(env, "ballast.challenges") == 0
+
+
+def test_purge_selected_says_how_many_and_deletes_only_those(app, env, make_operator, clean_queues):
+    import dramatiq
+
+    from infra import rabbit
+
+    ids = []
+    for n in range(3):
+        msg = dramatiq.Message(queue_name="ballast.wallets", actor_name="deposit", args=(),
+                               kwargs={"request_id": f"dead-{n}"},
+                               options={"dead_letter": {"reason": f"test reason {n}"}})
+        harness.publish_raw(env, "ballast.wallets.XQ", json.dumps(msg.asdict()).encode())
+        ids.append(msg.message_id)
+    operator = app.test_client()
+    login(operator, make_operator("operator"))
+    listing = operator.get(BASE + "/dlq?queue=ballast.wallets").get_data(as_text=True)
+    assert "test reason 0" in listing and "purge-selected" not in listing  # admins only
+    client = app.test_client()
+    login(client, make_operator("admin"))
+    page = client.get(BASE + "/dlq?queue=ballast.wallets").get_data(as_text=True)
+    form = {"csrf_token": csrf_of(page), "queue": "ballast.wallets", "id": ids[:2]}
+    confirm = client.post(BASE + "/dlq/purge", data=form).get_data(as_text=True)
+    assert "Delete 2 selected dead letter(s) for good." in confirm
+    assert len(rabbit.list_dead_letters("ballast.wallets", 10)) == 3  # nothing yet
+    done = client.post(BASE + "/dlq/purge", data={**form, "confirm": "1"})
+    assert done.status_code == 302 and "purged+2" in done.headers["Location"]
+    left = [d.message_id for d in rabbit.list_dead_letters("ballast.wallets", 10)]
+    assert left == [ids[2]]
