@@ -24,6 +24,10 @@ from domain.errors import InvalidCommand, NotFound, Refused
 ROLES = ("viewer", "operator", "admin")
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MIN_PASSWORD = 12  # characters
+#: Failed logins of one name within LOCKOUT_WINDOW_S after which it may not log in until
+#: they age out of the window (argon2 slows each guess; this caps how many are tried).
+MAX_FAILED_LOGINS = 5
+LOCKOUT_WINDOW_S = 900  # s
 
 # argon2id with the library's defaults (RFC 9106 low-memory profile: 64 MiB, t=3).
 _hasher = PasswordHasher()
@@ -134,6 +138,17 @@ def authenticate(conn: Connection, name: str, password: str) -> Operator | None:
         conn.execute(text("UPDATE console_operators SET password_hash = :h WHERE name = :n"),
                      {"n": name, "h": _hasher.hash(password)})
     return Operator(row.name, row.role, row.password_changed_at)
+
+
+def locked_out(conn: Connection, name: str) -> bool:
+    """Whether ``name`` failed to log in MAX_FAILED_LOGINS times in the last window."""
+    failed = conn.execute(
+        text("SELECT count(*) FROM (SELECT 1 FROM console_audit WHERE operator = :n "
+             "AND action = 'login' AND outcome = 'refused' "
+             "AND at > now() - make_interval(secs => :w) LIMIT :m) AS recent"),
+        {"n": name, "w": LOCKOUT_WINDOW_S, "m": MAX_FAILED_LOGINS},
+    ).scalar_one()
+    return failed >= MAX_FAILED_LOGINS
 
 
 def audit(conn: Connection, operator: str | None, action: str, outcome: str,

@@ -77,12 +77,15 @@ def do_login():
     password = request.form.get("password", "")
     nxt = request.form.get("next", "")
     with _engine().begin() as conn:
-        op = operators.authenticate(conn, name, password) if operators.NAME.match(name) else None
-        operators.audit(conn, name[:64] or None, "login", "ok" if op else "refused", {},
-                        request.remote_addr)
+        locked = operators.NAME.match(name) is not None and operators.locked_out(conn, name)
+        op = (operators.authenticate(conn, name, password)
+              if operators.NAME.match(name) and not locked else None)
+        operators.audit(conn, name[:64] or None, "login", "ok" if op else "refused",
+                        {"locked_out": True} if locked else {}, request.remote_addr)
     if op is None:
-        return render_template("login.html", error="wrong name or password", name=name,
-                               next=nxt), 401
+        error = ("too many failed logins: wait 15 minutes" if locked
+                 else "wrong name or password")
+        return render_template("login.html", error=error, name=name, next=nxt), 401
     session.clear()  # no fixation: a fresh session (and CSRF token) per login
     session.permanent = True
     session["operator"] = op.name

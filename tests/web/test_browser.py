@@ -100,7 +100,7 @@ def page(browser, console, admin):
 def shot(pg, name: str) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        pg.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+        pg.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=name != "contract")
 
 
 def scalar(engine, sql: str, **params):

@@ -235,3 +235,37 @@ def test_purge_selected_says_how_many_and_deletes_only_those(app, env, make_oper
     assert done.status_code == 302 and "purged+2" in done.headers["Location"]
     left = [d.message_id for d in rabbit.list_dead_letters("ballast.wallets", 10)]
     assert left == [ids[2]]
+
+
+def test_repeated_failed_logins_lock_the_name_out_even_with_the_right_password(app, make_operator):
+    from infra.web.operators import MAX_FAILED_LOGINS
+
+    name = make_operator("admin")
+    client = app.test_client()
+    for _ in range(MAX_FAILED_LOGINS):
+        assert login(client, name, "guess guess guess").status_code == 401
+    locked = login(client, name)
+    assert locked.status_code == 401 and "too many failed logins" in locked.get_data(as_text=True)
+    assert client.get(BASE + "/").status_code == 302
+    assert login(app.test_client(), make_operator("admin")).status_code == 302  # others unaffected
+
+
+def test_users_add_with_a_generated_password_that_logs_in(app, engine):
+    from click.testing import CliRunner
+
+    from infra.cli.main import cli
+    from tests.harness import uid
+
+    name = uid("cli-op-")
+    out = CliRunner().invoke(cli, ["web", "users", "add", name, "--role", "operator",
+                                   "--generate", "--json"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output)
+    assert (doc["name"], doc["role"]) == (name, "operator") and len(doc["password"]) >= 12
+    assert login(app.test_client(), name, doc["password"]).status_code == 302
+    again = CliRunner().invoke(cli, ["web", "users", "add", name, "--role", "admin",
+                                     "--password-stdin"], input="another long password\n")
+    assert again.exit_code == 2 and f"operator {name} already exists" in again.output
+    short = CliRunner().invoke(cli, ["web", "users", "add", uid("x"), "--role", "admin",
+                                     "--password-stdin"], input="short\n")
+    assert short.exit_code == 2 and "at least 12 characters" in short.output
