@@ -24,7 +24,7 @@ def report(conn: Connection, cycle_id: str | None = None, limit: int | None = No
     parts = conn.execute(
         text(
             "SELECT p.participation_id, p.cycle_id, p.user_id, p.character_name, p.status, p.amount, "
-            "p.pledged, p.payer_character_id, p.match_type, p.validated_at, "
+            "p.pledged, p.payer_character_id, p.match_type, p.validated_at, p.created_at, "
             "COALESCE(array_agg(l.journal_id ORDER BY l.linked_at, l.journal_id) "
             "FILTER (WHERE l.journal_id IS NOT NULL), '{}') AS journal_ids "
             "FROM journal_participations p "
@@ -79,6 +79,7 @@ def report(conn: Connection, cycle_id: str | None = None, limit: int | None = No
                 "character_name": p.character_name,
                 "payment": _paid(p.amount, p.pledged) if p.status == OPTED_IN else None,
                 "validated_at": p.validated_at.isoformat() if p.validated_at else None,
+                "created_at": p.created_at.isoformat(),
             }
             for p in parts
         ],

@@ -20,7 +20,7 @@ from infra.challenges import views as challenge_views
 from infra.commands import send_command
 from infra.contract import ACTORS, QUEUES, parse
 from infra.web import operators, pages, queries
-from infra.web.app import ACTION_ROLES
+from infra.web.operators import ACTION_ROLES
 
 bp = Blueprint("actions", __name__)
 

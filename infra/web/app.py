@@ -17,21 +17,11 @@ from sqlalchemy import Engine
 
 from infra.db.engine import get_engine
 from infra.logs import get_logger
-from infra.web import operators
+from infra.web import actions, operators, pages
+from infra.web.operators import ACTION_ROLES
 from infra.web.settings import WebSettings, get_web_settings
 
 log = get_logger(__name__)
-
-#: The least role each action needs; templates show an action only to those who may take it.
-ACTION_ROLES: dict[str, str] = {
-    "dlq_replay": "operator", "dlq_purge": "admin", "acknowledge_alert": "operator",
-    "configure_treasury": "admin", "fill_treasury": "operator", "resolve_challenge": "admin",
-    "resolve_market": "admin", "void_market": "admin", "rollback_market": "admin",
-    "run_settlement_cycle": "operator", "set_provider_status": "admin",
-    "set_auto_rebalance": "admin",
-    "match_payments": "operator", "link_payment": "operator", "open_cycle": "admin",
-    "audit": "admin",
-}
 
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -60,8 +50,6 @@ def create_app(engine: Engine | None = None, settings: WebSettings | None = None
     app.extensions["ballast.engine"] = engine
     app.extensions["ballast.settings"] = settings
     CSRFProtect(app)
-
-    from infra.web import actions, pages
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(actions.bp)

@@ -22,6 +22,17 @@ from sqlalchemy import Connection, text
 from domain.errors import InvalidCommand, NotFound, Refused
 
 ROLES = ("viewer", "operator", "admin")
+#: The least role each action needs; templates show an action only to those who may take it.
+ACTION_ROLES: dict[str, str] = {
+    "dlq_replay": "operator", "dlq_purge": "admin", "acknowledge_alert": "operator",
+    "configure_treasury": "admin", "fill_treasury": "operator", "resolve_challenge": "admin",
+    "resolve_market": "admin", "void_market": "admin", "rollback_market": "admin",
+    "run_settlement_cycle": "operator", "set_provider_status": "admin",
+    "set_auto_rebalance": "admin",
+    "match_payments": "operator", "link_payment": "operator", "open_cycle": "admin",
+    "audit": "admin",
+}
+
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MIN_PASSWORD = 12  # characters
 #: Failed logins of one name within LOCKOUT_WINDOW_S after which it may not log in until

@@ -8,6 +8,7 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
+import redis
 from flask import (Blueprint, abort, current_app, g, jsonify, redirect, render_template, request,
                    session, url_for)
 
@@ -20,6 +21,7 @@ from infra.journal import views as journal_views
 from infra.markets import repository as markets
 from infra.treasury import cycle as treasury_cycle
 from infra.treasury import views as treasury_views
+from infra.settings import get_settings
 from infra.web import operators, queries
 from infra.web.asyncapi import document as asyncapi_document
 
@@ -116,10 +118,7 @@ def _ledger_state(conn) -> dict[str, Any]:
 
 
 def _scheduler_fires() -> list[dict[str, Any]]:
-    import redis
-
-    from infra.settings import get_settings
-    from schedules.runner import PREFIX
+    from schedules.runner import PREFIX  # as the CLI's `scheduler`: schedules import infra
     from schedules.table import SCHEDULES
 
     client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=2)
@@ -334,6 +333,9 @@ def render_matching(errors: dict | None = None, values: dict | None = None, stat
         except NotFound as exc:
             abort(404, str(exc))
         cycles = queries.cycles(conn)
+    now = datetime.now(timezone.utc)
+    for row in doc["participations"]:
+        row["age_s"] = _age_s(row["created_at"], now)
     return render_template("matching.html", d=doc, cycle=cycle, cycle_id=cycle_id, cycles=cycles,
                            p=paged(doc["participations"], page, size),
                            more=any(len(doc[k]) > size for k in ("unmatched", "ambiguous")),
