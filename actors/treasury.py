@@ -21,8 +21,8 @@ def record_buffer_flow(cmd: RecordBufferFlow, uow: UnitOfWork) -> None:
 @command()
 def run_settlement_cycle(cmd: RunSettlementCycle, uow: UnitOfWork) -> None:
     """One replenishment job per buffer below min with nothing in flight."""
-    cycle.run_cycle(uow, cmd.trigger, requested_by="scheduler" if cmd.trigger == "scheduled"
-                    else "operator")
+    cycle.run_cycle(uow, cmd.trigger, requested_by=cmd.requested_by or (
+        "scheduler" if cmd.trigger == "scheduled" else "operator"))
 
 
 @command(transactional=False)

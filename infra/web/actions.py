@@ -264,7 +264,7 @@ def _treasury_back(errors, values, status):
 
 @bp.post("/treasury/cycle")
 def run_settlement_cycle():
-    return send("run_settlement_cycle", "run_settlement_cycle", {"trigger": "manual"},
+    return send("run_settlement_cycle", "run_settlement_cycle", {"trigger": "manual", "requested_by": g.operator.name},
                 back=_treasury_back, to=url_for("pages.treasury"))
 
 

@@ -305,6 +305,41 @@ def test_a_forged_or_cross_site_form_post_is_refused(browser, page, console, env
     assert scalar(engine, "SELECT count(*) FROM console_audit WHERE action = 'csrf'") >= 2
 
 
+def test_trigger_a_cycle_and_pause_a_provider(page, env, engine, worker, admin):
+    from infra.providers.simulated import make_config
+    from infra.treasury import store
+
+    name = uid("sim-")
+    with engine.begin() as conn:
+        store.add_provider(conn, store.ProviderRow(
+            name, "simulated", 1, "active", ("USD->USDC", "USDC->USD"), 0, None, None,
+            make_config(latency_polls=50), 0, 0))
+    send(env, "record_buffer_flow", request_id=uid("r"), account_type="system_buffer_usdc",
+         amount=60_000_000_000, reference="funding")
+    wait_until(lambda: balance(engine, "buffer:system_buffer_usdc") >= 60_000_000_000,
+               what="the usdc buffer funded")
+    jobs_before = scalar(engine, "SELECT count(*) FROM conversion_jobs")
+    page.goto("/treasury")
+    page.click("#run-cycle")
+    sync_api.expect(page.locator(".notice .state")).to_have_text("applied", timeout=30_000)
+    wait_until(lambda: scalar(engine, "SELECT count(*) FROM conversion_jobs") > jobs_before,
+               what="the cycle's jobs")
+    page.reload()
+    sync_api.expect(page.locator("[data-live=jobs] tbody tr").first).to_contain_text("USDC->USD")
+    row = page.locator("[data-live=providers] tr", has_text=name)
+    row.locator("button", has_text="Pause").click()
+    sync_api.expect(page.locator(".notice .state")).to_have_text("applied", timeout=30_000)
+    wait_until(lambda: scalar(engine, "SELECT status FROM conversion_providers WHERE name = :n",
+                              n=name) == "paused", what="the provider paused")
+    page.reload()
+    sync_api.expect(page.locator("[data-live=providers] tr", has_text=name)).to_contain_text("paused")
+    shot(page, "treasury-engine")
+    page.locator("[data-live=jobs] tbody tr a").first.click()
+    sync_api.expect(page.locator("main h1")).to_contain_text("Conversion job")
+    sync_api.expect(page.locator("ol.timeline li").first).to_contain_text(f"by {admin} (manual)")
+    shot(page, "conversion-job")
+
+
 def test_every_page_shows_for_an_admin(page, env, engine, worker):
     user = uid()
     send(env, "deposit", request_id=uid("d"), user_id=user, currency="NGN", amount=5 * STAKE,
@@ -322,7 +357,7 @@ def test_every_page_shows_for_an_admin(page, env, engine, worker):
              user_id=user, amount=amount, option_id=option)
     wait_quiet(env)
     pages = {"challenges": "/challenges", "markets": "/markets", "market": f"/markets/{mid}",
-             "treasury-engine": "/treasury", "wallet": f"/wallets?user={user}",
+             "wallet": f"/wallets?user={user}",
              "analytics": "/analytics", "contract": "/contract", "audit": "/audit"}
     for name, path in pages.items():
         page.goto(path)
