@@ -13,6 +13,7 @@ from flask import (Blueprint, abort, current_app, g, jsonify, redirect, render_t
                    session, url_for)
 
 from domain import guard as guard_rules
+from domain.buffers import account_code
 from domain.errors import BallastError, NotFound
 from infra import alerts, guard, ledger, rabbit, wallets
 from infra.challenges import views as challenge_views
@@ -263,7 +264,10 @@ def treasury(errors: dict | None = None):
                "auto_rebalance": treasury_cycle.auto_rebalance_enabled(conn),
                "providers": treasury_views.providers(conn),
                "conversions": treasury_views.conversions(conn, limit=_size())}
-    return render_template("treasury.html", doc=doc, notice=sent_notice(), errors=errors or {})
+        history = {b["account_type"]: queries.balance_history(conn, account_code(b["account_type"]))
+                   for b in doc["buffers"]}
+    return render_template("treasury.html", doc=doc, history=history, notice=sent_notice(),
+                           errors=errors or {})
 
 
 @bp.get("/treasury/jobs/<int:job_id>")

@@ -72,3 +72,17 @@ def open_alert_counts(conn: Connection) -> dict[str, int]:
     rows = conn.execute(text("SELECT severity, count(*) AS n FROM alerts WHERE status <> 'resolved' "
                              "GROUP BY severity"))
     return {r.severity: int(r.n) for r in rows}
+
+
+def balance_history(conn: Connection, code: str, points: int = 60) -> list[dict[str, Any]]:
+    """The account's balance after each of its last ``points`` entries, oldest first: the
+    cached balance less what later entries added (one index range scan, no full sum)."""
+    rows = conn.execute(
+        text("SELECT t.created_at AS at, a.balance - COALESCE(sum(e.amount) OVER ("
+             "ORDER BY e.id DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS balance "
+             "FROM (SELECT * FROM ledger_entries WHERE account_id = "
+             "(SELECT id FROM accounts WHERE code = :c) ORDER BY id DESC LIMIT :n) e "
+             "JOIN accounts a ON a.id = e.account_id "
+             "JOIN ledger_transactions t ON t.id = e.transaction_id ORDER BY e.id DESC"),
+        {"c": code, "n": points})
+    return [{"at": r.at.isoformat(), "balance": int(r.balance)} for r in rows][::-1]

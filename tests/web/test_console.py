@@ -269,3 +269,21 @@ def test_users_add_with_a_generated_password_that_logs_in(app, engine):
     short = CliRunner().invoke(cli, ["web", "users", "add", uid("x"), "--role", "admin",
                                      "--password-stdin"], input="short\n")
     assert short.exit_code == 2 and "at least 12 characters" in short.output
+
+
+def test_buffer_history_ends_at_the_ledger_balance_and_steps_by_each_flow(engine):
+    from actors import treasury as acts
+    from infra import ledger
+    from infra.web.queries import balance_history
+
+    code = "buffer:system_buffer_fiat"
+    flows = [700_000, -250_000, 90_000]
+    for amount in flows:
+        acts.record_buffer_flow.fn(request_id=harness.uid("r"), account_type="system_buffer_fiat",
+                                   amount=amount, reference="test")
+    with engine.connect() as conn:
+        points = balance_history(conn, code, points=len(flows))
+        now = ledger.balance(conn, code).balance
+    balances = [p["balance"] for p in points]
+    assert balances[-1] == now
+    assert [b - a for a, b in zip(balances, balances[1:])] == flows[1:]
