@@ -159,7 +159,8 @@ def test_log_in_and_watch_a_fill_appear_after_confirming_it(page, env, engine, w
     sync_api.expect(rows).to_have_count(2, timeout=30_000)
     sync_api.expect(page.locator("#matches")).to_contain_text("active")
     sync_api.expect(page.locator("#filled-count")).to_have_text("2", timeout=30_000)
-    page.wait_for_timeout(6_000)  # one more auto-refresh (BALLAST_WEB_REFRESH_S=5)
+    stamp = page.locator("[data-live-stamp]").inner_text()
+    sync_api.expect(page.locator("[data-live-stamp]")).not_to_have_text(stamp, timeout=30_000)
     assert page.input_value("#configure-form input[name=notes]") == "typing, do not lose me"
     assert scalar(engine, "SELECT admin_id FROM treasury_fills WHERE challenge_id = :c", c=cid) == admin
     shot(page, "challenge-filled")
