@@ -15,6 +15,9 @@ import dramatiq
 
 from domain.errors import InvalidCommand
 from infra.contract import ACTORS, parse
+from infra.logs import get_logger
+
+log = get_logger(__name__)
 
 
 class UnknownActor(InvalidCommand):
@@ -37,8 +40,9 @@ def send_command(actor: str, kwargs: dict[str, Any], *, sender: str | None = Non
     Parameters:
       actor: a contract actor name.
       kwargs: the message kwargs; a ``request_id`` is generated when missing.
-      sender: who sends it (the console's logged-in operator); recorded in the message's
-        options as ``sender`` (the acting kwarg — admin_id, performed_by… — is the caller's).
+      sender: who sends it (the console's logged-in operator; None for the CLI).  Logged with
+        the message id; the acting kwarg (admin_id, performed_by…) is the caller's to set.
+        The message's options stay empty: the workers' envelope check refuses unknown ones.
       request_prefix: prefix of a generated request id.
 
     Raises InvalidCommand (one line, as the CLI prints it) before anything is published.
@@ -51,11 +55,12 @@ def send_command(actor: str, kwargs: dict[str, Any], *, sender: str | None = Non
     parse(spec.schema, kwargs)
     from infra.broker import build_broker
 
-    options = {"sender": sender} if sender else {}
     broker = build_broker()
     try:
         msg = broker.enqueue(dramatiq.Message(queue_name=spec.queue, actor_name=actor, args=(),
-                                              kwargs=kwargs, options=options))
+                                              kwargs=kwargs, options={}))
     finally:
         broker.close()
+    log.info("command.sent", actor=actor, message_id=msg.message_id,
+             request_id=kwargs["request_id"], sender=sender)
     return Sent(msg.message_id, spec.queue, kwargs["request_id"])

@@ -29,6 +29,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 STAKE = 150_000
 SHOTS = os.getenv("BALLAST_CONSOLE_SCREENSHOTS")
 T0 = datetime(2024, 6, 1, 9, 0, tzinfo=timezone.utc)
+LOGI, PILOT, PAYER = 90_000_001, 90_000_002, 90_000_003  # game character ids
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing: bin/test installs Debian's chromium with apt-get as root",
@@ -222,11 +223,11 @@ def test_acknowledge_an_alert(page, env, engine, worker, admin):
 
 
 def _setup_cycle(env, engine, cycle: str) -> None:
-    from infra.db.engine import get_engine  # noqa: F401  (the run's engine is the fixture's)
-
-    send(env, "register_character", request_id=uid("r"), character_id="logi", name="Logi",
+    # Character ids are the game's integers (strings of digits are accepted too, but not after
+    # the identifier types stopped coercing).
+    send(env, "register_character", request_id=uid("r"), character_id=LOGI, name="Logi",
          role="LOGISTICS")
-    send(env, "register_character", request_id=uid("r"), character_id="pilot", name="Pilot",
+    send(env, "register_character", request_id=uid("r"), character_id=PILOT, name="Pilot",
          role="USER")
     send(env, "plan_cycle", request_id=uid("r"), cycle_id=cycle)
     wait_quiet(env)
@@ -235,14 +236,14 @@ def _setup_cycle(env, engine, cycle: str) -> None:
              cycle_id=cycle, user_id=f"u-{name}", character_name=name.capitalize(), amount=amount)
     wait_quiet(env)
 
-    def entry(jid, amount, memo, char="logi"):
+    def entry(jid, amount, memo, char=LOGI):
         return {"journal_id": jid, "character_id": char, "date": T0.isoformat(),
                 "ref_type": "player_donation", "amount": amount, "reason": memo,
-                "first_party_id": "payer", "second_party_id": char}
+                "first_party_id": PAYER, "second_party_id": char}
 
     send(env, "import_wallet_journal", request_id=uid("imp"), entries=[
         entry("j-typo", 8_000, "for boris, sorry no memo"),
-        entry("j-user", 9_000, f"ARB {cycle} Cleo", char="pilot")])
+        entry("j-user", 9_000, f"ARB {cycle} Cleo", char=PILOT)])
     wait_quiet(env)
 
 

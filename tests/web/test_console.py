@@ -103,7 +103,7 @@ def test_a_viewer_sees_no_action_and_may_not_take_one(app, env, make_operator, c
     assert queued(env, "ballast.treasury") == 0
 
 
-def test_an_operator_action_is_a_command_sent_with_the_operator_as_sender(app, env, engine,
+def test_an_operator_action_is_a_command_sent_in_the_operators_name(app, env, engine,
                                                                            make_operator, clean_queues):
     name = make_operator("operator")
     client = app.test_client()
@@ -118,7 +118,7 @@ def test_an_operator_action_is_a_command_sent_with_the_operator_as_sender(app, e
         conn.close()
     msg = json.loads(body)
     assert msg["actor_name"] == "run_settlement_cycle" and msg["kwargs"]["trigger"] == "manual"
-    assert msg["options"]["sender"] == name
+    assert msg["kwargs"]["requested_by"] == name and msg["options"] == {}
     assert [(a, o) for a, o, _ in audit_rows(engine, name)][-1] == ("run_settlement_cycle", "ok")
 
 
