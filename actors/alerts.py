@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from infra import alerts, guard  # noqa: F401  (importing them registers their conditions)
 from infra.conditions import CONDITIONS, evaluate
-from infra.contract.operations import DeliverAlertWebhooks, EvaluateAlerts, EvaluateBalanceAlerts
+from infra.contract.operations import (AcknowledgeAlert, DeliverAlertWebhooks, EvaluateAlerts,
+                                       EvaluateBalanceAlerts)
 from infra.db.engine import get_engine
 from infra.messaging import command
 from infra.uow import UnitOfWork
@@ -34,3 +35,9 @@ def evaluate_balance_alerts(cmd: EvaluateBalanceAlerts, uow: UnitOfWork) -> None
         uow.send("evaluate_balance_alerts",
                  request_id=f"balance-alerts:{cmd.transaction_id}:{last[0]}:{last[1]}",
                  transaction_id=cmd.transaction_id, after_user=last[0], after_currency=last[1])
+
+
+@command()
+def acknowledge_alert(cmd: AcknowledgeAlert, uow: UnitOfWork) -> None:
+    """An operator acknowledges an open alert (``ballast alerts ack`` as a message)."""
+    alerts.acknowledge(uow.conn, cmd.alert_id, cmd.acknowledged_by)

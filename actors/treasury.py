@@ -9,9 +9,10 @@ from infra.contract.treasury import (
     RunSettlementCycle,
     SubmitConversion,
 )
+from infra.contract.operations import SetAutoRebalance, SetProviderStatus
 from infra.logs import get_logger
 from infra.messaging import command
-from infra.treasury import cycle, polling, submission
+from infra.treasury import cycle, overrides, polling, store, submission
 from infra.uow import UnitOfWork
 
 log = get_logger(__name__)
@@ -56,3 +57,18 @@ def probe_providers(cmd: ProbeProviders) -> None:
     results = polling.probe_all()
     log.info("probe_providers.done", up=sorted(n for n, ok in results.items() if ok),
              down=sorted(n for n, ok in results.items() if not ok))
+
+
+@command()
+def set_provider_status(cmd: SetProviderStatus, uow: UnitOfWork) -> None:
+    """Pause a provider (out of selection) or resume it (``ballast providers pause|resume``)."""
+    store.update_provider(uow.conn, cmd.name, status=cmd.status)
+    overrides.record_lever(uow.conn, "pause_provider" if cmd.status == "paused"
+                           else "resume_provider", cmd.performed_by, data={"provider": cmd.name})
+    log.info("provider.status_set", provider=cmd.name, status=cmd.status, by=cmd.performed_by)
+
+
+@command()
+def set_auto_rebalance(cmd: SetAutoRebalance, uow: UnitOfWork) -> None:
+    """Freeze or resume scheduled rebalancing (a manual cycle still runs when asked)."""
+    cycle.set_auto_rebalance(uow, cmd.enabled, cmd.performed_by)

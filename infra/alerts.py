@@ -230,16 +230,17 @@ def get(conn: Connection, alert_id: int) -> dict[str, Any]:
 
 
 def listing(conn: Connection, open_only: bool = False, limit: int = 500,
-            kind: str | None = None, user_id: str | None = None) -> list[dict[str, Any]]:
-    """Alerts, newest first; ``open_only`` keeps open and acknowledged ones."""
+            kind: str | None = None, user_id: str | None = None,
+            offset: int = 0) -> list[dict[str, Any]]:
+    """Alerts, newest first; ``open_only`` keeps open and acknowledged ones; ``offset`` pages."""
     rows = conn.execute(
         text(
             "SELECT * FROM alerts WHERE (NOT :open_only OR status <> 'resolved') "
             "AND (CAST(:kind AS text) IS NULL OR kind = :kind) "
             "AND (CAST(:user AS text) IS NULL OR data->>'user_id' = :user) "
-            "ORDER BY id DESC LIMIT :limit"
+            "ORDER BY id DESC LIMIT :limit OFFSET :offset"
         ),
-        {"open_only": open_only, "limit": limit, "kind": kind, "user": user_id},
+        {"open_only": open_only, "limit": limit, "kind": kind, "user": user_id, "offset": offset},
     )
     return [_row(r) for r in rows]
 

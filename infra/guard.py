@@ -324,19 +324,22 @@ def refused(unit: Unit, error: BalanceRefused) -> None:
 # --- reports -----------------------------------------------------------------------------------
 
 def history(conn: Connection, user_id: str, currency: str | None = None,
-            limit: int = 50, after: int | None = None) -> list[dict[str, Any]]:
-    """The wallet's audit trail, newest first (``after``: only lines older than that audit id)."""
-    return history_page(conn, user_id, currency, limit, after)[0]
+            limit: int = 50, after: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+    """The wallet's audit trail, newest first (``after``: only lines older than that audit id;
+    ``offset``: lines skipped, for the console's numbered pages)."""
+    return history_page(conn, user_id, currency, limit, after, offset)[0]
 
 
 def history_page(conn: Connection, user_id: str, currency: str | None = None, limit: int = 50,
-                 after: int | None = None) -> tuple[list[dict[str, Any]], str | None]:
+                 after: int | None = None,
+                 offset: int = 0) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the wallet's audit trail, newest first, and the next page's cursor."""
     rows = conn.execute(
         text("SELECT * FROM wallet_audit WHERE user_id = :u "
              "AND (CAST(:cur AS text) IS NULL OR currency = :cur) "
-             "AND (CAST(:after AS bigint) IS NULL OR id < :after) ORDER BY id DESC LIMIT :n"),
-        {"u": user_id, "cur": currency, "n": limit + 1, "after": after},
+             "AND (CAST(:after AS bigint) IS NULL OR id < :after) ORDER BY id DESC LIMIT :n "
+             "OFFSET :off"),
+        {"u": user_id, "cur": currency, "n": limit + 1, "after": after, "off": offset},
     ).all()
     shown, cursor = rules.page(rows, limit, key=lambda r: r.id)
     return [_audit_line(r) for r in shown], cursor

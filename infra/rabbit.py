@@ -213,6 +213,22 @@ def replay(queue: str | None, ids: set[str] | None, url: str | None = None,
     return replayed
 
 
+def discard(queue: str | None, ids: set[str], url: str | None = None) -> int:
+    """Delete the dead letters with these message ids (of ``queue``, or of every queue);
+    the others go back untouched.  Returns how many were deleted."""
+    queues = [queue] if queue else QUEUES
+    deleted = 0
+    with connection(url) as conn:
+        for q in queues:
+            ch = conn.channel()
+            for dl in read_dead_letters(ch, q):
+                if dl.message_id in ids:
+                    ch.basic_ack(dl.delivery_tag)
+                    deleted += 1
+            ch.close()
+    return deleted
+
+
 def purge(queue: str, url: str | None = None) -> int:
     with connection(url) as conn:
         ch = conn.channel()

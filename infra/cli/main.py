@@ -14,6 +14,7 @@ settings_or_exit()
 
 from infra.cli import alerts, challenges, journal, ledger, markets, ops, treasury  # noqa: E402
 from infra.logs import configure_logging  # noqa: E402
+from infra.web import cli as web_cli  # noqa: E402
 
 
 @click.group()
@@ -25,6 +26,7 @@ def cli() -> None:
 
 for module in (ops, ledger, alerts, challenges, markets, treasury, journal):
     module.register(cli)
+web_cli.register(cli)  # the operations console (infra/web)
 
 
 @cli.command()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 
 import click
-import dramatiq
 
 from infra import deadletter_log, rabbit
 from infra.cli.levers import by_option, check_by, confirm, lever_options, record
 from infra.cli.output import emit, fail, json_option, table
+from infra.commands import send_command
 from infra.contract import ACTORS, parse
 from infra.db.engine import get_engine
 from domain.errors import InvalidCommand
@@ -90,21 +89,11 @@ def send(actor: str, kwargs_json: str, as_json: bool) -> None:
         fail(f"--kwargs is not JSON: {exc}", 2)
     if not isinstance(kwargs, dict):
         fail("--kwargs must be a JSON object", 2)
-    kwargs.setdefault("request_id", f"cli-{uuid.uuid4()}")
-    spec = ACTORS[actor]
     try:
-        parse(spec.schema, kwargs)
+        msg = send_command(actor, kwargs)
     except InvalidCommand as exc:
         fail(str(exc), 2)
-    from infra.broker import build_broker
-
-    broker = build_broker()
-    try:
-        msg = broker.enqueue(dramatiq.Message(queue_name=spec.queue, actor_name=actor, args=(),
-                                              kwargs=kwargs, options={}))
-    finally:
-        broker.close()
-    emit({"message_id": msg.message_id, "queue": spec.queue}, as_json,
+    emit({"message_id": msg.message_id, "queue": msg.queue}, as_json,
          lambda d: click.echo(f"sent {actor} as {d['message_id']} to {d['queue']}"))
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, StrictInt
+from pydantic import Field, StrictBool, StrictInt
 
 from infra.contract.base import ActorSpec, Command, Currency, Identifier
 
@@ -50,4 +50,35 @@ SPECS = [
     ActorSpec("deliver_alert_webhooks", "ballast.step.webhooks", DeliverAlertWebhooks, step=True),
     # Internal (SPEC §4): balance alerts of a bulk settlement, off the settling step.
     ActorSpec("evaluate_balance_alerts", "ballast.step.alerts", EvaluateBalanceAlerts, step=True),
+]
+
+
+# Operator commands (public): what `ballast alerts ack` and `ballast providers pause|resume`
+# do in-process, as messages, so the console (and any app) acts through the contract.
+OPERATIONS_QUEUE = "ballast.operations"
+AlertId = Annotated[StrictInt, Field(gt=0)]
+
+
+class AcknowledgeAlert(Command):
+    alert_id: AlertId
+    acknowledged_by: Identifier
+
+
+class SetProviderStatus(Command):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+    status: Literal["active", "paused"]
+    performed_by: Identifier
+
+
+class SetAutoRebalance(Command):
+    """Freeze (False) or resume (True) scheduled rebalancing (``ballast buffers pause|resume``)."""
+
+    enabled: StrictBool
+    performed_by: Identifier
+
+
+SPECS += [
+    ActorSpec("acknowledge_alert", OPERATIONS_QUEUE, AcknowledgeAlert),
+    ActorSpec("set_provider_status", OPERATIONS_QUEUE, SetProviderStatus),
+    ActorSpec("set_auto_rebalance", OPERATIONS_QUEUE, SetAutoRebalance),
 ]

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictInt, field_validator
 
-from infra.contract.base import ActorSpec, Command, ShortText, SignedAmount
+from infra.contract.base import ActorSpec, Command, Identifier, ShortText, SignedAmount
 
 QUEUE = "ballast.treasury"
 
@@ -28,7 +28,8 @@ class RecordBufferFlow(Command):
 
 class RunSettlementCycle(Command):
     trigger: Literal["scheduled", "manual"]
-    requested_by: ShortText | None = None  # who asks for a manual cycle (recorded on its jobs)
+    #: Who asked for a manual cycle (the console's operator); recorded on its jobs.
+    requested_by: Identifier | None = None
 
 
 JobId = Annotated[StrictInt, Field(gt=0)]

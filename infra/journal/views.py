@@ -11,27 +11,30 @@ from domain.matching import AWAITING, MATCHED, OPTED_IN, Candidate, payment_stat
 from infra.journal import repository as repo
 
 
-def report(conn: Connection, cycle_id: str | None = None) -> dict[str, Any]:
+def report(conn: Connection, cycle_id: str | None = None, limit: int | None = None,
+           offset: int = 0) -> dict[str, Any]:
     """Participations with what they received and from which payments; payments left
     unmatched; payments left for review because they fit several participations.
 
     Unmatched payments belong to no cycle: they are listed whatever ``cycle_id``.
     Ambiguous ones are listed for a cycle when one of their candidates is in it.
+    ``limit``/``offset`` page each of the three lists (the console shows a page at a time).
     """
     if cycle_id is not None:
         repo.cycle(conn, cycle_id)
     parts = conn.execute(
         text(
             "SELECT p.participation_id, p.cycle_id, p.user_id, p.character_name, p.status, p.amount, "
-            "p.pledged, p.payer_character_id, p.match_type, p.validated_at, "
+            "p.pledged, p.payer_character_id, p.match_type, p.validated_at, p.created_at, "
             "COALESCE(array_agg(l.journal_id ORDER BY l.linked_at, l.journal_id) "
             "FILTER (WHERE l.journal_id IS NOT NULL), '{}') AS journal_ids "
             "FROM journal_participations p "
             "LEFT JOIN journal_payment_links l ON l.participation_id = p.participation_id "
             "WHERE CAST(:c AS text) IS NULL OR p.cycle_id = :c "
-            "GROUP BY p.participation_id ORDER BY p.cycle_id, p.created_at, p.participation_id"
+            "GROUP BY p.participation_id ORDER BY p.cycle_id, p.created_at, p.participation_id "
+            "LIMIT :n OFFSET :off"
         ),
-        {"c": cycle_id},
+        {"c": cycle_id, "n": limit, "off": offset},
     )
     pending = conn.execute(text(
         "SELECT e.journal_id, e.character_id, e.first_party_id, e.amount, e.reason, e.date, "
@@ -60,6 +63,8 @@ def report(conn: Connection, cycle_id: str | None = None) -> dict[str, Any]:
             unmatched.append({**doc, "reviewed": r.review_state is not None,
                               "near_participation_ids": note.get("participation_ids", []),
                               "near_score": note.get("score")})
+    if limit is not None:
+        unmatched, ambiguous = (unmatched[offset:offset + limit], ambiguous[offset:offset + limit])
     awaiting = conn.execute(
         text(
             "SELECT p.participation_id, p.cycle_id, p.user_id, p.character_name, p.memo, p.pledged, "
@@ -91,6 +96,7 @@ def report(conn: Connection, cycle_id: str | None = None) -> dict[str, Any]:
                 "character_name": p.character_name,
                 "payment": _paid(p.amount, p.pledged) if p.status == OPTED_IN else None,
                 "validated_at": p.validated_at.isoformat() if p.validated_at else None,
+                "created_at": p.created_at.isoformat(),
             }
             for p in parts
         ],

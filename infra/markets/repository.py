@@ -345,8 +345,10 @@ def disputes(conn: Connection, market_id: str) -> list[dict[str, Any]]:
 
 # --- the operator's view ------------------------------------------------------------------
 
-def show(conn: Connection, market_id: str, line_limit: int | None = None) -> dict[str, Any]:
-    """``ballast market show``: the market, its pool and its latest distribution (CONTRACT.md)."""
+def show(conn: Connection, market_id: str, line_limit: int | None = None,
+         line_offset: int = 0) -> dict[str, Any]:
+    """``ballast market show``: the market, its pool and its latest distribution (CONTRACT.md).
+    ``line_limit``/``line_offset`` page the audit lines (the console shows a page at a time)."""
     market = conn.execute(
         text("SELECT market_id, status, currency FROM markets WHERE market_id = :m"), {"m": market_id}
     ).one_or_none()
@@ -367,8 +369,8 @@ def show(conn: Connection, market_id: str, line_limit: int | None = None) -> dic
         lines = conn.execute(
             text("SELECT commitment_id, user_id, option_id, amount, payout, profit, method "
                  "FROM market_distribution_lines WHERE distribution_id = :d "
-                 "ORDER BY commitment_id LIMIT :n"),
-            {"d": dist.id, "n": line_limit},
+                 "ORDER BY commitment_id LIMIT :n OFFSET :off"),
+            {"d": dist.id, "n": line_limit, "off": line_offset},
         ).mappings()
         doc["distribution"] = {
             "status": dist.status,

@@ -1,0 +1,193 @@
+"""Who may use the console: operators, their roles, their passwords (argon2id), the audit.
+
+Roles are ordered: a ``viewer`` reads, an ``operator`` also takes day-to-day actions
+(replay, acknowledge, fill, match), an ``admin`` also takes the heavy ones (purge,
+configure, resolve, pause a provider, open a cycle).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Connection, text
+
+from domain.errors import InvalidCommand, NotFound, Refused
+
+ROLES = ("viewer", "operator", "admin")
+#: The least role each action needs; templates show an action only to those who may take it.
+ACTION_ROLES: dict[str, str] = {
+    "dlq_replay": "operator", "dlq_purge": "admin", "acknowledge_alert": "operator",
+    "configure_treasury": "admin", "fill_treasury": "operator", "resolve_challenge": "admin",
+    "resolve_market": "admin", "void_market": "admin", "rollback_market": "admin",
+    "run_settlement_cycle": "operator", "set_provider_status": "admin",
+    "set_auto_rebalance": "admin",
+    "match_payments": "operator", "link_payment": "operator", "open_cycle": "admin",
+    "audit": "admin",
+}
+
+NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+MIN_PASSWORD = 12  # characters
+#: Failed logins of one name within LOCKOUT_WINDOW_S after which it may not log in until
+#: they age out of the window (argon2 slows each guess; this caps how many are tried).
+MAX_FAILED_LOGINS = 5
+LOCKOUT_WINDOW_S = 900  # s
+
+# argon2id with the library's defaults (RFC 9106 low-memory profile: 64 MiB, t=3).
+_hasher = PasswordHasher()
+
+
+@lru_cache(maxsize=1)
+def _dummy() -> str:
+    """Verified against when the name is unknown, so a miss costs as much as a wrong password."""
+    return _hasher.hash(secrets.token_urlsafe(16))
+
+
+@dataclass(frozen=True)
+class Operator:
+    name: str
+    role: str
+    password_changed_at: datetime
+
+    def may(self, role: str) -> bool:
+        """Whether this operator's role is at least ``role``."""
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+    @property
+    def stamp(self) -> str:
+        """Changes when the password does: a session carries it and dies with it."""
+        return self.password_changed_at.isoformat()
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name or ""):
+        raise InvalidCommand("an operator name is 1-64 letters, digits, '_', '.', '@', '-'")
+    return name
+
+
+def check_password(password: str) -> str:
+    if len(password or "") < MIN_PASSWORD:
+        raise InvalidCommand(f"a password has at least {MIN_PASSWORD} characters")
+    return password
+
+
+def add(conn: Connection, name: str, role: str, password: str) -> Operator:
+    """Add an operator; refused when the name is taken."""
+    check_name(name)
+    if role not in ROLES:
+        raise InvalidCommand(f"role must be one of {', '.join(ROLES)}")
+    check_password(password)
+    row = conn.execute(
+        text("INSERT INTO console_operators (name, role, password_hash) VALUES (:n, :r, :h) "
+             "ON CONFLICT (name) DO NOTHING RETURNING name, role, password_changed_at"),
+        {"n": name, "r": role, "h": _hasher.hash(password)},
+    ).one_or_none()
+    if row is None:
+        raise Refused(f"operator {name} already exists")
+    return Operator(row.name, row.role, row.password_changed_at)
+
+
+def set_password(conn: Connection, name: str, password: str) -> None:
+    check_password(password)
+    done = conn.execute(
+        text("UPDATE console_operators SET password_hash = :h, password_changed_at = now() "
+             "WHERE name = :n RETURNING name"), {"n": name, "h": _hasher.hash(password)},
+    ).one_or_none()
+    if done is None:
+        raise NotFound(f"no operator {name}")
+
+
+def set_role(conn: Connection, name: str, role: str | None = None,
+             disabled: bool | None = None) -> None:
+    if role is not None and role not in ROLES:
+        raise InvalidCommand(f"role must be one of {', '.join(ROLES)}")
+    done = conn.execute(
+        text("UPDATE console_operators SET role = COALESCE(:r, role), "
+             "disabled = COALESCE(:d, disabled) WHERE name = :n RETURNING name"),
+        {"n": name, "r": role, "d": disabled},
+    ).one_or_none()
+    if done is None:
+        raise NotFound(f"no operator {name}")
+
+
+def listing(conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(text("SELECT name, role, disabled, created_at FROM console_operators "
+                             "ORDER BY name"))
+    return [{"name": r.name, "role": r.role, "disabled": r.disabled,
+             "created_at": r.created_at.isoformat()} for r in rows]
+
+
+def get(conn: Connection, name: str) -> Operator | None:
+    """The operator, or None when unknown or disabled."""
+    row = conn.execute(
+        text("SELECT name, role, password_changed_at FROM console_operators "
+             "WHERE name = :n AND NOT disabled"), {"n": name},
+    ).one_or_none()
+    return None if row is None else Operator(row.name, row.role, row.password_changed_at)
+
+
+def authenticate(conn: Connection, name: str, password: str) -> Operator | None:
+    """The operator when the password is right (rehashing an outdated hash), else None."""
+    row = conn.execute(
+        text("SELECT name, role, password_hash, password_changed_at FROM console_operators "
+             "WHERE name = :n AND NOT disabled"), {"n": name},
+    ).one_or_none()
+    try:
+        _hasher.verify(row.password_hash if row else _dummy(), password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if row is None:
+        return None
+    if _hasher.check_needs_rehash(row.password_hash):
+        conn.execute(text("UPDATE console_operators SET password_hash = :h WHERE name = :n"),
+                     {"n": name, "h": _hasher.hash(password)})
+    return Operator(row.name, row.role, row.password_changed_at)
+
+
+def locked_out(conn: Connection, name: str) -> bool:
+    """Whether ``name`` failed to log in MAX_FAILED_LOGINS times in the last window."""
+    failed = conn.execute(
+        text("SELECT count(*) FROM (SELECT 1 FROM console_audit WHERE operator = :n "
+             "AND action = 'login' AND outcome = 'refused' "
+             "AND at > now() - make_interval(secs => :w) LIMIT :m) AS recent"),
+        {"n": name, "w": LOCKOUT_WINDOW_S, "m": MAX_FAILED_LOGINS},
+    ).scalar_one()
+    return failed >= MAX_FAILED_LOGINS
+
+
+def audit(conn: Connection, operator: str | None, action: str, outcome: str,
+          detail: dict[str, Any] | None = None, remote_addr: str | None = None) -> None:
+    """One line of the console's audit: a login or an action, and how it ended."""
+    conn.execute(
+        text("INSERT INTO console_audit (operator, action, outcome, detail, remote_addr) "
+             "VALUES (:o, :a, :out, CAST(:d AS jsonb), :ip)"),
+        {"o": operator, "a": action, "out": outcome, "d": json.dumps(detail or {}, default=str),
+         "ip": remote_addr},
+    )
+
+
+def audit_page(conn: Connection, limit: int, offset: int = 0,
+               operator: str | None = None) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        text("SELECT id, at, operator, action, outcome, detail, remote_addr FROM console_audit "
+             "WHERE CAST(:o AS text) IS NULL OR operator = :o ORDER BY id DESC "
+             "LIMIT :n OFFSET :off"),
+        {"o": operator, "n": limit, "off": offset},
+    )
+    return [{"id": r.id, "at": r.at.isoformat(), "operator": r.operator, "action": r.action,
+             "outcome": r.outcome, "detail": r.detail, "remote_addr": r.remote_addr} for r in rows]
+
+
+def secret_key(conn: Connection) -> str:
+    """The session signing key kept in ``console_settings`` (generated the first time)."""
+    conn.execute(text("INSERT INTO console_settings (key, value) VALUES ('secret_key', :v) "
+                      "ON CONFLICT (key) DO NOTHING"), {"v": secrets.token_hex(32)})
+    return conn.execute(text("SELECT value FROM console_settings WHERE key = 'secret_key'")
+                        ).scalar_one()
