@@ -17,7 +17,8 @@ from sqlalchemy import text
 from infra import rabbit
 from infra.contract import QUEUES
 from tests.e2e.poison_actors import QUEUE as POISON_QUEUE
-from tests.harness import Worker, _rabbitmqctl, publish_raw, send, uid, wait_until
+from infra import rabbit_admin
+from tests.harness import Worker, publish_raw, send, uid, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -32,14 +33,13 @@ def quorum_env(env, monkeypatch):
     monkeypatch.setenv("BALLAST_QUEUE_DELIVERY_LIMIT", "1")
     get_settings.cache_clear()
     vhost = f"{env.vhost}_q{uuid.uuid4().hex[:4]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     base = env.broker_url.rsplit("/", 1)[0]
+    rabbit_admin.create_vhost(vhost, "ballast quorum test", f"{base}/{quote(vhost, safe='')}")
     qenv = dataclasses.replace(env, broker_url=f"{base}/{quote(vhost, safe='')}", vhost=vhost,
                                extra={**env.extra, "BALLAST_QUEUE_TYPE": "quorum",
                                       "BALLAST_QUEUE_DELIVERY_LIMIT": "1"})
     yield qenv
-    _rabbitmqctl("delete_vhost", vhost)
+    rabbit_admin.delete_vhost(vhost, qenv.broker_url)
     monkeypatch.undo()
     get_settings.cache_clear()
 

@@ -7,7 +7,7 @@ Revises: 0006
 from alembic import op
 
 revision = "0013"
-down_revision = "0006"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
