@@ -29,6 +29,7 @@ def build_broker(url: str | None = None, *, worker: bool = False) -> RabbitmqBro
     which never retries a permanent error and keeps the reason with the
     dead letter.
     """
+    from infra.middleware.auth import Authenticate
     from infra.middleware.deadletters import RetryOrDeadLetter
     from infra.middleware.logcontext import LogContext
 
@@ -41,6 +42,7 @@ def build_broker(url: str | None = None, *, worker: bool = False) -> RabbitmqBro
         Pipelines(),
         CurrentMessage(),
         LogContext(),
+        Authenticate(),  # before the unit of work: a refusal changes nothing
         RetryOrDeadLetter(),
     ]
     if worker and settings.metrics_port:

@@ -19,6 +19,14 @@ class Settings(BaseSettings):
       alert_webhook_url: where new alerts are POSTed as JSON, if set.
       log_format: ``json`` for machines, ``console`` for people.
       metrics_port: Prometheus exposition port of the workers (0 turns it off).
+      auth: ``require`` (default) refuses unsigned commands; ``warn`` processes them but
+        logs, counts and alerts each one; ``off`` checks nothing (throwaway local runs).
+      auth_window_s: the oldest signature accepted; shorter than request ids are
+        remembered (``processed_requests`` keeps them for good).
+      auth_skew_s: how far in the future a ``signed_at`` may be.
+      signing_key / signing_key_file: Ballast's own key (next steps, scheduled firings).
+      operator_key / operator_key_file: the operator's key (``ballast send``, CLI levers).
+      alert_webhook_secret: HMAC-SHA256 secret signing each alert webhook POST.
     """
 
     model_config = SettingsConfigDict(env_prefix="BALLAST_", extra="ignore")
@@ -31,6 +39,18 @@ class Settings(BaseSettings):
     log_format: str = Field(default="json", pattern="^(json|console)$")
     log_level: str = "INFO"
     metrics_port: int = 9191
+
+    # Who may send what (CONTRACT.md, "Signed commands").
+    auth: str = Field(default="require", pattern="^(require|warn|off)$")
+    auth_window_s: int = Field(default=86_400, ge=60)  # s
+    auth_skew_s: int = Field(default=60, ge=0)  # s
+    auth_burst_count: int = Field(default=5, ge=1)  # refusals of one producer ...
+    auth_burst_window_s: int = Field(default=60, ge=1)  # s ... within this: security alert
+    signing_key: str | None = Field(default=None, repr=False)
+    signing_key_file: str | None = None
+    operator_key: str | None = Field(default=None, repr=False)
+    operator_key_file: str | None = None
+    alert_webhook_secret: str | None = Field(default=None, repr=False)
 
     # Retry policy of the workers.  Everything stays far below RabbitMQ's
     # consumer timeout (30 min by default), because delayed messages are held

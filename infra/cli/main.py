@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from infra.cli import alerts, challenges, journal, ledger, markets, ops, treasury
+from infra.cli import alerts, challenges, journal, ledger, markets, ops, producers, treasury
 from infra.logs import configure_logging
 
 
@@ -17,7 +17,7 @@ def cli() -> None:
     configure_logging(level="WARNING")
 
 
-for module in (ops, ledger, alerts, challenges, markets, treasury, journal):
+for module in (ops, ledger, alerts, challenges, markets, treasury, journal, producers):
     module.register(cli)
 
 

@@ -13,6 +13,7 @@ import dramatiq
 from infra import rabbit
 from infra.cli.output import emit, fail, json_option, table
 from infra.contract import ACTORS, parse
+from domain.auth import IDENTITY_FIELDS
 from domain.errors import InvalidCommand
 
 
@@ -32,6 +33,13 @@ def migrate(as_json: bool) -> None:
     from infra.db.migrate import upgrade
 
     revision = upgrade()
+    from infra.auth import ensure_ballast_key
+    from infra.db.engine import get_engine
+
+    signer = ensure_ballast_key(get_engine())
+    if signer is None:
+        click.echo("warning: no Ballast signing key (BALLAST_SIGNING_KEY_FILE): workers cannot "
+                   "sign next steps or scheduled firings", err=True)
     broker = build_broker()
     try:
         declared = declare_topology(broker)
@@ -86,16 +94,27 @@ def send(actor: str, kwargs_json: str, as_json: bool) -> None:
         fail("--kwargs must be a JSON object", 2)
     kwargs.setdefault("request_id", f"cli-{uuid.uuid4()}")
     spec = ACTORS[actor]
+    from infra.auth import operator_signer
+    from infra.broker import build_broker
+    from infra.settings import get_settings
+
+    signer = operator_signer()
+    if signer is not None:
+        # An identity the command names is the operator's own unless given.
+        for field in IDENTITY_FIELDS:
+            if field in spec.schema.model_fields:
+                kwargs.setdefault(field, signer.producer)
+    elif get_settings().auth == "require":
+        fail("no operator key to sign with: set BALLAST_OPERATOR_KEY or BALLAST_OPERATOR_KEY_FILE", 2)
     try:
         parse(spec.schema, kwargs)
     except InvalidCommand as exc:
         fail(str(exc), 2)
-    from infra.broker import build_broker
-
+    message = dramatiq.Message(queue_name=spec.queue, actor_name=actor, args=(), kwargs=kwargs,
+                               options={})
     broker = build_broker()
     try:
-        msg = broker.enqueue(dramatiq.Message(queue_name=spec.queue, actor_name=actor, args=(),
-                                              kwargs=kwargs, options={}))
+        msg = broker.enqueue(signer.sign(message) if signer is not None else message)
     finally:
         broker.close()
     emit({"message_id": msg.message_id, "queue": spec.queue}, as_json,

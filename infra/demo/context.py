@@ -13,6 +13,7 @@ import dramatiq
 from rich.console import Console
 from sqlalchemy import Engine
 
+from infra.auth import Keyring
 from infra.contract import parse, spec_for
 
 
@@ -23,8 +24,11 @@ class DemoContext:
       as_json: collect the report silently (printed as JSON at the end).
     """
 
-    def __init__(self, engine: Engine, broker: dramatiq.Broker, as_json: bool) -> None:
+    def __init__(self, engine: Engine, broker: dramatiq.Broker, as_json: bool,
+                 keyring: Keyring | None = None) -> None:
         self.engine = engine
+        #: Signs every command as the producer the policy wants (demo-wagering, cfo, ...).
+        self.keyring = keyring
         self.broker = broker
         self.tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
         self.as_json = as_json
@@ -54,16 +58,16 @@ class DemoContext:
         kwargs.setdefault("request_id", f"demo-{uuid.uuid4()}")
         spec = spec_for(actor)
         parse(spec.schema, kwargs)
-        msg = self.broker.enqueue(dramatiq.Message(queue_name=spec.queue, actor_name=actor, args=(),
-                                                   kwargs=kwargs, options={}))
-        return msg.message_id
+        return self.send_raw(actor, **kwargs)
 
     def send_raw(self, actor: str, **kwargs: Any) -> str:
         """Publish without validating (to show what happens to bad input)."""
         spec = spec_for(actor)
-        msg = self.broker.enqueue(dramatiq.Message(queue_name=spec.queue, actor_name=actor, args=(),
-                                                   kwargs=kwargs, options={}))
-        return msg.message_id
+        msg = dramatiq.Message(queue_name=spec.queue, actor_name=actor, args=(), kwargs=kwargs,
+                               options={})
+        if self.keyring is not None:
+            msg = self.keyring.sign(msg)
+        return self.broker.enqueue(msg).message_id
 
     def wait_until(self, predicate: Callable[[], Any], what: str, timeout: float = 60) -> Any:
         deadline = time.monotonic() + timeout

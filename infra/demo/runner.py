@@ -13,11 +13,13 @@ from pathlib import Path
 import click
 
 from infra import rabbit
+from infra.auth import Keyring, ensure_ballast_key
 from infra.broker import build_broker, declare_topology
 from infra.db.engine import get_engine
 from infra.db.migrate import upgrade
 from infra.demo import challenges, guard, journal, markets, treasury, wallets
 from infra.demo.context import DemoContext
+from infra.settings import get_settings
 
 CHAPTERS = [wallets, guard, challenges, markets, treasury, journal]
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,14 +42,22 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def run_demo(as_json: bool = False) -> int:
     upgrade()
-    broker = build_broker()
-    declare_topology(broker)
     logdir = ROOT / ".ballast"
     logdir.mkdir(exist_ok=True)
+    # Signatures are required in the demo too: Ballast's own key (made once, owner-only,
+    # unless BALLAST_SIGNING_KEY(_FILE) names one) for the workers and the scheduler, and
+    # a producer per upstream app and per operator for what the demo sends.
+    ballast = ensure_ballast_key(get_engine(), str(logdir / "ballast-signing.key"), by="ballast demo")
+    if not (os.environ.get("BALLAST_SIGNING_KEY") or os.environ.get("BALLAST_SIGNING_KEY_FILE")):
+        os.environ["BALLAST_SIGNING_KEY_FILE"] = str(logdir / "ballast-signing.key")
+        get_settings.cache_clear()
+    keyring = Keyring(get_engine(), "demo", ballast, by="ballast demo")
+    broker = build_broker()
+    declare_topology(broker)
     worker = _start([sys.executable, "-m", "dramatiq", "actors", "--processes", "2", "--threads", "4"],
                     logdir / "demo-worker.log")
     sched = _start([sys.executable, "-m", "infra.cli.main", "scheduler"], logdir / "demo-scheduler.log")
-    ctx = DemoContext(get_engine(), broker, as_json)
+    ctx = DemoContext(get_engine(), broker, as_json, keyring)
     failures = 0
     try:
         deadline = time.monotonic() + 60
