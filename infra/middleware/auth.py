@@ -14,6 +14,7 @@ from typing import Any
 
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
+from dramatiq.middleware.middleware import MiddlewareError
 from sqlalchemy import text
 
 from domain.auth import Limits, canonical_bytes, check_fresh, check_key, check_may_send, parse_auth
@@ -25,6 +26,19 @@ from infra.logs import get_logger
 from infra.settings import get_settings
 
 log = get_logger(__name__)
+
+class Refusal(Unauthorized, MiddlewareError):
+    """The refusal as raised by the middleware: a ``MiddlewareError`` so Dramatiq lets it out
+    of ``before_process_message`` (it logs and swallows anything else there, and would run
+    the actor), and a BallastError so the dead-letter middleware treats it as permanent."""
+
+    @classmethod
+    def of(cls, error: Unauthorized) -> "Refusal":
+        refusal = cls.__new__(cls)
+        Exception.__init__(refusal, str(error))
+        refusal.rule, refusal.producer = error.rule, error.producer
+        return refusal
+
 
 UNSIGNED = "(unsigned)"  # the producer of an unsigned command, in auth_log and alerts
 
@@ -87,7 +101,7 @@ class Authenticate(Middleware):
             self._record(producer, actor, refusal.rule, "refused", message_id)
         except Exception as exc:  # the refusal stands even if the log cannot be written
             log.error("auth.log_failed", error=f"{type(exc).__name__}: {exc}"[:300])
-        raise refusal
+        raise Refusal.of(refusal)
 
     def _record(self, producer: str, actor: str, rule: str, outcome: str, message_id: str) -> None:
         """One auth_log row; a burst of refusals (or any unsigned command let through)
