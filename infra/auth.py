@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -332,6 +333,23 @@ def verify_signature(public_key_b64: str, data: bytes, signature_b64: str, produ
         raise Unauthorized("bad_signature",
                            "the signature does not match the command (tampered, or signed with "
                            "another key)", producer) from None
+
+
+# --- outgoing: alert webhooks ----------------------------------------------------------
+
+def webhook_signature(secret: str, timestamp: int, body: bytes) -> str:
+    """``v1=`` + hex HMAC-SHA256 of ``f"{timestamp}."`` followed by the raw body."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1=" + mac.hexdigest()
+
+
+def webhook_headers(secret: str | None, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """``X-Ballast-Timestamp`` (Unix seconds) and ``X-Ballast-Signature``; none without a secret."""
+    if not secret:
+        return {}
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    return {"X-Ballast-Timestamp": str(timestamp),
+            "X-Ballast-Signature": webhook_signature(secret, timestamp, body)}
 
 
 # --- signing on the publishing side (tests, the demo, bench) ----------------------------

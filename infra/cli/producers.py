@@ -61,9 +61,10 @@ def _material_doc(signer: auth.Signer, extra: dict) -> dict:
 
 def _print_material(doc: dict) -> None:
     m = doc["key_material"]
-    click.echo(f"producer {m['producer']}, key {m['key_id']}")
-    click.echo("key material (shown once, keep it secret; give it to the producer as "
-               "a file or an environment variable):")
+    # Only the key document goes to stdout, so `... > name.json` makes the key file.
+    click.echo(f"producer {m['producer']}, key {m['key_id']}: key material below, shown once; "
+               "keep it secret and give it to the producer as a file or an environment variable",
+               err=True)
     click.echo(json.dumps(m))
 
 
@@ -190,7 +191,7 @@ def init(key_file: str | None, operator: str | None, as_json: bool) -> None:
         doc = _material_doc(first, doc)
 
     def human(d):
-        click.echo(f"ballast key {d['ballast_key_id']} registered")
+        click.echo(f"ballast key {d['ballast_key_id']} registered", err=True)
         if "key_material" in d:
             _print_material(d)
     emit(doc, as_json, human)
