@@ -305,7 +305,7 @@ def list_producers(conn: Connection) -> list[dict[str, Any]]:
 def audit_of(conn: Connection, name: str | None = None) -> list[dict[str, Any]]:
     rows = conn.execute(text(
         "SELECT id, producer, action, key_id, performed_by, detail, at FROM producer_audit "
-        "WHERE :n IS NULL OR producer = :n ORDER BY id"), {"n": name}).all()
+        "WHERE CAST(:n AS text) IS NULL OR producer = :n ORDER BY id"), {"n": name}).all()
     return [dict(r._mapping) for r in rows]
 
 
