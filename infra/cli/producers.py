@@ -7,7 +7,6 @@ only; the database keeps public keys.  ``--json`` documents carry it under
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 
@@ -16,6 +15,7 @@ import click
 from domain.auth import ROLES, policy_table
 from domain.errors import Refused
 from infra import auth
+from infra.cli.identity import operator_identity
 from infra.cli.output import emit, fail, json_option, table
 from infra.db.engine import get_engine
 from infra.settings import get_settings
@@ -23,36 +23,6 @@ from infra.settings import get_settings
 
 def register(cli: click.Group) -> None:
     cli.add_command(producers)
-
-
-def operator_identity(by: str) -> str:
-    """An operator lever that changes state: ``--by`` must be the operator whose key this
-    process holds (BALLAST_OPERATOR_KEY / _FILE), an active producer with the operator role.
-    With BALLAST_AUTH=off nothing is checked.  Exits 2 with the rule otherwise."""
-    if get_settings().auth == "off":
-        return by
-    signer = auth.operator_signer()
-    if signer is None:
-        fail("unauthorized by rule unsigned: this lever needs the operator's key "
-             "(BALLAST_OPERATOR_KEY or BALLAST_OPERATOR_KEY_FILE)", 2)
-    from domain.auth import check_key
-    from domain.errors import Unauthorized
-
-    try:
-        with get_engine().connect() as conn:
-            found = auth.lookup_key(conn, signer.key_id)
-        now = auth.now_ms()
-        key = check_key(found[0] if found else None, signer.producer, signer.key_id, now)
-        proof = f"ballast-cli:{signer.key_id}:{now}".encode()
-        auth.verify_signature(found[1], proof, base64.b64encode(signer.private.sign(proof)).decode(),
-                              signer.producer)
-        if "operator" not in key.roles:
-            raise Unauthorized("role_may_not_send", f"{signer.producer!r} is not an operator")
-        if by != signer.producer:
-            raise Unauthorized("identity_not_signer", f"--by {by!r} is not the signer {signer.producer!r}")
-    except Unauthorized as exc:
-        fail(str(exc), 2)
-    return by
 
 
 def _material_doc(signer: auth.Signer, extra: dict) -> dict:

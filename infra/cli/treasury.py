@@ -15,6 +15,7 @@ from domain.buffers import CURRENCY_OF, Thresholds
 from domain.conversions import DIRECTIONS, PPM, format_rate, parse_rate
 from domain.errors import BallastError, InvalidCommand
 from domain.money import format_minor
+from infra.cli.identity import operator_identity
 from infra.cli.output import console, emit, fail, json_option, table
 from infra.db.engine import get_engine
 from infra.uow import UnitOfWork
@@ -83,9 +84,10 @@ def buffers_rebalance(as_json: bool) -> None:
                                  f"{created if created else ''}"))
 
 
-def _set_auto(enabled: bool, by: str, as_json: bool) -> None:
+def _set_auto(enabled: bool, by: str | None, as_json: bool) -> None:
     from infra.treasury import cycle
 
+    by = operator_identity(by)
     with _uow("treasury_settings", "auto_rebalance") as uow:
         cycle.set_auto_rebalance(uow, enabled, by)
         uow.commit()
@@ -94,7 +96,7 @@ def _set_auto(enabled: bool, by: str, as_json: bool) -> None:
 
 
 @buffers_group.command("pause")
-@click.option("--by", default="operator", show_default=True, help="Who pauses it.")
+@click.option("--by", help="Who pauses it (default: the operator's key's name).")
 @json_option
 def buffers_pause(by: str, as_json: bool) -> None:
     """Pause auto-rebalancing: scheduled cycles create no jobs until resumed."""
@@ -102,7 +104,7 @@ def buffers_pause(by: str, as_json: bool) -> None:
 
 
 @buffers_group.command("resume")
-@click.option("--by", default="operator", show_default=True)
+@click.option("--by", help="Who (default: the operator's key's name).")
 @json_option
 def buffers_resume(by: str, as_json: bool) -> None:
     """Resume auto-rebalancing."""
@@ -115,13 +117,14 @@ def buffers_resume(by: str, as_json: bool) -> None:
 @click.option("--target", type=int, help="Minor units.")
 @click.option("--max", "mx", type=int, help="Minor units.")
 @click.option("--batch", type=int, help="Minor units.")
-@click.option("--by", default="operator", show_default=True)
+@click.option("--by", help="Who (default: the operator's key's name).")
 @json_option
 def buffers_set(account_type: str, mn: int | None, target: int | None, mx: int | None,
                 batch: int | None, by: str, as_json: bool) -> None:
     """Change a buffer's thresholds (minor units of its currency)."""
     from infra.treasury import store, views
 
+    by = operator_identity(by)
     def run():
         with _uow("treasury_settings", "thresholds") as uow:
             t = store.load_buffers(uow.conn, lock=True)[account_type].thresholds
@@ -385,6 +388,7 @@ def conversions_convert(source: str, destination: str, amount: int, by: str, as_
     """Convert manually between two buffers (through a provider, like any job)."""
     from infra.treasury import jobs, views
 
+    by = operator_identity(by)
     def run():
         with _uow("convert", "manual") as uow:
             job_id = jobs.convert_manually(uow, source_type=source, destination_type=destination,
@@ -407,6 +411,7 @@ def conversions_cancel(job_id: int, by: str, reason: str, force: bool, as_json: 
     """Cancel a job; its transit returns to the source."""
     from infra.treasury import jobs, views
 
+    by = operator_identity(by)
     def run():
         jobs.cancel(job_id, by=by, reason=reason, force=force)
         with get_engine().connect() as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -83,8 +84,13 @@ class DemoContext:
 
     def cli(self, *args: str) -> Any:
         """Run ``ballast ARGS --json`` as an operator would and return its document."""
+        env = dict(os.environ)
+        if "--by" in args and self.keyring is not None:
+            # An operator lever: the CLI holds that operator's key, as the operator's would.
+            operator = self.keyring.producer(args[args.index("--by") + 1], ["operator"])
+            env["BALLAST_OPERATOR_KEY"] = json.dumps(operator.material())
         out = subprocess.run([sys.executable, "-m", "infra.cli.main", *args, "--json"],
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, env=env)
         if out.returncode not in (0, 1):
             raise RuntimeError(f"ballast {' '.join(args)} failed: {out.stderr.strip()}")
         return json.loads(out.stdout)

@@ -283,3 +283,38 @@ def test_a_retried_message_keeps_verifying(env, engine, clean_queues):
                                 {"m": msg.message_id}).scalar_one() == 0
     finally:
         w.stop()
+
+
+# --- rollout modes -----------------------------------------------------------------------
+
+def test_warn_mode_processes_an_unsigned_command_but_logs_counts_and_alerts_it(env, engine, clean_queues):
+    w = Worker(env, BALLAST_AUTH="warn").start()
+    try:
+        user = uid()
+        unsigned = deposit(user, 700)
+        publish(env, unsigned)
+        wait_until(lambda: balance(engine, user) == 700, what="the unsigned deposit, processed")
+        forged = producer(env).sign(deposit(user, 5)).asdict()
+        forged["kwargs"]["amount"] = 5_000
+        publish(env, forged)  # a bad signature is refused even in warn mode
+        dl = wait_until(lambda: letter(env, forged["message_id"]), what="the tampered one refused")
+        assert dl.summary()["reason"].startswith("unauthorized by rule bad_signature:")
+        assert balance(engine, user) == 700
+        with engine.connect() as conn:
+            logged = conn.execute(text("SELECT outcome, rule FROM auth_log WHERE message_id = :m"),
+                                  {"m": unsigned.message_id}).one()
+            alert = conn.execute(text("SELECT kind FROM alerts WHERE dedupe_key = 'auth:unsigned:deposit' "
+                                      "AND status = 'open'")).scalar_one()
+        assert tuple(logged) == ("warned", "unsigned") and alert == "auth_unsigned"
+        assert "auth.warn_only" in w.log()
+    finally:
+        w.stop()
+
+
+def test_off_mode_says_so_loudly_at_start(env, clean_queues):
+    w = Worker(env, BALLAST_AUTH="off").start()
+    try:
+        wait_until(lambda: "auth.OFF" in w.log(), what="the loud line")
+        assert "NOT verified" in w.log()
+    finally:
+        w.stop()

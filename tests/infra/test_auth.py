@@ -285,3 +285,28 @@ def test_alert_webhooks_are_signed_and_the_readme_receiver_verifies_them(engine,
     assert not verified("s3cret", headers["x-ballast-timestamp"], headers["x-ballast-signature"],
                         got["raw"].replace(b"signed?", b"signed!"))
     assert "s3cret" not in json.dumps(got["body"])
+
+
+def test_an_operator_lever_names_the_operator_whose_key_the_cli_holds(engine, monkeypatch):
+    from infra.settings import get_settings
+    from infra.uow import UnitOfWork
+    from infra import alerts
+
+    with UnitOfWork() as uow:
+        alert_id = alerts.raise_alert(uow, kind="test", severity="warning", subject="lever",
+                                      dedupe_key=uid("k"))
+        uow.commit()
+    refused = cli("alerts", "ack", str(alert_id), "--by", "ops-impostor")
+    assert refused.exit_code == 2 and "identity_not_signer" in refused.output
+    monkeypatch.delenv("BALLAST_OPERATOR_KEY_FILE")
+    get_settings.cache_clear()
+    try:
+        keyless = cli("alerts", "ack", str(alert_id), "--by", CLI_OPERATOR)
+        assert keyless.exit_code == 2 and "needs the operator's key" in keyless.output
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM alerts WHERE id = :i"), {"i": alert_id}).scalar_one() == "open"
+    acked = cli("alerts", "ack", str(alert_id), "--by", CLI_OPERATOR, "--json")
+    assert json.loads(acked.stdout)["acknowledged_by"] == CLI_OPERATOR
