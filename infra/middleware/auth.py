@@ -18,7 +18,7 @@ from dramatiq.middleware.middleware import MiddlewareError
 from sqlalchemy import text
 
 from domain.auth import Limits, canonical_bytes, check_fresh, check_key, check_may_send, parse_auth
-from domain.errors import Unauthorized
+from domain.errors import InvalidCommand, Unauthorized
 from infra import auth
 from infra.conditions import condition
 from infra.db.engine import get_engine
@@ -38,6 +38,11 @@ class Refusal(Unauthorized, MiddlewareError):
         Exception.__init__(refusal, str(error))
         refusal.rule, refusal.producer = error.rule, error.producer
         return refusal
+
+
+class Misshapen(InvalidCommand, MiddlewareError):
+    """Not the contract's envelope at all (positional args, kwargs not an object): invalid
+    input, refused before anything else is looked at."""
 
 
 UNSIGNED = "(unsigned)"  # the producer of an unsigned command, in auth_log and alerts
@@ -70,7 +75,10 @@ class Authenticate(Middleware):
         if self.mode == "off":
             return
         queue, actor = q_name(message.queue_name), message.actor_name
-        kwargs = message.kwargs if isinstance(message.kwargs, dict) else {}
+        if message.args or not isinstance(message.kwargs, dict):
+            raise Misshapen("invalid payload: a command carries no positional args and its kwargs "
+                            "are a JSON object")
+        kwargs = message.kwargs
         raw = (message.options or {}).get(auth.OPTION)
         if raw is None:
             if self.mode == "warn":
