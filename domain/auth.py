@@ -68,6 +68,19 @@ def canonical_bytes(*, queue: str, actor: str, kwargs: Mapping[str, Any], signed
                       allow_nan=False).encode("utf-8")
 
 
+#: The fields of a replay's countersignature, ``options["ballast_replay"]``.
+REPLAY_FIELDS = ("producer", "key_id", "replayed_at", "signature")
+
+
+def replay_bytes(*, message_id: str, original_signature: str, replayed_at: int, producer: str,
+                 key_id: str) -> bytes:
+    """What an operator signs to replay a dead letter older than the window: the same
+    canonical form over the message id and the original signature."""
+    doc = {"message_id": message_id, "original_signature": original_signature,
+           "replayed_at": replayed_at, "producer": producer, "key_id": key_id}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
 def roles_for(actor: str, kwargs: Mapping[str, Any]) -> list[str]:
     """The roles that may send ``actor`` with these kwargs, in the table's order."""
     allowed = [role for role in ROLES if actor in POLICY[role]]

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from dramatiq.common import q_name
 from sqlalchemy import Connection, Engine, text
 
-from domain.auth import KeyRecord, canonical_bytes, roles_for
+from domain.auth import KeyRecord, canonical_bytes, replay_bytes, roles_for
 from domain.errors import InvalidCommand, Refused, Unauthorized
 from infra.settings import get_settings
 
@@ -40,6 +40,7 @@ BALLAST = "ballast"
 PRODUCER_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 OPTION = "ballast_auth"  # the envelope option that carries the signature fields
+REPLAY_OPTION = "ballast_replay"  # an operator's countersignature of a replayed dead letter
 
 
 def now_ms() -> int:
@@ -94,6 +95,22 @@ class Signer:
         """The same message with its signature in ``options`` (kwargs untouched)."""
         auth = self.auth(q_name(message.queue_name), message.actor_name, message.kwargs, signed_at)
         return message.copy(options={**message.options, OPTION: auth})
+
+    def countersign(self, body: dict[str, Any], replayed_at: int | None = None) -> dict[str, Any]:
+        """A dead letter's envelope with this operator's ``ballast_replay`` countersignature:
+        it lets a replay older than the window through (the original signature must still
+        verify).  Unsigned envelopes are left as they are."""
+        options = dict(body.get("options") or {})
+        original = options.get(OPTION)
+        if not isinstance(original, dict) or not isinstance(original.get("signature"), str):
+            return body
+        replayed_at = now_ms() if replayed_at is None else replayed_at
+        data = replay_bytes(message_id=str(body.get("message_id")), original_signature=original["signature"],
+                            replayed_at=replayed_at, producer=self.producer, key_id=self.key_id)
+        options[REPLAY_OPTION] = {"producer": self.producer, "key_id": self.key_id,
+                                  "replayed_at": replayed_at,
+                                  "signature": base64.b64encode(self.private.sign(data)).decode()}
+        return {**body, "options": options}
 
     def material(self) -> dict[str, str]:
         """The key material a producer keeps: printed once, never stored by Ballast."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pika
 from dramatiq.common import dq_name, xq_name
@@ -154,7 +154,8 @@ def find_dead_letter(message_id: str, url: str | None = None) -> DeadLetter | No
     return None
 
 
-def replay(queue: str | None, ids: set[str] | None, url: str | None = None) -> int:
+def replay(queue: str | None, ids: set[str] | None, url: str | None = None,
+           countersign: Callable[[dict], dict] | None = None) -> int:
     """Move dead letters back to their queue, retry count reset.
 
     Each copy is published with a publisher confirm before the dead copy is
@@ -180,6 +181,8 @@ def replay(queue: str | None, ids: set[str] | None, url: str | None = None) -> i
                     options["last_dead_letter_reason"] = history.get("reason")
                 body["options"] = options
                 body["queue_name"] = q
+                if countersign is not None:  # the signed fields stay as they are
+                    body = countersign(body)
                 ch.basic_publish(
                     exchange="",
                     routing_key=q,

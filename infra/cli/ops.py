@@ -171,7 +171,13 @@ def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], as_jso
     _known_queue(queue)
     if replay_all == bool(ids):
         fail("give exactly one of --all or --id ID", 2)
-    n = rabbit.replay(queue, set(ids) if ids else None)
+    from infra.auth import operator_signer
+
+    # The operator's countersignature lets a dead letter older than the signature window
+    # through; what its producer signed is kept as it was, and must still verify.
+    operator = operator_signer()
+    n = rabbit.replay(queue, set(ids) if ids else None,
+                      countersign=operator.countersign if operator is not None else None)
     emit({"replayed": n}, as_json, lambda d: click.echo(f"replayed {d['replayed']} message(s)"))
 
 

@@ -17,7 +17,8 @@ from dramatiq.middleware import Middleware
 from dramatiq.middleware.middleware import MiddlewareError
 from sqlalchemy import text
 
-from domain.auth import Limits, canonical_bytes, check_fresh, check_key, check_may_send, parse_auth
+from domain.auth import (Limits, canonical_bytes, check_fresh, check_key, check_may_send, parse_auth,
+                         replay_bytes)
 from domain.errors import InvalidCommand, Unauthorized
 from infra import auth
 from infra.conditions import condition
@@ -96,11 +97,40 @@ class Authenticate(Middleware):
             auth.verify_signature(found[1], canonical_bytes(
                 queue=queue, actor=actor, kwargs=kwargs, signed_at=signed_at,
                 producer=producer, key_id=key_id), signature, producer)
-            check_fresh(signed_at, auth.now_ms(), self.limits, producer)
             check_may_send(key.roles, producer, actor, kwargs)
+            try:
+                check_fresh(signed_at, auth.now_ms(), self.limits, producer)
+            except Unauthorized as stale:
+                if stale.rule != "too_old" or not self._replay_vouched(message, signature):
+                    raise
         except Unauthorized as refusal:
             self._refuse(refusal, actor, message.message_id)
         log.debug("auth.verified", producer=producer, key_id=key_id)
+
+    def _replay_vouched(self, message, original_signature: str) -> bool:
+        """An operator replayed this old dead letter (``ballast dlq replay`` countersigns it):
+        a fresh, valid countersignature by an active operator's key."""
+        raw = (message.options or {}).get(auth.REPLAY_OPTION)
+        if not isinstance(raw, dict):
+            return False
+        try:
+            producer, key_id = str(raw["producer"])[:64], str(raw["key_id"])[:64]
+            replayed_at, signature = raw["replayed_at"], str(raw["signature"])
+            if not isinstance(replayed_at, int):
+                return False
+            with get_engine().connect() as conn:
+                found = auth.lookup_key(conn, key_id)
+            key = check_key(found[0] if found else None, producer, key_id, replayed_at)
+            if "operator" not in key.roles:
+                return False
+            auth.verify_signature(found[1], replay_bytes(
+                message_id=message.message_id, original_signature=original_signature,
+                replayed_at=replayed_at, producer=producer, key_id=key_id), signature, producer)
+            check_fresh(replayed_at, auth.now_ms(), self.limits, producer)
+        except (Unauthorized, KeyError):
+            return False
+        log.info("auth.replay_vouched", by=producer)
+        return True
 
     def _refuse(self, refusal: Unauthorized, actor: str, message_id: str) -> None:
         producer = refusal.producer or UNSIGNED

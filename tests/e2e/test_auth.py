@@ -5,6 +5,8 @@ no command; a revoked key is refused at once; a replayed dead letter still verif
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import dramatiq
 import pytest
@@ -12,7 +14,7 @@ from sqlalchemy import text
 
 from infra import auth, rabbit
 from infra.contract import spec_for
-from tests.harness import EventTap, Worker, keyring, publish_raw, purge_all, uid, wait_quiet, wait_until
+from tests.harness import ROOT, EventTap, Worker, keyring, publish_raw, purge_all, uid, wait_quiet, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -318,3 +320,31 @@ def test_off_mode_says_so_loudly_at_start(env, clean_queues):
         assert "NOT verified" in w.log()
     finally:
         w.stop()
+
+
+def test_a_dead_letter_older_than_the_window_replays_only_with_an_operators_countersignature(
+        env, engine, auth_worker):
+    funding = producer(env)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE producer_keys SET valid_from = now() - interval '3 days' "
+                          "WHERE key_id = :k"), {"k": funding.key_id})
+    user = uid()
+    old = funding.sign(deposit(user, 4_200), signed_at=auth.now_ms() - WINDOW_MS - 60_000)
+    publish(env, old)
+    wait_until(lambda: letter(env, old.message_id), what="the old command refused")
+    assert rabbit.replay(None, {old.message_id}, env.broker_url) == 1  # as it is: too old still
+    wait_until(lambda: (d := letter(env, old.message_id)) and d.body["options"].get("replays") == 1,
+               what="refused again")
+    assert balance(engine, user) is None
+    impostor = producer(env, ("funding",))  # a countersignature by a non-operator does nothing
+    assert rabbit.replay(None, {old.message_id}, env.broker_url, countersign=impostor.countersign) == 1
+    again = wait_until(lambda: (d := letter(env, old.message_id)) and d.body["options"].get("replays") == 2
+                       and d, what="refused a third time")
+    assert again.summary()["reason"].startswith("unauthorized by rule too_old:")
+    # `ballast dlq replay` countersigns with the operator's key the CLI holds.
+    done = subprocess.run([sys.executable, "-m", "infra.cli.main", "dlq", "replay", "--id",
+                           old.message_id, "--json"], cwd=ROOT, env=env.environ(),
+                          capture_output=True, text=True, timeout=120)
+    assert json.loads(done.stdout) == {"replayed": 1}, done.stderr
+    wait_until(lambda: balance(engine, user) == 4_200, what="the vouched replay")
+    assert letter(env, old.message_id) is None
