@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from dramatiq.common import q_name
 from sqlalchemy import Connection, Engine, text
 
-from domain.auth import KeyRecord, canonical_bytes, replay_bytes, roles_for
+from domain.auth import IDENTITY_FIELDS, KeyRecord, canonical_bytes, replay_bytes, roles_for
 from domain.errors import InvalidCommand, Refused, Unauthorized
 from infra.settings import get_settings
 
@@ -418,8 +418,6 @@ class Keyring:
             return signer
 
     def signer_for(self, actor: str, kwargs: Mapping[str, Any]) -> Signer:
-        from domain.auth import IDENTITY_FIELDS
-
         allowed = roles_for(actor, kwargs)
         for field in IDENTITY_FIELDS:
             if isinstance(kwargs.get(field), str) and PRODUCER_NAME.fullmatch(kwargs[field]):

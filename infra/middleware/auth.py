@@ -21,10 +21,12 @@ from domain.auth import (Limits, canonical_bytes, check_fresh, check_key, check_
                          replay_bytes)
 from domain.errors import InvalidCommand, Unauthorized
 from infra import auth
+from infra.alerts import raise_alert, resolve_all_except
 from infra.conditions import condition
 from infra.db.engine import get_engine
 from infra.logs import get_logger
 from infra.settings import get_settings
+from infra.uow import UnitOfWork
 
 log = get_logger(__name__)
 
@@ -144,9 +146,6 @@ class Authenticate(Middleware):
     def _record(self, producer: str, actor: str, rule: str, outcome: str, message_id: str) -> None:
         """One auth_log row; a burst of refusals (or any unsigned command let through)
         raises an alert, in the same small transaction."""
-        from infra.alerts import raise_alert
-        from infra.uow import UnitOfWork
-
         with UnitOfWork() as uow:
             recent = uow.conn.execute(text(
                 "WITH ins AS (INSERT INTO auth_log (producer, actor, rule, outcome, message_id) "
@@ -177,8 +176,6 @@ def _burst_data(producer: str, rule: str, recent: int, window_s: int) -> dict[st
 def _bursts_over(uow) -> None:
     """A burst alert resolves once its producer has stayed under the threshold for a window;
     a warn-mode alert once no unsigned command of its actor came for a window."""
-    from infra.alerts import resolve_all_except
-
     s = get_settings()
     still = uow.conn.execute(text(
         "SELECT 'auth:burst:' || producer FROM auth_log WHERE outcome = 'refused' "

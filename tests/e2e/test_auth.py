@@ -289,8 +289,8 @@ def test_a_retried_message_keeps_verifying(env, engine, clean_queues):
 
 # --- rollout modes -----------------------------------------------------------------------
 
-def test_warn_mode_processes_an_unsigned_command_but_logs_counts_and_alerts_it(env, engine, clean_queues):
-    w = Worker(env, BALLAST_AUTH="warn").start()
+def test_warn_mode_processes_an_unsigned_command_but_logs_counts_and_alerts_it(env, engine, auth_worker):
+    w = auth_worker.restart(BALLAST_AUTH="warn")  # the only worker consuming, in warn mode
     try:
         user = uid()
         unsigned = deposit(user, 700)
@@ -310,7 +310,7 @@ def test_warn_mode_processes_an_unsigned_command_but_logs_counts_and_alerts_it(e
         assert tuple(logged) == ("warned", "unsigned") and alert == "auth_unsigned"
         assert "auth.warn_only" in w.log()
     finally:
-        w.stop()
+        auth_worker.restart(BALLAST_AUTH="require")
 
 
 def test_off_mode_says_so_loudly_at_start(env, clean_queues):
