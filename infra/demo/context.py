@@ -14,7 +14,7 @@ import dramatiq
 from rich.console import Console
 from sqlalchemy import Engine
 
-from infra.auth import Keyring
+from infra.auth import Keyring, ballast_signer
 from infra.contract import parse, spec_for
 
 
@@ -29,7 +29,7 @@ class DemoContext:
                  keyring: Keyring | None = None) -> None:
         self.engine = engine
         #: Signs every command as the producer the policy wants (demo-wagering, cfo, ...).
-        self.keyring = keyring
+        self.keyring = keyring or Keyring(engine, "demo", ballast_signer(), by="ballast demo")
         self.broker = broker
         self.tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
         self.as_json = as_json
@@ -66,9 +66,7 @@ class DemoContext:
         spec = spec_for(actor)
         msg = dramatiq.Message(queue_name=spec.queue, actor_name=actor, args=(), kwargs=kwargs,
                                options={})
-        if self.keyring is not None:
-            msg = self.keyring.sign(msg)
-        return self.broker.enqueue(msg).message_id
+        return self.broker.enqueue(self.keyring.sign(msg)).message_id
 
     def wait_until(self, predicate: Callable[[], Any], what: str, timeout: float = 60) -> Any:
         deadline = time.monotonic() + timeout
@@ -85,7 +83,7 @@ class DemoContext:
     def cli(self, *args: str) -> Any:
         """Run ``ballast ARGS --json`` as an operator would and return its document."""
         env = dict(os.environ)
-        if "--by" in args and self.keyring is not None:
+        if "--by" in args:
             # An operator lever: the CLI holds that operator's key, as the operator's would.
             operator = self.keyring.producer(args[args.index("--by") + 1], ["operator"])
             env["BALLAST_OPERATOR_KEY"] = json.dumps(operator.material())
