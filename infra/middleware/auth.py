@@ -43,6 +43,11 @@ class Refusal(Unauthorized, MiddlewareError):
         return refusal
 
 
+class VerificationUnavailable(MiddlewareError):
+    """The signature could not be checked (the database is unreachable...): a transient
+    failure, retried with backoff like any other; the actor does not run meanwhile."""
+
+
 class Misshapen(InvalidCommand, MiddlewareError):
     """Not the contract's envelope at all (positional args, kwargs not an object): invalid
     input, refused before anything else is looked at."""
@@ -85,12 +90,16 @@ class Authenticate(Middleware):
         raw = (message.options or {}).get(auth.OPTION)
         if raw is None:
             if self.mode == "warn":
-                self._record(UNSIGNED, actor, "unsigned", "warned", message.message_id)
                 log.warning("auth.unsigned_processed", actor=actor)
+                try:
+                    self._record(UNSIGNED, actor, "unsigned", "warned", message.message_id)
+                except Exception as exc:
+                    log.error("auth.log_failed", error=f"{type(exc).__name__}: {exc}"[:300])
                 return
             self._refuse(Unauthorized("unsigned", f"{actor} carries no signature "
                                       "(options.ballast_auth); signatures are required"),
                          actor, message.message_id)
+        producer = None
         try:
             producer, key_id, signed_at, signature = parse_auth(raw)
             with get_engine().connect() as conn:
@@ -107,6 +116,13 @@ class Authenticate(Middleware):
                     raise
         except Unauthorized as refusal:
             self._refuse(refusal, actor, message.message_id)
+        except ValueError:  # json cannot write NaN/Infinity: nothing can have signed it
+            self._refuse(Unauthorized("bad_signature", "the kwargs have no canonical form "
+                                      "(NaN or Infinity)", producer), actor, message.message_id)
+        except Exception as exc:
+            # Fail closed: Dramatiq would log anything but a MiddlewareError and run the actor.
+            raise VerificationUnavailable(f"could not verify the signature: "
+                                          f"{type(exc).__name__}: {exc}"[:300]) from exc
         log.debug("auth.verified", producer=producer, key_id=key_id)
 
     def _replay_vouched(self, message, original_signature: str) -> bool:

@@ -310,3 +310,38 @@ def test_an_operator_lever_names_the_operator_whose_key_the_cli_holds(engine, mo
         assert conn.execute(text("SELECT status FROM alerts WHERE id = :i"), {"i": alert_id}).scalar_one() == "open"
     acked = cli("alerts", "ack", str(alert_id), "--by", CLI_OPERATOR, "--json")
     assert json.loads(acked.stdout)["acknowledged_by"] == CLI_OPERATOR
+
+
+def test_the_middleware_fails_closed_when_it_cannot_verify(monkeypatch):
+    """An error while verifying is a MiddlewareError (Dramatiq would swallow anything else
+    and run the actor) and not a BallastError (so it is retried, not dead-lettered)."""
+    import sqlalchemy.exc
+    from dramatiq.middleware.middleware import MiddlewareError
+
+    from domain.errors import BallastError
+    from infra.middleware.auth import Authenticate
+
+    def database_gone(conn, key_id):
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(auth, "lookup_key", database_gone)
+    msg = SIGNER.sign(dramatiq.Message(queue_name="ballast.wallets", actor_name="deposit", args=(),
+                                       kwargs={"request_id": "r"}, options={}))
+    with pytest.raises(MiddlewareError) as raised:
+        Authenticate().before_process_message(None, msg)
+    assert not isinstance(raised.value, BallastError)
+
+
+def test_the_middleware_refuses_before_anything_else_what_is_not_an_envelope():
+    from dramatiq.middleware.middleware import MiddlewareError
+
+    from domain.errors import InvalidCommand
+    from infra.middleware.auth import Authenticate
+
+    for msg in (dramatiq.Message(queue_name="ballast.wallets", actor_name="deposit", args=(1,),
+                                 kwargs={}, options={}),
+                dramatiq.Message(queue_name="ballast.wallets", actor_name="deposit", args=(),
+                                 kwargs=["x"], options={})):
+        with pytest.raises(InvalidCommand) as raised:
+            Authenticate().before_process_message(None, msg)
+        assert isinstance(raised.value, MiddlewareError)
