@@ -12,7 +12,7 @@ COPY domain ./domain
 COPY infra ./infra
 COPY schedules ./schedules
 RUN pip install --no-cache-dir --no-deps .
-RUN useradd --create-home ballast
+RUN useradd --create-home ballast && mkdir -p /keys && chown ballast /keys && chmod 700 /keys
 USER ballast
 ENTRYPOINT ["ballast"]
 CMD ["--help"]

@@ -99,9 +99,10 @@ def publish(env: harness.TestEnv, actor: str, kwargs_list: Iterable[dict[str, An
         from infra.contract import spec_for
 
         queue = spec_for(actor).queue
+    ring = harness.keyring(env)  # signed as the producer the policy wants, as upstream would
     bodies = [
-        json.dumps(dramatiq.Message(queue_name=queue, actor_name=actor, args=(), kwargs=kw,
-                                    options={}).asdict()).encode()
+        json.dumps(ring.sign(dramatiq.Message(queue_name=queue, actor_name=actor, args=(), kwargs=kw,
+                                              options={})).asdict()).encode()
         for kw in kwargs_list
     ]
     _declare(env, queue)

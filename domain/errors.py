@@ -47,3 +47,18 @@ class LedgerError(BallastError):
     """A posting violates double-entry rules (unbalanced, currency mismatch...)."""
 
     code = "ledger"
+
+
+class Unauthorized(BallastError):
+    """Who sent a command may not send it: unsigned, bad signature, unknown or revoked key,
+    too old, a role that may not send the actor, or an identity that is not the signer.
+
+    ``rule`` names the rule that refused it; ``str(error)`` never contains key material.
+    """
+
+    code = "unauthorized"
+
+    def __init__(self, rule: str, detail: str, producer: str | None = None) -> None:
+        self.rule = rule
+        self.producer = producer
+        super().__init__(f"unauthorized by rule {rule}: {detail}")

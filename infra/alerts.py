@@ -291,7 +291,12 @@ Post = Callable[[str, dict[str, Any], dict[str, str]], int]
 
 
 def _http_post(url: str, body: dict[str, Any], headers: dict[str, str]) -> int:
-    return httpx.post(url, json=body, headers=headers, timeout=WEBHOOK_TIMEOUT_S).status_code
+    from infra.auth import webhook_headers
+
+    raw = json.dumps(body, separators=(",", ":"), default=str).encode()
+    headers = {"Content-Type": "application/json", **headers,
+               **webhook_headers(get_settings().alert_webhook_secret, raw)}
+    return httpx.post(url, content=raw, headers=headers, timeout=WEBHOOK_TIMEOUT_S).status_code
 
 
 def deliver_pending(engine: Engine, url: str | None = None, *, limit: int = 100,

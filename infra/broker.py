@@ -26,6 +26,7 @@ from dramatiq.middleware import (
 
 from infra.contract import EVENTS_EXCHANGE, QUEUES, envelope
 from infra.logs import get_logger
+from infra.middleware.auth import Authenticate
 from infra.middleware.deadletters import (
     RetryOrDeadLetter,
     count_dead_letter,
@@ -164,6 +165,7 @@ def build_broker(url: str | None = None, *, worker: bool = False) -> RabbitmqBro
         Pipelines(),
         CurrentMessage(),
         LogContext(),
+        Authenticate(),  # before the unit of work: a refusal changes nothing
         RetryOrDeadLetter(),
         ThreadWatch(),
     ]

@@ -14,8 +14,11 @@ from typing import Any
 import dramatiq
 
 from domain.errors import InvalidCommand
+from domain.auth import IDENTITY_FIELDS
+from infra.auth import operator_signer
 from infra.contract import ACTORS, parse
 from infra.logs import get_logger
+from infra.settings import get_settings
 
 log = get_logger(__name__)
 
@@ -42,7 +45,8 @@ def send_command(actor: str, kwargs: dict[str, Any], *, sender: str | None = Non
       kwargs: the message kwargs; a ``request_id`` is generated when missing.
       sender: who sends it (the console's logged-in operator; None for the CLI).  Logged with
         the message id; the acting kwarg (admin_id, performed_by…) is the caller's to set.
-        The message's options stay empty: the workers' envelope check refuses unknown ones.
+        The command is signed with the operator's key (BALLAST_OPERATOR_KEY / _FILE); an
+        identity field left out is the operator's own name.
       request_prefix: prefix of a generated request id.
 
     Raises InvalidCommand (one line, as the CLI prints it) before anything is published.
@@ -52,13 +56,23 @@ def send_command(actor: str, kwargs: dict[str, Any], *, sender: str | None = Non
         raise UnknownActor(f"unknown actor {actor!r}; known: {', '.join(sorted(ACTORS))}")
     kwargs = dict(kwargs)
     kwargs.setdefault("request_id", f"{request_prefix}-{uuid.uuid4()}")
+    signer = operator_signer()
+    if signer is not None:
+        # An identity the command names is the operator's own unless given.
+        for field in IDENTITY_FIELDS:
+            if field in spec.schema.model_fields:
+                kwargs.setdefault(field, signer.producer)
+    elif get_settings().auth == "require":
+        raise InvalidCommand("no operator key to sign with: set BALLAST_OPERATOR_KEY or "
+                             "BALLAST_OPERATOR_KEY_FILE")
     parse(spec.schema, kwargs)
     from infra.broker import build_broker
 
+    message = dramatiq.Message(queue_name=spec.queue, actor_name=actor, args=(), kwargs=kwargs,
+                               options={})
     broker = build_broker()
     try:
-        msg = broker.enqueue(dramatiq.Message(queue_name=spec.queue, actor_name=actor, args=(),
-                                              kwargs=kwargs, options={}))
+        msg = broker.enqueue(signer.sign(message) if signer is not None else message)
     finally:
         broker.close()
     log.info("command.sent", actor=actor, message_id=msg.message_id,

@@ -21,6 +21,7 @@ from dramatiq.common import dq_name
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy import Connection, Engine, text
 
+from infra.auth import sign_as_ballast
 from infra.contract import EVENTS_EXCHANGE, spec_for
 from infra.logs import get_logger
 
@@ -171,7 +172,8 @@ class Publisher:
 
     def publish(self, row: OutboxRow) -> None:
         if row.kind == "message":
-            self.broker.enqueue(dramatiq.Message(**row.body))
+            # Signed now, as Ballast: a message a crash left for the sweeper is fresh too.
+            self.broker.enqueue(sign_as_ballast(dramatiq.Message(**row.body)))
             return
         if not isinstance(self.broker, RabbitmqBroker):
             self.published_events.append(row.body)

@@ -181,7 +181,8 @@ def publish_confirmed(queue: str, body: dict[str, Any], url: str | None = None) 
 
 
 def replay(queue: str | None, ids: set[str] | None, url: str | None = None,
-           on_replayed: Callable[[DeadLetter], None] | None = None) -> int:
+           on_replayed: Callable[[DeadLetter], None] | None = None,
+           countersign: Callable[[dict], dict] | None = None) -> int:
     """Move dead letters back to their queue, retry count reset.
 
     Each copy is published with a publisher confirm before the dead copy is
@@ -198,6 +199,8 @@ def replay(queue: str | None, ids: set[str] | None, url: str | None = None,
                 if ids is not None and dl.message_id not in ids:
                     continue
                 body = replay_body(dl.body, q)
+                if countersign is not None:  # the signed fields stay as they are
+                    body = countersign(body)
                 ch.basic_publish(
                     exchange="",
                     routing_key=q,

@@ -23,6 +23,15 @@ class Settings(BaseSettings):
       queue_delivery_limit: deliveries of one message before a quorum queue dead-letters it.
       rabbitmq_api_url: RabbitMQ management HTTP API (vhosts, honest queue counts); unset:
         ``http://<broker host>:15672`` with the broker URL's credentials.
+      auth: ``require`` (default) refuses unsigned commands; ``warn`` processes them but
+        logs, counts and alerts each one; ``off`` checks nothing (throwaway local runs).
+      auth_window_s: the oldest signature accepted; shorter than request ids are
+        remembered (``processed_requests``, pruned after
+        ``retention_requests_days``; checked below).
+      auth_skew_s: how far in the future a ``signed_at`` may be.
+      signing_key / signing_key_file: Ballast's own key (next steps, scheduled firings).
+      operator_key / operator_key_file: the operator's key (``ballast send``, CLI levers).
+      alert_webhook_secret: HMAC-SHA256 secret signing each alert webhook POST.
     """
 
     model_config = SettingsConfigDict(env_prefix="BALLAST_", extra="ignore")
@@ -56,7 +65,23 @@ class Settings(BaseSettings):
         if self.retention_requests_days * 86_400_000 <= self.dead_letter_ttl_ms:
             raise ValueError("BALLAST_RETENTION_REQUESTS_DAYS must be longer than "
                              "BALLAST_DEAD_LETTER_TTL_MS (a replayed dead letter would run twice)")
+        if self.retention_requests_days * 86_400 <= self.auth_window_s:
+            raise ValueError("BALLAST_RETENTION_REQUESTS_DAYS must be longer than "
+                             "BALLAST_AUTH_WINDOW_S (a signed command could be replayed "
+                             "after its request id is forgotten)")
         return self
+
+    # Who may send what (CONTRACT.md, "Signed commands").
+    auth: str = Field(default="require", pattern="^(require|warn|off)$")
+    auth_window_s: int = Field(default=86_400, ge=60)  # s
+    auth_skew_s: int = Field(default=60, ge=0)  # s
+    auth_burst_count: int = Field(default=5, ge=1)  # refusals of one producer ...
+    auth_burst_window_s: int = Field(default=60, ge=1)  # s ... within this: security alert
+    signing_key: str | None = Field(default=None, repr=False)
+    signing_key_file: str | None = None
+    operator_key: str | None = Field(default=None, repr=False)
+    operator_key_file: str | None = None
+    alert_webhook_secret: str | None = Field(default=None, repr=False)
 
     # Retry policy of the workers.  Everything stays far below RabbitMQ's
     # consumer timeout (30 min by default), because delayed messages are held

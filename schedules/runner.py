@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 import dramatiq
 import redis
 
+from infra.auth import sign_as_ballast
 from infra.contract import parse, spec_for
 from infra.logs import get_logger
 from infra.settings import get_settings
@@ -123,7 +124,8 @@ def run_forever(stop: threading.Event | None = None) -> None:
     broker = build_broker()
     declare_topology(broker)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-    sched = Scheduler(client, broker.enqueue, ZoneInfo(settings.timezone))
+    sched = Scheduler(client, lambda message: broker.enqueue(sign_as_ballast(message)),
+                      ZoneInfo(settings.timezone))
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())

@@ -51,6 +51,7 @@ class TestEnv:
             BALLAST_LOG_LEVEL="INFO",
             BALLAST_RETRY_MIN_BACKOFF_MS="200",
             BALLAST_RETRY_MAX_BACKOFF_MS="2000",
+            BALLAST_AUTH="require",  # every test runs with signatures required
             PYTHONPATH=str(ROOT),
         )
         env.update(self.extra)
@@ -75,7 +76,53 @@ def create_env(prefix: str = "ballast_test") -> TestEnv:
     env = TestEnv(run_id, database_url, broker_url, redis_url, name,
                   tempfile.mkdtemp(prefix=f"ballast-faults-{run_id}-"))
     upgrade(database_url)
+    _make_keys(env)
     return env
+
+
+#: The roles of the operator the CLI signs as (``ballast send`` of any upstream command).
+CLI_OPERATOR = "test-cli"
+CLI_OPERATOR_ROLES = ("operator", "wagering", "funding", "journal")
+
+
+def _make_keys(env: TestEnv) -> None:
+    """Ballast's own key and the CLI operator's, each in a file only its owner reads, named
+    by BALLAST_SIGNING_KEY_FILE and BALLAST_OPERATOR_KEY_FILE for every process of the run."""
+    from sqlalchemy import create_engine
+
+    from infra import auth
+
+    keydir = tempfile.mkdtemp(prefix=f"ballast-keys-{env.run_id}-")
+    engine = create_engine(env.database_url)
+    try:
+        with engine.begin() as conn:
+            for var, signer, roles in (
+                ("BALLAST_SIGNING_KEY_FILE", auth.Signer.generate(auth.BALLAST), ("ballast",)),
+                ("BALLAST_OPERATOR_KEY_FILE", auth.Signer.generate(CLI_OPERATOR), CLI_OPERATOR_ROLES),
+            ):
+                path = os.path.join(keydir, f"{signer.producer}.key")
+                auth.write_key_file(path, signer)
+                auth.register_key(conn, signer, roles, by="tests")
+                env.extra[var] = path
+    finally:
+        engine.dispose()
+
+
+_keyrings: dict[str, Any] = {}
+
+
+def keyring(env: TestEnv):
+    """The run's producers (``test-wagering``, ``test-funding``… and one per identity a test
+    names in ``performed_by``/``admin_id``/…), each signing with a key held in memory."""
+    from infra import auth
+    from infra.db.engine import get_engine
+
+    ring = _keyrings.get(env.run_id)
+    if ring is None:
+        ballast = auth.load_signer(None, env.extra["BALLAST_SIGNING_KEY_FILE"])
+        ring = _keyrings[env.run_id] = auth.Keyring(get_engine(env.database_url), "test", ballast,
+                                                     by="tests")
+    return ring
 
 
 def destroy_env(env: TestEnv) -> None:
@@ -107,7 +154,8 @@ def amqp(env: TestEnv) -> pika.BlockingConnection:
 
 
 def send(env: TestEnv, actor: str, **kwargs: Any) -> str:
-    """Publish a command the way an upstream app would; returns its message id."""
+    """Publish a command the way an upstream app would (signed by the producer the policy
+    wants, see ``keyring``); returns its message id."""
     from infra.contract import spec_for
 
     spec = spec_for(actor)
@@ -116,10 +164,13 @@ def send(env: TestEnv, actor: str, **kwargs: Any) -> str:
     return msg.message_id
 
 
-def publish_raw(env: TestEnv, queue: str, body: bytes) -> None:
-    """Publish any bytes to a queue (persistent, confirmed)."""
+def publish_raw(env: TestEnv, queue: str, body: bytes, *, sign: bool = True) -> None:
+    """Publish any bytes to a queue (persistent, confirmed).  A Dramatiq envelope without a
+    signature is signed first (``sign=False`` publishes it unsigned); other bytes go as they are."""
     from infra.broker import build_broker
 
+    if sign:
+        body = _signed(env, body)
     broker = build_broker(env.broker_url)
     try:
         broker.declare_queue(queue, ensure=True)
@@ -128,6 +179,21 @@ def publish_raw(env: TestEnv, queue: str, body: bytes) -> None:
                          properties=pika.BasicProperties(delivery_mode=2), mandatory=True)
     finally:
         broker.close()
+
+
+def _signed(env: TestEnv, body: bytes) -> bytes:
+    from infra.auth import OPTION
+
+    try:
+        doc = json.loads(body)
+        if not isinstance(doc, dict) or not isinstance(doc.get("kwargs"), dict) or "actor_name" not in doc:
+            return body
+        msg = dramatiq.Message(**doc)
+    except Exception:
+        return body
+    if OPTION in (msg.options or {}):
+        return body
+    return json.dumps(keyring(env).sign(msg).asdict()).encode()
 
 
 #: Outbox rows up to this id belong to earlier tests (a crash test may leave some

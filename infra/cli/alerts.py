@@ -13,6 +13,7 @@ from domain import guard as rules
 from domain.errors import BallastError
 from domain.money import CURRENCIES, format_minor
 from infra import alerts, guard
+from infra.cli.identity import operator_identity
 from infra.cli.output import console, emit, fail, json_option, table
 from infra.db.engine import get_engine
 from infra.uow import UnitOfWork
@@ -54,6 +55,7 @@ def alerts_ack(alert_id: int, by: str, as_json: bool) -> None:
     """Acknowledge an open alert: it stays until its condition clears, and no duplicate opens."""
     if not by.strip():
         fail("--by needs a name", 2)
+    by = operator_identity(by.strip())
     try:
         with get_engine().begin() as conn:
             doc = alerts.acknowledge(conn, alert_id, by.strip())
@@ -243,6 +245,7 @@ def guard_set_limit(tier: str, currency: str, min_balance, max_balance, daily, w
     if not changes:
         fail("nothing to change: give at least one of --min-balance, --max-balance, --daily, "
              "--weekly, --warning, --critical", 2)
+    by = operator_identity(by)
     try:
         with get_engine().begin() as conn:
             current = guard.LimitTable.load(conn).get(tier, currency)

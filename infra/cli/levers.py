@@ -14,6 +14,7 @@ from typing import Any, Callable
 import click
 from sqlalchemy import Connection, text
 
+from infra.cli.identity import operator_identity
 from infra.cli.output import fail
 
 by_option = click.option("--by", required=True, help="Who does it (recorded).")
@@ -56,5 +57,8 @@ def record_now(by: str, command: str, target: str | None,
 
 
 def check_by(by: str) -> None:
+    """``--by`` names who pulls the lever, and must be the holder of the operator's key
+    (``infra.cli.identity``): a lever is never pulled in someone else's name."""
     if not by.strip() or len(by) > 128:
         fail("--by names who does it: 1-128 characters", 2)
+    operator_identity(by)

@@ -12,7 +12,9 @@ from infra.cli.output import settings_or_exit
 # one line, not a traceback.
 settings_or_exit()
 
-from infra.cli import alerts, challenges, journal, ledger, markets, ops, treasury  # noqa: E402
+from infra.cli import (  # noqa: E402
+    alerts, challenges, journal, ledger, markets, ops, producers, treasury,
+)
 from infra.logs import configure_logging  # noqa: E402
 from infra.web import cli as web_cli  # noqa: E402
 
@@ -24,7 +26,7 @@ def cli() -> None:
     configure_logging(level="WARNING")
 
 
-for module in (ops, ledger, alerts, challenges, markets, treasury, journal):
+for module in (ops, ledger, alerts, challenges, markets, treasury, journal, producers):
     module.register(cli)
 web_cli.register(cli)  # the operations console (infra/web)
 

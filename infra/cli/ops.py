@@ -14,6 +14,7 @@ from infra.cli.output import emit, fail, json_option, table
 from infra.commands import send_command
 from infra.contract import ACTORS, parse
 from infra.db.engine import get_engine
+from domain.auth import IDENTITY_FIELDS
 from domain.errors import InvalidCommand
 
 
@@ -34,6 +35,13 @@ def migrate(as_json: bool) -> None:
     from infra.db.migrate import upgrade
 
     revision = upgrade()
+    from infra.auth import ensure_ballast_key
+    from infra.db.engine import get_engine
+
+    signer = ensure_ballast_key(get_engine())
+    if signer is None:
+        click.echo("warning: no Ballast signing key (BALLAST_SIGNING_KEY_FILE): workers cannot "
+                   "sign next steps or scheduled firings", err=True)
     broker = build_broker()
     try:
         declared = declare_topology(broker)
@@ -277,11 +285,18 @@ def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], by: st
         waiting = {q: n for q, n in rabbit.dead_letter_counts().items() if q in queues and n}
         confirm(f"Replay {sum(waiting.values())} dead letter(s) of "
                 f"{queue or f'{len(waiting)} queue(s)'}", yes)
+    from infra.auth import operator_signer
+
+    # The operator's countersignature lets a dead letter older than the signature window
+    # through; what its producer signed is kept as it was, and must still verify.
+    operator = operator_signer()
+    countersign = operator.countersign if operator is not None else None
     counts: dict[str, int] = {}
     replayed: list[dict] = []
     for q in queues:
         n = rabbit.replay(q, set(ids) if ids else None,
-                          on_replayed=lambda dl: replayed.append(dl.body))
+                          on_replayed=lambda dl: replayed.append(dl.body),
+                          countersign=countersign)
         if n:
             counts[q] = n
     if ids:  # what RabbitMQ no longer holds (expired from Q.XQ) is replayed from the log
@@ -289,7 +304,8 @@ def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], by: st
         with get_engine().connect() as conn:
             from_log = [r for r in deadletter_log.live(conn, missing) if r["queue"] in queues]
         for r in from_log:
-            rabbit.publish_confirmed(r["queue"], rabbit.replay_body(r["body"], r["queue"]))
+            body = rabbit.replay_body(r["body"], r["queue"])
+            rabbit.publish_confirmed(r["queue"], countersign(body) if countersign else body)
             replayed.append(r["body"])
             counts[r["queue"]] = counts.get(r["queue"], 0) + 1
     with get_engine().begin() as conn:

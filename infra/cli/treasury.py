@@ -17,6 +17,7 @@ from domain.buffers import CURRENCY_OF, Thresholds
 from domain.conversions import DIRECTIONS, PPM, format_rate, parse_rate
 from domain.errors import BallastError, InvalidCommand
 from domain.money import format_minor
+from infra.cli.identity import operator_identity
 from infra.cli.levers import by_option, check_by, confirm, lever_options, record
 from infra.cli.output import console, emit, fail, json_option, table
 from infra.db.engine import get_engine
@@ -468,6 +469,7 @@ def conversions_convert(source: str, destination: str, amount: int, by: str, as_
     """Convert manually between two buffers (through a provider, like any job)."""
     from infra.treasury import jobs, views
 
+    by = operator_identity(by)
     def run():
         with _uow("convert", "manual") as uow:
             job_id = jobs.convert_manually(uow, source_type=source, destination_type=destination,
@@ -530,6 +532,7 @@ def conversions_cancel(job_id: int, by: str, reason: str, force: bool, yes: bool
 @json_option
 def conversions_freeze(by: str, reason: str, as_json: bool) -> None:
     """Freeze every conversion: no new job, nothing submitted; held jobs are still polled."""
+    by = operator_identity(by)
     from infra.treasury import overrides
 
     def run():
@@ -547,6 +550,7 @@ def conversions_freeze(by: str, reason: str, as_json: bool) -> None:
 @json_option
 def conversions_thaw(by: str, as_json: bool) -> None:
     """Lift the freeze; pending jobs are handed to submission again."""
+    by = operator_identity(by)
     from infra.treasury import overrides
 
     def run():
@@ -572,6 +576,7 @@ def conversions_thaw(by: str, as_json: bool) -> None:
 def conversions_complete(job_id: int, by: str, reason: str, evidence: str,
                          destination_amount: int, fee: int, as_json: bool) -> None:
     """Complete a stuck job by hand, posted to the ledger like the provider's completion."""
+    by = operator_identity(by)
     from infra.treasury import overrides, views
 
     def run():
@@ -591,6 +596,7 @@ def conversions_complete(job_id: int, by: str, reason: str, evidence: str,
 @json_option
 def conversions_fail(job_id: int, by: str, reason: str, evidence: str, as_json: bool) -> None:
     """Fail a stuck job by hand: transit back to the source, like a provider's failure."""
+    by = operator_identity(by)
     from infra.treasury import overrides, views
 
     def run():
@@ -649,6 +655,7 @@ def custody_group() -> None:
 @json_option
 def custody_report(account_type: str, balance: int, by: str, as_json: bool) -> None:
     """Record what the custodian (the chain for USDC, a bank for USD) holds now."""
+    by = operator_identity(by)
     from infra.treasury import reconcile
 
     def run():

@@ -55,6 +55,10 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "broker_priority": ("an integer from 0 to 255 or null",
                         lambda v: v is None or (_int(v) and 0 <= v <= 255)),
     "dead_letter": ("an object", lambda v: isinstance(v, dict)),
+    # A producer's signature and an operator's countersignature of a replay (infra/auth.py);
+    # their fields are checked by the authentication middleware.
+    "ballast_auth": ("an object", lambda v: isinstance(v, dict)),
+    "ballast_replay": ("an object", lambda v: isinstance(v, dict)),
 }
 
 

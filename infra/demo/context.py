@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import dramatiq
 from rich.console import Console
 from sqlalchemy import Engine
 
+from infra.auth import Keyring, ballast_signer
 from infra.contract import parse, spec_for
 
 
@@ -23,8 +25,11 @@ class DemoContext:
       as_json: collect the report silently (printed as JSON at the end).
     """
 
-    def __init__(self, engine: Engine, broker: dramatiq.Broker, as_json: bool) -> None:
+    def __init__(self, engine: Engine, broker: dramatiq.Broker, as_json: bool,
+                 keyring: Keyring | None = None) -> None:
         self.engine = engine
+        #: Signs every command as the producer the policy wants (demo-wagering, cfo, ...).
+        self.keyring = keyring or Keyring(engine, "demo", ballast_signer(), by="ballast demo")
         self.broker = broker
         self.tag = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
         self.as_json = as_json
@@ -54,16 +59,14 @@ class DemoContext:
         kwargs.setdefault("request_id", f"demo-{uuid.uuid4()}")
         spec = spec_for(actor)
         parse(spec.schema, kwargs)
-        msg = self.broker.enqueue(dramatiq.Message(queue_name=spec.queue, actor_name=actor, args=(),
-                                                   kwargs=kwargs, options={}))
-        return msg.message_id
+        return self.send_raw(actor, **kwargs)
 
     def send_raw(self, actor: str, **kwargs: Any) -> str:
         """Publish without validating (to show what happens to bad input)."""
         spec = spec_for(actor)
-        msg = self.broker.enqueue(dramatiq.Message(queue_name=spec.queue, actor_name=actor, args=(),
-                                                   kwargs=kwargs, options={}))
-        return msg.message_id
+        msg = dramatiq.Message(queue_name=spec.queue, actor_name=actor, args=(), kwargs=kwargs,
+                               options={})
+        return self.broker.enqueue(self.keyring.sign(msg)).message_id
 
     def wait_until(self, predicate: Callable[[], Any], what: str, timeout: float = 60) -> Any:
         deadline = time.monotonic() + timeout
@@ -79,8 +82,13 @@ class DemoContext:
 
     def cli(self, *args: str) -> Any:
         """Run ``ballast ARGS --json`` as an operator would and return its document."""
+        env = dict(os.environ)
+        if "--by" in args:
+            # An operator lever: the CLI holds that operator's key, as the operator's would.
+            operator = self.keyring.producer(args[args.index("--by") + 1], ["operator"])
+            env["BALLAST_OPERATOR_KEY"] = json.dumps(operator.material())
         out = subprocess.run([sys.executable, "-m", "infra.cli.main", *args, "--json"],
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, env=env)
         if out.returncode not in (0, 1):
             raise RuntimeError(f"ballast {' '.join(args)} failed: {out.stderr.strip()}")
         return json.loads(out.stdout)

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from infra import rabbit
+from infra.auth import Keyring, ensure_ballast_key
 from infra.broker import build_broker, declare_topology
 from infra.db.engine import dispose_engines, get_engine
 from infra.db.migrate import upgrade
@@ -64,15 +65,23 @@ def run_demo(target: DemoTarget, as_json: bool = False, scheduler: bool = True) 
     prepare(target, get_settings())
     enter(target)
     upgrade()
-    broker = build_broker()
-    declare_topology(broker)
     logdir = ROOT / ".ballast"
     logdir.mkdir(exist_ok=True)
+    # Signatures are required in the demo too: Ballast's own key (made once, owner-only,
+    # unless BALLAST_SIGNING_KEY(_FILE) names one) for the workers and the scheduler, and
+    # a producer per upstream app and per operator for what the demo sends.
+    ballast = ensure_ballast_key(get_engine(), str(logdir / "ballast-signing.key"), by="ballast demo")
+    if not (os.environ.get("BALLAST_SIGNING_KEY") or os.environ.get("BALLAST_SIGNING_KEY_FILE")):
+        os.environ["BALLAST_SIGNING_KEY_FILE"] = str(logdir / "ballast-signing.key")
+        get_settings.cache_clear()
+    keyring = Keyring(get_engine(), "demo", ballast, by="ballast demo")
+    broker = build_broker()
+    declare_topology(broker)
     worker = _start([sys.executable, "-m", "infra.worker", "actors", "--processes", "2", "--threads", "4"],
                     logdir / "demo-worker.log")
     sched = (_start([sys.executable, "-m", "infra.cli.main", "scheduler"], logdir / "demo-scheduler.log")
              if scheduler else None)
-    ctx = DemoContext(get_engine(), broker, as_json)
+    ctx = DemoContext(get_engine(), broker, as_json, keyring)
     failures = 0
     try:
         deadline = time.monotonic() + 60

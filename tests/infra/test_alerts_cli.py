@@ -12,7 +12,7 @@ from domain.guard import default_limits
 from infra import guard
 from infra.cli.main import cli
 from infra.uow import UnitOfWork
-from tests.harness import uid
+from tests.harness import CLI_OPERATOR, uid  # --by is the operator whose key the CLI holds
 from tests.infra.test_guard import apply, refused
 
 
@@ -34,13 +34,13 @@ def test_alerts_list_ack_and_show(engine):
     alert = listed[0]
     assert set(alert) == {"alert_id", "kind", "severity", "subject", "status", "created_at"}
     assert (alert["kind"], alert["severity"], alert["status"]) == ("balance_warning", "warning", "open")
-    acked = doc("alerts", "ack", str(alert["alert_id"]), "--by", "ada")
-    assert acked["status"] == "acknowledged" and acked["acknowledged_by"] == "ada"
+    acked = doc("alerts", "ack", str(alert["alert_id"]), "--by", CLI_OPERATOR)
+    assert acked["status"] == "acknowledged" and acked["acknowledged_by"] == CLI_OPERATOR
     assert acked["acknowledged_at"]
-    again = run("alerts", "ack", str(alert["alert_id"]), "--by", "bob", code=1)
+    again = run("alerts", "ack", str(alert["alert_id"]), "--by", CLI_OPERATOR, code=1)
     assert "acknowledged, not open" in again.output
     assert doc("alerts", "show", str(alert["alert_id"]))["data"]["user_id"] == user
-    run("alerts", "ack", "999999999", "--by", "ada", code=1)
+    run("alerts", "ack", "999999999", "--by", CLI_OPERATOR, code=1)
     run("alerts", "ack", str(alert["alert_id"]), code=2)  # --by is required
     # Still open (acknowledged) until the balance recovers, then resolved.
     apply(engine, user, 50_000, "deposit")
@@ -102,11 +102,11 @@ def test_guard_limits_can_be_read_and_changed(engine):
         guard.set_tier(uow, user, "platinum")
         uow.commit()
     try:
-        changed = doc("guard", "set-limit", "platinum", "USD", "--daily", "700", "--by", "risk-team")
+        changed = doc("guard", "set-limit", "platinum", "USD", "--daily", "700", "--by", CLI_OPERATOR)
         assert changed["daily_limit"] == 700 and changed["weekly_limit"] == 100_000_000
         apply(engine, user, 700, "deposit", "USD")
         assert refused(engine, user, 1, "deposit", "USD").rule == "daily_limit"
-        run("guard", "set-limit", "platinum", "USD", "--by", "x", code=2)  # nothing to change
-        run("guard", "set-limit", "platinum", "USD", "--warning", "1", "--by", "x", code=2)  # < critical
+        run("guard", "set-limit", "platinum", "USD", "--by", CLI_OPERATOR, code=2)  # nothing to change
+        run("guard", "set-limit", "platinum", "USD", "--warning", "1", "--by", CLI_OPERATOR, code=2)  # < critical
     finally:
-        run("guard", "set-limit", "platinum", "USD", "--daily", "25000000", "--by", "test")
+        run("guard", "set-limit", "platinum", "USD", "--daily", "25000000", "--by", CLI_OPERATOR)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from domain import conversions as conv
 from infra.cli.main import cli
-from tests.harness import uid
+from tests.harness import CLI_OPERATOR, uid  # --by is the operator whose key the CLI holds
 from tests.infra.test_treasury_kit import job, reset, usd, usdc
 
 pytestmark = pytest.mark.usefixtures("clean_queues")
@@ -78,19 +78,19 @@ def test_rebalance_convert_poll_and_conversions_views(engine):
     assert [t["to"] for t in shown["transitions"]] == ["pending", "provider_submitted", "completed"]
 
     manual = run("conversions", "convert", "--from", "broker_operational", "--to",
-                 "system_buffer_usdc", "--amount", str(usd(1_000)), "--by", "ops", "--json")
-    assert (manual["kind"], manual["status"], manual["requested_by"]) == ("manual", "pending", "ops")
-    cancelled = run("conversions", "cancel", str(manual["job_id"]), "--by", "ops", "--reason",
+                 "system_buffer_usdc", "--amount", str(usd(1_000)), "--by", CLI_OPERATOR, "--json")
+    assert (manual["kind"], manual["status"], manual["requested_by"]) == ("manual", "pending", CLI_OPERATOR)
+    cancelled = run("conversions", "cancel", str(manual["job_id"]), "--by", CLI_OPERATOR, "--reason",
                     "changed my mind", "--json")
     assert cancelled["status"] == "cancelled"
     run("conversions", "convert", "--from", "broker_operational", "--to", "system_buffer_usdc",
-        "--amount", str(usd(10**6)), "--by", "ops", code=1)
+        "--amount", str(usd(10**6)), "--by", CLI_OPERATOR, code=1)
 
 
 def test_pausing_auto_rebalancing(engine):
     reset(engine)
-    assert run("buffers", "pause", "--by", "ops", "--json") == {"auto_rebalance": False, "by": "ops"}
-    assert run("buffers", "resume", "--by", "ops", "--json")["auto_rebalance"] is True
+    assert run("buffers", "pause", "--by", CLI_OPERATOR, "--json") == {"auto_rebalance": False, "by": CLI_OPERATOR}
+    assert run("buffers", "resume", "--by", CLI_OPERATOR, "--json")["auto_rebalance"] is True
 
 
 def test_thresholds_are_configurable(engine):

@@ -24,12 +24,13 @@ class WebhookServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 length = int(self.headers.get("Content-Length", 0))
-                body = json.loads(self.rfile.read(length) or b"null")
+                raw = self.rfile.read(length)
+                body = json.loads(raw or b"null")
                 with server._lock:
                     server.attempts += 1
                     status = server.statuses.pop(0) if server.statuses else 200
                     if 200 <= status < 300:
-                        server.received.append({"body": body, "headers": dict(self.headers)})
+                        server.received.append({"body": body, "headers": dict(self.headers), "raw": raw})
                 self.send_response(status)
                 self.end_headers()
 
