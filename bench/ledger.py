@@ -9,7 +9,7 @@ nothing else (no account lookup, no lock, no check, no cached balance):
   rows committed one transaction at a time (one INSERT statement per transaction).
 - ``ledger_threads``: the same with ``THREADS`` threads on both sides (every posting hits
   ``world:NGN``, the hot account).
-- ``ledger_batch``: ``infra.ledger.post``, ``BATCH`` postings per commit;
+- ``ledger_batch``: ``infra.ledger.post_many``, ``BATCH`` postings per call and commit;
   baseline: plain multi-row INSERTs of the same rows, ``BATCH`` per commit.
 
 Both sides of a line run the same number of postings, with the same thread layout,
@@ -28,7 +28,7 @@ from typing import Callable
 from sqlalchemy import event, text
 
 from bench.common import bench_env, result
-from domain.ledger import Posting
+from domain.ledger import Posting, PostingBatchItem
 
 N_SINGLE = 1500  # postings per round, one thread
 N_THREADS = 3000  # postings per round, THREADS threads
@@ -80,8 +80,8 @@ def plain_one(ids: dict[str, int]) -> Callable:
 def ledger_batch(conn, batch: range) -> None:
     from infra import ledger
 
-    for i in batch:
-        ledger.post(conn, postings(i), kind="bench", memo=f"bench {i}")
+    ledger.post_many(conn, [PostingBatchItem(postings(i), "bench", memo=f"bench {i}")
+                            for i in batch])
 
 
 def plain_batch(ids: dict[str, int]) -> Callable:
@@ -210,8 +210,8 @@ def run() -> list[dict]:
                f"as ledger with {THREADS} threads on both sides, every posting on world:NGN; "
                f"median of {ROUNDS} x {N_THREADS}"),
         result("ledger_batch", batched[0], "postings/s", batched[1],
-               f"infra.ledger.post, {BATCH} postings per commit, vs plain "
+               f"infra.ledger.post_many, {BATCH} postings per call and commit, vs plain "
                f"multi-row INSERTs of the same rows ({BATCH} per commit); median of {ROUNDS} x "
-               f"{N_BATCH}; ledger: {describe(p_batch)}; plain: {describe(p_plain_batch)}"),
+               f"{N_BATCH}; post_many: {describe(p_batch)}; plain: {describe(p_plain_batch)}"),
     ]
 
