@@ -108,8 +108,23 @@ def test_threads_depositing_through_one_hot_account_keep_the_books(engine):
     world, adjustments = f"world:{p}", f"adjustments:{p}"
     applied: dict[str, int] = defaultdict(int)
     lock = threading.Lock()
+    posted, checks = threading.Event(), []
+    finished = []
 
     def work(i):
+        if i == THREADS:  # the checker: the books are sound at every moment, not only after
+            while not posted.is_set():
+                checks.append(check(engine))
+            return
+        try:
+            deposits(i)
+        finally:
+            with lock:
+                finished.append(i)
+                if len(finished) == THREADS:
+                    posted.set()
+
+    def deposits(i):
         rnd = random.Random(i)
         for n in range(30):
             user = f"user:{p}{rnd.randrange(5)}:NGN"
@@ -130,7 +145,8 @@ def test_threads_depositing_through_one_hot_account_keep_the_books(engine):
                 for q in postings:
                     applied[q.account] += q.amount
 
-    assert not run_threads(work)
+    assert not run_threads(work, THREADS + 1)
+    assert checks and all(c["ok"] for c in checks), [c for c in checks if not c["ok"]][:1]
     assert balances(engine, applied) == dict(applied)
     with engine.connect() as conn:
         per_account = dict(conn.execute(text(
