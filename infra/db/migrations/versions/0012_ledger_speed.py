@@ -63,7 +63,9 @@ def upgrade() -> None:
         -- Open the accounts of p_codes that do not exist (in code order); the ids opened.
         CREATE FUNCTION ledger_open_accounts(p_codes text[], p_curs text[], p_negs boolean[],
                                              p_sharded boolean[]) RETURNS bigint[]
-        LANGUAGE plpgsql AS $fn$
+        -- Generic plans: the statements are index lookups on codes and ids whatever the
+        -- arrays hold; re-planning them on every call cost ~40% of a posting's server time.
+        LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
         DECLARE
             v_created bigint[];
         BEGIN
@@ -92,7 +94,9 @@ def upgrade() -> None:
         CREATE FUNCTION ledger_lock_accounts(p_codes text[])
             RETURNS TABLE (id bigint, code text, currency text, allow_negative boolean,
                            sharded boolean, balance bigint)
-        LANGUAGE plpgsql AS $fn$
+        -- Generic plans: the statements are index lookups on codes and ids whatever the
+        -- arrays hold; re-planning them on every call cost ~40% of a posting's server time.
+        LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
         #variable_conflict use_column
         BEGIN
             PERFORM 1 FROM accounts a WHERE a.code = ANY(p_codes) AND NOT a.sharded
@@ -118,7 +122,9 @@ def upgrade() -> None:
             OUT status text, OUT ids bigint[], OUT idx int[], OUT code text,
             OUT allow_negative boolean, OUT balance bigint, OUT delta bigint,
             OUT currency text, OUT wanted text)
-        LANGUAGE plpgsql AS $fn$
+        -- Generic plans: the statements are index lookups on codes and ids whatever the
+        -- arrays hold; re-planning them on every call cost ~40% of a posting's server time.
+        LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
         #variable_conflict use_column
         DECLARE
             v_created bigint[];
@@ -214,34 +220,36 @@ def upgrade() -> None:
                          AS t(key, kind, memo, meta, rev, ord)
                     ORDER BY t.ord;
             END IF;
-            INSERT INTO ledger_entries (transaction_id, account_id, currency, amount)
+            -- Entries, cached balances of the accounts with a limit (locked above) and one
+            -- shard of each unlimited account, in one statement.  The shard is one that is
+            -- free now (SKIP LOCKED: never a wait, so never part of a deadlock) ...
+            WITH net AS (
+                SELECT e.code, sum(e.amt) AS d
+                FROM unnest(p_e_codes, p_e_amts) AS e(code, amt) GROUP BY e.code
+            ), entries AS (
+                INSERT INTO ledger_entries (transaction_id, account_id, currency, amount)
                 SELECT ids[e.txn], a.id, e.cur, e.amt
                 FROM unnest(p_e_txn, p_e_codes, p_e_curs, p_e_amts) WITH ORDINALITY
                      AS e(txn, code, cur, amt, ord)
                 JOIN accounts a ON a.code = e.code
-                ORDER BY e.ord;
-            UPDATE accounts a SET balance = a.balance + n.d
-                FROM (SELECT e.code, sum(e.amt) AS d
-                      FROM unnest(p_e_codes, p_e_amts) AS e(code, amt) GROUP BY e.code) n
-                WHERE a.code = n.code AND NOT a.sharded AND n.d <> 0;
+                ORDER BY e.ord
+            ), limited AS (
+                UPDATE accounts a SET balance = a.balance + n.d FROM net n
+                WHERE a.code = n.code AND NOT a.sharded AND n.d <> 0
+            ), hot AS (
+                SELECT a.id, n.d,
+                       (SELECT f.shard FROM account_shards f WHERE f.account_id = a.id
+                        ORDER BY (f.shard + v_pid) % {SHARDS}
+                        LIMIT 1 FOR UPDATE SKIP LOCKED) AS shard
+                FROM net n JOIN accounts a ON a.code = n.code
+                WHERE a.sharded AND n.d <> 0
+            ), upd AS (
+                UPDATE account_shards s SET balance = s.balance + hot.d FROM hot
+                WHERE s.account_id = hot.id AND s.shard = hot.shard
+                RETURNING s.account_id
+            )
+            SELECT array_agg(account_id) INTO v_done FROM upd;
             IF v_hot > 0 THEN
-                -- Unlimited accounts: one shard each that is free now (SKIP LOCKED: never a
-                -- wait, so never part of a deadlock) ...
-                WITH hot AS (
-                    SELECT a.id, n.d,
-                           (SELECT f.shard FROM account_shards f WHERE f.account_id = a.id
-                            ORDER BY (f.shard + v_pid) % {SHARDS}
-                            LIMIT 1 FOR UPDATE SKIP LOCKED) AS shard
-                    FROM (SELECT e.code, sum(e.amt) AS d
-                          FROM unnest(p_e_codes, p_e_amts) AS e(code, amt) GROUP BY e.code) n
-                    JOIN accounts a ON a.code = n.code
-                    WHERE a.sharded AND n.d <> 0
-                ), upd AS (
-                    UPDATE account_shards s SET balance = s.balance + hot.d FROM hot
-                    WHERE s.account_id = hot.id AND s.shard = hot.shard
-                    RETURNING s.account_id
-                )
-                SELECT array_agg(account_id) INTO v_done FROM upd;
                 -- ... and only when every shard is busy, wait for one, in ascending id.
                 IF COALESCE(cardinality(v_done), 0) < v_hot THEN
                     FOR r IN SELECT a.id, n.d
