@@ -1,7 +1,8 @@
 """What every benchmark needs: its own services, real workers, a yardstick, one JSON line.
 
-A benchmark is a module ``bench/<name>.py`` with ``run() -> dict``; ``bench/run [NAME…]``
-runs them (all by default) and prints one JSON line each::
+A benchmark is a module ``bench/<name>.py`` with ``run() -> dict`` (or a list of them, one
+per measured line); ``bench/run [NAME…]`` runs them (all by default) and prints one JSON
+line each::
 
     {"bench", "value", "unit", "baseline", "ratio", "note"}
 
@@ -216,11 +217,12 @@ def main(argv: list[str]) -> int:
         if not hasattr(module, "run"):
             continue
         try:
-            line = module.run()
+            lines = module.run()
         except Exception as exc:  # report it and go on with the others
             traceback.print_exc(file=sys.stderr)
-            line = {"bench": name, "value": None, "unit": None, "baseline": None, "ratio": None,
-                    "note": f"failed: {type(exc).__name__}: {exc}"}
+            lines = {"bench": name, "value": None, "unit": None, "baseline": None, "ratio": None,
+                     "note": f"failed: {type(exc).__name__}: {exc}"}
             failed += 1
-        print(json.dumps(line), flush=True)
+        for line in lines if isinstance(lines, list) else [lines]:
+            print(json.dumps(line), flush=True)
     return 1 if failed else 0

@@ -16,6 +16,11 @@ from domain.money import CURRENCIES
 #: correction is a cost to the platform, so it goes negative).
 NEGATIVE_ALLOWED_PREFIXES = ("world:", "user:", "provider:", "adjustments:")
 
+#: The accounts among those that have no limit at all: no rule ever reads their
+#: balance before a change (a user wallet's credit line and the guard's limits do read
+#: theirs).  Their cached balance is kept in shards, so postings never queue on them.
+UNLIMITED_PREFIXES = ("world:", "adjustments:")
+
 
 @dataclass(frozen=True, slots=True)
 class Posting:
@@ -34,6 +39,49 @@ class Posting:
 
 def may_go_negative(code: str) -> bool:
     return code.startswith(NEGATIVE_ALLOWED_PREFIXES)
+
+
+def is_unlimited(code: str) -> bool:
+    """May go negative and no rule limits it: its balance may be kept in shards."""
+    return code.startswith(UNLIMITED_PREFIXES) and may_go_negative(code)
+
+
+@dataclass(frozen=True, slots=True)
+class PostingBatchItem:
+    """One transaction of a batch posted at once (``infra.ledger.post_many``).
+
+    Parameters:
+      postings: its lines; they must balance per currency on their own.
+      kind: the transaction's kind, e.g. ``market_payout``.
+      idempotency_key: optional; unique across the ledger and within the batch.
+      memo, metadata: stored with the transaction.
+    """
+
+    postings: tuple[Posting, ...] | list[Posting]
+    kind: str
+    idempotency_key: str | None = None
+    memo: str | None = None
+    metadata: dict | None = None
+
+
+def validate_batch(items: Iterable[PostingBatchItem]) -> list[tuple[PostingBatchItem, list[Posting]]]:
+    """Check every transaction of a batch (as ``validate_postings``) and that no
+    idempotency key is used twice in it; each item with its postings as a list."""
+    checked = []
+    keys: set[str] = set()
+    for n, item in enumerate(items):
+        try:
+            postings = validate_postings(item.postings)
+        except LedgerError as exc:
+            raise LedgerError(f"transaction {n} of the batch: {exc}") from None
+        if item.idempotency_key is not None:
+            if item.idempotency_key in keys:
+                raise LedgerError(f"idempotency key {item.idempotency_key!r} twice in one batch")
+            keys.add(item.idempotency_key)
+        checked.append((item, postings))
+    if not checked:
+        raise LedgerError("an empty batch posts nothing")
+    return checked
 
 
 def validate_postings(postings: Iterable[Posting]) -> list[Posting]:

@@ -3,6 +3,14 @@
 Every function takes the unit of work's open ``Connection``; nothing here
 commits.  Accounts touched by one transaction are locked in ascending id
 order, so two postings never deadlock on each other's accounts.
+
+A posting (or a batch, ``post_many``) is one call of the server-side function
+``ledger_post_many`` (migration 0012): open missing accounts, lock, check, write
+transactions, entries and cached balances.  The rules stay in ``domain.ledger``:
+validation runs here before the call, the account flags and net amounts are the
+domain's, and a refusal the database reports is re-derived with the domain rule.
+Unlimited accounts (``world:``, ``adjustments:``) keep their balance in shards
+(``account_shards``) so concurrent postings never queue on their row.
 """
 
 from __future__ import annotations
@@ -13,15 +21,20 @@ from typing import Any, Iterable, Sequence
 
 from sqlalchemy import Connection, text
 
-from domain.errors import LedgerError, NotFound
+from domain.errors import InsufficientFunds, LedgerError, NotFound
 from domain.ledger import (
     Posting,
+    PostingBatchItem,
     check_resulting_balance,
+    is_unlimited,
     may_go_negative,
-    net_by_account,
     reversal_of,
+    validate_batch,
     validate_postings,
 )
+
+__all__ = ["Account", "Posting", "PostingBatchItem", "balance", "balances", "check",
+           "ensure_accounts", "lock_accounts", "post", "post_many", "postings_of", "reverse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,52 +44,57 @@ class Account:
     currency: str
     allow_negative: bool
     balance: int
+    #: An unlimited account (``domain.ledger.is_unlimited``): its balance is kept in
+    #: shards, and its row is never locked for update.
+    sharded: bool = False
+
+
+def _account_arrays(currency_of: dict[str, str]) -> dict[str, list]:
+    codes = sorted(currency_of)
+    return {
+        "codes": codes,
+        "curs": [currency_of[c] for c in codes],
+        "negs": [may_go_negative(c) for c in codes],
+        "sharded": [is_unlimited(c) for c in codes],
+    }
 
 
 def ensure_accounts(conn: Connection, wanted: dict[str, str]) -> None:
     """Create the accounts (code -> currency) that do not exist yet, in code order."""
-    _create_accounts(conn, _missing_accounts(conn, wanted), wanted)
-
-
-def _missing_accounts(conn: Connection, wanted: dict[str, str]) -> list[str]:
-    if not wanted:
-        return []
-    codes = sorted(wanted)
-    existing = {
-        row.code
-        for row in conn.execute(
-            text("SELECT code FROM accounts WHERE code = ANY(:codes)"), {"codes": codes}
-        )
-    }
-    return [c for c in codes if c not in existing]
-
-
-def _create_accounts(conn: Connection, missing: list[str], wanted: dict[str, str]) -> None:
-    if missing:
+    if wanted:
         conn.execute(
-            text(
-                "INSERT INTO accounts (code, currency, allow_negative) "
-                "SELECT * FROM unnest(CAST(:codes AS text[]), CAST(:curs AS text[]), "
-                "CAST(:negs AS boolean[])) ON CONFLICT (code) DO NOTHING"
-            ),
-            {
-                "codes": missing,
-                "curs": [wanted[c] for c in missing],
-                "negs": [may_go_negative(c) for c in missing],
-            },
+            text("SELECT ledger_open_accounts(CAST(:codes AS text[]), CAST(:curs AS text[]), "
+                 "CAST(:negs AS boolean[]), CAST(:sharded AS boolean[]))"),
+            _account_arrays(wanted),
         )
 
 
 def lock_accounts(conn: Connection, codes: Iterable[str]) -> dict[str, Account]:
-    """Lock the named accounts FOR UPDATE in ascending id order."""
+    """Lock the named accounts FOR UPDATE in ascending id order; read their balances.
+
+    Unlimited (sharded) accounts are read, not locked: no rule depends on their
+    balance, and locking them would queue every posting of a currency on one row.
+    """
     rows = conn.execute(
-        text(
-            "SELECT id, code, currency, allow_negative, balance FROM accounts "
-            "WHERE code = ANY(:codes) ORDER BY id FOR UPDATE"
-        ),
+        text("SELECT * FROM ledger_lock_accounts(CAST(:codes AS text[]))"),
         {"codes": sorted(set(codes))},
     )
-    return {r.code: Account(r.id, r.code, r.currency, r.allow_negative, r.balance) for r in rows}
+    return {r.code: _account(r) for r in rows}
+
+
+def _account(r) -> Account:
+    return Account(r.id, r.code, r.currency, r.allow_negative, int(r.balance), r.sharded)
+
+
+_POST_MANY = text(
+    "SELECT * FROM ledger_post_many("
+    "CAST(:keys AS text[]), CAST(:kinds AS text[]), CAST(:memos AS text[]), "
+    "CAST(:metas AS jsonb[]), CAST(:revs AS bigint[]), "
+    "CAST(:codes AS text[]), CAST(:curs AS text[]), CAST(:negs AS boolean[]), "
+    "CAST(:sharded AS boolean[]), "
+    "CAST(:e_txn AS int[]), CAST(:e_codes AS text[]), CAST(:e_curs AS text[]), "
+    "CAST(:e_amts AS bigint[]))"
+)
 
 
 def post(
@@ -94,80 +112,80 @@ def post(
     With an ``idempotency_key`` already used, returns the earlier transaction
     when it has the same postings and raises LedgerError when it differs.
     Raises InsufficientFunds (nothing written) when an account that may not
-    go negative would.
+    go negative would.  One round trip to the database (two for a repeat).
     """
     postings = validate_postings(postings)
-    if idempotency_key is not None:
-        earlier = _by_key(conn, idempotency_key)
-        if earlier is not None:
-            if sorted(postings_of(conn, earlier)) != sorted(
-                (p.account, p.currency, p.amount) for p in postings
-            ):
-                raise LedgerError(f"idempotency key {idempotency_key!r} reused with other postings")
-            return earlier
-
-    currency_of = {p.account: p.currency for p in postings}
-    missing = _missing_accounts(conn, currency_of)
-    if not missing:
-        return _post_locked(conn, postings, currency_of, kind, idempotency_key, memo, metadata,
-                            reverses_id)
-    # A refusal must leave nothing behind, not even the accounts it would have opened.
-    with conn.begin_nested():
-        _create_accounts(conn, missing, currency_of)
-        return _post_locked(conn, postings, currency_of, kind, idempotency_key, memo, metadata,
-                            reverses_id)
+    item = PostingBatchItem(postings, kind, idempotency_key, memo, metadata)
+    return _post_checked(conn, [(item, postings)], [reverses_id])[0]
 
 
-def _post_locked(conn, postings, currency_of, kind, idempotency_key, memo, metadata, reverses_id):
-    """Lock the (existing) accounts, check every rule, then write; raises before any write."""
-    accounts = lock_accounts(conn, currency_of)
-    for p in postings:
-        if accounts[p.account].currency != p.currency:
-            raise LedgerError(
-                f"{p.account} holds {accounts[p.account].currency}, not {p.currency}"
-            )
-    net = net_by_account(postings)
-    for code, delta in net.items():
-        acc = accounts[code]
-        check_resulting_balance(code, acc.allow_negative, acc.balance, delta)
+def post_many(conn: Connection, items: Sequence[PostingBatchItem]) -> list[int]:
+    """Post many balanced transactions at once, all or none; their ids, in order.
 
-    txn_id = conn.execute(
-        text(
-            "INSERT INTO ledger_transactions (idempotency_key, kind, memo, metadata, reverses_id) "
-            "VALUES (:key, :kind, :memo, CAST(:meta AS jsonb), :rev) RETURNING id"
-        ),
-        {
-            "key": idempotency_key,
-            "kind": kind,
-            "memo": memo,
-            "meta": _json(metadata),
-            "rev": reverses_id,
-        },
-    ).scalar_one()
-    conn.execute(
-        text(
-            "INSERT INTO ledger_entries (transaction_id, account_id, currency, amount) "
-            "SELECT :txn, * FROM unnest(CAST(:accs AS bigint[]), CAST(:curs AS text[]), "
-            "CAST(:amts AS bigint[]))"
-        ),
-        {
-            "txn": txn_id,
-            "accs": [accounts[p.account].id for p in postings],
-            "curs": [p.currency for p in postings],
-            "amts": [p.amount for p in postings],
-        },
-    )
-    changed = [(accounts[c].id, d) for c, d in net.items() if d != 0]
-    if changed:
-        conn.execute(
-            text(
-                "UPDATE accounts a SET balance = a.balance + d.delta "
-                "FROM unnest(CAST(:ids AS bigint[]), CAST(:deltas AS bigint[])) AS d(id, delta) "
-                "WHERE a.id = d.id"
-            ),
-            {"ids": [i for i, _ in changed], "deltas": [d for _, d in changed]},
-        )
-    return txn_id
+    Each transaction is checked as ``post`` checks it (balanced per currency, the
+    accounts' currencies, no forbidden negative balance after the transactions before
+    it in the batch, its idempotency key); the accounts are locked once, in ascending id
+    order.  A transaction whose key is already used with the same postings gives the
+    earlier id and is not posted again; with other postings the whole batch is refused.
+    One round trip to the database for the whole batch.
+    """
+    checked = validate_batch(items)
+    return _post_checked(conn, checked, [None] * len(checked))
+
+
+def _post_checked(conn: Connection, checked: list[tuple[PostingBatchItem, list[Posting]]],
+                  reverses: list[int | None]) -> list[int]:
+    """Post validated transactions through ``ledger_post_many``; raise on a refusal
+    (which wrote nothing)."""
+    currency_of: dict[str, str] = {}
+    e_txn, e_codes, e_curs, e_amts = [], [], [], []
+    for n, (_, postings) in enumerate(checked, start=1):
+        for p in postings:
+            currency_of[p.account] = p.currency
+            e_txn.append(n)
+            e_codes.append(p.account)
+            e_curs.append(p.currency)
+            e_amts.append(p.amount)
+    items = [item for item, _ in checked]
+    row = conn.execute(_POST_MANY, {
+        "keys": [i.idempotency_key for i in items],
+        "kinds": [i.kind for i in items],
+        "memos": [i.memo for i in items],
+        "metas": [_json(i.metadata) for i in items],
+        "revs": reverses,
+        **_account_arrays(currency_of),
+        "e_txn": e_txn, "e_codes": e_codes, "e_curs": e_curs, "e_amts": e_amts,
+    }).one()
+    if row.status == "posted":
+        return list(row.ids)
+    if row.status == "existing":
+        return _repeats(conn, checked, reverses, dict(zip(row.idx, row.ids)))
+    if row.status == "currency":
+        raise LedgerError(f"{row.code} holds {row.currency}, not {row.wanted}")
+    if row.status == "negative":
+        where = f"transaction {row.idx[0] - 1} of the batch: " if len(checked) > 1 else ""
+        try:
+            check_resulting_balance(row.code, row.allow_negative, int(row.balance), int(row.delta))
+        except InsufficientFunds as exc:
+            raise InsufficientFunds(f"{where}{exc}") from None
+        raise LedgerError(f"the database refused {row.code} going to "
+                          f"{row.balance + row.delta}, which the ledger rules allow")
+    raise LedgerError(f"unexpected answer from ledger_post_many: {row.status!r}")
+
+
+def _repeats(conn, checked, reverses, earlier: dict[int, int]) -> list[int]:
+    """Transactions whose key is already used: the earlier id when the postings are the
+    same (refused otherwise); the others are posted."""
+    for n, txn_id in earlier.items():
+        item, postings = checked[n - 1]
+        if sorted(postings_of(conn, txn_id)) != sorted(
+            (p.account, p.currency, p.amount) for p in postings
+        ):
+            raise LedgerError(f"idempotency key {item.idempotency_key!r} reused with other postings")
+    rest = [n for n in range(1, len(checked) + 1) if n not in earlier]
+    posted = iter(_post_checked(conn, [checked[n - 1] for n in rest],
+                                [reverses[n - 1] for n in rest]) if rest else [])
+    return [earlier[n] if n in earlier else next(posted) for n in range(1, len(checked) + 1)]
 
 
 def reverse(
@@ -198,20 +216,24 @@ def reverse(
 
 
 def balance(conn: Connection, code: str) -> Account:
+    """The account with its balance (a sharded account's: its row plus its shards)."""
     row = conn.execute(
-        text("SELECT id, code, currency, allow_negative, balance FROM accounts WHERE code = :c"),
+        text("SELECT id, code, currency, allow_negative, sharded, balance FROM account_balances "
+             "WHERE code = :c"),
         {"c": code},
     ).one_or_none()
     if row is None:
         raise NotFound(f"no account {code!r}")
-    return Account(row.id, row.code, row.currency, row.allow_negative, row.balance)
+    return _account(row)
 
 
 def balances(conn: Connection, codes: Iterable[str]) -> dict[str, int]:
+    """Balances of the accounts that exist among ``codes``, read in one snapshot."""
     rows = conn.execute(
-        text("SELECT code, balance FROM accounts WHERE code = ANY(:c)"), {"c": list(codes)}
+        text("SELECT code, balance FROM account_balances WHERE code = ANY(:c)"),
+        {"c": list(codes)},
     )
-    return {r.code: r.balance for r in rows}
+    return {r.code: int(r.balance) for r in rows}
 
 
 def check(conn: Connection) -> dict[str, Any]:
@@ -244,11 +266,12 @@ def check(conn: Connection) -> dict[str, Any]:
             )
         )
     ]
+    # A sharded account's cached balance is its row plus its shards (account_balances).
     mismatches = [
         {"account": r.code, "cached": int(r.balance), "entries": int(r.total)}
         for r in conn.execute(
             text(
-                "SELECT a.code, a.balance, COALESCE(s.total, 0) AS total FROM accounts a "
+                "SELECT a.code, a.balance, COALESCE(s.total, 0) AS total FROM account_balances a "
                 "LEFT JOIN (SELECT account_id, sum(amount) AS total FROM ledger_entries "
                 "GROUP BY account_id) s ON s.account_id = a.id "
                 "WHERE a.balance <> COALESCE(s.total, 0) ORDER BY a.code LIMIT 1000"
@@ -259,8 +282,22 @@ def check(conn: Connection) -> dict[str, Any]:
         {"account": r.code, "balance": int(r.balance)}
         for r in conn.execute(
             text(
-                "SELECT code, balance FROM accounts WHERE NOT allow_negative AND balance < 0 "
-                "ORDER BY code LIMIT 1000"
+                "SELECT code, balance FROM account_balances WHERE NOT allow_negative "
+                "AND balance < 0 ORDER BY code LIMIT 1000"
+            )
+        )
+    ]
+    # Shards belong to unlimited accounts only; one on an account with a limit would
+    # hide money from its CHECK constraint.
+    mismatches += [
+        {"account": r.code, "cached": int(r.balance), "entries": None,
+         "problem": f"{r.code} has a limit but {r.n} shard(s)"}
+        for r in conn.execute(
+            text(
+                "SELECT a.code, a.balance, count(*) AS n FROM account_shards s "
+                "JOIN account_balances a ON a.id = s.account_id "
+                "WHERE NOT a.sharded OR NOT a.allow_negative GROUP BY a.code, a.balance "
+                "ORDER BY a.code LIMIT 1000"
             )
         )
     ]
@@ -272,12 +309,6 @@ def check(conn: Connection) -> dict[str, Any]:
         "balance_mismatches": mismatches,
         "negative_balances": negatives,
     }
-
-
-def _by_key(conn: Connection, key: str) -> int | None:
-    return conn.execute(
-        text("SELECT id FROM ledger_transactions WHERE idempotency_key = :k"), {"k": key}
-    ).scalar_one_or_none()
 
 
 def postings_of(conn: Connection, txn_id: int) -> list[tuple[str, str, int]]:

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from domain import matching
 from domain.errors import LedgerError, Refused
-from domain.ledger import Posting
+from domain.ledger import Posting, PostingBatchItem
 from domain.matching import Decision, Expectation, Payment, Tally
 from infra import ledger
 from infra.journal import repository as repo
@@ -169,12 +169,12 @@ def apply_links(uow: UnitOfWork, links: Sequence[Link], *,
     by_cycle: dict[str, list[Link]] = defaultdict(list)
     for lk in links:
         by_cycle[cycle_of[lk.journal_id]].append(lk)
-    for cycle_id, group in sorted(by_cycle.items()):
-        total = sum(lk.amount for lk in group)
-        txn = ledger.post(
-            conn,
-            [Posting(f"world:{CURRENCY}", CURRENCY, -total),
-             Posting(cycle_account(cycle_id), CURRENCY, total)],
+    groups = sorted(by_cycle.items())
+    totals = {cycle_id: sum(lk.amount for lk in group) for cycle_id, group in groups}
+    deposits = [  # one transaction per cycle, all in one call of the ledger
+        PostingBatchItem(
+            [Posting(f"world:{CURRENCY}", CURRENCY, -totals[cycle_id]),
+             Posting(cycle_account(cycle_id), CURRENCY, totals[cycle_id])],
             kind="cycle_deposit",
             # (actor, request_id) takes effect once, so this key is unique per deposit.
             idempotency_key=(f"cycle_deposit:{uow.actor}:{request_id}:{cycle_id}"
@@ -182,6 +182,9 @@ def apply_links(uow: UnitOfWork, links: Sequence[Link], *,
             memo=f"{len(group)} payment(s) into cycle {cycle_id}",
             metadata={"request_id": request_id, "performed_by": performed_by, "payments": len(group)},
         )
+        for cycle_id, group in groups
+    ]
+    for (_, group), txn in zip(groups, ledger.post_many(conn, deposits)):
         repo.set_link_transaction(conn, (lk.journal_id for lk in group), txn)
 
     repo.record_review(conn, {lk.journal_id: ("linked", None) for lk in links})

@@ -23,7 +23,7 @@ def call(actor, **kwargs):
 
 def balances(engine, *codes: str) -> dict[str, int]:
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT code, balance FROM accounts WHERE code = ANY(:c)"),
+        rows = conn.execute(text("SELECT code, balance FROM account_balances WHERE code = ANY(:c)"),
                             {"c": list(codes)})
         found = {r.code: int(r.balance) for r in rows}
     return {c: found.get(c, 0) for c in codes}

@@ -62,7 +62,7 @@ def snapshot(engine, cid: str | None) -> dict:
             "fills": q("SELECT * FROM treasury_fills WHERE challenge_id = :c ORDER BY id"),
             "matches": q("SELECT * FROM treasury_matches WHERE challenge_id = :c ORDER BY id"),
             "ledger": q("SELECT count(*) FROM ledger_entries"),
-            "accounts": q("SELECT code, balance FROM accounts ORDER BY code"),
+            "accounts": q("SELECT code, balance FROM account_balances ORDER BY code"),
             "outbox": q("SELECT count(*) FROM outbox"),
             "alerts": q("SELECT id, status FROM alerts ORDER BY id"),
         }

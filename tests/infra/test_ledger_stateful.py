@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from sqlalchemy import text
 
 from domain.errors import InsufficientFunds, LedgerError
-from domain.ledger import Posting, may_go_negative
+from domain.ledger import Posting, PostingBatchItem, is_unlimited, may_go_negative
 from infra import ledger
 from tests.harness import uid
 
@@ -32,13 +32,17 @@ transfers = st.lists(
 
 
 def snapshot(conn) -> tuple:
-    """Everything a posting could change: every account, and the row counts."""
+    """Everything a posting could change: every account (its row and its shards), and the
+    row counts."""
     accounts = conn.execute(text(
-        "SELECT code, currency, allow_negative, balance FROM accounts ORDER BY code")).all()
+        "SELECT code, currency, allow_negative, sharded, balance FROM accounts ORDER BY code")).all()
+    shards = conn.execute(text(
+        "SELECT a.code, s.shard, s.balance FROM account_shards s JOIN accounts a "
+        "ON a.id = s.account_id ORDER BY a.code, s.shard")).all()
     counts = conn.execute(text(
         "SELECT (SELECT count(*) FROM ledger_transactions), (SELECT count(*) FROM ledger_entries)"
     )).one()
-    return tuple(map(tuple, accounts)), tuple(counts)
+    return tuple(map(tuple, accounts)), tuple(map(tuple, shards)), tuple(counts)
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -71,11 +75,12 @@ class LedgerMachine(RuleBasedStateMachine):
             out += [Posting(self.code(src, cur), cur, -amount), Posting(self.code(dst, cur), cur, amount)]
         return out
 
-    def refused_by_model(self, postings: list[Posting]) -> bool:
+    def refused_by_model(self, postings: list[Posting], model: dict[str, int] | None = None) -> bool:
+        model = self.model if model is None else model
         net: dict[str, int] = defaultdict(int)
         for p in postings:
             net[p.account] += p.amount
-        return any(self.model[c] + d < 0 and not may_go_negative(c) for c, d in net.items())
+        return any(model[c] + d < 0 and not may_go_negative(c) for c, d in net.items())
 
     def apply(self, txn_id: int, postings: list[Posting]) -> None:
         for p in postings:
@@ -113,6 +118,33 @@ class LedgerMachine(RuleBasedStateMachine):
         self.originals[txn_id] = postings
         if key:
             self.keyed[key] = (txn_id, postings)
+
+    @rule(batch=st.lists(transfers, min_size=1, max_size=4), keyed=st.booleans())
+    def post_a_batch(self, batch, keyed):
+        """``post_many``: each transaction checked after the ones before it, all or none."""
+        items = []
+        for moves in batch:
+            key = f"{self.prefix}-k{self.step}" if keyed else None
+            self.step += 1
+            items.append(PostingBatchItem(self.postings(moves), "test", idempotency_key=key))
+        model = defaultdict(int, self.model)
+        refused = False
+        for item in items:
+            refused = refused or self.refused_by_model(item.postings, model)
+            for p in item.postings:
+                model[p.account] += p.amount
+        if refused:
+            self.expect_refusal(InsufficientFunds, lambda conn: ledger.post_many(conn, items),
+                                match="of the batch" if len(items) > 1 else None)
+            return
+        with self.engine.begin() as conn:
+            ids = ledger.post_many(conn, items)
+        assert len(set(ids)) == len(items)
+        for txn_id, item in zip(ids, items):
+            self.apply(txn_id, item.postings)
+            self.originals[txn_id] = item.postings
+            if item.idempotency_key:
+                self.keyed[item.idempotency_key] = (txn_id, item.postings)
 
     @precondition(lambda self: self.keyed)
     @rule(data=st.data())
@@ -194,14 +226,21 @@ class LedgerMachine(RuleBasedStateMachine):
         with self.engine.connect() as conn:
             result = ledger.check(conn)
             assert result["ok"], result
+            # The balance a reader sees: the row, plus the shards of an unlimited account.
             rows = conn.execute(text(
                 "SELECT a.code, a.currency, a.balance, COALESCE(sum(e.amount), 0) AS total "
-                "FROM accounts a LEFT JOIN ledger_entries e ON e.account_id = a.id "
-                "WHERE a.code LIKE :p GROUP BY a.id"), {"p": f"%{self.prefix}%"}).all()
+                "FROM account_balances a LEFT JOIN ledger_entries e ON e.account_id = a.id "
+                "WHERE a.code LIKE :p GROUP BY a.id, a.code, a.currency, a.balance"),
+                {"p": f"%{self.prefix}%"}).all()
         found = {r.code: (r.currency, int(r.balance), int(r.total)) for r in rows}
         expected = {c: (self.currency_of[c], self.model[c], self.model[c]) for c in self.currency_of}
         assert found == expected
         assert all(bal >= 0 for c, (_, bal, _) in found.items() if not may_go_negative(c))
+        with self.engine.connect() as conn:
+            sharded = dict(conn.execute(text(
+                "SELECT code, sharded FROM accounts WHERE code LIKE :p"),
+                {"p": f"%{self.prefix}%"}).all())
+        assert sharded == {c: is_unlimited(c) for c in self.currency_of}
 
     @invariant()
     def reversals_negate_their_original(self):
