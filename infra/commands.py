@@ -15,7 +15,7 @@ import dramatiq
 
 from domain.errors import InvalidCommand
 from domain.auth import IDENTITY_FIELDS
-from infra.auth import operator_signer
+from infra.auth import Signer, operator_signer
 from infra.contract import ACTORS, parse
 from infra.logs import get_logger
 from infra.settings import get_settings
@@ -37,7 +37,7 @@ class Sent:
 
 
 def send_command(actor: str, kwargs: dict[str, Any], *, sender: str | None = None,
-                 request_prefix: str = "cli") -> Sent:
+                 request_prefix: str = "cli", signer: Signer | None = None) -> Sent:
     """Validate ``kwargs`` against ``actor``'s schema and publish the command.
 
     Parameters:
@@ -48,6 +48,7 @@ def send_command(actor: str, kwargs: dict[str, Any], *, sender: str | None = Non
         The command is signed with the operator's key (BALLAST_OPERATOR_KEY / _FILE); an
         identity field left out is the operator's own name.
       request_prefix: prefix of a generated request id.
+      signer: who signs (the console's operator); default the process's operator key.
 
     Raises InvalidCommand (one line, as the CLI prints it) before anything is published.
     """
@@ -56,7 +57,7 @@ def send_command(actor: str, kwargs: dict[str, Any], *, sender: str | None = Non
         raise UnknownActor(f"unknown actor {actor!r}; known: {', '.join(sorted(ACTORS))}")
     kwargs = dict(kwargs)
     kwargs.setdefault("request_id", f"{request_prefix}-{uuid.uuid4()}")
-    signer = operator_signer()
+    signer = signer or operator_signer()
     if signer is not None:
         # An identity the command names is the operator's own unless given.
         for field in IDENTITY_FIELDS:

@@ -69,7 +69,13 @@ def send(action: str, actor: str, kwargs: dict[str, Any], *, back: Callable[...,
     with _engine().connect() as conn:
         floor = queries.outbox_floor(conn)
     try:
-        sent = send_command(actor, kwargs, sender=g.operator.name, request_prefix="web")
+        signer = operators.signer_of(g.operator.name)
+        if signer is None:
+            with _engine().begin() as conn:  # an operator promoted from viewer gets a key now
+                operators.ensure_signing_key(conn, g.operator.name)
+            signer = operators.signer_of(g.operator.name)
+        sent = send_command(actor, kwargs, sender=g.operator.name, request_prefix="web",
+                            signer=signer)
     except InvalidCommand as exc:
         _audit(action, "refused", {"actor": actor, "kwargs": kwargs, "reason": str(exc)})
         return back(errors=field_errors(str(exc), list(kwargs)), values=request.form, status=422)

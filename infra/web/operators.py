@@ -17,9 +17,13 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from pathlib import Path
+
 from sqlalchemy import Connection, text
 
 from domain.errors import InvalidCommand, NotFound, Refused
+from infra import auth
+from infra.web.settings import get_web_settings
 
 ROLES = ("viewer", "operator", "admin")
 #: The least role each action needs; templates show an action only to those who may take it.
@@ -91,7 +95,32 @@ def add(conn: Connection, name: str, role: str, password: str) -> Operator:
     ).one_or_none()
     if row is None:
         raise Refused(f"operator {name} already exists")
+    if role != "viewer":
+        ensure_signing_key(conn, name)
     return Operator(row.name, row.role, row.password_changed_at)
+
+
+def _key_path(name: str) -> Path:
+    return Path(get_web_settings().key_dir) / f"{check_name(name)}.json"
+
+
+def ensure_signing_key(conn: Connection, name: str) -> None:
+    """Make ``name`` a producer with the operator role whose private key only this console
+    holds (a file in ``BALLAST_WEB_KEY_DIR``), so its actions are commands signed by it.
+    Refused when a producer of that name exists with a key the console does not hold."""
+    held = signer_of(name)
+    if held is not None and auth.lookup_key(conn, held.key_id) is not None:
+        return
+    signer = auth.add_producer(conn, name, ["operator"], by="console")
+    path = _key_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.unlink(missing_ok=True)  # a key this database never registered (rolled back, reset)
+    auth.write_key_file(str(path), signer)
+
+
+def signer_of(name: str) -> auth.Signer | None:
+    """The signer of a console operator's actions (None when it has no key here)."""
+    return auth.load_signer(None, str(_key_path(name)))
 
 
 def set_password(conn: Connection, name: str, password: str) -> None:

@@ -19,6 +19,9 @@ class WebSettings(BaseSettings):
       session_hours: how long a login lasts.
       refresh_s: auto-refresh period of live pages.
       page_size: rows per page.
+      key_dir: where the console keeps each acting operator's signing key (one file per
+        operator, owner-only): every action is a command signed by the operator who took it.
+        Only the console's host holds these files; the workers see public keys only.
     """
 
     model_config = SettingsConfigDict(env_prefix="BALLAST_WEB_", extra="ignore")
@@ -30,6 +33,7 @@ class WebSettings(BaseSettings):
     session_hours: int = Field(default=8, ge=1, le=24 * 7)
     refresh_s: int = Field(default=30, ge=5)
     page_size: int = Field(default=50, ge=5, le=500)
+    key_dir: str = ".ballast/console-keys"
 
 
 @lru_cache(maxsize=1)

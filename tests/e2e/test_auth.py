@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from infra import auth, rabbit
 from infra.contract import spec_for
-from tests.harness import ROOT, EventTap, Worker, keyring, publish_raw, purge_all, uid, wait_quiet, wait_until
+from tests.harness import CLI_OPERATOR, ROOT, EventTap, Worker, keyring, publish_raw, purge_all, uid, wait_quiet, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -343,8 +343,8 @@ def test_a_dead_letter_older_than_the_window_replays_only_with_an_operators_coun
     assert again.summary()["reason"].startswith("unauthorized by rule too_old:")
     # `ballast dlq replay` countersigns with the operator's key the CLI holds.
     done = subprocess.run([sys.executable, "-m", "infra.cli.main", "dlq", "replay", "--id",
-                           old.message_id, "--json"], cwd=ROOT, env=env.environ(),
-                          capture_output=True, text=True, timeout=120)
-    assert json.loads(done.stdout) == {"replayed": 1}, done.stderr
+                           old.message_id, "--by", CLI_OPERATOR, "--json"], cwd=ROOT,
+                          env=env.environ(), capture_output=True, text=True, timeout=120)
+    assert json.loads(done.stdout)["replayed"] == 1, done.stderr
     wait_until(lambda: balance(engine, user) == 4_200, what="the vouched replay")
     assert letter(env, old.message_id) is None

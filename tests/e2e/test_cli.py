@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 from infra import rabbit
 from infra.contract import QUEUES
 from infra.db.migrate import drop_database
-from tests.harness import ROOT, amqp, send, uid, wait_quiet, wait_until
+from tests.harness import CLI_OPERATOR, ROOT, amqp, send, uid, wait_quiet, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -224,9 +224,9 @@ def test_dead_letters_are_listed_shown_replayed_and_purged(env, engine, worker):
     send(env, "deposit", request_id=uid("r"), user_id=user, currency="USD", amount=1_000_000,
          reference="in")
     wait_until(lambda: balance(engine, f"user:{user}:USD") == 1_000_000)
-    assert_usage_error(cli(env, "dlq", "replay", "ballast.wallets", "--by", "ops", "--json"))  # neither --all nor --id
+    assert_usage_error(cli(env, "dlq", "replay", "ballast.wallets", "--by", CLI_OPERATOR, "--json"))  # neither --all nor --id
     assert_usage_error(cli(env, "dlq", "replay", "ballast.wallets", "--id", message_id, "--json"))  # no --by
-    replayed = cli_json(env, "dlq", "replay", "ballast.wallets", "--id", message_id, "--by", "ops")
+    replayed = cli_json(env, "dlq", "replay", "ballast.wallets", "--id", message_id, "--by", CLI_OPERATOR)
     assert replayed["replayed"] == 1 and replayed["queues"] == {"ballast.wallets": 1}
     wait_until(lambda: balance(engine, f"user:{user}:USD") == -500_000, what="replayed withdrawal")
     wait_quiet(env)
@@ -237,11 +237,11 @@ def test_dead_letters_are_listed_shown_replayed_and_purged(env, engine, worker):
          reference="x")
     wait_until(lambda: rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"] >= 1)
     dead = rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"]
-    assert_usage_error(cli(env, "dlq", "purge", "ballast.wallets", "--by", "ops", "--json"))
+    assert_usage_error(cli(env, "dlq", "purge", "ballast.wallets", "--by", CLI_OPERATOR, "--json"))
     assert rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"] == dead
-    assert cli_json(env, "dlq", "purge", "ballast.wallets", "--by", "ops", "--dry-run") == {
+    assert cli_json(env, "dlq", "purge", "ballast.wallets", "--by", CLI_OPERATOR, "--dry-run") == {
         "dry_run": True, "purged": 0, "would_purge": dead}
     assert rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"] == dead
-    assert cli_json(env, "dlq", "purge", "ballast.wallets", "--by", "ops", "--yes") == {"purged": dead}
+    assert cli_json(env, "dlq", "purge", "ballast.wallets", "--by", CLI_OPERATOR, "--yes") == {"purged": dead}
     assert rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"] == 0
     assert cli_json(env, "dlq", "list", "ballast.wallets") == []

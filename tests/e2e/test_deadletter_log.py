@@ -14,7 +14,7 @@ from dramatiq.common import xq_name
 from sqlalchemy import text
 
 from infra import rabbit, rabbit_admin
-from tests.harness import ROOT, amqp, send, uid, wait_until
+from tests.harness import CLI_OPERATOR, ROOT, amqp, send, uid, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -102,24 +102,24 @@ def test_a_dead_letter_rabbitmq_no_longer_holds_is_still_shown_from_the_log(env,
 
 def test_replay_and_purge_record_who_and_when(env, engine, worker):
     rid, row = refused_withdrawal(env, engine)
-    done = cli_json(env, "dlq", "replay", "ballast.wallets", "--id", row["message_id"], "--by", "ada")
+    done = cli_json(env, "dlq", "replay", "ballast.wallets", "--id", row["message_id"], "--by", CLI_OPERATOR)
     assert done["replayed"] == 1
     [first, *again] = wait_until(lambda: logged(engine, rid)[0]["status"] == "replayed"
                                  and logged(engine, rid), what="the replay recorded")
-    assert (first["status"], first["resolved_by"]) == ("replayed", "ada")
+    assert (first["status"], first["resolved_by"]) == ("replayed", CLI_OPERATOR)
     assert first["resolved_at"] is not None
     # Still refused (nothing changed its cause): a second death is a second record.
     wait_until(lambda: len(logged(engine, rid)) == 2, what="the second death")
     assert logged(engine, rid)[1]["status"] == "dead"
 
-    done = cli_json(env, "dlq", "purge", "ballast.wallets", "--by", "bob", "--yes")
+    done = cli_json(env, "dlq", "purge", "ballast.wallets", "--by", CLI_OPERATOR, "--yes")
     assert done["purged"] >= 1
     last = logged(engine, rid)[1]
-    assert (last["status"], last["resolved_by"]) == ("purged", "bob")
+    assert (last["status"], last["resolved_by"]) == ("purged", CLI_OPERATOR)
     with engine.connect() as conn:
         who = conn.execute(text("SELECT performed_by FROM operator_actions WHERE command = "
                                 "'dlq purge' ORDER BY id DESC LIMIT 1")).scalar_one()
-    assert who == "bob"
+    assert who == CLI_OPERATOR
 
 
 def test_the_dead_letter_retention_in_rabbitmq_is_configurable(env):
@@ -167,10 +167,10 @@ def test_a_dead_letter_rabbitmq_expired_is_replayed_from_the_log(env, engine, wo
                              {"c": f"user:{user}:USD"}).scalar_one_or_none()
 
     wait_until(lambda: balance() == 1_000_000, what="the deposit")
-    dry = cli_json(env, "dlq", "replay", "--id", row["message_id"], "--by", "ada", "--dry-run")
+    dry = cli_json(env, "dlq", "replay", "--id", row["message_id"], "--by", CLI_OPERATOR, "--dry-run")
     assert dry["would_replay"] == 1 and dry["queues"] == {"ballast.wallets": 1}
-    done = cli_json(env, "dlq", "replay", "--id", row["message_id"], "--by", "ada")
+    done = cli_json(env, "dlq", "replay", "--id", row["message_id"], "--by", CLI_OPERATOR)
     assert done == {"replayed": 1, "queues": {"ballast.wallets": 1}}
     wait_until(lambda: balance() == -500_000, what="the withdrawal replayed from the log")
     [record] = logged(engine, rid)
-    assert (record["status"], record["resolved_by"]) == ("replayed", "ada")
+    assert (record["status"], record["resolved_by"]) == ("replayed", CLI_OPERATOR)

@@ -231,7 +231,7 @@ def test_a_market_settlement_out_of_retries_is_failed_retried_then_disputed_and_
 
 def test_a_cycle_is_closed_through_the_workers(env, engine, worker, empty_journal):
     cycle = uid("cy")
-    send(env, "register_character", request_id=uid("r"), character_id="logi-x", name="Logi X",
+    send(env, "register_character", request_id=uid("r"), character_id=71_001, name="Logi X",
          role="LOGISTICS")
     send(env, "plan_cycle", request_id=uid("r"), cycle_id=cycle)
     wait_until(lambda: scalar(engine, "SELECT status FROM journal_cycles WHERE cycle_id = :c",
@@ -239,9 +239,9 @@ def test_a_cycle_is_closed_through_the_workers(env, engine, worker, empty_journa
     send(env, "create_participation", request_id=uid("r"), participation_id=uid("p"),
          cycle_id=cycle, user_id="u1", character_name="Alpha", amount=5_000)
     send(env, "import_wallet_journal", request_id=uid("r"), entries=[{
-        "journal_id": uid("j"), "character_id": "logi-x", "date": "2026-01-01T00:00:00+00:00",
+        "journal_id": uid("j"), "character_id": 71_001, "date": "2026-01-01T00:00:00+00:00",
         "ref_type": "player_donation", "amount": 5_000, "reason": f"ARB {cycle} Alpha",
-        "first_party_id": "pilot-1", "second_party_id": "logi-x"}])
+        "first_party_id": 90_001, "second_party_id": 71_001}])
     wait_until(lambda: balance(engine, f"cycle:{cycle}") == 5_000, what="payment matched")
     send(env, "open_cycle", request_id=uid("r"), cycle_id=cycle)
     wait_until(lambda: scalar(engine, "SELECT status FROM journal_cycles WHERE cycle_id = :c",

@@ -18,7 +18,7 @@ from dramatiq.common import xq_name
 from sqlalchemy import text
 
 from infra import rabbit
-from tests.harness import ROOT, publish_raw, uid
+from tests.harness import CLI_OPERATOR, ROOT, publish_raw, uid
 from tests.infra.test_treasury_kit import add_provider, reset, usd
 
 pytestmark = pytest.mark.e2e
@@ -76,7 +76,7 @@ def actions(engine, command: str) -> list[dict]:
 def test_a_lever_in_a_script_without_yes_is_refused_in_one_line_and_changes_nothing(env, engine):
     reset(engine)
     before = fiat_min(engine)
-    done = cli(env, "buffers", "set", "system_buffer_fiat", "--min", str(before + 100), "--by", "ops")
+    done = cli(env, "buffers", "set", "system_buffer_fiat", "--min", str(before + 100), "--by", CLI_OPERATOR)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "refused: Set system_buffer_fiat thresholds to min 20,001.00 USD (was 20,000.00 USD) "
@@ -87,7 +87,7 @@ def test_a_lever_in_a_script_without_yes_is_refused_in_one_line_and_changes_noth
 def test_dry_run_shows_the_change_and_changes_nothing(env, engine):
     reset(engine)
     before = fiat_min(engine)
-    done = cli(env, "buffers", "set", "system_buffer_fiat", "--min", str(usd(30_000)), "--by", "ops",
+    done = cli(env, "buffers", "set", "system_buffer_fiat", "--min", str(usd(30_000)), "--by", CLI_OPERATOR,
                "--dry-run", "--json")
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
@@ -95,14 +95,14 @@ def test_dry_run_shows_the_change_and_changes_nothing(env, engine):
     assert doc["after"]["min"] == usd(30_000)
     assert fiat_min(engine) == before
     human = cli(env, "buffers", "set", "system_buffer_fiat", "--min", str(usd(30_000)), "--by",
-                "ops", "--dry-run")
+                CLI_OPERATOR, "--dry-run")
     assert human.stdout.strip() == ("dry run: would set system_buffer_fiat thresholds to min "
                                     "30,000.00 USD (was 20,000.00 USD)")
     # An impossible change is refused by the dry run too (min above target).
     assert cli(env, "buffers", "set", "system_buffer_fiat", "--min", str(usd(200_000)), "--by",
-               "ops", "--dry-run").returncode == 2
+               CLI_OPERATOR, "--dry-run").returncode == 2
     name = add_provider(engine, priority=7)
-    shown = json.loads(cli(env, "providers", "set", name, "--priority", "2", "--by", "ops",
+    shown = json.loads(cli(env, "providers", "set", name, "--priority", "2", "--by", CLI_OPERATOR,
                            "--dry-run", "--json").stdout)
     assert shown == {"dry_run": True, "name": name, "before": {"priority": 7},
                      "after": {"priority": 2}}
@@ -116,16 +116,16 @@ def test_on_a_terminal_the_lever_asks_and_no_changes_nothing(env, engine):
     reset(engine)
     before = fiat_min(engine)
     code, screen = on_terminal(env, "n", "buffers", "set", "system_buffer_fiat", "--min",
-                               str(usd(25_000)), "--by", "ada")
+                               str(usd(25_000)), "--by", CLI_OPERATOR)
     assert "Set system_buffer_fiat thresholds to min 25,000.00 USD (was 20,000.00 USD). Go ahead?" \
         in screen.replace("\r\n", " ").replace("\n", " ")
     assert code == 1 and fiat_min(engine) == before
     code, screen = on_terminal(env, "y", "buffers", "set", "system_buffer_fiat", "--min",
-                               str(usd(25_000)), "--by", "ada")
+                               str(usd(25_000)), "--by", CLI_OPERATOR)
     assert code == 0, screen
     assert fiat_min(engine) == usd(25_000)
     [last] = actions(engine, "buffers set")[-1:]
-    assert last["performed_by"] == "ada" and last["target"] == "system_buffer_fiat"
+    assert last["performed_by"] == CLI_OPERATOR and last["target"] == "system_buffer_fiat"
     assert (last["detail"]["before"]["min"], last["detail"]["after"]["min"]) == (before, usd(25_000))
     reset(engine)
 
@@ -146,17 +146,17 @@ def test_forced_cancel_asks_and_dry_run_keeps_the_job(env, engine):
     reset(engine, broker=usd(250_000))
     add_provider(engine, priority=1)
     job = json.loads(cli(env, "conversions", "convert", "--from", "broker_operational", "--to",
-                         "system_buffer_usdc", "--amount", str(usd(1_000)), "--by", "ops",
+                         "system_buffer_usdc", "--amount", str(usd(1_000)), "--by", CLI_OPERATOR,
                          "--json").stdout)
-    dry = cli(env, "conversions", "cancel", str(job["job_id"]), "--by", "ops", "--reason", "r",
+    dry = cli(env, "conversions", "cancel", str(job["job_id"]), "--by", CLI_OPERATOR, "--reason", "r",
               "--force", "--dry-run", "--json")
     assert json.loads(dry.stdout)["dry_run"] is True
-    refused = cli(env, "conversions", "cancel", str(job["job_id"]), "--by", "ops", "--reason", "r",
+    refused = cli(env, "conversions", "cancel", str(job["job_id"]), "--by", CLI_OPERATOR, "--reason", "r",
                   "--force")
     assert refused.returncode == 2 and "needs --yes" in refused.stderr
     shown = json.loads(cli(env, "conversions", "show", str(job["job_id"]), "--json").stdout)
     assert shown["status"] == "pending"
-    done = cli(env, "conversions", "cancel", str(job["job_id"]), "--by", "ops", "--reason", "r",
+    done = cli(env, "conversions", "cancel", str(job["job_id"]), "--by", CLI_OPERATOR, "--reason", "r",
                "--force", "--yes", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "cancelled"
@@ -176,15 +176,15 @@ def test_replay_all_without_a_queue_covers_every_queue_with_a_count(env, engine,
     _dead(env, "ballast.wallets", "deposit")
     _dead(env, "ballast.wallets", "withdraw")
     _dead(env, "ballast.markets", "open_market")
-    dry = json.loads(cli(env, "dlq", "replay", "--all", "--by", "ops", "--dry-run", "--json").stdout)
+    dry = json.loads(cli(env, "dlq", "replay", "--all", "--by", CLI_OPERATOR, "--dry-run", "--json").stdout)
     assert dry == {"dry_run": True, "replayed": 0, "would_replay": 3,
                    "queues": {"ballast.wallets": 2, "ballast.markets": 1}}
     assert sum(rabbit.dead_letter_counts(env.broker_url).values()) == 3
-    assert cli(env, "dlq", "replay", "--all", "--by", "ops").returncode == 2  # no --yes
-    done = cli(env, "dlq", "replay", "--all", "--by", "ops", "--yes", "--json")
+    assert cli(env, "dlq", "replay", "--all", "--by", CLI_OPERATOR).returncode == 2  # no --yes
+    done = cli(env, "dlq", "replay", "--all", "--by", CLI_OPERATOR, "--yes", "--json")
     assert json.loads(done.stdout) == {"replayed": 3,
                                        "queues": {"ballast.wallets": 2, "ballast.markets": 1}}
     ready = {r["queue"]: r["ready"] for r in rabbit.queue_stats(env.broker_url)}
     assert (ready["ballast.wallets"], ready["ballast.markets"]) == (2, 1)
     assert sum(rabbit.dead_letter_counts(env.broker_url).values()) == 0
-    assert actions(engine, "dlq replay")[-1]["performed_by"] == "ops"
+    assert actions(engine, "dlq replay")[-1]["performed_by"] == CLI_OPERATOR

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from infra.alerts import raise_alert
 from infra.cli.main import cli
 from infra.uow import UnitOfWork
-from tests.harness import uid
+from tests.harness import CLI_OPERATOR, uid
 from tests.infra.test_guard import apply
 
 
@@ -111,20 +111,20 @@ def test_a_one_shot_alert_is_resolved_by_an_operator_with_a_note(engine):
         alert_id = raise_alert(uow, kind="conversion_failed", severity="critical",
                                subject="conversion failed", dedupe_key=key, data={})
         uow.commit()
-    run("alerts", "resolve", str(alert_id), "--by", "ops-ada", code=2)  # --note is required
-    got = doc("alerts", "resolve", str(alert_id), "--by", "ops-ada", "--note", "refunded by hand")
+    run("alerts", "resolve", str(alert_id), "--by", CLI_OPERATOR, code=2)  # --note is required
+    got = doc("alerts", "resolve", str(alert_id), "--by", CLI_OPERATOR, "--note", "refunded by hand")
     assert (got["status"], got["resolved_by"], got["resolution_note"]) == \
-        ("resolved", "ops-ada", "refunded by hand")
+        ("resolved", CLI_OPERATOR, "refunded by hand")
     assert got["resolved_at"]
-    assert "already resolved" in run("alerts", "resolve", str(alert_id), "--by", "x", "--note", "y",
+    assert "already resolved" in run("alerts", "resolve", str(alert_id), "--by", CLI_OPERATOR, "--note", "y",
                                      code=1).output
-    run("alerts", "resolve", "999999999", "--by", "x", "--note", "y", code=1)
+    run("alerts", "resolve", "999999999", "--by", CLI_OPERATOR, "--note", "y", code=1)
     assert doc("alerts", "show", str(alert_id))["resolution_note"] == "refunded by hand"
     with engine.connect() as conn:
         body = conn.execute(text("SELECT body FROM outbox WHERE event_name = 'alert.resolved' "
                                  "AND CAST(body->'data'->>'alert_id' AS bigint) = :a"),
                             {"a": alert_id}).scalar_one()
-    assert (body["data"]["note"], body["data"]["resolved_by"]) == ("refunded by hand", "ops-ada")
+    assert (body["data"]["note"], body["data"]["resolved_by"]) == ("refunded by hand", CLI_OPERATOR)
     # Resolved, the key may open again (the next failure is a new alert).
     with UnitOfWork(engine=engine) as uow:
         assert raise_alert(uow, kind="conversion_failed", severity="critical",

@@ -37,33 +37,33 @@ def test_buffers_view_is_the_contract_document(engine):
 def test_providers_add_pause_resume_and_list(engine):
     reset(engine)
     name = uid("cli")
-    added = run("providers", "add", "--by", "ops", name, "--type", "simulated", "--priority", "3", "--rate",
+    added = run("providers", "add", "--by", CLI_OPERATOR, name, "--type", "simulated", "--priority", "3", "--rate",
                 "0.9990", "--fee-bps", "15", "--latency-polls", "2", "--fail-mode", "stick", "--json")
     assert (added["name"], added["type"], added["priority"], added["status"]) == (
         name, "simulated", 3, "active")
     assert added["config"] == {"rate_ppm": 999_000, "fee_bps": 15, "latency_polls": 2,
                                "fail_mode": "stick"}
-    assert run("providers", "pause", name, "--by", "ops", "--json")["status"] == "paused"
-    assert run("providers", "resume", name, "--by", "ops", "--json")["status"] == "active"
-    assert run("providers", "set", name, "--fail-mode", "none", "--by", "ops", "--yes", "--json")["config"]["fail_mode"] == "none"
+    assert run("providers", "pause", name, "--by", CLI_OPERATOR, "--json")["status"] == "paused"
+    assert run("providers", "resume", name, "--by", CLI_OPERATOR, "--json")["status"] == "active"
+    assert run("providers", "set", name, "--fail-mode", "none", "--by", CLI_OPERATOR, "--yes", "--json")["config"]["fail_mode"] == "none"
     [row] = [r for r in run("providers", "--json") if r["name"] == name]
     # probe/probed_at extend the contract's document (no probe yet: says nothing)
     assert row == {"name": name, "status": "active", "priority": 3, "success_rate": None,
                    "daily_volume_used": 0, "healthy": True, "probe": None, "probed_at": None}
-    run("providers", "add", "--by", "ops", name, "--type", "simulated", "--priority", "1", code=1)  # exists
-    run("providers", "add", "--by", "ops", "bad:name", "--type", "simulated", "--priority", "1", code=2)
-    run("providers", "add", "--by", "ops", uid("h"), "--type", "http", "--priority", "1", code=2)  # no --url
-    run("providers", "add", "--by", "ops", uid("r"), "--type", "simulated", "--priority", "1", "--rate", "0.1234567",
+    run("providers", "add", "--by", CLI_OPERATOR, name, "--type", "simulated", "--priority", "1", code=1)  # exists
+    run("providers", "add", "--by", CLI_OPERATOR, "bad:name", "--type", "simulated", "--priority", "1", code=2)
+    run("providers", "add", "--by", CLI_OPERATOR, uid("h"), "--type", "http", "--priority", "1", code=2)  # no --url
+    run("providers", "add", "--by", CLI_OPERATOR, uid("r"), "--type", "simulated", "--priority", "1", "--rate", "0.1234567",
         code=2)
-    run("providers", "pause", "nobody", "--by", "ops", code=1)
+    run("providers", "pause", "nobody", "--by", CLI_OPERATOR, code=1)
 
 
 def test_rebalance_convert_poll_and_conversions_views(engine):
     reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
     name = uid("cli")
-    run("providers", "add", "--by", "ops", name, "--type", "simulated", "--priority", "1", "--latency-polls", "0")
-    assert run("buffers", "rebalance", "--by", "ops", "--json") == {"jobs_created": 1}
-    assert run("buffers", "rebalance", "--by", "ops", "--json") == {"jobs_created": 0}  # one in flight
+    run("providers", "add", "--by", CLI_OPERATOR, name, "--type", "simulated", "--priority", "1", "--latency-polls", "0")
+    assert run("buffers", "rebalance", "--by", CLI_OPERATOR, "--json") == {"jobs_created": 1}
+    assert run("buffers", "rebalance", "--by", CLI_OPERATOR, "--json") == {"jobs_created": 0}  # one in flight
     [active] = run("conversions", "--active", "--json")
     assert list(active) == ["job_id", "direction", "source_amount", "destination_amount", "status",
                             "provider", "attempts", "created_at"]
@@ -95,10 +95,10 @@ def test_pausing_auto_rebalancing(engine):
 
 def test_thresholds_are_configurable(engine):
     reset(engine)
-    row = run("buffers", "set", "system_buffer_fiat", "--min", str(usd(30_000)), "--by", "ops", "--yes",
+    row = run("buffers", "set", "system_buffer_fiat", "--min", str(usd(30_000)), "--by", CLI_OPERATOR, "--yes",
               "--json")
     assert row["min"] == usd(30_000) and row["target"] == usd(100_000)
-    run("buffers", "set", "system_buffer_fiat", "--min", str(usd(200_000)), "--by", "ops", "--yes",
+    run("buffers", "set", "system_buffer_fiat", "--min", str(usd(200_000)), "--by", CLI_OPERATOR, "--yes",
         code=2)
 
 
@@ -112,7 +112,7 @@ def test_providers_check_asks_the_provider(engine):
     from sqlalchemy import text
     reset(engine)
     name = uid("chk")
-    run("providers", "add", "--by", "ops", name, "--type", "simulated", "--priority", "1")
+    run("providers", "add", "--by", CLI_OPERATOR, name, "--type", "simulated", "--priority", "1")
     assert run("providers", "check", name, "--json") == {"name": name, "reachable": True}
     with engine.begin() as conn:
         conn.execute(text("UPDATE conversion_providers SET config = jsonb_set(config, '{fail_mode}', "

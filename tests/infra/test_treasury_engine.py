@@ -16,7 +16,7 @@ from infra.conditions import evaluate
 from infra.treasury import conditions, jobs, overrides, polling, reconcile, submission
 from infra.treasury.conditions import reconciliation
 from infra.uow import UnitOfWork
-from tests.harness import uid
+from tests.harness import CLI_OPERATOR, uid
 from tests.infra.test_treasury_kit import (
     add_provider, attempts, balance, balances, cycle_now, drive, job, ledger_check, open_alert,
     outbox_events, reset, sim, transit_total, usd, usdc,
@@ -134,11 +134,11 @@ def test_freeze_and_thaw_from_the_cli_need_a_name(engine, thawed):
     reset(engine)
     run("conversions", "freeze", "--reason", "x", code=2)  # --by is required
     run("conversions", "freeze", "--by", " ", "--reason", "x", code=2)
-    doc = run("conversions", "freeze", "--by", "carol", "--reason", "audit", "--json")
-    assert (doc["frozen"], doc["by"], doc["reason"]) == (True, "carol", "audit")
-    run("conversions", "freeze", "--by", "carol", "--reason", "again", code=1)
+    doc = run("conversions", "freeze", "--by", CLI_OPERATOR, "--reason", "audit", "--json")
+    assert (doc["frozen"], doc["by"], doc["reason"]) == (True, CLI_OPERATOR, "audit")
+    run("conversions", "freeze", "--by", CLI_OPERATOR, "--reason", "again", code=1)
     run("conversions", "thaw", code=2)
-    assert run("conversions", "thaw", "--by", "dave", "--json")["by"] == "dave"
+    assert run("conversions", "thaw", "--by", CLI_OPERATOR, "--json")["by"] == CLI_OPERATOR
 
 
 def _events(engine, name):
@@ -165,13 +165,13 @@ def test_a_stuck_job_completed_by_hand_posts_exactly_what_the_provider_would(eng
                                    destination_amount=1, fee_amount=0, engine=engine)
     fees_before = balance(engine, "fees:conversion:USD")
 
-    shown = run("conversions", "complete", str(job_id), "--by", "erin", "--reason",
+    shown = run("conversions", "complete", str(job_id), "--by", CLI_OPERATOR, "--reason",
                 "provider confirmed by phone", "--evidence", "CASE-7781",
                 "--destination-amount", "4982512", "--fee", "12488", "--json")
     assert (shown["status"], shown["destination_amount"], shown["fee_amount"]) == (
         conv.COMPLETED, 4_982_512, 12_488)
     [audit] = shown["overrides"]
-    assert (audit["action"], audit["by"], audit["evidence"]) == ("complete", "erin", "CASE-7781")
+    assert (audit["action"], audit["by"], audit["evidence"]) == ("complete", CLI_OPERATOR, "CASE-7781")
     assert audit["at"]
     # the same postings as test_completion_moves_transit_through_provider_at_its_rate...
     assert balance(engine, FIAT) == usd(10_000) + 4_982_512
@@ -185,7 +185,7 @@ def test_a_stuck_job_completed_by_hand_posts_exactly_what_the_provider_would(eng
     assert meta["provider_ref"] == "CASE-7781"
     assert outbox_events(engine, "conversion.completed", job_id)
     assert any("by hand by erin" in (t["note"] or "") for t in shown["transitions"])
-    run("conversions", "complete", str(job_id), "--by", "erin", "--reason", "again", "--evidence",
+    run("conversions", "complete", str(job_id), "--by", CLI_OPERATOR, "--reason", "again", "--evidence",
         "X", "--destination-amount", "1", "--fee", "0", code=1)  # completed already
     assert ledger_check(engine)["ok"]
 
@@ -196,8 +196,8 @@ def test_a_stuck_job_failed_by_hand_returns_transit_like_a_real_failure(engine):
     [job_id] = cycle_now(engine)
     submission.submit(job_id, engine)
     assert balance(engine, FIAT) == usd(90_000)
-    run("conversions", "fail", str(job_id), "--by", "frank", "--reason", "r", code=2)  # no evidence
-    shown = run("conversions", "fail", str(job_id), "--by", "frank", "--reason",
+    run("conversions", "fail", str(job_id), "--by", CLI_OPERATOR, "--reason", "r", code=2)  # no evidence
+    shown = run("conversions", "fail", str(job_id), "--by", CLI_OPERATOR, "--reason",
                 "provider says it was never executed", "--evidence", "TICKET-9", "--json")
     assert shown["status"] == conv.FAILED
     assert "by hand by frank" in shown["failure_reason"] and "TICKET-9" in shown["failure_reason"]
@@ -205,7 +205,7 @@ def test_a_stuck_job_failed_by_hand_returns_transit_like_a_real_failure(engine):
     assert balance(engine, FIAT) == usd(150_000) and transit_total(engine) == 0
     assert outbox_events(engine, "conversion.failed", job_id)
     assert open_alert(engine, f"conversion:failed:{job_id}") is not None
-    assert shown["overrides"][0]["by"] == "frank"
+    assert shown["overrides"][0]["by"] == CLI_OPERATOR
     assert ledger_check(engine)["ok"]
 
 
@@ -326,7 +326,7 @@ def test_a_custody_difference_is_an_alert_with_amounts_until_it_is_resolved(engi
     assert any(d["check"] == "custody" and d["difference"] == usdc(1) for d in doc["differences"])
 
     run("treasury", "custody", "report", "system_buffer_usdc", "--balance", str(usdc(20_000)),
-        "--by", "chain-reader", "--json")
+        "--by", CLI_OPERATOR, "--json")
     evaluate({"treasury.reconciliation": reconciliation}, request_id=uid("sweep"), engine=engine)
     assert open_alert(engine, key) is None
     from infra.conditions import CONDITIONS
@@ -340,7 +340,7 @@ def test_a_callback_secret_is_set_once_and_never_shown(engine):
     name = add_provider(engine)
     doc = run("callbacks", "secret", name, "--json")
     assert doc["provider"] == name and len(doc["secret"]) == 64
-    shown = run("providers", "set", name, "--by", "ops", "--yes", "--json")
+    shown = run("providers", "set", name, "--by", CLI_OPERATOR, "--yes", "--json")
     assert shown["callbacks"] is True and doc["secret"] not in json.dumps(shown)
     run("callbacks", "secret", name, "--secret", "short", code=2)
     run("callbacks", "secret", "nobody", "--secret", "x" * 20, code=1)
@@ -384,7 +384,7 @@ def test_an_http_provider_without_a_quote_endpoint_is_priced_at_its_configured_r
         reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
         add_provider(engine, priority=1, config=sim(rate_ppm=999_000))
         name = uid("http")
-        run("providers", "add", name, "--by", "ops", "--type", "http", "--priority", "2", "--url", fake.url,
+        run("providers", "add", name, "--by", CLI_OPERATOR, "--type", "http", "--priority", "2", "--url", fake.url,
             "--rate", "0.9999", "--json")
         [job_id] = cycle_now(engine)
         submission.submit(job_id, engine)
@@ -401,21 +401,21 @@ def test_an_http_provider_without_a_quote_endpoint_is_priced_at_its_configured_r
 def test_every_everyday_lever_records_who_pulled_it(engine):
     reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
     name = add_provider(engine)
-    assert run("buffers", "rebalance", "--by", "grace", "--json") == {"jobs_created": 1}
+    assert run("buffers", "rebalance", "--by", CLI_OPERATOR, "--json") == {"jobs_created": 1}
     [active] = run("conversions", "--active", "--json")
-    assert job(engine, active["job_id"]).requested_by == "grace"
-    run("providers", "pause", name, "--by", "heidi", "--json")
+    assert job(engine, active["job_id"]).requested_by == CLI_OPERATOR
+    run("providers", "pause", name, "--by", CLI_OPERATOR, "--json")
     run("providers", "resume", name, "--json", code=2)  # no --by: refused, never a literal
-    run("providers", "resume", name, "--by", "heidi", "--json")
-    run("buffers", "pause", "--by", "ivan", "--json")
-    run("buffers", "resume", "--by", "ivan", "--json")
-    run("buffers", "set", "system_buffer_fiat", "--batch", str(usd(50_000)), "--by", "judy",
+    run("providers", "resume", name, "--by", CLI_OPERATOR, "--json")
+    run("buffers", "pause", "--by", CLI_OPERATOR, "--json")
+    run("buffers", "resume", "--by", CLI_OPERATOR, "--json")
+    run("buffers", "set", "system_buffer_fiat", "--batch", str(usd(50_000)), "--by", CLI_OPERATOR,
         "--yes", "--json")
     with engine.connect() as conn:
         log = overrides.audit_log(conn, limit=6)
     assert [(a["action"], a["by"]) for a in reversed(log)] == [
-        ("rebalance", "grace"), ("pause_provider", "heidi"),
-        ("resume_provider", "heidi"), ("pause_rebalancing", "ivan"),
-        ("resume_rebalancing", "ivan"), ("set_thresholds", "judy")]
+        ("rebalance", CLI_OPERATOR), ("pause_provider", CLI_OPERATOR),
+        ("resume_provider", CLI_OPERATOR), ("pause_rebalancing", CLI_OPERATOR),
+        ("resume_rebalancing", CLI_OPERATOR), ("set_thresholds", CLI_OPERATOR)]
     assert log[-1]["data"] == {"jobs_created": [active["job_id"]]}
     assert log[-2]["data"] == {"provider": name}
