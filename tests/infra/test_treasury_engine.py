@@ -184,7 +184,7 @@ def test_a_stuck_job_completed_by_hand_posts_exactly_what_the_provider_would(eng
                             {"k": f"conversion:{job_id}:complete"}).scalar_one()
     assert meta["provider_ref"] == "CASE-7781"
     assert outbox_events(engine, "conversion.completed", job_id)
-    assert any("by hand by erin" in (t["note"] or "") for t in shown["transitions"])
+    assert any(f"by hand by {CLI_OPERATOR}" in (t["note"] or "") for t in shown["transitions"])
     run("conversions", "complete", str(job_id), "--by", CLI_OPERATOR, "--reason", "again", "--evidence",
         "X", "--destination-amount", "1", "--fee", "0", code=1)  # completed already
     assert ledger_check(engine)["ok"]
@@ -200,7 +200,7 @@ def test_a_stuck_job_failed_by_hand_returns_transit_like_a_real_failure(engine):
     shown = run("conversions", "fail", str(job_id), "--by", CLI_OPERATOR, "--reason",
                 "provider says it was never executed", "--evidence", "TICKET-9", "--json")
     assert shown["status"] == conv.FAILED
-    assert "by hand by frank" in shown["failure_reason"] and "TICKET-9" in shown["failure_reason"]
+    assert f"by hand by {CLI_OPERATOR}" in shown["failure_reason"] and "TICKET-9" in shown["failure_reason"]
     assert [a["status"] for a in shown["attempt_log"]] == ["failed"]
     assert balance(engine, FIAT) == usd(150_000) and transit_total(engine) == 0
     assert outbox_events(engine, "conversion.failed", job_id)

@@ -118,7 +118,8 @@ def test_an_operator_action_is_a_command_sent_in_the_operators_name(app, env, en
         conn.close()
     msg = json.loads(body)
     assert msg["actor_name"] == "run_settlement_cycle" and msg["kwargs"]["trigger"] == "manual"
-    assert msg["kwargs"]["requested_by"] == name and msg["options"] == {}
+    assert msg["kwargs"]["requested_by"] == name
+    assert msg["options"]["ballast_auth"]["producer"] == name  # signed by the operator who acted
     assert [(a, o) for a, o, _ in audit_rows(engine, name)][-1] == ("run_settlement_cycle", "ok")
 
 
