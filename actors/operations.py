@@ -18,7 +18,7 @@ def sweep_outbox(cmd: SweepOutbox) -> None:
     outbox.sweep(get_engine(), get_broker())
 
 
-@command(transactional=False, max_retries=0)
+@command(transactional=False, max_retries=20, retry_within_ms=3_500_000)  # fired hourly
 def prune_retention(cmd: PruneRetention) -> None:
     """Delete published outbox rows and remembered request ids past their windows."""
     retention.run(get_engine(), get_settings())

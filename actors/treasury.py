@@ -51,7 +51,7 @@ def poll_conversion(cmd: PollConversion) -> None:
         polling.poll(cmd.job_id, poll_no=cmd.poll_no)
 
 
-@command(transactional=False)
+@command(transactional=False, max_retries=20, retry_within_ms=55_000)  # fired every 60 s
 def probe_providers(cmd: ProbeProviders) -> None:
     """Probe every active provider's health endpoint; the result feeds selection."""
     results = polling.probe_all()

@@ -15,7 +15,7 @@ from infra.contract.markets import MarketOption
 #: The game's ids are integers; every other public ``*_id`` is a string.
 GAME_IDS = {"character_id", "first_party_id", "second_party_id"}
 #: Internal step ids (rows of Ballast's own tables) are integers too.
-ROW_IDS = {"fill_id", "job_id", "transaction_id", "distribution_id"}
+ROW_IDS = {"fill_id", "job_id", "transaction_id", "distribution_id", "alert_id"}
 
 
 def id_fields() -> list[tuple[type[BaseModel], str]]:

@@ -84,11 +84,14 @@ def test_the_report_lists_participations_awaiting_payment_with_their_age(engine,
     assert waiting[0]["memo"] == f"ARB {cycle} Beta" and waiting[0]["pledged"] == 2_000
 
 
+GAMMA_CHAR = 90_077  # the game's character ids are integers
+
+
 def test_payments_without_a_usable_memo_get_ranked_suggestions_never_applied(engine, clean):
     cycle = make_cycle(engine, ("s1", "Alpha", 5_000), ("s2", "Beta", 5_000), ("s3", "Gamma", 7_000),
                        ("s4", "Delta", 9_000))
     with engine.begin() as conn:
-        repo.register_character(conn, "char-gamma", "gamma", "USER")  # Gamma's own character
+        repo.register_character(conn, GAMMA_CHAR, "gamma", "USER")  # Gamma's own character
         conn.execute(text("UPDATE journal_participations SET created_at = :t "
                           "WHERE participation_id = 's1'"), {"t": T0 - timedelta(days=3)})
         conn.execute(text("UPDATE journal_participations SET created_at = :t "
@@ -96,10 +99,10 @@ def test_payments_without_a_usable_memo_get_ranked_suggestions_never_applied(eng
         conn.execute(text("UPDATE journal_participations SET created_at = :t "
                           "WHERE participation_id = 's3'"), {"t": T0 - timedelta(days=9)})
     import_(engine,
-            entry("n1", 5_000, "thanks", payer="someone"),  # same amount as s1 and s2
-            entry("n2", 7_000, "", payer="char-gamma"),  # Gamma's character, Gamma's pledge
-            entry("n3", 5_000, "for the op", payer="char-gamma"),  # same amount, or known payer
-            entry("n4", 123, "???", payer="nobody"))  # nothing fits
+            entry("n1", 5_000, "thanks", payer=70_077),  # same amount as s1 and s2
+            entry("n2", 7_000, "", payer=GAMMA_CHAR),  # Gamma's character, Gamma's pledge
+            entry("n3", 5_000, "for the op", payer=GAMMA_CHAR),  # same amount, or known payer
+            entry("n4", 123, "???", payer=70_078))  # nothing fits
     tally = run(engine)
     assert tally.as_dict()["unmatched"] == 4
     got = {u["journal_id"]: u["suggestions"] for u in report(engine)["unmatched"]}

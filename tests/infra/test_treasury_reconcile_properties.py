@@ -78,6 +78,8 @@ def test_whatever_happens_to_jobs_transit_and_every_job_s_ledger_reconcile(engin
     finally:
         _thaw(engine)
     with engine.connect() as conn:
-        found = [d for d in reconcile.differences(conn, {}) if d.check in MONEY_CHECKS]
+        found = [d for d in reconcile.differences(conn, {}) if d.check in MONEY_CHECKS
+                 and (d.check not in ("job_ledger", "orphaned_job")
+                      or d.subject in {f"job {i}" for i in ids})]
     assert found == []
     assert ledger_check(engine)["ok"]

@@ -311,15 +311,16 @@ def test_trigger_a_cycle_and_pause_a_provider(page, env, engine, worker, admin):
     from infra.providers.simulated import make_config
     from infra.treasury import store
 
+    from tests.infra.test_treasury_kit import reset, usd, usdc
+
+    # A known treasury whatever earlier tests left: no job in flight, other providers paused,
+    # usdc able to spare 50,000 for the low fiat and broker buffers.
+    reset(engine, usdc_buffer=usdc(60_000), fiat=usd(10_000), broker=usd(10_000))
     name = uid("sim-")
     with engine.begin() as conn:
         store.add_provider(conn, store.ProviderRow(
             name, "simulated", 1, "active", ("USD->USDC", "USDC->USD"), 0, None, None,
             make_config(latency_polls=50), 0, 0))
-    send(env, "record_buffer_flow", request_id=uid("r"), account_type="system_buffer_usdc",
-         amount=60_000_000_000, reference="funding")
-    wait_until(lambda: balance(engine, "buffer:system_buffer_usdc") >= 60_000_000_000,
-               what="the usdc buffer funded")
     jobs_before = scalar(engine, "SELECT count(*) FROM conversion_jobs")
     page.goto("/treasury")
     page.click("#run-cycle")
