@@ -71,7 +71,7 @@ def create_env(prefix: str = "ballast_test") -> TestEnv:
     broker_url = f"amqp://{amqp_host}/{quote(name, safe='')}"
     # The management API when it is reachable (a broker in a container), else rabbitmqctl.
     rabbit_admin.create_vhost(name, "ballast test run", broker_url)
-    redis_db = random.randint(1, 15)
+    redis_db = random.randint(1, 14)  # 15 is the demo's (infra/demo/target.py)
     redis_url = f"redis://127.0.0.1:6379/{redis_db}"
     env = TestEnv(run_id, database_url, broker_url, redis_url, name,
                   tempfile.mkdtemp(prefix=f"ballast-faults-{run_id}-"))
