@@ -186,8 +186,11 @@ def _signed(env: TestEnv, body: bytes) -> bytes:
 
     try:
         doc = json.loads(body)
-        if not isinstance(doc, dict) or not isinstance(doc.get("kwargs"), dict) or "actor_name" not in doc:
-            return body
+        if (not isinstance(doc, dict) or not isinstance(doc.get("kwargs"), dict)
+                or not isinstance(doc.get("actor_name"), str)
+                or not isinstance(doc.get("queue_name"), str)
+                or not isinstance(doc.get("options", {}), dict)):
+            return body  # a malformed envelope goes as it is: the worker must refuse it
         msg = dramatiq.Message(**doc)
     except Exception:
         return body
