@@ -124,7 +124,9 @@ def _add_suggestions(conn: Connection, unmatched: list[dict[str, Any]], cycle_id
         for u in unmatched:
             u["suggestions"] = []
         return
-    payers = sorted({u["payer_character_id"] for u in unmatched})
+    # Character ids are the game's integers in documents and text in the tables.
+    payers = sorted({str(u["payer_character_id"]) for u in unmatched
+                     if u["payer_character_id"] is not None})
     names = dict(conn.execute(
         text("SELECT character_id, lower(name) FROM journal_characters "
              "WHERE character_id = ANY(CAST(:ids AS text[]))"), {"ids": payers}).all())
@@ -141,7 +143,7 @@ def _add_suggestions(conn: Connection, unmatched: list[dict[str, Any]], cycle_id
         by_name.setdefault(p.name, []).append(p)
         by_user.setdefault(p.user_id, []).append(p)
     for u in unmatched:
-        payer = u["payer_character_id"]
+        payer = None if u["payer_character_id"] is None else str(u["payer_character_id"])
         known = {p.participation_id for p in by_name.get(names.get(payer, ""), [])}
         known |= {p.participation_id for (who, user) in paid_for if who == payer
                   for p in by_user.get(user, [])}
