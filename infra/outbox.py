@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, text
 
 from infra.auth import sign_as_ballast
 from infra.contract import EVENTS_EXCHANGE, spec_for
+from infra.db.engine import delete_in_batches
 from infra.logs import get_logger
 
 log = get_logger(__name__)
@@ -313,21 +314,12 @@ def oldest_pending(conn: Connection) -> datetime | None:
 def prune(engine: Engine, older_than_s: float, *, batch: int = 10_000) -> int:
     """Delete rows published more than ``older_than_s`` seconds ago, ``batch`` rows per
     transaction (never an unpublished row).  Returns how many."""
-    deleted = 0
-    while True:
-        with engine.begin() as conn:
-            n = conn.execute(
-                text(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox "
-                    "WHERE published_at IS NOT NULL "
-                    "AND published_at < now() - make_interval(secs => :age) "
-                    "ORDER BY published_at LIMIT :batch FOR UPDATE SKIP LOCKED)"
-                ),
-                {"age": older_than_s, "batch": batch},
-            ).rowcount
-        deleted += n
-        if n < batch:
-            break
+    deleted = delete_in_batches(
+        engine,
+        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at IS NOT NULL "
+        "AND published_at < now() - make_interval(secs => :age) "
+        "ORDER BY published_at LIMIT :batch FOR UPDATE SKIP LOCKED)",
+        {"age": older_than_s}, batch)
     if deleted:
         log.info("outbox.pruned", rows=deleted, older_than_s=older_than_s)
     return deleted

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, text
 
 from infra import outbox
+from infra.db.engine import delete_in_batches
 from infra.logs import get_logger
 from infra.settings import Settings
 
@@ -43,17 +44,12 @@ def windows(settings: Settings) -> tuple[int, int]:
 
 
 def prune_requests(engine: Engine, older_than_s: float, *, batch: int = 10_000) -> int:
-    deleted = 0
-    while True:
-        with engine.begin() as conn:
-            n = conn.execute(
-                text("DELETE FROM processed_requests WHERE ctid IN (SELECT ctid FROM "
-                     "processed_requests WHERE created_at < now() - make_interval(secs => :age) "
-                     "LIMIT :batch FOR UPDATE SKIP LOCKED)"),
-                {"age": older_than_s, "batch": batch}).rowcount
-        deleted += n
-        if n < batch:
-            break
+    deleted = delete_in_batches(
+        engine,
+        "DELETE FROM processed_requests WHERE ctid IN (SELECT ctid FROM processed_requests "
+        "WHERE created_at < now() - make_interval(secs => :age) "
+        "LIMIT :batch FOR UPDATE SKIP LOCKED)",
+        {"age": older_than_s}, batch)
     if deleted:
         log.info("processed_requests.pruned", rows=deleted, older_than_s=older_than_s)
     return deleted

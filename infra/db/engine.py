@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from infra.settings import get_settings
@@ -46,3 +46,16 @@ def dispose_engines() -> None:
 
 def database_name(url: str | None = None) -> str:
     return make_url(url or get_settings().database_url).database or ""
+
+
+def delete_in_batches(engine: Engine, statement: str, params: dict, batch: int) -> int:
+    """Run a ``DELETE … LIMIT :batch`` statement, one transaction per batch, until a batch
+    comes back short (short transactions: no long lock on a table workers write to).
+    Returns how many rows went."""
+    deleted = 0
+    while True:
+        with engine.begin() as conn:
+            n = conn.execute(text(statement), {**params, "batch": batch}).rowcount
+        deleted += n
+        if n < batch:
+            return deleted
