@@ -159,33 +159,42 @@ def fail(uow: UnitOfWork, job: Job, reason: str, *, attempt: Attempt | None = No
     return job
 
 
-def cancel(job_id: int, *, by: str, reason: str, force: bool = False,
-           engine: Engine | None = None) -> Job:
-    """An operator stops a job.  A job a provider may still hold needs ``force``
-    (the operator vouches that the provider will not complete it)."""
+@contextmanager
+def operator_hold(job_id: int, actor: str, request_id: str,
+                  engine: Engine | None = None) -> Iterator[tuple[UnitOfWork, Job]]:
+    """What an operator's lever on one job holds: the job's advisory lock (waiting a while
+    for a worker), a unit of work and the job's row, refused when the job has ended."""
     engine = engine or get_engine()
     with job_lock(engine, job_id, SUBMIT_LOCK_WAIT_S) as got:
         if not got:
             raise Refused(f"conversion job {job_id} is being worked on; try again")
-        with UnitOfWork(actor="cancel_conversion", request_id=f"conversion:{job_id}:cancel",
-                        engine=engine) as uow:
+        with UnitOfWork(actor=actor, request_id=request_id, engine=engine) as uow:
             job = store.get_job(uow.conn, job_id, lock=True)
             if job.status in conv.TERMINAL:
                 raise Refused(f"conversion job {job_id} is {job.status} already")
-            held = [a for a in store.attempts_of(uow.conn, job_id)
-                    if a.status in ("submitting", "accepted")]
-            if held and not force:
-                raise Refused(f"{held[0].provider} may still convert job {job_id} "
-                              f"(attempt {held[0].idempotency_key}); use --force if it will not")
-            for a in held:
-                store.finish_attempt(uow.conn, a, "abandoned", error=f"cancelled by {by}")
-            _return_transit(uow, job, "conversion_cancel", "cancelled")
-            job = store.move_job(uow.conn, job, conv.CANCELLED, f"cancelled by {by}: {reason}",
-                                 failure_reason=f"cancelled by {by}: {reason}"[:500],
-                                 finished_at=now_utc())
-            for key in (f"conversion:stale:{job.id}", f"conversion:lost:{job.id}"):
-                alerts.resolve_alert(uow, key, note="cancelled")
-            uow.commit()
+            yield uow, job
+
+
+def cancel(job_id: int, *, by: str, reason: str, force: bool = False,
+           engine: Engine | None = None) -> Job:
+    """An operator stops a job.  A job a provider may still hold needs ``force``
+    (the operator vouches that the provider will not complete it)."""
+    with operator_hold(job_id, "cancel_conversion", f"conversion:{job_id}:cancel",
+                       engine) as (uow, job):
+        held = [a for a in store.attempts_of(uow.conn, job_id)
+                if a.status in ("submitting", "accepted")]
+        if held and not force:
+            raise Refused(f"{held[0].provider} may still convert job {job_id} "
+                          f"(attempt {held[0].idempotency_key}); use --force if it will not")
+        for a in held:
+            store.finish_attempt(uow.conn, a, "abandoned", error=f"cancelled by {by}")
+        _return_transit(uow, job, "conversion_cancel", "cancelled")
+        job = store.move_job(uow.conn, job, conv.CANCELLED, f"cancelled by {by}: {reason}",
+                             failure_reason=f"cancelled by {by}: {reason}"[:500],
+                             finished_at=now_utc())
+        for key in (f"conversion:stale:{job.id}", f"conversion:lost:{job.id}"):
+            alerts.resolve_alert(uow, key, note="cancelled")
+        uow.commit()
     return job
 
 

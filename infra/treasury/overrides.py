@@ -17,11 +17,10 @@ from sqlalchemy import Connection, Engine, text
 
 from domain import conversions as conv
 from domain.errors import InvalidCommand, Refused
-from infra.db.engine import get_engine
 from infra.logs import get_logger
 from infra.providers import Report
 from infra.treasury import jobs, store
-from infra.treasury.jobs import SUBMIT_LOCK_WAIT_S, job_lock, now_utc
+from infra.treasury.jobs import now_utc
 from infra.treasury.store import Job
 from infra.uow import UnitOfWork
 
@@ -115,30 +114,23 @@ def complete_by_hand(job_id: int, *, by: str, reason: str, evidence: str,
         raise InvalidCommand("--destination-amount must be a positive integer in minor units")
     if type(fee_amount) is not int or fee_amount < 0:
         raise InvalidCommand("--fee must be a non-negative integer in minor units")
-    engine = engine or get_engine()
-    with job_lock(engine, job_id, SUBMIT_LOCK_WAIT_S) as got:
-        if not got:
-            raise Refused(f"conversion job {job_id} is being worked on; try again")
-        with UnitOfWork(actor="override_conversion", request_id=f"conversion:{job_id}:override",
-                        engine=engine) as uow:
-            job = store.get_job(uow.conn, job_id, lock=True)
-            if job.status in conv.TERMINAL:
-                raise Refused(f"conversion job {job_id} is {job.status} already")
-            attempt = _held_attempt(uow.conn, job)
-            if attempt is None or not job.transit_moved:
-                raise Refused(f"no provider holds conversion job {job_id}: nothing to complete "
-                              "(fail it instead)")
-            note = f"completed by hand by {by}: {reason} (evidence {evidence})"
-            if job.status == conv.PENDING:  # the provider took it; we never heard back
-                job = store.move_job(uow.conn, job, conv.SUBMITTED, note, submitted_at=now_utc(),
-                                     provider=attempt.provider)
-            _audit(uow.conn, "complete", by, job_id=job_id, reason=reason, evidence=evidence,
-                   data={"provider": attempt.provider, "destination_amount": destination_amount,
-                         "fee_amount": fee_amount})
-            store.record_transition(uow.conn, job.id, job.status, job.status, note[:500])
-            job = jobs.complete(uow, job, attempt, Report(
-                "completed", evidence, destination_amount, fee_amount, None))
-            uow.commit()
+    with jobs.operator_hold(job_id, "override_conversion", f"conversion:{job_id}:override",
+                            engine) as (uow, job):
+        attempt = _held_attempt(uow.conn, job)
+        if attempt is None or not job.transit_moved:
+            raise Refused(f"no provider holds conversion job {job_id}: nothing to complete "
+                          "(fail it instead)")
+        note = f"completed by hand by {by}: {reason} (evidence {evidence})"
+        if job.status == conv.PENDING:  # the provider took it; we never heard back
+            job = store.move_job(uow.conn, job, conv.SUBMITTED, note, submitted_at=now_utc(),
+                                 provider=attempt.provider)
+        _audit(uow.conn, "complete", by, job_id=job_id, reason=reason, evidence=evidence,
+               data={"provider": attempt.provider, "destination_amount": destination_amount,
+                     "fee_amount": fee_amount})
+        store.record_transition(uow.conn, job.id, job.status, job.status, note[:500])
+        job = jobs.complete(uow, job, attempt, Report(
+            "completed", evidence, destination_amount, fee_amount, None))
+        uow.commit()
     log.warning("conversion.completed_by_hand", job_id=job_id, by=by, evidence=evidence)
     return job
 
@@ -148,21 +140,14 @@ def fail_by_hand(job_id: int, *, by: str, reason: str, evidence: str,
     """The provider will not deliver (the operator has its reference): fail it like a real
     failure — transit back to the source, ``conversion.failed``, an alert."""
     by, reason, evidence = _check_evidence(by, reason, evidence)
-    engine = engine or get_engine()
-    with job_lock(engine, job_id, SUBMIT_LOCK_WAIT_S) as got:
-        if not got:
-            raise Refused(f"conversion job {job_id} is being worked on; try again")
-        with UnitOfWork(actor="override_conversion", request_id=f"conversion:{job_id}:override",
-                        engine=engine) as uow:
-            job = store.get_job(uow.conn, job_id, lock=True)
-            if job.status in conv.TERMINAL:
-                raise Refused(f"conversion job {job_id} is {job.status} already")
-            attempt = _held_attempt(uow.conn, job)
-            _audit(uow.conn, "fail", by, job_id=job_id, reason=reason, evidence=evidence,
-                   data={"provider": attempt.provider if attempt else None})
-            job = jobs.fail(uow, job, f"failed by hand by {by}: {reason} (evidence {evidence})",
-                            attempt=attempt)
-            uow.commit()
+    with jobs.operator_hold(job_id, "override_conversion", f"conversion:{job_id}:override",
+                            engine) as (uow, job):
+        attempt = _held_attempt(uow.conn, job)
+        _audit(uow.conn, "fail", by, job_id=job_id, reason=reason, evidence=evidence,
+               data={"provider": attempt.provider if attempt else None})
+        job = jobs.fail(uow, job, f"failed by hand by {by}: {reason} (evidence {evidence})",
+                        attempt=attempt)
+        uow.commit()
     log.warning("conversion.failed_by_hand", job_id=job_id, by=by, evidence=evidence)
     return job
 
