@@ -1,10 +1,9 @@
 """Is this the message's last attempt?  For steps that must leave a visible state behind
 when they fail for good (a settlement), without touching the retry middleware.
 
-The rule is the one ``infra/middleware/deadletters.RetryOrDeadLetter`` applies after a
-failure: a permanent error (``BallastError``) is never retried; anything else is retried
-while ``retries < max_retries`` (the actor's option, else ``BALLAST_RETRY_MAX_RETRIES``)
-and the time since the first failure is under ``BALLAST_RETRY_MAX_TOTAL_MS``.  Outside a
+The rule is ``infra.errors.verdict``, the one ``infra/middleware/deadletters.RetryOrDeadLetter``
+applies after a failure (permanent: never retried; transient: ``max_retries`` within the
+time budget; unexpected: ``BALLAST_RETRY_UNEXPECTED_MAX_RETRIES``).  Outside a
 worker (the CLI, in-process tests) nobody retries, so every attempt is the last.
 """
 
@@ -16,6 +15,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from domain.errors import BallastError
+from infra.errors import policy_for, verdict
 from infra.settings import get_settings
 
 #: The middleware reads the clock a moment after the step does: within this margin of the
@@ -31,14 +31,13 @@ def final_attempt(exc: BaseException) -> bool:
     message = CurrentMessage.get_current_message()
     if message is None:
         return True
-    settings = get_settings()
-    retries = message.options.get("retries", 0)
-    max_retries = settings.retry_max_retries
     # The worker's broker, never a default one created here (it would point at the default vhost).
     broker = dramatiq.broker.global_broker
     actor = broker.actors.get(message.actor_name) if broker is not None else None
-    if actor is not None:
-        max_retries = actor.options.get("max_retries", max_retries)
+    policy = policy_for(actor, get_settings())
     now_ms = int(time.time() * 1000)
     first = message.options.get("first_failure_at", now_ms)
-    return retries >= max_retries or now_ms - first >= settings.retry_max_total_ms - BUDGET_MARGIN_MS
+    # Within the margin of the budget, count the attempt as the last (see BUDGET_MARGIN_MS).
+    decided = verdict(exc, policy, retries=message.options.get("retries", 0),
+                      first_failure_ms=first, now_ms=now_ms + BUDGET_MARGIN_MS)
+    return not decided.retry

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     retry_max_backoff_ms: int = 30_000  # ms
     retry_max_retries: int = 8
     retry_max_total_ms: int = 300_000  # ms, first failure to last retry
+    # An unexpected error (neither permanent nor transient, infra/errors.py) cannot pass by
+    # waiting: this many retries, then the dead letters and an ``unexpected_error`` alert.
+    retry_unexpected_max_retries: int = Field(default=2, ge=0)
     actor_time_limit_ms: int = 120_000  # ms
 
     # Settlement batch sizes (seats / commitments per transaction).

@@ -15,6 +15,7 @@ from domain.errors import LedgerError, Refused
 from domain.ledger import Posting, PostingBatchItem
 from domain.matching import Decision, Expectation, Payment, Tally
 from infra import ledger
+from infra.errors import Transient
 from infra.journal import repository as repo
 from infra.journal.repository import Link
 from infra.logs import get_logger
@@ -29,7 +30,7 @@ MATCHER = "matcher"  # performed_by of automatic links
 PUBLISH_NOW_MAX = 1000
 
 
-class LinkRace(RuntimeError):
+class LinkRace(Transient):
     """A payment was linked by someone else meanwhile (transient: the retry re-reads)."""
 
 

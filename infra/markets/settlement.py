@@ -42,6 +42,7 @@ from domain.markets import (
 )
 from domain.wallet import WalletChange
 from infra import alerts, faults, ledger, wallets
+from infra.errors import Transient
 from infra.logs import get_logger
 from infra.settings import get_settings
 from infra.markets import repository as repo
@@ -56,7 +57,7 @@ BATCH = get_settings().market_settle_batch
 PUBLISH_NOW_MAX = 1000
 
 
-class SettlementPending(RuntimeError):
+class SettlementPending(Transient):
     """A rollback arrived while the settlement step has not run yet: retried (transient)."""
 
 

@@ -24,6 +24,7 @@ from infra import auth
 from infra.alerts import raise_alert, resolve_all_except
 from infra.conditions import condition
 from infra.db.engine import get_engine
+from infra.errors import Transient
 from infra.logs import get_logger
 from infra.settings import get_settings
 from infra.uow import UnitOfWork
@@ -43,7 +44,7 @@ class Refusal(Unauthorized, MiddlewareError):
         return refusal
 
 
-class VerificationUnavailable(MiddlewareError):
+class VerificationUnavailable(MiddlewareError, Transient):
     """The signature could not be checked (the database is unreachable...): a transient
     failure, retried with backoff like any other; the actor does not run meanwhile."""
 

@@ -20,7 +20,7 @@ from dramatiq.middleware import Middleware
 
 from domain.errors import BallastError, InvalidCommand
 from infra import deadletter_log
-from infra.errors import is_transient
+from infra.errors import is_transient, policy_for, verdict
 from infra.logs import get_logger
 from infra.settings import get_settings
 
@@ -37,10 +37,9 @@ class RetryOrDeadLetter(Middleware):
 
     def __init__(self) -> None:
         s = get_settings()
+        self.settings = s
         self.min_backoff = s.retry_min_backoff_ms  # ms
         self.max_backoff = s.retry_max_backoff_ms  # ms
-        self.max_retries = s.retry_max_retries
-        self.max_total = s.retry_max_total_ms  # ms
 
     @property
     def actor_options(self):
@@ -58,17 +57,14 @@ class RetryOrDeadLetter(Middleware):
             exception = InvalidCommand(
                 "invalid payload: a command carries no positional args and its kwargs "
                 f"are a JSON object ({_one_line(exception)})")
-        permanent = isinstance(exception, BallastError)
-        actor = broker.actors.get(message.actor_name)
-        max_retries = actor.options.get("max_retries", self.max_retries) if actor else 0
-        budget = min(self.max_total, actor.options.get("retry_within_ms", self.max_total)
-                     if actor else self.max_total)  # ms
-        out_of_time = now_ms - first >= budget
-        if not permanent and retries < max_retries and not out_of_time:
+        policy = policy_for(broker.actors.get(message.actor_name), self.settings)
+        decided = verdict(exception, policy, retries=retries, first_failure_ms=first,
+                          now_ms=now_ms)
+        if decided.retry:
             message.options["retries"] = retries + 1
             message.options["traceback"] = tb
             _, delay = compute_backoff(retries, factor=self.min_backoff, max_backoff=self.max_backoff)
-            delay = max(0, min(delay, first + budget - now_ms))  # the last retry within budget
+            delay = max(0, min(delay, first + policy.budget_ms - now_ms))  # the last retry within budget
             log.warning(
                 "message.retry",
                 error=_one_line(exception),
@@ -84,16 +80,16 @@ class RetryOrDeadLetter(Middleware):
                 log.error("message.retry_enqueue_failed", error=_one_line(exc))
                 message.fail()
             return
-        if permanent:
+        if decided.kind == "permanent":
             reason = str(exception)
         else:
-            why = "time budget spent" if out_of_time else f"{retries} retries exhausted"
-            reason = f"{why}: {_one_line(exception)}"
-        self._dead_letter(broker, message, exception, reason, tb, retries, permanent)
+            reason = f"{decided.why}: {_one_line(exception)}"
+        self._dead_letter(broker, message, exception, reason, tb, retries, decided.kind)
 
-    def _dead_letter(self, broker, message, exception, reason, tb, retries, permanent):
+    def _dead_letter(self, broker, message, exception, reason, tb, retries, kind):
         # Only our errors' codes: other libraries' ``code`` (SQLAlchemy's "e3q8") mean else.
-        info = dead_letter_info(reason, exception.code if permanent else "transient",
+        permanent = kind == "permanent"
+        info = dead_letter_info(reason, exception.code if permanent else kind,
                                 type(exception).__name__, tb, retries)
         log.error("message.dead_lettered", reason=info["reason"], code=info["code"])
         body = message.asdict()
@@ -123,6 +119,8 @@ class RetryOrDeadLetter(Middleware):
         _count_dead_letter(body["queue_name"], message.actor_name, info["code"])
         if permanent:
             _publish_rejected(message, info)
+        elif kind == "unexpected":
+            _alert_unexpected(message, info)
 
 
 def _misshapen(message) -> bool:
@@ -174,6 +172,27 @@ def publish_rejected(message_id, actor, queue: str, kwargs, info: dict) -> None:
             uow.commit()
     except Exception as exc:
         log.error("command_rejected.publish_failed", error=_one_line(exc))
+
+
+def _alert_unexpected(message, info: dict) -> None:
+    """``unexpected_error:{actor}``: a step failed in a way no retry gets past (a bug, a
+    violated constraint); open until an operator resolves it (runbook in the README)."""
+    from infra.alerts import raise_alert
+    from infra.uow import UnitOfWork
+
+    actor = message.actor_name if isinstance(message.actor_name, str) else "?"
+    try:
+        with UnitOfWork() as uow:
+            raise_alert(uow, kind="unexpected_error", severity="critical",
+                        subject=f"{actor} failed unexpectedly and was dead-lettered: "
+                                f"{info['reason']}"[:300],
+                        dedupe_key=f"unexpected_error:{actor}",
+                        data={"actor": actor, "message_id": message.message_id,
+                              "queue": q_name(message.queue_name), "error": info["error"],
+                              "reason": info["reason"]})
+            uow.commit()
+    except Exception as exc:
+        log.error("unexpected_error.alert_failed", error=_one_line(exc))
 
 
 def count_dead_letter(queue: str, actor: str | None, code: str) -> None:

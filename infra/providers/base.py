@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from infra.errors import Transient
+
 
 @dataclass(frozen=True, slots=True)
 class Order:
@@ -71,7 +73,7 @@ class ProviderRejected(ProviderError):
     """The provider definitively refused the order: try the next one."""
 
 
-class ProviderUnavailable(ProviderError):
+class ProviderUnavailable(ProviderError, Transient):
     """The call failed.
 
     Parameters:

@@ -24,6 +24,7 @@ from domain.errors import InvalidCommand, Refused
 from domain.ledger import Posting
 from infra import alerts, ledger
 from infra.db.engine import get_engine
+from infra.errors import Transient
 from infra.logs import get_logger
 from infra.providers import Report
 from infra.treasury import store
@@ -38,7 +39,7 @@ JOB_LOCK_CLASS = 5005
 SUBMIT_LOCK_WAIT_S = 20  # s
 
 
-class ProviderUncertain(Exception):
+class ProviderUncertain(Transient):
     """The provider may have the order and cannot say: transient, ask again later."""
 
 

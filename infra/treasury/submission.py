@@ -31,6 +31,7 @@ from domain.ledger import Posting
 from domain.providers import choose, rank, why_not
 from infra import faults, ledger, providers
 from infra.db.engine import get_engine
+from infra.errors import Transient
 from infra.logs import get_logger
 from infra.providers import (
     ProviderError,
@@ -48,7 +49,7 @@ from infra.uow import UnitOfWork
 log = get_logger(__name__)
 
 
-class JobBusy(Exception):
+class JobBusy(Transient):
     """Another worker holds the job; transient, the message is retried."""
 
 

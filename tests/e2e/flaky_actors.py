@@ -63,3 +63,33 @@ def transient_while_broker_down(key: str) -> None:
 
     broker.enqueue = enqueue_fails_once
     raise database_gone()
+
+
+@dramatiq.actor(queue_name=QUEUE, broker=get_broker())
+def always_unexpected(key: str) -> None:
+    """A bug: neither permanent nor transient."""
+    attempt(key)
+    raise ValueError(f"{key}: a bug no retry gets past")
+
+
+def _violation(sqlstate: str, what: str) -> sqlalchemy.exc.IntegrityError:
+    class Orig(Exception):
+        pass
+
+    orig = Orig(what)
+    orig.sqlstate = sqlstate
+    return sqlalchemy.exc.IntegrityError("INSERT …", {}, orig)
+
+
+@dramatiq.actor(queue_name=QUEUE, broker=get_broker())
+def always_check_violation(key: str) -> None:
+    """A check constraint refused the row: it never will accept it."""
+    attempt(key)
+    raise _violation("23514", 'new row violates check constraint "accounts_balance_check"')
+
+
+@dramatiq.actor(queue_name=QUEUE, broker=get_broker())
+def unique_race_once(key: str) -> None:
+    """A concurrent insert won the race once: the retry re-reads and passes."""
+    if attempt(key) == 1:
+        raise _violation("23505", 'duplicate key value violates unique constraint "x_pkey"')

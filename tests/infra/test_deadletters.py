@@ -139,3 +139,53 @@ def test_a_command_not_shaped_as_the_contract_says_is_dead_lettered_at_once(env,
                                  if d.message_id == body["message_id"]], what="dead letter")[0]
     assert letter.info["retries"] == 0 and letter.info["code"] == "invalid"
     assert letter.info["reason"].startswith("invalid payload")
+
+
+def alert(engine, key: str):
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT kind, severity, status, data FROM alerts "
+                                 "WHERE dedupe_key = :k"), {"k": key}).mappings().first()
+
+
+def test_an_unexpected_error_is_retried_twice_then_dead_lettered_with_its_traceback_and_an_alert(
+        env, engine, flaky_worker):
+    """Issue 11: a bug is not retried for five minutes.  The worker allows 5 transient
+    retries here; the unexpected error gets BALLAST_RETRY_UNEXPECTED_MAX_RETRIES (2)."""
+    flaky_worker.stop()
+    w = Worker(env, modules=["tests.e2e.flaky_actors"], BALLAST_RETRY_MAX_RETRIES="5").start()
+    try:
+        key = uid("k")
+        message_id = send(env, "always_unexpected", key)
+        letter = wait_until(lambda: dead_letter(env, message_id), what="dead letter")
+        assert len(attempts(env, key)) == 3  # the first attempt and two retries, not six
+        info = letter.info
+        assert info["code"] == "unexpected" and info["retries"] == 2
+        assert info["reason"].startswith("2 retries of an unexpected error exhausted: ValueError")
+        assert "a bug no retry gets past" in info["traceback"]
+        raised = wait_until(lambda: alert(engine, "unexpected_error:always_unexpected"),
+                            what="the unexpected_error alert")
+        assert (raised["kind"], raised["severity"], raised["status"]) \
+            == ("unexpected_error", "critical", "open")
+        assert raised["data"]["message_id"] == message_id
+
+        # A check violation is a bug too; a lost race on a unique key is transient.
+        key = uid("k")
+        message_id = send(env, "always_check_violation", key)
+        letter = wait_until(lambda: dead_letter(env, message_id), what="dead letter")
+        assert len(attempts(env, key)) == 3 and letter.info["code"] == "unexpected"
+        key = uid("k")
+        message_id = send(env, "unique_race_once", key)
+        wait_until(lambda: len(attempts(env, key)) == 2, what="the retry")
+        time.sleep(1)
+        assert dead_letter(env, message_id) is None
+
+        # A transient error in the same worker still gets all five retries.
+        key = uid("k")
+        message_id = send(env, "always_transient", key)
+        letter = wait_until(lambda: dead_letter(env, message_id), timeout=60, what="dead letter")
+        assert len(attempts(env, key)) == 6 and letter.info["code"] == "transient"
+    finally:
+        w.stop()
+        flaky_worker.start()
