@@ -6,13 +6,42 @@ Revises: 0001
 
 from alembic import op
 
-from domain.guard import TIERS, default_limits
-from domain.money import CURRENCIES
-
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
+
+#: SPEC §4's tier table as it stood at this revision, in minor units (a migration seeds
+#: literals, never live domain code: a later change of the domain's table is a migration of
+#: its own).  tests/infra/test_migration_seeds.py holds it equal to domain.guard today.
+#: (tier, currency, min_balance, max_balance, daily, weekly, warning, critical)
+SEED_LIMITS = [
+    ('bronze', 'NGN', -1000000, 100000000, 5000000, 20000000, 100000, 10000),
+    ('bronze', 'USD', -1000000, 100000000, 5000000, 20000000, 100000, 10000),
+    ('bronze', 'USDC', -10000000000, 1000000000000, 50000000000, 200000000000, 1000000000, 100000000),
+    ('bronze', 'ISK', -1000000, 100000000, 5000000, 20000000, 100000, 10000),
+    ('bronze', 'TOKEN', -10000, 1000000, 50000, 200000, 1000, 100),
+    ('silver', 'NGN', -1000000, 100000000, 10000000, 50000000, 100000, 10000),
+    ('silver', 'USD', -1000000, 100000000, 10000000, 50000000, 100000, 10000),
+    ('silver', 'USDC', -10000000000, 1000000000000, 100000000000, 500000000000, 1000000000, 100000000),
+    ('silver', 'ISK', -1000000, 100000000, 10000000, 50000000, 100000, 10000),
+    ('silver', 'TOKEN', -10000, 1000000, 100000, 500000, 1000, 100),
+    ('gold', 'NGN', -1500000, 150000000, 15000000, 75000000, 100000, 10000),
+    ('gold', 'USD', -1500000, 150000000, 15000000, 75000000, 100000, 10000),
+    ('gold', 'USDC', -15000000000, 1500000000000, 150000000000, 750000000000, 1000000000, 100000000),
+    ('gold', 'ISK', -1500000, 150000000, 15000000, 75000000, 100000, 10000),
+    ('gold', 'TOKEN', -15000, 1500000, 150000, 750000, 1000, 100),
+    ('platinum', 'NGN', -2500000, 250000000, 25000000, 100000000, 100000, 10000),
+    ('platinum', 'USD', -2500000, 250000000, 25000000, 100000000, 100000, 10000),
+    ('platinum', 'USDC', -25000000000, 2500000000000, 250000000000, 1000000000000, 1000000000, 100000000),
+    ('platinum', 'ISK', -2500000, 250000000, 25000000, 100000000, 100000, 10000),
+    ('platinum', 'TOKEN', -25000, 2500000, 250000, 1000000, 1000, 100),
+    ('diamond', 'NGN', -5000000, 500000000, 50000000, 200000000, 100000, 10000),
+    ('diamond', 'USD', -5000000, 500000000, 50000000, 200000000, 100000, 10000),
+    ('diamond', 'USDC', -50000000000, 5000000000000, 500000000000, 2000000000000, 1000000000, 100000000),
+    ('diamond', 'ISK', -5000000, 500000000, 50000000, 200000000, 100000, 10000),
+    ('diamond', 'TOKEN', -50000, 5000000, 500000, 2000000, 1000, 100),
+]
 
 
 def upgrade() -> None:
@@ -104,18 +133,11 @@ def upgrade() -> None:
         CREATE INDEX alerts_user ON alerts ((data->>'user_id')) WHERE status <> 'resolved';
         """
     )
-    rows = []
-    for tier in TIERS:
-        for cur in CURRENCIES:
-            lim = default_limits(tier, cur)
-            rows.append(
-                f"('{tier}', '{cur}', {lim.min_balance}, {lim.max_balance}, {lim.daily}, "
-                f"{lim.weekly}, {lim.warning}, {lim.critical})"
-            )
     op.execute(
         "INSERT INTO guard_limits (tier, currency, min_balance, max_balance, daily_limit, "
         "weekly_limit, warning_threshold, critical_threshold) VALUES "
-        + ", ".join(rows)
+        + ", ".join(f"('{t}', '{c}', {lo}, {hi}, {d}, {w}, {warn}, {crit})"
+                    for t, c, lo, hi, d, w, warn, crit in SEED_LIMITS)
         + " ON CONFLICT DO NOTHING"
     )
 
