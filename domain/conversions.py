@@ -37,6 +37,8 @@ POLL_FIRST_DELAY_MS = 2_000  # ms
 POLL_MAX_DELAY_MS = 30_000  # ms
 #: Conversion failure rate over the last day above this raises an alert (5 %).
 FAILURE_RATE_LIMIT_BPS = 500
+#: …of the conversions finished in this trailing window.
+FAILURE_RATE_WINDOW = timedelta(days=1)
 
 
 def direction_between(source_currency: str, destination_currency: str) -> Direction:

@@ -7,12 +7,17 @@ the direction, so one number bounds both.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Iterable, Mapping, Sequence
 
 #: Fewer outcomes than this say nothing about a provider's health.
 HEALTH_MIN_ATTEMPTS = 10
 #: Below this success rate (in basis points) a provider is degraded.
 HEALTH_MIN_SUCCESS_BPS = 8_000
+#: Provider outcomes older than this no longer count for its health.
+HEALTH_WINDOW = timedelta(hours=24)
+#: A health probe older than this says nothing about a provider (as in v_provider_health).
+PROBE_FRESH = timedelta(seconds=300)
 
 ACTIVE = "active"
 PAUSED = "paused"

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, text
 
 from domain import guard as rules
 from domain.errors import InvalidCommand
-from domain.guard import DEFAULT_TIER, Limits, Usage
+from domain.guard import DAILY_WINDOW, DEFAULT_TIER, WEEKLY_WINDOW, Limits, Usage
 from domain.money import format_minor
 from domain.wallet import BalanceRefused, WalletChange
 from infra import alerts
@@ -124,14 +124,15 @@ def usage(conn: Connection, wallets: Sequence[tuple[str, str]],
         text(
             "WITH t AS (SELECT COALESCE(CAST(:now AS timestamptz), now()) AS now) "
             "SELECT a.user_id, a.currency, "
-            "COALESCE(sum(abs(a.amount)) FILTER (WHERE a.created_at > t.now - interval '24 hours'), 0) AS daily, "
+            "COALESCE(sum(abs(a.amount)) FILTER (WHERE a.created_at > t.now - CAST(:day AS interval)), 0) AS daily, "
             "COALESCE(sum(abs(a.amount)), 0) AS weekly "
             "FROM unnest(CAST(:users AS text[]), CAST(:curs AS text[])) AS w(user_id, currency) "
             "CROSS JOIN t JOIN wallet_audit a ON a.user_id = w.user_id AND a.currency = w.currency "
-            "AND a.user_initiated AND a.created_at > t.now - interval '7 days' "
+            "AND a.user_initiated AND a.created_at > t.now - CAST(:week AS interval) "
             "GROUP BY a.user_id, a.currency"
         ),
-        {"now": now, "users": [u for u, _ in wallets], "curs": [c for _, c in wallets]},
+        {"now": now, "users": [u for u, _ in wallets], "curs": [c for _, c in wallets],
+         "day": DAILY_WINDOW, "week": WEEKLY_WINDOW},
     )
     return {(r.user_id, r.currency): Usage(int(r.daily), int(r.weekly)) for r in rows}
 

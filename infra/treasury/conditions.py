@@ -44,8 +44,8 @@ def failure_rate(uow: UnitOfWork) -> None:
     row = uow.conn.execute(text(
         "SELECT count(*) FILTER (WHERE status = 'completed') AS completed, "
         "count(*) FILTER (WHERE status = 'failed') AS failed FROM conversion_jobs "
-        "WHERE finished_at >= now() - interval '1 day'"
-    )).one()
+        "WHERE finished_at >= now() - CAST(:window AS interval)"
+    ), {"window": conv.FAILURE_RATE_WINDOW}).one()
     key = "conversion:failure_rate"
     if conv.failure_rate_exceeded(row.completed, row.failed):
         alerts.raise_alert(uow, kind="conversion", severity="warning",

@@ -16,13 +16,9 @@ from sqlalchemy import Connection, text
 from domain import conversions as conv
 from domain.buffers import Thresholds, account_code, status as buffer_status
 from domain.errors import NotFound, Refused
-from domain.providers import ProviderView
+from domain.providers import HEALTH_WINDOW, PROBE_FRESH, ProviderView
 from infra.settings import get_settings
 
-#: Provider outcomes older than this no longer count for its health.
-HEALTH_WINDOW = "24 hours"
-#: A health probe older than this says nothing about a provider (as in v_provider_health).
-PROBE_FRESH = "300 seconds"
 
 
 # --- buffers and settings ----------------------------------------------------------------
@@ -136,10 +132,10 @@ def day_start(now: datetime | None = None) -> datetime:
     return datetime.combine(local.date(), dtime(0), zone)
 
 
-_PROVIDERS = f"""
+_PROVIDERS = """
     SELECT p.*, COALESCE(w.successes, 0) AS successes, COALESCE(w.failures, 0) AS failures,
            COALESCE(v.used, 0) AS daily_volume_used,
-           CASE WHEN p.probed_at >= now() - interval '{PROBE_FRESH}' THEN p.probe_healthy END
+           CASE WHEN p.probed_at >= now() - CAST(:probe_fresh AS interval) THEN p.probe_healthy END
                AS probe_ok
     FROM conversion_providers p
     LEFT JOIN (
@@ -147,7 +143,7 @@ _PROVIDERS = f"""
                count(*) FILTER (WHERE status = 'completed') AS successes,
                count(*) FILTER (WHERE status IN ('rejected', 'error', 'failed')) AS failures
         FROM conversion_attempts
-        WHERE outcome_at >= now() - interval '{HEALTH_WINDOW}' GROUP BY provider
+        WHERE outcome_at >= now() - CAST(:health_window AS interval) GROUP BY provider
     ) w ON w.provider = p.name
     LEFT JOIN (
         SELECT provider, sum(par_amount) AS used FROM conversion_attempts
@@ -155,6 +151,10 @@ _PROVIDERS = f"""
         GROUP BY provider
     ) v ON v.provider = p.name
 """
+
+
+#: The domain's windows, bound as parameters of ``_PROVIDERS`` (never written into its text).
+_WINDOWS = {"probe_fresh": PROBE_FRESH, "health_window": HEALTH_WINDOW}
 
 
 def load_providers(conn: Connection, *, lock: bool = False) -> list[ProviderRow]:
@@ -165,13 +165,13 @@ def load_providers(conn: Connection, *, lock: bool = False) -> list[ProviderRow]
     """
     if lock:
         conn.execute(text("SELECT name FROM conversion_providers ORDER BY name FOR UPDATE"))
-    rows = conn.execute(text(_PROVIDERS + " ORDER BY p.priority, p.name"), {"day": day_start()})
+    rows = conn.execute(text(_PROVIDERS + " ORDER BY p.priority, p.name"), {"day": day_start(), **_WINDOWS})
     return [_provider(r) for r in rows]
 
 
 def get_provider(conn: Connection, name: str) -> ProviderRow:
     row = conn.execute(text(_PROVIDERS + " WHERE p.name = :n"),
-                       {"day": day_start(), "n": name}).one_or_none()
+                       {"day": day_start(), "n": name, **_WINDOWS}).one_or_none()
     if row is None:
         raise NotFound(f"no provider {name!r}")
     return _provider(row)

@@ -35,3 +35,15 @@ def test_the_guard_limits_seed_is_the_domain_tier_table():
     for key, lim in expected.items():
         assert seeded[key] == (lim.min_balance, lim.max_balance, lim.daily, lim.weekly,
                                lim.warning, lim.critical), key
+
+
+def test_the_provider_health_view_literals_are_the_domain_rule():
+    """v_provider_health (0007) runs domain.providers' rule in SQL with literals of its own."""
+    from domain import providers
+
+    m = load("0007_treasury_engine")
+    assert (m.HEALTH_MIN_ATTEMPTS, m.HEALTH_MIN_SUCCESS_BPS) \
+        == (providers.HEALTH_MIN_ATTEMPTS, providers.HEALTH_MIN_SUCCESS_BPS)
+    assert m.PROBE_FRESH_S == providers.PROBE_FRESH.total_seconds()
+    assert "interval '24 hours'" in (VERSIONS / "0007_treasury_engine.py").read_text()
+    assert providers.HEALTH_WINDOW.total_seconds() == 24 * 3600
