@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from domain import accounts
 from domain.ledger import Posting
 from domain.wallet import WalletChange
 from infra import guard, ledger, wallets
@@ -15,7 +16,7 @@ def deposit(cmd: Deposit, uow: UnitOfWork) -> None:
     """Money arrives from outside the platform into the user's wallet."""
     change = WalletChange(cmd.user_id, cmd.currency, cmd.amount, "deposit",
                           reason=cmd.reference, performed_by=cmd.user_id)
-    wallets.apply_changes(uow, [change], counter_account=f"world:{cmd.currency}",
+    wallets.apply_changes(uow, [change], counter_account=accounts.world(cmd.currency),
                           kind="deposit", memo=cmd.reference)
 
 
@@ -24,7 +25,7 @@ def withdraw(cmd: Withdraw, uow: UnitOfWork) -> None:
     """Money leaves the user's wallet for the outside; the guard may refuse it."""
     change = WalletChange(cmd.user_id, cmd.currency, -cmd.amount, "withdrawal",
                           reason=cmd.reference, performed_by=cmd.user_id)
-    wallets.apply_changes(uow, [change], counter_account=f"world:{cmd.currency}",
+    wallets.apply_changes(uow, [change], counter_account=accounts.world(cmd.currency),
                           kind="withdrawal", memo=cmd.reference)
 
 
@@ -33,7 +34,7 @@ def adjust_balance(cmd: AdjustBalance, uow: UnitOfWork) -> None:
     """An operator corrects a wallet; the counterpart is the ``adjustments`` account."""
     change = WalletChange(cmd.user_id, cmd.currency, cmd.amount, "adjustment",
                           reason=cmd.reason, performed_by=cmd.performed_by)
-    wallets.apply_changes(uow, [change], counter_account=f"adjustments:{cmd.currency}",
+    wallets.apply_changes(uow, [change], counter_account=accounts.adjustments(cmd.currency),
                           kind="adjustment", memo=cmd.reason,
                           metadata={"performed_by": cmd.performed_by})
 
@@ -49,8 +50,8 @@ def fund_treasury(cmd: FundTreasury, uow: UnitOfWork) -> None:
     """Capital from outside into the treasury that backs shadow personas."""
     ledger.post(
         uow.conn,
-        [Posting(f"world:{cmd.currency}", cmd.currency, -cmd.amount),
-         Posting(f"treasury:{cmd.currency}", cmd.currency, cmd.amount)],
+        [Posting(accounts.world(cmd.currency), cmd.currency, -cmd.amount),
+         Posting(accounts.treasury(cmd.currency), cmd.currency, cmd.amount)],
         kind="treasury_funding",
         memo=cmd.reference,
         metadata={"performed_by": cmd.performed_by},

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Mapping
 
+from domain import accounts
 from domain.conversions import Direction, at_par, direction_between, par_value
 from domain.errors import InvalidCommand
 from domain.money import major_to_minor
@@ -37,7 +38,7 @@ SOURCE_OF: dict[str, str] = {
 
 def account_code(account_type: str) -> str:
     """The ledger account of a buffer (SPEC §0: ``buffer:{account_type}``)."""
-    return f"buffer:{account_type}"
+    return accounts.buffer(account_type)
 
 
 @dataclass(frozen=True, slots=True)

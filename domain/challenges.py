@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, Sequence, TypeVar
 
+from domain import accounts
 from domain.errors import Refused
 from domain.money import format_minor
 
@@ -38,11 +39,11 @@ def opposite(side: str) -> str:
 
 
 def escrow_account(challenge_id: str) -> str:
-    return f"escrow:challenge:{challenge_id}"
+    return accounts.challenge_escrow(challenge_id)
 
 
 def treasury_account(currency: str) -> str:
-    return f"treasury:{currency}"
+    return accounts.treasury(currency)
 
 
 @dataclass(frozen=True, slots=True)

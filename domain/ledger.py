@@ -6,6 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
+from domain import accounts
 from domain.errors import InsufficientFunds, LedgerError
 from domain.money import CURRENCIES
 
@@ -14,12 +15,13 @@ from domain.money import CURRENCIES
 #: the balance guard enforces; ``provider`` mirrors an external party;
 #: ``adjustments`` is the platform's side of operator corrections (an upward
 #: correction is a cost to the platform, so it goes negative).
-NEGATIVE_ALLOWED_PREFIXES = ("world:", "user:", "provider:", "adjustments:")
+NEGATIVE_ALLOWED_PREFIXES = tuple(accounts.prefix(k) for k in (
+    accounts.WORLD, accounts.USER, accounts.PROVIDER, accounts.ADJUSTMENTS))
 
 #: The accounts among those that have no limit at all: no rule ever reads their
 #: balance before a change (a user wallet's credit line and the guard's limits do read
 #: theirs).  Their cached balance is kept in shards, so postings never queue on them.
-UNLIMITED_PREFIXES = ("world:", "adjustments:")
+UNLIMITED_PREFIXES = (accounts.prefix(accounts.WORLD), accounts.prefix(accounts.ADJUSTMENTS))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from domain import accounts
 from domain.errors import Refused
 
 ChangeKind = Literal[
@@ -86,5 +87,5 @@ class BalanceRefused(Refused):
 
 
 def wallet_account(user_id: str, currency: str) -> str:
-    return f"user:{user_id}:{currency}"
+    return accounts.user(user_id, currency)
 

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from sqlalchemy import Connection, text
 
+from domain import accounts
 from domain import guard as rules
 from domain.errors import InvalidCommand
 from domain.guard import DAILY_WINDOW, DEFAULT_TIER, WEEKLY_WINDOW, Limits, Usage
@@ -223,11 +224,11 @@ def evaluate_deferred(uow: Unit, txn_id: int, after: tuple[str, str] | None = No
             "  AND (CAST(:u AS text) IS NULL OR (user_id COLLATE \"C\", currency COLLATE \"C\") > (:u, :c)) "
             "  GROUP BY user_id, currency ORDER BY user_id COLLATE \"C\", currency COLLATE \"C\" "
             "  LIMIT :n) w "
-            "JOIN accounts a ON a.code = 'user:' || w.user_id || ':' || w.currency "
+            "JOIN accounts a ON a.code = CAST(:user_prefix AS text) || w.user_id || ':' || w.currency "
             "ORDER BY a.id FOR UPDATE OF a"
         ),
         {"txn": txn_id, "u": after[0] if after else None, "c": after[1] if after else None,
-         "n": limit},
+         "n": limit, "user_prefix": accounts.prefix(accounts.USER)},
     ).all()
     if not chunk:
         return None
@@ -393,7 +394,7 @@ def analytics(conn: Connection, start: datetime, end: datetime, user_id: str | N
 
     Balances come from the ledger (the truth), changes and their types from the audit trail.
     """
-    pattern = f"user:{_escape_like(user_id)}:%" if user_id else "user:%"
+    pattern = f"{accounts.prefix(accounts.USER)}{_escape_like(user_id)}:%" if user_id else f"{accounts.prefix(accounts.USER)}%"
     balances = conn.execute(
         text(
             "SELECT a.currency, "

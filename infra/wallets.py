@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from sqlalchemy import Connection, text
 
+from domain import accounts
 from domain.errors import LedgerError
 from domain.ledger import Posting
 from domain.wallet import BalanceRefused, WalletChange
@@ -103,7 +104,7 @@ def balances(conn: Connection, user_id: str, currency: str | None = None) -> dic
             "SELECT currency, balance FROM accounts WHERE code LIKE :pattern "
             "AND (CAST(:cur AS text) IS NULL OR currency = :cur) ORDER BY currency"
         ),
-        {"pattern": f"user:{_escape_like(user_id)}:%", "cur": currency},
+        {"pattern": f"{accounts.prefix(accounts.USER)}{_escape_like(user_id)}:%", "cur": currency},
     )
     return {r.currency: int(r.balance) for r in rows}
 
@@ -121,7 +122,7 @@ def history(
             "WHERE a.code LIKE :pattern AND (CAST(:cur AS text) IS NULL OR e.currency = :cur) "
             "ORDER BY e.id DESC LIMIT :limit"
         ),
-        {"pattern": f"user:{_escape_like(user_id)}:%", "cur": currency, "limit": limit},
+        {"pattern": f"{accounts.prefix(accounts.USER)}{_escape_like(user_id)}:%", "cur": currency, "limit": limit},
     )
     return [
         {
@@ -155,9 +156,9 @@ def reverse_with_audit(uow: UnitOfWork, txn_id: int, *, kind: str = "reversal", 
     running = {code: acc.balance for code, acc in locked.items()}
     paired: list[tuple[WalletChange, int]] = []
     for code, cur, amount in original:
-        if not code.startswith("user:"):
+        user_id = accounts.owner_of_wallet(code)
+        if user_id is None:
             continue
-        user_id = code.split(":")[1]
         change = WalletChange(user_id, cur, -amount, "reversal", reason=reason, performed_by=by,
                               metadata={"reverses_transaction_id": txn_id})
         paired.append((change, running[code]))

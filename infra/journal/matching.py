@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Sequence
 
+from domain import accounts
 from domain import matching
 from domain.errors import LedgerError, Refused
 from domain.ledger import Posting, PostingBatchItem
@@ -35,7 +36,7 @@ class LinkRace(Transient):
 
 
 def cycle_account(cycle_id: str) -> str:
-    return f"cycle:{cycle_id}"
+    return accounts.cycle(cycle_id)
 
 
 def run(uow: UnitOfWork, cycle_id: str | None = None) -> Tally:
@@ -174,7 +175,7 @@ def apply_links(uow: UnitOfWork, links: Sequence[Link], *,
     totals = {cycle_id: sum(lk.amount for lk in group) for cycle_id, group in groups}
     deposits = [  # one transaction per cycle, all in one call of the ledger
         PostingBatchItem(
-            [Posting(f"world:{CURRENCY}", CURRENCY, -totals[cycle_id]),
+            [Posting(accounts.world(CURRENCY), CURRENCY, -totals[cycle_id]),
              Posting(cycle_account(cycle_id), CURRENCY, totals[cycle_id])],
             kind="cycle_deposit",
             # (actor, request_id) takes effect once, so this key is unique per deposit.

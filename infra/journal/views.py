@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from domain import accounts
 from domain.matching import AWAITING, MATCHED, OPTED_IN, Candidate, payment_state, suggest
 from infra.journal import repository as repo
 
@@ -185,7 +186,7 @@ def cycle_view(conn: Connection, cycle_id: str) -> dict[str, Any]:
     )
     by_status = {r.status: {"count": int(r.n), "amount": int(r.received)} for r in counts}
     balance = conn.execute(
-        text("SELECT balance FROM accounts WHERE code = :a"), {"a": f"cycle:{cycle_id}"}
+        text("SELECT balance FROM accounts WHERE code = :a"), {"a": accounts.cycle(cycle_id)}
     ).scalar_one_or_none()
     return {
         "cycle_id": cyc.cycle_id,

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from domain import accounts
 from domain.errors import LedgerError, Refused
 from domain.ledger import Posting
 from domain.markets import (
@@ -62,7 +63,7 @@ class SettlementPending(Transient):
 
 
 def escrow_account(market_id: str) -> str:
-    return f"escrow:market:{market_id}"
+    return accounts.market_escrow(market_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +157,8 @@ def settle(uow: UnitOfWork, distribution_id: int, *, batch: int | None = None) -
 
 def _fee_postings(market_id: str, creator_id: str, cur: str, t: Terms, left: int) -> list[Posting]:
     """House fee and breakage to ``house:{CUR}``, creator fee to ``creator:{id}:{CUR}``."""
-    credits = [(f"house:{cur}", t.house_fee), (f"creator:{creator_id}:{cur}", t.creator_fee),
-               (f"house:{cur}", left)]
+    credits = [(accounts.house(cur), t.house_fee), (accounts.creator(creator_id, cur), t.creator_fee),
+               (accounts.house(cur), left)]
     postings = [Posting(acc, cur, amt) for acc, amt in credits if amt > 0]
     total = sum(p.amount for p in postings)
     return [Posting(escrow_account(market_id), cur, -total), *postings] if total else []

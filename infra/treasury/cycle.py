@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from domain import accounts
 from domain import buffers as b
 from domain.conversions import DIRECTIONS
 from domain.ledger import Posting
@@ -24,7 +25,7 @@ def record_flow(uow: UnitOfWork, account_type: str, amount: int, reference: str)
     refused (a buffer never goes negative).
     """
     cur = b.CURRENCY_OF[account_type]
-    return ledger.post(uow.conn, [Posting(f"world:{cur}", cur, -amount),
+    return ledger.post(uow.conn, [Posting(accounts.world(cur), cur, -amount),
                                   Posting(b.account_code(account_type), cur, amount)],
                        kind="buffer_flow", memo=reference,
                        metadata={"account_type": account_type, "reference": reference})

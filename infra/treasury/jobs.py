@@ -18,6 +18,7 @@ from typing import Iterator
 
 from sqlalchemy import Engine, text
 
+from domain import accounts
 from domain import conversions as conv
 from domain.buffers import CURRENCY_OF, may_take
 from domain.errors import InvalidCommand, Refused
@@ -119,9 +120,9 @@ def complete(uow: UnitOfWork, job: Job, attempt: Attempt, report: Report) -> Job
     src, dst, p = job.source_currency, job.destination_currency, attempt.provider
     store.count_outcome(uow.conn, p, success=True)
     postings = [
-        Posting(f"transit:{src}", src, -job.source_amount),
-        Posting(f"provider:{p}:{src}", src, job.source_amount),
-        Posting(f"provider:{p}:{dst}", dst, -(net + fee)),
+        Posting(accounts.transit(src), src, -job.source_amount),
+        Posting(accounts.provider(p, src), src, job.source_amount),
+        Posting(accounts.provider(p, dst), dst, -(net + fee)),
         Posting(job.destination_account, dst, net),
         Posting(f"fees:conversion:{dst}", dst, fee),
     ]
@@ -203,7 +204,7 @@ def _return_transit(uow: UnitOfWork, job: Job, kind: str, why: str) -> None:
     if not job.transit_moved:
         return
     ledger.post(uow.conn, [
-        Posting(f"transit:{job.source_currency}", job.source_currency, -job.source_amount),
+        Posting(accounts.transit(job.source_currency), job.source_currency, -job.source_amount),
         Posting(job.source_account, job.source_currency, job.source_amount),
     ], kind=kind, idempotency_key=f"conversion:{job.id}:return",
         memo=f"conversion job {job.id} {why}: back to source", metadata={"job_id": job.id})

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
+from domain import accounts
 from domain import conversions as conv
 from domain.money import CURRENCIES
 from infra import alerts, providers
@@ -78,12 +79,13 @@ def _custody(conn: Connection) -> list[Difference]:
         "  (SELECT COALESCE(sum(e.amount), 0) FROM ledger_entries e "
         "   JOIN accounts a ON a.id = e.account_id "
         "   JOIN ledger_transactions t ON t.id = e.transaction_id "
-        "   WHERE a.code = 'buffer:' || r.account_type AND t.created_at <= r.as_of) AS ledger "
+        "   WHERE a.code = CAST(:buffer_prefix AS text) || r.account_type AND t.created_at <= r.as_of) AS ledger "
         "FROM (SELECT DISTINCT ON (account_type) * FROM custodian_reports "
         "      ORDER BY account_type, as_of DESC, id DESC) r "
-        "JOIN treasury_buffers b ON b.account_type = r.account_type"))
-    return [Difference("custody", f"buffer:{r.account_type}", r.currency, int(r.reported),
-                       int(r.ledger), f"buffer:{r.account_type} holds {int(r.ledger)} in the ledger "
+        "JOIN treasury_buffers b ON b.account_type = r.account_type"),
+        {"buffer_prefix": accounts.prefix(accounts.BUFFER)})
+    return [Difference("custody", accounts.buffer(r.account_type), r.currency, int(r.reported),
+                       int(r.ledger), f"{accounts.buffer(r.account_type)} holds {int(r.ledger)} in the ledger "
                        f"as of {r.as_of.isoformat()}; the custodian reports {int(r.reported)}")
             for r in rows if int(r.reported) != int(r.ledger)]
 
@@ -111,14 +113,14 @@ def _provider_books(conn: Connection, reports: dict[str, dict[str, int]]) -> lis
         "SELECT DISTINCT provider FROM conversion_jobs WHERE provider IS NOT NULL "
         "AND status = ANY(:st)"), {"st": list(conv.ACTIVE)})}
     out: list[Difference] = []
-    codes = [f"provider:{p}:{cur}" for p in reports for cur in CURRENCIES if cur in ("USD", "USDC")]
+    codes = [accounts.provider(p, cur) for p in reports for cur in CURRENCIES if cur in ("USD", "USDC")]
     ledger_side = dict(conn.execute(text("SELECT code, balance FROM accounts WHERE code = ANY(:c)"),
                                     {"c": codes}).all())
     for name, books in sorted(reports.items()):
         if name in busy:
             continue
         for cur in ("USD", "USDC"):
-            code = f"provider:{name}:{cur}"
+            code = accounts.provider(name, cur)
             theirs, ours = int(books.get(cur, 0)), int(ledger_side.get(code, 0))
             if theirs != ours:
                 out.append(Difference("provider_books", code, cur, theirs, ours,
@@ -213,8 +215,8 @@ def _transit(conn: Connection) -> list[Difference]:
         "LEFT JOIN (SELECT source_currency, sum(source_amount) AS in_flight FROM conversion_jobs "
         "           WHERE transit_moved AND status = ANY(:st) GROUP BY source_currency) j "
         "  ON j.source_currency = c.cur"), {"st": list(conv.ACTIVE)})
-    return [Difference("transit", f"transit:{r.cur}", r.cur, int(r.in_flight), int(r.ledger),
-                       f"transit:{r.cur} holds {int(r.ledger)}; the jobs in flight account for "
+    return [Difference("transit", accounts.transit(r.cur), r.cur, int(r.in_flight), int(r.ledger),
+                       f"{accounts.transit(r.cur)} holds {int(r.ledger)}; the jobs in flight account for "
                        f"{int(r.in_flight)}")
             for r in rows if int(r.ledger) != int(r.in_flight)]
 

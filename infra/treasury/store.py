@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, text
 
+from domain import accounts
 from domain import conversions as conv
 from domain.buffers import Thresholds, account_code, status as buffer_status
 from domain.errors import NotFound, Refused
@@ -45,11 +46,11 @@ def load_buffers(conn: Connection, *, lock: bool = False,
     rows in account-type order, which serialises cycles and submissions."""
     rows = conn.execute(text(
         "SELECT b.*, COALESCE(a.balance, 0) AS balance FROM treasury_buffers b "
-        "LEFT JOIN accounts a ON a.code = 'buffer:' || b.account_type "
+        "LEFT JOIN accounts a ON a.code = CAST(:buffer_prefix AS text) || b.account_type "
         "WHERE CAST(:only AS text) IS NULL OR b.account_type = CAST(:only AS text) "
         "ORDER BY b.account_type"
         + (" FOR UPDATE OF b" if lock else "")
-    ), {"only": only})
+    ), {"only": only, "buffer_prefix": accounts.prefix(accounts.BUFFER)})
     return {
         r.account_type: Buffer(r.account_type, r.currency,
                                Thresholds(r.min_amount, r.target_amount, r.max_amount,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from domain import accounts
 from domain import conversions as conv
 from domain.buffers import may_take
 from domain.ledger import Posting
@@ -179,7 +180,7 @@ def _prepare_attempt(engine: Engine, job_id: int,
                 return None
             ledger.post(uow.conn, [
                 Posting(job.source_account, job.source_currency, -job.source_amount),
-                Posting(f"transit:{job.source_currency}", job.source_currency, job.source_amount),
+                Posting(accounts.transit(job.source_currency), job.source_currency, job.source_amount),
             ], kind="conversion_transit", idempotency_key=f"conversion:{job.id}:transit",
                 memo=f"conversion job {job.id} submitted", metadata={"job_id": job.id})
         chosen = next(r for r in rows if r.name == ranked[0].name)
@@ -201,7 +202,7 @@ def _source_refuses(uow: UnitOfWork, job: Job) -> str | None:
     transit, in the ledger's own order, so the balance read is the one posted."""
     buffer = store.lock_buffer(uow.conn, job.source_type)
     held = ledger.lock_accounts(uow.conn, [job.source_account,
-                                           f"transit:{job.source_currency}"])
+                                           accounts.transit(job.source_currency)])
     balance = held[job.source_account].balance if job.source_account in held else 0
     reserved = store.reserved_by_pending(uow.conn, before_job=job.id).get(job.source_type, 0)
     return may_take(job.source_type, job.source_amount, balance, buffer.thresholds, reserved)
