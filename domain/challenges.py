@@ -16,6 +16,7 @@ from typing import Literal, Sequence, TypeVar
 
 from domain import accounts
 from domain.errors import Refused
+from domain.lifecycle import Lifecycle, table
 from domain.money import format_minor
 
 Side = Literal["YES", "NO"]
@@ -36,6 +37,20 @@ T = TypeVar("T")
 
 def opposite(side: str) -> str:
     return "NO" if side == "YES" else "YES"
+
+
+#: A challenge: open → resolved (result known) → settled (escrow paid out), or
+#: settlement_failed when its settlement failed for good, resolved again for its retry.
+CHALLENGE = Lifecycle("challenge", "open", table(
+    open=("resolved",),
+    resolved=("settled", "settlement_failed"),
+    settlement_failed=("resolved", "settled"),
+    settled=(),
+))
+#: A treasury match: reserved with its fill → active once its persona is paired → settled
+#: (won or lost) or refunded (a void result).
+MATCH = Lifecycle("treasury match", "reserved", table(
+    reserved=("active",), active=("settled", "refunded"), settled=(), refunded=()))
 
 
 def escrow_account(challenge_id: str) -> str:

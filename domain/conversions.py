@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from domain.errors import InvalidCommand, Refused
+from domain.lifecycle import Lifecycle
 from domain.money import CURRENCIES
 
 Direction = str  # "USD->USDC" or "USDC->USD"
@@ -144,11 +145,13 @@ NOT_FOUND = "not_found"
 REPORT_STATES = (NOT_FOUND, "processing", COMPLETED, FAILED)
 
 
+#: The job's lifecycle (domain.lifecycle), the one mechanism every entity's status uses.
+JOB = Lifecycle("conversion job", PENDING, TRANSITIONS)
+
+
 def transition(current: str, new: str) -> str:
     """``new`` when the state machine allows ``current -> new``; Refused otherwise."""
-    if new not in TRANSITIONS.get(current, ()):
-        raise Refused(f"a conversion job cannot go from {current} to {new}")
-    return new
+    return JOB.check(current, new)
 
 
 def after_report(current: str, reported: str) -> str | None:

@@ -23,6 +23,7 @@ from fractions import Fraction
 from typing import Iterable, Literal, Mapping, Sequence
 
 from domain.errors import InvalidCommand, LedgerError, Refused
+from domain.lifecycle import Lifecycle, table
 
 MarketKind = Literal["binary", "multi"]
 Position = Literal["yes", "no"]
@@ -43,6 +44,30 @@ DISPUTED = "disputed"
 PENDING, COMPLETED, FAILED, ROLLED_BACK = "pending", "completed", "failed", "rolled_back"
 #: How a dispute ends: the resolution confirmed (no money moves), or rolled back.
 DISPUTE_OPEN, DISPUTE_CONFIRMED, DISPUTE_ROLLED_BACK = "open", "confirmed", "rolled_back"
+
+#: A market: open → settling (resolved or voided) → settled | voided, or closed when its
+#: settlement failed; a settled or voided market may be disputed (confirmed back to where it
+#: was) or rolled back to closed; a closed market is resolved again (settling).
+MARKET = Lifecycle("market", OPEN, table(
+    open=(SETTLING,),
+    settling=(SETTLED, VOIDED, CLOSED),
+    settled=(DISPUTED, CLOSED),
+    voided=(DISPUTED, CLOSED),
+    disputed=(SETTLED, VOIDED, CLOSED),
+    closed=(SETTLING,),
+))
+#: A distribution: pending → completed (paid) | failed; failed → pending (retried);
+#: completed → rolled_back.
+DISTRIBUTION = Lifecycle("distribution", PENDING, table(
+    pending=(COMPLETED, FAILED),
+    failed=(PENDING,),
+    completed=(ROLLED_BACK,),
+    rolled_back=(),
+))
+#: A commitment: active → settled by a distribution, back to active when it is rolled back.
+COMMITMENT = Lifecycle("commitment", "active", table(active=("settled",), settled=("active",)))
+DISPUTE = Lifecycle("dispute", DISPUTE_OPEN, table(
+    open=(DISPUTE_CONFIRMED, DISPUTE_ROLLED_BACK), confirmed=(), rolled_back=()))
 
 
 def status_after_settlement(distribution_kind: str) -> str:

@@ -29,6 +29,8 @@ from typing import Iterable, Mapping, Sequence
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
+from domain.lifecycle import Lifecycle, table
+
 MEMO_PREFIX = "ARB"
 
 SCORE_EXACT = 1000
@@ -53,6 +55,13 @@ UNMATCHED = "unmatched"
 AWAITING = "AWAITING_INVESTMENT"
 OPTED_IN = "OPTED_IN"
 EXPIRED = "EXPIRED"
+
+#: A participation awaits its payment until it is paid in full (opted in) or its cycle opens
+#: without it (expired).
+PARTICIPATION = Lifecycle("participation", AWAITING, table(
+    AWAITING_INVESTMENT=(OPTED_IN, EXPIRED), OPTED_IN=(), EXPIRED=()))
+#: A cycle: planned → open (with the capital its participations brought) → closed.
+CYCLE = Lifecycle("cycle", "planned", table(planned=("open",), open=("closed",), closed=()))
 
 # What a journal entry must be to pay for a participation.
 DONATION = "player_donation"

@@ -14,7 +14,15 @@ from typing import Iterable, Sequence
 
 from sqlalchemy import Connection, text
 
-from domain.challenges import Challenge, MatchSettlement, SideTally, TreasuryConfig, UserSettlement
+from domain.challenges import (
+    CHALLENGE,
+    MATCH,
+    Challenge,
+    MatchSettlement,
+    SideTally,
+    TreasuryConfig,
+    UserSettlement,
+)
 from domain.errors import NotFound, Refused
 
 
@@ -72,37 +80,46 @@ def participant_count(conn: Connection, challenge_id: str) -> int:
         {"c": challenge_id}).scalar_one())
 
 
+def _move(new: str, *, only: Sequence[str] = ()) -> dict:
+    """Bound parameters of a guarded status UPDATE: the new status and where it may come
+    from (all its lifecycle's sources, or ``only`` these, each a legal source)."""
+    for current in only:
+        CHALLENGE.check(current, new)
+    return {"s": new, "from": list(only or CHALLENGE.sources(new))}
+
+
 def mark_settlement_failed(conn: Connection, challenge_id: str, reason: str) -> bool:
     """A resolved challenge whose settlement failed for good; True when it was resolved."""
     return conn.execute(
-        text("UPDATE challenges SET status = 'settlement_failed', settlement_failure = :why, "
-             "settlement_failed_at = now() WHERE id = :id AND status = 'resolved' RETURNING 1"),
-        {"id": challenge_id, "why": reason[:500]},
+        text("UPDATE challenges SET status = :s, settlement_failure = :why, "
+             "settlement_failed_at = now() WHERE id = :id AND status = ANY(:from) RETURNING 1"),
+        {"id": challenge_id, "why": reason[:500], **_move("settlement_failed")},
     ).first() is not None
 
 
 def reopen_settlement(conn: Connection, challenge_id: str) -> int:
     """settlement_failed → resolved for a retry; returns the retry's number."""
     return int(conn.execute(
-        text("UPDATE challenges SET status = 'resolved', settlement_retries = settlement_retries + 1 "
-             "WHERE id = :id AND status = 'settlement_failed' RETURNING settlement_retries"),
-        {"id": challenge_id},
+        text("UPDATE challenges SET status = :s, settlement_retries = settlement_retries + 1 "
+             "WHERE id = :id AND status = ANY(:from) RETURNING settlement_retries"),
+        {"id": challenge_id, **_move("resolved", only=("settlement_failed",))},
     ).scalar_one())
 
 
 def save_resolution(conn: Connection, challenge: Challenge, resolved_by: str) -> None:
     conn.execute(
-        text("UPDATE challenges SET status = 'resolved', result = :r, resolved_by = :by, "
-             "resolved_at = now() WHERE id = :id AND status = 'open'"),
-        {"id": challenge.challenge_id, "r": challenge.result, "by": resolved_by},
+        text("UPDATE challenges SET status = :s, result = :r, resolved_by = :by, "
+             "resolved_at = now() WHERE id = :id AND status = ANY(:from)"),
+        {"id": challenge.challenge_id, "r": challenge.result, "by": resolved_by,
+         **_move("resolved", only=("open",))},
     )
 
 
 def mark_settled(conn: Connection, challenge_id: str) -> None:
     conn.execute(
-        text("UPDATE challenges SET status = 'settled', settled_at = now() "
-             "WHERE id = :id AND status IN ('resolved', 'settlement_failed')"),
-        {"id": challenge_id},
+        text("UPDATE challenges SET status = :s, settled_at = now() "
+             "WHERE id = :id AND status = ANY(:from)"),
+        {"id": challenge_id, **_move("settled")},
     )
 
 
@@ -330,9 +347,9 @@ def activate(conn: Connection, matches: Sequence[ReservedMatch]) -> None:
     """The reserved matches became real: the users are paired with their personas."""
     ids = [m.match_id for m in matches]
     conn.execute(
-        text("UPDATE treasury_matches SET status = 'active', matched_at = now() "
-             "WHERE id = ANY(:ids) AND status = 'reserved'"),
-        {"ids": ids},
+        text("UPDATE treasury_matches SET status = :s, matched_at = now() "
+             "WHERE id = ANY(:ids) AND status = ANY(:from)"),
+        {"ids": ids, "s": "active", "from": list(MATCH.sources("active"))},
     )
     conn.execute(
         text("UPDATE challenge_participants p SET treasury_match_id = m.id FROM treasury_matches m "
@@ -409,7 +426,8 @@ def settle_matches(conn: Connection, matches: Sequence[tuple[int, MatchSettlemen
              "CAST(:results AS text[]), CAST(:payouts AS bigint[]), CAST(:pnls AS bigint[])) "
              "AS x(id, status, result, payout, pnl) "
              "WHERE m.id = x.id AND m.status = 'active'"),
-        {"ids": [i for i, _ in matches], "statuses": [m.status for _, m in matches],
+        {"ids": [i for i, _ in matches], "statuses": [MATCH.check("active", m.status)
+                                                      for _, m in matches],
          "results": [m.result for _, m in matches],
          "payouts": [m.payout for _, m in matches], "pnls": [m.pnl for _, m in matches]},
     )

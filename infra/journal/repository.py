@@ -15,7 +15,16 @@ from typing import Any, Iterable, Sequence
 from sqlalchemy import Connection, Row, text
 
 from domain.errors import NotFound, Refused
-from domain.matching import AWAITING, DONATION, EXPIRED, LOGISTICS, OPTED_IN, expected_memo
+from domain.matching import (
+    AWAITING,
+    CYCLE,
+    DONATION,
+    EXPIRED,
+    LOGISTICS,
+    OPTED_IN,
+    PARTICIPATION,
+    expected_memo,
+)
 
 #: pg_advisory_xact_lock key held by every step that links payments or opens a cycle,
 #: so two matching runs (or a run and an admin link) never decide on the same payment.
@@ -87,9 +96,9 @@ def open_cycle(conn: Connection, cycle_id: str) -> dict[str, int]:
     expired = conn.execute(
         text(
             "UPDATE journal_participations SET status = :expired, expired_at = now() "
-            "WHERE cycle_id = :c AND status = :awaiting"
+            "WHERE cycle_id = :c AND status = ANY(:from)"
         ),
-        {"c": cycle_id, "expired": EXPIRED, "awaiting": AWAITING},
+        {"c": cycle_id, "expired": EXPIRED, "from": list(PARTICIPATION.sources(EXPIRED))},
     ).rowcount
     capital = conn.execute(
         text(
@@ -98,22 +107,29 @@ def open_cycle(conn: Connection, cycle_id: str) -> dict[str, int]:
         ),
         {"c": cycle_id, "opted": OPTED_IN},
     ).one()
-    conn.execute(
+    moved = conn.execute(
         text(
-            "UPDATE journal_cycles SET status = 'open', opened_at = now(), initial_capital = :cap "
-            "WHERE cycle_id = :c"
+            "UPDATE journal_cycles SET status = :s, opened_at = now(), initial_capital = :cap "
+            "WHERE cycle_id = :c AND status = ANY(:from) RETURNING 1"
         ),
-        {"c": cycle_id, "cap": int(capital.total)},
-    )
+        {"c": cycle_id, "cap": int(capital.total), "s": "open", "from": list(CYCLE.sources("open"))},
+    ).first()
+    if moved is None:
+        current = conn.execute(text("SELECT status FROM journal_cycles WHERE cycle_id = :c"),
+                               {"c": cycle_id}).scalar_one_or_none()
+        if current is None:
+            raise NotFound(f"cycle {cycle_id} does not exist")
+        CYCLE.check(current, "open")
     return {"participants": int(capital.n), "expired": expired, "initial_capital": int(capital.total)}
 
 
 def close_cycle(conn: Connection, cycle_id: str, closing_capital: int, closed_by: str) -> None:
     """open → closed, with the capital its account holds now."""
     conn.execute(
-        text("UPDATE journal_cycles SET status = 'closed', closed_at = now(), "
-             "closing_capital = :cap, closed_by = :by WHERE cycle_id = :c AND status = 'open'"),
-        {"c": cycle_id, "cap": closing_capital, "by": closed_by},
+        text("UPDATE journal_cycles SET status = :s, closed_at = now(), "
+             "closing_capital = :cap, closed_by = :by WHERE cycle_id = :c AND status = ANY(:from)"),
+        {"c": cycle_id, "cap": closing_capital, "by": closed_by, "s": "closed",
+         "from": list(CYCLE.sources("closed"))},
     )
 
 

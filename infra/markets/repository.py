@@ -15,7 +15,20 @@ from typing import Any, Iterator, Literal, Sequence
 from sqlalchemy import Connection, text
 
 from domain.errors import NotFound
-from domain.markets import Commitment, Line, Market, Terms
+from domain.markets import (
+    COMMITMENT,
+    COMPLETED,
+    DISPUTE,
+    DISTRIBUTION,
+    FAILED,
+    MARKET,
+    PENDING,
+    ROLLED_BACK,
+    Commitment,
+    Line,
+    Market,
+    Terms,
+)
 
 #: Digits kept of a line's share (an exact fraction in the domain) for the audit.
 SHARE_DIGITS = 18
@@ -84,8 +97,21 @@ def add_market(conn: Connection, market: Market, title: str, labels: Sequence[st
 
 
 def set_status(conn: Connection, market_id: str, status: str) -> None:
-    conn.execute(text("UPDATE markets SET status = :s, updated_at = now() WHERE market_id = :m"),
-                 {"s": status, "m": market_id})
+    """Move the market to ``status``, from a status its lifecycle allows (else refused)."""
+    moved = conn.execute(
+        text("UPDATE markets SET status = :s, updated_at = now() "
+             "WHERE market_id = :m AND status = ANY(:from) RETURNING 1"),
+        {"s": status, "m": market_id, "from": list(MARKET.sources(status))}).first()
+    if moved is None:
+        _refuse(conn, MARKET, "SELECT status FROM markets WHERE market_id = :k", market_id, status)
+
+
+def _refuse(conn: Connection, lifecycle, select: str, key, new: str) -> None:
+    """A guarded UPDATE moved nothing: say why (the lifecycle's one-line refusal)."""
+    current = conn.execute(text(select), {"k": key}).scalar_one_or_none()
+    if current is None:
+        raise NotFound(f"no {lifecycle.entity} {key}")
+    lifecycle.check(current, new)
 
 
 # --- commitments ------------------------------------------------------------------------
@@ -138,6 +164,7 @@ def active_commitments(conn: Connection, market_id: str, batch: int) -> Iterator
 
 
 def set_commitments_status(conn: Connection, market_id: str, old: str, new: str) -> int:
+    COMMITMENT.check(old, new)
     return conn.execute(
         text("UPDATE market_commitments SET status = :new WHERE market_id = :m AND status = :old"),
         {"m": market_id, "old": old, "new": new},
@@ -201,31 +228,41 @@ def share_text(share: Fraction) -> str:
 
 def complete_distribution(conn: Connection, distribution_id: int, t: Terms, breakage: int,
                           paid: int, commitments: int, winners: int) -> None:
-    conn.execute(
+    moved = conn.execute(
         text("UPDATE market_distributions SET status = 'completed', kind = :k, pool = :pool, "
              "house_fee = :hf, creator_fee = :cf, winner_pool = :wp, winning_total = :wt, "
              "breakage = :b, paid = :paid, commitments = :n, winners = :w, completed_at = now() "
-             "WHERE id = :d"),
+             "WHERE id = :d AND status = ANY(:from) RETURNING 1"),
         {"k": t.kind, "pool": t.pool, "hf": t.house_fee, "cf": t.creator_fee, "wp": t.winner_pool,
          "wt": t.winning_total, "b": breakage, "paid": paid, "n": commitments, "w": winners,
-         "d": distribution_id},
-    )
+         "d": distribution_id, "from": list(DISTRIBUTION.sources(COMPLETED))},
+    ).first()
+    if moved is None:
+        _refuse(conn, DISTRIBUTION, _DIST_STATUS, distribution_id, COMPLETED)
 
 
 def fail_distribution(conn: Connection, distribution_id: int, failure: str) -> None:
     conn.execute(
-        text("UPDATE market_distributions SET status = 'failed', failure = :f WHERE id = :d "
-             "AND status = 'pending'"),
-        {"f": failure[:500], "d": distribution_id},
+        text("UPDATE market_distributions SET status = :s, failure = :f WHERE id = :d "
+             "AND status = ANY(:from)"),
+        {"f": failure[:500], "d": distribution_id, "s": FAILED,
+         "from": list(DISTRIBUTION.sources(FAILED))},
     )
 
 
 def roll_back_distribution(conn: Connection, distribution_id: int, by: str, reason: str) -> None:
-    conn.execute(
-        text("UPDATE market_distributions SET status = 'rolled_back', rolled_back_at = now(), "
-             "rolled_back_by = :by, rollback_reason = :r WHERE id = :d"),
-        {"by": by, "r": reason, "d": distribution_id},
-    )
+    moved = conn.execute(
+        text("UPDATE market_distributions SET status = :s, rolled_back_at = now(), "
+             "rolled_back_by = :by, rollback_reason = :r WHERE id = :d AND status = ANY(:from) "
+             "RETURNING 1"),
+        {"by": by, "r": reason, "d": distribution_id, "s": ROLLED_BACK,
+         "from": list(DISTRIBUTION.sources(ROLLED_BACK))},
+    ).first()
+    if moved is None:
+        _refuse(conn, DISTRIBUTION, _DIST_STATUS, distribution_id, ROLLED_BACK)
+
+
+_DIST_STATUS = "SELECT status FROM market_distributions WHERE id = :k"
 
 
 def add_transaction(conn: Connection, distribution_id: int, transaction_id: int, purpose: str) -> None:
@@ -271,10 +308,10 @@ def user_results_sql(*, only_paid: bool) -> str:
 def retry_distribution(conn: Connection, distribution_id: int, by: str) -> int:
     """failed → pending again (its settlement is retried); returns the retry's number."""
     return int(conn.execute(
-        text("UPDATE market_distributions SET status = 'pending', retries = retries + 1, "
-             "retried_by = :by, retried_at = now() WHERE id = :d AND status = 'failed' "
+        text("UPDATE market_distributions SET status = :s, retries = retries + 1, "
+             "retried_by = :by, retried_at = now() WHERE id = :d AND status = ANY(:from) "
              "RETURNING retries"),
-        {"by": by, "d": distribution_id},
+        {"by": by, "d": distribution_id, "s": PENDING, "from": list(DISTRIBUTION.sources(PENDING))},
     ).scalar_one())
 
 
@@ -314,8 +351,8 @@ def add_dispute(conn: Connection, market_id: str, distribution_id: int, reason: 
 def end_dispute(conn: Connection, dispute_id: int, status: str, by: str, note: str | None) -> None:
     conn.execute(
         text("UPDATE market_disputes SET status = :s, ended_by = :by, end_note = :n, "
-             "ended_at = now() WHERE id = :id AND status = 'open'"),
-        {"s": status, "by": by, "n": note, "id": dispute_id},
+             "ended_at = now() WHERE id = :id AND status = ANY(:from)"),
+        {"s": status, "by": by, "n": note, "id": dispute_id, "from": list(DISPUTE.sources(status))},
     )
 
 
