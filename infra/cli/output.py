@@ -1,54 +1,307 @@
-"""How the CLI talks: JSON documents for scripts, rich tables for people."""
+"""How the CLI talks: JSON documents for scripts, tables for people, tab-separated when piped.
+
+Three formats (``--format plain|tsv|json``, on ``ballast`` itself or on any command;
+``--json`` is ``--format json``):
+
+- ``plain``: aligned tables that fit the terminal (80 columns when it cannot tell): ids are
+  never folded or cut (they are copied and pasted), numbers are right-aligned, amounts are
+  in major units with their currency, timestamps to the second (UTC, ``…Z``). A table too
+  wide even with its text columns folded is printed one record at a time (``key  value``).
+- ``tsv``: one header line, then one line per row, cells separated by a tab (a table's
+  title, if any, is a ``# title`` line above it). The default when stdout is not a
+  terminal.
+- ``json``: one JSON document, amounts in minor units — what ``--json`` always printed.
+
+Long operations show a progress bar on a terminal (``progress``), on stderr, and nothing
+when stderr is not a terminal.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import re
+import shutil
 import sys
-from typing import Any, Callable, Iterable, Sequence
+import textwrap
+from datetime import date, datetime, timezone
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import click
-from rich import box
 from rich.console import Console
-from rich.table import Table
+
+from domain.money import CURRENCIES, format_minor
 
 console = Console()
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+FORMATS = ("plain", "tsv", "json")
+
+#: The format chosen on the command line (``ballast --format F`` or a command's own), or None.
+_chosen: dict[str, str | None] = {"format": None}
+
+
+def _set_format(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        _chosen["format"] = value
+
+
+format_option = click.option(
+    "--format", "output_format", type=click.Choice(FORMATS), default=None,
+    expose_value=False, is_eager=True, callback=_set_format,
+    help="plain (tables for people; the default on a terminal), tsv (the default when piped) "
+         "or json (the same as --json).")
+
+
+def json_option(fn: Callable) -> Callable:
+    """``--json`` and ``--format plain|tsv|json``; the command receives ``as_json``, true for
+    either ``--json`` or a JSON format."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("as_json"):
+            _chosen["format"] = "json"
+        kwargs["as_json"] = _chosen["format"] == "json"
+        return fn(*args, **kwargs)
+
+    wrapper = click.option("--json", "as_json", is_flag=True,
+                           help="Print one JSON document (--format json).")(wrapper)
+    return format_option(wrapper)
+
+
+def current_format() -> str:
+    """The format in force: the one chosen, else plain on a terminal and tsv when piped."""
+    chosen = _chosen["format"]
+    if chosen:
+        return chosen
+    return "plain" if sys.stdout.isatty() else "tsv"
+
+
+def width() -> int:
+    """The terminal's width (``COLUMNS`` when set), 80 when it cannot tell."""
+    return max(40, shutil.get_terminal_size((80, 24)).columns)
 
 
 def emit(doc: Any, as_json: bool, human: Callable[[Any], None] | None = None) -> None:
-    """Print ``doc`` as JSON, or hand it to ``human`` for a readable rendering."""
-    if as_json or human is None:
-        click.echo(json.dumps(doc, default=str, indent=None if as_json else 2))
-    else:
+    """Print ``doc`` as JSON, or hand it to ``human`` for a readable rendering (a record
+    or a table of ``doc`` itself without one)."""
+    if as_json or current_format() == "json":
+        click.echo(json.dumps(doc, default=str))
+    elif human is not None:
         human(doc)
+    elif isinstance(doc, dict):
+        record(doc)
+    elif isinstance(doc, list) and all(isinstance(r, dict) for r in doc):
+        table(doc)
+    else:
+        click.echo(json.dumps(doc, default=str, indent=2))
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None, title: str | None = None) -> None:
+# --- cells -------------------------------------------------------------------------------
+
+#: Columns holding an amount in minor units of the row's ``currency`` (or the table's).
+MONEY = {
+    "amount", "balance", "balance_before", "balance_after", "min", "target", "max", "batch",
+    "stake", "treasury_staked", "treasury_payout", "pnl", "payout", "profit", "pledged",
+    "payment", "expected", "actual", "difference", "daily_used", "daily_limit", "weekly_used",
+    "weekly_limit", "min_balance", "max_balance", "warning", "critical", "cached", "entries_sum",
+    "sum", "fee_amount", "net_change", "volume", "start_balance", "end_balance", "pool",
+    "total_allocated", "net_pnl", "confirmed_amount", "initial_capital", "closing_capital",
+}
+
+#: Columns never folded besides ``*_id``, ``*_ids`` and numbers: what people copy and paste.
+_UNFOLDED = {"queue", "name", "id", "account", "account_type", "actor", "code", "key_id",
+             "idempotency_key", "provider", "producer", "currency", "direction", "status",
+             "kind", "cursor"}
+
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\d{2}:?\d{2}|Z)?$")
+
+
+def timestamp(value: datetime | str) -> str:
+    """A time to the second, in UTC: ``2026-12-01T12:52:22Z``."""
+    at = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else value
+    if at.tzinfo is not None:
+        at = at.astimezone(timezone.utc)
+    return at.strftime("%Y-%m-%dT%H:%M:%S") + ("Z" if at.tzinfo is not None else "")
+
+
+def cell(column: str, value: Any, currency: str | None = None) -> str:
+    """One value as people read it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and column in MONEY and currency in CURRENCIES:
+        return format_minor(value, currency)
+    if isinstance(value, datetime):
+        return timestamp(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, str):
+        if _ISO.match(value):
+            try:
+                return timestamp(value)
+            except ValueError:
+                return value
+        return value
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) < 1e15 else str(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(cell(column, v, currency) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, default=str, separators=(",", ":"))
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _unfolded(column: str) -> bool:
+    return column in _UNFOLDED or column.endswith(("_id", "_ids", "_at")) or column == "at"
+
+
+# --- tables ------------------------------------------------------------------------------
+
+def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None,
+          title: str | None = None, currency: str | None = None) -> None:
+    """Rows as a table in the current format (``currency``: of the amounts when a row has
+    no ``currency`` of its own)."""
     rows = list(rows)
     cols = list(columns or (rows[0].keys() if rows else []))
-    t = Table(title=title, show_lines=False, box=box.SIMPLE_HEAD, pad_edge=False,
-              collapse_padding=True)
-    for c in cols:
-        values = [r.get(c) for r in rows if r.get(c) is not None]
-        numeric = bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                       for v in values)
-        # Ids and names are copied and pasted: never folded.
-        whole = c in _UNFOLDED or c.endswith("_id")
-        t.add_column(c, overflow="fold", no_wrap=whole,
-                     min_width=max([len(c)] + [len(str(v)) for v in values])
-                     if whole or numeric else None,
-                     justify="right" if numeric else "left")
-    for r in rows:
-        t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in cols))
-    if not rows:
-        console.print(f"[dim]{title + ': ' if title else ''}nothing to show[/dim]")
+    fmt = current_format()
+    if fmt == "json":
+        click.echo(json.dumps(rows, default=str))
         return
-    console.print(t)
+    cells = [[cell(c, r.get(c), r.get("currency") if isinstance(r.get("currency"), str)
+                   else currency) for c in cols] for r in rows]
+    if fmt == "tsv":
+        if title:
+            click.echo(f"# {title}")
+        if cols:
+            click.echo("\t".join(cols))
+        for line in cells:
+            click.echo("\t".join(v.replace("\t", " ").replace("\n", " ") for v in line))
+        return
+    if not rows:
+        click.echo(f"{title + ': ' if title else ''}nothing to show")
+        return
+    right = [bool(vals) and all(_is_number(v) for v in vals)
+             for vals in ([r.get(c) for r in rows if r.get(c) is not None] for c in cols)]
+    if title:
+        console.print(f"[bold]{_escape(title)}[/bold]", soft_wrap=True)
+    for line in _render(cols, cells, right, [_unfolded(c) or right[i] for i, c in enumerate(cols)],
+                        width()):
+        click.echo(line)
 
 
-_UNFOLDED = {"queue", "name", "id", "account", "account_type", "actor"}
+def _escape(text_: str) -> str:
+    from rich.markup import escape
 
+    return escape(text_)
+
+
+def _render(cols: list[str], cells: list[list[str]], right: list[bool], whole: list[bool],
+            limit: int) -> list[str]:
+    """Aligned lines no wider than ``limit``: text columns folded first, else one record
+    at a time."""
+    gap = 2
+    widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(cols)]
+    floor = [max(len(c), 8) if not whole[i] else widths[i] for i, c in enumerate(cols)]
+    total = lambda: sum(widths) + gap * (len(cols) - 1)  # noqa: E731
+    while total() > limit:
+        foldable = [i for i in range(len(cols)) if widths[i] > floor[i]]
+        if not foldable:
+            return _records(cols, cells, limit)
+        i = max(foldable, key=lambda j: widths[j])
+        widths[i] -= min(widths[i] - floor[i], total() - limit)
+    out = [_line([c for c in cols], widths, right, [False] * len(cols)),
+           _line(["-" * w for w in widths], widths, right, [False] * len(cols))]
+    for row in cells:
+        wrapped = [[v] if whole[i] or len(v) <= widths[i] else
+                   (textwrap.wrap(v, widths[i], break_long_words=True) or [""])
+                   for i, v in enumerate(row)]
+        for k in range(max(len(w) for w in wrapped)):
+            out.append(_line([w[k] if k < len(w) else "" for w in wrapped], widths, right,
+                             [False] * len(cols)))
+    return out
+
+
+def _line(values: list[str], widths: list[int], right: list[bool], _: list[bool]) -> str:
+    parts = [v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)]
+    return "  ".join(parts).rstrip()
+
+
+def _records(cols: list[str], cells: list[list[str]], limit: int) -> list[str]:
+    key = max(len(c) for c in cols)
+    out: list[str] = []
+    for n, row in enumerate(cells):
+        if n:
+            out.append("")
+        for c, v in zip(cols, row):
+            room = max(20, limit - key - 2)
+            if _unfolded(c) or len(v) <= room:
+                out.append(f"{c.ljust(key)}  {v}".rstrip())
+            else:
+                pieces = textwrap.wrap(v, room, break_long_words=True) or [""]
+                out.append(f"{c.ljust(key)}  {pieces[0]}")
+                out += [" " * (key + 2) + p for p in pieces[1:]]
+    return out
+
+
+def record(doc: dict[str, Any], title: str | None = None, currency: str | None = None) -> None:
+    """One document as ``key  value`` lines (tsv: ``key<TAB>value``)."""
+    currency = doc.get("currency") if isinstance(doc.get("currency"), str) else currency
+    fmt = current_format()
+    if fmt == "json":
+        click.echo(json.dumps(doc, default=str))
+        return
+    items = [(k, cell(k, v, currency)) for k, v in doc.items()]
+    if fmt == "tsv":
+        if title:
+            click.echo(f"# {title}")
+        for k, v in items:
+            click.echo(f"{k}\t{v.replace(chr(9), ' ').replace(chr(10), ' ')}")
+        return
+    if title:
+        console.print(f"[bold]{_escape(title)}[/bold]", soft_wrap=True)
+    if items:
+        for line in _records([k for k, _ in items], [[v for _, v in items]], width()):
+            click.echo(line)
+
+
+# --- progress ----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def progress(what: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+    """A bar with counts and time left on stderr when it is a terminal; silent otherwise.
+
+    Yields ``advance(n=1, total=None)``: ``total`` may be given (or changed) on the way.
+    """
+    if not sys.stderr.isatty():
+        yield lambda n=1, total=None: None
+        return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=None),
+                   MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"),
+                   TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+    task = bar.add_task(what, total=total)
+
+    def advance(n: int = 1, total: int | None = None) -> None:
+        if total is not None:
+            bar.update(task, total=total)
+        if n:
+            bar.advance(task, n)
+
+    with bar:
+        yield advance
+        if bar.tasks[0].total is None:
+            bar.update(task, total=bar.tasks[0].completed)
+
+
+# --- errors ------------------------------------------------------------------------------
 
 def fail(message: str, code: int = 1) -> None:
     """One line on stderr, then exit with ``code`` (1 failed check, 2 bad usage)."""
@@ -67,5 +320,6 @@ def settings_or_exit() -> None:
     except ValidationError as exc:
         err = exc.errors()[0]
         name = ("BALLAST_" + "_".join(str(p) for p in err["loc"]).upper() + ": ") if err["loc"] else ""
-        click.echo(f"error: {name}{err['msg'].removeprefix('Value error, ')}", err=True)
+        msg = str(err["msg"]).removeprefix("Value error, ").splitlines()[0]
+        click.echo(f"error: {name}{msg}", err=True)
         sys.exit(2)
