@@ -164,18 +164,27 @@ def _unfolded(column: str) -> bool:
 # --- tables ------------------------------------------------------------------------------
 
 def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None,
-          title: str | None = None, currency: str | None = None) -> None:
-    """Rows as a table in the current format (``currency``: of the amounts when a row has
-    no ``currency`` of its own)."""
+          title: str | None = None, currency: str | None = None,
+          headers: dict[str, str] | None = None, detail: Sequence[str] = ()) -> None:
+    """Rows as a table in the current format.
+
+    ``currency``: of the amounts when a row has no ``currency`` of its own; when the table
+    shows a ``currency`` column its amounts are printed without the code (the column says
+    it). ``headers``: shorter names for people. ``detail``: columns printed for people on an
+    indented line under their row (long text: a reason, a subject); in tsv they are columns
+    like the others.
+    """
     rows = list(rows)
     cols = list(columns or (rows[0].keys() if rows else []))
     fmt = current_format()
     if fmt == "json":
         click.echo(json.dumps(rows, default=str))
         return
-    cells = [[cell(c, r.get(c), r.get("currency") if isinstance(r.get("currency"), str)
-                   else currency) for c in cols] for r in rows]
+    headers = headers or {}
     if fmt == "tsv":
+        coded = "currency" not in cols
+        cells = [[_money_cell(c, r.get(c), _currency(r, currency), coded, tsv=True) for c in cols]
+                 for r in rows]
         if title:
             click.echo(f"# {title}")
         if cols:
@@ -186,23 +195,59 @@ def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None,
     if not rows:
         click.echo(f"{title + ': ' if title else ''}nothing to show")
         return
+    main = [c for c in cols if c not in detail]
+    coded = "currency" not in main
+    cells = [[_money_cell(c, r.get(c), _currency(r, currency), coded) for c in main]
+             for r in rows]
     right = [bool(vals) and all(_is_number(v) for v in vals)
-             for vals in ([r.get(c) for r in rows if r.get(c) is not None] for c in cols)]
+             for vals in ([r.get(c) for r in rows if r.get(c) is not None] for c in main)]
     if title:
-        console.print(f"[bold]{_escape(title)}[/bold]", soft_wrap=True)
-    for line in _render(cols, cells, right, [_unfolded(c) or right[i] for i, c in enumerate(cols)],
-                        width()):
+        heading(title)
+    limit = width()
+    lines = _render([headers.get(c, c) for c in main], cells, right,
+                    [_unfolded(c) or right[i] for i, c in enumerate(main)], limit,
+                    details=[_detail(r, detail, currency, limit) for r in rows] if detail else None)
+    for line in lines:
         click.echo(line)
 
 
-def _escape(text_: str) -> str:
-    from rich.markup import escape
+def heading(text_: str) -> None:
+    """A title above a table or a record (bold on a terminal)."""
+    click.echo(click.style(text_, bold=True) if sys.stdout.isatty() else text_)
 
-    return escape(text_)
+
+def _currency(row: dict[str, Any], default: str | None) -> str | None:
+    cur = row.get("currency")
+    return cur if isinstance(cur, str) else default
+
+
+def _money_cell(column: str, value: Any, currency: str | None, coded: bool,
+                tsv: bool = False) -> str:
+    """An amount without its code when a currency column says it (tsv: and without the
+    thousands separators, so that it sorts and sums)."""
+    text_ = cell(column, value, currency)
+    if column in MONEY and currency in CURRENCIES and isinstance(value, int) \
+            and not isinstance(value, bool):
+        if not coded:
+            text_ = text_.removesuffix(f" {currency}")
+        if tsv:
+            text_ = text_.replace(",", "")
+    return text_
+
+
+def _detail(row: dict[str, Any], columns: Sequence[str], currency: str | None,
+            limit: int) -> list[str]:
+    parts = [f"{c.replace('_', ' ')}: {cell(c, row.get(c), _currency(row, currency))}"
+             for c in columns if row.get(c) not in (None, "", [], {})]
+    if not parts:
+        return []
+    return textwrap.wrap("; ".join(parts), limit - 4, initial_indent="    ",
+                         subsequent_indent="    ", break_long_words=False,
+                         break_on_hyphens=False)
 
 
 def _render(cols: list[str], cells: list[list[str]], right: list[bool], whole: list[bool],
-            limit: int) -> list[str]:
+            limit: int, details: list[list[str]] | None = None) -> list[str]:
     """Aligned lines no wider than ``limit``: text columns folded first, else one record
     at a time."""
     gap = 2
@@ -212,18 +257,21 @@ def _render(cols: list[str], cells: list[list[str]], right: list[bool], whole: l
     while total() > limit:
         foldable = [i for i in range(len(cols)) if widths[i] > floor[i]]
         if not foldable:
-            return _records(cols, cells, limit)
+            return _records(cols, cells, limit, details)
         i = max(foldable, key=lambda j: widths[j])
         widths[i] -= min(widths[i] - floor[i], total() - limit)
     out = [_line([c for c in cols], widths, right, [False] * len(cols)),
            _line(["-" * w for w in widths], widths, right, [False] * len(cols))]
-    for row in cells:
+    for n, row in enumerate(cells):
         wrapped = [[v] if whole[i] or len(v) <= widths[i] else
-                   (textwrap.wrap(v, widths[i], break_long_words=True) or [""])
+                   (textwrap.wrap(v, widths[i], break_long_words=True, break_on_hyphens=False)
+                    or [""])
                    for i, v in enumerate(row)]
         for k in range(max(len(w) for w in wrapped)):
             out.append(_line([w[k] if k < len(w) else "" for w in wrapped], widths, right,
                              [False] * len(cols)))
+        if details:
+            out += details[n]
     return out
 
 
@@ -232,20 +280,25 @@ def _line(values: list[str], widths: list[int], right: list[bool], _: list[bool]
     return "  ".join(parts).rstrip()
 
 
-def _records(cols: list[str], cells: list[list[str]], limit: int) -> list[str]:
+def _records(cols: list[str], cells: list[list[str]], limit: int,
+             details: list[list[str]] | None = None) -> list[str]:
     key = max(len(c) for c in cols)
     out: list[str] = []
     for n, row in enumerate(cells):
         if n:
             out.append("")
+
         for c, v in zip(cols, row):
             room = max(20, limit - key - 2)
             if _unfolded(c) or len(v) <= room:
                 out.append(f"{c.ljust(key)}  {v}".rstrip())
             else:
-                pieces = textwrap.wrap(v, room, break_long_words=True) or [""]
+                pieces = textwrap.wrap(v, room, break_long_words=True,
+                                       break_on_hyphens=False) or [""]
                 out.append(f"{c.ljust(key)}  {pieces[0]}")
                 out += [" " * (key + 2) + p for p in pieces[1:]]
+        if details:
+            out += details[n]
     return out
 
 
@@ -264,7 +317,7 @@ def record(doc: dict[str, Any], title: str | None = None, currency: str | None =
             click.echo(f"{k}\t{v.replace(chr(9), ' ').replace(chr(10), ' ')}")
         return
     if title:
-        console.print(f"[bold]{_escape(title)}[/bold]", soft_wrap=True)
+        heading(title)
     if items:
         for line in _records([k for k, _ in items], [[v for _, v in items]], width()):
             click.echo(line)
