@@ -34,7 +34,8 @@ def migrate(as_json: bool) -> None:
     from infra.broker import build_broker, declare_topology
     from infra.db.migrate import upgrade
 
-    revision = upgrade()
+    with progress("migrate") as advance:
+        revision = upgrade(progress=advance)
     from infra.auth import ensure_ballast_key
     from infra.db.engine import get_engine
 
@@ -361,6 +362,7 @@ def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], by: st
              lambda d: _per_queue(d["queues"], f"dry run: would replay {d['would_replay']} "
                                                 "dead letter(s)"))
         return
+    waiting: dict[str, int] = {}
     if replay_all:
         waiting = {q: n for q, n in rabbit.dead_letter_counts().items() if q in queues and n}
         confirm(f"Replay {sum(waiting.values())} dead letter(s) of "
@@ -373,12 +375,17 @@ def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], by: st
     countersign = operator.countersign if operator is not None else None
     counts: dict[str, int] = {}
     replayed: list[dict] = []
-    for q in queues:
-        n = rabbit.replay(q, set(ids) if ids else None,
-                          on_replayed=lambda dl: replayed.append(dl.body),
-                          countersign=countersign)
-        if n:
-            counts[q] = n
+    expected = sum(waiting.values()) if replay_all else len(ids)
+    with progress("dlq replay", total=expected) as advance:
+        def done(dl):
+            replayed.append(dl.body)
+            advance()
+
+        for q in queues:
+            n = rabbit.replay(q, set(ids) if ids else None, on_replayed=done,
+                              countersign=countersign)
+            if n:
+                counts[q] = n
     if ids:  # what RabbitMQ no longer holds (expired from Q.XQ) is replayed from the log
         missing = set(ids) - {b.get("message_id") for b in replayed}
         with get_engine().connect() as conn:

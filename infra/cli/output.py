@@ -329,22 +329,25 @@ def record(doc: dict[str, Any], title: str | None = None, currency: str | None =
 def progress(what: str, total: int | None = None) -> Iterator[Callable[..., None]]:
     """A bar with counts and time left on stderr when it is a terminal; silent otherwise.
 
-    Yields ``advance(n=1, total=None)``: ``total`` may be given (or changed) on the way.
+    Yields ``advance(n=1, total=None, what=None)``: ``total`` may be given (or changed) on
+    the way, ``what`` renames the bar (the step under way).
     """
     if not sys.stderr.isatty():
-        yield lambda n=1, total=None: None
+        yield lambda n=1, total=None, what=None: None
         return
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=None),
-                   MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"),
-                   TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+                   MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("elapsed,"),
+                   TimeRemainingColumn(), TextColumn("left"), console=Console(stderr=True),
+                   transient=False)
     task = bar.add_task(what, total=total)
 
-    def advance(n: int = 1, total: int | None = None) -> None:
-        if total is not None:
-            bar.update(task, total=total)
+    def advance(n: int = 1, total: int | None = None, what: str | None = None) -> None:
+        if total is not None or what is not None:
+            bar.update(task, **({"total": total} if total is not None else {}),
+                       **({"description": what} if what is not None else {}))
         if n:
             bar.advance(task, n)
 

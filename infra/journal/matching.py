@@ -8,7 +8,7 @@ primary key is the last word (one link per journal entry, ever).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 from domain import matching
 from domain.errors import LedgerError, Refused
@@ -37,7 +37,8 @@ def cycle_account(cycle_id: str) -> str:
     return f"cycle:{cycle_id}"
 
 
-def run(uow: UnitOfWork, cycle_id: str | None = None) -> Tally:
+def run(uow: UnitOfWork, cycle_id: str | None = None,
+        progress: Callable[..., None] | None = None) -> Tally:
     """One matching run: every unlinked payment against every participation expecting one.
 
     With ``cycle_id``, payments are still scored against every cycle (so the best
@@ -45,6 +46,8 @@ def run(uow: UnitOfWork, cycle_id: str | None = None) -> Tally:
     ambiguities that involve it are counted; unmatched payments belong to no cycle
     and are always counted.
     """
+    tick = progress or (lambda n=1, total=None, what=None: None)
+    tick(0, total=4, what="matching: loading")
     conn = uow.conn
     repo.lock_matching(conn)
     if cycle_id is not None:
@@ -52,6 +55,7 @@ def run(uow: UnitOfWork, cycle_id: str | None = None) -> Tally:
     parts = repo.expecting(conn)
     cycle_of = {p.participation_id: p.cycle_id for p in parts}
     rows = {r.journal_id: r for r in repo.candidate_payments(conn)}
+    tick(1, what=f"matching: {len(rows)} payments, {len(parts)} participations")
     decisions = matching.match(
         [Payment(r.journal_id, r.amount, r.reason) for r in rows.values()],
         [Expectation(p.participation_id, p.cycle_id, p.character_name, p.pledged) for p in parts],
@@ -72,8 +76,11 @@ def run(uow: UnitOfWork, cycle_id: str | None = None) -> Tally:
         elif d.outcome == matching.UNMATCHED:
             verdicts[d.journal_id] = (d.outcome, _note(d) if d.tied else None)
             unmatched += 1
+    tick(1, what=f"matching: linking {len(links)} payments")
     totals, pledged = apply_links(uow, links, performed_by=MATCHER)
+    tick(1, what="matching: recording the review")
     repo.record_review(conn, verdicts)
+    tick(1, what="matching")
     result = matching.tally({lk.journal_id: lk.participation_id for lk in links}, totals, pledged,
                             ambiguous, unmatched)
     log.info("matching.run", cycle_id=cycle_id, payments=len(decisions),
@@ -83,6 +90,8 @@ def run(uow: UnitOfWork, cycle_id: str | None = None) -> Tally:
 
 def link_by_hand(uow: UnitOfWork, participation_id: str, journal_id: str, admin_id: str) -> None:
     """An admin links a payment: the same rules as the matcher, the admin's word for the memo."""
+    tick = progress or (lambda n=1, total=None, what=None: None)
+    tick(0, total=4, what="matching: loading")
     conn = uow.conn
     repo.lock_matching(conn)
     entry = repo.entry(conn, journal_id)
@@ -105,6 +114,8 @@ def link_by_hand(uow: UnitOfWork, participation_id: str, journal_id: str, admin_
 def open_cycle(uow: UnitOfWork, cycle_id: str) -> dict[str, object] | None:
     """Open a planned cycle: payments already in the journal are matched first, then the
     participations still awaiting payment expire.  None when it is already open."""
+    tick = progress or (lambda n=1, total=None, what=None: None)
+    tick(0, total=4, what="matching: loading")
     conn = uow.conn
     repo.lock_matching(conn)
     cyc = repo.cycle(conn, cycle_id, for_update=True)
@@ -129,6 +140,8 @@ def close_cycle(uow: UnitOfWork, cycle_id: str, closed_by: str) -> dict[str, obj
     """Close an open cycle: it took no participation or payment since it opened and takes
     none now; its account's balance is reported as the closing capital.  None when it is
     already closed."""
+    tick = progress or (lambda n=1, total=None, what=None: None)
+    tick(0, total=4, what="matching: loading")
     conn = uow.conn
     repo.lock_matching(conn)
     cyc = repo.cycle(conn, cycle_id, for_update=True)
