@@ -117,18 +117,19 @@ def matching_report(cycle_id: str | None, as_json: bool) -> None:
     def human(d):
         table(d["participations"], ["participation_id", "cycle_id", "character_name", "status",
                                     "pledged", "amount", "payment", "match_type",
-                                    "payer_character_id", "journal_ids"], title="participations")
+                                    "payer_character_id", "journal_ids"], title="participations", currency="ISK")
         table(d["ambiguous"], ["journal_id", "amount", "memo", "participation_ids", "score"],
-              title="ambiguous (for review)")
+              title="ambiguous (for review)", currency="ISK")
         table([{**u, "suggestions": ", ".join(
                    f"{s['participation_id']} ({'+'.join(s['reasons'])})" for s in u["suggestions"])}
                for u in d["unmatched"]],
               ["journal_id", "date", "amount", "memo", "payer_character_id",
                "near_participation_ids", "near_score", "suggestions"],
-              title="unmatched (suggestions are for review, never applied)")
+              title="unmatched (suggestions are for review, never applied)",
+              currency="ISK")
         table([{**a, "age": f"{a['age_seconds'] // 3600} h"} for a in d["awaiting"]],
               ["participation_id", "cycle_id", "character_name", "pledged", "created_at", "age"],
-              title="awaiting payment")
+              title="awaiting payment", currency="ISK")
 
     emit(doc, as_json, human)
 

@@ -10,7 +10,8 @@ import click
 
 from infra import deadletter_log, rabbit
 from infra.cli.levers import by_option, check_by, confirm, lever_options, record
-from infra.cli.output import emit, fail, heading, json_option, progress, record, table
+from infra.cli.output import emit, fail, heading, json_option, progress, table
+from infra.cli.output import record as show_record
 from infra.commands import send_command
 from infra.contract import ACTORS, parse
 from infra.db.engine import get_engine
@@ -302,7 +303,7 @@ def dlq_show(message_id: str, as_json: bool) -> None:
         summary = {k: d.get(k) for k in ("queue", "message_id", "actor", "request_id", "code",
                                          "reason", "retries", "failed_at", "source", "status",
                                          "resolved_by", "resolved_at") if k in d}
-        record(summary, title="dead letter")
+        show_record(summary, title="dead letter")
         message = _without_traceback(d["message"])
         if isinstance(message, dict) and "kwargs" in message:
             heading("kwargs")

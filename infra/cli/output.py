@@ -107,6 +107,7 @@ MONEY = {
     "weekly_limit", "min_balance", "max_balance", "warning", "critical", "cached", "entries_sum",
     "sum", "fee_amount", "net_change", "volume", "start_balance", "end_balance", "pool",
     "total_allocated", "net_pnl", "confirmed_amount", "initial_capital", "closing_capital",
+    "source_amount", "destination_amount", "daily_volume_used", "fee",
 }
 
 #: Columns never folded besides ``*_id``, ``*_ids`` and numbers: what people copy and paste.
@@ -199,8 +200,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Iterable[str] | None = None,
     coded = "currency" not in main
     cells = [[_money_cell(c, r.get(c), _currency(r, currency), coded) for c in main]
              for r in rows]
-    right = [bool(vals) and all(_is_number(v) for v in vals)
-             for vals in ([r.get(c) for r in rows if r.get(c) is not None] for c in main)]
+    right = [c in MONEY or (bool(vals) and all(_is_number(v) for v in vals))
+             for c, vals in ((c, [r.get(c) for r in rows if r.get(c) is not None]) for c in main)]
     if title:
         heading(title)
     limit = width()
@@ -254,17 +255,17 @@ def _render(cols: list[str], cells: list[list[str]], right: list[bool], whole: l
     widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(cols)]
     floor = [max(len(c), 8) if not whole[i] else widths[i] for i, c in enumerate(cols)]
     total = lambda: sum(widths) + gap * (len(cols) - 1)  # noqa: E731
-    while total() > limit:
+    while total() > limit:  # narrow the widest text column, one character at a time
         foldable = [i for i in range(len(cols)) if widths[i] > floor[i]]
         if not foldable:
             return _records(cols, cells, limit, details)
-        i = max(foldable, key=lambda j: widths[j])
-        widths[i] -= min(widths[i] - floor[i], total() - limit)
+        widths[max(foldable, key=lambda j: widths[j])] -= 1
     out = [_line([c for c in cols], widths, right, [False] * len(cols)),
            _line(["-" * w for w in widths], widths, right, [False] * len(cols))]
     for n, row in enumerate(cells):
         wrapped = [[v] if whole[i] or len(v) <= widths[i] else
-                   (textwrap.wrap(v, widths[i], break_long_words=True, break_on_hyphens=False)
+                   (textwrap.wrap(v, widths[i], break_on_hyphens=False,
+                                  break_long_words=max(map(len, v.split()), default=0) > widths[i])
                     or [""])
                    for i, v in enumerate(row)]
         for k in range(max(len(w) for w in wrapped)):
@@ -309,7 +310,7 @@ def record(doc: dict[str, Any], title: str | None = None, currency: str | None =
     if fmt == "json":
         click.echo(json.dumps(doc, default=str))
         return
-    items = [(k, cell(k, v, currency)) for k, v in doc.items()]
+    items = [(k, cell(k.rsplit(".", 1)[-1], v, cur or currency)) for k, v, cur in _flat(doc)]
     if fmt == "tsv":
         if title:
             click.echo(f"# {title}")
@@ -321,6 +322,20 @@ def record(doc: dict[str, Any], title: str | None = None, currency: str | None =
     if items:
         for line in _records([k for k, _ in items], [[v for _, v in items]], width()):
             click.echo(line)
+
+
+def _flat(doc: dict[str, Any], prefix: str = "",
+          currency: str | None = None) -> list[tuple[str, Any, str | None]]:
+    """Nested documents as ``outer.inner`` keys (one line each for people), each with the
+    currency of the document it is in."""
+    cur = doc.get("currency") if isinstance(doc.get("currency"), str) else currency
+    out: list[tuple[str, Any, str | None]] = []
+    for k, v in doc.items():
+        if isinstance(v, dict) and v:
+            out += _flat(v, f"{prefix}{k}.", cur)
+        else:
+            out.append((f"{prefix}{k}", v, cur))
+    return out
 
 
 # --- progress ----------------------------------------------------------------------------
