@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 
 import click
 
 from infra import deadletter_log, rabbit
 from infra.cli.levers import by_option, check_by, confirm, lever_options, record
-from infra.cli.output import emit, fail, heading, json_option, progress, table
+from infra.cli.output import emit, fail, heading, json_option, progress, table, width
 from infra.cli.output import record as show_record
 from infra.commands import send_command
 from infra.contract import ACTORS, parse
@@ -223,8 +224,11 @@ def _queues_table(rows: list[dict]) -> None:
         table([{"queue": r["queue"], "ready": r["ready"], "delayed (ready)": r["delayed"],
                 "dead (ready)": r["dead"], "consumers": r["consumers"]} for r in rows],
               title="queues (over AMQP: messages ready only)")
-        click.echo("in-flight, unacknowledged and held delayed messages are not visible over "
-                   "AMQP; enable the management plugin or set BALLAST_RABBITMQ_API_URL", err=True)
+        note = ("in-flight, unacknowledged and held delayed messages are not visible over "
+                "AMQP; enable the management plugin or set BALLAST_RABBITMQ_API_URL")
+        # One line for scripts reading stderr; folded to the width on a terminal.
+        click.echo("\n".join(textwrap.wrap(note, width())) if sys.stderr.isatty() else note,
+                   err=True)
         return
     rates = any(r["publish_rate"] is not None or r["ack_rate"] is not None for r in rows)
     table([{"queue": r["queue"], "ready": r["ready"], "unacked": r["unacked"],

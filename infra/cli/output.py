@@ -37,13 +37,25 @@ console = Console()
 
 FORMATS = ("plain", "tsv", "json")
 
-#: The format chosen on the command line (``ballast --format F`` or a command's own), or None.
-_chosen: dict[str, str | None] = {"format": None}
+#: Where the format chosen on the command line (``ballast --format F`` or a command's own)
+#: is kept: the invocation's context meta, shared by a group and its subcommands.
+_META = "ballast.format"
+
+
+def _chosen() -> str | None:
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(_META) if ctx is not None else None
+
+
+def _choose(value: str) -> None:
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[_META] = value
 
 
 def _set_format(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is not None:
-        _chosen["format"] = value
+        ctx.meta[_META] = value
 
 
 format_option = click.option(
@@ -60,8 +72,8 @@ def json_option(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if kwargs.get("as_json"):
-            _chosen["format"] = "json"
-        kwargs["as_json"] = _chosen["format"] == "json"
+            _choose("json")
+        kwargs["as_json"] = _chosen() == "json"
         return fn(*args, **kwargs)
 
     wrapper = click.option("--json", "as_json", is_flag=True,
@@ -71,7 +83,7 @@ def json_option(fn: Callable) -> Callable:
 
 def current_format() -> str:
     """The format in force: the one chosen, else plain on a terminal and tsv when piped."""
-    chosen = _chosen["format"]
+    chosen = _chosen()
     if chosen:
         return chosen
     return "plain" if sys.stdout.isatty() else "tsv"
