@@ -190,7 +190,9 @@ def providers_group(ctx: click.Context, as_json: bool) -> None:
 
     with get_engine().connect() as conn:
         doc = views.providers(conn)
-    emit(doc, as_json, lambda rows: table(rows, title="providers"))
+    emit(doc, as_json, lambda rows: table(
+        rows, title="providers (volume: USD at par)", currency="USD",
+        headers={"success_rate": "success", "daily_volume_used": "volume today"}))
 
 
 def _simulated_options(fn):

@@ -90,8 +90,6 @@ def run(uow: UnitOfWork, cycle_id: str | None = None,
 
 def link_by_hand(uow: UnitOfWork, participation_id: str, journal_id: str, admin_id: str) -> None:
     """An admin links a payment: the same rules as the matcher, the admin's word for the memo."""
-    tick = progress or (lambda n=1, total=None, what=None: None)
-    tick(0, total=4, what="matching: loading")
     conn = uow.conn
     repo.lock_matching(conn)
     entry = repo.entry(conn, journal_id)
@@ -114,8 +112,6 @@ def link_by_hand(uow: UnitOfWork, participation_id: str, journal_id: str, admin_
 def open_cycle(uow: UnitOfWork, cycle_id: str) -> dict[str, object] | None:
     """Open a planned cycle: payments already in the journal are matched first, then the
     participations still awaiting payment expire.  None when it is already open."""
-    tick = progress or (lambda n=1, total=None, what=None: None)
-    tick(0, total=4, what="matching: loading")
     conn = uow.conn
     repo.lock_matching(conn)
     cyc = repo.cycle(conn, cycle_id, for_update=True)
@@ -140,8 +136,6 @@ def close_cycle(uow: UnitOfWork, cycle_id: str, closed_by: str) -> dict[str, obj
     """Close an open cycle: it took no participation or payment since it opened and takes
     none now; its account's balance is reported as the closing capital.  None when it is
     already closed."""
-    tick = progress or (lambda n=1, total=None, what=None: None)
-    tick(0, total=4, what="matching: loading")
     conn = uow.conn
     repo.lock_matching(conn)
     cyc = repo.cycle(conn, cycle_id, for_update=True)

@@ -336,3 +336,26 @@ def test_worker_takes_queues_a_b_and_dramatiq_flags(env, clean_queues, tmp_path)
     assert _one_line(piped(env, "worker", "--queues", "no.such.queue"), 2).startswith(
         "unknown queue")
     assert "--queues" in _one_line(piped(env, "worker", "ballast.journal"), 2)
+
+
+def test_migrate_and_matching_show_their_bars_on_a_terminal_only(env):
+    from infra.db.migrate import drop_database
+
+    url = env.database_url.rsplit("/", 1)[0] + f"/ballast_test_{uid('bar')}"
+    try:
+        code, screen = terminal(env, "migrate", BALLAST_DATABASE_URL=url)
+        assert code == 0, screen
+        bars = [ln for ln in lines_of(screen) if ln.startswith("migrate") and "━" in ln]
+        heads = re.findall(r"(\d+)/(\d+)", " ".join(bars))
+        assert heads and heads[-1][0] == heads[-1][1] and int(heads[-1][1]) >= 10, bars
+        again = piped(env, "migrate", BALLAST_DATABASE_URL=url)
+        assert again.returncode == 0 and again.stderr == "" and "━" not in again.stdout
+    finally:
+        drop_database(url)
+
+    code, screen = terminal(env, "matching", "run")
+    assert code == 0, screen
+    assert any(ln.startswith("matching") and "4/4" in ln for ln in lines_of(screen)), screen
+    done = piped(env, "matching", "run")
+    assert done.returncode == 0 and done.stderr == "" and "━" not in done.stdout
+    assert done.stdout.splitlines()[0] == "# matching run"
