@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import Connection, text
 
@@ -236,24 +236,54 @@ def balances(conn: Connection, codes: Iterable[str]) -> dict[str, int]:
     return {r.code: int(r.balance) for r in rows}
 
 
-def check(conn: Connection) -> dict[str, Any]:
-    """Prove the ledger's invariants on the live database (``ballast ledger check``)."""
+#: Transactions proven per query when ``check`` reports its progress.
+CHECK_BATCH = 20_000
+
+
+def check(conn: Connection, progress: Callable[..., None] | None = None) -> dict[str, Any]:
+    """Prove the ledger's invariants on the live database (``ballast ledger check``).
+
+    ``progress(n, total=...)``, when given, is told the number of transactions first
+    (``progress(0, total=N)``), then each batch of transactions proven balanced, then the
+    remaining checks as they finish; the proof is the same as in one pass.
+    """
+    tick = progress or (lambda n=1, total=None: None)
     counts = conn.execute(
         text(
             "SELECT (SELECT count(*) FROM ledger_transactions) AS n_txn, "
             "(SELECT count(*) FROM ledger_entries) AS n_entries"
         )
     ).one()
-    unbalanced = [
-        {"transaction_id": r.transaction_id, "currency": r.currency, "sum": int(r.total)}
-        for r in conn.execute(
-            text(
-                "SELECT transaction_id, currency, sum(amount) AS total FROM ledger_entries "
-                "GROUP BY transaction_id, currency HAVING sum(amount) <> 0 "
-                "ORDER BY transaction_id LIMIT 1000"
-            )
-        )
-    ]
+    unbalanced_sql = (
+        "SELECT transaction_id, currency, sum(amount) AS total FROM ledger_entries "
+        "WHERE transaction_id > :lo AND transaction_id <= :hi "
+        "GROUP BY transaction_id, currency HAVING sum(amount) <> 0 "
+        "ORDER BY transaction_id LIMIT 1000"
+    )
+    lo, hi = conn.execute(text(
+        "SELECT COALESCE(min(transaction_id), 1) - 1, COALESCE(max(transaction_id), 0) "
+        "FROM ledger_entries")).one()
+    # The transactions, then the five other checks, one tick each.
+    tick(0, total=int(counts.n_txn) + 5)
+    step = (hi - lo) if progress is None else CHECK_BATCH
+    unbalanced: list[dict[str, Any]] = []
+    done = 0
+    start = lo
+    while start < hi and len(unbalanced) < 1000:
+        end = min(hi, start + max(step, 1))
+        unbalanced += [
+            {"transaction_id": r.transaction_id, "currency": r.currency, "sum": int(r.total)}
+            for r in conn.execute(text(unbalanced_sql), {"lo": start, "hi": end})
+        ][: 1000 - len(unbalanced)]
+        if progress is not None:
+            seen = conn.execute(text(
+                "SELECT count(*) FROM ledger_transactions WHERE id > :lo AND id <= :hi"),
+                {"lo": start, "hi": end}).scalar_one()
+            done += seen
+            tick(seen)
+        start = end
+    if progress is not None and done < int(counts.n_txn):
+        tick(int(counts.n_txn) - done)  # transactions without entries
     # Entries whose currency differs from their account's also break the books.
     unbalanced += [
         {"transaction_id": r.transaction_id, "currency": r.currency, "sum": None,
@@ -266,6 +296,7 @@ def check(conn: Connection) -> dict[str, Any]:
             )
         )
     ]
+    tick(1)
     # A sharded account's cached balance is its row plus its shards (account_balances).
     mismatches = [
         {"account": r.code, "cached": int(r.balance), "entries": int(r.total)}
@@ -278,6 +309,7 @@ def check(conn: Connection) -> dict[str, Any]:
             )
         )
     ]
+    tick(1)
     negatives = [
         {"account": r.code, "balance": int(r.balance)}
         for r in conn.execute(
@@ -287,6 +319,7 @@ def check(conn: Connection) -> dict[str, Any]:
             )
         )
     ]
+    tick(1)
     # Shards belong to unlimited accounts only; one on an account with a limit would
     # hide money from its CHECK constraint.
     mismatches += [
@@ -301,6 +334,7 @@ def check(conn: Connection) -> dict[str, Any]:
             )
         )
     ]
+    tick(2)
     return {
         "ok": not (unbalanced or mismatches or negatives),
         "transactions": int(counts.n_txn),

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The levels BALLAST_LOG_LEVEL may name.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
@@ -59,6 +62,15 @@ class Settings(BaseSettings):
     # be replayed, hence the check below.
     retention_outbox_days: int = Field(default=30, ge=1)
     retention_requests_days: int = Field(default=30, ge=1)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        # Checked here, so a bad value is the one-line settings error, not a traceback
+        # from logging when the first logger is made.
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a log level ({', '.join(LOG_LEVELS)})")
+        return value
 
     @model_validator(mode="after")
     def _request_ids_outlive_dead_letters(self) -> "Settings":

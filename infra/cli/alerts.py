@@ -44,7 +44,8 @@ def alerts_group(ctx: click.Context, open_only: bool, kind: str | None, user_id:
     with get_engine().connect() as conn:
         rows = alerts.listing(conn, open_only=open_only, limit=limit, kind=kind, user_id=user_id)
     doc = [{k: r[k] for k in SUMMARY} for r in rows]
-    emit(doc, as_json, lambda d: table(d, SUMMARY, title="open alerts" if open_only else "alerts"))
+    emit(doc, as_json, lambda d: table(d, SUMMARY, title="open alerts" if open_only else "alerts",
+                                       detail=["subject"]))
 
 
 @alerts_group.command("ack")
@@ -195,8 +196,11 @@ def audit_recent(hours: int, by: str | None, min_risk: int, limit: int, after: s
                                    after=cursor)
 
     def human(d):
-        table(d["changes"], ["audit_id", "at", "user_id", "kind", "currency", "amount",
-                             "balance_after", "performed_by", "risk_score", "reason"],
+        table(d["changes"], ["audit_id", "at", "kind", "currency", "amount", "balance_after",
+                             "risk_score", "user_id", "performed_by", "reason"],
+              headers={"audit_id": "audit", "currency": "cur", "balance_after": "after",
+                       "risk_score": "risk"},
+              detail=["user_id", "performed_by", "reason"],
               title=f"changes of the last {hours} h")
         if d["next_cursor"]:
             console.print(f"  more: --after {d['next_cursor']}")
@@ -222,7 +226,7 @@ def guard_limits(tier: str | None, currency: str | None, as_json: bool) -> None:
         for t in rules.TIERS if tier in (None, t)
         for c in CURRENCIES if currency in (None, c)
     ]
-    emit(doc, as_json, lambda d: table(d, title="limits (minor units)"))
+    emit(doc, as_json, lambda d: table(d, title="limits", headers=LIMIT_HEADERS))
 
 
 @guard_group.command("set-limit")
@@ -252,7 +256,13 @@ def guard_set_limit(tier: str, currency: str, min_balance, max_balance, daily, w
             stored = guard.set_limits(conn, replace(current, **changes), by=by)
     except BallastError as exc:
         fail(str(exc), 2)
-    emit(_limits_doc(stored), as_json, lambda d: table([d], title="limits (minor units)"))
+    emit(_limits_doc(stored), as_json, lambda d: table([d], title="limits", headers=LIMIT_HEADERS))
+
+
+#: Short headers of the limits table, for 80 columns.
+LIMIT_HEADERS = {"currency": "cur", "min_balance": "min", "max_balance": "max",
+                 "daily_limit": "daily", "weekly_limit": "weekly", "warning": "warn",
+                 "critical": "crit"}
 
 
 def _limits_doc(lim: rules.Limits) -> dict:

@@ -64,7 +64,8 @@ def challenge_show(challenge_id: str, as_json: bool) -> None:
         console.print(f"  treasury: max risk {money(t['max_risk'])}, allocated {money(t['allocated'])}, "
                       f"remaining {money(t['remaining'])}, {t['filled_count']} match(es)")
         table(d["matches"], ["user_id", "persona", "user_side", "treasury_staked", "status", "result",
-                             "treasury_payout", "pnl"], title="treasury matches")
+                             "treasury_payout", "pnl"], title="treasury matches", currency=cur,
+              headers={"treasury_staked": "staked", "treasury_payout": "payout"})
 
     emit(doc, as_json, human)
 
@@ -109,7 +110,7 @@ def treasury_dashboard(currency: str, as_json: bool) -> None:
                       f"challenge(s), utilization {d['utilization_percent']}%")
         console.print(f"  {d['total_matches']} match(es), {d['settlement_pending']} awaiting settlement")
         console.print(f"  realized net P&L {money(d['net_pnl'])}")
-        table(d["recent_settlements"], title="recent settlements")
+        table(d["recent_settlements"], title="recent settlements", currency=currency)
         others = [c for c in d["currencies"] if c != currency]
         if others:
             console.print(f"  [dim]also active in: {', '.join(others)} (--currency)[/dim]")

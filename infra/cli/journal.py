@@ -8,7 +8,7 @@ import click
 
 from domain.errors import InvalidCommand, NotFound
 from domain.money import format_minor
-from infra.cli.output import console, emit, fail, json_option, table
+from infra.cli.output import console, emit, fail, json_option, progress, record, table
 from infra.contract import parse
 from infra.contract.journal import MatchPayments
 from infra.db.engine import get_engine
@@ -19,6 +19,63 @@ from infra.uow import UnitOfWork
 def register(cli: click.Group) -> None:
     cli.add_command(matching_group)
     cli.add_command(cycle_group)
+    cli.add_command(journal_group)
+
+
+@click.group("journal")
+def journal_group() -> None:
+    """The wallet journal."""
+
+
+@journal_group.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 5000),
+              help="Entries per import_wallet_journal command.")
+@click.option("--request-id", "request_id", default=None,
+              help="Prefix of the commands' request ids (default: from the file's content, so "
+                   "importing the same file again changes nothing).")
+@json_option
+def journal_import(file, batch: int, request_id: str | None, as_json: bool) -> None:
+    """Import wallet-journal entries from FILE (- for stdin): a JSON list of entries, or
+    {"entries": [...]}, sent as import_wallet_journal commands of --batch entries each.
+
+    Every batch is validated before the first is sent: a bad entry sends nothing.
+    """
+    import hashlib
+    import json
+
+    from infra.commands import send_command
+    from infra.contract.journal import ImportWalletJournal
+
+    raw = file.read()
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        fail(f"{file.name}: not JSON: {exc}", 2)
+    entries = doc.get("entries") if isinstance(doc, dict) else doc
+    if not isinstance(entries, list) or not entries:
+        fail(f"{file.name}: a JSON list of entries (or {{\"entries\": [...]}}) is needed", 2)
+    prefix = request_id or "journal-import:" + hashlib.sha256(raw.encode()).hexdigest()[:16]
+    batches = [entries[i:i + batch] for i in range(0, len(entries), batch)]
+    commands = [{"request_id": f"{prefix}:{n + 1}of{len(batches)}", "entries": b}
+                for n, b in enumerate(batches)]
+    for n, kwargs in enumerate(commands):
+        try:
+            parse(ImportWalletJournal, kwargs)
+        except InvalidCommand as exc:
+            first = n * batch + 1
+            fail(f"entries {first}-{first + len(batches[n]) - 1}: {exc}", 2)
+    sent = []
+    with progress("journal import", total=len(entries)) as advance:
+        for kwargs in commands:
+            msg = send_command("import_wallet_journal", kwargs)
+            sent.append({"request_id": kwargs["request_id"], "message_id": msg.message_id,
+                         "entries": len(kwargs["entries"])})
+            advance(len(kwargs["entries"]))
+    emit({"entries": len(entries), "commands": sent}, as_json, lambda d: (
+        click.echo(f"sent {d['entries']} entries as {len(d['commands'])} "
+                   "import_wallet_journal command(s)"),
+        table(d["commands"], ["request_id", "message_id", "entries"])))
 
 
 @click.group("matching")
@@ -35,15 +92,15 @@ def matching_run(cycle_id: str | None, as_json: bool) -> None:
         cmd = parse(MatchPayments, {"request_id": f"cli:{uuid.uuid4()}", "cycle_id": cycle_id})
     except InvalidCommand as exc:
         fail(str(exc), 2)
-    with UnitOfWork(actor="match_payments", request_id=cmd.request_id, payload=cmd) as uow:
+    with UnitOfWork(actor="match_payments", request_id=cmd.request_id, payload=cmd) as uow, \
+            progress("matching") as advance:
         uow.claim()
         try:
-            result = matching.run(uow, cmd.cycle_id)
+            result = matching.run(uow, cmd.cycle_id, progress=advance)
         except NotFound as exc:
             fail(str(exc), 1)
         uow.commit()
-    emit(result.as_dict(), as_json,
-         lambda d: console.print("  ".join(f"{k} [bold]{v}[/bold]" for k, v in d.items())))
+    emit(result.as_dict(), as_json, lambda d: record(d, title="matching run"))
 
 
 @matching_group.command("report")
@@ -60,18 +117,19 @@ def matching_report(cycle_id: str | None, as_json: bool) -> None:
     def human(d):
         table(d["participations"], ["participation_id", "cycle_id", "character_name", "status",
                                     "pledged", "amount", "payment", "match_type",
-                                    "payer_character_id", "journal_ids"], title="participations")
+                                    "payer_character_id", "journal_ids"], title="participations", currency="ISK")
         table(d["ambiguous"], ["journal_id", "amount", "memo", "participation_ids", "score"],
-              title="ambiguous (for review)")
+              title="ambiguous (for review)", currency="ISK")
         table([{**u, "suggestions": ", ".join(
                    f"{s['participation_id']} ({'+'.join(s['reasons'])})" for s in u["suggestions"])}
                for u in d["unmatched"]],
               ["journal_id", "date", "amount", "memo", "payer_character_id",
                "near_participation_ids", "near_score", "suggestions"],
-              title="unmatched (suggestions are for review, never applied)")
+              title="unmatched (suggestions are for review, never applied)",
+              currency="ISK")
         table([{**a, "age": f"{a['age_seconds'] // 3600} h"} for a in d["awaiting"]],
               ["participation_id", "cycle_id", "character_name", "pledged", "created_at", "age"],
-              title="awaiting payment")
+              title="awaiting payment", currency="ISK")
 
     emit(doc, as_json, human)
 

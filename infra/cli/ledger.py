@@ -9,7 +9,7 @@ from domain.errors import InvalidCommand, NotFound
 from domain.guard import parse_cursor
 from domain.money import format_minor
 from infra import guard, ledger, wallets
-from infra.cli.output import console, emit, fail, json_option, table
+from infra.cli.output import console, emit, fail, json_option, progress, record, table
 from infra.db.engine import get_engine
 
 
@@ -28,15 +28,16 @@ def ledger_group() -> None:
 def ledger_check(as_json: bool) -> None:
     """Every transaction balances per currency, cached balances equal entry sums,
     no account that may not go negative is negative.  Exit 1 when not ok."""
-    with get_engine().connect() as conn:
-        result = ledger.check(conn)
+    with get_engine().connect() as conn, progress("ledger check") as advance:
+        result = ledger.check(conn, progress=advance)
 
     def human(d):
         status = "[green]OK[/green]" if d["ok"] else "[red]NOT OK[/red]"
-        console.print(f"ledger {status}: {d['transactions']} transactions, {d['entries']} entries")
+        console.print(f"ledger {status}: {d['transactions']:,} transactions, "
+                      f"{d['entries']:,} entries")
         for key in ("unbalanced", "balance_mismatches", "negative_balances"):
             if d[key]:
-                table(d[key], title=key)
+                table(d[key], title=key.replace("_", " "))
 
     emit(result, as_json, human)
     if not result["ok"]:
@@ -76,6 +77,8 @@ def wallet_show(user_id: str, currency: str | None, limit: int, after: str | Non
     except InvalidCommand as exc:
         fail(str(exc), 2)
     with get_engine().connect() as conn:
+        if not _known_user(conn, user_id):
+            fail(f"no wallet for user {user_id!r}: no account, no change, no tier", 1)
         balances = wallets.balances(conn, user_id, currency)
         history, next_cursor = guard.history_page(conn, user_id, currency, limit, cursor)
         doc = {
@@ -90,21 +93,34 @@ def wallet_show(user_id: str, currency: str | None, limit: int, after: str | Non
         }
 
     def human(d):
-        console.print(f"[bold]{d['user_id']}[/bold] tier {d['tier']}")
-        for cur, bal in d["balances"].items():
-            lim = d["limits"][cur]
-            console.print(f"  {format_minor(bal, cur)}  (daily {format_minor(lim['daily_used'], cur)} of "
-                          f"{format_minor(lim['daily_limit'], cur)}, weekly "
-                          f"{format_minor(lim['weekly_used'], cur)} of {format_minor(lim['weekly_limit'], cur)})")
-        table(d["history"], ["at", "kind", "currency", "amount", "balance_before", "balance_after",
-                             "reason", "performed_by", "risk_score", "transaction_id"],
-              title="history")
+        record({"user_id": d["user_id"], "tier": d["tier"]}, title="wallet")
+        table([{"currency": cur, "balance": bal,
+                "daily_used": d["limits"][cur]["daily_used"],
+                "daily_limit": d["limits"][cur]["daily_limit"],
+                "weekly_used": d["limits"][cur]["weekly_used"],
+                "weekly_limit": d["limits"][cur]["weekly_limit"]}
+               for cur, bal in d["balances"].items()], title="balances")
+        table(d["history"], ["at", "kind", "currency", "amount", "balance_after", "risk_score",
+                             "transaction_id", "performed_by", "reason"],
+              headers={"currency": "cur", "balance_after": "after", "risk_score": "risk",
+                       "transaction_id": "txn"},
+              detail=["performed_by", "reason"], title="history (newest first)")
         if d["history_next_cursor"]:
-            console.print(f"  older: --after {d['history_next_cursor']}")
+            click.echo(f"older: --after {d['history_next_cursor']}")
         if d["alerts"]:
-            table(d["alerts"], title="open alerts")
+            table(d["alerts"], ["alert_id", "kind", "severity", "status", "created_at", "subject"],
+                  detail=["subject"], title="open alerts")
 
     emit(doc, as_json, human)
+
+
+def _known_user(conn, user_id: str) -> bool:
+    """A user Ballast has seen: an account, a wallet change or a tier of theirs."""
+    return bool(conn.execute(text(
+        "SELECT EXISTS (SELECT 1 FROM accounts WHERE code LIKE :pattern) "
+        "OR EXISTS (SELECT 1 FROM wallet_audit WHERE user_id = :u) "
+        "OR EXISTS (SELECT 1 FROM user_tiers WHERE user_id = :u)"),
+        {"pattern": f"user:{wallets._escape_like(user_id)}:%", "u": user_id}).scalar())
 
 
 def open_alerts_for_user(conn, user_id: str) -> list[dict]:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from infra.cli.output import settings_or_exit
+from infra.cli.output import format_option, settings_or_exit
 
 # Before the commands' modules: some read settings when imported, and a bad value must be
 # one line, not a traceback.
@@ -15,15 +15,37 @@ settings_or_exit()
 from infra.cli import (  # noqa: E402
     alerts, challenges, journal, ledger, markets, ops, producers, treasury,
 )
+from infra.cli.output import json_option  # noqa: E402
 from infra.logs import configure_logging  # noqa: E402
 from infra.web import cli as web_cli  # noqa: E402
 
 
-@click.group()
+#: Libraries that log their own account of a failure the CLI reports in one line.
+QUIET_LOGGERS = ("pika", "sqlalchemy", "alembic", "urllib3", "httpx", "httpcore", "redis",
+                 "dramatiq")
+
+
+def quiet_libraries() -> None:
+    """The CLI says what went wrong in one line: the libraries' own lines are noise there."""
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ballast")
+@format_option
 def cli() -> None:
-    """Ballast: the treasury back office.  Every command honours BALLAST_* settings."""
+    """Ballast: the treasury back office.  Every command honours BALLAST_* settings.
+
+    Output: tables for people on a terminal, tab-separated when piped, one JSON document
+    with --json (or --format json); --format plain|tsv|json on ballast or on any command.
+    Shell completion: eval "$(_BALLAST_COMPLETE=bash_source ballast)" (zsh_source,
+    fish_source) — see the README.
+    """
     configure_logging(level="WARNING")
+    quiet_libraries()
 
 
 for module in (ops, ledger, alerts, challenges, markets, treasury, journal, producers):
@@ -50,7 +72,7 @@ def scheduler() -> None:
 @click.option("--clean", is_flag=True, help="Drop the demo's database and vhost, run nothing.")
 @click.option("--check", "check_only", is_flag=True,
               help="Only say whether the demo may run there (exit 2 when it may not).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+@json_option
 def demo(database: str, vhost: str, redis_db: int, clean: bool, check_only: bool,
          as_json: bool) -> None:
     """Run the end-to-end demo through real workers on its own database, vhost and Redis db.
@@ -88,7 +110,8 @@ def main() -> None:
     """Entry point: friendly one-line errors when a service is down."""
     try:
         # Commands exit through fail()/SystemExit; return values are not exit codes.
-        cli.main(standalone_mode=False)
+        # prog_name: `python -m infra.cli.main` and bin/ballast complete as `ballast` too.
+        cli.main(prog_name="ballast", standalone_mode=False)
     except SystemExit:
         raise
     except click.exceptions.NoArgsIsHelpError as exc:  # a bare group: its help
@@ -99,16 +122,22 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.Abort:
         sys.exit(1)
-    except Exception as exc:  # a service is down, or a bug: say it in one line
-        from infra.services import unreachable
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a service is down or refused, or a bug: say it in one line
+        from infra.services import describe, unreachable
 
-        down = unreachable()
-        if down:
-            for line in down:
-                click.echo(line, err=True)
+        quiet_libraries()
+        refused = describe(exc)
+        down = unreachable() if refused is None else []
+        if refused:
+            click.echo(f"error: {refused}", err=True)
+        elif down:
+            click.echo(down[0] if len(down) == 1 else "; ".join(down), err=True)
         else:
-            click.echo(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                       err=True)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"error: {type(exc).__name__}: {first}", err=True)
         sys.exit(1)
 
 

@@ -64,7 +64,7 @@ def market_show(market_id: str, line_limit: int | None, as_json: bool) -> None:
             console.print(f"  dispute {dispute['dispute_id']} by {dispute['disputed_by']}: "
                           f"{dispute['reason']!r}{ended}{again}")
         table(dist["lines"][:200], ["commitment_id", "user_id", "option_id", "method", "amount",
-                                    "payout", "profit"], title="audit lines")
+                                    "payout", "profit"], title="audit lines", currency=currency)
         if len(dist["lines"]) > 200:
             console.print(f"  … {len(dist['lines']) - 200} more (use --json)")
 

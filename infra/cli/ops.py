@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 
 import click
 
 from infra import deadletter_log, rabbit
 from infra.cli.levers import by_option, check_by, confirm, lever_options, record
-from infra.cli.output import emit, fail, json_option, table
+from infra.cli.output import emit, fail, heading, json_option, progress, table, width
+from infra.cli.output import record as show_record
 from infra.commands import send_command
 from infra.contract import ACTORS, parse
 from infra.db.engine import get_engine
@@ -34,7 +36,8 @@ def migrate(as_json: bool) -> None:
     from infra.broker import build_broker, declare_topology
     from infra.db.migrate import upgrade
 
-    revision = upgrade()
+    with progress("migrate") as advance:
+        revision = upgrade(progress=advance)
     from infra.auth import ensure_ballast_key
     from infra.db.engine import get_engine
 
@@ -51,25 +54,86 @@ def migrate(as_json: bool) -> None:
          lambda d: click.echo(f"database at revision {d['revision']}; {len(declared)} queues declared"))
 
 
-@click.command()
-@click.option("--processes", "-p", default=2, show_default=True, type=click.IntRange(1, 64))
-@click.option("--threads", "-t", default=4, show_default=True, type=click.IntRange(1, 64))
-@click.option("--queues", "-Q", multiple=True, help="Only these queues (repeatable).")
-def worker(processes: int, threads: int, queues: tuple[str, ...]) -> None:
-    """Run the workers (Dramatiq processes consuming every queue, or --queues)."""
+def complete_queue(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Shell completion: Ballast's queue names."""
+    from click.shell_completion import CompletionItem
+
     from infra.contract import QUEUES
 
+    return [CompletionItem(q) for q in QUEUES if q.startswith(incomplete)]
+
+
+def complete_actor(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Shell completion: Ballast's actor names (with their queue as help)."""
+    from click.shell_completion import CompletionItem
+
+    return [CompletionItem(name, help=spec.queue) for name, spec in sorted(ACTORS.items())
+            if name.startswith(incomplete)]
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--processes", "-p", default=2, type=click.IntRange(1, 64),
+              help="Worker processes.")
+@click.option("--threads", "-t", default=4, type=click.IntRange(1, 64),
+              help="Worker threads per process.")
+@click.option("--queues", "-Q", multiple=True, shell_complete=complete_queue,
+              help="Only these queues: --queues A B, or -Q A -Q B.")
+@click.argument("more_queues", nargs=-1, metavar="[QUEUE]...", shell_complete=complete_queue)
+@click.option("--worker-shutdown-timeout", type=click.IntRange(0, None), default=None,
+              help="Milliseconds the workers get to finish on shutdown (Dramatiq's default: "
+                   "10 minutes).")
+@click.option("--worker-fork-timeout", type=click.IntRange(0, None), default=None,
+              help="Milliseconds to wait for the worker processes to come online.")
+@click.option("--pid-file", type=click.Path(dir_okay=False), default=None,
+              help="Write the main process's pid to this file.")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Write the log lines to this file instead of stderr.")
+@click.option("--use-spawn", is_flag=True, help="Start processes by spawning instead of fork.")
+@click.option("--watch", "watch_dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Development only: reload the workers when a source file under DIR changes.")
+@click.option("--watch-use-polling", is_flag=True,
+              help="With --watch: poll the file system instead of its change events.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of this pool's Prometheus exposition (default BALLAST_METRICS_PORT; "
+                   "0 turns it off); give each pool on one host its own.")
+@click.option("--verbose", "-v", is_flag=True, help="Dramatiq's verbose (debug) log lines.")
+def worker(processes: int, threads: int, queues: tuple[str, ...], more_queues: tuple[str, ...],
+           worker_shutdown_timeout: int | None, worker_fork_timeout: int | None,
+           pid_file: str | None, log_file: str | None, use_spawn: bool, watch_dir: str | None,
+           watch_use_polling: bool, metrics_port: int | None, verbose: bool) -> None:
+    """Run the workers: Dramatiq processes consuming every queue, or only --queues A B.
+
+    The other options are Dramatiq's own, passed through.
+    """
+    from infra.contract import QUEUES
+
+    if more_queues and not queues:
+        fail(f"unexpected argument {more_queues[0]!r}: queues are named after --queues", 2)
+    queues = (*queues, *more_queues)
     unknown = [q for q in queues if q not in QUEUES]
     if unknown:
         fail(f"unknown queue(s): {', '.join(unknown)}", 2)
+    if watch_use_polling and not watch_dir:
+        fail("--watch-use-polling goes with --watch DIR", 2)
     # infra.worker is Dramatiq's CLI with Ballast's bounded JSON log lines in every process.
     args = [sys.executable, "-m", "infra.worker", "actors", "--processes", str(processes),
             "--threads", str(threads)]
+    for flag, value in (("--worker-shutdown-timeout", worker_shutdown_timeout),
+                        ("--worker-fork-timeout", worker_fork_timeout),
+                        ("--pid-file", pid_file), ("--log-file", log_file),
+                        ("--watch", watch_dir)):
+        if value is not None:
+            args += [flag, str(value)]
+    for flag, on in (("--use-spawn", use_spawn), ("--watch-use-polling", watch_use_polling),
+                     ("--verbose", verbose)):
+        if on:
+            args.append(flag)
     if queues:
-        args += ["--queues", *queues]
+        args += ["--queues", *dict.fromkeys(queues)]
     from infra.settings import get_settings
 
-    port = get_settings().metrics_port
+    port = get_settings().metrics_port if metrics_port is None else metrics_port
+    os.environ["BALLAST_METRICS_PORT"] = str(port)  # what the worker processes read
     if port:
         # Read by Dramatiq's exposition server, which the main process forks.
         os.environ["dramatiq_prom_port"] = str(port)
@@ -79,7 +143,7 @@ def worker(processes: int, threads: int, queues: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.argument("actor")
+@click.argument("actor", shell_complete=complete_actor)
 @click.option("--kwargs", "kwargs_json", required=True,
               help="The message kwargs as JSON; @FILE reads them from FILE, - from stdin.")
 @json_option
@@ -160,8 +224,11 @@ def _queues_table(rows: list[dict]) -> None:
         table([{"queue": r["queue"], "ready": r["ready"], "delayed (ready)": r["delayed"],
                 "dead (ready)": r["dead"], "consumers": r["consumers"]} for r in rows],
               title="queues (over AMQP: messages ready only)")
-        click.echo("in-flight, unacknowledged and held delayed messages are not visible over "
-                   "AMQP; enable the management plugin or set BALLAST_RABBITMQ_API_URL", err=True)
+        note = ("in-flight, unacknowledged and held delayed messages are not visible over "
+                "AMQP; enable the management plugin or set BALLAST_RABBITMQ_API_URL")
+        # One line for scripts reading stderr; folded to the width on a terminal.
+        click.echo("\n".join(textwrap.wrap(note, width())) if sys.stderr.isatty() else note,
+                   err=True)
         return
     rates = any(r["publish_rate"] is not None or r["ack_rate"] is not None for r in rows)
     table([{"queue": r["queue"], "ready": r["ready"], "unacked": r["unacked"],
@@ -177,9 +244,9 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.argument("queue", required=False)
+@click.argument("queue", required=False, shell_complete=complete_queue)
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--actor", help="Only this actor's.")
+@click.option("--actor", help="Only this actor's.", shell_complete=complete_actor)
 @click.option("--code", help="Only this code (refused, invalid, transient, ...).")
 @click.option("--since", help="Only dead-lettered since: ISO 8601 time or an age (90m, 2h, 7d).")
 @click.option("--grep", "grep", help="Only those whose reason, traceback or body contain TEXT.")
@@ -207,7 +274,9 @@ def dlq_list(queue: str | None, limit: int, actor: str | None, code: str | None,
         rows = [r for r, dl in zip(rows, letters)
                 if deadletter_log.matches(r, dl.body, actor=actor, code=code, since=after,
                                           grep=grep)][:limit]
-    emit(rows, as_json, lambda r: table(r, columns, title="dead letters"))
+    emit(rows, as_json, lambda r: table(
+        r, columns, title="dead letters", headers={"retries": "tries"},
+        detail=["queue", "request_id", "reason"] + (["status", "resolved_by"] if history else [])))
 
 
 @dlq.command("show")
@@ -235,9 +304,23 @@ def dlq_show(message_id: str, as_json: bool) -> None:
                "resolved_at": rec["resolved_at"].isoformat() if rec["resolved_at"] else None}
 
     def human(d):
-        shown = {k: v for k, v in d.items() if k != "traceback"}
-        shown["message"] = _without_traceback(d["message"])
-        click.echo(json.dumps(shown, indent=2, default=str))
+        summary = {k: d.get(k) for k in ("queue", "message_id", "actor", "request_id", "code",
+                                         "reason", "retries", "failed_at", "source", "status",
+                                         "resolved_by", "resolved_at") if k in d}
+        show_record(summary, title="dead letter")
+        message = _without_traceback(d["message"])
+        if isinstance(message, dict) and "kwargs" in message:
+            heading("kwargs")
+            click.echo(json.dumps(message["kwargs"], indent=2, default=str, ensure_ascii=False))
+            rest = {k: v for k, v in message.items() if k not in ("kwargs", "args")}
+        else:
+            rest = message
+        heading("message")
+        click.echo(json.dumps(rest, indent=2, default=str, ensure_ascii=False))
+        if d.get("headers"):
+            heading("headers")
+            click.echo(json.dumps(_without_traceback(d["headers"]), indent=2, default=str))
+        heading("traceback")
         click.echo(d.get("traceback") or "(no traceback)")
 
     emit(doc, as_json, human)
@@ -252,11 +335,14 @@ def _without_traceback(body):
         options["dead_letter"] = {k: v for k, v in options["dead_letter"].items()
                                   if k != "traceback"}
     options.pop("traceback", None)
+    if isinstance(options.get("ballast_auth"), dict):  # who signed it, not the signature
+        options["ballast_auth"] = {k: v for k, v in options["ballast_auth"].items()
+                                   if k != "signature"}
     return {**body, "options": options}
 
 
 @dlq.command("replay")
-@click.argument("queue", required=False)
+@click.argument("queue", required=False, shell_complete=complete_queue)
 @click.option("--all", "replay_all", is_flag=True,
               help="Replay every dead letter (of QUEUE; without QUEUE, of every queue): asks first.")
 @click.option("--id", "ids", multiple=True,
@@ -281,6 +367,7 @@ def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], by: st
              lambda d: _per_queue(d["queues"], f"dry run: would replay {d['would_replay']} "
                                                 "dead letter(s)"))
         return
+    waiting: dict[str, int] = {}
     if replay_all:
         waiting = {q: n for q, n in rabbit.dead_letter_counts().items() if q in queues and n}
         confirm(f"Replay {sum(waiting.values())} dead letter(s) of "
@@ -293,12 +380,17 @@ def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], by: st
     countersign = operator.countersign if operator is not None else None
     counts: dict[str, int] = {}
     replayed: list[dict] = []
-    for q in queues:
-        n = rabbit.replay(q, set(ids) if ids else None,
-                          on_replayed=lambda dl: replayed.append(dl.body),
-                          countersign=countersign)
-        if n:
-            counts[q] = n
+    expected = sum(waiting.values()) if replay_all else len(ids)
+    with progress("dlq replay", total=expected) as advance:
+        def done(dl):
+            replayed.append(dl.body)
+            advance()
+
+        for q in queues:
+            n = rabbit.replay(q, set(ids) if ids else None, on_replayed=done,
+                              countersign=countersign)
+            if n:
+                counts[q] = n
     if ids:  # what RabbitMQ no longer holds (expired from Q.XQ) is replayed from the log
         missing = set(ids) - {b.get("message_id") for b in replayed}
         with get_engine().connect() as conn:
@@ -338,7 +430,7 @@ def _per_queue(counts: dict[str, int], headline: str) -> None:
 
 
 @dlq.command("purge")
-@click.argument("queue")
+@click.argument("queue", shell_complete=complete_queue)
 @by_option
 @lever_options
 @json_option

@@ -65,9 +65,8 @@ def buffers_group(ctx: click.Context, as_json: bool) -> None:
         doc = views.buffers(conn)
 
     def human(rows):
-        table([{**r, **{k: format_minor(r[k], r["currency"])
-                        for k in ("balance", "min", "target", "max")}} for r in rows],
-              ["account_type", "balance", "min", "target", "max", "status"], title="buffers")
+        table(rows, ["account_type", "currency", "balance", "min", "target", "max", "status"],
+              headers={"currency": "cur"}, title="buffers")
 
     emit(doc, as_json, human)
 
@@ -191,7 +190,9 @@ def providers_group(ctx: click.Context, as_json: bool) -> None:
 
     with get_engine().connect() as conn:
         doc = views.providers(conn)
-    emit(doc, as_json, lambda rows: table(rows, title="providers"))
+    emit(doc, as_json, lambda rows: table(
+        rows, title="providers (volume: USD at par)", currency="USD",
+        headers={"success_rate": "success", "daily_volume_used": "volume today"}))
 
 
 def _simulated_options(fn):
@@ -418,7 +419,7 @@ def conversions_group(ctx: click.Context, active: bool, limit: int, as_json: boo
                 "source_amount": format_minor(r["source_amount"], r["direction"].split("->")[0]),
                 "destination_amount": "" if r["destination_amount"] is None else
                 format_minor(r["destination_amount"], r["direction"].split("->")[1]),
-                "created_at": r["created_at"][:19]} for r in rows], title="conversions")
+                } for r in rows], title="conversions")
 
     emit(doc, as_json, human)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import psycopg
 from alembic import command
@@ -46,8 +47,21 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str | None = None) -> str:
-    """Create the database if needed and migrate it to head. Returns the revision."""
+def _pending(cfg: Config, conn) -> list[str]:
+    """The revisions between the database's and head, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(cfg)
+    current = MigrationContext.configure(conn).get_current_revision()
+    revs = [r.revision for r in script.iterate_revisions("head", current)]
+    return list(reversed(revs))
+
+
+def upgrade(url: str | None = None, progress: Callable[..., None] | None = None) -> str:
+    """Create the database if needed and migrate it to head. Returns the revision.
+
+    ``progress(n, total=...)``, when given, is told how many revisions are to apply, then
+    each one applied (they are applied one at a time, in the one transaction)."""
     url = url or get_settings().database_url
     ensure_database(url)
     engine = create_engine(url)
@@ -57,7 +71,14 @@ def upgrade(url: str | None = None) -> str:
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7340217)")
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            if progress is None:
+                command.upgrade(cfg, "head")
+            else:  # one revision at a time, in the same transaction, to report each
+                pending = _pending(cfg, conn)
+                progress(0, total=len(pending))
+                for rev in pending:
+                    command.upgrade(cfg, rev)
+                    progress(1)
             # The operator views count daily volume from midnight in BALLAST_TIMEZONE too.
             conn.exec_driver_sql(
                 "INSERT INTO treasury_settings (key, value, updated_by) "

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from infra import rabbit
+from infra.cli.output import progress
 from infra.auth import Keyring, ensure_ballast_key
 from infra.broker import build_broker, declare_topology
 from infra.db.engine import dispose_engines, get_engine
@@ -91,14 +92,19 @@ def run_demo(target: DemoTarget, as_json: bool = False, scheduler: bool = True) 
             time.sleep(0.3)
         ctx.console.print(f"[bold]Ballast demo[/bold] run {ctx.tag} on database {target.database}, "
                           f"vhost {target.vhost}: workers up" + (", scheduler up" if sched else ""))
-        for chapter in CHAPTERS:
-            name = chapter.__name__.rsplit(".", 1)[-1]
-            try:
-                chapter.run(ctx)
-            except Exception as exc:
-                failures += 1
-                ctx.report.setdefault(name, {})["error"] = f"{type(exc).__name__}: {exc}"
-                ctx.console.print(f"[red]{name} failed: {type(exc).__name__}: {exc}[/red]")
+        # A bar with the chapters done and the time left, on a terminal only.
+        with progress("demo", total=len(CHAPTERS)) as advance:
+            for chapter in CHAPTERS:
+                name = chapter.__name__.rsplit(".", 1)[-1]
+                advance(0, what=f"demo: {name}")
+                try:
+                    chapter.run(ctx)
+                except Exception as exc:
+                    failures += 1
+                    ctx.report.setdefault(name, {})["error"] = f"{type(exc).__name__}: {exc}"
+                    ctx.console.print(f"[red]{name} failed: {type(exc).__name__}: {exc}[/red]")
+                advance()
+            advance(0, what="demo")
         check = ctx.cli("ledger", "check")
         ctx.report["ledger_check"] = check
         ctx.console.rule("[bold]Ledger")

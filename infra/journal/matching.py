@@ -8,7 +8,7 @@ primary key is the last word (one link per journal entry, ever).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 from domain import accounts
 from domain import matching
@@ -39,7 +39,8 @@ def cycle_account(cycle_id: str) -> str:
     return accounts.cycle(cycle_id)
 
 
-def run(uow: UnitOfWork, cycle_id: str | None = None) -> Tally:
+def run(uow: UnitOfWork, cycle_id: str | None = None,
+        progress: Callable[..., None] | None = None) -> Tally:
     """One matching run: every unlinked payment against every participation expecting one.
 
     With ``cycle_id``, payments are still scored against every cycle (so the best
@@ -47,6 +48,8 @@ def run(uow: UnitOfWork, cycle_id: str | None = None) -> Tally:
     ambiguities that involve it are counted; unmatched payments belong to no cycle
     and are always counted.
     """
+    tick = progress or (lambda n=1, total=None, what=None: None)
+    tick(0, total=4, what="matching: loading")
     conn = uow.conn
     repo.lock_matching(conn)
     if cycle_id is not None:
@@ -54,6 +57,7 @@ def run(uow: UnitOfWork, cycle_id: str | None = None) -> Tally:
     parts = repo.expecting(conn)
     cycle_of = {p.participation_id: p.cycle_id for p in parts}
     rows = {r.journal_id: r for r in repo.candidate_payments(conn)}
+    tick(1, what=f"matching: {len(rows)} payments, {len(parts)} participations")
     decisions = matching.match(
         [Payment(r.journal_id, r.amount, r.reason) for r in rows.values()],
         [Expectation(p.participation_id, p.cycle_id, p.character_name, p.pledged) for p in parts],
@@ -74,8 +78,11 @@ def run(uow: UnitOfWork, cycle_id: str | None = None) -> Tally:
         elif d.outcome == matching.UNMATCHED:
             verdicts[d.journal_id] = (d.outcome, _note(d) if d.tied else None)
             unmatched += 1
+    tick(1, what=f"matching: linking {len(links)} payments")
     totals, pledged = apply_links(uow, links, performed_by=MATCHER)
+    tick(1, what="matching: recording the review")
     repo.record_review(conn, verdicts)
+    tick(1, what="matching")
     result = matching.tally({lk.journal_id: lk.participation_id for lk in links}, totals, pledged,
                             ambiguous, unmatched)
     log.info("matching.run", cycle_id=cycle_id, payments=len(decisions),
