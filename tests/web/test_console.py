@@ -209,10 +209,11 @@ def test_send_command_refuses_bad_input_before_publishing(env, clean_queues):
     assert queued(env, "ballast.challenges") == 0
 
 
-def test_purge_selected_says_how_many_and_deletes_only_those(app, env, make_operator, clean_queues):
+def test_purge_selected_says_how_many_and_deletes_only_those(app, env, engine, make_operator,
+                                                             clean_queues):
     import dramatiq
 
-    from infra import rabbit
+    from infra import deadletter_log, rabbit
 
     ids = []
     for n in range(3):
@@ -220,6 +221,8 @@ def test_purge_selected_says_how_many_and_deletes_only_those(app, env, make_oper
                                kwargs={"request_id": f"dead-{n}"},
                                options={"dead_letter": {"reason": f"test reason {n}"}})
         harness.publish_raw(env, "ballast.wallets.XQ", json.dumps(msg.asdict()).encode())
+        with engine.begin() as conn:  # as the dead-letter middleware records each one
+            deadletter_log.record_in(conn, msg.asdict(), msg.options["dead_letter"])
         ids.append(msg.message_id)
     operator = app.test_client()
     login(operator, make_operator("operator"))
@@ -236,6 +239,12 @@ def test_purge_selected_says_how_many_and_deletes_only_those(app, env, make_oper
     assert done.status_code == 302 and "purged+2" in done.headers["Location"]
     left = [d.message_id for d in rabbit.list_dead_letters("ballast.wallets", 10)]
     assert left == [ids[2]]
+    with engine.connect() as conn:  # the durable log says who purged them
+        rows = dict(conn.execute(text("SELECT message_id, status FROM dead_letters "
+                                      "WHERE message_id = ANY(:ids)"), {"ids": ids}).all())
+    assert rows == {ids[0]: "purged", ids[1]: "purged", ids[2]: "dead"}
+    after = client.get(BASE + "/dlq?queue=ballast.wallets").get_data(as_text=True)
+    assert "test reason 2" in after and "test reason 0" not in after
 
 
 def test_repeated_failed_logins_lock_the_name_out_even_with_the_right_password(app, make_operator):
