@@ -1,6 +1,6 @@
 """The console's pages: indexes for the orders its paged lists read in.
 
-A market's commitments newest first, and the live dead letters newest first (of one queue
+A market's commitments newest first, a cycle's participations in order, and the live dead letters newest first (of one queue
 or of all), are read a page at a time with LIMIT/OFFSET: with these indexes a page is an
 index range scan instead of a sort of every commitment or dead letter.
 
@@ -21,6 +21,8 @@ def upgrade() -> None:
         """
         CREATE INDEX market_commitments_by_market
             ON market_commitments (market_id, created_at, commitment_id);
+        CREATE INDEX journal_participations_page
+            ON journal_participations (cycle_id, created_at, participation_id);
         CREATE INDEX dead_letters_live_by_age
             ON dead_letters (dead_lettered_at, id) WHERE status = 'dead';
         CREATE INDEX dead_letters_live_by_queue
@@ -31,4 +33,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP INDEX dead_letters_live_by_queue; DROP INDEX dead_letters_live_by_age; "
-               "DROP INDEX market_commitments_by_market;")
+               "DROP INDEX journal_participations_page; DROP INDEX market_commitments_by_market;")
