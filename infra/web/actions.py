@@ -267,8 +267,13 @@ def resolve_challenge(challenge_id: str):
 
 # --- markets --------------------------------------------------------------------------------
 
-def _market_back(market_id: str):
-    return lambda errors, values, status: pages.render_market(market_id, errors, values, status)
+def _market_back(market_id: str, verb: str = ""):
+    """Re-render the market with the reason beside the field of the form posted (several of
+    its forms have a ``reason``): errors keyed ``<verb>-<field>``, values for that form only."""
+    def back(errors, values, status):
+        return pages.render_market(market_id, {f"{verb}-{k}": v for k, v in errors.items()},
+                                   {"_verb": verb, **values}, status)
+    return back
 
 
 @bp.post("/markets/<market_id>/<verb>")
@@ -311,10 +316,10 @@ def market_action(market_id: str, verb: str):
         "confirm": (["The disputed resolution stands: the dispute ends confirmed and the market "
                      "returns to its resolved status. No money moves."], None),
     }[verb]
-    return confirm_or_send(actor, actor, kwargs, back=_market_back(market_id),
+    return confirm_or_send(actor, actor, kwargs, back=_market_back(market_id, verb),
                            to=url_for("pages.market", market_id=market_id),
                            title=f"{verb.capitalize()} market {market_id}",
-                           lines=lines, danger=danger, field=field)
+                           lines=lines, danger=danger, field=f"{verb}-{field}")
 
 
 # --- treasury engine ------------------------------------------------------------------------
