@@ -90,10 +90,11 @@ def participation_count(conn: Connection, cycle_id: str | None) -> int:
 
 
 #: Ambiguous payments with a candidate in cycle ``:c`` (or every one when ``:c`` is null).
-_AMBIGUOUS = (" AND e.review_state = 'ambiguous' AND (CAST(:c AS text) IS NULL OR EXISTS ("
-              "SELECT 1 FROM jsonb_array_elements_text(COALESCE(e.review_note->'participation_ids', "
-              "'[]'::jsonb)) AS t(pid) JOIN journal_participations p ON p.participation_id = t.pid "
-              "WHERE p.cycle_id = :c))")
+#: (The candidates are looked up by primary key, a few per payment, never the cycle's list.)
+_AMBIGUOUS = (" AND e.review_state = 'ambiguous' AND (CAST(:c AS text) IS NULL OR :c = ANY(ARRAY("
+              "SELECT p.cycle_id FROM journal_participations p WHERE p.participation_id = ANY(ARRAY("
+              "SELECT jsonb_array_elements_text(COALESCE(e.review_note->'participation_ids', "
+              "'[]'::jsonb)))))))")
 _UNMATCHED = " AND e.review_state IS DISTINCT FROM 'ambiguous'"
 
 
