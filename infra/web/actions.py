@@ -207,9 +207,35 @@ def _challenge_back(challenge_id: str):
 def configure_treasury(challenge_id: str):
     kwargs = {"challenge_id": challenge_id, "max_risk": _int(request.form.get("max_risk")),
               "notes": request.form.get("notes", ""), "admin_id": g.operator.name}
-    return send("configure_treasury", "configure_treasury", kwargs,
-                back=_challenge_back(challenge_id),
-                to=url_for("pages.challenge", challenge_id=challenge_id), field="max_risk")
+    lines, danger = (_configure_preview(challenge_id, kwargs["max_risk"])
+                     if isinstance(kwargs["max_risk"], int) else ([], None))
+    return confirm_or_send("configure_treasury", "configure_treasury", kwargs,
+                           back=_challenge_back(challenge_id),
+                           to=url_for("pages.challenge", challenge_id=challenge_id),
+                           title=f"Configure the treasury budget of {challenge_id}",
+                           lines=lines, danger=danger, field="max_risk")
+
+
+def _configure_preview(challenge_id: str, max_risk: int) -> tuple[list[str], str | None]:
+    """The budget as it is and as it would be: what is at risk now stays at risk."""
+    with _engine().connect() as conn:
+        try:
+            doc = challenge_views.show(conn, challenge_id, 0)
+        except BallastError:
+            return [], None  # the worker refuses it with the reason
+        cfg = challenge_repo.config(conn, challenge_id)
+    cur = doc["currency"]
+    at_risk = (cfg.max_risk - cfg.available) if cfg else 0
+    fmt = lambda n: rules.format_amount(n, cur)  # noqa: E731
+    lines = [f"Max risk: {fmt(cfg.max_risk) if cfg else 'none yet'} now, {fmt(max_risk)} after.",
+             f"Stake at risk already (allocated and reserved): {fmt(at_risk)}.",
+             f"Budget after: {fmt(max(max_risk - at_risk, 0))} available "
+             f"({max(max_risk - at_risk, 0) // doc['stake'] if doc['stake'] else 0} more "
+             f"match(es) of {fmt(doc['stake'])})."]
+    danger = (f"{fmt(max_risk)} is below the {fmt(at_risk)} already at risk: the worker "
+              "will refuse it."
+              if max_risk < at_risk else None)
+    return lines, danger
 
 
 @bp.post("/challenges/<challenge_id>/fill")
