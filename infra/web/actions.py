@@ -257,7 +257,7 @@ def fill_treasury(challenge_id: str):
 def _fill_preview(challenge_id: str, side: str, count: int) -> tuple[list[str], str | None]:
     """What the fill would do now, by the domain's own plan (the worker decides again)."""
     with _engine().connect() as conn:
-        doc = challenge_views.show(conn, challenge_id)
+        doc = challenge_views.show(conn, challenge_id, 0)  # the numbers, not the matches
         cfg = challenge_repo.config(conn, challenge_id)
         if cfg is None:
             return [], "This challenge has no treasury budget yet: configure it first."

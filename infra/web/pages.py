@@ -19,7 +19,6 @@ from infra import alerts, guard, ledger, rabbit, wallets
 from infra import deadletter_log
 from infra.challenges import views as challenge_views
 from infra.contract import QUEUES
-from infra.cli.ledger import open_alerts_for_user
 from infra.journal import views as journal_views
 from infra.markets import repository as markets
 from infra.treasury import cycle as treasury_cycle
@@ -312,7 +311,10 @@ def wallet():
             balances = wallets.balances(conn, user_id)
             doc = {"user_id": user_id, "tier": guard.tier_of(conn, user_id), "balances": balances,
                    "history": guard.history(conn, user_id, None, size + 1, offset=(page - 1) * size),
-                   "alerts": open_alerts_for_user(conn, user_id),
+                   "alerts": paged(alerts.listing(conn, open_only=True, user_id=user_id,
+                                                  limit=size + 1, offset=(_page("alpage") - 1) * size),
+                                   _page("alpage"), size,
+                                   queries.alert_count(conn, True, user_id), arg="alpage"),
                    "limits": guard.limits_report(conn, user_id, sorted(balances)),
                    "history_total": queries.wallet_audit_count(conn, user_id)}
     return render_template("wallet.html", d=doc, user_id=user_id,

@@ -135,9 +135,10 @@ def audit_count(conn: Connection, operator: str | None) -> int:
                  {"o": operator})
 
 
-def alert_count(conn: Connection, open_only: bool) -> int:
-    return count(conn, "alerts WHERE (NOT :open_only OR status <> 'resolved')",
-                 {"open_only": open_only})
+def alert_count(conn: Connection, open_only: bool, user_id: str | None = None) -> int:
+    return count(conn, "alerts WHERE (NOT :open_only OR status <> 'resolved') "
+                 "AND (CAST(:user AS text) IS NULL OR data->>'user_id' = :user)",
+                 {"open_only": open_only, "user": user_id})
 
 
 def wallet_audit_count(conn: Connection, user_id: str) -> int:
