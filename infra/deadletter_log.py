@@ -99,6 +99,16 @@ def mark_purged(conn: Connection, queue: str, by: str) -> int:
              "WHERE status = 'dead' AND queue = :q"), {"by": by, "q": queue}).rowcount
 
 
+def mark_discarded(conn: Connection, message_ids: Iterable[str], by: str,
+                   queue: str | None = None) -> int:
+    """The live records of these message ids (of ``queue``, or any) purged by ``by``."""
+    return conn.execute(
+        text("UPDATE dead_letters SET status = 'purged', resolved_by = :by, resolved_at = now() "
+             "WHERE status = 'dead' AND message_id = ANY(:ids) "
+             "AND (CAST(:q AS text) IS NULL OR queue = :q)"),
+        {"by": by, "ids": list(message_ids), "q": queue}).rowcount
+
+
 def parse_since(value: str, now: datetime | None = None) -> datetime:
     """``--since``: an ISO 8601 time (UTC when it has no offset) or an age like ``90m``,
     ``2h``, ``7d``."""

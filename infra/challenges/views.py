@@ -14,8 +14,10 @@ from infra.challenges import repository as repo
 RECENT_SETTLEMENTS = 10
 
 
-def show(conn: Connection, challenge_id: str) -> dict[str, Any]:
-    """The challenge, its imbalance, its treasury budget and its treasury matches."""
+def show(conn: Connection, challenge_id: str, match_limit: int | None = None,
+         match_offset: int = 0) -> dict[str, Any]:
+    """The challenge, its imbalance, its treasury budget and its treasury matches
+    (``match_limit``/``match_offset`` page the matches in SQL, as the console does)."""
     challenge = repo.get(conn, challenge_id)
     bal = imbalance(*repo.tallies(conn, challenge_id))
     cfg = repo.config(conn, challenge_id)
@@ -29,8 +31,9 @@ def show(conn: Connection, challenge_id: str) -> dict[str, Any]:
         text("SELECT m.user_id, p.code AS persona, m.user_side, m.stake, m.status, m.result, "
              "m.treasury_payout, m.pnl FROM treasury_matches m "
              "JOIN shadow_personas p ON p.id = m.persona_id "
-             "WHERE m.challenge_id = :c AND m.status <> 'reserved' ORDER BY m.participant_id"),
-        {"c": challenge_id},
+             "WHERE m.challenge_id = :c AND m.status <> 'reserved' ORDER BY m.participant_id "
+             "LIMIT :n OFFSET :off"),
+        {"c": challenge_id, "n": match_limit, "off": match_offset},
     )
     return {
         "challenge_id": challenge.challenge_id,

@@ -19,63 +19,21 @@ def report(conn: Connection, cycle_id: str | None = None, limit: int | None = No
 
     Unmatched payments belong to no cycle: they are listed whatever ``cycle_id``.
     Ambiguous ones are listed for a cycle when one of their candidates is in it.
-    ``limit``/``offset`` page each of the three lists (the console shows a page at a time).
+    ``limit``/``offset`` page each of the three lists in SQL (the console pages each one
+    on its own with ``participations``, ``unmatched`` and ``ambiguous``).
     """
     if cycle_id is not None:
         repo.cycle(conn, cycle_id)
-    parts = conn.execute(
-        text(
-            "SELECT p.participation_id, p.cycle_id, p.user_id, p.character_name, p.status, p.amount, "
-            "p.pledged, p.payer_character_id, p.match_type, p.validated_at, p.created_at, "
-            "COALESCE(array_agg(l.journal_id ORDER BY l.linked_at, l.journal_id) "
-            "FILTER (WHERE l.journal_id IS NOT NULL), '{}') AS journal_ids "
-            "FROM journal_participations p "
-            "LEFT JOIN journal_payment_links l ON l.participation_id = p.participation_id "
-            "WHERE CAST(:c AS text) IS NULL OR p.cycle_id = :c "
-            "GROUP BY p.participation_id ORDER BY p.cycle_id, p.created_at, p.participation_id "
-            "LIMIT :n OFFSET :off"
-        ),
-        {"c": cycle_id, "n": limit, "off": offset},
-    )
-    pending = conn.execute(text(
-        "SELECT e.journal_id, e.character_id, e.first_party_id, e.amount, e.reason, e.date, "
-        "e.review_state, e.review_note " + repo.CANDIDATE_PAYMENTS + " ORDER BY e.date, e.journal_id"
-    ))
-    unmatched, ambiguous = [], []
-    cycle_of: dict[str, str] | None = None
-    for r in pending:
-        doc = {
-            "journal_id": r.journal_id,
-            "character_id": repo.game_id(r.character_id),
-            "payer_character_id": repo.game_id(r.first_party_id),
-            "amount": r.amount,
-            "memo": r.reason,
-            "date": r.date.isoformat(),
-        }
-        note = r.review_note or {}
-        if r.review_state == "ambiguous":
-            tied = note.get("participation_ids", [])
-            if cycle_id is not None:
-                cycle_of = cycle_of if cycle_of is not None else _cycles_of(conn, cycle_id)
-                if not any(cycle_of.get(p) == cycle_id for p in tied):
-                    continue
-            ambiguous.append({**doc, "participation_ids": tied, "score": note.get("score")})
-        else:
-            unmatched.append({**doc, "reviewed": r.review_state is not None,
-                              "near_participation_ids": note.get("participation_ids", []),
-                              "near_score": note.get("score")})
-    if limit is not None:
-        unmatched, ambiguous = (unmatched[offset:offset + limit], ambiguous[offset:offset + limit])
     awaiting = conn.execute(
         text(
             "SELECT p.participation_id, p.cycle_id, p.user_id, p.character_name, p.memo, p.pledged, "
             "p.created_at, CAST(EXTRACT(EPOCH FROM now() - p.created_at) AS bigint) AS age "
             "FROM journal_participations p WHERE p.status = :awaiting "
-            "AND (CAST(:c AS text) IS NULL OR p.cycle_id = :c) ORDER BY p.created_at, p.participation_id"
+            "AND (CAST(:c AS text) IS NULL OR p.cycle_id = :c) ORDER BY p.created_at, p.participation_id "
+            "LIMIT :n OFFSET :off"
         ),
-        {"c": cycle_id, "awaiting": AWAITING},
+        {"c": cycle_id, "awaiting": AWAITING, "n": limit, "off": offset},
     )
-    _add_suggestions(conn, unmatched, cycle_id)
     return {
         "awaiting": [
             {"participation_id": a.participation_id, "cycle_id": a.cycle_id, "user_id": a.user_id,
@@ -83,27 +41,117 @@ def report(conn: Connection, cycle_id: str | None = None, limit: int | None = No
              "created_at": a.created_at.isoformat(), "age_seconds": int(a.age)}
             for a in awaiting
         ],
-        "participations": [
-            {
-                "participation_id": p.participation_id,
-                "status": p.status,
-                "amount": p.amount,
-                "pledged": p.pledged,
-                "payer_character_id": repo.game_id(p.payer_character_id),
-                "journal_ids": list(p.journal_ids),
-                "match_type": p.match_type,
-                "cycle_id": p.cycle_id,
-                "user_id": p.user_id,
-                "character_name": p.character_name,
-                "payment": _paid(p.amount, p.pledged) if p.status == OPTED_IN else None,
-                "validated_at": p.validated_at.isoformat() if p.validated_at else None,
-                "created_at": p.created_at.isoformat(),
-            }
-            for p in parts
-        ],
-        "unmatched": unmatched,
-        "ambiguous": ambiguous,
+        "participations": participations(conn, cycle_id, limit, offset),
+        "unmatched": unmatched(conn, cycle_id, limit, offset),
+        "ambiguous": ambiguous(conn, cycle_id, limit, offset),
     }
+
+
+def participations(conn: Connection, cycle_id: str | None, limit: int | None = None,
+                   offset: int = 0) -> list[dict[str, Any]]:
+    """A page of participations (of ``cycle_id``, or of every cycle) with their payments."""
+    parts = conn.execute(
+        text(
+            "SELECT p.participation_id, p.cycle_id, p.user_id, p.character_name, p.status, p.amount, "
+            "p.pledged, p.payer_character_id, p.match_type, p.validated_at, p.created_at, "
+            "COALESCE((SELECT array_agg(l.journal_id ORDER BY l.linked_at, l.journal_id) "
+            "FROM journal_payment_links l WHERE l.participation_id = p.participation_id), "
+            "'{}') AS journal_ids "
+            "FROM journal_participations p "
+            "WHERE CAST(:c AS text) IS NULL OR p.cycle_id = :c "
+            "ORDER BY p.cycle_id, p.created_at, p.participation_id "
+            "LIMIT :n OFFSET :off"
+        ),
+        {"c": cycle_id, "n": limit, "off": offset},
+    )
+    return [
+        {
+            "participation_id": p.participation_id,
+            "status": p.status,
+            "amount": p.amount,
+            "pledged": p.pledged,
+            "payer_character_id": repo.game_id(p.payer_character_id),
+            "journal_ids": list(p.journal_ids),
+            "match_type": p.match_type,
+            "cycle_id": p.cycle_id,
+            "user_id": p.user_id,
+            "character_name": p.character_name,
+            "payment": _paid(p.amount, p.pledged) if p.status == OPTED_IN else None,
+            "validated_at": p.validated_at.isoformat() if p.validated_at else None,
+            "created_at": p.created_at.isoformat(),
+        }
+        for p in parts
+    ]
+
+
+def participation_count(conn: Connection, cycle_id: str | None) -> int:
+    return int(conn.execute(
+        text("SELECT count(*) FROM journal_participations "
+             "WHERE CAST(:c AS text) IS NULL OR cycle_id = :c"), {"c": cycle_id}).scalar_one())
+
+
+#: Ambiguous payments with a candidate in cycle ``:c`` (or every one when ``:c`` is null).
+#: (The candidates are looked up by primary key, a few per payment, never the cycle's list.)
+_AMBIGUOUS = (" AND e.review_state = 'ambiguous' AND (CAST(:c AS text) IS NULL OR :c = ANY(ARRAY("
+              "SELECT p.cycle_id FROM journal_participations p WHERE p.participation_id = ANY(ARRAY("
+              "SELECT jsonb_array_elements_text(COALESCE(e.review_note->'participation_ids', "
+              "'[]'::jsonb)))))))")
+_UNMATCHED = " AND e.review_state IS DISTINCT FROM 'ambiguous'"
+
+
+def _pending(conn: Connection, where: str, cycle_id: str | None, limit: int | None,
+             offset: int):
+    return conn.execute(text(
+        "SELECT e.journal_id, e.character_id, e.first_party_id, e.amount, e.reason, e.date, "
+        "e.review_state, e.review_note " + repo.CANDIDATE_PAYMENTS + where
+        + " ORDER BY e.date, e.journal_id LIMIT :n OFFSET :off"),
+        {"c": cycle_id, "n": limit, "off": offset})
+
+
+def _payment(r) -> dict[str, Any]:
+    return {
+        "journal_id": r.journal_id,
+        "character_id": repo.game_id(r.character_id),
+        "payer_character_id": repo.game_id(r.first_party_id),
+        "amount": r.amount,
+        "memo": r.reason,
+        "date": r.date.isoformat(),
+    }
+
+
+def unmatched(conn: Connection, cycle_id: str | None = None, limit: int | None = None,
+              offset: int = 0) -> list[dict[str, Any]]:
+    """A page of the payments no participation took, each with ranked suggestions (those
+    of ``cycle_id``'s participations when given).  Unmatched payments belong to no cycle."""
+    out = []
+    for r in _pending(conn, _UNMATCHED, None, limit, offset):
+        note = r.review_note or {}
+        out.append({**_payment(r), "reviewed": r.review_state is not None,
+                    "near_participation_ids": note.get("participation_ids", []),
+                    "near_score": note.get("score")})
+    _add_suggestions(conn, out, cycle_id)
+    return out
+
+
+def ambiguous(conn: Connection, cycle_id: str | None = None, limit: int | None = None,
+              offset: int = 0) -> list[dict[str, Any]]:
+    """A page of the payments left for review because they fit several participations
+    (for a cycle: those with a candidate in it)."""
+    out = []
+    for r in _pending(conn, _AMBIGUOUS, cycle_id, limit, offset):
+        note = r.review_note or {}
+        out.append({**_payment(r), "participation_ids": note.get("participation_ids", []),
+                    "score": note.get("score")})
+    return out
+
+
+def pending_counts(conn: Connection, cycle_id: str | None = None) -> dict[str, int]:
+    """How many payments are unmatched and how many ambiguous (as the lists above count)."""
+    row = conn.execute(text(
+        "SELECT count(*) FILTER (WHERE e.review_state IS DISTINCT FROM 'ambiguous') AS unmatched, "
+        "count(*) FILTER (WHERE true" + _AMBIGUOUS + ") AS ambiguous "
+        + repo.CANDIDATE_PAYMENTS), {"c": cycle_id}).one()
+    return {"unmatched": int(row.unmatched), "ambiguous": int(row.ambiguous)}
 
 
 def _add_suggestions(conn: Connection, unmatched: list[dict[str, Any]], cycle_id: str | None) -> None:
@@ -111,23 +159,32 @@ def _add_suggestions(conn: Connection, unmatched: list[dict[str, Any]], cycle_id
     the payer's known character, nearest date) for a person to review; nothing is linked."""
     if not unmatched:
         return
+    # Character ids are the game's integers in documents and text in the tables.
+    payers = sorted({str(u["payer_character_id"]) for u in unmatched
+                     if u["payer_character_id"] is not None})
     parts = conn.execute(
         text(
             "SELECT p.participation_id, p.user_id, lower(p.character_name) AS name, p.pledged, "
             "CAST(EXTRACT(EPOCH FROM p.created_at) AS bigint) AS at "
             "FROM journal_participations p JOIN journal_cycles c USING (cycle_id) "
             "WHERE c.status = 'planned' AND p.status IN (:awaiting, :opted) "
-            "AND (CAST(:c AS text) IS NULL OR p.cycle_id = :c)"
+            "AND (CAST(:c AS text) IS NULL OR p.cycle_id = :c) "
+            # Only those one of these payments could be suggested: the same amount as a
+            # payment, or a payer's known character or user (a page's worth, not a cycle's).
+            "AND (p.pledged = ANY(CAST(:amounts AS bigint[])) "
+            "OR lower(p.character_name) IN (SELECT lower(k.name) FROM journal_characters k "
+            "WHERE k.character_id = ANY(CAST(:ids AS text[]))) "
+            "OR p.user_id IN (SELECT q.user_id FROM journal_payment_links l "
+            "JOIN journal_participations q USING (participation_id) "
+            "WHERE l.payer_character_id = ANY(CAST(:ids AS text[]))))"
         ),
-        {"awaiting": AWAITING, "opted": OPTED_IN, "c": cycle_id},
+        {"awaiting": AWAITING, "opted": OPTED_IN, "c": cycle_id,
+         "amounts": sorted({int(u["amount"]) for u in unmatched}), "ids": payers},
     ).all()
     if not parts:
         for u in unmatched:
             u["suggestions"] = []
         return
-    # Character ids are the game's integers in documents and text in the tables.
-    payers = sorted({str(u["payer_character_id"]) for u in unmatched
-                     if u["payer_character_id"] is not None})
     names = dict(conn.execute(
         text("SELECT character_id, lower(name) FROM journal_characters "
              "WHERE character_id = ANY(CAST(:ids AS text[]))"), {"ids": payers}).all())
@@ -164,14 +221,6 @@ def _paid(received: int, pledged: int) -> str:
     """``exact``, ``partial`` or ``over``: what the participation received against its pledge."""
     state = payment_state(received, pledged)
     return "exact" if state == MATCHED else state
-
-
-def _cycles_of(conn: Connection, cycle_id: str) -> dict[str, str]:
-    rows = conn.execute(
-        text("SELECT participation_id, cycle_id FROM journal_participations WHERE cycle_id = :c"),
-        {"c": cycle_id},
-    )
-    return {r.participation_id: r.cycle_id for r in rows}
 
 
 def cycle_view(conn: Connection, cycle_id: str) -> dict[str, Any]:

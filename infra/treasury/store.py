@@ -326,13 +326,13 @@ def get_job(conn: Connection, job_id: int, *, lock: bool = False) -> Job:
 
 
 def list_jobs(conn: Connection, *, active_only: bool = False, limit: int = 200,
-              statuses: tuple[str, ...] | None = None) -> list[Job]:
+              statuses: tuple[str, ...] | None = None, offset: int = 0) -> list[Job]:
     wanted = statuses or (conv.ACTIVE if active_only else None)
     rows = conn.execute(
         text(f"SELECT {_JOB_COLUMNS} FROM conversion_jobs "
              "WHERE (CAST(:st AS text[]) IS NULL OR status = ANY(CAST(:st AS text[]))) "
-             "ORDER BY id DESC LIMIT :lim"),
-        {"st": list(wanted) if wanted else None, "lim": limit},
+             "ORDER BY id DESC LIMIT :lim OFFSET :off"),
+        {"st": list(wanted) if wanted else None, "lim": limit, "off": offset},
     )
     return [Job(**r._mapping) for r in rows]
 

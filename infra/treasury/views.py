@@ -56,12 +56,14 @@ def job_row(j: store.Job) -> dict[str, Any]:
             "provider": j.provider, "attempts": j.attempts, "created_at": j.created_at.isoformat()}
 
 
-def conversions(conn: Connection, active_only: bool = False, limit: int = 200) -> list[dict[str, Any]]:
+def conversions(conn: Connection, active_only: bool = False, limit: int = 200,
+                offset: int = 0) -> list[dict[str, Any]]:
     if active_only:
         return [_doc(r, JOB_KEYS) for r in conn.execute(text(
             f"SELECT {', '.join(JOB_KEYS)} FROM v_active_conversion_jobs ORDER BY job_id DESC "
-            "LIMIT :lim"), {"lim": limit})]
-    return [job_row(j) for j in store.list_jobs(conn, active_only=False, limit=limit)]
+            "LIMIT :lim OFFSET :off"), {"lim": limit, "off": offset})]
+    return [job_row(j) for j in store.list_jobs(conn, active_only=False, limit=limit,
+                                                offset=offset)]
 
 
 def job(conn: Connection, job_id: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from flask import Blueprint, abort, current_app, g, redirect, render_template, r
 
 from domain import challenges as rules
 from domain.errors import BallastError, InvalidCommand
-from infra import rabbit
+from infra import deadletter_log, rabbit
 from infra.challenges import repository as challenge_repo
 from infra.challenges import views as challenge_views
 from infra.commands import send_command
@@ -114,7 +114,8 @@ def dlq_replay():
     if not every and not ids:
         return render_template("error.html", message="choose messages, or all of a queue"), 422
     if not _confirmed():
-        stats = {r["queue"]: r["dead"] for r in rabbit.queue_stats()}
+        with _engine().connect() as conn:
+            stats = queries.dead_letter_counts(conn)
         n = len(ids) if ids else (stats.get(queue, 0) if queue else sum(stats.values()))
         where = f"of {queue}" if queue else "of every queue"
         return render_template("confirm.html", title="Replay dead letters",
@@ -123,7 +124,7 @@ def dlq_replay():
                                danger=None, multi={"id": ids},
                                fields={"queue": queue or "", "all": "1" if every else ""},
                                cancel=url_for("pages.dlq", queue=queue))
-    n = rabbit.replay(queue, set(ids) if ids else None)
+    n = _replay(queue, ids)
     _audit("dlq_replay", "ok", {"queue": queue, "ids": ids, "replayed": n})
     return redirect(url_for("pages.dlq", queue=queue, done=f"replayed {n} message(s)"))
 
@@ -140,16 +141,50 @@ def dlq_purge():
     if every == bool(ids) or (every and queue is None):
         return render_template("error.html", message="choose messages, or all of one queue"), 422
     if not _confirmed():
-        n = len(ids) if ids else next(r["dead"] for r in rabbit.queue_stats() if r["queue"] == queue)
+        with _engine().connect() as conn:
+            n = len(ids) if ids else queries.dead_letter_counts(conn).get(queue, 0)
         what = f"{n} selected dead letter(s)" if ids else f"{n} dead letter(s) of {queue}"
         return render_template("confirm.html", title="Purge dead letters",
                                lines=[f"Delete {what} for good."],
                                danger="This cannot be undone.",
                                fields={"queue": queue or "", "all": "1" if every else ""},
                                multi={"id": ids}, cancel=url_for("pages.dlq", queue=queue))
-    n = rabbit.discard(queue, set(ids)) if ids else rabbit.purge(queue)
+    if ids:
+        n = rabbit.discard(queue, set(ids))
+        with _engine().begin() as conn:  # the log's copies of those too (RabbitMQ's may be gone)
+            n = max(n, deadletter_log.mark_discarded(conn, ids, g.operator.name, queue))
+    else:
+        n = rabbit.purge(queue)
+        with _engine().begin() as conn:
+            n = max(n, deadletter_log.mark_purged(conn, queue, g.operator.name))
     _audit("dlq_purge", "ok", {"queue": queue, "ids": ids, "purged": n})
     return redirect(url_for("pages.dlq", queue=queue, done=f"purged {n} dead letter(s)"))
+
+
+def _replay(queue: str | None, ids: list[str]) -> int:
+    """What ``ballast dlq replay`` does: RabbitMQ's copies go back to their queue (with the
+    operator's countersignature), those it has expired are replayed from the durable log,
+    and the log records who replayed each."""
+    queues = [queue] if queue else list(QUEUES)
+    signer = operators.signer_of(g.operator.name)
+    countersign = signer.countersign if signer is not None else None
+    replayed: list[dict[str, Any]] = []
+    n = 0
+    for q in queues:
+        n += rabbit.replay(q, set(ids) if ids else None,
+                           on_replayed=lambda dl: replayed.append(dl.body), countersign=countersign)
+    if ids:
+        missing = set(ids) - {b.get("message_id") for b in replayed}
+        with _engine().connect() as conn:
+            from_log = [r for r in deadletter_log.live(conn, missing) if r["queue"] in queues]
+        for r in from_log:
+            body = rabbit.replay_body(r["body"], r["queue"])
+            rabbit.publish_confirmed(r["queue"], countersign(body) if countersign else body)
+            replayed.append(r["body"])
+            n += 1
+    with _engine().begin() as conn:
+        deadletter_log.mark_replayed(conn, replayed, g.operator.name)
+    return n
 
 
 # --- alerts ---------------------------------------------------------------------------------
@@ -172,9 +207,35 @@ def _challenge_back(challenge_id: str):
 def configure_treasury(challenge_id: str):
     kwargs = {"challenge_id": challenge_id, "max_risk": _int(request.form.get("max_risk")),
               "notes": request.form.get("notes", ""), "admin_id": g.operator.name}
-    return send("configure_treasury", "configure_treasury", kwargs,
-                back=_challenge_back(challenge_id),
-                to=url_for("pages.challenge", challenge_id=challenge_id), field="max_risk")
+    lines, danger = (_configure_preview(challenge_id, kwargs["max_risk"])
+                     if isinstance(kwargs["max_risk"], int) else ([], None))
+    return confirm_or_send("configure_treasury", "configure_treasury", kwargs,
+                           back=_challenge_back(challenge_id),
+                           to=url_for("pages.challenge", challenge_id=challenge_id),
+                           title=f"Configure the treasury budget of {challenge_id}",
+                           lines=lines, danger=danger, field="max_risk")
+
+
+def _configure_preview(challenge_id: str, max_risk: int) -> tuple[list[str], str | None]:
+    """The budget as it is and as it would be: what is at risk now stays at risk."""
+    with _engine().connect() as conn:
+        try:
+            doc = challenge_views.show(conn, challenge_id, 0)
+        except BallastError:
+            return [], None  # the worker refuses it with the reason
+        cfg = challenge_repo.config(conn, challenge_id)
+    cur = doc["currency"]
+    at_risk = (cfg.max_risk - cfg.available) if cfg else 0
+    fmt = lambda n: rules.format_amount(n, cur)  # noqa: E731
+    lines = [f"Max risk: {fmt(cfg.max_risk) if cfg else 'none yet'} now, {fmt(max_risk)} after.",
+             f"Stake at risk already (allocated and reserved): {fmt(at_risk)}.",
+             f"Budget after: {fmt(max(max_risk - at_risk, 0))} available "
+             f"({max(max_risk - at_risk, 0) // doc['stake'] if doc['stake'] else 0} more "
+             f"match(es) of {fmt(doc['stake'])})."]
+    danger = (f"{fmt(max_risk)} is below the {fmt(at_risk)} already at risk: the worker "
+              "will refuse it."
+              if max_risk < at_risk else None)
+    return lines, danger
 
 
 @bp.post("/challenges/<challenge_id>/fill")
@@ -196,7 +257,7 @@ def fill_treasury(challenge_id: str):
 def _fill_preview(challenge_id: str, side: str, count: int) -> tuple[list[str], str | None]:
     """What the fill would do now, by the domain's own plan (the worker decides again)."""
     with _engine().connect() as conn:
-        doc = challenge_views.show(conn, challenge_id)
+        doc = challenge_views.show(conn, challenge_id, 0)  # the numbers, not the matches
         cfg = challenge_repo.config(conn, challenge_id)
         if cfg is None:
             return [], "This challenge has no treasury budget yet: configure it first."
@@ -232,8 +293,13 @@ def resolve_challenge(challenge_id: str):
 
 # --- markets --------------------------------------------------------------------------------
 
-def _market_back(market_id: str):
-    return lambda errors, values, status: pages.render_market(market_id, errors, values, status)
+def _market_back(market_id: str, verb: str = ""):
+    """Re-render the market with the reason beside the field of the form posted (several of
+    its forms have a ``reason``): errors keyed ``<verb>-<field>``, values for that form only."""
+    def back(errors, values, status):
+        return pages.render_market(market_id, {f"{verb}-{k}": v for k, v in errors.items()},
+                                   {"_verb": verb, **values}, status)
+    return back
 
 
 @bp.post("/markets/<market_id>/<verb>")
@@ -248,18 +314,38 @@ def market_action(market_id: str, verb: str):
                  "reason"),
         "rollback": ("rollback_market", {"market_id": market_id, "reason": reason,
                                          "requested_by": by}, "reason"),
+        "dispute": ("dispute_market", {"market_id": market_id, "reason": reason,
+                                       "disputed_by": by}, "reason"),
+        "confirm": ("confirm_market", {"market_id": market_id, "confirmed_by": by,
+                                       "note": request.form.get("note", "")}, "note"),
     }
     if verb not in actions:
         abort(404)
     actor, kwargs, field = actions[verb]
     with _engine().connect() as conn:
-        pool = pages.markets.show(conn, market_id, 0)["pool"] if queries.market_header(
-            conn, market_id) else 0
-    return confirm_or_send(actor, actor, kwargs, back=_market_back(market_id),
+        head = queries.market_header(conn, market_id)
+        pool = pages.markets.show(conn, market_id, 0)["pool"] if head else 0
+        n = sum(o["commitments"] for o in queries.market_options(conn, market_id)) if head else 0
+    amount = rules.format_amount(pool, head["currency"]) if head else str(pool)
+    lines, danger = {
+        "resolve": ([f"The pool of {amount} ({n} commitment(s)) is paid out to the winners of "
+                     f"{kwargs.get('winning_option_id')!r}, less fees."],
+                    "Every commitment's wallet is touched."),
+        "void": ([f"Every one of the {n} commitment(s) is refunded in full ({amount})."],
+                 "Every commitment's wallet is touched."),
+        "rollback": ([f"The distribution of {amount} over {n} commitment(s) is reversed; the "
+                      "market can be resolved again."], "Every commitment's wallet is touched."),
+        "dispute": (["The market is held disputed (by you, with this reason) until its "
+                     "resolution is confirmed or rolled back.",
+                     f"Nothing is paid or taken back: the {amount} paid out stays where it is."],
+                    None),
+        "confirm": (["The disputed resolution stands: the dispute ends confirmed and the market "
+                     "returns to its resolved status. No money moves."], None),
+    }[verb]
+    return confirm_or_send(actor, actor, kwargs, back=_market_back(market_id, verb),
                            to=url_for("pages.market", market_id=market_id),
                            title=f"{verb.capitalize()} market {market_id}",
-                           lines=[f"The whole pool of {pool} minor units is redistributed."],
-                           danger="Every commitment's wallet is touched.", field=field)
+                           lines=lines, danger=danger, field=f"{verb}-{field}")
 
 
 # --- treasury engine ------------------------------------------------------------------------
@@ -333,3 +419,24 @@ def open_cycle():
                            title=f"Open cycle {cycle}",
                            lines=["Confirmed participations become the cycle's initial capital."],
                            field="cycle_id")
+
+
+@bp.post("/matching/close")
+def close_cycle():
+    cycle = request.form.get("cycle", "")
+    lines = []
+    with _engine().connect() as conn:
+        try:
+            view = pages.journal_views.cycle_view(conn, cycle) if cycle else None
+        except BallastError:
+            view = None
+    if view is not None:
+        lines = [f"Cycle {cycle} ({view['status']}) closes with the {view['account_balance']:,} "
+                 f"ISK its account holds as closing capital (initial capital "
+                 f"{view['initial_capital'] or 0:,}).",
+                 "No participation joins or pays into it after this."]
+    return confirm_or_send("close_cycle", "close_cycle",
+                           {"cycle_id": cycle, "closed_by": g.operator.name},
+                           back=_matching_back, to=url_for("pages.matching", cycle=cycle),
+                           title=f"Close cycle {cycle}", lines=lines, field="cycle_id",
+                           danger="A closed cycle cannot be opened again.")

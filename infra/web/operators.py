@@ -34,6 +34,7 @@ ACTION_ROLES: dict[str, str] = {
     "run_settlement_cycle": "operator", "set_provider_status": "admin",
     "set_auto_rebalance": "admin",
     "match_payments": "operator", "link_payment": "operator", "open_cycle": "admin",
+    "close_cycle": "admin", "dispute_market": "operator", "confirm_market": "admin",
     "audit": "admin",
 }
 

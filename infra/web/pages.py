@@ -16,8 +16,9 @@ from domain import guard as guard_rules
 from domain.buffers import account_code
 from domain.errors import BallastError, NotFound
 from infra import alerts, guard, ledger, rabbit, wallets
+from infra import deadletter_log
 from infra.challenges import views as challenge_views
-from infra.cli.ledger import open_alerts_for_user
+from infra.contract import QUEUES
 from infra.journal import views as journal_views
 from infra.markets import repository as markets
 from infra.treasury import cycle as treasury_cycle
@@ -43,17 +44,24 @@ def _size() -> int:
     return current_app.extensions["ballast.settings"].page_size
 
 
-def _page() -> int:
+def _page(arg: str = "page") -> int:
     try:
-        return max(1, int(request.args.get("page", 1)))
+        return min(max(1, int(request.args.get(arg, 1))), MAX_PAGE)
     except ValueError:
         return 1
 
 
-def paged(rows: list, page: int, size: int) -> dict[str, Any]:
-    """A page of ``rows`` fetched with one extra row to know whether a next page exists."""
+#: The deepest page number a link may ask for (OFFSET stays an integer PostgreSQL takes).
+MAX_PAGE = 10_000_000
+
+
+def paged(rows: list, page: int, size: int, total: int | None = None,
+          arg: str = "page") -> dict[str, Any]:
+    """A page of ``rows`` fetched with one extra row to know whether a next page exists;
+    ``total`` (the rows' count) gives the last page; ``arg``: the page's query argument."""
+    last = None if total is None else max(1, -(-total // size))
     return {"rows": rows[:size], "page": page, "has_next": len(rows) > size,
-            "has_prev": page > 1}
+            "has_prev": page > 1, "total": total, "last": last, "arg": arg}
 
 
 def sent_notice() -> dict[str, Any] | None:
@@ -154,28 +162,22 @@ def overview():
 
 # --- dead letters -------------------------------------------------------------------------
 
-#: Deepest dead letter a page reaches (each is read from RabbitMQ and handed back).
-DLQ_MAX_DEPTH = 10_000
-
-
 @bp.get("/dlq")
 def dlq():
-    from infra.contract import QUEUES
-
     queue = request.args.get("queue") or None
     if queue is not None and queue not in QUEUES:
         abort(404, f"unknown queue {queue!r}")
     page, size = _page(), _size()
-    want = min(page * size + 1, DLQ_MAX_DEPTH)
-    found = [dl.summary() for dl in rabbit.list_dead_letters(queue, want)]
-    rows = found[(page - 1) * size:]
+    with _engine().connect() as conn:  # the durable log: one page of it, in SQL
+        rows = queries.dead_letters_page(conn, queue, size + 1, (page - 1) * size)
+        logged = queries.dead_letter_counts(conn)
     now = datetime.now(timezone.utc)
     for r in rows:
         r["age_s"] = _age_s(r.get("failed_at"), now)
-    counts = {q["queue"]: q["dead"] for q in rabbit.queue_stats()}
-    return render_template("dlq.html", p=paged(rows, page, size), queue=queue, counts=counts,
-                           total=counts.get(queue) if queue else sum(counts.values()),
-                           notice=sent_notice())
+    counts = {q: logged.get(q, 0) for q in QUEUES}
+    total = counts.get(queue, 0) if queue else sum(counts.values())
+    return render_template("dlq.html", p=paged(rows, page, size, total), queue=queue,
+                           counts=counts, total=total, notice=sent_notice())
 
 
 def _age_s(failed_at: Any, now: datetime) -> int | None:
@@ -188,11 +190,19 @@ def _age_s(failed_at: Any, now: datetime) -> int | None:
 
 @bp.get("/dlq/<message_id>")
 def dlq_show(message_id: str):
-    dl = rabbit.find_dead_letter(message_id)
-    if dl is None:
-        abort(404, f"no dead letter with message id {message_id}")
-    return render_template("dlq_show.html", d=dl.summary(), message=dl.body,
-                           traceback=dl.info.get("traceback"))
+    with _engine().connect() as conn:
+        rec = deadletter_log.find(conn, message_id)
+    if rec is None:  # not recorded (the log failed to write): RabbitMQ's copy, if any
+        dl = rabbit.find_dead_letter(message_id)
+        if dl is None:
+            abort(404, f"no dead letter with message id {message_id}")
+        return render_template("dlq_show.html", d=dl.summary(), message=dl.body,
+                               traceback=dl.info.get("traceback"))
+    d = {"queue": rec["queue"], "message_id": rec["message_id"], "actor": rec["actor"],
+         "request_id": rec["request_id"], "reason": rec["reason"], "retries": rec["retries"],
+         "failed_at": rec["dead_lettered_at"].isoformat(), "status": rec["status"],
+         "resolved_by": rec["resolved_by"]}
+    return render_template("dlq_show.html", d=d, message=rec["body"], traceback=rec["traceback"])
 
 
 # --- challenges and the treasury dashboard --------------------------------------------------
@@ -203,8 +213,9 @@ def challenges():
     currency = request.args.get("currency", "NGN")
     with _engine().connect() as conn:
         rows = queries.challenges_page(conn, size + 1, (page - 1) * size)
+        total = queries.challenge_count(conn)
         dash = challenge_views.dashboard(conn, currency)
-    return render_template("challenges.html", p=paged(rows, page, size), dash=dash)
+    return render_template("challenges.html", p=paged(rows, page, size, total), dash=dash)
 
 
 @bp.get("/challenges/<challenge_id>")
@@ -217,11 +228,11 @@ def render_challenge(challenge_id: str, errors: dict | None = None, values: dict
     page, size = _page(), _size()
     with _engine().connect() as conn:
         try:
-            doc = challenge_views.show(conn, challenge_id)
+            doc = challenge_views.show(conn, challenge_id, size + 1, (page - 1) * size)
         except NotFound as exc:
             abort(404, str(exc))
-    matches = doc["matches"][(page - 1) * size:page * size + 1]
-    return render_template("challenge.html", d=doc, p=paged(matches, page, size),
+        total = queries.match_count(conn, challenge_id)
+    return render_template("challenge.html", d=doc, p=paged(doc["matches"], page, size, total),
                            errors=errors or {}, values=values or {}, notice=sent_notice()), status
 
 
@@ -232,7 +243,8 @@ def markets_list():
     page, size = _page(), _size()
     with _engine().connect() as conn:
         rows = queries.markets_page(conn, size + 1, (page - 1) * size)
-    return render_template("markets.html", p=paged(rows, page, size))
+        total = queries.market_count(conn)
+    return render_template("markets.html", p=paged(rows, page, size, total))
 
 
 @bp.get("/markets/<market_id>")
@@ -242,16 +254,20 @@ def market(market_id: str):
 
 def render_market(market_id: str, errors: dict | None = None, values: dict | None = None,
                   status: int = 200):
-    page, size = _page(), _size()
+    page, cpage, size = _page(), _page("cpage"), _size()
     with _engine().connect() as conn:
         head = queries.market_header(conn, market_id)
         if head is None:
             abort(404, f"market {market_id} does not exist")
         doc = markets.show(conn, market_id, size + 1, (page - 1) * size)
         options = queries.market_options(conn, market_id)
-    lines = doc["distribution"]["lines"] if doc["distribution"] else []
-    return render_template("market.html", head=head, d=doc, options=options,
-                           p=paged(lines, page, size), errors=errors or {}, values=values or {},
+        dist = doc["distribution"]
+        lines = paged(dist["lines"], page, size,
+                      queries.distribution_line_count(conn, dist["distribution_id"])) if dist else None
+        commitments = paged(queries.commitments_page(conn, market_id, size + 1, (cpage - 1) * size),
+                            cpage, size, sum(o["commitments"] for o in options), arg="cpage")
+    return render_template("market.html", head=head, d=doc, options=options, p=lines,
+                           commitments=commitments, errors=errors or {}, values=values or {},
                            notice=sent_notice()), status
 
 
@@ -263,11 +279,14 @@ def treasury(errors: dict | None = None):
         doc = {"buffers": treasury_views.buffers(conn),
                "auto_rebalance": treasury_cycle.auto_rebalance_enabled(conn),
                "providers": treasury_views.providers(conn),
-               "conversions": treasury_views.conversions(conn, limit=_size())}
+               "conversions": treasury_views.conversions(conn, limit=_size() + 1,
+                                                         offset=(_page() - 1) * _size())}
+        jobs = paged(doc["conversions"], _page(), _size(), queries.conversion_count(conn))
         history = {b["account_type"]: queries.balance_history(conn, account_code(b["account_type"]))
                    for b in doc["buffers"]}
+    doc["conversions"] = jobs["rows"]
     return render_template("treasury.html", doc=doc, history=history, notice=sent_notice(),
-                           errors=errors or {})
+                           errors=errors or {}, jobs=jobs)
 
 
 @bp.get("/treasury/jobs/<int:job_id>")
@@ -292,10 +311,15 @@ def wallet():
             balances = wallets.balances(conn, user_id)
             doc = {"user_id": user_id, "tier": guard.tier_of(conn, user_id), "balances": balances,
                    "history": guard.history(conn, user_id, None, size + 1, offset=(page - 1) * size),
-                   "alerts": open_alerts_for_user(conn, user_id),
-                   "limits": guard.limits_report(conn, user_id, sorted(balances))}
+                   "alerts": paged(alerts.listing(conn, open_only=True, user_id=user_id,
+                                                  limit=size + 1, offset=(_page("alpage") - 1) * size),
+                                   _page("alpage"), size,
+                                   queries.alert_count(conn, True, user_id), arg="alpage"),
+                   "limits": guard.limits_report(conn, user_id, sorted(balances)),
+                   "history_total": queries.wallet_audit_count(conn, user_id)}
     return render_template("wallet.html", d=doc, user_id=user_id,
-                           p=paged(doc["history"], page, size) if doc else None)
+                           p=paged(doc["history"], page, size, doc["history_total"])
+                           if doc else None)
 
 
 @bp.get("/alerts")
@@ -304,7 +328,8 @@ def alerts_page(errors: dict | None = None):
     open_only = request.args.get("all") != "1"
     with _engine().connect() as conn:
         rows = alerts.listing(conn, open_only=open_only, limit=size + 1, offset=(page - 1) * size)
-    return render_template("alerts.html", p=paged(rows, page, size), open_only=open_only,
+        total = queries.alert_count(conn, open_only)
+    return render_template("alerts.html", p=paged(rows, page, size, total), open_only=open_only,
                            notice=sent_notice(), errors=errors or {})
 
 
@@ -329,21 +354,27 @@ def matching():
 
 def render_matching(errors: dict | None = None, values: dict | None = None, status: int = 200):
     cycle_id = request.values.get("cycle") or None  # a refused POST re-renders its cycle
-    page, size = _page(), _size()
-    with _engine().connect() as conn:
+    page, upage, apage, size = _page(), _page("upage"), _page("apage"), _size()
+    with _engine().connect() as conn:  # each of the three lists is one page of it, in SQL
         try:
-            doc = journal_views.report(conn, cycle_id, size + 1, (page - 1) * size)
             cycle = journal_views.cycle_view(conn, cycle_id) if cycle_id else None
         except NotFound as exc:
             abort(404, str(exc))
+        pending = journal_views.pending_counts(conn, cycle_id)
+        parts = paged(journal_views.participations(conn, cycle_id, size + 1, (page - 1) * size),
+                      page, size, cycle["participations"] if cycle
+                      else journal_views.participation_count(conn, None))
+        unmatched = paged(journal_views.unmatched(conn, cycle_id, size + 1, (upage - 1) * size),
+                          upage, size, pending["unmatched"], arg="upage")
+        ambiguous = paged(journal_views.ambiguous(conn, cycle_id, size + 1, (apage - 1) * size),
+                          apage, size, pending["ambiguous"], arg="apage")
         cycles = queries.cycles(conn)
     now = datetime.now(timezone.utc)
-    for row in doc["participations"]:
+    for row in parts["rows"]:
         row["age_s"] = _age_s(row["created_at"], now)
-    return render_template("matching.html", d=doc, cycle=cycle, cycle_id=cycle_id, cycles=cycles,
-                           p=paged(doc["participations"], page, size),
-                           more=any(len(doc[k]) > size for k in ("unmatched", "ambiguous")),
-                           size=size, errors=errors or {}, values=values or {},
+    return render_template("matching.html", cycle=cycle, cycle_id=cycle_id, cycles=cycles,
+                           p=parts, unmatched=unmatched, ambiguous=ambiguous,
+                           errors=errors or {}, values=values or {},
                            notice=sent_notice()), status
 
 
@@ -372,9 +403,10 @@ def audit():
         abort(403)
     page, size = _page(), _size()
     with _engine().connect() as conn:
-        rows = operators.audit_page(conn, size + 1, (page - 1) * size,
-                                    request.args.get("operator") or None)
-    return render_template("audit.html", p=paged(rows, page, size))
+        who = request.args.get("operator") or None
+        rows = operators.audit_page(conn, size + 1, (page - 1) * size, who)
+        total = queries.audit_count(conn, who)
+    return render_template("audit.html", p=paged(rows, page, size, total))
 
 
 @bp.get("/commands/<actor>/<path:request_id>")

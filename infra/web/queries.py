@@ -86,3 +86,82 @@ def balance_history(conn: Connection, code: str, points: int = 60) -> list[dict[
              "JOIN ledger_transactions t ON t.id = e.transaction_id ORDER BY e.id DESC"),
         {"c": code, "n": points})
     return [{"at": r.at.isoformat(), "balance": int(r.balance)} for r in rows][::-1]
+
+
+# --- page counts and the paged lists the views do not page themselves ------------------------
+# Every list the console shows is one page read with LIMIT/OFFSET (one row more than the page,
+# to know a next page exists) and, for the "last page" link, a count(*) of the same rows.
+
+def count(conn: Connection, table_sql: str, params: dict[str, Any] | None = None) -> int:
+    """``SELECT count(*) FROM <table_sql>``: ``table_sql`` is the console's own text."""
+    return int(conn.execute(text(f"SELECT count(*) FROM {table_sql}"), params or {}).scalar_one())
+
+
+def challenge_count(conn: Connection) -> int:
+    return count(conn, "challenges")
+
+
+def market_count(conn: Connection) -> int:
+    return count(conn, "markets")
+
+
+def match_count(conn: Connection, challenge_id: str) -> int:
+    return count(conn, "treasury_matches WHERE challenge_id = :c AND status <> 'reserved'",
+                 {"c": challenge_id})
+
+
+def commitments_page(conn: Connection, market_id: str, limit: int,
+                     offset: int) -> list[dict[str, Any]]:
+    """A page of a market's commitments, newest first (index market_commitments_by_market)."""
+    rows = conn.execute(
+        text("SELECT commitment_id, user_id, option_id, position, method, amount, status, "
+             "created_at FROM market_commitments WHERE market_id = :m "
+             "ORDER BY created_at DESC, commitment_id DESC LIMIT :n OFFSET :o"),
+        {"m": market_id, "n": limit, "o": offset})
+    return [dict(r._mapping) | {"amount": int(r.amount)} for r in rows]
+
+
+def distribution_line_count(conn: Connection, distribution_id: int) -> int:
+    return count(conn, "market_distribution_lines WHERE distribution_id = :d",
+                 {"d": distribution_id})
+
+
+def conversion_count(conn: Connection) -> int:
+    return count(conn, "conversion_jobs")
+
+
+def audit_count(conn: Connection, operator: str | None) -> int:
+    return count(conn, "console_audit WHERE CAST(:o AS text) IS NULL OR operator = :o",
+                 {"o": operator})
+
+
+def alert_count(conn: Connection, open_only: bool, user_id: str | None = None) -> int:
+    return count(conn, "alerts WHERE (NOT :open_only OR status <> 'resolved') "
+                 "AND (CAST(:user AS text) IS NULL OR data->>'user_id' = :user)",
+                 {"open_only": open_only, "user": user_id})
+
+
+def wallet_audit_count(conn: Connection, user_id: str) -> int:
+    return count(conn, "wallet_audit WHERE user_id = :u", {"u": user_id})
+
+
+def dead_letters_page(conn: Connection, queue: str | None, limit: int,
+                      offset: int) -> list[dict[str, Any]]:
+    """A page of the live dead letters (``dead_letters`` rows still ``dead``), newest first:
+    what RabbitMQ holds in the queues' XQs, kept even once RabbitMQ has expired its copy."""
+    rows = conn.execute(
+        text("SELECT queue, message_id, actor, request_id, reason, retries, code, "
+             "dead_lettered_at FROM dead_letters WHERE status = 'dead' "
+             "AND (CAST(:q AS text) IS NULL OR queue = :q) "
+             "ORDER BY dead_lettered_at DESC, id DESC LIMIT :n OFFSET :o"),
+        {"q": queue, "n": limit, "o": offset})
+    return [{"queue": r.queue, "message_id": r.message_id, "actor": r.actor,
+             "request_id": r.request_id, "reason": r.reason, "retries": r.retries,
+             "code": r.code, "failed_at": r.dead_lettered_at.isoformat()} for r in rows]
+
+
+def dead_letter_counts(conn: Connection) -> dict[str, int]:
+    """Live dead letters per queue, from the durable log."""
+    rows = conn.execute(text("SELECT queue, count(*) AS n FROM dead_letters WHERE status = 'dead' "
+                             "GROUP BY queue"))
+    return {r.queue: int(r.n) for r in rows}

@@ -209,10 +209,11 @@ def test_send_command_refuses_bad_input_before_publishing(env, clean_queues):
     assert queued(env, "ballast.challenges") == 0
 
 
-def test_purge_selected_says_how_many_and_deletes_only_those(app, env, make_operator, clean_queues):
+def test_purge_selected_says_how_many_and_deletes_only_those(app, env, engine, make_operator,
+                                                             clean_queues):
     import dramatiq
 
-    from infra import rabbit
+    from infra import deadletter_log, rabbit
 
     ids = []
     for n in range(3):
@@ -220,6 +221,8 @@ def test_purge_selected_says_how_many_and_deletes_only_those(app, env, make_oper
                                kwargs={"request_id": f"dead-{n}"},
                                options={"dead_letter": {"reason": f"test reason {n}"}})
         harness.publish_raw(env, "ballast.wallets.XQ", json.dumps(msg.asdict()).encode())
+        with engine.begin() as conn:  # as the dead-letter middleware records each one
+            deadletter_log.record_in(conn, msg.asdict(), msg.options["dead_letter"])
         ids.append(msg.message_id)
     operator = app.test_client()
     login(operator, make_operator("operator"))
@@ -236,6 +239,12 @@ def test_purge_selected_says_how_many_and_deletes_only_those(app, env, make_oper
     assert done.status_code == 302 and "purged+2" in done.headers["Location"]
     left = [d.message_id for d in rabbit.list_dead_letters("ballast.wallets", 10)]
     assert left == [ids[2]]
+    with engine.connect() as conn:  # the durable log says who purged them
+        rows = dict(conn.execute(text("SELECT message_id, status FROM dead_letters "
+                                      "WHERE message_id = ANY(:ids)"), {"ids": ids}).all())
+    assert rows == {ids[0]: "purged", ids[1]: "purged", ids[2]: "dead"}
+    after = client.get(BASE + "/dlq?queue=ballast.wallets").get_data(as_text=True)
+    assert "test reason 2" in after and "test reason 0" not in after
 
 
 def test_repeated_failed_logins_lock_the_name_out_even_with_the_right_password(app, make_operator):
@@ -288,3 +297,31 @@ def test_buffer_history_ends_at_the_ledger_balance_and_steps_by_each_flow(engine
     balances = [p["balance"] for p in points]
     assert balances[-1] == now
     assert [b - a for a, b in zip(balances, balances[1:])] == flows[1:]
+
+
+def test_configuring_a_budget_confirms_the_budget_after_then_sends(app, env, engine, make_operator,
+                                                                   clean_queues):
+    cid = harness.uid("c")
+    with engine.begin() as conn:  # an admin challenge with 300,000 of 900,000 already at risk
+        conn.execute(text("INSERT INTO challenges (id, title, currency, stake, admin_created) "
+                          "VALUES (:c, 'Budget', 'NGN', 150000, true)"), {"c": cid})
+        conn.execute(text("INSERT INTO challenge_treasury (challenge_id, max_risk, allocated, "
+                          "reserved, configured_by) VALUES (:c, 900000, 150000, 150000, 'ops')"),
+                     {"c": cid})
+    name = make_operator("admin")
+    client = app.test_client()
+    login(client, name)
+    page = client.get(BASE + f"/challenges/{cid}").get_data(as_text=True)
+    form = {"csrf_token": csrf_of(page), "max_risk": "1200000", "notes": "derby day"}
+    confirm = client.post(BASE + f"/challenges/{cid}/configure", data=form).get_data(as_text=True)
+    assert "Max risk: ₦9,000.00 now, ₦12,000.00 after." in confirm
+    assert "Stake at risk already (allocated and reserved): ₦3,000.00." in confirm
+    assert "Budget after: ₦9,000.00 available (6 more match(es) of ₦1,500.00)." in confirm
+    assert queued(env, "ballast.challenges") == 0  # nothing sent before the confirmation
+    low = client.post(BASE + f"/challenges/{cid}/configure",
+                      data={**form, "max_risk": "200000"}).get_data(as_text=True)
+    assert "below the ₦3,000.00 already at risk" in low
+    done = client.post(BASE + f"/challenges/{cid}/configure", data={**form, "confirm": "1"})
+    assert done.status_code == 302 and "sent=configure_treasury:web-" in done.headers["Location"]
+    assert queued(env, "ballast.challenges") == 1
+    assert [(a, o) for a, o, _ in audit_rows(engine, name)][-1] == ("configure_treasury", "ok")
