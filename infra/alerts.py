@@ -23,7 +23,7 @@ import httpx
 from sqlalchemy import Connection, Engine, text
 
 from domain.errors import NotFound, Refused
-from infra import outbox, rabbit
+from infra import outbox
 from infra.conditions import condition
 from infra.logs import get_logger
 from infra.settings import get_settings
@@ -373,17 +373,23 @@ def deliver_pending(engine: Engine, url: str | None = None, *, limit: int = 100,
 
 @condition("dead_letters")
 def dead_letters(uow) -> None:
-    """A non-empty ``Q.XQ`` is an open alert naming the queue and the count."""
-    counts = rabbit.dead_letter_counts()
+    """Dead letters of a queue that nobody replayed or purged are an open alert naming the
+    queue and the count.  Counted in the durable log (``dead_letters``, status ``dead``),
+    not in RabbitMQ's ``Q.XQ``: reading the dead letters (which takes them off the queue for
+    a moment) or RabbitMQ expiring them does not resolve the alert; a replay or a purge
+    does."""
+    rows = uow.conn.execute(text(
+        "SELECT queue, count(*) AS n, min(dead_lettered_at) AS oldest FROM dead_letters "
+        "WHERE status = 'dead' GROUP BY queue ORDER BY queue")).all()
     open_keys = []
     raised = []
-    for queue, count in counts.items():
-        if count > 0:
-            key = f"dead_letters:{queue}"
-            open_keys.append(key)
-            raised.append(Alert("dead_letters", "warning",
-                                f"{count} dead letter(s) in {queue}.XQ", key,
-                                {"queue": queue, "xq": f"{queue}.XQ", "count": count}))
+    for r in rows:
+        key = f"dead_letters:{r.queue}"
+        open_keys.append(key)
+        raised.append(Alert("dead_letters", "warning",
+                            f"{r.n} dead letter(s) of {r.queue} neither replayed nor purged",
+                            key, {"queue": r.queue, "xq": f"{r.queue}.XQ", "count": r.n,
+                                  "oldest": r.oldest.isoformat() if r.oldest else None}))
     raise_alerts(uow, raised)
     resolve_all_except(uow, "dead_letters:", open_keys)
 

@@ -67,14 +67,7 @@ def worker(processes: int, threads: int, queues: tuple[str, ...]) -> None:
             "--threads", str(threads)]
     if queues:
         args += ["--queues", *queues]
-    from infra.settings import get_settings
-
-    port = get_settings().metrics_port
-    if port:
-        # Read by Dramatiq's exposition server, which the main process forks.
-        os.environ["dramatiq_prom_port"] = str(port)
-        os.environ.setdefault("dramatiq_prom_db", f"/tmp/ballast-prometheus-{port}")
-        os.makedirs(os.environ["dramatiq_prom_db"], exist_ok=True)
+    # infra.worker prepares the pool's metrics directory and port (BALLAST_METRICS_*).
     os.execv(sys.executable, args)
 
 

@@ -95,7 +95,12 @@ class RetryOrDeadLetter(Middleware):
         # Only our errors' codes: other libraries' ``code`` (SQLAlchemy's "e3q8") mean else.
         info = dead_letter_info(reason, exception.code if permanent else "transient",
                                 type(exception).__name__, tb, retries)
-        log.error("message.dead_lettered", reason=info["reason"], code=info["code"])
+        # A refusal (invalid input, a business rule saying no) is the expected outcome of a
+        # bad command, not a fault of Ballast: a warning without traceback.  Only a failure
+        # that outlived its retries is an error.
+        (log.warning if permanent else log.error)(
+            "message.dead_lettered", reason=info["reason"], code=info["code"],
+            permanent=permanent)
         body = message.asdict()
         body["queue_name"] = q_name(message.queue_name)
         body["options"] = {

@@ -63,3 +63,10 @@ def transient_while_broker_down(key: str) -> None:
 
     broker.enqueue = enqueue_fails_once
     raise database_gone()
+
+
+@dramatiq.actor(queue_name=QUEUE, broker=get_broker())
+def explodes(key: str, blob: str = "") -> None:
+    """Fails with an unexpected error (a bug): logged as an error with its traceback."""
+    attempt(key)
+    raise RuntimeError(f"{key} exploded")
