@@ -85,14 +85,13 @@ def test_health_checks_postgres_rabbitmq_and_the_workers_and_scheduler():
     assert any(":15692:15692" in p for p in s["rabbitmq"]["ports"])
     for name in ("postgres", "rabbitmq", "redis", "worker", "scheduler"):
         assert s[name]["healthcheck"]["test"], name
-    assert "9191/metrics" in " ".join(s["worker"]["healthcheck"]["test"])
-    # The scheduler's check reads the key the scheduler writes for its 10 s outbox sweep.
-    from schedules.runner import PREFIX
-    from schedules.table import SCHEDULES
-
-    sweep = next(x for x in SCHEDULES if x.actor == "sweep_outbox")
-    assert f"{PREFIX}last:{sweep.name}" in " ".join(s["scheduler"]["healthcheck"]["test"])
-    assert sweep.every_s < 60
+    # Each checks the /healthz of its own metrics port (tests/e2e/test_observability.py
+    # proves what it answers), the port the service is told to use.
+    assert "127.0.0.1:9191/healthz" in " ".join(s["worker"]["healthcheck"]["test"])
+    assert s["worker"]["environment"]["BALLAST_METRICS_PORT"] == "9191"
+    assert "127.0.0.1:9200/healthz" in " ".join(s["scheduler"]["healthcheck"]["test"])
+    assert s["scheduler"]["environment"]["BALLAST_SCHEDULER_METRICS_PORT"] == "9200"
+    assert s["scheduler"]["expose"] == ["9200"] and "ports" not in s["scheduler"]
 
 
 def test_env_example_is_the_one_set_of_settings_compose_uses():
