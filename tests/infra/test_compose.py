@@ -128,3 +128,24 @@ def test_the_image_installs_the_hashed_lock_and_the_lock_pins_every_dependency()
     pins = re.findall(r"^([a-z0-9.-]+)==", lock, re.M)
     hashed = re.findall(r"^([a-z0-9.-]+)==[^\n]*\n(?:\s+--hash=sha256:[0-9a-f]{64}[^\n]*\n)+", lock, re.M)
     assert pins and sorted(pins) == sorted(hashed)
+
+
+def test_every_pin_of_the_lock_satisfies_pyproject_and_no_extra_is_unused_or_twice():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lock = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$",
+                           (ROOT / "requirements.lock").read_text(), re.M))
+    lock = {k.lower().replace("_", "-"): v for k, v in lock.items()}
+    runtime = [Requirement(d) for d in project["dependencies"]]
+    for req in runtime:
+        name = req.name.lower().replace("_", "-")
+        assert req.specifier.contains(lock[name]), (req, lock[name])
+    by_name = {r.name.lower(): r for r in runtime}
+    assert by_name["click"].specifier.contains("8.2.0") and not by_name["click"].specifier.contains("8.1.8")
+    assert by_name["dramatiq"].extras == {"rabbitmq"}  # Dramatiq's Redis parts are not used
+    assert "tzdata" in by_name
+    for req in (Requirement(d) for d in project["optional-dependencies"]["test"]):
+        assert req.name.lower() not in by_name, f"{req.name} is a runtime dependency already"
