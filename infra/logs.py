@@ -130,7 +130,7 @@ class BoundedJSON:
         cut: list[str] = []
         while len(line) > MAX_LINE_CHARS:
             sizes = {k: len(json.dumps(v, default=str)) for k, v in event.items()
-                     if k not in _KEPT[1:]}
+                     if k not in _KEPT[1:] and k != "truncated"}
             if not sizes:
                 break
             key = max(sizes, key=sizes.get)
