@@ -276,6 +276,11 @@ def _logged_dead_letter(engine, queue: str) -> str:
 
 def test_dead_letter_condition_counts_the_durable_log_and_resolves_on_purge(env, engine, clean_queues):
     from infra import deadletter_log
+    from infra.broker import build_broker, declare_topology
+
+    broker = build_broker(env.broker_url)
+    declare_topology(broker)
+    broker.close()
 
     with engine.begin() as conn:  # earlier tests' dead letters are not this test's
         conn.execute(text("UPDATE dead_letters SET status = 'purged', resolved_at = now(), "
@@ -305,10 +310,20 @@ def test_dead_letter_condition_counts_the_durable_log_and_resolves_on_purge(env,
     assert [r.status for r in rows(engine, "dead_letters:ballast.markets")] == ["resolved"]
     with engine.begin() as conn:
         deadletter_log.mark_purged(conn, "ballast.wallets", "tests")
+    # What only RabbitMQ dead-lettered (no record: a nack, a delivery limit) counts too.
+    for _ in range(2):
+        dead_letter(env, "ballast.markets", b'{"garbage": true}')
     with UnitOfWork(engine=engine) as uow:
         alerts.dead_letters(uow)
         uow.commit()
     assert all(r.status == "resolved" for r in rows(engine, "dead_letters:ballast.wallets"))
+    (markets,) = [r for r in rows(engine, "dead_letters:ballast.markets") if r.status == "open"]
+    assert markets.data["count"] == 2 and markets.data["logged"] == 0
+    purge_all(env)
+    with UnitOfWork(engine=engine) as uow:
+        alerts.dead_letters(uow)
+        uow.commit()
+    assert all(r.status == "resolved" for r in rows(engine, "dead_letters:ballast.markets"))
 
 
 def test_listing_gives_times_in_iso_8601(engine):
