@@ -373,17 +373,34 @@ def deliver_pending(engine: Engine, url: str | None = None, *, limit: int = 100,
 
 @condition("dead_letters")
 def dead_letters(uow) -> None:
-    """A non-empty ``Q.XQ`` is an open alert naming the queue and the count."""
-    counts = rabbit.dead_letter_counts()
+    """Dead letters of a queue that nobody replayed or purged are an open alert naming the
+    queue and the count.  Counted in the durable log (``dead_letters``, status ``dead``):
+    reading the dead letters (which takes them off ``Q.XQ`` for a moment) or RabbitMQ
+    expiring them does not resolve the alert; a replay or a purge does.  ``Q.XQ`` is read
+    too, when the broker answers, for what only RabbitMQ dead-lettered (a nack when the dead
+    letter itself could not be published, a quorum queue's delivery limit): the count is
+    the larger of the two."""
+    rows = uow.conn.execute(text(
+        "SELECT queue, count(*) AS n, min(dead_lettered_at) AS oldest FROM dead_letters "
+        "WHERE status = 'dead' GROUP BY queue ORDER BY queue")).all()
+    logged = {r.queue: (r.n, r.oldest) for r in rows}
+    try:
+        in_rabbitmq = rabbit.dead_letter_counts()
+    except Exception as exc:  # the broker is down: the durable log still tells
+        log.warning("alert.dead_letters_broker_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+        in_rabbitmq = {}
     open_keys = []
     raised = []
-    for queue, count in counts.items():
-        if count > 0:
-            key = f"dead_letters:{queue}"
-            open_keys.append(key)
-            raised.append(Alert("dead_letters", "warning",
-                                f"{count} dead letter(s) in {queue}.XQ", key,
-                                {"queue": queue, "xq": f"{queue}.XQ", "count": count}))
+    for queue in sorted(set(logged) | {q for q, n in in_rabbitmq.items() if n > 0}):
+        n_logged, oldest = logged.get(queue, (0, None))
+        count = max(n_logged, in_rabbitmq.get(queue, 0))
+        key = f"dead_letters:{queue}"
+        open_keys.append(key)
+        raised.append(Alert("dead_letters", "warning",
+                            f"{count} dead letter(s) of {queue} neither replayed nor purged",
+                            key, {"queue": queue, "xq": f"{queue}.XQ", "count": count,
+                                  "logged": n_logged, "in_xq": in_rabbitmq.get(queue),
+                                  "oldest": oldest.isoformat() if oldest else None}))
     raise_alerts(uow, raised)
     resolve_all_except(uow, "dead_letters:", open_keys)
 

@@ -24,6 +24,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from infra import deadletter_log
 from infra.contract import EVENTS_EXCHANGE, QUEUES, envelope
 from infra.logs import get_logger
 from infra.middleware.auth import Authenticate
@@ -122,6 +123,7 @@ class _CheckedConsumer(_RabbitmqConsumer):
             info["body"] = raw
         body["options"] = {**body.get("options", {}), "dead_letter": info}
         queue = body["queue_name"]
+        deadletter_log.record(body, info)  # durable, whatever RabbitMQ's copy becomes
         log.warning("message.refused", queue=self.queue_name, message_id=body["message_id"],
                     actor=body["actor_name"], reason=info["reason"])
         try:

@@ -7,6 +7,14 @@ process's stderr is a pipe that frames each ``write``; two writers with two
 locks (structlog's and the handler's) used to cut each other's frames and
 silence the worker's logs for good.
 
+Every line is one JSON document (``BALLAST_LOG_FORMAT=json``, the default) with
+``timestamp``, ``level``, ``logger`` (the logger's name: ``infra.outbox``,
+``dramatiq.worker.WorkerThread``, ``pika.adapters...``), ``pid``, ``service``
+(``worker``, ``scheduler``, ``console``, ``callbacks``, ``cli``) and ``event``; an
+exception is rendered as text in ``exception``.  Dramatiq's own lines name a message
+by actor and id only (``deposit[3f2a...]``): it would otherwise print every kwarg of a
+failed message (personal data, a 5,000-entry import).
+
 Bounded: no line is longer than ``MAX_LINE_CHARS``.  Every value is cut to
 ``MAX_VALUE_CHARS`` (tracebacks to ``MAX_TRACEBACK_CHARS``) with the number of
 characters left out, so a 100 KB kwarg is never dumped whole.
@@ -31,6 +39,11 @@ MAX_TRACEBACK_CHARS = 4000  # characters of a rendered exception (its last ones 
 
 _configured = False
 _LOCK = threading.Lock()
+_service = "ballast"
+
+#: ``ballast COMMAND`` -> the service its lines name.
+_SERVICES = {"worker": "worker", "scheduler": "scheduler", "web": "console",
+             "callbacks": "callbacks", "demo": "demo"}
 
 
 def _reset_lock() -> None:
@@ -98,6 +111,10 @@ def bound_values(logger: Any, method: str, event: dict[str, Any]) -> dict[str, A
     return out
 
 
+#: What a line keeps whatever else is cut (``event`` may be shortened, never dropped).
+_KEPT = ("event", "level", "timestamp", "logger", "pid", "service")
+
+
 class BoundedJSON:
     """JSONRenderer whose output never exceeds ``MAX_LINE_CHARS``: when it would, the longest
     values are cut further (and named in ``truncated``) until the line fits."""
@@ -113,12 +130,12 @@ class BoundedJSON:
         cut: list[str] = []
         while len(line) > MAX_LINE_CHARS:
             sizes = {k: len(json.dumps(v, default=str)) for k, v in event.items()
-                     if k not in ("level", "timestamp")}
+                     if k not in _KEPT[1:] and k != "truncated"}
             if not sizes:
                 break
             key = max(sizes, key=sizes.get)
             if sizes[key] <= 40:
-                event = {k: event[k] for k in ("event", "level", "timestamp") if k in event}
+                event = {k: event[k] for k in _KEPT if k in event}
                 event["truncated"] = cut
                 line = self._render(logger, method, event)
                 break
@@ -131,6 +148,53 @@ class BoundedJSON:
         return line[:MAX_LINE_CHARS]
 
 
+def guess_service(argv: list[str] | None = None) -> str:
+    """The service of this process: ``BALLAST_SERVICE``, else from its command line
+    (``python -m infra.worker`` is ``worker``, ``ballast scheduler`` is ``scheduler``,
+    any other ``ballast`` command is ``cli``)."""
+    if os.environ.get("BALLAST_SERVICE"):
+        return os.environ["BALLAST_SERVICE"]
+    argv = sys.argv if argv is None else argv
+    if argv and argv[0].replace("\\", "/").endswith("infra/worker.py"):
+        return "worker"
+    words = [a for a in argv[1:] if not a.startswith("-")]
+    if words and words[0] in _SERVICES:
+        return _SERVICES[words[0]]
+    return "cli"
+
+
+def add_process(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: ``pid`` (looked up per line: a forked child has its own) and
+    ``service``."""
+    event.setdefault("pid", os.getpid())
+    event.setdefault("service", _service)
+    return event
+
+
+def _message_name(value: Any) -> Any:
+    """A Dramatiq message as ``actor[message_id]``; anything else as it is."""
+    import dramatiq
+
+    message = getattr(value, "_message", value)  # a MessageProxy holds its Message
+    if isinstance(message, dramatiq.Message):
+        return f"{message.actor_name}[{message.message_id}]"
+    return value
+
+
+class NoKwargs(logging.Filter):
+    """Dramatiq formats a message with ``%s`` as ``actor(kwarg=value, ...)``: every kwarg,
+    whole.  This filter replaces each message among a record's arguments by its actor and
+    id before the line is formatted, so no kwarg value reaches a log line this way."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("dramatiq") and record.args:
+            if isinstance(record.args, tuple):
+                record.args = tuple(_message_name(a) for a in record.args)
+            elif isinstance(record.args, dict):
+                record.args = {k: _message_name(v) for k, v in record.args.items()}
+        return True
+
+
 def _thread_died(args: threading.ExceptHookArgs) -> None:
     """A thread's uncaught exception as one bounded log line (not a raw traceback on stderr)."""
     if args.exc_type is SystemExit:
@@ -141,15 +205,18 @@ def _thread_died(args: threading.ExceptHookArgs) -> None:
         exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
-def configure_logging(fmt: str | None = None, level: str | None = None, stream: Any = None) -> None:
+def configure_logging(fmt: str | None = None, level: str | None = None, stream: Any = None,
+                      service: str | None = None) -> None:
     """Configure structlog and the stdlib root logger (one handler) for this process.
 
     Parameters:
       fmt: ``json`` or ``console``; defaults to ``BALLAST_LOG_FORMAT``.
       level: log level name; defaults to ``BALLAST_LOG_LEVEL``.
       stream: where lines go; default: ``sys.stderr`` as it is at each write.
+      service: the ``service`` every line names; default: ``guess_service()``.
     """
-    global _configured
+    global _configured, _service
+    _service = service or guess_service()
     settings = get_settings()
     fmt = fmt or settings.log_format
     level_no = logging.getLevelName((level or settings.log_level).upper())
@@ -163,6 +230,7 @@ def configure_logging(fmt: str | None = None, level: str | None = None, stream: 
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,
+        add_process,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
@@ -176,6 +244,7 @@ def configure_logging(fmt: str | None = None, level: str | None = None, stream: 
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(stream)
+    handler.addFilter(NoKwargs())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

@@ -44,7 +44,7 @@ def command(*, transactional: bool = True, **options: Any) -> Callable:
             with UnitOfWork(actor=spec.actor, request_id=cmd.request_id, payload=cmd) as uow:
                 if not uow.claim():
                     log.info("request.duplicate", detail="already applied; nothing done")
-                    _count_duplicate(spec.actor)
+                    _count_duplicate(spec.queue, spec.actor)
                     return
                 fn(cmd, uow)
                 uow.commit()
@@ -61,8 +61,8 @@ def command(*, transactional: bool = True, **options: Any) -> Callable:
     return decorator
 
 
-def _count_duplicate(actor: str) -> None:
+def _count_duplicate(queue: str, actor: str) -> None:
     from infra.middleware.metrics import DUPLICATES
 
     if DUPLICATES is not None:
-        DUPLICATES.labels(actor=actor).inc()
+        DUPLICATES.labels(queue=queue, actor=actor).inc()

@@ -21,7 +21,15 @@ class Settings(BaseSettings):
       timezone: IANA zone for daily reports.
       alert_webhook_url: where new alerts are POSTed as JSON, if set.
       log_format: ``json`` for machines, ``console`` for people.
-      metrics_port: Prometheus exposition port of the workers (0 turns it off).
+      metrics_port: Prometheus exposition port of a worker pool (0 turns it off); taken by
+        another pool on the host, the next free one of ``metrics_port_span`` ports.
+      metrics_port_span: how many ports from ``metrics_port`` (and from
+        ``scheduler_metrics_port``) a process may try.
+      metrics_host: the address the exposition servers bind.
+      metrics_dir: the pool's Prometheus multiprocess directory (emptied at start; one per
+        pool); unset: a new temporary directory per pool.
+      scheduler_metrics_port: the scheduler's ``/metrics`` (its heartbeat, the last firing of
+        each schedule and the database-derived gauges) and ``/healthz`` (0 turns it off).
       queue_type: ``classic`` or ``quorum`` RabbitMQ queues.
       queue_delivery_limit: deliveries of one message before a quorum queue dead-letters it.
       rabbitmq_api_url: RabbitMQ management HTTP API (vhosts, honest queue counts); unset:
@@ -46,7 +54,11 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = None
     log_format: str = Field(default="json", pattern="^(json|console)$")
     log_level: str = "INFO"
-    metrics_port: int = 9191
+    metrics_port: int = Field(default=9191, ge=0, le=65535)
+    metrics_port_span: int = Field(default=8, ge=1, le=1000)
+    metrics_host: str = "0.0.0.0"
+    metrics_dir: str | None = None
+    scheduler_metrics_port: int = Field(default=9200, ge=0, le=65535)
     # RabbitMQ queue type of every Ballast queue (with its .DQ and .XQ): ``classic`` or
     # ``quorum`` (replicated on a cluster; a message delivered more than
     # ``queue_delivery_limit`` times is dead-lettered by RabbitMQ itself).

@@ -66,6 +66,10 @@ class Scheduler:
         self.instance_id = instance_id or f"sched-{uuid.uuid4().hex[:8]}"
         self.lease_ms = lease_ms
         self._renew = client.register_script(_RENEW)
+        #: Unix time of the last tick that reached Redis (the heartbeat), and whether this
+        #: scheduler held the lease then.
+        self.last_tick_at: float | None = None
+        self.leader = False
 
     def holds_lease(self) -> bool:
         key = PREFIX + "lease"
@@ -77,7 +81,9 @@ class Scheduler:
     def tick(self, now: datetime | None = None) -> list[str]:
         """Fire every schedule whose latest slot has not fired yet. Returns request ids fired."""
         now = now or datetime.now(timezone.utc)
-        if not self.holds_lease():
+        self.leader = self.holds_lease()
+        if not self.leader:
+            self.last_tick_at = time.time()
             return []
         fired = []
         for schedule in self.schedules:
@@ -99,6 +105,7 @@ class Scheduler:
             self.redis.set(PREFIX + f"last:{schedule.name}", stamp)
             log.info("scheduler.fired", schedule=schedule.name, actor=schedule.actor, request_id=rid)
             fired.append(rid)
+        self.last_tick_at = time.time()
         return fired
 
     @staticmethod
@@ -116,9 +123,15 @@ class Scheduler:
 
 
 def run_forever(stop: threading.Event | None = None) -> None:
-    """Tick every second until SIGTERM/SIGINT (or ``stop`` is set)."""
-    from infra.broker import build_broker, declare_topology
+    """Tick every second until SIGTERM/SIGINT (or ``stop`` is set).
 
+    With ``BALLAST_SCHEDULER_METRICS_PORT`` (default 9200; 0: off) it serves ``/metrics``
+    (its heartbeat, every schedule's last firing and the database-derived gauges of
+    ``infra.exporter``) and ``/healthz`` (200 while its ticks reach Redis)."""
+    from infra.broker import build_broker, declare_topology
+    from infra.logs import configure_logging
+
+    configure_logging(service="scheduler")
     settings = get_settings()
     stop = stop or threading.Event()
     broker = build_broker()
@@ -129,8 +142,10 @@ def run_forever(stop: threading.Event | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+    server = _metrics_server(sched, client) if settings.scheduler_metrics_port else None
     log.info("scheduler.started", instance=sched.instance_id,
-             schedules=[s.name for s in sched.schedules])
+             schedules=[s.name for s in sched.schedules],
+             metrics_port=server.server_address[1] if server else None)
     try:
         while not stop.is_set():
             try:
@@ -139,6 +154,33 @@ def run_forever(stop: threading.Event | None = None) -> None:
                 log.warning("scheduler.redis_unavailable", error=str(exc))
             stop.wait(TICK_S)
     finally:
+        if server is not None:
+            server.shutdown()
         sched.release()
         broker.close()
         log.info("scheduler.stopped", instance=sched.instance_id)
+
+
+def _metrics_server(sched: Scheduler, client: redis.Redis):
+    """``/metrics`` and ``/healthz`` of this scheduler, on the first free port of
+    ``BALLAST_SCHEDULER_METRICS_PORT`` .. ``+ BALLAST_METRICS_PORT_SPAN - 1`` (None, logged,
+    when every one is taken: the scheduler fires all the same)."""
+    from prometheus_client import CollectorRegistry
+
+    from infra.db.engine import get_engine
+    from infra.exporter import BallastCollector, scheduler_health
+    from infra.metrics_http import bind, serve_in_thread
+
+    settings = get_settings()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BallastCollector(get_engine(), client, sched, sched.schedules))
+    try:
+        server = bind(settings.metrics_host, settings.scheduler_metrics_port,
+                      settings.metrics_port_span, registry, lambda: scheduler_health(sched))
+    except OSError as exc:
+        log.error("metrics.port_unavailable", port=settings.scheduler_metrics_port,
+                  span=settings.metrics_port_span, error=str(exc))
+        return None
+    serve_in_thread(server)
+    log.info("metrics.listening", port=server.server_address[1], host=settings.metrics_host)
+    return server

@@ -48,6 +48,7 @@ class TestEnv:
             BALLAST_REDIS_URL=self.redis_url,
             BALLAST_FAULT_DIR=self.fault_dir,
             BALLAST_METRICS_PORT="0",
+            BALLAST_SCHEDULER_METRICS_PORT="0",
             BALLAST_LOG_LEVEL="INFO",
             BALLAST_RETRY_MIN_BACKOFF_MS="200",
             BALLAST_RETRY_MAX_BACKOFF_MS="2000",

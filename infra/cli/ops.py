@@ -134,11 +134,7 @@ def worker(processes: int, threads: int, queues: tuple[str, ...], more_queues: t
 
     port = get_settings().metrics_port if metrics_port is None else metrics_port
     os.environ["BALLAST_METRICS_PORT"] = str(port)  # what the worker processes read
-    if port:
-        # Read by Dramatiq's exposition server, which the main process forks.
-        os.environ["dramatiq_prom_port"] = str(port)
-        os.environ.setdefault("dramatiq_prom_db", f"/tmp/ballast-prometheus-{port}")
-        os.makedirs(os.environ["dramatiq_prom_db"], exist_ok=True)
+    # infra.worker prepares the pool's metrics directory and port (BALLAST_METRICS_*).
     os.execv(sys.executable, args)
 
 

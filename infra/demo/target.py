@@ -11,7 +11,7 @@ schedules.  So it only ever runs on
 - a RabbitMQ vhost of its own (``ballast_demo``, same marking by its description), so its
   workers never consume production's messages and production's never consume the demo's;
 - a Redis db of its own (15 by default), so its scheduler never takes production's lease;
-- no alert webhook and no metrics port.
+- no alert webhook and no metrics port (workers' nor scheduler's).
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ class DemoTarget:
             "BALLAST_REDIS_URL": self.redis_url,
             "BALLAST_ALERT_WEBHOOK_URL": "",
             "BALLAST_METRICS_PORT": os.environ.get("BALLAST_DEMO_METRICS_PORT", "0"),
+            "BALLAST_SCHEDULER_METRICS_PORT": os.environ.get(
+                "BALLAST_DEMO_SCHEDULER_METRICS_PORT", "0"),
         }
 
 

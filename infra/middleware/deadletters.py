@@ -91,7 +91,12 @@ class RetryOrDeadLetter(Middleware):
         permanent = kind == "permanent"
         info = dead_letter_info(reason, exception.code if permanent else kind,
                                 type(exception).__name__, tb, retries)
-        log.error("message.dead_lettered", reason=info["reason"], code=info["code"])
+        # A refusal (invalid input, a business rule saying no) is the expected outcome of a
+        # bad command, not a fault of Ballast: a warning without traceback.  Only a failure
+        # that outlived its retries is an error.
+        (log.warning if permanent else log.error)(
+            "message.dead_lettered", reason=info["reason"], code=info["code"],
+            permanent=permanent)
         body = message.asdict()
         body["queue_name"] = q_name(message.queue_name)
         body["options"] = {

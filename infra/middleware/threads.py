@@ -51,9 +51,12 @@ class ThreadWatch(Middleware):
         self._stop.set()
 
     def _watch(self, worker) -> None:
+        from infra.middleware.metrics import beat
+
         while not self._stop.wait(WATCH_INTERVAL_S):
             try:
                 self.check(worker)
+                beat()  # the heartbeat: this process runs and has replaced any dead thread
             except Exception as exc:  # the watcher itself must not die
                 log.error("worker.thread_watch_failed", error=f"{type(exc).__name__}: {exc}")
 

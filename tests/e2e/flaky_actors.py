@@ -93,3 +93,10 @@ def unique_race_once(key: str) -> None:
     """A concurrent insert won the race once: the retry re-reads and passes."""
     if attempt(key) == 1:
         raise _violation("23505", 'duplicate key value violates unique constraint "x_pkey"')
+
+
+@dramatiq.actor(queue_name=QUEUE, broker=get_broker())
+def explodes(key: str, blob: str = "") -> None:
+    """Fails with an unexpected error (a bug): logged as an error with its traceback."""
+    attempt(key)
+    raise RuntimeError(f"{key} exploded")

@@ -88,20 +88,32 @@ def _tier(engine, user):
 
 
 def test_dead_letters_raise_an_alert_through_the_sweep_and_it_resolves(env, engine, worker):
+    from infra import deadletter_log
+
+    with engine.begin() as conn:  # earlier tests' dead letters are not this test's
+        deadletter_log.mark_purged(conn, "ballast.wallets", "tests")
     tap = EventTap(env, "alert.*")
     publish_raw(env, "ballast.wallets", b"not json at all")
     publish_raw(env, "ballast.wallets", b"still not json")
     wait_until(lambda: rabbit.dead_letter_counts(env.broker_url)["ballast.wallets"] == 2)
     send(env, "evaluate_alerts", request_id="schedule:alert_sweep:2026-01-01T00:01")
     alert = wait_until(lambda: open_alert(engine, "dead_letters:ballast.wallets"), what="XQ alert")
-    assert alert.subject == "2 dead letter(s) in ballast.wallets.XQ"
+    assert alert.subject == "2 dead letter(s) of ballast.wallets neither replayed nor purged"
     assert alert.data["count"] == 2 and alert.data["queue"] == "ballast.wallets"
     wait_until(lambda: [e for e in tap.named("alert.raised")
                         if e["data"]["dedupe_key"] == "dead_letters:ballast.wallets"])
+    # Taking them off RabbitMQ's queue (reading, expiry) does not hide them from the alert.
     rabbit.purge("ballast.wallets", env.broker_url)
-    # The same slot again is a duplicate (nothing re-evaluated); the next slot resolves it.
-    send(env, "evaluate_alerts", request_id="schedule:alert_sweep:2026-01-01T00:01")
     send(env, "evaluate_alerts", request_id="schedule:alert_sweep:2026-01-01T00:02")
+    wait_until(lambda: _sweep_done(engine, "schedule:alert_sweep:2026-01-01T00:02"),
+               what="the second sweep")
+    assert open_alert(engine, "dead_letters:ballast.wallets") is not None
+    # Purged as `ballast dlq purge` records it: the next slot resolves it.
+    with engine.begin() as conn:
+        deadletter_log.mark_purged(conn, "ballast.wallets", "tests")
+    # The same slot again is a duplicate (nothing re-evaluated); the next slot resolves it.
+    send(env, "evaluate_alerts", request_id="schedule:alert_sweep:2026-01-01T00:02")
+    send(env, "evaluate_alerts", request_id="schedule:alert_sweep:2026-01-01T00:03")
     wait_until(lambda: open_alert(engine, "dead_letters:ballast.wallets") is None, what="resolved")
     wait_until(lambda: [e for e in tap.named("alert.resolved")
                         if e["data"]["dedupe_key"] == "dead_letters:ballast.wallets"])
@@ -140,3 +152,14 @@ def test_a_big_batch_gets_its_balance_alerts_from_the_alerts_step(env, engine, w
                                 {"u": users}).scalar_one()
 
     wait_until(lambda: critical() == 150, what="deferred balance alerts")
+
+
+def _sweep_done(engine, request_id: str) -> bool:
+    """The sweep ``request_id`` evaluated its dead-letter condition (each condition claims
+    its own request)."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM processed_requests WHERE request_id = :r "
+                                 "AND actor = 'evaluate_alerts:dead_letters'"),
+                            {"r": request_id}).scalar_one() == 1

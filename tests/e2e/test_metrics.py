@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import tempfile
 
 import httpx
 import pytest
@@ -21,8 +20,7 @@ def free_port() -> int:
 
 def test_worker_exposes_message_and_dead_letter_metrics(env, clean_queues):
     port = free_port()
-    w = Worker(env, BALLAST_METRICS_PORT=str(port), dramatiq_prom_port=str(port),
-               dramatiq_prom_host="127.0.0.1", dramatiq_prom_db=tempfile.mkdtemp(prefix="prom-"))
+    w = Worker(env, BALLAST_METRICS_PORT=str(port), BALLAST_METRICS_HOST="127.0.0.1")
     w.start()
     try:
         user = uid()
@@ -33,7 +31,7 @@ def test_worker_exposes_message_and_dead_letter_metrics(env, clean_queues):
         def scrape():
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
             return text if ('ballast_dead_letters_total{actor="deposit",code="invalid"' in text
-                            and 'dramatiq_messages_total{actor_name="deposit"' in text) else None
+                            and 'ballast_messages_total{actor="deposit"' in text) else None
 
         text = wait_until(scrape, 30, what="metrics")
         assert 'queue="ballast.wallets"' in text

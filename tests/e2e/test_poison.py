@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import socket
-import tempfile
 
 import dramatiq
 import httpx
@@ -42,8 +41,7 @@ def poison_worker(env):
     purge_all(env)
     port = free_port()
     w = Worker(env, threads=2, modules=["tests.e2e.poison_actors"],
-               BALLAST_METRICS_PORT=str(port), dramatiq_prom_port=str(port),
-               dramatiq_prom_host="127.0.0.1", dramatiq_prom_db=tempfile.mkdtemp(prefix="prom-"))
+               BALLAST_METRICS_PORT=str(port), BALLAST_METRICS_HOST="127.0.0.1")
     w.metrics_port = port
     w.start()
     yield w

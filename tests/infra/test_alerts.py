@@ -260,36 +260,70 @@ def test_one_failing_condition_does_not_stop_the_others_and_is_itself_an_alert(e
     assert ran == ["bad", "good"]
 
 
-def test_dead_letter_condition_names_the_queue_and_count_and_resolves_when_empty(env, engine, clean_queues):
+def _logged_dead_letter(engine, queue: str) -> str:
+    """A dead letter as the workers record it in the durable log (table dead_letters)."""
+    from infra import deadletter_log
+    from infra.middleware.deadletters import dead_letter_info
+
+    mid = uid("m")
+    body = {"queue_name": queue, "actor_name": "deposit", "args": [], "message_id": mid,
+            "kwargs": {"request_id": uid("r")}, "options": {}, "message_timestamp": 0}
+    with engine.begin() as conn:
+        deadletter_log.record_in(conn, body, dead_letter_info("refused: test", "refused",
+                                                              "Refused", "", 0))
+    return mid
+
+
+def test_dead_letter_condition_counts_the_durable_log_and_resolves_on_purge(env, engine, clean_queues):
+    from infra import deadletter_log
     from infra.broker import build_broker, declare_topology
 
     broker = build_broker(env.broker_url)
     declare_topology(broker)
     broker.close()
-    purge_all(env)
+
+    with engine.begin() as conn:  # earlier tests' dead letters are not this test's
+        conn.execute(text("UPDATE dead_letters SET status = 'purged', resolved_at = now(), "
+                          "resolved_by = 'tests' WHERE status = 'dead'"))
     for _ in range(2):
-        dead_letter(env, "ballast.wallets", b'{"garbage": true}')
-    dead_letter(env, "ballast.markets")
+        _logged_dead_letter(engine, "ballast.wallets")
+    _logged_dead_letter(engine, "ballast.markets")
     with UnitOfWork(engine=engine) as uow:
         alerts.dead_letters(uow)
         uow.commit()
     (wallet,) = [r for r in rows(engine, "dead_letters:ballast.wallets") if r.status == "open"]
-    assert wallet.subject == "2 dead letter(s) in ballast.wallets.XQ"
-    assert wallet.data == {"queue": "ballast.wallets", "xq": "ballast.wallets.XQ", "count": 2}
+    assert wallet.subject == "2 dead letter(s) of ballast.wallets neither replayed nor purged"
+    assert {k: wallet.data[k] for k in ("queue", "xq", "count")} == {
+        "queue": "ballast.wallets", "xq": "ballast.wallets.XQ", "count": 2}
     assert [r.status for r in rows(engine, "dead_letters:ballast.markets")] == ["open"]
-    rabbit.purge("ballast.markets", env.broker_url)
+    # Emptying RabbitMQ's copy (reading them, or their TTL) hides nothing: still open.
     dead_letter(env, "ballast.wallets")
+    purge_all(env)
+    with engine.begin() as conn:
+        deadletter_log.mark_purged(conn, "ballast.markets", "tests")
+    _logged_dead_letter(engine, "ballast.wallets")
     with UnitOfWork(engine=engine) as uow:
         alerts.dead_letters(uow)
         uow.commit()
     (wallet,) = [r for r in rows(engine, "dead_letters:ballast.wallets") if r.status == "open"]
     assert wallet.subject.startswith("3 dead letter(s)")  # same alert, count refreshed
     assert [r.status for r in rows(engine, "dead_letters:ballast.markets")] == ["resolved"]
-    purge_all(env)
+    with engine.begin() as conn:
+        deadletter_log.mark_purged(conn, "ballast.wallets", "tests")
+    # What only RabbitMQ dead-lettered (no record: a nack, a delivery limit) counts too.
+    for _ in range(2):
+        dead_letter(env, "ballast.markets", b'{"garbage": true}')
     with UnitOfWork(engine=engine) as uow:
         alerts.dead_letters(uow)
         uow.commit()
     assert all(r.status == "resolved" for r in rows(engine, "dead_letters:ballast.wallets"))
+    (markets,) = [r for r in rows(engine, "dead_letters:ballast.markets") if r.status == "open"]
+    assert markets.data["count"] == 2 and markets.data["logged"] == 0
+    purge_all(env)
+    with UnitOfWork(engine=engine) as uow:
+        alerts.dead_letters(uow)
+        uow.commit()
+    assert all(r.status == "resolved" for r in rows(engine, "dead_letters:ballast.markets"))
 
 
 def test_listing_gives_times_in_iso_8601(engine):

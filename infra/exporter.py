@@ -1,0 +1,230 @@
+"""The gauges an operator graphs, read from PostgreSQL and Redis at scrape time.
+
+``BallastCollector`` is a Prometheus collector served by the scheduler (``/metrics`` on
+``BALLAST_SCHEDULER_METRICS_PORT``).  Every scrape runs a handful of small queries (a
+statement timeout bounds them) and yields, with the label scheme of the workers' metrics:
+
+==============================================================  ==========================
+``ballast_database_up``                                          1 when the queries ran
+``ballast_buffer_balance{buffer,currency}``                      minor units, and its
+``ballast_buffer_min|target|max{buffer,currency}``               thresholds
+``ballast_alerts_open{kind,severity,status}``                    open and acknowledged
+``ballast_outbox_pending``                                       rows not yet published
+``ballast_outbox_oldest_pending_age_seconds``                    0 when none
+``ballast_dead_letters_open{queue}``                             durable log, not replayed
+                                                                 or purged
+``ballast_conversion_jobs_active{status}``                       pending, with the provider
+``ballast_conversion_jobs_stale``                                flagged stale, still active
+``ballast_conversion_duration_seconds{direction,outcome}``       histogram, created to
+                                                                 finished
+``ballast_redis_up``                                             1 when Redis answered
+``ballast_schedule_last_fired_timestamp_seconds{schedule}``      the shared last slot fired
+``ballast_schedule_period_seconds{schedule}``                    86400 for a daily one
+``ballast_scheduler_heartbeat_timestamp_seconds``                this scheduler's last tick
+``ballast_scheduler_lease_held``                                 1 on the one that fires
+==============================================================  ==========================
+
+Families are always declared, so a dashboard or rule names nothing that is not there; a
+family whose source is down is empty and ``ballast_database_up``/``ballast_redis_up`` say 0.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from sqlalchemy import text
+
+from infra.logs import get_logger
+
+log = get_logger(__name__)
+
+#: Upper bounds (s) of the conversion duration histogram: minutes to a day.
+CONVERSION_BUCKETS = (30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+STATEMENT_TIMEOUT_MS = 5000
+ACTIVE_JOB_STATUSES = ("pending", "provider_submitted", "provider_processing")
+
+
+class BallastCollector:
+    """Parameters:
+      engine: SQLAlchemy engine of the system of record.
+      redis_client: the scheduler's Redis (last firings), or None.
+      scheduler: the running ``schedules.runner.Scheduler`` (heartbeat, lease), or None.
+      schedules: the schedule table (default: schedules.table.SCHEDULES).
+    """
+
+    def __init__(self, engine, redis_client=None, scheduler=None, schedules=None) -> None:
+        self.engine = engine
+        self.redis = redis_client
+        self.scheduler = scheduler
+        if schedules is None:
+            from schedules.table import SCHEDULES
+
+            schedules = SCHEDULES
+        self.schedules = schedules
+
+    def describe(self):
+        return []  # collected at scrape time only (no query when registered)
+
+    def collect(self) -> Iterable[Any]:
+        yield from self._database()
+        yield from self._schedules()
+
+    # --- PostgreSQL -----------------------------------------------------------------
+
+    @staticmethod
+    def _database_families() -> dict[str, Any]:
+        labels = ["buffer", "currency"]
+        f: dict[str, Any] = {
+            "balance": GaugeMetricFamily("ballast_buffer_balance", "Buffer balance (minor units)",
+                                         labels=labels)}
+        for k in ("min", "target", "max"):
+            f[k] = GaugeMetricFamily(f"ballast_buffer_{k}", f"Buffer {k} threshold (minor units)",
+                                     labels=labels)
+        f["alerts"] = GaugeMetricFamily("ballast_alerts_open", "Open (or acknowledged) alerts",
+                                        labels=["kind", "severity", "status"])
+        f["outbox"] = GaugeMetricFamily("ballast_outbox_pending", "Outbox rows not yet published")
+        f["outbox_age"] = GaugeMetricFamily("ballast_outbox_oldest_pending_age_seconds",
+                                            "Age of the oldest unpublished outbox row (0: none)")
+        f["dead"] = GaugeMetricFamily(
+            "ballast_dead_letters_open",
+            "Dead letters in the durable log, neither replayed nor purged", labels=["queue"])
+        f["active"] = GaugeMetricFamily("ballast_conversion_jobs_active",
+                                        "Conversion jobs not finished", labels=["status"])
+        f["stale"] = GaugeMetricFamily("ballast_conversion_jobs_stale",
+                                       "Active conversion jobs flagged stale (still polled)")
+        f["duration"] = HistogramMetricFamily(
+            "ballast_conversion_duration_seconds",
+            "Conversion jobs from creation to completion or failure",
+            labels=["direction", "outcome"])
+        return f
+
+    def _database(self):
+        up = GaugeMetricFamily("ballast_database_up", "1 when the exporter's queries ran")
+        families = self._database_families()
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}"))
+                self._query(conn, families)
+                conn.rollback()
+            up.add_metric([], 1)
+        except Exception as exc:
+            log.warning("metrics.database_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+            families = self._database_families()  # declared, empty
+            up.add_metric([], 0)
+        yield up
+        yield from families.values()
+
+    @staticmethod
+    def _query(conn, f: dict[str, Any]) -> None:
+        from infra.contract import QUEUES
+
+        bal, alerts, outbox, outbox_age = f["balance"], f["alerts"], f["outbox"], f["outbox_age"]
+        dead, active, stale, duration = f["dead"], f["active"], f["stale"], f["duration"]
+        thresholds = {k: f[k] for k in ("min", "target", "max")}
+
+        for r in conn.execute(text(
+                "SELECT b.account_type, b.currency, b.min_amount, b.target_amount, b.max_amount, "
+                "COALESCE(a.balance, 0) AS balance FROM treasury_buffers b "
+                "LEFT JOIN accounts a ON a.code = 'buffer:' || b.account_type "
+                "ORDER BY b.account_type")):
+            labels = [r.account_type, r.currency]
+            bal.add_metric(labels, int(r.balance))
+            thresholds["min"].add_metric(labels, int(r.min_amount))
+            thresholds["target"].add_metric(labels, int(r.target_amount))
+            thresholds["max"].add_metric(labels, int(r.max_amount))
+        for r in conn.execute(text(
+                "SELECT kind, severity, status, count(*) AS n FROM alerts "
+                "WHERE status IN ('open', 'acknowledged') GROUP BY kind, severity, status "
+                "ORDER BY kind, severity, status")):
+            alerts.add_metric([r.kind, r.severity, r.status], r.n)
+        r = conn.execute(text(
+            "SELECT count(*) AS n, COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0) "
+            "AS age FROM outbox WHERE published_at IS NULL")).one()
+        outbox.add_metric([], r.n)
+        outbox_age.add_metric([], max(0.0, float(r.age)))
+        counts = {q: 0 for q in QUEUES}
+        for r in conn.execute(text(
+                "SELECT queue, count(*) AS n FROM dead_letters WHERE status = 'dead' "
+                "GROUP BY queue")):
+            counts[r.queue] = r.n
+        for queue, n in sorted(counts.items()):
+            dead.add_metric([queue], n)
+        by_status = {s: 0 for s in ACTIVE_JOB_STATUSES}
+        n_stale = 0
+        for r in conn.execute(text(
+                "SELECT status, count(*) AS n, count(*) FILTER (WHERE stale_at IS NOT NULL) AS s "
+                "FROM conversion_jobs WHERE status = ANY(:st) GROUP BY status"),
+                {"st": list(ACTIVE_JOB_STATUSES)}):
+            by_status[r.status] = r.n
+            n_stale += r.s
+        for status, n in by_status.items():
+            active.add_metric([status], n)
+        stale.add_metric([], n_stale)
+        cols = ", ".join(f"count(*) FILTER (WHERE d <= {b}) AS le_{i}"
+                         for i, b in enumerate(CONVERSION_BUCKETS))
+        for r in conn.execute(text(
+                f"SELECT direction, outcome, count(*) AS n, COALESCE(sum(d), 0) AS total, {cols} "
+                "FROM (SELECT direction, CASE WHEN status = 'completed' THEN 'completed' "
+                "ELSE 'failed' END AS outcome, "
+                "EXTRACT(EPOCH FROM finished_at - created_at) AS d FROM conversion_jobs "
+                "WHERE status IN ('completed', 'failed') AND finished_at IS NOT NULL) j "
+                "GROUP BY direction, outcome ORDER BY direction, outcome")):
+            buckets = [(str(float(b)), getattr(r, f"le_{i}"))
+                       for i, b in enumerate(CONVERSION_BUCKETS)]
+            buckets.append(("+Inf", r.n))
+            duration.add_metric([r.direction, r.outcome], buckets, float(r.total))
+
+    # --- Redis and this scheduler ----------------------------------------------------
+
+    def _schedules(self):
+        from schedules.runner import PREFIX
+
+        redis_up = GaugeMetricFamily("ballast_redis_up", "1 when Redis answered")
+        last = GaugeMetricFamily("ballast_schedule_last_fired_timestamp_seconds",
+                                 "Slot (Unix time) each schedule last fired, by any scheduler",
+                                 labels=["schedule"])
+        period = GaugeMetricFamily("ballast_schedule_period_seconds",
+                                   "Period of each schedule", labels=["schedule"])
+        for s in self.schedules:
+            period.add_metric([s.name], s.every_s or 86_400)
+        if self.redis is not None:
+            try:
+                values = self.redis.mget([PREFIX + f"last:{s.name}" for s in self.schedules])
+                for s, v in zip(self.schedules, values):
+                    if v is not None:
+                        last.add_metric([s.name], int(v))
+                redis_up.add_metric([], 1)
+            except Exception as exc:
+                log.warning("metrics.redis_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+                last = GaugeMetricFamily(last.name, last.documentation, labels=["schedule"])
+                redis_up.add_metric([], 0)
+        yield redis_up
+        yield last
+        yield period
+        beat = GaugeMetricFamily("ballast_scheduler_heartbeat_timestamp_seconds",
+                                 "Last completed tick of this scheduler (Unix time)")
+        lease = GaugeMetricFamily("ballast_scheduler_lease_held",
+                                  "1 when this scheduler holds the lease (fires)")
+        if self.scheduler is not None:
+            if self.scheduler.last_tick_at is not None:
+                beat.add_metric([], self.scheduler.last_tick_at)
+            lease.add_metric([], 1 if self.scheduler.leader else 0)
+        yield beat
+        yield lease
+
+
+#: The scheduler is unhealthy when it has not completed a tick for this long.
+SCHEDULER_STALE_S = 30.0  # s
+
+
+def scheduler_health(scheduler, now: float | None = None) -> tuple[bool, dict[str, Any]]:
+    """``/healthz`` of a scheduler: its loop completed a tick (Redis answered) lately."""
+    now = time.time() if now is None else now
+    at = scheduler.last_tick_at
+    age = None if at is None else round(now - at, 1)
+    ok = age is not None and age < SCHEDULER_STALE_S
+    return ok, {"service": "scheduler", "status": "ok" if ok else "unhealthy",
+                "instance": scheduler.instance_id, "lease_held": scheduler.leader,
+                "heartbeat_age_s": age, "stale_after_s": SCHEDULER_STALE_S}
