@@ -254,6 +254,10 @@ def configure_logging(fmt: str | None = None, level: str | None = None, stream: 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level_no)
+    # A long-running process (worker, scheduler, console, callbacks) hears every library,
+    # even where a one-shot CLI command had quieted them (infra.cli.main.quiet_libraries).
+    for name in ("sqlalchemy", "alembic", "urllib3", "httpx", "httpcore", "redis", "dramatiq"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
     logging.getLogger("pika").setLevel(logging.WARNING)
     logging.captureWarnings(True)
     threading.excepthook = _thread_died
