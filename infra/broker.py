@@ -24,6 +24,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from infra import deadletter_log
 from infra.contract import EVENTS_EXCHANGE, QUEUES, envelope
 from infra.logs import get_logger
 from infra.middleware.auth import Authenticate
@@ -124,6 +125,7 @@ class _CheckedConsumer(_RabbitmqConsumer):
         queue = body["queue_name"]
         log.warning("message.refused", queue=self.queue_name, message_id=body["message_id"],
                     actor=body["actor_name"], reason=info["reason"])
+        deadletter_log.record(body, info)  # durable, as every other dead letter is
         try:
             if self._reject_channel is None or not self._reject_channel.is_open:
                 self._reject_channel = self.connection.channel()

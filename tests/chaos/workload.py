@@ -98,6 +98,7 @@ class Reader:
         return self._read(lambda conn: conn.execute(text(sql), params).scalar_one_or_none())
 
     def done(self, actor: str, request_id: str) -> bool:
+        """The effect of ``(actor, request_id)`` is committed."""
         return bool(self.scalar("SELECT 1 FROM processed_requests WHERE actor = :a AND "
                                 "request_id = :r", a=actor, r=request_id))
 
@@ -227,12 +228,16 @@ def conversion_flow(m: Model, rd: Reader, rng: random.Random) -> Flow:
     since = rd.scalar("SELECT coalesce(max(id), 0) FROM conversion_jobs")
     drain = rng.randint(41_000, 45_000) * 10**6
     current = rd.balance("buffer:system_buffer_usdc")
-    yield Send("record_buffer_flow", dict(request_id=uid("flow"), account_type="system_buffer_usdc",
+    drained = uid("flow")
+    yield Send("record_buffer_flow", dict(request_id=drained, account_type="system_buffer_usdc",
                                           amount=-min(drain, current - 1), reference="payouts"))
-    yield Wait(lambda: rd.balance("buffer:system_buffer_usdc") < 10_000 * 10**6, "USDC drained")
-    yield Send("run_settlement_cycle", dict(request_id=uid("cycle"), trigger="manual",
+    # (the scheduler's own cycle may refill it first: wait for the flow, not the level)
+    yield Wait(lambda: rd.done("record_buffer_flow", drained), "USDC drained")
+    cycle = uid("cycle")
+    yield Send("run_settlement_cycle", dict(request_id=cycle, trigger="manual",
                                             requested_by="ops-chaos"))
-    yield Wait(lambda: rd.scalar("SELECT count(*) FROM conversion_jobs WHERE id > :s", s=since)
+    yield Wait(lambda: rd.done("run_settlement_cycle", cycle)
+               and rd.scalar("SELECT count(*) FROM conversion_jobs WHERE id > :s", s=since)
                and not rd.scalar("SELECT count(*) FROM conversion_jobs WHERE status NOT IN "
                                  "('completed', 'failed', 'cancelled')"), "conversion finished")
     m.conversions += 1
