@@ -226,20 +226,25 @@ def journal_flow(m: Model, rd: Reader, rng: random.Random) -> Flow:
 def conversion_flow(m: Model, rd: Reader, rng: random.Random) -> Flow:
     """A drained USDC buffer refilled by a conversion; the sources are topped up after."""
     since = rd.scalar("SELECT coalesce(max(id), 0) FROM conversion_jobs")
-    drain = rng.randint(41_000, 45_000) * 10**6
-    current = rd.balance("buffer:system_buffer_usdc")
-    drained = uid("flow")
-    yield Send("record_buffer_flow", dict(request_id=drained, account_type="system_buffer_usdc",
-                                          amount=-min(drain, current - 1), reference="payouts"))
-    # (the scheduler's own cycle may refill it first: wait for the flow, not the level)
-    yield Wait(lambda: rd.done("record_buffer_flow", drained), "USDC drained")
-    cycle = uid("cycle")
-    yield Send("run_settlement_cycle", dict(request_id=cycle, trigger="manual",
-                                            requested_by="ops-chaos"))
-    yield Wait(lambda: rd.done("run_settlement_cycle", cycle)
-               and rd.scalar("SELECT count(*) FROM conversion_jobs WHERE id > :s", s=since)
-               and not rd.scalar("SELECT count(*) FROM conversion_jobs WHERE status NOT IN "
-                                 "('completed', 'failed', 'cancelled')"), "conversion finished")
+    left = rng.randint(2_000, 8_000) * 10**6  # below the buffer's 10,000 USDC minimum
+    for _ in range(5):  # a job already in flight may refill the buffer first: drain again
+        drained = uid("flow")
+
+        def drain(rid=drained):
+            amount = left - rd.balance("buffer:system_buffer_usdc")
+            return dict(request_id=rid, account_type="system_buffer_usdc",
+                        amount=amount or -1, reference="payouts")
+        yield Send("record_buffer_flow", drain)
+        # (the scheduler's own cycle may refill it at once: wait for the flow, not the level)
+        yield Wait(lambda rid=drained: rd.done("record_buffer_flow", rid), "USDC drained")
+        cycle = uid("cycle")
+        yield Send("run_settlement_cycle", dict(request_id=cycle, trigger="manual",
+                                                requested_by="ops-chaos"))
+        yield Wait(lambda c=cycle: rd.done("run_settlement_cycle", c)
+                   and not rd.scalar("SELECT count(*) FROM conversion_jobs WHERE status NOT IN "
+                                     "('completed', 'failed', 'cancelled')"), "conversion finished")
+        if rd.scalar("SELECT count(*) FROM conversion_jobs WHERE id > :s", s=since):
+            break
     m.conversions += 1
     for account_type in ("system_buffer_fiat", "broker_operational"):
         def top_up(a=account_type):
