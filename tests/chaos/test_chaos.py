@@ -62,8 +62,21 @@ def test_the_checker_counts_a_missing_effect_as_lost(env, engine):
     assert v.lost >= 2
 
 
+def _missing_binaries() -> list[str]:
+    import glob
+    import shutil
+
+    missing = [b for b in ("rabbitmq-server", "redis-server") if shutil.which(b) is None]
+    if not (shutil.which("pg_ctl") or glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")):
+        missing.append("pg_ctl")
+    return missing
+
+
 @pytest.mark.timeout(900)
 def test_a_short_chaos_run_holds_every_invariant(capsys):
+    if _missing_binaries():  # services in containers only: the suite needs its own instances
+        pytest.skip(f"the chaos suite starts its own services: {', '.join(_missing_binaries())} "
+                    "not installed on this host")
     seed = int(os.getenv("BALLAST_CHAOS_SEED") or random.SystemRandom().randrange(10**9))
     lines = []
     run = ChaosRun(seed, SHORT_RUN_S, log=lines.append)
