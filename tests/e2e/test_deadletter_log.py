@@ -174,3 +174,27 @@ def test_a_dead_letter_rabbitmq_expired_is_replayed_from_the_log(env, engine, wo
     wait_until(lambda: balance() == -500_000, what="the withdrawal replayed from the log")
     [record] = logged(engine, rid)
     assert (record["status"], record["resolved_by"]) == ("replayed", CLI_OPERATOR)
+
+
+def test_a_malformed_envelope_refused_before_dramatiq_is_recorded_too(env, engine, worker):
+    """The envelope check's refusals (infra/broker.py) are dead letters like any other: the
+    durable log holds them with their reason, not only RabbitMQ's Q.XQ copy."""
+    import pika
+
+    marker = uid("malformed")
+    body = {"queue_name": "ballast.wallets", "actor_name": "deposit", "args": [],
+            "kwargs": {"request_id": marker, "user_id": uid(), "currency": "NGN", "amount": 1,
+                       "reference": "x"}, "options": ["a"], "message_id": uid("m"),
+            "message_timestamp": 1}
+    conn = amqp(env)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish(exchange="", routing_key="ballast.wallets", body=json.dumps(body).encode(),
+                         properties=pika.BasicProperties(delivery_mode=2), mandatory=True)
+    finally:
+        conn.close()
+    [row] = wait_until(lambda: logged(engine, marker), what="the durable dead letter")
+    assert row["reason"].startswith("invalid payload: ")
+    assert "options must be a JSON object, not a list" in row["reason"]
+    assert row["code"] == "invalid" and row["queue"] == "ballast.wallets"
