@@ -10,7 +10,7 @@ from domain.guard import parse_cursor
 from domain.money import format_minor
 from infra import guard, ledger, wallets
 from infra.cli.output import console, emit, fail, json_option, table
-from infra.db.engine import get_engine
+from infra.db.engine import get_engine, get_read_engine
 
 
 def register(cli: click.Group) -> None:
@@ -28,7 +28,7 @@ def ledger_group() -> None:
 def ledger_check(as_json: bool) -> None:
     """Every transaction balances per currency, cached balances equal entry sums,
     no account that may not go negative is negative.  Exit 1 when not ok."""
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         result = ledger.check(conn)
 
     def human(d):
@@ -48,7 +48,7 @@ def ledger_check(as_json: bool) -> None:
 @json_option
 def ledger_balance(account: str, as_json: bool) -> None:
     """The balance of one account, by code (e.g. treasury:NGN)."""
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         try:
             acc = ledger.balance(conn, account)
         except NotFound as exc:
@@ -75,7 +75,7 @@ def wallet_show(user_id: str, currency: str | None, limit: int, after: str | Non
         cursor = parse_cursor(after)
     except InvalidCommand as exc:
         fail(str(exc), 2)
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         balances = wallets.balances(conn, user_id, currency)
         history, next_cursor = guard.history_page(conn, user_id, currency, limit, cursor)
         doc = {

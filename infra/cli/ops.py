@@ -13,7 +13,7 @@ from infra.cli.levers import by_option, check_by, confirm, lever_options, record
 from infra.cli.output import emit, fail, json_option, table
 from infra.commands import send_command
 from infra.contract import ACTORS, parse
-from infra.db.engine import get_engine
+from infra.db.engine import get_engine, get_read_engine
 from domain.auth import IDENTITY_FIELDS
 from domain.errors import InvalidCommand
 
@@ -244,7 +244,7 @@ def dlq_list(queue: str | None, limit: int, actor: str | None, code: str | None,
         fail(str(exc), 2)
     columns = ["queue", "message_id", "actor", "request_id", "reason", "retries", "failed_at"]
     if history:
-        with get_engine().connect() as conn:
+        with get_read_engine().connect() as conn:
             rows = deadletter_log.history(conn, queue=queue, actor=actor, code=code, since=after,
                                           grep=grep, limit=limit)
         columns += ["status", "resolved_by"]
@@ -270,7 +270,7 @@ def dlq_show(message_id: str, as_json: bool) -> None:
                "traceback": dl.info.get("traceback"), "headers": _plain(dl.headers),
                "source": "rabbitmq"}
     else:
-        with get_engine().connect() as conn:
+        with get_read_engine().connect() as conn:
             rec = deadletter_log.find(conn, message_id)
         if rec is None:
             fail(f"no dead letter with message id {message_id}", 1)
@@ -440,7 +440,7 @@ def outbox_group(ctx: click.Context, pending: bool, limit: int, as_json: bool) -
     from infra import outbox, retention
     from infra.settings import get_settings
 
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         if pending:
             rows = [{"id": r.id, "kind": r.kind, "routing_key": r.routing_key,
                      "created_at": r.created_at.isoformat(timespec="seconds"),
