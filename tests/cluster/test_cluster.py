@@ -6,11 +6,13 @@ scheduler carry on without a restart (issue 16, "A highly available broker")."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -65,6 +67,9 @@ def cluster_env(env):
     if not _rabbitmq_installed():
         pytest.skip("rabbitmq-server is not installed here: the cluster test needs it "
                     "(apt-get install rabbitmq-server)")
+    # One cluster on the machine at a time: other checkouts' suites use the same ports.
+    lock = open(os.path.join(tempfile.gettempdir(), "ballast-rabbit-cluster.lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     cluster("start")
     vhost = f"{env.vhost}_ha"
     v = quote(vhost, safe="")
@@ -89,8 +94,12 @@ def cluster_env(env):
         get_settings.cache_clear()
         for n in (1, 2, 3):  # a node the test stopped comes back before the vhost goes
             cluster("start-node", str(n))
-        api(f"/vhosts/{v}", "DELETE")
-        cluster("stop")
+        try:
+            api(f"/vhosts/{v}", "DELETE")
+            cluster("stop")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
 
 
 class Load:
