@@ -26,6 +26,7 @@ import pika
 import pytest
 from sqlalchemy import text
 
+from domain.markets import Commitment, Outcome, distribute
 from infra.settings import get_settings, with_vhost
 from tests.harness import ROOT, Worker, _signed, uid, wait_until
 
@@ -34,6 +35,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(900)]
 SCRIPT = ROOT / "bin" / "rabbit-cluster"
 API_URLS = ",".join(f"http://127.0.0.1:{15700 + n}" for n in (1, 2, 3))
 TAP = "cluster-test.events"
+OPTIONS = [{"option_id": "red", "label": "Red"}, {"option_id": "green", "label": "Green"},
+           {"option_id": "blue", "label": "Blue"}]
+FUND = 1_000_000
 
 
 def _rabbitmq_installed() -> bool:
@@ -147,7 +151,12 @@ class Load:
             i = 0
             while not self.stop.is_set():
                 user = self.users[i % len(self.users)]
-                if i % 4 == 3:
+                if i % 5 == 2:  # a wager on the market (another capability, another queue)
+                    self.send("place_commitment", "ballast.markets", request_id=uid("hc"),
+                              commitment_id=uid("c"), market_id=self.market,
+                              user_id=self.market_users[i % len(self.market_users)],
+                              amount=50 + i, option_id=OPTIONS[i % 3]["option_id"])
+                elif i % 4 == 3:
                     self.send("withdraw", "ballast.wallets", request_id=uid("hw"), user_id=user,
                               currency="NGN", amount=100 + i, reference=f"ha-w-{i}")
                 else:
@@ -158,8 +167,8 @@ class Load:
         except BaseException as exc:  # pragma: no cover - reported by the test
             self.error = exc
 
-    def start(self, users: list[str]) -> "Load":
-        self.users = users
+    def start(self, users: list[str], market: str, market_users: list[str]) -> "Load":
+        self.users, self.market, self.market_users = users, market, market_users
         self.thread.start()
         return self
 
@@ -175,6 +184,19 @@ def worker_nodes(vhost: str) -> Counter:
     """Which node each AMQP connection of the vhost is on."""
     rows = api(f"/vhosts/{quote(vhost, safe='')}/connections") or []
     return Counter(r["node"] for r in rows)
+
+
+def market_status(engine, market_id: str) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT status FROM markets WHERE market_id = :m"),
+                            {"m": market_id}).scalar_one_or_none()
+
+
+def account(engine, code: str) -> int:
+    from infra import ledger
+
+    with engine.connect() as conn:
+        return ledger.balances(conn, [code]).get(code, 0)
 
 
 def node_number(node: str) -> str:
@@ -207,10 +229,16 @@ def test_a_node_lost_under_load_loses_nothing_and_doubles_nothing(cluster_env, e
         assert queues["ballast.wallets"] == "quorum" and queues["ballast.wallets.XQ"] == "quorum"
 
         users = [uid("ha") for _ in range(6)]
-        for user in users:  # funds for the withdrawals to come
+        market_users = [uid("hm") for _ in range(4)]
+        for user in users + market_users:  # funds for the withdrawals and wagers to come
             load.send("deposit", "ballast.wallets", request_id=uid("hf"), user_id=user,
-                      currency="NGN", amount=1_000_000, reference=f"ha-fund-{user}")
-        load.start(users)
+                      currency="NGN", amount=FUND, reference=f"ha-fund-{user}")
+        market = uid("hamkt")
+        load.send("open_market", "ballast.markets", request_id=uid("ho"), market_id=market,
+                  title="cluster", kind="multi", options=OPTIONS, currency="NGN",
+                  creator_id="maker", creator_fee_bps=200)
+        wait_until(lambda: market_status(engine, market) == "open", 60, what="the market open")
+        load.start(users, market, market_users)
         wait_until(lambda: len(load.sent) >= 90, 60, what="load under way")
 
         # Stop the node most of Ballast's connections (the workers', the scheduler's) are on.
@@ -243,19 +271,43 @@ def test_a_node_lost_under_load_loses_nothing_and_doubles_nothing(cluster_env, e
                     {"r": rids}).scalar_one()
         wait_until(lambda: processed() == len(rids), 180, interval=1,
                    what=f"all {len(rids)} commands processed")
+        wallet = [s for s in sent if s["actor"] in ("deposit", "withdraw")]
+        wagers = [s for s in sent if s["actor"] == "place_commitment"]
+        assert len(wagers) >= 50
         with engine.connect() as conn:
             per_ref = dict(conn.execute(text(
                 "SELECT memo, count(*) FROM ledger_transactions WHERE memo LIKE 'ha-%' "
                 "AND memo = ANY(:m) GROUP BY memo"),
-                {"m": [s["reference"] for s in sent]}).all())
+                {"m": [s["reference"] for s in wallet]}).all())
             balances = dict(conn.execute(text(
                 "SELECT code, balance FROM accounts WHERE code = ANY(:c)"),
                 {"c": [f"user:{u}:NGN" for u in users]}).all())
-        assert per_ref == {s["reference"]: 1 for s in sent}  # nothing lost, nothing doubled
+            placed = dict(conn.execute(text(
+                "SELECT commitment_id, amount FROM market_commitments WHERE market_id = :m"),
+                {"m": market}).all())
+        assert per_ref == {s["reference"]: 1 for s in wallet}  # nothing lost, nothing doubled
         expected = Counter()
-        for s in sent:
-            expected[f"user:{s['user_id']}:NGN"] += s["amount"] * (-1 if s["actor"] == "withdraw" else 1)
+        for s in wallet:
+            if s["user_id"] in users:
+                expected[f"user:{s['user_id']}:NGN"] += s["amount"] * (
+                    -1 if s["actor"] == "withdraw" else 1)
         assert balances == dict(expected)
+        assert placed == {s["commitment_id"]: s["amount"] for s in wagers}  # each wager once
+        assert account(engine, f"escrow:market:{market}") == sum(placed.values())
+
+        # The market settles through its step queue, now the node is back.
+        load.send("resolve_market", "ballast.markets", request_id=uid("hr"), market_id=market,
+                  winning_option_id="red", resolved_by="ops")
+        wait_until(lambda: market_status(engine, market) == "settled", 120, interval=1,
+                   what="the market settled")
+        outcome = distribute([Commitment(s["commitment_id"], s["user_id"], s["option_id"],
+                                         s["amount"]) for s in wagers],
+                             Outcome.winner("red"), 500, 200)
+        for u in market_users:
+            staked = sum(s["amount"] for s in wagers if s["user_id"] == u)
+            assert account(engine, f"user:{u}:NGN") == (
+                FUND - staked + outcome.payouts_by_user().get(u, 0)), u
+        assert account(engine, f"escrow:market:{market}") == 0
 
         # Every event published (the sweeper, fired by the scheduler, publishes what a lost
         # connection left behind) and every one of them reached the subscriber.
@@ -267,9 +319,14 @@ def test_a_node_lost_under_load_loses_nothing_and_doubles_nothing(cluster_env, e
         wait_until(lambda: unpublished() == 0, 120, interval=1, what="outbox published")
         with engine.connect() as conn:
             event_ids = {r[0] for r in conn.execute(text(
-                "SELECT body->>'event_id' FROM outbox WHERE id > :f AND kind = 'event' "
-                "AND body->'data'->>'user_id' = ANY(:u)"), {"f": floor, "u": users})}
-        assert len(event_ids) == len(sent)  # one wallet.changed per command
+                "SELECT body->>'event_id' FROM outbox WHERE id > :f AND kind = 'event'"),
+                {"f": floor})}
+            changed = conn.execute(text(
+                "SELECT count(*) FROM outbox WHERE id > :f AND kind = 'event' "
+                "AND event_name = 'wallet.changed' AND body->'data'->>'user_id' = ANY(:u)"),
+                {"f": floor, "u": users}).scalar_one()
+        # one wallet.changed per wallet command (the funding deposits included)
+        assert changed == len([s for s in wallet if s["user_id"] in users])
         seen: set[str] = set()
 
         def drain() -> bool:
