@@ -42,9 +42,20 @@ def migrate(as_json: bool) -> None:
     if signer is None:
         click.echo("warning: no Ballast signing key (BALLAST_SIGNING_KEY_FILE): workers cannot "
                    "sign next steps or scheduled firings", err=True)
+    from dramatiq.errors import ConnectionClosed
+
+    from infra.settings import get_settings
+
     broker = build_broker()
     try:
         declared = declare_topology(broker)
+    except ConnectionClosed as exc:
+        if "inequivalent arg" not in str(exc):
+            raise
+        to = get_settings().queue_type
+        fail(f"the queues exist with another type or arguments than BALLAST_QUEUE_TYPE={to} "
+             f"declares: move them with `ballast queues migrate --to {to} --by NAME` "
+             "(workers, scheduler and publishers stopped)", 1)
     finally:
         broker.close()
     emit({"revision": revision}, as_json,

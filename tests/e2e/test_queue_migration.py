@@ -90,6 +90,13 @@ def test_classic_queues_become_quorum_queues_with_every_message_kept(classic_env
     assert dry["would_move"] == waiting + 2
     assert types(env.vhost)["ballast.wallets"] == "classic"
 
+    # Quorum settings on classic queues: `ballast migrate` says what to do, in one line.
+    done = cli(env, "migrate", BALLAST_QUEUE_TYPE="quorum")
+    assert done.returncode == 1, done.stderr
+    # (pika logs the broker's refusal as JSON lines; the error itself is one plain line)
+    plain = [ln for ln in done.stderr.strip().splitlines() if not ln.startswith("{")]
+    assert len(plain) == 1 and "ballast queues migrate --to quorum" in plain[0], done.stderr
+
     # Without --yes off a terminal: refused, nothing changes.
     done = cli(env, "queues", "migrate", "--to", "quorum", "--by", CLI_OPERATOR)
     assert done.returncode == 2 and "--yes" in done.stderr
