@@ -158,3 +158,30 @@ def test_a_migration_is_refused_while_a_worker_consumes(classic_env):
     finally:
         w.stop()
     assert types(env.vhost)["ballast.wallets"] == "classic"
+
+
+def test_quorum_queues_go_back_to_classic_with_their_messages(classic_env):
+    env = classic_env
+    assert cli(env, "migrate", BALLAST_QUEUE_TYPE="quorum").returncode == 0
+    assert types(env.vhost)["ballast.wallets"] == "quorum"
+    user = uid("back")
+    import pika
+
+    from tests.harness import _signed
+
+    with rabbit.connection(env.broker_url) as conn:  # plain AMQP: this process is classic
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for i in range(5):
+            ch.basic_publish("", "ballast.wallets", _signed(env, deposit_body(
+                "ballast.wallets", user, 10 + i, f"back-{i}")),
+                properties=pika.BasicProperties(delivery_mode=2), mandatory=True)
+    done = cli(env, "queues", "migrate", "--to", "classic", "--by", CLI_OPERATOR, "--yes",
+               "--json", BALLAST_QUEUE_TYPE="quorum")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["moved"] == 5
+    after = types(env.vhost)
+    assert {after[n] for q in QUEUES for n in (q, f"{q}.DQ", f"{q}.XQ")} == {"classic"}
+    counts = {r["queue"]: r for r in rabbit.queue_stats(env.broker_url)}
+    assert counts["ballast.wallets"]["ready"] == 5
+    assert cli(env, "migrate").returncode == 0  # classic settings fit them again
