@@ -11,7 +11,7 @@ from domain.money import format_minor
 from infra.cli.output import console, emit, fail, json_option, table
 from infra.contract import parse
 from infra.contract.journal import MatchPayments
-from infra.db.engine import get_engine, get_read_engine
+from infra.db.engine import get_read_engine
 from infra.journal import matching, views
 from infra.uow import UnitOfWork
 

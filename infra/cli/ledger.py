@@ -10,7 +10,7 @@ from domain.guard import parse_cursor
 from domain.money import format_minor
 from infra import guard, ledger, wallets
 from infra.cli.output import console, emit, fail, json_option, table
-from infra.db.engine import get_engine, get_read_engine
+from infra.db.engine import get_read_engine
 
 
 def register(cli: click.Group) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from domain.errors import NotFound, Refused
 from domain.money import format_minor
 from infra.cli.output import console, emit, fail, json_option, table
-from infra.db.engine import get_engine, get_read_engine
+from infra.db.engine import get_read_engine
 from infra.markets import repository, retry
 from infra.uow import UnitOfWork
 
