@@ -36,7 +36,7 @@ from infra.middleware.deadletters import (
 )
 from infra.middleware.logcontext import LogContext
 from infra.middleware.threads import ThreadWatch
-from infra.settings import get_settings
+from infra.settings import broker_urls, get_settings
 
 log = get_logger(__name__)
 _lock = threading.Lock()
@@ -178,7 +178,9 @@ def build_broker(url: str | None = None, *, worker: bool = False) -> RabbitmqBro
     broker = BallastBroker(
         queue_type=settings.queue_type,
         delivery_limit=settings.queue_delivery_limit,
-        url=url or settings.broker_url,
+        # Every node of a cluster (BALLAST_BROKER_URL may list several): Dramatiq hands
+        # the list to pika, which tries each in turn on every (re)connection.
+        url=broker_urls(url or settings.broker_url),
         confirm_delivery=True,
         middleware=middleware,
     )

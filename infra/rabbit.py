@@ -16,15 +16,24 @@ import pika
 from dramatiq.common import dq_name, xq_name
 
 from infra.contract import QUEUES
-from infra.settings import get_settings
+from infra.settings import broker_urls, get_settings
+
+
+def parameters(url: str | None = None) -> list[pika.URLParameters]:
+    """pika's parameters of each node of ``url`` (default BALLAST_BROKER_URL), in order:
+    a connection tries them one after the other until one answers."""
+    out = []
+    for u in broker_urls(url or get_settings().broker_url):
+        params = pika.URLParameters(u)
+        params.connection_attempts = 1
+        params.socket_timeout = 5
+        out.append(params)
+    return out
 
 
 @contextmanager
 def connection(url: str | None = None) -> Iterator[pika.BlockingConnection]:
-    params = pika.URLParameters(url or get_settings().broker_url)
-    params.connection_attempts = 1
-    params.socket_timeout = 5
-    conn = pika.BlockingConnection(params)
+    conn = pika.BlockingConnection(parameters(url))
     try:
         yield conn
     finally:

@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote, urlparse
 
 import httpx
 
-from infra.settings import get_settings
+from infra.settings import broker_urls, get_settings, vhost_of
 
 # httpx logs every request at INFO: not an operator's business.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -44,19 +44,39 @@ class Api:
         return httpx.Client(base_url=self.base, auth=(self.user, self.password), timeout=TIMEOUT_S)
 
 
-def api(broker_url: str | None = None) -> Api:
-    """The API of ``BALLAST_RABBITMQ_API_URL``, or derived from the broker URL."""
+def apis(broker_url: str | None = None) -> list[Api]:
+    """Every management API of ``BALLAST_RABBITMQ_API_URL`` (one URL or a comma-separated
+    list, one per node of a cluster), or derived from each URL of the broker URL."""
     s = get_settings()
-    amqp = urlparse(broker_url or s.broker_url)
+    urls = broker_urls(broker_url or s.broker_url)
+    amqp = urlparse(urls[0])
     user = unquote(amqp.username or "guest")
     password = unquote(amqp.password or "guest")
     if s.rabbitmq_api_url:
-        u = urlparse(s.rabbitmq_api_url)
-        if u.username:
-            user, password = unquote(u.username), unquote(u.password or "")
-        netloc = u.hostname + (f":{u.port}" if u.port else "")
-        return Api(f"{u.scheme}://{netloc}{u.path.rstrip('/')}", user, password)
-    return Api(f"http://{amqp.hostname or '127.0.0.1'}:{API_PORT}", user, password)
+        out = []
+        for raw in broker_urls(s.rabbitmq_api_url):
+            u = urlparse(raw)
+            who = (unquote(u.username), unquote(u.password or "")) if u.username else (user, password)
+            netloc = u.hostname + (f":{u.port}" if u.port else "")
+            out.append(Api(f"{u.scheme}://{netloc}{u.path.rstrip('/')}", *who))
+        return out
+    return [Api(f"http://{urlparse(u).hostname or '127.0.0.1'}:{API_PORT}", user, password)
+            for u in urls]
+
+
+def api(broker_url: str | None = None) -> Api:
+    """The first management API that answers (of a cluster's nodes, in order); the first
+    one named when none does."""
+    candidates = apis(broker_url)
+    if len(candidates) > 1:
+        for a in candidates:
+            try:
+                with a.client() as c:
+                    if c.get("/api/overview").status_code < 400:
+                        return a
+            except httpx.HTTPError:
+                continue
+    return candidates[0]
 
 
 def api_get(path: str, broker_url: str | None = None, **params: Any) -> Any | None:
@@ -129,8 +149,7 @@ def delete_vhost(name: str, broker_url: str | None = None) -> None:
 
 
 def _vhost_of(broker_url: str | None) -> str:
-    path = urlparse(broker_url or get_settings().broker_url).path
-    return unquote(path[1:]) if len(path) > 1 else "/"
+    return vhost_of(broker_url or get_settings().broker_url)
 
 
 def _rate(stats: dict[str, Any] | None, key: str) -> float | None:

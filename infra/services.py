@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlparse
 
 from sqlalchemy.engine import make_url
 
-from infra.settings import get_settings
+from infra.settings import broker_urls, get_settings
 
 #: How to start each service on a developer's machine (DEVELOPERS.md).
 HOW_TO_START = {
@@ -32,7 +32,7 @@ _LOCAL = {"127.0.0.1", "localhost", "::1", ""}
 def endpoints() -> dict[str, tuple[str, int]]:
     s = get_settings()
     db = make_url(s.database_url)
-    amqp = urlparse(s.broker_url)
+    amqp = urlparse(broker_urls(s.broker_url)[0])
     red = urlparse(s.redis_url)
     return {
         "PostgreSQL": (db.host or "127.0.0.1", db.port or 5432),
@@ -53,12 +53,21 @@ def unreachable() -> list[str]:
     """One line per service that does not accept TCP connections."""
     lines = []
     for name, (host, port) in endpoints().items():
-        try:
-            with socket.create_connection((host, port), timeout=2):
-                pass
-        except OSError:
+        candidates = [(host, port)]
+        if name == "RabbitMQ":  # a cluster is reachable when any of its nodes is
+            candidates = [(u.hostname or "127.0.0.1", u.port or 5672)
+                          for u in map(urlparse, broker_urls(get_settings().broker_url))]
+        if not any(_accepts(h, p) for h, p in candidates):
             lines.append(f"{name} is unreachable at {host}:{port}: {hint(name, host)}")
     return lines
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def describe(exc: BaseException) -> str | None:
@@ -68,11 +77,11 @@ def describe(exc: BaseException) -> str | None:
     text_ = f"{type(exc).__name__}: {exc}"
     names = {type(e).__name__ for e in _chain(exc)}
     if names & {"ProbableAuthenticationError", "AuthenticationError"} or "ACCESS_REFUSED" in text_:
-        u = urlparse(s.broker_url)
+        u = urlparse(broker_urls(s.broker_url)[0])
         return (f"RabbitMQ at {u.hostname}:{u.port or 5672} refused the login of user "
                 f"{unquote(u.username or 'guest')!r}: wrong user or password in BALLAST_BROKER_URL")
     if names & {"ProbableAccessDeniedError"} or "NOT_ALLOWED" in text_:
-        u = urlparse(s.broker_url)
+        u = urlparse(broker_urls(s.broker_url)[0])
         vhost = unquote(u.path[1:]) if u.path and u.path != "/" else "/"
         return (f"RabbitMQ at {u.hostname}:{u.port or 5672}: vhost {vhost!r} does not exist or "
                 f"user {unquote(u.username or 'guest')!r} may not use it (BALLAST_BROKER_URL)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
+from urllib.parse import quote, unquote, urlparse, urlunparse
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,7 +18,12 @@ class Settings(BaseSettings):
 
     Parameters:
       database_url: SQLAlchemy URL of the system of record.
-      broker_url: AMQP URL of RabbitMQ; its vhost is honoured everywhere.
+      broker_url: AMQP URL of RabbitMQ; its vhost is honoured everywhere.  Several URLs,
+        separated by commas (or Dramatiq's semicolons), name the nodes of one cluster: every
+        connection tries them in order and a lost one reconnects to the next that answers.
+        They must name one vhost (checked below).
+      read_database_url: SQLAlchemy URL the read-only views read from (a replica); unset:
+        ``database_url``.  Never used for anything that writes or claims.
       redis_url: Redis URL; its db number is honoured everywhere.
       timezone: IANA zone for daily reports.
       alert_webhook_url: where new alerts are POSTed as JSON, if set.
@@ -48,6 +55,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BALLAST_", extra="ignore")
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/ballast"
+    read_database_url: str | None = None
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     redis_url: str = "redis://127.0.0.1:6379/0"
     timezone: str = "UTC"
@@ -83,6 +91,20 @@ class Settings(BaseSettings):
         if value.upper() not in LOG_LEVELS:
             raise ValueError(f"{value!r} is not a log level ({', '.join(LOG_LEVELS)})")
         return value
+    @property
+    def broker_urls(self) -> list[str]:
+        """Every node's AMQP URL, in the order connections try them."""
+        return broker_urls(self.broker_url)
+
+    @model_validator(mode="after")
+    def _one_vhost(self) -> "Settings":
+        vhosts = {vhost_of(u) for u in self.broker_urls}
+        if not self.broker_urls:
+            raise ValueError("BALLAST_BROKER_URL names no URL")
+        if len(vhosts) > 1:
+            raise ValueError("BALLAST_BROKER_URL: every URL of the list must name the same vhost "
+                             f"(found {', '.join(sorted(vhosts))})")
+        return self
 
     @model_validator(mode="after")
     def _request_ids_outlive_dead_letters(self) -> "Settings":
@@ -131,3 +153,22 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def broker_urls(value: str) -> list[str]:
+    """The AMQP URLs of ``value``: one URL, or several separated by ``,`` or ``;`` (a comma
+    inside a password must be percent-encoded, ``%2C``)."""
+    return [u.strip() for u in re.split(r"[,;]", value or "") if u.strip()]
+
+
+def vhost_of(url: str) -> str:
+    """The vhost an AMQP URL names (``/`` when it names none); of the first URL of a list."""
+    first = broker_urls(url)[0] if broker_urls(url) else url
+    path = urlparse(first).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def with_vhost(url: str, vhost: str) -> str:
+    """``url`` (one or a comma-separated list) with every URL pointing at ``vhost``."""
+    return ",".join(urlunparse(urlparse(u)._replace(path="/" + quote(vhost, safe="")))
+                    for u in broker_urls(url))

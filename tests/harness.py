@@ -151,7 +151,9 @@ def activate(env: TestEnv) -> None:
 # --- talking to RabbitMQ -------------------------------------------------------------
 
 def amqp(env: TestEnv) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(env.broker_url))
+    from infra import rabbit
+
+    return pika.BlockingConnection(rabbit.parameters(env.broker_url))
 
 
 def send(env: TestEnv, actor: str, **kwargs: Any) -> str:

@@ -15,7 +15,7 @@ from domain.money import CURRENCIES, format_minor
 from infra import alerts, guard
 from infra.cli.identity import operator_identity
 from infra.cli.output import console, emit, fail, json_option, table
-from infra.db.engine import get_engine
+from infra.db.engine import get_engine, get_read_engine
 from infra.uow import UnitOfWork
 
 SUMMARY = ("alert_id", "kind", "severity", "subject", "status", "created_at")
@@ -41,7 +41,7 @@ def alerts_group(ctx: click.Context, open_only: bool, kind: str | None, user_id:
     """List alerts, newest first (subcommands: ack, resolve, show)."""
     if ctx.invoked_subcommand is not None:
         return
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         rows = alerts.listing(conn, open_only=open_only, limit=limit, kind=kind, user_id=user_id)
     doc = [{k: r[k] for k in SUMMARY} for r in rows]
     emit(doc, as_json, lambda d: table(d, SUMMARY, title="open alerts" if open_only else "alerts",
@@ -93,7 +93,7 @@ def alerts_resolve(alert_id: int, by: str, note: str, as_json: bool) -> None:
 def alerts_show(alert_id: int, as_json: bool) -> None:
     """One alert with its data, who acknowledged it and when it was resolved."""
     try:
-        with get_engine().connect() as conn:
+        with get_read_engine().connect() as conn:
             doc = alerts.get(conn, alert_id)
     except BallastError as exc:
         fail(str(exc), 1)
@@ -130,7 +130,7 @@ def analytics(user_id: str | None, agent: str | None, period: str, start: str | 
                                      _when(start, "--start"), _when(end, "--end"))
     except BallastError as exc:
         fail(str(exc), 2)
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         if agent:
             doc = guard.agent_analytics(conn, lo, hi, agent, currency=currency)
         else:
@@ -191,7 +191,7 @@ def audit_recent(hours: int, by: str | None, min_risk: int, limit: int, after: s
         cursor = rules.parse_cursor(after)
     except BallastError as exc:
         fail(str(exc), 2)
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         doc = guard.recent_changes(conn, hours=hours, by=by, min_risk=min_risk, limit=limit,
                                    after=cursor)
 
@@ -219,7 +219,7 @@ def guard_group() -> None:
 @json_option
 def guard_limits(tier: str | None, currency: str | None, as_json: bool) -> None:
     """Every tier's limits in minor units (min/max balance, daily/weekly, warning/critical)."""
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         table_ = guard.LimitTable.load(conn)
     doc = [
         _limits_doc(table_.get(t, c))

@@ -13,7 +13,7 @@ from domain.money import CURRENCIES
 from infra.challenges import personas as persona_pool
 from infra.challenges import settlement, views
 from infra.cli.output import console, emit, fail, json_option, table
-from infra.db.engine import get_engine
+from infra.db.engine import get_engine, get_read_engine
 from infra.uow import UnitOfWork
 
 
@@ -34,7 +34,7 @@ def challenge_group() -> None:
 @json_option
 def challenge_show(challenge_id: str, as_json: bool) -> None:
     """Imbalance, treasury budget and treasury matches of one challenge."""
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         try:
             doc = views.show(conn, challenge_id)
         except NotFound as exc:
@@ -100,7 +100,7 @@ def treasury_group() -> None:
 @json_option
 def treasury_dashboard(currency: str, as_json: bool) -> None:
     """Allocation, matches, settlements pending, realized P&L and utilization."""
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         doc = views.dashboard(conn, currency)
 
     def human(d):
@@ -131,7 +131,7 @@ def personas_group(ctx: click.Context, as_json: bool) -> None:
 @json_option
 def personas_list(as_json: bool) -> None:
     """Every persona, its category and how many matches it played."""
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         rows = persona_pool.listing(conn)
     emit(rows, as_json, lambda d: table(d, ["code", "display_name", "category", "active", "matches"],
                                         title=f"{len(d)} personas"))

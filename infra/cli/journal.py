@@ -11,7 +11,7 @@ from domain.money import format_minor
 from infra.cli.output import console, emit, fail, json_option, progress, record, table
 from infra.contract import parse
 from infra.contract.journal import MatchPayments
-from infra.db.engine import get_engine
+from infra.db.engine import get_read_engine
 from infra.journal import matching, views
 from infra.uow import UnitOfWork
 
@@ -108,7 +108,7 @@ def matching_run(cycle_id: str | None, as_json: bool) -> None:
 @json_option
 def matching_report(cycle_id: str | None, as_json: bool) -> None:
     """Participations and their payments; payments unmatched or left for review."""
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         try:
             doc = views.report(conn, cycle_id)
         except NotFound as exc:
@@ -144,7 +144,7 @@ def cycle_group() -> None:
 @json_option
 def cycle_show(cycle_id: str, as_json: bool) -> None:
     """Status, participations, confirmed amount and initial capital of a cycle."""
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         try:
             doc = views.cycle_view(conn, cycle_id)
         except NotFound as exc:

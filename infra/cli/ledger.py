@@ -10,7 +10,7 @@ from domain.guard import parse_cursor
 from domain.money import format_minor
 from infra import guard, ledger, wallets
 from infra.cli.output import console, emit, fail, json_option, progress, record, table
-from infra.db.engine import get_engine
+from infra.db.engine import get_read_engine
 
 
 def register(cli: click.Group) -> None:
@@ -28,7 +28,7 @@ def ledger_group() -> None:
 def ledger_check(as_json: bool) -> None:
     """Every transaction balances per currency, cached balances equal entry sums,
     no account that may not go negative is negative.  Exit 1 when not ok."""
-    with get_engine().connect() as conn, progress("ledger check") as advance:
+    with get_read_engine().connect() as conn, progress("ledger check") as advance:
         result = ledger.check(conn, progress=advance)
 
     def human(d):
@@ -49,7 +49,7 @@ def ledger_check(as_json: bool) -> None:
 @json_option
 def ledger_balance(account: str, as_json: bool) -> None:
     """The balance of one account, by code (e.g. treasury:NGN)."""
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         try:
             acc = ledger.balance(conn, account)
         except NotFound as exc:
@@ -76,7 +76,7 @@ def wallet_show(user_id: str, currency: str | None, limit: int, after: str | Non
         cursor = parse_cursor(after)
     except InvalidCommand as exc:
         fail(str(exc), 2)
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         if not _known_user(conn, user_id):
             fail(f"no wallet for user {user_id!r}: no account, no change, no tier", 1)
         balances = wallets.balances(conn, user_id, currency)

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from domain.errors import NotFound, Refused
 from domain.money import format_minor
 from infra.cli.output import console, emit, fail, json_option, table
-from infra.db.engine import get_engine
+from infra.db.engine import get_read_engine
 from infra.markets import repository, retry
 from infra.uow import UnitOfWork
 
@@ -33,7 +33,7 @@ def market_group() -> None:
 @json_option
 def market_show(market_id: str, line_limit: int | None, as_json: bool) -> None:
     """The market, its pool and its latest distribution with one audit line per commitment."""
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         try:
             doc = repository.show(conn, market_id, line_limit)
         except NotFound as exc:

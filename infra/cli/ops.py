@@ -15,7 +15,7 @@ from infra.cli.output import emit, fail, heading, json_option, progress, table, 
 from infra.cli.output import record as show_record
 from infra.commands import send_command
 from infra.contract import ACTORS, parse
-from infra.db.engine import get_engine
+from infra.db.engine import get_engine, get_read_engine
 from domain.auth import IDENTITY_FIELDS
 from domain.errors import InvalidCommand
 
@@ -45,9 +45,20 @@ def migrate(as_json: bool) -> None:
     if signer is None:
         click.echo("warning: no Ballast signing key (BALLAST_SIGNING_KEY_FILE): workers cannot "
                    "sign next steps or scheduled firings", err=True)
+    from dramatiq.errors import ConnectionClosed
+
+    from infra.settings import get_settings
+
     broker = build_broker()
     try:
         declared = declare_topology(broker)
+    except ConnectionClosed as exc:
+        if "inequivalent arg" not in str(exc):
+            raise
+        to = get_settings().queue_type
+        fail(f"the queues exist with another type or arguments than BALLAST_QUEUE_TYPE={to} "
+             f"declares: move them with `ballast queues migrate --to {to} --by NAME` "
+             "(workers, scheduler and publishers stopped)", 1)
     finally:
         broker.close()
     emit({"revision": revision}, as_json,
@@ -179,19 +190,23 @@ def _read_kwargs(value: str) -> str:
     return value
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C (a terminal only).")
 @click.option("--every", default=2.0, show_default=True, type=click.FloatRange(0.5, 3600),
               help="Seconds between refreshes with --watch.")
 @json_option
-def queues(watch: bool, every: float, as_json: bool) -> None:
+@click.pass_context
+def queues(ctx: click.Context, watch: bool, every: float, as_json: bool) -> None:
     """Every queue: ready, in flight (unacked), delayed, dead, consumers, rates.
 
     From RabbitMQ's management API when it is reachable (BALLAST_RABBITMQ_API_URL), else
     over plain AMQP, which sees only messages ready for delivery (columns say so).
+    `queues migrate --to quorum` moves the queues to another type.
     """
     import time
 
+    if ctx.invoked_subcommand is not None:
+        return
     if watch and (as_json or not sys.stdout.isatty()):
         fail("--watch is for a terminal; without it the command prints once", 2)
     while True:
@@ -202,6 +217,50 @@ def queues(watch: bool, every: float, as_json: bool) -> None:
         if not watch:
             return
         time.sleep(every)
+
+
+@queues.command("migrate")
+@click.option("--to", "to", required=True, type=click.Choice(["quorum", "classic"]),
+              help="The queue type every Ballast queue (with .DQ and .XQ) becomes.")
+@by_option
+@lever_options
+@json_option
+def queues_migrate(to: str, by: str, yes: bool, dry_run: bool, as_json: bool) -> None:
+    """Move every Ballast queue (with its .DQ and .XQ) to another queue type, keeping every
+    message: each is moved to a holding queue (confirmed before acknowledged), the queue is
+    declared again with the new type and the messages are moved back.  Stop the workers,
+    the scheduler and the publishers first; then set BALLAST_QUEUE_TYPE everywhere."""
+    from infra import queue_migration
+
+    check_by(by)
+    plans = queue_migration.plan(to)
+    todo = [p for p in plans if p.state in ("migrate", "resume")]
+    summary = {"to": to, "queues": [p.as_dict() for p in plans],
+               "would_migrate": len(todo),
+               "would_move": sum(p.messages + p.held for p in todo)}
+    if dry_run:
+        emit({"dry_run": True, **summary}, as_json, lambda d: click.echo(
+            f"dry run: would move {d['would_migrate']} queue(s) to {to} "
+            f"({d['would_move']} message(s) kept); "
+            f"{sum(p.state == 'ok' for p in plans)} already {to}"))
+        return
+    if not todo:
+        emit({"migrated": 0, "moved": 0, "to": to, "queues": summary["queues"]}, as_json,
+             lambda d: click.echo(f"every Ballast queue is already {to}: nothing done"))
+        return
+    confirm(f"Move {len(todo)} queue(s) to {to}, {summary['would_move']} message(s) kept", yes)
+    try:
+        outcome = queue_migration.migrate(to)
+    except queue_migration.MigrationRefused as exc:
+        fail(str(exc), 1)
+    migrated = [q for q in outcome.queues if q["state"] == "migrated"]
+    with get_engine().begin() as conn:
+        record(conn, by, "queues migrate", to, {"queues": [q["queue"] for q in migrated],
+                                               "moved": outcome.moved})
+    emit({"migrated": len(migrated), "moved": outcome.moved, "to": to,
+          "queues": outcome.queues}, as_json,
+         lambda d: click.echo(f"moved {d['migrated']} queue(s) to {to} with {d['moved']} "
+                              f"message(s); set BALLAST_QUEUE_TYPE={to} for every process"))
 
 
 def queue_rows() -> list[dict]:
@@ -259,7 +318,7 @@ def dlq_list(queue: str | None, limit: int, actor: str | None, code: str | None,
         fail(str(exc), 2)
     columns = ["queue", "message_id", "actor", "request_id", "reason", "retries", "failed_at"]
     if history:
-        with get_engine().connect() as conn:
+        with get_read_engine().connect() as conn:
             rows = deadletter_log.history(conn, queue=queue, actor=actor, code=code, since=after,
                                           grep=grep, limit=limit)
         columns += ["status", "resolved_by"]
@@ -287,7 +346,7 @@ def dlq_show(message_id: str, as_json: bool) -> None:
                "traceback": dl.info.get("traceback"), "headers": _plain(dl.headers),
                "source": "rabbitmq"}
     else:
-        with get_engine().connect() as conn:
+        with get_read_engine().connect() as conn:
             rec = deadletter_log.find(conn, message_id)
         if rec is None:
             fail(f"no dead letter with message id {message_id}", 1)
@@ -480,7 +539,7 @@ def outbox_group(ctx: click.Context, pending: bool, limit: int, as_json: bool) -
     from infra import outbox, retention
     from infra.settings import get_settings
 
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         if pending:
             rows = [{"id": r.id, "kind": r.kind, "routing_key": r.routing_key,
                      "created_at": r.created_at.isoformat(timespec="seconds"),

@@ -20,7 +20,7 @@ from domain.money import format_minor
 from infra.cli.identity import operator_identity
 from infra.cli.levers import by_option, check_by, confirm, lever_options, record
 from infra.cli.output import console, emit, fail, json_option, table
-from infra.db.engine import get_engine
+from infra.db.engine import get_engine, get_read_engine
 from infra.uow import UnitOfWork
 
 ACCOUNT_TYPES = click.Choice(sorted(CURRENCY_OF))
@@ -61,7 +61,7 @@ def buffers_group(ctx: click.Context, as_json: bool) -> None:
         return
     from infra.treasury import views
 
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         doc = views.buffers(conn)
 
     def human(rows):
@@ -188,7 +188,7 @@ def providers_group(ctx: click.Context, as_json: bool) -> None:
         return
     from infra.treasury import views
 
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         doc = views.providers(conn)
     emit(doc, as_json, lambda rows: table(
         rows, title="providers (volume: USD at par)", currency="USD",
@@ -250,7 +250,7 @@ def _config(kind: str, current: dict[str, Any], o: dict[str, Any]) -> dict[str, 
 def _show_provider(name: str, as_json: bool) -> None:
     from infra.treasury import views
 
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         doc = views.provider(conn, name)
 
     def human(d):
@@ -412,7 +412,7 @@ def conversions_group(ctx: click.Context, active: bool, limit: int, as_json: boo
         return
     from infra.treasury import views
 
-    with get_engine().connect() as conn:
+    with get_read_engine().connect() as conn:
         doc = views.conversions(conn, active_only=active, limit=limit)
     def human(rows):
         table([{**r, "direction": r["direction"],
@@ -442,7 +442,7 @@ def conversions_show(job_id: int, as_json: bool) -> None:
     from infra.treasury import views
 
     def run():
-        with get_engine().connect() as conn:
+        with get_read_engine().connect() as conn:
             return views.job(conn, job_id)
 
     doc = _guarded(run)

@@ -37,6 +37,32 @@ def get_engine(url: str | None = None) -> Engine:
         return engine
 
 
+def get_read_engine() -> Engine:
+    """The engine of the read-only views (``BALLAST_READ_DATABASE_URL``, a replica): the
+    primary's when it is unset.  Every session it opens is read-only
+    (``default_transaction_read_only``), so nothing that writes or claims can run there by
+    mistake; only views (CLI listings, the console's pages) use it."""
+    s = get_settings()
+    if not s.read_database_url or s.read_database_url == s.database_url:
+        return get_engine()
+    url = s.read_database_url
+    key = (os.getpid(), "read:" + url)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = create_engine(
+                url,
+                pool_size=5,
+                max_overflow=10,
+                pool_pre_ping=True,
+                pool_recycle=1800,
+                connect_args={"connect_timeout": 5,
+                              "options": "-c default_transaction_read_only=on"},
+            )
+            _engines[key] = engine
+        return engine
+
+
 def dispose_engines() -> None:
     with _lock:
         for engine in _engines.values():

@@ -54,10 +54,16 @@ def enter(target: DemoTarget) -> None:
 
 
 def _safe(url: str) -> str:
+    """``url`` (one or a comma-separated list) with every password masked."""
     from urllib.parse import urlparse
 
-    u = urlparse(url)
-    return url.replace(f":{u.password}@", ":***@") if u.password else url
+    from infra.settings import broker_urls
+
+    out = []
+    for one in broker_urls(url) or [url]:
+        u = urlparse(one)
+        out.append(one.replace(f":{u.password}@", ":***@") if u.password else one)
+    return ",".join(out)
 
 
 def run_demo(target: DemoTarget, as_json: bool = False, scheduler: bool = True) -> int:

@@ -19,14 +19,14 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, urlparse, urlunparse
+from urllib.parse import urlparse, urlunparse
 
 import psycopg
 from sqlalchemy.engine import make_url
 
 from infra import rabbit_admin
 from infra.db.migrate import _libpq_dsn
-from infra.settings import Settings
+from infra.settings import Settings, vhost_of, with_vhost
 
 DEFAULT_NAME = "ballast_demo"
 DEFAULT_REDIS_DB = 15
@@ -69,19 +69,17 @@ def target_for(settings: Settings, database: str = DEFAULT_NAME, vhost: str = DE
                redis_db: int = DEFAULT_REDIS_DB) -> DemoTarget:
     """The demo's target on the servers of ``settings`` (nothing is contacted)."""
     db_url = make_url(settings.database_url).set(database=database)
-    amqp = urlparse(settings.broker_url)
     red = urlparse(settings.redis_url)
     return DemoTarget(
         database_url=db_url.render_as_string(hide_password=False),
-        broker_url=urlunparse(amqp._replace(path="/" + quote(vhost, safe=""))),
+        broker_url=with_vhost(settings.broker_url, vhost),
         redis_url=urlunparse(red._replace(path=f"/{redis_db}")),
         vhost=vhost,
     )
 
 
 def _production_vhost(settings: Settings) -> str:
-    path = urlparse(settings.broker_url).path
-    return unquote(path[1:]) if len(path) > 1 else "/"
+    return vhost_of(settings.broker_url)
 
 
 def _production_redis_db(settings: Settings) -> int:

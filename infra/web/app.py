@@ -15,7 +15,8 @@ from flask import Flask, g, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy import Engine
 
-from infra.db.engine import get_engine
+from infra.db.engine import get_engine, get_read_engine
+from infra.settings import get_settings
 from infra.logs import get_logger
 from infra.web import actions, operators, pages
 from infra.web.operators import ACTION_ROLES
@@ -27,10 +28,15 @@ CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src '
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
-def create_app(engine: Engine | None = None, settings: WebSettings | None = None) -> Flask:
-    """The console.  Parameters: engine (default: BALLAST_DATABASE_URL's), settings."""
+def create_app(engine: Engine | None = None, settings: WebSettings | None = None,
+               read_engine: Engine | None = None) -> Flask:
+    """The console.  Parameters: engine (default: BALLAST_DATABASE_URL's), settings,
+    read_engine: where the pages read (default: BALLAST_READ_DATABASE_URL's, a replica,
+    when it is set; else ``engine``).  Logins, sessions, audit and actions use ``engine``."""
     settings = settings or get_web_settings()
     engine = engine or get_engine()
+    if read_engine is None:
+        read_engine = get_read_engine() if get_settings().read_database_url else engine
     app = Flask(__name__)
     if settings.secret_key:
         secret = settings.secret_key
@@ -48,6 +54,7 @@ def create_app(engine: Engine | None = None, settings: WebSettings | None = None
         MAX_CONTENT_LENGTH=256 * 1024,
     )
     app.extensions["ballast.engine"] = engine
+    app.extensions["ballast.read_engine"] = read_engine
     app.extensions["ballast.settings"] = settings
     CSRFProtect(app)
 

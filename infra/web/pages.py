@@ -40,6 +40,12 @@ def _engine():
     return current_app.extensions["ballast.engine"]
 
 
+def _read_engine():
+    """Where the pages read: BALLAST_READ_DATABASE_URL's (a replica) when set.  Logins,
+    sessions, audit, actions and the state of a command just sent use the primary."""
+    return current_app.extensions["ballast.read_engine"]
+
+
 def _size() -> int:
     return current_app.extensions["ballast.settings"].page_size
 
@@ -149,7 +155,7 @@ def overview():
     trend = {r["queue"]: [s[1].get(r["queue"], {}).get("ready", 0)
                           + s[1].get(r["queue"], {}).get("delayed", 0) for s in _trend]
              for r in stats}
-    with _engine().connect() as conn:
+    with _read_engine().connect() as conn:
         doc = {
             "queues": stats,
             "alerts": queries.open_alert_counts(conn),
@@ -211,7 +217,7 @@ def dlq_show(message_id: str):
 def challenges():
     page, size = _page(), _size()
     currency = request.args.get("currency", "NGN")
-    with _engine().connect() as conn:
+    with _read_engine().connect() as conn:
         rows = queries.challenges_page(conn, size + 1, (page - 1) * size)
         total = queries.challenge_count(conn)
         dash = challenge_views.dashboard(conn, currency)
@@ -226,7 +232,7 @@ def challenge(challenge_id: str):
 def render_challenge(challenge_id: str, errors: dict | None = None, values: dict | None = None,
                      status: int = 200):
     page, size = _page(), _size()
-    with _engine().connect() as conn:
+    with _read_engine().connect() as conn:
         try:
             doc = challenge_views.show(conn, challenge_id, size + 1, (page - 1) * size)
         except NotFound as exc:
@@ -241,7 +247,7 @@ def render_challenge(challenge_id: str, errors: dict | None = None, values: dict
 @bp.get("/markets")
 def markets_list():
     page, size = _page(), _size()
-    with _engine().connect() as conn:
+    with _read_engine().connect() as conn:
         rows = queries.markets_page(conn, size + 1, (page - 1) * size)
         total = queries.market_count(conn)
     return render_template("markets.html", p=paged(rows, page, size, total))
@@ -255,7 +261,7 @@ def market(market_id: str):
 def render_market(market_id: str, errors: dict | None = None, values: dict | None = None,
                   status: int = 200):
     page, cpage, size = _page(), _page("cpage"), _size()
-    with _engine().connect() as conn:
+    with _read_engine().connect() as conn:
         head = queries.market_header(conn, market_id)
         if head is None:
             abort(404, f"market {market_id} does not exist")
@@ -275,7 +281,7 @@ def render_market(market_id: str, errors: dict | None = None, values: dict | Non
 
 @bp.get("/treasury")
 def treasury(errors: dict | None = None):
-    with _engine().connect() as conn:
+    with _read_engine().connect() as conn:
         doc = {"buffers": treasury_views.buffers(conn),
                "auto_rebalance": treasury_cycle.auto_rebalance_enabled(conn),
                "providers": treasury_views.providers(conn),
@@ -291,7 +297,7 @@ def treasury(errors: dict | None = None):
 
 @bp.get("/treasury/jobs/<int:job_id>")
 def job(job_id: int):
-    with _engine().connect() as conn:
+    with _read_engine().connect() as conn:
         try:
             doc = treasury_views.job(conn, job_id)
         except BallastError as exc:
@@ -307,7 +313,7 @@ def wallet():
     page, size = _page(), _size()
     doc = None
     if user_id:
-        with _engine().connect() as conn:
+        with _read_engine().connect() as conn:
             balances = wallets.balances(conn, user_id)
             doc = {"user_id": user_id, "tier": guard.tier_of(conn, user_id), "balances": balances,
                    "history": guard.history(conn, user_id, None, size + 1, offset=(page - 1) * size),
@@ -326,7 +332,7 @@ def wallet():
 def alerts_page(errors: dict | None = None):
     page, size = _page(), _size()
     open_only = request.args.get("all") != "1"
-    with _engine().connect() as conn:
+    with _read_engine().connect() as conn:
         rows = alerts.listing(conn, open_only=open_only, limit=size + 1, offset=(page - 1) * size)
         total = queries.alert_count(conn, open_only)
     return render_template("alerts.html", p=paged(rows, page, size, total), open_only=open_only,
@@ -338,7 +344,7 @@ def analytics():
     now = datetime.now(timezone.utc)
     user_id = request.args.get("user") or None
     out = []
-    with _engine().connect() as conn:
+    with _read_engine().connect() as conn:
         for period in (p for p in guard_rules.PERIODS if p != "custom"):
             lo, hi = guard_rules.period_bounds(period, now, None, None)
             out.append({"period": period, **guard.analytics(conn, lo, hi, user_id=user_id)})
@@ -355,7 +361,7 @@ def matching():
 def render_matching(errors: dict | None = None, values: dict | None = None, status: int = 200):
     cycle_id = request.values.get("cycle") or None  # a refused POST re-renders its cycle
     page, upage, apage, size = _page(), _page("upage"), _page("apage"), _size()
-    with _engine().connect() as conn:  # each of the three lists is one page of it, in SQL
+    with _read_engine().connect() as conn:  # each of the three lists is one page of it, in SQL
         try:
             cycle = journal_views.cycle_view(conn, cycle_id) if cycle_id else None
         except NotFound as exc:
@@ -402,7 +408,7 @@ def audit():
     if not g.operator.may("admin"):
         abort(403)
     page, size = _page(), _size()
-    with _engine().connect() as conn:
+    with _read_engine().connect() as conn:
         who = request.args.get("operator") or None
         rows = operators.audit_page(conn, size + 1, (page - 1) * size, who)
         total = queries.audit_count(conn, who)

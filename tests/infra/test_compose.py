@@ -6,13 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import re
-from pathlib import Path
 from urllib.parse import urlparse
 
 import jsonschema
 import pytest
 import yaml
 
+from infra.settings import broker_urls
 from tests.harness import ROOT
 
 SCHEMA = json.loads((ROOT / "tests/schemas/compose-spec.json").read_text())
@@ -98,7 +98,8 @@ def test_env_example_is_the_one_set_of_settings_compose_uses():
     env = env_example()
     inside = {k: interpolate(v, env) for k, v in COMPOSE["x-ballast-env"].items()}
     for key in ("BALLAST_DATABASE_URL", "BALLAST_BROKER_URL", "BALLAST_REDIS_URL"):
-        host_url, compose_url = urlparse(env[key]), urlparse(inside[key])
+        # The broker URL lists the `ha` profile's nodes: the first is `rabbitmq`.
+        host_url, compose_url = urlparse(env[key]), urlparse(broker_urls(inside[key])[0])
         # The same credentials, database, vhost and db; only the host differs.
         assert (host_url.username, host_url.password, host_url.path) == (
             compose_url.username, compose_url.password, compose_url.path), key
@@ -149,3 +150,43 @@ def test_every_pin_of_the_lock_satisfies_pyproject_and_no_extra_is_unused_or_twi
     assert "tzdata" in by_name
     for req in (Requirement(d) for d in project["optional-dependencies"]["test"]):
         assert req.name.lower() not in by_name, f"{req.name} is a runtime dependency already"
+
+
+def test_the_ha_profile_clusters_three_rabbitmq_nodes_every_ballast_service_knows():
+    env = env_example()
+    s = COMPOSE["services"]
+    nodes = ["rabbitmq", "rabbitmq-2", "rabbitmq-3"]
+    assert "profiles" not in s["rabbitmq"]  # the default install keeps its one node
+    assert [n for n, svc in s.items() if "ha" in svc.get("profiles", [])] == nodes[1:]
+    conf = (ROOT / "deploy/rabbitmq/cluster.conf").read_text()
+    assert "peer_discovery_backend = classic_config" in conf
+    listed = re.findall(r"classic_config\.nodes\.\d+ = rabbit@(\S+)", conf)
+    assert listed == nodes
+    cookies, volumes = set(), set()
+    for n in nodes:
+        svc = s[n]
+        assert svc["hostname"] == n  # the node name rabbit@<hostname> the others look for
+        assert svc["image"] == s["rabbitmq"]["image"]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+        assert mounts["/etc/rabbitmq/conf.d/20-cluster.conf"] == "./deploy/rabbitmq/cluster.conf"
+        volumes.add(mounts["/var/lib/rabbitmq"])
+        e = {k: interpolate(v, env) for k, v in svc["environment"].items()}
+        assert e["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] == e["RABBITMQ_CTL_ERL_ARGS"]
+        cookies.add(e["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"])
+        assert svc["healthcheck"]["test"]
+    assert len(volumes) == 3  # each node its own data
+    assert cookies == {f"-setcookie {env['BALLAST_RABBITMQ_COOKIE']}"}  # one shared cookie
+    with pytest.raises(KeyError):  # no silent default cookie
+        interpolate(s["rabbitmq"]["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"], {})
+    # Every Ballast service lists the three nodes, one vhost, the same credentials.
+    inside = {k: interpolate(v, env) for k, v in COMPOSE["x-ballast-env"].items()}
+    urls = [urlparse(u) for u in broker_urls(inside["BALLAST_BROKER_URL"])]
+    assert [u.hostname for u in urls] == nodes
+    assert {(u.username, u.password, u.path) for u in urls} == {
+        (env["BALLAST_AMQP_USER"], env["BALLAST_AMQP_PASSWORD"], "/" + env["BALLAST_AMQP_VHOST"])}
+    assert [urlparse(u).hostname for u in broker_urls(inside["BALLAST_RABBITMQ_API_URL"])] == nodes
+    from infra.settings import Settings
+
+    settings = Settings(broker_url=inside["BALLAST_BROKER_URL"],
+                        queue_type=inside["BALLAST_QUEUE_TYPE"])
+    assert len(settings.broker_urls) == 3
