@@ -139,7 +139,12 @@ class UnitOfWork:
         if self._rows:
             from infra.broker import get_broker
 
-            outbox.publish_rows(self.engine, self._broker or get_broker(), self._rows)
+            broker = self._broker or get_broker()
+            relay = outbox.relay_for(broker)
+            if relay is not None:  # a worker: its relay publishes, in batches
+                relay.submit(self.engine, self._rows)
+            else:
+                outbox.publish_rows(self.engine, broker, self._rows)
         faults.point("after_publish", self.actor)
 
 
