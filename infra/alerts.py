@@ -107,6 +107,8 @@ def raise_alerts(uow: Unit, alerts: Iterable[Alert]) -> dict[str, int]:
         "key": [a.dedupe_key for a in items],
         "d": [json.dumps(a.data, default=str) for a in items],
     }
+    # One statement: a new alert is inserted, an open one refreshed (``xmax = 0`` only on
+    # a row this statement inserted, not on one it updated).
     new = {
         r.dedupe_key: r.id
         for r in uow.conn.execute(
@@ -115,23 +117,14 @@ def raise_alerts(uow: Unit, alerts: Iterable[Alert]) -> dict[str, int]:
                 "SELECT x.k, x.s, x.subj, x.key, CAST(x.d AS jsonb) FROM unnest("
                 "CAST(:k AS text[]), CAST(:s AS text[]), CAST(:subj AS text[]), "
                 "CAST(:key AS text[]), CAST(:d AS text[])) AS x(k, s, subj, key, d) "
-                "ON CONFLICT (dedupe_key) WHERE status <> 'resolved' DO NOTHING "
-                "RETURNING id, dedupe_key"
+                "ON CONFLICT (dedupe_key) WHERE status <> 'resolved' DO UPDATE SET "
+                "subject = EXCLUDED.subject, data = EXCLUDED.data, updated_at = now() "
+                "RETURNING id, dedupe_key, (xmax = 0) AS inserted"
             ),
             params,
         )
+        if r.inserted
     }
-    old = [a for a in items if a.dedupe_key not in new]
-    if old:
-        uow.conn.execute(
-            text(
-                "UPDATE alerts a SET subject = x.subj, data = CAST(x.d AS jsonb), updated_at = now() "
-                "FROM unnest(CAST(:key AS text[]), CAST(:subj AS text[]), CAST(:d AS text[])) "
-                "AS x(key, subj, d) WHERE a.dedupe_key = x.key AND a.status <> 'resolved'"
-            ),
-            {"key": [a.dedupe_key for a in old], "subj": [a.subject for a in old],
-             "d": [json.dumps(a.data, default=str) for a in old]},
-        )
     if new:
         _announce(uow, "alert.raised", [
             {"alert_id": new[a.dedupe_key], "kind": a.kind, "severity": a.severity,

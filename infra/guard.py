@@ -136,19 +136,101 @@ def usage(conn: Connection, wallets: Sequence[tuple[str, str]],
     return {(r.user_id, r.currency): Usage(int(r.daily), int(r.weekly)) for r in rows}
 
 
-def check(conn: Connection, changes: Paired, *, now: datetime | None = None) -> None:
+#: Up to this many wallets, ``check`` and ``record`` read everything they need (tiers,
+#: limits, window sums, open balance alerts) in one statement (``Context``); a bigger
+#: batch (a settlement) reads it set-wise as before.
+CONTEXT_WALLETS = 100
+
+#: The balance-alert kinds whose open alerts a wallet change may refresh or resolve.
+BALANCE_ALERT_KINDS = ("balance_warning", "balance_critical", "significant_drop",
+                       "limit_exceeded")
+
+
+class Context:
+    """What the guard needs of a few wallets, read in one statement once they are locked:
+    each user's tier, the limits of (tier, currency), the trailing-window sums of the
+    wallets that have user-initiated changes, and the wallets' open balance alerts
+    (``dedupe_key -> balance_before`` of a significant drop, None for other kinds).
+
+    Read after the wallet rows are locked (``apply_changes``), it is what reading each
+    piece later in the same transaction would give: every writer of these wallets' audit
+    lines and balance alerts holds the same locks.
+    """
+
+    def __init__(self, tiers: dict[str, str], table: LimitTable,
+                 used: dict[tuple[str, str], Usage], open_alerts: dict[str, int | None]) -> None:
+        self.tiers = tiers
+        self.table = table
+        self.used = used
+        self.open_alerts = open_alerts
+
+    @classmethod
+    def load(cls, conn: Connection, changes: Paired, now: datetime | None = None) -> "Context":
+        wallets = sorted({(c.user_id, c.currency) for c, _ in changes})
+        initiated = {(c.user_id, c.currency) for c, _ in changes if c.user_initiated}
+        rows = conn.execute(_CONTEXT, {
+            "now": now, "users": [u for u, _ in wallets], "curs": [c for _, c in wallets],
+            "mine": [w in initiated for w in wallets], "kinds": list(BALANCE_ALERT_KINDS),
+            "default": DEFAULT_TIER,
+        }).all()
+        tiers: dict[str, str] = {}
+        limits: dict[tuple[str, str], Limits] = {}
+        used: dict[tuple[str, str], Usage] = {}
+        open_alerts: dict[str, int | None] = {}
+        for r in rows:
+            if r.stored_tier is not None:
+                tiers[r.user_id] = r.stored_tier
+            if r.min_balance is not None:
+                limits[(r.tier, r.currency)] = Limits(r.tier, r.currency, r.min_balance,
+                                                      r.max_balance, r.daily_limit, r.weekly_limit,
+                                                      r.warning_threshold, r.critical_threshold)
+            if r.daily is not None:
+                used[(r.user_id, r.currency)] = Usage(int(r.daily), int(r.weekly))
+            for key, drop_before in zip(r.alert_keys or [], r.alert_befores or []):
+                open_alerts[key] = None if drop_before is None else int(drop_before)
+        return cls(tiers, LimitTable(limits), used, open_alerts)
+
+
+_CONTEXT = text(
+    "WITH t AS (SELECT COALESCE(CAST(:now AS timestamptz), now()) AS now), "
+    "w AS (SELECT * FROM unnest(CAST(:users AS text[]), CAST(:curs AS text[]), "
+    "CAST(:mine AS boolean[])) AS w(user_id, currency, mine)) "
+    "SELECT w.user_id, w.currency, ut.tier AS stored_tier, COALESCE(ut.tier, :default) AS tier, "
+    "g.min_balance, g.max_balance, g.daily_limit, g.weekly_limit, g.warning_threshold, "
+    "g.critical_threshold, u.daily, u.weekly, al.keys AS alert_keys, al.befores AS alert_befores "
+    "FROM w CROSS JOIN t "
+    "LEFT JOIN user_tiers ut ON ut.user_id = w.user_id "
+    "LEFT JOIN guard_limits g ON g.tier = COALESCE(ut.tier, :default) AND g.currency = w.currency "
+    "LEFT JOIN LATERAL (SELECT "
+    "COALESCE(sum(abs(a.amount)) FILTER (WHERE a.created_at > t.now - interval '24 hours'), 0) AS daily, "
+    "COALESCE(sum(abs(a.amount)), 0) AS weekly FROM wallet_audit a "
+    "WHERE a.user_id = w.user_id AND a.currency = w.currency AND a.user_initiated "
+    "AND a.created_at > t.now - interval '7 days') u ON w.mine "
+    "LEFT JOIN LATERAL (SELECT array_agg(a.dedupe_key) AS keys, array_agg(CASE WHEN "
+    "a.kind = 'significant_drop' THEN CAST(a.data->>'balance_before' AS bigint) END) AS befores "
+    "FROM alerts a WHERE a.status <> 'resolved' AND a.dedupe_key = ANY(ARRAY(SELECT "
+    "k || ':' || w.user_id || ':' || w.currency FROM unnest(CAST(:kinds AS text[])) AS k))) al ON true"
+)
+
+
+def check(conn: Connection, changes: Paired, *, now: datetime | None = None,
+          context: Context | None = None) -> None:
     """Validate user-initiated changes; ``changes`` pairs each change with its balance before.
 
     Raises BalanceRefused (naming the rule and by how much) for the first change that
-    breaks a rule; system changes are never refused.
+    breaks a rule; system changes are never refused.  ``context``: what ``Context.load``
+    read for these changes (else read here).
     """
     mine = [(c, before) for c, before in changes if c.user_initiated]
     if not mine:
         return
-    wallets = sorted({(c.user_id, c.currency) for c, _ in mine})
-    tiers = tiers_of(conn, sorted({u for u, _ in wallets}))
-    table = LimitTable.load(conn)
-    used = usage(conn, wallets, now)
+    if context is not None:
+        tiers, table, used = context.tiers, context.table, dict(context.used)
+    else:
+        wallets = sorted({(c.user_id, c.currency) for c, _ in mine})
+        tiers = tiers_of(conn, sorted({u for u, _ in wallets}))
+        table = LimitTable.load(conn)
+        used = usage(conn, wallets, now)
     for change, before in mine:
         key = (change.user_id, change.currency)
         limits = table.get(tiers.get(change.user_id, DEFAULT_TIER), change.currency)
@@ -164,7 +246,8 @@ INLINE_ALERT_WALLETS = 100
 ALERT_CHUNK_WALLETS = 5_000
 
 
-def record(conn: Connection, changes: Paired, txn_id: int, uow: Unit | None = None) -> None:
+def record(conn: Connection, changes: Paired, txn_id: int, uow: Unit | None = None,
+           context: Context | None = None) -> None:
     """Audit trail and balance alerts for every change (system ones included).
 
     One INSERT for the audit lines, whatever the number of changes; the balance
@@ -175,7 +258,7 @@ def record(conn: Connection, changes: Paired, txn_id: int, uow: Unit | None = No
     if not changes:
         return
     unit = uow if uow is not None else OutboxOnly(conn)
-    tiers = tiers_of(conn, list({c.user_id for c, _ in changes}))
+    tiers = context.tiers if context is not None else tiers_of(conn, list({c.user_id for c, _ in changes}))
     rows = []
     wallets: dict[tuple[str, str], list[int]] = {}
     for c, before in changes:
@@ -200,7 +283,8 @@ def record(conn: Connection, changes: Paired, txn_id: int, uow: Unit | None = No
         {"txn": txn_id, "rows": json.dumps(rows, default=str)},
     )
     if len(wallets) <= INLINE_ALERT_WALLETS:
-        _balance_alerts(unit, tiers, {k: (v[0], v[1]) for k, v in wallets.items()}, txn_id)
+        _balance_alerts(unit, tiers, {k: (v[0], v[1]) for k, v in wallets.items()}, txn_id,
+                        context)
     else:
         unit.send("evaluate_balance_alerts", request_id=f"balance-alerts:{txn_id}:0",
                   transaction_id=txn_id)
@@ -238,10 +322,12 @@ def evaluate_deferred(uow: Unit, txn_id: int, after: tuple[str, str] | None = No
 
 
 def _balance_alerts(unit: Unit, tiers: dict[str, str],
-                    wallets: dict[tuple[str, str], tuple[int, int]], txn_id: int) -> None:
+                    wallets: dict[tuple[str, str], tuple[int, int]], txn_id: int,
+                    context: Context | None = None) -> None:
     """Raise the balance alerts that hold for each wallet (``(user, currency) -> (balance
-    before, balance after)``), resolve those that no longer do."""
-    table = LimitTable.load(unit.conn)
+    before, balance after)``), resolve those that no longer do.  With a ``context`` the
+    open alerts are known already (no lookup)."""
+    table = context.table if context is not None else LimitTable.load(unit.conn)
     clears_at = (datetime.now(timezone.utc) + rules.SIGNIFICANT_DROP_WINDOW).isoformat()
     raised: list[Alert] = []
     resolve: list[str] = []
@@ -254,6 +340,15 @@ def _balance_alerts(unit: Unit, tiers: dict[str, str],
         resolve += [alert_key(kind, user, cur) for kind in decision.resolve_kinds]
         if after > before:
             recovered[alert_key("significant_drop", user, cur)] = after
+    if context is not None:
+        # A drop is over once the wallet is back where it was before the drop.
+        resolve += [key for key, after in recovered.items()
+                    if context.open_alerts.get(key) is not None
+                    and after >= context.open_alerts[key]]
+        opened = [key for key in resolve if key in context.open_alerts]
+        alerts.resolve_alerts(unit, opened, note="balance back within limits")
+        alerts.raise_alerts(unit, raised)
+        return
     if recovered:
         # A drop is over once the wallet is back where it was before the drop.
         resolve += [
