@@ -173,6 +173,64 @@ def noop_rate(env: harness.TestEnv, n: int = 5000, worker: harness.Worker | None
             worker.stop()
 
 
+def _cpu_s(pid: int) -> float:
+    """utime + stime of one process, in seconds (0 if it is gone)."""
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants (a Dramatiq worker forks its worker processes)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += parents.get(pid, [])
+    return out
+
+
+def cpu_split(env: harness.TestEnv, worker: harness.Worker, run: Callable[[], Any]) -> dict[str, float]:
+    """CPU seconds spent while ``run()`` runs by the worker's processes (Python) and by the
+    PostgreSQL backends serving the bench database, and the wall time; measured from
+    /proc, so it is what the real worker and server spent, not an estimate."""
+    from infra.db.engine import database_name
+
+    def backends() -> list[int]:
+        with_db = db_name
+        from infra.db.engine import get_engine
+
+        with get_engine(env.database_url).connect() as conn:
+            return [int(p) for p in conn.execute(text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"),
+                {"d": with_db}).scalars()]
+
+    db_name = database_name(env.database_url)
+    pids = _tree(worker.proc.pid)
+    before_w = {p: _cpu_s(p) for p in pids}
+    before_db = {p: _cpu_s(p) for p in backends()}
+    wall = time.monotonic()
+    run()
+    wall = time.monotonic() - wall
+    after_db = {p: _cpu_s(p) for p in set(backends()) | set(before_db)}
+    worker_s = sum(_cpu_s(p) - before_w[p] for p in pids)
+    db_s = sum(max(0.0, after_db[p] - before_db.get(p, 0.0)) for p in after_db)
+    return {"worker_s": worker_s, "db_s": db_s, "wall_s": wall}
+
+
 def db_count(env: harness.TestEnv, sql: str, **params: Any) -> int:
     """One scalar from the bench database (e.g. ``SELECT count(*) FROM …``)."""
     from infra.db.engine import get_engine

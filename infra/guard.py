@@ -22,7 +22,7 @@ from domain.errors import InvalidCommand
 from domain.guard import DEFAULT_TIER, Limits, Usage
 from domain.money import format_minor
 from domain.wallet import BalanceRefused, WalletChange
-from infra import alerts
+from infra import alerts, outbox
 from infra.alerts import Alert, OutboxOnly, Unit
 from infra.conditions import condition
 
@@ -247,13 +247,17 @@ ALERT_CHUNK_WALLETS = 5_000
 
 
 def record(conn: Connection, changes: Paired, txn_id: int, uow: Unit | None = None,
-           context: Context | None = None) -> None:
-    """Audit trail and balance alerts for every change (system ones included).
+           context: Context | None = None,
+           events: list[tuple[str, dict[str, Any], str | None]] | None = None) -> None:
+    """Audit trail and balance alerts for every change (system ones included), and the
+    caller's ``events`` (``(name, data, recipient)``, e.g. ``wallet.changed``).
 
     One INSERT for the audit lines, whatever the number of changes; the balance
     alerts inline for a few wallets, else deferred to ``evaluate_balance_alerts``.
     Alert events and messages go through ``uow`` (or, without one, through the
-    outbox for the sweeper).
+    outbox for the sweeper).  With a ``context`` (a few wallets, ``Context.load``) the
+    audit lines, the events and the alerts raised or refreshed are written in one
+    statement.
     """
     if not changes:
         return
@@ -272,22 +276,78 @@ def record(conn: Connection, changes: Paired, txn_id: int, uow: Unit | None = No
         else:
             wallets[key] = [before, before + c.amount]
     # One JSON document rather than eleven arrays: far cheaper to bind for 100,000 rows.
-    conn.execute(
-        text(
-            "INSERT INTO wallet_audit (transaction_id, user_id, currency, kind, user_initiated, "
-            "amount, balance_before, balance_after, reason, performed_by, metadata, risk_score, tier) "
-            "SELECT :txn, x.u, x.c, x.k, x.ui, x.a, x.b, x.b + x.a, x.r, x.p, x.m, x.rs, x.t "
-            "FROM json_to_recordset(CAST(:rows AS json)) AS x(u text, c text, k text, ui boolean, "
-            "a bigint, b bigint, r text, p text, m jsonb, rs smallint, t text)"
-        ),
-        {"txn": txn_id, "rows": json.dumps(rows, default=str)},
-    )
+    audit = ("INSERT INTO wallet_audit (transaction_id, user_id, currency, kind, user_initiated, "
+             "amount, balance_before, balance_after, reason, performed_by, metadata, risk_score, tier) "
+             "SELECT :txn, x.u, x.c, x.k, x.ui, x.a, x.b, x.b + x.a, x.r, x.p, x.m, x.rs, x.t "
+             "FROM json_to_recordset(CAST(:rows AS json)) AS x(u text, c text, k text, ui boolean, "
+             "a bigint, b bigint, r text, p text, m jsonb, rs smallint, t text)")
+    params = {"txn": txn_id, "rows": json.dumps(rows, default=str)}
+    if context is not None and len(wallets) <= INLINE_ALERT_WALLETS:
+        _record_at_once(unit, audit, params, tiers, {k: (v[0], v[1]) for k, v in wallets.items()},
+                        txn_id, context, events or [])
+        return
+    conn.execute(text(audit), params)
+    if events:
+        unit.emit_many(events)
     if len(wallets) <= INLINE_ALERT_WALLETS:
-        _balance_alerts(unit, tiers, {k: (v[0], v[1]) for k, v in wallets.items()}, txn_id,
-                        context)
+        _balance_alerts(unit, tiers, {k: (v[0], v[1]) for k, v in wallets.items()}, txn_id)
     else:
         unit.send("evaluate_balance_alerts", request_id=f"balance-alerts:{txn_id}:0",
                   transaction_id=txn_id)
+
+
+def _record_at_once(unit: Unit, audit: str, params: dict[str, Any], tiers: dict[str, str],
+                    wallets: dict[tuple[str, str], tuple[int, int]], txn_id: int,
+                    context: Context, events: list[tuple[str, dict[str, Any], str | None]]) -> None:
+    """Audit lines, events and the alerts to raise or refresh in one statement (CTEs);
+    alerts to resolve (and a new alert's announcement) in their own, only when there are."""
+    raised, resolve = _alert_decisions(context.table, tiers, wallets, txn_id,
+                                       context.open_alerts)
+    raised = alerts.distinct(raised)
+    parts, selects = [f"aud AS ({audit})"], []
+    bodies: list[dict[str, Any]] = []
+    if events:
+        ev_sql, ev_params, bodies = outbox.events_statement(events)
+        parts.append(f"ev AS ({ev_sql})")
+        params = {**params, **ev_params}
+        selects.append("SELECT 'ev' AS what, id, key, NULL::boolean AS inserted FROM ev")
+    if raised:
+        al_sql, al_params = alerts.upsert_statement(raised)
+        parts.append(f"al AS ({al_sql})")
+        params = {**params, **al_params}
+        selects.append("SELECT 'al' AS what, id, key, inserted FROM al")
+    if not selects:
+        selects.append("SELECT NULL::text AS what, NULL::bigint AS id, NULL::text AS key, "
+                       "NULL::boolean AS inserted WHERE false")
+    got = unit.conn.execute(text(f"WITH {', '.join(parts)} {' UNION ALL '.join(selects)}"),
+                            params).all()
+    if bodies:
+        rows = outbox.rows_of(bodies, {r.key: r.id for r in got if r.what == "ev"})
+        if hasattr(unit, "publish_after_commit"):
+            unit.publish_after_commit(rows)  # (an OutboxOnly unit leaves them to the sweeper)
+    alerts.announce_raised(unit, raised, {r.key: r.id for r in got if r.what == "al" and r.inserted})
+    alerts.resolve_alerts(unit, [k for k in resolve if k in context.open_alerts],
+                          note="balance back within limits")
+
+
+def _alert_decisions(table: LimitTable, tiers: dict[str, str],
+                     wallets: dict[tuple[str, str], tuple[int, int]], txn_id: int,
+                     open_alerts: dict[str, int | None]) -> tuple[list[Alert], list[str]]:
+    """The balance alerts to raise and the keys to resolve, from what ``Context`` read."""
+    clears_at = (datetime.now(timezone.utc) + rules.SIGNIFICANT_DROP_WINDOW).isoformat()
+    raised: list[Alert] = []
+    resolve: list[str] = []
+    for (user, cur), (before, after) in wallets.items():
+        limits = table.get(tiers.get(user, DEFAULT_TIER), cur)
+        decision = rules.balance_alerts(before, after, limits)
+        for kind in decision.raise_kinds:
+            raised.append(_balance_alert(kind, user, cur, before, after, limits, txn_id, clears_at))
+        resolve += [alert_key(kind, user, cur) for kind in decision.resolve_kinds]
+        drop = alert_key("significant_drop", user, cur)
+        # A drop is over once the wallet is back where it was before the drop.
+        if after > before and open_alerts.get(drop) is not None and after >= open_alerts[drop]:
+            resolve.append(drop)
+    return raised, resolve
 
 
 def evaluate_deferred(uow: Unit, txn_id: int, after: tuple[str, str] | None = None,
@@ -322,12 +382,10 @@ def evaluate_deferred(uow: Unit, txn_id: int, after: tuple[str, str] | None = No
 
 
 def _balance_alerts(unit: Unit, tiers: dict[str, str],
-                    wallets: dict[tuple[str, str], tuple[int, int]], txn_id: int,
-                    context: Context | None = None) -> None:
+                    wallets: dict[tuple[str, str], tuple[int, int]], txn_id: int) -> None:
     """Raise the balance alerts that hold for each wallet (``(user, currency) -> (balance
-    before, balance after)``), resolve those that no longer do.  With a ``context`` the
-    open alerts are known already (no lookup)."""
-    table = context.table if context is not None else LimitTable.load(unit.conn)
+    before, balance after)``), resolve those that no longer do."""
+    table = LimitTable.load(unit.conn)
     clears_at = (datetime.now(timezone.utc) + rules.SIGNIFICANT_DROP_WINDOW).isoformat()
     raised: list[Alert] = []
     resolve: list[str] = []
@@ -340,15 +398,6 @@ def _balance_alerts(unit: Unit, tiers: dict[str, str],
         resolve += [alert_key(kind, user, cur) for kind in decision.resolve_kinds]
         if after > before:
             recovered[alert_key("significant_drop", user, cur)] = after
-    if context is not None:
-        # A drop is over once the wallet is back where it was before the drop.
-        resolve += [key for key, after in recovered.items()
-                    if context.open_alerts.get(key) is not None
-                    and after >= context.open_alerts[key]]
-        opened = [key for key in resolve if key in context.open_alerts]
-        alerts.resolve_alerts(unit, opened, note="balance back within limits")
-        alerts.raise_alerts(unit, raised)
-        return
     if recovered:
         # A drop is over once the wallet is back where it was before the drop.
         resolve += [

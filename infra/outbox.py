@@ -117,6 +117,34 @@ def add_events(
     return [OutboxRow(ids[b["event_id"]], "event", EVENTS_EXCHANGE, b["event"], b) for b in bodies]
 
 
+def events_statement(
+    events: Iterable[tuple[str, dict[str, Any], str | None]]
+) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    """``add_events`` as a statement to run inside a bigger one (a CTE): its SQL (returning
+    ``id`` and ``key``, the event id), its parameters (prefixed ``ev_``) and the bodies;
+    ``rows_of`` turns what it returned into OutboxRows."""
+    now = datetime.now(timezone.utc).isoformat()
+    bodies = [
+        {"event": name, "event_id": str(uuid.uuid4()), "occurred_at": now,
+         "recipient": recipient, "data": data}
+        for name, data, recipient in events
+    ]
+    sql = ("INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
+           "SELECT 'event', :ev_dest, e.name, e.name, e.recipient, CAST(e.body AS jsonb) "
+           "FROM unnest(CAST(:ev_names AS text[]), CAST(:ev_recipients AS text[]), "
+           "CAST(:ev_bodies AS text[])) WITH ORDINALITY AS e(name, recipient, body, n) "
+           "ORDER BY e.n RETURNING id, body->>'event_id' AS key")
+    params = {"ev_dest": EVENTS_EXCHANGE, "ev_names": [b["event"] for b in bodies],
+              "ev_recipients": [b["recipient"] for b in bodies],
+              "ev_bodies": [json.dumps(b, default=str) for b in bodies]}
+    return sql, params, bodies
+
+
+def rows_of(bodies: list[dict[str, Any]], ids: dict[str, int]) -> list[OutboxRow]:
+    """The OutboxRows of ``events_statement``'s bodies, given ``event_id -> id``."""
+    return [OutboxRow(ids[b["event_id"]], "event", EVENTS_EXCHANGE, b["event"], b) for b in bodies]
+
+
 def add_events_select(
     conn: Connection, name: str, select_sql: str, params: dict[str, Any], *, return_max: int = 0
 ) -> tuple[int, list[OutboxRow]]:

@@ -132,6 +132,11 @@ class UnitOfWork:
         self._rows.extend(rows)
         return count
 
+    def publish_after_commit(self, rows: list[outbox.OutboxRow]) -> None:
+        """Outbox rows written by a caller's own statement (``outbox.events_statement``
+        inside a bigger one): published after commit like ``emit``'s."""
+        self._rows.extend(rows)
+
     def commit(self) -> None:
         self._tx.commit()
         self.committed = True

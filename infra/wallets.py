@@ -69,22 +69,15 @@ def apply_changes(
         idempotency_key=idempotency_key,
         metadata=metadata,
     )
-    guard.record(uow.conn, paired, txn_id, uow=uow, context=context)
-    if notify and len(changes) <= 100:
-        for c, before in paired:
-            uow.emit(
-                "wallet.changed",
-                {
-                    "user_id": c.user_id,
-                    "currency": c.currency,
-                    "amount": c.amount,
-                    "kind": c.kind,
-                    "balance_before": before,
-                    "balance_after": before + c.amount,
-                    "transaction_id": txn_id,
-                },
-                recipient=c.user_id,
-            )
+    events = [
+        ("wallet.changed",
+         {"user_id": c.user_id, "currency": c.currency, "amount": c.amount, "kind": c.kind,
+          "balance_before": before, "balance_after": before + c.amount,
+          "transaction_id": txn_id},
+         c.user_id)
+        for c, before in paired
+    ] if notify and len(changes) <= 100 else []
+    guard.record(uow.conn, paired, txn_id, uow=uow, context=context, events=events)
     return txn_id
 
 
