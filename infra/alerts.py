@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, text
 from domain.errors import NotFound, Refused
 from infra import outbox, rabbit
 from infra.conditions import condition
+from infra.db.engine import sql
 from infra.logs import get_logger
 from infra.settings import get_settings
 
@@ -99,8 +100,8 @@ def raise_alerts(uow: Unit, alerts: Iterable[Alert]) -> dict[str, int]:
     items = distinct(alerts)
     if not items:
         return {}
-    sql, params = upsert_statement(items)
-    new = {r.key: r.id for r in uow.conn.execute(text(sql), params) if r.inserted}
+    statement, params = upsert_statement(items)
+    new = {r.key: r.id for r in uow.conn.execute(sql(statement), params) if r.inserted}
     announce_raised(uow, items, new)
     return new
 
@@ -154,7 +155,7 @@ def resolve_alerts(uow: Unit, keys: Sequence[str], note: str | None = None) -> l
     if not keys:
         return []
     rows = uow.conn.execute(
-        text(
+        sql(
             "UPDATE alerts SET status = 'resolved', resolved_at = now(), updated_at = now() "
             "WHERE status <> 'resolved' AND dedupe_key = ANY(CAST(:keys AS text[])) "
             "RETURNING id, kind, severity, subject, dedupe_key, data"

@@ -25,6 +25,7 @@ from domain.wallet import BalanceRefused, WalletChange
 from infra import alerts, outbox
 from infra.alerts import Alert, OutboxOnly, Unit
 from infra.conditions import condition
+from infra.db.engine import sql
 
 Paired = Sequence[tuple[WalletChange, int]]
 
@@ -319,7 +320,7 @@ def _record_at_once(unit: Unit, audit: str, params: dict[str, Any], tiers: dict[
     if not selects:
         selects.append("SELECT NULL::text AS what, NULL::bigint AS id, NULL::text AS key, "
                        "NULL::boolean AS inserted WHERE false")
-    got = unit.conn.execute(text(f"WITH {', '.join(parts)} {' UNION ALL '.join(selects)}"),
+    got = unit.conn.execute(sql(f"WITH {', '.join(parts)} {' UNION ALL '.join(selects)}"),
                             params).all()
     if bodies:
         rows = outbox.rows_of(bodies, {r.key: r.id for r in got if r.what == "ev"})

@@ -21,6 +21,8 @@ from typing import Any, Iterable, Sequence
 
 from sqlalchemy import Connection, text
 
+from infra.db.engine import sql
+
 from domain.errors import InsufficientFunds, LedgerError, NotFound
 from domain.ledger import (
     Posting,
@@ -87,7 +89,7 @@ def open_and_lock_accounts(conn: Connection, wanted: dict[str, str]) -> dict[str
     lock runs after the opening (it takes the opening's result as its argument), and, as a
     volatile function, sees the accounts the opening created."""
     rows = conn.execute(
-        text("SELECT l.* FROM (SELECT ledger_open_accounts(CAST(:codes AS text[]), "
+        sql("SELECT l.* FROM (SELECT ledger_open_accounts(CAST(:codes AS text[]), "
              "CAST(:curs AS text[]), CAST(:negs AS boolean[]), CAST(:sharded AS boolean[])) "
              "AS created) o CROSS JOIN LATERAL ledger_lock_accounts(CASE WHEN o.created IS NULL "
              "THEN NULL ELSE CAST(:codes AS text[]) END) l"),

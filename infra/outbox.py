@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Engine, text
 
 from infra.auth import sign_as_ballast
 from infra.contract import EVENTS_EXCHANGE, spec_for
-from infra.db.engine import delete_in_batches
+from infra.db.engine import delete_in_batches, sql
 from infra.logs import get_logger
 
 log = get_logger(__name__)
@@ -176,7 +176,7 @@ def add_events_select(
 
 def _insert(conn, kind, destination, routing_key, body, event_name, recipient) -> OutboxRow:
     row_id = conn.execute(
-        text(
+        sql(
             "INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
             "VALUES (:k, :d, :r, :e, :rc, CAST(:b AS jsonb)) RETURNING id"
         ),
@@ -498,7 +498,7 @@ def relay_for(broker: dramatiq.Broker) -> Relay | None:
 def _mark(engine: Engine, ids: list[int]) -> None:
     with engine.begin() as conn:
         conn.execute(
-            text("UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY(:ids)"),
+            sql("UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY(:ids)"),
             {"ids": ids},
         )
 

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, text
 
 from domain.errors import RequestConflict
 from infra import faults, outbox
-from infra.db.engine import get_engine
+from infra.db.engine import get_engine, sql
 
 
 def payload_hash(payload: Any) -> str:
@@ -82,7 +82,7 @@ class UnitOfWork:
         """
         digest = payload_hash(self.payload)
         inserted = self.conn.execute(
-            text(
+            sql(
                 "INSERT INTO processed_requests (actor, request_id, payload_hash, message_id) "
                 "VALUES (:a, :r, :h, :m) ON CONFLICT DO NOTHING RETURNING 1"
             ),
