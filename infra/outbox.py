@@ -430,13 +430,15 @@ class Relay:
         tags: dict[int, tuple[OutboxRow, str]] = {}
         for row in rows:
             exchange, routing_key, body, props, key = self._frame(row)
+            # The tag is pending before the publish: its ack may arrive while basic_publish
+            # flushes (pika reads incoming frames then), and must find it.
+            tags[self._next_tag] = (row, key)
+            self._pending.add(self._next_tag)
+            self._next_tag += 1
             # A command must reach its queue (mandatory, as ``broker.enqueue``); an event
             # nobody subscribes to is simply not routed, as before.
             channel.basic_publish(exchange=exchange, routing_key=routing_key, body=body,
                                   properties=props, mandatory=row.kind == "message")
-            tags[self._next_tag] = (row, key)
-            self._pending.add(self._next_tag)
-            self._next_tag += 1
         deadline = time.monotonic() + timeout
         while self._pending and time.monotonic() < deadline:
             self._conn.process_data_events(time_limit=0.05)
