@@ -203,32 +203,35 @@ def _tree(root: int) -> list[int]:
     return out
 
 
+def cpu_snapshot(env: harness.TestEnv, worker: harness.Worker) -> dict[str, Any]:
+    """CPU seconds so far of the worker's processes and of the PostgreSQL backends serving
+    the bench database (read from /proc), for ``cpu_since``."""
+    from infra.db.engine import database_name, get_engine
+
+    with get_engine(env.database_url).connect() as conn:
+        backends = [int(p) for p in conn.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = :d"),
+            {"d": database_name(env.database_url)}).scalars()]
+    pids = _tree(worker.proc.pid)
+    return {"worker": {p: _cpu_s(p) for p in pids}, "db": {p: _cpu_s(p) for p in backends},
+            "at": time.monotonic(), "env": env, "proc": worker}
+
+
+def cpu_since(before: dict[str, Any]) -> dict[str, float]:
+    """What the worker (Python) and the database backends spent since ``before``, and the
+    wall time: measured, not estimated (a backend that ended meanwhile is not counted)."""
+    now = cpu_snapshot(before["env"], before["proc"])
+    worker_s = sum(max(0.0, t - before["worker"].get(p, 0.0)) for p, t in now["worker"].items())
+    db_s = sum(max(0.0, t - before["db"].get(p, 0.0)) for p, t in now["db"].items())
+    return {"worker_s": worker_s, "db_s": db_s, "wall_s": now["at"] - before["at"]}
+
+
 def cpu_split(env: harness.TestEnv, worker: harness.Worker, run: Callable[[], Any]) -> dict[str, float]:
     """CPU seconds spent while ``run()`` runs by the worker's processes (Python) and by the
-    PostgreSQL backends serving the bench database, and the wall time; measured from
-    /proc, so it is what the real worker and server spent, not an estimate."""
-    from infra.db.engine import database_name
-
-    def backends() -> list[int]:
-        with_db = db_name
-        from infra.db.engine import get_engine
-
-        with get_engine(env.database_url).connect() as conn:
-            return [int(p) for p in conn.execute(text(
-                "SELECT pid FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"),
-                {"d": with_db}).scalars()]
-
-    db_name = database_name(env.database_url)
-    pids = _tree(worker.proc.pid)
-    before_w = {p: _cpu_s(p) for p in pids}
-    before_db = {p: _cpu_s(p) for p in backends()}
-    wall = time.monotonic()
+    PostgreSQL backends serving the bench database, and the wall time (``cpu_since``)."""
+    before = cpu_snapshot(env, worker)
     run()
-    wall = time.monotonic() - wall
-    after_db = {p: _cpu_s(p) for p in set(backends()) | set(before_db)}
-    worker_s = sum(_cpu_s(p) - before_w[p] for p in pids)
-    db_s = sum(max(0.0, after_db[p] - before_db.get(p, 0.0)) for p in after_db)
-    return {"worker_s": worker_s, "db_s": db_s, "wall_s": wall}
+    return cpu_since(before)
 
 
 def db_count(env: harness.TestEnv, sql: str, **params: Any) -> int:
