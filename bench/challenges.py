@@ -17,7 +17,8 @@ from __future__ import annotations
 import time
 import uuid
 
-from bench.common import bench_env, db_count, noop_rate, publish, result, start_worker
+from bench.common import (bench_env, cpu_since, cpu_snapshot, cpu_split, db_count, noop_rate, publish, result,
+                          start_worker)
 
 CHALLENGES = 200
 STAKE = 10_000  # ₦100.00
@@ -48,13 +49,14 @@ def _fund(env, tag: str, users: list[str]) -> None:
                "AND request_id = :t", 1, "treasury funding", t=f"{tag}fund")
 
 
-def challenge_rate(env, n: int) -> float:
+def challenge_rate(env, n: int, worker=None, split: dict | None = None) -> float:
     tag = f"b{uuid.uuid4().hex[:6]}-"
     ids = [f"{tag}{i}" for i in range(n)]
     users = {cid: [f"{cid}-u{k}" for k in range(len(SIDES))] for cid in ids}
     _fund(env, tag, [u for us in users.values() for u in us])
     like = {"t": f"{tag}%"}
 
+    before = cpu_snapshot(env, worker) if split is not None else None
     started = time.monotonic()
     publish(env, "open_challenge", [dict(request_id=f"{cid}-open", challenge_id=cid, title="bench",
                                          currency="NGN", stake=STAKE, admin_created=True)
@@ -79,14 +81,28 @@ def challenge_rate(env, n: int) -> float:
                                        for i, cid in enumerate(ids)])
     _wait(env, "SELECT count(*) FROM challenges WHERE id LIKE :t AND status = 'settled'", n,
           "settlements", **like)
-    return n / (time.monotonic() - started)
+    rate = n / (time.monotonic() - started)
+    if before is not None:
+        split.update(cpu_since(before))
+    return rate
+
+
+def _ms(split: dict, n: int) -> str:
+    return (f"{1000 * split['worker_s'] / n:.2f} ms in the worker (Python) + "
+            f"{1000 * split['db_s'] / n:.2f} ms in PostgreSQL backends")
+
+
+def _busy(split: dict) -> str:
+    return f"{(split['worker_s'] + split['db_s']) / split['wall_s']:.2f}"
 
 
 def run() -> dict:
     with bench_env() as env, start_worker(env, threads=THREADS) as worker:
         baseline = noop_rate(env, 5000, worker) / MESSAGES_PER_CHALLENGE
         challenge_rate(env, 20)  # warm-up
-        value = challenge_rate(env, CHALLENGES)
+        split: dict = {}
+        value = challenge_rate(env, CHALLENGES, worker, split)
+        noop_split = cpu_split(env, worker, lambda: noop_rate(env, 2000, worker, rounds=1))
         matches = db_count(env, "SELECT count(*) FROM treasury_matches WHERE status = 'settled'")
         escrow = db_count(env, "SELECT COALESCE(sum(balance), 0) FROM accounts "
                                "WHERE code LIKE 'escrow:challenge:%'")
@@ -100,5 +116,8 @@ def run() -> dict:
         f"{CHALLENGES} challenges, each open + configure + 5 joins + fill of {FILL} "
         f"(assign, create) + resolve + settle = {MESSAGES_PER_CHALLENGE} messages, phases "
         f"barriered across challenges; baseline = no-op messages/s / {MESSAGES_PER_CHALLENGE}; "
-        f"1 worker process x {THREADS} threads; {matches} treasury matches settled, escrows at 0",
+        f"1 worker process x {THREADS} threads; {matches} treasury matches settled, escrows at 0. "
+        f"CPU per message of the timed run: {_ms(split, CHALLENGES * MESSAGES_PER_CHALLENGE)}; "
+        f"no-op: {_ms(noop_split, 2050)}; the phases' barriers leave cores idle "
+        f"({_busy(split)} of the 2 cores busy with worker + database)",
     )

@@ -173,6 +173,67 @@ def noop_rate(env: harness.TestEnv, n: int = 5000, worker: harness.Worker | None
             worker.stop()
 
 
+def _cpu_s(pid: int) -> float:
+    """utime + stime of one process, in seconds (0 if it is gone)."""
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants (a Dramatiq worker forks its worker processes)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += parents.get(pid, [])
+    return out
+
+
+def cpu_snapshot(env: harness.TestEnv, worker: harness.Worker) -> dict[str, Any]:
+    """CPU seconds so far of the worker's processes and of the PostgreSQL backends serving
+    the bench database (read from /proc), for ``cpu_since``."""
+    from infra.db.engine import database_name, get_engine
+
+    with get_engine(env.database_url).connect() as conn:
+        backends = [int(p) for p in conn.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = :d"),
+            {"d": database_name(env.database_url)}).scalars()]
+    pids = _tree(worker.proc.pid)
+    return {"worker": {p: _cpu_s(p) for p in pids}, "db": {p: _cpu_s(p) for p in backends},
+            "at": time.monotonic(), "env": env, "proc": worker}
+
+
+def cpu_since(before: dict[str, Any]) -> dict[str, float]:
+    """What the worker (Python) and the database backends spent since ``before``, and the
+    wall time: measured, not estimated (a backend that ended meanwhile is not counted)."""
+    now = cpu_snapshot(before["env"], before["proc"])
+    worker_s = sum(max(0.0, t - before["worker"].get(p, 0.0)) for p, t in now["worker"].items())
+    db_s = sum(max(0.0, t - before["db"].get(p, 0.0)) for p, t in now["db"].items())
+    return {"worker_s": worker_s, "db_s": db_s, "wall_s": now["at"] - before["at"]}
+
+
+def cpu_split(env: harness.TestEnv, worker: harness.Worker, run: Callable[[], Any]) -> dict[str, float]:
+    """CPU seconds spent while ``run()`` runs by the worker's processes (Python) and by the
+    PostgreSQL backends serving the bench database, and the wall time (``cpu_since``)."""
+    before = cpu_snapshot(env, worker)
+    run()
+    return cpu_since(before)
+
+
 def db_count(env: harness.TestEnv, sql: str, **params: Any) -> int:
     """One scalar from the bench database (e.g. ``SELECT count(*) FROM …``)."""
     from infra.db.engine import get_engine

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, text
 from domain.errors import NotFound, Refused
 from infra import outbox, rabbit
 from infra.conditions import condition
+from infra.db.engine import sql
 from infra.logs import get_logger
 from infra.settings import get_settings
 
@@ -96,49 +97,51 @@ class Alert:
 def raise_alerts(uow: Unit, alerts: Iterable[Alert]) -> dict[str, int]:
     """Open each alert unless one is open for its key (then its subject and data are
     refreshed and nothing is published).  Returns ``{dedupe_key: id}`` of the new ones."""
-    latest = {a.dedupe_key: a for a in alerts}
-    items = list(latest.values())
+    items = distinct(alerts)
     if not items:
         return {}
-    params = {
-        "k": [a.kind for a in items],
-        "s": [a.severity for a in items],
-        "subj": [a.subject for a in items],
-        "key": [a.dedupe_key for a in items],
-        "d": [json.dumps(a.data, default=str) for a in items],
-    }
-    new = {
-        r.dedupe_key: r.id
-        for r in uow.conn.execute(
-            text(
-                "INSERT INTO alerts (kind, severity, subject, dedupe_key, data) "
-                "SELECT x.k, x.s, x.subj, x.key, CAST(x.d AS jsonb) FROM unnest("
-                "CAST(:k AS text[]), CAST(:s AS text[]), CAST(:subj AS text[]), "
-                "CAST(:key AS text[]), CAST(:d AS text[])) AS x(k, s, subj, key, d) "
-                "ON CONFLICT (dedupe_key) WHERE status <> 'resolved' DO NOTHING "
-                "RETURNING id, dedupe_key"
-            ),
-            params,
-        )
-    }
-    old = [a for a in items if a.dedupe_key not in new]
-    if old:
-        uow.conn.execute(
-            text(
-                "UPDATE alerts a SET subject = x.subj, data = CAST(x.d AS jsonb), updated_at = now() "
-                "FROM unnest(CAST(:key AS text[]), CAST(:subj AS text[]), CAST(:d AS text[])) "
-                "AS x(key, subj, d) WHERE a.dedupe_key = x.key AND a.status <> 'resolved'"
-            ),
-            {"key": [a.dedupe_key for a in old], "subj": [a.subject for a in old],
-             "d": [json.dumps(a.data, default=str) for a in old]},
-        )
+    statement, params = upsert_statement(items)
+    new = {r.key: r.id for r in uow.conn.execute(sql(statement), params) if r.inserted}
+    announce_raised(uow, items, new)
+    return new
+
+
+def distinct(alerts: Iterable[Alert]) -> list[Alert]:
+    """The last alert of each dedupe key (one statement may not touch a key twice)."""
+    return list({a.dedupe_key: a for a in alerts}.values())
+
+
+def upsert_statement(items: Sequence[Alert]) -> tuple[str, dict[str, Any]]:
+    """One statement opening ``items`` (distinct keys): a new alert is inserted, an open
+    one refreshed; it returns ``id, key, inserted`` (``xmax = 0`` only on a row this
+    statement inserted, not on one it updated).  Parameters are prefixed ``al_`` so the
+    statement can be a CTE of a bigger one (``guard.record``)."""
+    return (
+        "INSERT INTO alerts (kind, severity, subject, dedupe_key, data) "
+        "SELECT x.k, x.s, x.subj, x.key, CAST(x.d AS jsonb) FROM unnest("
+        "CAST(:al_k AS text[]), CAST(:al_s AS text[]), CAST(:al_subj AS text[]), "
+        "CAST(:al_key AS text[]), CAST(:al_d AS text[])) AS x(k, s, subj, key, d) "
+        "ON CONFLICT (dedupe_key) WHERE status <> 'resolved' DO UPDATE SET "
+        "subject = EXCLUDED.subject, data = EXCLUDED.data, updated_at = now() "
+        "RETURNING id, dedupe_key AS key, (xmax = 0) AS inserted",
+        {
+            "al_k": [a.kind for a in items],
+            "al_s": [a.severity for a in items],
+            "al_subj": [a.subject for a in items],
+            "al_key": [a.dedupe_key for a in items],
+            "al_d": [json.dumps(a.data, default=str) for a in items],
+        },
+    )
+
+
+def announce_raised(uow: Unit, items: Sequence[Alert], new: dict[str, int]) -> None:
+    """The ``alert.raised`` events (and webhook rows) of the alerts just opened."""
     if new:
         _announce(uow, "alert.raised", [
             {"alert_id": new[a.dedupe_key], "kind": a.kind, "severity": a.severity,
              "subject": a.subject, "dedupe_key": a.dedupe_key, "data": a.data}
             for a in items if a.dedupe_key in new
         ])
-    return new
 
 
 def raise_alert(uow: Unit, *, kind: str, severity: str, subject: str, dedupe_key: str,
@@ -152,7 +155,7 @@ def resolve_alerts(uow: Unit, keys: Sequence[str], note: str | None = None) -> l
     if not keys:
         return []
     rows = uow.conn.execute(
-        text(
+        sql(
             "UPDATE alerts SET status = 'resolved', resolved_at = now(), updated_at = now() "
             "WHERE status <> 'resolved' AND dedupe_key = ANY(CAST(:keys AS text[])) "
             "RETURNING id, kind, severity, subject, dedupe_key, data"

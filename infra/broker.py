@@ -35,6 +35,7 @@ from infra.middleware.deadletters import (
     publish_rejected,
 )
 from infra.middleware.logcontext import LogContext
+from infra.middleware.relay import OutboxRelay
 from infra.middleware.threads import ThreadWatch
 from infra.settings import broker_urls, get_settings
 
@@ -170,6 +171,7 @@ def build_broker(url: str | None = None, *, worker: bool = False) -> RabbitmqBro
         Authenticate(),  # before the unit of work: a refusal changes nothing
         RetryOrDeadLetter(),
         ThreadWatch(),
+        OutboxRelay(),  # worker processes only (after_worker_boot)
     ]
     if worker and settings.metrics_port:
         from infra.middleware.metrics import metrics_middleware

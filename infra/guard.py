@@ -23,9 +23,10 @@ from domain.errors import InvalidCommand
 from domain.guard import DAILY_WINDOW, DEFAULT_TIER, WEEKLY_WINDOW, Limits, Usage
 from domain.money import format_minor
 from domain.wallet import BalanceRefused, WalletChange
-from infra import alerts
+from infra import alerts, outbox
 from infra.alerts import Alert, OutboxOnly, Unit
 from infra.conditions import condition
+from infra.db.engine import sql
 
 Paired = Sequence[tuple[WalletChange, int]]
 
@@ -138,19 +139,101 @@ def usage(conn: Connection, wallets: Sequence[tuple[str, str]],
     return {(r.user_id, r.currency): Usage(int(r.daily), int(r.weekly)) for r in rows}
 
 
-def check(conn: Connection, changes: Paired, *, now: datetime | None = None) -> None:
+#: Up to this many wallets, ``check`` and ``record`` read everything they need (tiers,
+#: limits, window sums, open balance alerts) in one statement (``Context``); a bigger
+#: batch (a settlement) reads it set-wise as before.
+CONTEXT_WALLETS = 100
+
+#: The balance-alert kinds whose open alerts a wallet change may refresh or resolve.
+BALANCE_ALERT_KINDS = ("balance_warning", "balance_critical", "significant_drop",
+                       "limit_exceeded")
+
+
+class Context:
+    """What the guard needs of a few wallets, read in one statement once they are locked:
+    each user's tier, the limits of (tier, currency), the trailing-window sums of the
+    wallets that have user-initiated changes, and the wallets' open balance alerts
+    (``dedupe_key -> balance_before`` of a significant drop, None for other kinds).
+
+    Read after the wallet rows are locked (``apply_changes``), it is what reading each
+    piece later in the same transaction would give: every writer of these wallets' audit
+    lines and balance alerts holds the same locks.
+    """
+
+    def __init__(self, tiers: dict[str, str], table: LimitTable,
+                 used: dict[tuple[str, str], Usage], open_alerts: dict[str, int | None]) -> None:
+        self.tiers = tiers
+        self.table = table
+        self.used = used
+        self.open_alerts = open_alerts
+
+    @classmethod
+    def load(cls, conn: Connection, changes: Paired, now: datetime | None = None) -> "Context":
+        wallets = sorted({(c.user_id, c.currency) for c, _ in changes})
+        initiated = {(c.user_id, c.currency) for c, _ in changes if c.user_initiated}
+        rows = conn.execute(_CONTEXT, {
+            "now": now, "users": [u for u, _ in wallets], "curs": [c for _, c in wallets],
+            "mine": [w in initiated for w in wallets], "kinds": list(BALANCE_ALERT_KINDS),
+            "default": DEFAULT_TIER,
+        }).all()
+        tiers: dict[str, str] = {}
+        limits: dict[tuple[str, str], Limits] = {}
+        used: dict[tuple[str, str], Usage] = {}
+        open_alerts: dict[str, int | None] = {}
+        for r in rows:
+            if r.stored_tier is not None:
+                tiers[r.user_id] = r.stored_tier
+            if r.min_balance is not None:
+                limits[(r.tier, r.currency)] = Limits(r.tier, r.currency, r.min_balance,
+                                                      r.max_balance, r.daily_limit, r.weekly_limit,
+                                                      r.warning_threshold, r.critical_threshold)
+            if r.daily is not None:
+                used[(r.user_id, r.currency)] = Usage(int(r.daily), int(r.weekly))
+            for key, drop_before in zip(r.alert_keys or [], r.alert_befores or []):
+                open_alerts[key] = None if drop_before is None else int(drop_before)
+        return cls(tiers, LimitTable(limits), used, open_alerts)
+
+
+_CONTEXT = text(
+    "WITH t AS (SELECT COALESCE(CAST(:now AS timestamptz), now()) AS now), "
+    "w AS (SELECT * FROM unnest(CAST(:users AS text[]), CAST(:curs AS text[]), "
+    "CAST(:mine AS boolean[])) AS w(user_id, currency, mine)) "
+    "SELECT w.user_id, w.currency, ut.tier AS stored_tier, COALESCE(ut.tier, :default) AS tier, "
+    "g.min_balance, g.max_balance, g.daily_limit, g.weekly_limit, g.warning_threshold, "
+    "g.critical_threshold, u.daily, u.weekly, al.keys AS alert_keys, al.befores AS alert_befores "
+    "FROM w CROSS JOIN t "
+    "LEFT JOIN user_tiers ut ON ut.user_id = w.user_id "
+    "LEFT JOIN guard_limits g ON g.tier = COALESCE(ut.tier, :default) AND g.currency = w.currency "
+    "LEFT JOIN LATERAL (SELECT "
+    "COALESCE(sum(abs(a.amount)) FILTER (WHERE a.created_at > t.now - interval '24 hours'), 0) AS daily, "
+    "COALESCE(sum(abs(a.amount)), 0) AS weekly FROM wallet_audit a "
+    "WHERE a.user_id = w.user_id AND a.currency = w.currency AND a.user_initiated "
+    "AND a.created_at > t.now - interval '7 days') u ON w.mine "
+    "LEFT JOIN LATERAL (SELECT array_agg(a.dedupe_key) AS keys, array_agg(CASE WHEN "
+    "a.kind = 'significant_drop' THEN CAST(a.data->>'balance_before' AS bigint) END) AS befores "
+    "FROM alerts a WHERE a.status <> 'resolved' AND a.dedupe_key = ANY(ARRAY(SELECT "
+    "k || ':' || w.user_id || ':' || w.currency FROM unnest(CAST(:kinds AS text[])) AS k))) al ON true"
+)
+
+
+def check(conn: Connection, changes: Paired, *, now: datetime | None = None,
+          context: Context | None = None) -> None:
     """Validate user-initiated changes; ``changes`` pairs each change with its balance before.
 
     Raises BalanceRefused (naming the rule and by how much) for the first change that
-    breaks a rule; system changes are never refused.
+    breaks a rule; system changes are never refused.  ``context``: what ``Context.load``
+    read for these changes (else read here).
     """
     mine = [(c, before) for c, before in changes if c.user_initiated]
     if not mine:
         return
-    wallets = sorted({(c.user_id, c.currency) for c, _ in mine})
-    tiers = tiers_of(conn, sorted({u for u, _ in wallets}))
-    table = LimitTable.load(conn)
-    used = usage(conn, wallets, now)
+    if context is not None:
+        tiers, table, used = context.tiers, context.table, dict(context.used)
+    else:
+        wallets = sorted({(c.user_id, c.currency) for c, _ in mine})
+        tiers = tiers_of(conn, sorted({u for u, _ in wallets}))
+        table = LimitTable.load(conn)
+        used = usage(conn, wallets, now)
     for change, before in mine:
         key = (change.user_id, change.currency)
         limits = table.get(tiers.get(change.user_id, DEFAULT_TIER), change.currency)
@@ -166,18 +249,23 @@ INLINE_ALERT_WALLETS = 100
 ALERT_CHUNK_WALLETS = 5_000
 
 
-def record(conn: Connection, changes: Paired, txn_id: int, uow: Unit | None = None) -> None:
-    """Audit trail and balance alerts for every change (system ones included).
+def record(conn: Connection, changes: Paired, txn_id: int, uow: Unit | None = None,
+           context: Context | None = None,
+           events: list[tuple[str, dict[str, Any], str | None]] | None = None) -> None:
+    """Audit trail and balance alerts for every change (system ones included), and the
+    caller's ``events`` (``(name, data, recipient)``, e.g. ``wallet.changed``).
 
     One INSERT for the audit lines, whatever the number of changes; the balance
     alerts inline for a few wallets, else deferred to ``evaluate_balance_alerts``.
     Alert events and messages go through ``uow`` (or, without one, through the
-    outbox for the sweeper).
+    outbox for the sweeper).  With a ``context`` (a few wallets, ``Context.load``) the
+    audit lines, the events and the alerts raised or refreshed are written in one
+    statement.
     """
     if not changes:
         return
     unit = uow if uow is not None else OutboxOnly(conn)
-    tiers = tiers_of(conn, list({c.user_id for c, _ in changes}))
+    tiers = context.tiers if context is not None else tiers_of(conn, list({c.user_id for c, _ in changes}))
     rows = []
     wallets: dict[tuple[str, str], list[int]] = {}
     for c, before in changes:
@@ -191,21 +279,78 @@ def record(conn: Connection, changes: Paired, txn_id: int, uow: Unit | None = No
         else:
             wallets[key] = [before, before + c.amount]
     # One JSON document rather than eleven arrays: far cheaper to bind for 100,000 rows.
-    conn.execute(
-        text(
-            "INSERT INTO wallet_audit (transaction_id, user_id, currency, kind, user_initiated, "
-            "amount, balance_before, balance_after, reason, performed_by, metadata, risk_score, tier) "
-            "SELECT :txn, x.u, x.c, x.k, x.ui, x.a, x.b, x.b + x.a, x.r, x.p, x.m, x.rs, x.t "
-            "FROM json_to_recordset(CAST(:rows AS json)) AS x(u text, c text, k text, ui boolean, "
-            "a bigint, b bigint, r text, p text, m jsonb, rs smallint, t text)"
-        ),
-        {"txn": txn_id, "rows": json.dumps(rows, default=str)},
-    )
+    audit = ("INSERT INTO wallet_audit (transaction_id, user_id, currency, kind, user_initiated, "
+             "amount, balance_before, balance_after, reason, performed_by, metadata, risk_score, tier) "
+             "SELECT :txn, x.u, x.c, x.k, x.ui, x.a, x.b, x.b + x.a, x.r, x.p, x.m, x.rs, x.t "
+             "FROM json_to_recordset(CAST(:rows AS json)) AS x(u text, c text, k text, ui boolean, "
+             "a bigint, b bigint, r text, p text, m jsonb, rs smallint, t text)")
+    params = {"txn": txn_id, "rows": json.dumps(rows, default=str)}
+    if context is not None and len(wallets) <= INLINE_ALERT_WALLETS:
+        _record_at_once(unit, audit, params, tiers, {k: (v[0], v[1]) for k, v in wallets.items()},
+                        txn_id, context, events or [])
+        return
+    conn.execute(text(audit), params)
+    if events:
+        unit.emit_many(events)
     if len(wallets) <= INLINE_ALERT_WALLETS:
         _balance_alerts(unit, tiers, {k: (v[0], v[1]) for k, v in wallets.items()}, txn_id)
     else:
         unit.send("evaluate_balance_alerts", request_id=f"balance-alerts:{txn_id}:0",
                   transaction_id=txn_id)
+
+
+def _record_at_once(unit: Unit, audit: str, params: dict[str, Any], tiers: dict[str, str],
+                    wallets: dict[tuple[str, str], tuple[int, int]], txn_id: int,
+                    context: Context, events: list[tuple[str, dict[str, Any], str | None]]) -> None:
+    """Audit lines, events and the alerts to raise or refresh in one statement (CTEs);
+    alerts to resolve (and a new alert's announcement) in their own, only when there are."""
+    raised, resolve = _alert_decisions(context.table, tiers, wallets, txn_id,
+                                       context.open_alerts)
+    raised = alerts.distinct(raised)
+    parts, selects = [f"aud AS ({audit})"], []
+    bodies: list[dict[str, Any]] = []
+    if events:
+        ev_sql, ev_params, bodies = outbox.events_statement(events)
+        parts.append(f"ev AS ({ev_sql})")
+        params = {**params, **ev_params}
+        selects.append("SELECT 'ev' AS what, id, key, NULL::boolean AS inserted FROM ev")
+    if raised:
+        al_sql, al_params = alerts.upsert_statement(raised)
+        parts.append(f"al AS ({al_sql})")
+        params = {**params, **al_params}
+        selects.append("SELECT 'al' AS what, id, key, inserted FROM al")
+    if not selects:
+        selects.append("SELECT NULL::text AS what, NULL::bigint AS id, NULL::text AS key, "
+                       "NULL::boolean AS inserted WHERE false")
+    got = unit.conn.execute(sql(f"WITH {', '.join(parts)} {' UNION ALL '.join(selects)}"),
+                            params).all()
+    if bodies:
+        rows = outbox.rows_of(bodies, {r.key: r.id for r in got if r.what == "ev"})
+        if hasattr(unit, "publish_after_commit"):
+            unit.publish_after_commit(rows)  # (an OutboxOnly unit leaves them to the sweeper)
+    alerts.announce_raised(unit, raised, {r.key: r.id for r in got if r.what == "al" and r.inserted})
+    alerts.resolve_alerts(unit, [k for k in resolve if k in context.open_alerts],
+                          note="balance back within limits")
+
+
+def _alert_decisions(table: LimitTable, tiers: dict[str, str],
+                     wallets: dict[tuple[str, str], tuple[int, int]], txn_id: int,
+                     open_alerts: dict[str, int | None]) -> tuple[list[Alert], list[str]]:
+    """The balance alerts to raise and the keys to resolve, from what ``Context`` read."""
+    clears_at = (datetime.now(timezone.utc) + rules.SIGNIFICANT_DROP_WINDOW).isoformat()
+    raised: list[Alert] = []
+    resolve: list[str] = []
+    for (user, cur), (before, after) in wallets.items():
+        limits = table.get(tiers.get(user, DEFAULT_TIER), cur)
+        decision = rules.balance_alerts(before, after, limits)
+        for kind in decision.raise_kinds:
+            raised.append(_balance_alert(kind, user, cur, before, after, limits, txn_id, clears_at))
+        resolve += [alert_key(kind, user, cur) for kind in decision.resolve_kinds]
+        drop = alert_key("significant_drop", user, cur)
+        # A drop is over once the wallet is back where it was before the drop.
+        if after > before and open_alerts.get(drop) is not None and after >= open_alerts[drop]:
+            resolve.append(drop)
+    return raised, resolve
 
 
 def evaluate_deferred(uow: Unit, txn_id: int, after: tuple[str, str] | None = None,

@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import Connection, text
 
+from infra.db.engine import sql
+
 from domain.errors import InsufficientFunds, LedgerError, NotFound
 from domain.ledger import (
     Posting,
@@ -34,7 +36,7 @@ from domain.ledger import (
 )
 
 __all__ = ["Account", "Posting", "PostingBatchItem", "balance", "balances", "check",
-           "ensure_accounts", "lock_accounts", "post", "post_many", "postings_of", "reverse"]
+           "ensure_accounts", "lock_accounts", "open_and_lock_accounts", "post", "post_many", "postings_of", "reverse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,20 @@ def lock_accounts(conn: Connection, codes: Iterable[str]) -> dict[str, Account]:
     rows = conn.execute(
         text("SELECT * FROM ledger_lock_accounts(CAST(:codes AS text[]))"),
         {"codes": sorted(set(codes))},
+    )
+    return {r.code: _account(r) for r in rows}
+
+
+def open_and_lock_accounts(conn: Connection, wanted: dict[str, str]) -> dict[str, Account]:
+    """``ensure_accounts`` then ``lock_accounts`` in one statement (one round trip): the
+    lock runs after the opening (it takes the opening's result as its argument), and, as a
+    volatile function, sees the accounts the opening created."""
+    rows = conn.execute(
+        sql("SELECT l.* FROM (SELECT ledger_open_accounts(CAST(:codes AS text[]), "
+             "CAST(:curs AS text[]), CAST(:negs AS boolean[]), CAST(:sharded AS boolean[])) "
+             "AS created) o CROSS JOIN LATERAL ledger_lock_accounts(CASE WHEN o.created IS NULL "
+             "THEN NULL ELSE CAST(:codes AS text[]) END) l"),
+        _account_arrays(wanted),
     )
     return {r.code: _account(r) for r in rows}
 

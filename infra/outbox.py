@@ -4,11 +4,19 @@ Rows are written by the unit of work inside its transaction, published right
 after commit, and swept up by ``sweep`` if a crash left them behind.  Nothing
 is published for a transaction that rolled back, because its rows vanish
 with it.
+
+In a worker process the rows of every commit are handed to the process's ``Relay``
+(one thread): it publishes what the worker threads committed meanwhile in one batch,
+waits for the broker's confirms of the whole batch at once, and marks the confirmed
+rows in one UPDATE, so a worker thread never waits on a publish or commits twice.
+Outside workers (the CLI, tests) ``UnitOfWork.commit`` publishes inline, as before.
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,13 +25,13 @@ from typing import Any, Iterable
 
 import dramatiq
 import pika
-from dramatiq.common import dq_name
+from dramatiq.common import dq_name, q_name
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from sqlalchemy import Connection, Engine, text
 
 from infra.auth import sign_as_ballast
 from infra.contract import EVENTS_EXCHANGE, spec_for
-from infra.db.engine import delete_in_batches
+from infra.db.engine import delete_in_batches, sql
 from infra.logs import get_logger
 
 log = get_logger(__name__)
@@ -109,6 +117,34 @@ def add_events(
     return [OutboxRow(ids[b["event_id"]], "event", EVENTS_EXCHANGE, b["event"], b) for b in bodies]
 
 
+def events_statement(
+    events: Iterable[tuple[str, dict[str, Any], str | None]]
+) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    """``add_events`` as a statement to run inside a bigger one (a CTE): its SQL (returning
+    ``id`` and ``key``, the event id), its parameters (prefixed ``ev_``) and the bodies;
+    ``rows_of`` turns what it returned into OutboxRows."""
+    now = datetime.now(timezone.utc).isoformat()
+    bodies = [
+        {"event": name, "event_id": str(uuid.uuid4()), "occurred_at": now,
+         "recipient": recipient, "data": data}
+        for name, data, recipient in events
+    ]
+    sql = ("INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
+           "SELECT 'event', :ev_dest, e.name, e.name, e.recipient, CAST(e.body AS jsonb) "
+           "FROM unnest(CAST(:ev_names AS text[]), CAST(:ev_recipients AS text[]), "
+           "CAST(:ev_bodies AS text[])) WITH ORDINALITY AS e(name, recipient, body, n) "
+           "ORDER BY e.n RETURNING id, body->>'event_id' AS key")
+    params = {"ev_dest": EVENTS_EXCHANGE, "ev_names": [b["event"] for b in bodies],
+              "ev_recipients": [b["recipient"] for b in bodies],
+              "ev_bodies": [json.dumps(b, default=str) for b in bodies]}
+    return sql, params, bodies
+
+
+def rows_of(bodies: list[dict[str, Any]], ids: dict[str, int]) -> list[OutboxRow]:
+    """The OutboxRows of ``events_statement``'s bodies, given ``event_id -> id``."""
+    return [OutboxRow(ids[b["event_id"]], "event", EVENTS_EXCHANGE, b["event"], b) for b in bodies]
+
+
 def add_events_select(
     conn: Connection, name: str, select_sql: str, params: dict[str, Any], *, return_max: int = 0
 ) -> tuple[int, list[OutboxRow]]:
@@ -140,7 +176,7 @@ def add_events_select(
 
 def _insert(conn, kind, destination, routing_key, body, event_name, recipient) -> OutboxRow:
     row_id = conn.execute(
-        text(
+        sql(
             "INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
             "VALUES (:k, :d, :r, :e, :rc, CAST(:b AS jsonb)) RETURNING id"
         ),
@@ -248,10 +284,223 @@ def publish_rows(engine: Engine, broker: dramatiq.Broker, rows: Iterable[OutboxR
     return len(done)
 
 
+class Relay:
+    """Publishes committed outbox rows of one worker process in batches, from one thread.
+
+    ``submit`` (called right after a commit) only queues the rows.  The thread takes
+    everything queued (at most ``max_batch`` rows), publishes it on its own connection
+    with publisher confirms — all of the batch first, then one wait for the confirms —
+    and marks the confirmed rows published in one UPDATE.  A row that is not confirmed
+    (broker down, nacked, unroutable) stays unpublished for ``sweep``: nothing committed
+    is ever lost, and nothing rolled back ever reaches the relay.  A crash between the
+    confirm and the mark publishes the row again later (events are at-least-once,
+    commands are claimed once by ``(actor, request_id)``), as before.
+    """
+
+    def __init__(self, broker: RabbitmqBroker, *, max_batch: int = 500) -> None:
+        self.broker = broker
+        self.max_batch = max_batch
+        self._queue: collections.deque[tuple[Engine, list[OutboxRow]]] = collections.deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._busy = False
+        self._conn: pika.BlockingConnection | None = None
+        self._channel = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="ballast-outbox-relay")
+        self.published = 0
+        self.batches = 0
+
+    def start(self) -> "Relay":
+        self._thread.start()
+        return self
+
+    def submit(self, engine: Engine, rows: list[OutboxRow]) -> None:
+        with self._cv:
+            self._queue.append((engine, rows))
+            self._cv.notify()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything submitted so far was published (or left to the sweeper)."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(min(left, 0.1))
+        return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Publish what is queued, then end the thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+        self._close()
+
+    def _take(self) -> list[tuple[Engine, list[OutboxRow]]] | None:
+        with self._cv:
+            while not self._queue:
+                self._busy = False
+                self._cv.notify_all()
+                if self._stopping:
+                    return None
+                self._cv.wait()
+            self._busy = True
+            taken, n = [], 0
+            while self._queue and n < self.max_batch:
+                item = self._queue.popleft()
+                taken.append(item)
+                n += len(item[1])
+            return taken
+
+    def _run(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            try:
+                self._relay(taken)
+            except Exception as exc:  # the relay must not die; the sweeper has the rows
+                log.warning("outbox.relay_failed", error=_describe(exc),
+                            pending=sum(len(rows) for _, rows in taken))
+
+    def _relay(self, taken: list[tuple[Engine, list[OutboxRow]]]) -> None:
+        rows = [(engine, row) for engine, batch in taken for row in batch]
+        try:
+            confirmed = self._publish_batch([row for _, row in rows])
+        except _LOST as exc:
+            self._close()
+            log.warning("outbox.publish_failed", error=_describe(exc), pending=len(rows))
+            return
+        by_engine: dict[int, tuple[Engine, list[int]]] = {}
+        for engine, row in rows:
+            if row.id in confirmed:
+                by_engine.setdefault(id(engine), (engine, []))[1].append(row.id)
+        for engine, ids in by_engine.values():
+            _mark(engine, ids)
+        self.published += len(confirmed)
+        self.batches += 1
+        if len(confirmed) < len(rows):
+            log.warning("outbox.publish_failed", error="not confirmed by the broker",
+                        pending=len(rows) - len(confirmed))
+
+    def _open(self):
+        if self._channel is not None and self._channel.is_open:
+            return self._channel
+        self._close()
+        self._conn = pika.BlockingConnection(self.broker.parameters)
+        channel = self._conn.channel()
+        channel.exchange_declare(exchange=EVENTS_EXCHANGE, exchange_type="topic", durable=True)
+        # Asynchronous confirms on the channel underneath the blocking one: publishes do not
+        # wait one by one; the acks (``multiple`` covers a run of tags) arrive while we wait.
+        self._acks: dict[int, bool] = {}
+        self._returned: set[str] = set()
+        self._next_tag = 1
+        selected = []
+        channel._impl.confirm_delivery(ack_nack_callback=self._on_confirm,
+                                       callback=lambda _frame: selected.append(True))
+        channel._impl.add_on_return_callback(self._on_return)
+        while not selected:
+            self._conn.process_data_events(time_limit=1)
+        self._channel = channel
+        return channel
+
+    def _on_confirm(self, frame) -> None:
+        method = frame.method
+        ok = isinstance(method, pika.spec.Basic.Ack)
+        if method.multiple:
+            for tag in [t for t in self._pending if t <= method.delivery_tag]:
+                self._acks[tag] = ok
+                self._pending.discard(tag)
+        else:
+            self._acks[method.delivery_tag] = ok
+            self._pending.discard(method.delivery_tag)
+
+    def _on_return(self, _channel, _method, properties, _body) -> None:
+        # An unroutable mandatory message is returned, then acked: it must not count.
+        self._returned.add(properties.message_id or "")
+
+    def _publish_batch(self, rows: list[OutboxRow], timeout: float = 30.0) -> set[int]:
+        """Publish ``rows``; the ids the broker confirmed."""
+        channel = self._open()
+        self._pending: set[int] = set()
+        self._acks.clear()
+        self._returned.clear()
+        tags: dict[int, tuple[OutboxRow, str]] = {}
+        for row in rows:
+            exchange, routing_key, body, props, key = self._frame(row)
+            # The tag is pending before the publish: its ack may arrive while basic_publish
+            # flushes (pika reads incoming frames then), and must find it.
+            tags[self._next_tag] = (row, key)
+            self._pending.add(self._next_tag)
+            self._next_tag += 1
+            # A command must reach its queue (mandatory, as ``broker.enqueue``); an event
+            # nobody subscribes to is simply not routed, as before.
+            channel.basic_publish(exchange=exchange, routing_key=routing_key, body=body,
+                                  properties=props, mandatory=row.kind == "message")
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            self._conn.process_data_events(time_limit=0.05)
+        return {row.id for tag, (row, key) in tags.items()
+                if self._acks.get(tag) and key not in self._returned}
+
+    def _frame(self, row: OutboxRow):
+        if row.kind == "message":
+            message = sign_as_ballast(dramatiq.Message(**row.body))
+            # As ``broker.enqueue`` does (a .DQ row already names its delay queue and eta).
+            self.broker.declare_queue(q_name(message.queue_name), ensure=True)
+            self.broker.emit_before("enqueue", message, None)
+            self.broker.emit_after("enqueue", message, None)
+            return ("", message.queue_name, message.encode(),
+                    pika.BasicProperties(delivery_mode=2, message_id=message.message_id,
+                                         priority=message.options.get("broker_priority")),
+                    message.message_id)
+        key = row.body.get("event_id") or f"outbox:{row.id}"
+        return (EVENTS_EXCHANGE, row.routing_key, json.dumps(row.body, default=str).encode(),
+                pika.BasicProperties(delivery_mode=2, content_type="application/json",
+                                     message_id=key), key)
+
+    def _close(self) -> None:
+        conn, self._conn, self._channel = self._conn, None, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+_relays: dict[int, Relay] = {}
+_relays_lock = threading.Lock()
+
+
+def start_relay(broker: dramatiq.Broker) -> Relay | None:
+    """Start the relay of this process for ``broker`` (a worker's, at boot); None for a
+    broker that is not RabbitMQ (those publish inline)."""
+    if not isinstance(broker, RabbitmqBroker):
+        return None
+    with _relays_lock:
+        relay = _relays.get(id(broker))
+        if relay is None:
+            relay = _relays[id(broker)] = Relay(broker).start()
+        return relay
+
+
+def stop_relay(broker: dramatiq.Broker) -> None:
+    with _relays_lock:
+        relay = _relays.pop(id(broker), None)
+    if relay is not None:
+        relay.stop()
+
+
+def relay_for(broker: dramatiq.Broker) -> Relay | None:
+    return _relays.get(id(broker))
+
+
 def _mark(engine: Engine, ids: list[int]) -> None:
     with engine.begin() as conn:
         conn.execute(
-            text("UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY(:ids)"),
+            sql("UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY(:ids)"),
             {"ids": ids},
         )
 

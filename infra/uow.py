@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, text
 
 from domain.errors import RequestConflict
 from infra import faults, outbox
-from infra.db.engine import get_engine
+from infra.db.engine import get_engine, sql
 
 
 def payload_hash(payload: Any) -> str:
@@ -82,7 +82,7 @@ class UnitOfWork:
         """
         digest = payload_hash(self.payload)
         inserted = self.conn.execute(
-            text(
+            sql(
                 "INSERT INTO processed_requests (actor, request_id, payload_hash, message_id) "
                 "VALUES (:a, :r, :h, :m) ON CONFLICT DO NOTHING RETURNING 1"
             ),
@@ -132,6 +132,11 @@ class UnitOfWork:
         self._rows.extend(rows)
         return count
 
+    def publish_after_commit(self, rows: list[outbox.OutboxRow]) -> None:
+        """Outbox rows written by a caller's own statement (``outbox.events_statement``
+        inside a bigger one): published after commit like ``emit``'s."""
+        self._rows.extend(rows)
+
     def commit(self) -> None:
         self._tx.commit()
         self.committed = True
@@ -139,7 +144,12 @@ class UnitOfWork:
         if self._rows:
             from infra.broker import get_broker
 
-            outbox.publish_rows(self.engine, self._broker or get_broker(), self._rows)
+            broker = self._broker or get_broker()
+            relay = outbox.relay_for(broker)
+            if relay is not None:  # a worker: its relay publishes, in batches
+                relay.submit(self.engine, self._rows)
+            else:
+                outbox.publish_rows(self.engine, broker, self._rows)
         faults.point("after_publish", self.actor)
 
 

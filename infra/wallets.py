@@ -48,15 +48,16 @@ def apply_changes(
         postings.append(Posting(counter_account, currency, -total))
 
     codes = {counter_account: currency, **{c.account: currency for c in changes}}
-    ledger.ensure_accounts(uow.conn, codes)
-    locked = ledger.lock_accounts(uow.conn, codes)
+    locked = ledger.open_and_lock_accounts(uow.conn, codes)
     running = {code: acc.balance for code, acc in locked.items()}
     paired: list[tuple[WalletChange, int]] = []
     for c in changes:
         paired.append((c, running[c.account]))
         running[c.account] += c.amount
+    # A few wallets: what the guard needs, in one statement, once they are locked.
+    context = guard.Context.load(uow.conn, paired) if len(changes) <= guard.CONTEXT_WALLETS else None
     try:
-        guard.check(uow.conn, paired)
+        guard.check(uow.conn, paired, context=context)
     except BalanceRefused as refusal:
         _record_refusal(uow, refusal)
         raise
@@ -69,22 +70,15 @@ def apply_changes(
         idempotency_key=idempotency_key,
         metadata=metadata,
     )
-    guard.record(uow.conn, paired, txn_id, uow=uow)
-    if notify and len(changes) <= 100:
-        for c, before in paired:
-            uow.emit(
-                "wallet.changed",
-                {
-                    "user_id": c.user_id,
-                    "currency": c.currency,
-                    "amount": c.amount,
-                    "kind": c.kind,
-                    "balance_before": before,
-                    "balance_after": before + c.amount,
-                    "transaction_id": txn_id,
-                },
-                recipient=c.user_id,
-            )
+    events = [
+        ("wallet.changed",
+         {"user_id": c.user_id, "currency": c.currency, "amount": c.amount, "kind": c.kind,
+          "balance_before": before, "balance_after": before + c.amount,
+          "transaction_id": txn_id},
+         c.user_id)
+        for c, before in paired
+    ] if notify and len(changes) <= 100 else []
+    guard.record(uow.conn, paired, txn_id, uow=uow, context=context, events=events)
     return txn_id
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, TextClause, create_engine, text
 from sqlalchemy.engine import make_url
 
 from infra.settings import get_settings
@@ -61,6 +62,14 @@ def get_read_engine() -> Engine:
             )
             _engines[key] = engine
         return engine
+
+
+@functools.lru_cache(maxsize=1024)
+def sql(statement: str) -> TextClause:
+    """``text(statement)``, built once per distinct statement: building a ``text()`` parses
+    its ``:name`` parameters with a regular expression every time, which on the hot path
+    (a deposit's statements) cost more client CPU than binding them."""
+    return text(statement)
 
 
 def dispose_engines() -> None:

@@ -207,3 +207,26 @@ def test_check_reports_each_kind_of_broken_books(engine):
     assert {"account": f"treasury:{p}", "cached": -1, "entries": 8} in result["balance_mismatches"]
     assert {"account": f"treasury:{p}", "balance": -1} in result["negative_balances"]
     assert check(engine)["ok"]
+
+
+def test_open_and_lock_opens_new_accounts_and_locks_those_with_a_limit_in_one_statement(engine):
+    user, escrow = f"user:{uid()}:NGN", f"escrow:challenge:{uid()}"
+    with engine.begin() as conn:  # the escrow exists (committed), the user's account not yet
+        ledger.ensure_accounts(conn, {escrow: "NGN"})
+    with engine.connect() as conn, conn.begin():
+        got = ledger.open_and_lock_accounts(conn, {user: "NGN", escrow: "NGN",
+                                                   "world:NGN": "NGN"})
+        assert set(got) == {user, escrow, "world:NGN"}  # the new ones seen by the lock
+        assert got[escrow].balance == 0 and not got[escrow].allow_negative
+        assert got["world:NGN"].sharded
+        with engine.connect() as other, other.begin():
+            other.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            with pytest.raises(Exception, match="lock timeout"):  # the escrow row is locked
+                other.execute(text("SELECT 1 FROM accounts WHERE code = :c FOR UPDATE"),
+                              {"c": escrow})
+            other.rollback()
+        with engine.connect() as other, other.begin():
+            other.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            # the unlimited account is never locked for update
+            other.execute(text("SELECT 1 FROM accounts WHERE code = 'world:NGN' FOR UPDATE NOWAIT"))
+            other.rollback()
