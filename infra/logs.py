@@ -205,6 +205,14 @@ def _thread_died(args: threading.ExceptHookArgs) -> None:
         exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
+#: The level each library logs at in a long-running process.
+LIBRARY_LEVELS = {
+    "dramatiq": logging.NOTSET, "redis": logging.NOTSET, "alembic": logging.NOTSET,
+    "pika": logging.WARNING, "sqlalchemy": logging.WARNING, "urllib3": logging.WARNING,
+    "httpx": logging.WARNING, "httpcore": logging.WARNING,
+}
+
+
 def configure_logging(fmt: str | None = None, level: str | None = None, stream: Any = None,
                       service: str | None = None) -> None:
     """Configure structlog and the stdlib root logger (one handler) for this process.
@@ -256,9 +264,9 @@ def configure_logging(fmt: str | None = None, level: str | None = None, stream: 
     root.setLevel(level_no)
     # A long-running process (worker, scheduler, console, callbacks) hears every library,
     # even where a one-shot CLI command had quieted them (infra.cli.main.quiet_libraries).
-    for name in ("sqlalchemy", "alembic", "urllib3", "httpx", "httpcore", "redis", "dramatiq"):
-        logging.getLogger(name).setLevel(logging.NOTSET)
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # Their own defaults otherwise: SQLAlchemy's WARNING, and no line per HTTP request.
+    for name, lib_level in LIBRARY_LEVELS.items():
+        logging.getLogger(name).setLevel(lib_level)
     logging.captureWarnings(True)
     threading.excepthook = _thread_died
     _configured = True
