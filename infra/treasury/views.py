@@ -31,9 +31,11 @@ def buffers(conn: Connection) -> list[dict[str, Any]]:
         f"SELECT {', '.join(BUFFER_KEYS)} FROM v_buffer_status ORDER BY account_type"))]
 
 
-def providers(conn: Connection) -> list[dict[str, Any]]:
+def providers(conn: Connection, *, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+    """Every provider by priority (or one page of them: ``limit`` rows from ``offset``)."""
     return [_doc(r, PROVIDER_KEYS) for r in conn.execute(text(
-        f"SELECT {', '.join(PROVIDER_KEYS)} FROM v_provider_health ORDER BY priority, name"))]
+        f"SELECT {', '.join(PROVIDER_KEYS)} FROM v_provider_health ORDER BY priority, name "
+        "LIMIT :limit OFFSET :offset"), {"limit": limit, "offset": offset})]
 
 
 def provider(conn: Connection, name: str) -> dict[str, Any]:

@@ -166,6 +166,11 @@ def _replay(queue: str | None, ids: list[str]) -> int:
     operator's countersignature), those it has expired are replayed from the durable log,
     and the log records who replayed each."""
     queues = [queue] if queue else list(QUEUES)
+    if ids:  # only the queues the log places them in: a scan of every Q.XQ is O(all letters)
+        with _engine().connect() as conn:
+            logged = deadletter_log.live(conn, ids)
+        if {r["message_id"] for r in logged} >= set(ids):
+            queues = [q for q in queues if q in {r["queue"] for r in logged}]
     signer = operators.signer_of(g.operator.name)
     countersign = signer.countersign if signer is not None else None
     replayed: list[dict[str, Any]] = []

@@ -181,7 +181,8 @@ def dlq():
     for r in rows:
         r["age_s"] = _age_s(r.get("failed_at"), now)
     counts = {q: logged.get(q, 0) for q in QUEUES}
-    total = counts.get(queue, 0) if queue else sum(counts.values())
+    # The list holds every queue's letters the log has (a retired queue's too): so does its count.
+    total = logged.get(queue, 0) if queue else sum(logged.values())
     return render_template("dlq.html", p=paged(rows, page, size, total), queue=queue,
                            counts=counts, total=total, notice=sent_notice())
 
@@ -284,15 +285,19 @@ def treasury(errors: dict | None = None):
     with _read_engine().connect() as conn:
         doc = {"buffers": treasury_views.buffers(conn),
                "auto_rebalance": treasury_cycle.auto_rebalance_enabled(conn),
-               "providers": treasury_views.providers(conn),
+               "providers": treasury_views.providers(conn, limit=_size() + 1,
+                                                     offset=(_page("ppage") - 1) * _size()),
                "conversions": treasury_views.conversions(conn, limit=_size() + 1,
                                                          offset=(_page() - 1) * _size())}
         jobs = paged(doc["conversions"], _page(), _size(), queries.conversion_count(conn))
+        providers = paged(doc["providers"], _page("ppage"), _size(),
+                          queries.count(conn, "conversion_providers"), arg="ppage")
+        doc["providers"] = providers["rows"]
         history = {b["account_type"]: queries.balance_history(conn, account_code(b["account_type"]))
                    for b in doc["buffers"]}
     doc["conversions"] = jobs["rows"]
     return render_template("treasury.html", doc=doc, history=history, notice=sent_notice(),
-                           errors=errors or {}, jobs=jobs)
+                           errors=errors or {}, jobs=jobs, providers=providers)
 
 
 @bp.get("/treasury/jobs/<int:job_id>")

@@ -47,7 +47,8 @@ def test_a_schedule_that_stopped_firing_raises_an_alert_that_resolves_when_it_fi
         uow.commit()
     got = _alert(engine, "schedule_not_firing:outbox_sweep")
     assert got.status == "open" and "outbox_sweep has not fired for 60 min" in got.subject
-    assert _alert(engine, "schedule_not_firing:alert_sweep") is None
+    fresh = _alert(engine, "schedule_not_firing:alert_sweep")  # other tests' rows may be there
+    assert fresh is None or fresh.status == "resolved"  # a schedule that fires is never open
     client.set(PREFIX + "last:outbox_sweep", int(time.time()))
     with UnitOfWork(engine=engine) as uow:
         schedules_firing(uow)
