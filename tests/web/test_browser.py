@@ -43,6 +43,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+PAGE_SIZE = 20  # the console's rows per page in these tests
+
+
 @pytest.fixture(scope="module")
 def console(env):
     """``ballast web`` as its own process on the run's services; its base URL."""
@@ -50,7 +53,7 @@ def console(env):
     proc = subprocess.Popen(
         [sys.executable, "-m", "infra.cli.main", "web", "--port", str(port)], cwd=ROOT,
         env=env.environ(BALLAST_WEB_SECRET_KEY="browser-" + uid(), BALLAST_WEB_REFRESH_S="5",
-                        BALLAST_WEB_PAGE_SIZE="20"),
+                        BALLAST_WEB_PAGE_SIZE=str(PAGE_SIZE)),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def up():
@@ -329,12 +332,18 @@ def test_trigger_a_cycle_and_pause_a_provider(page, env, engine, worker, admin):
                what="the cycle's jobs")
     page.reload()
     sync_api.expect(page.locator("[data-live=jobs] tbody tr").first).to_contain_text("USDC->USD")
+    # Providers are paged (priority, name): the page that holds this one, whatever earlier
+    # tests registered.
+    before = scalar(engine, "SELECT count(*) FROM conversion_providers "
+                            "WHERE (priority, name) < (1, :n)", n=name)
+    ppage = f"/treasury?ppage={before // PAGE_SIZE + 1}"
+    page.goto(ppage)
     row = page.locator("[data-live=providers] tr", has_text=name)
     row.locator("button", has_text="Pause").click()
     sync_api.expect(page.locator(".notice .state")).to_have_text("applied", timeout=30_000)
     wait_until(lambda: scalar(engine, "SELECT status FROM conversion_providers WHERE name = :n",
                               n=name) == "paused", what="the provider paused")
-    page.reload()
+    page.goto(ppage)
     sync_api.expect(page.locator("[data-live=providers] tr", has_text=name)).to_contain_text("paused")
     shot(page, "treasury-engine")
     page.locator("[data-live=jobs] tbody tr a").first.click()
