@@ -14,7 +14,7 @@ from domain.errors import BallastError
 from domain.money import CURRENCIES, format_minor
 from infra import alerts, guard
 from infra.cli.identity import operator_identity
-from infra.cli.output import console, emit, fail, json_option, table
+from infra.cli.output import console, emit, fail, json_option, table, timestamp
 from infra.db.engine import get_engine, get_read_engine
 from infra.uow import UnitOfWork
 
@@ -64,7 +64,7 @@ def alerts_ack(alert_id: int, by: str, as_json: bool) -> None:
         fail(str(exc), 1)
     emit(doc, as_json, lambda d: console.print(
         f"alert {d['alert_id']} ({d['kind']}) acknowledged by {d['acknowledged_by']} "
-        f"at {d['acknowledged_at']}"))
+        f"at {timestamp(d['acknowledged_at'])}"))
 
 
 @alerts_group.command("resolve")

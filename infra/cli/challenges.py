@@ -12,7 +12,7 @@ from domain.errors import NotFound, Refused
 from domain.money import CURRENCIES
 from infra.challenges import personas as persona_pool
 from infra.challenges import settlement, views
-from infra.cli.output import console, emit, fail, json_option, table
+from infra.cli.output import console, emit, fail, json_option, table, timestamp
 from infra.db.engine import get_engine, get_read_engine
 from infra.uow import UnitOfWork
 
@@ -52,12 +52,12 @@ def challenge_show(challenge_id: str, as_json: bool) -> None:
         console.print(f"  {d['user_count']} user(s); unmatched YES {d['unmatched_yes']}, "
                       f"NO {d['unmatched_no']}; match rate {d['match_rate']}%; "
                       f"potential matches {d['potential_matches']}, fillable now {d['fillable']}")
-        limits = [f"closes at {d['closes_at']}" if d["closes_at"] else "no time limit",
+        limits = [f"closes at {timestamp(d['closes_at'])}" if d["closes_at"] else "no time limit",
                   f"at most {d['max_participants']} participants" if d["max_participants"]
                   else "no participant cap"]
         console.print("  " + ", ".join(limits))
         if d["settlement_failure"]:
-            console.print(f"  [red]settlement failed[/red] at {d['settlement_failed_at']}: "
+            console.print(f"  [red]settlement failed[/red] at {timestamp(d['settlement_failed_at'])}: "
                           f"{d['settlement_failure']} (retry: ballast challenge settle "
                           f"{d['challenge_id']} --by NAME)")
         t = d["treasury"]

@@ -8,7 +8,8 @@ import click
 
 from domain.errors import InvalidCommand, NotFound
 from domain.money import format_minor
-from infra.cli.output import console, emit, fail, json_option, progress, record, table
+from infra.cli.output import (console, emit, fail, json_option, progress, record, table,
+                              timestamp)
 from infra.contract import parse
 from infra.contract.journal import MatchPayments
 from infra.db.engine import get_read_engine
@@ -156,7 +157,7 @@ def cycle_show(cycle_id: str, as_json: bool) -> None:
                       f"participations {d['by_status']}, confirmed "
                       f"{format_minor(d['confirmed_amount'], 'ISK')}, initial capital {capital}")
         if d["closing_capital"] is not None:
-            console.print(f"  closed at {d['closed_at']} by {d['closed_by']}, closing capital "
+            console.print(f"  closed at {timestamp(d['closed_at'])} by {d['closed_by']}, closing capital "
                           f"{format_minor(d['closing_capital'], 'ISK')}")
 
     emit(doc, as_json, human)

@@ -130,8 +130,10 @@ _UNFOLDED = {"queue", "name", "id", "account", "account_type", "actor", "code", 
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([+-]\d{2}:?\d{2}|Z)?$")
 
 
-def timestamp(value: datetime | str) -> str:
-    """A time to the second, in UTC: ``2026-12-01T12:52:22Z``."""
+def timestamp(value: datetime | str | None) -> str:
+    """A time to the second, in UTC: ``2026-12-01T12:52:22Z`` (``-`` for none)."""
+    if value is None:
+        return "-"
     at = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else value
     if at.tzinfo is not None:
         at = at.astimezone(timezone.utc)

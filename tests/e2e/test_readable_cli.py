@@ -312,9 +312,15 @@ def test_replay_all_shows_its_bar_on_a_terminal(env, customer):
 # --- the worker command ------------------------------------------------------------------
 
 def test_worker_takes_queues_a_b_and_dramatiq_flags(env, clean_queues, tmp_path):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:  # a port of this pool's own, not BALLAST_METRICS_PORT's
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     pid_file = tmp_path / "worker.pid"
     proc = subprocess.Popen([BALLAST, "worker", "--queues", "ballast.journal", "ballast.markets",
-                             "--processes", "1", "--threads", "1", "--metrics-port", "0",
+                             "--processes", "1", "--threads", "1", "--metrics-port", str(port),
                              "--worker-shutdown-timeout", "5000", "--pid-file", str(pid_file)],
                             cwd=ROOT, env=env.environ(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -326,6 +332,16 @@ def test_worker_takes_queues_a_b_and_dramatiq_flags(env, clean_queues, tmp_path)
         stats = wait_until(consumers, timeout=90, what="the worker to consume its two queues")
         assert stats["ballast.wallets"] == 0 and stats["ballast.treasury"] == 0
         assert int(pid_file.read_text().strip()) == proc.pid  # --pid-file was passed through
+
+        def exposition():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    return r.status
+            except OSError:
+                return None
+
+        # BALLAST_METRICS_PORT is 0 in the tests' environment: only --metrics-port opens it.
+        assert wait_until(exposition, timeout=60, what="the pool's metrics port") == 200
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
