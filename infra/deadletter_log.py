@@ -5,7 +5,9 @@ reason, code, traceback, the whole message body and its retries — so nothing i
 when RabbitMQ expires its copy in ``Q.XQ`` (``x-message-ttl``).  Replays and purges are
 recorded on the same row: who, when, and the status (``dead`` → ``replayed`` or
 ``purged``).  Recording never stops a dead letter from being dead-lettered: a failure to
-write is logged and the message still goes to ``Q.XQ``.
+write is logged and the message still goes to ``Q.XQ`` — except that a worker's dead letter
+whose write failed for a transient cause (the database restarting) is held back and its
+recording retried first, within the retry budget (``infra/middleware/deadletters.py``).
 """
 
 from __future__ import annotations
@@ -29,10 +31,16 @@ def record(body: dict[str, Any], info: dict[str, Any]) -> None:
     """Record the dead letter ``body`` (the envelope published to ``Q.XQ``) with ``info``
     (``options.dead_letter``).  A redelivered death of the same message updates its row."""
     try:
-        with get_engine().begin() as conn:
-            record_in(conn, body, info)
+        write(body, info)
     except Exception as exc:  # the dead letter itself must still reach Q.XQ
         log.error("dead_letter.record_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+
+
+def write(body: dict[str, Any], info: dict[str, Any]) -> None:
+    """``record``, raising what the write raised: the retry middleware retries the recording
+    of a dead letter whose write failed for a transient cause (the database restarting)."""
+    with get_engine().begin() as conn:
+        record_in(conn, body, info)
 
 
 def record_in(conn: Connection, body: dict[str, Any], info: dict[str, Any]) -> None:

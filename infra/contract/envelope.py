@@ -55,6 +55,9 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "broker_priority": ("an integer from 0 to 255 or null",
                         lambda v: v is None or (_int(v) and 0 <= v <= 255)),
     "dead_letter": ("an object", lambda v: isinstance(v, dict)),
+    # A dead letter whose durable record is still to be written (infra/middleware/deadletters.py):
+    # the message is never run again, only dead-lettered.
+    "dead_letter_pending": ("an object", lambda v: isinstance(v, dict)),
     # A producer's signature and an operator's countersignature of a replay (infra/auth.py);
     # their fields are checked by the authentication middleware.
     "ballast_auth": ("an object", lambda v: isinstance(v, dict)),

@@ -5,6 +5,14 @@ message published (with confirm) to ``Q.XQ`` carrying
 ``options["dead_letter"] = {reason, code, error, traceback, failed_at, retries}``;
 only then is the original acknowledged.  If that publish fails the message
 is nacked, so RabbitMQ's own dead-lettering still keeps it in ``Q.XQ``.
+
+The dead letter is recorded in the durable log (``dead_letters``) before it is published.
+When that write fails for a transient cause (the database restarting), the decision stands
+and only its recording is retried: the message goes back with backoff carrying
+``options["dead_letter_pending"]`` (the dead letter's info and the attempts so far); a worker
+receiving it never runs the actor again, it records the dead letter, publishes it to
+``Q.XQ`` and, for a refusal, ``command.rejected`` — once.  After ``retry_max_retries``
+attempts or ``retry_max_total_ms`` the dead letter goes to ``Q.XQ`` unrecorded (logged).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from datetime import datetime, timezone
 
 import pika
 from dramatiq.common import compute_backoff, q_name, xq_name
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import Middleware, SkipMessage
 
 from domain.errors import BallastError, InvalidCommand
 from infra import deadletter_log
@@ -25,6 +33,11 @@ from infra.logs import get_logger
 from infra.settings import get_settings
 
 log = get_logger(__name__)
+
+#: The option of a message whose dead-lettering was decided but whose recording failed for
+#: a transient cause: ``{"info": options.dead_letter, "kind": verdict kind, "attempts": n,
+#: "since": ms of the first failed write}``.
+PENDING = "dead_letter_pending"
 
 
 class RetryOrDeadLetter(Middleware):
@@ -45,9 +58,29 @@ class RetryOrDeadLetter(Middleware):
     def actor_options(self):
         return {"max_retries", "throws", "retry_within_ms"}
 
+    def before_process_message(self, broker, message):
+        pending = message.options.get(PENDING)
+        if pending is None:
+            return
+        # Dead-lettered already (its refusal or its last failure decided); only the durable
+        # record was missing.  The actor is never run again.
+        try:
+            self._deliver(broker, message, pending)
+        except Exception as exc:  # Dramatiq would log it and run the actor: never
+            log.error("dead_letter.pending_failed", error=_one_line(exc))
+            message.fail()  # RabbitMQ's dead-lettering keeps it, without the reason
+        raise SkipMessage("a dead letter whose recording was pending")
+
     def after_process_message(self, broker, message, *, result=None, exception=None):
         if exception is None:
             return
+        pending = message.options.get(PENDING)
+        if isinstance(pending, dict) and not isinstance(exception, BallastError):
+            # A middleware before this one failed (the signature's check: the database is
+            # still away): the dead letter stays pending, its decision unchanged.
+            self._deliver(broker, message, pending)
+            return
+        message.options.pop(PENDING, None)  # refused afresh (by the authentication)
         now_ms = int(time.time() * 1000)
         retries = message.options.get("retries", 0)
         first = message.options.setdefault("first_failure_at", now_ms)
@@ -97,14 +130,28 @@ class RetryOrDeadLetter(Middleware):
         (log.warning if permanent else log.error)(
             "message.dead_lettered", reason=info["reason"], code=info["code"],
             permanent=permanent)
+        self._deliver(broker, message, {"info": info, "kind": kind, "attempts": 0})
+
+    def _deliver(self, broker, message, pending: dict) -> None:
+        """Record the dead letter, publish it to ``Q.XQ`` (then ``command.rejected`` or the
+        ``unexpected_error`` alert); if the record cannot be written for a transient cause,
+        send the message back with backoff to record it later (``PENDING``)."""
+        info, kind = pending.get("info") or {}, pending.get("kind") or "permanent"
+        attempts = pending.get("attempts") or 0
+        permanent = kind == "permanent"
         body = message.asdict()
         body["queue_name"] = q_name(message.queue_name)
         body["options"] = {
             k: v for k, v in body.get("options", {}).items()
-            if k not in ("eta", "traceback", "_started")
+            if k not in ("eta", "traceback", "_started", PENDING)
         }
         body["options"]["dead_letter"] = info
-        deadletter_log.record(body, info)  # durable, whatever RabbitMQ's copy becomes
+        try:
+            deadletter_log.write(body, info)  # durable, whatever RabbitMQ's copy becomes
+        except Exception as exc:
+            if self._record_later(broker, message, pending, exc):
+                return
+            log.error("dead_letter.record_failed", error=_one_line(exc), attempts=attempts + 1)
         try:
             broker.channel.basic_publish(
                 exchange="",
@@ -121,11 +168,35 @@ class RetryOrDeadLetter(Middleware):
                 pass
             message.fail()  # RabbitMQ's dead-lettering keeps it, without the reason
             return
-        _count_dead_letter(body["queue_name"], message.actor_name, info["code"])
+        _count_dead_letter(body["queue_name"], message.actor_name, info.get("code"))
         if permanent:
             _publish_rejected(message, info)
         elif kind == "unexpected":
             _alert_unexpected(message, info)
+
+    def _record_later(self, broker, message, pending: dict, exc: BaseException) -> bool:
+        """Send the message back to record its dead letter later: a transient failure of
+        the write, within the retry budget.  False when the dead letter must go now."""
+        attempts = pending.get("attempts") or 0
+        now_ms = int(time.time() * 1000)
+        since = pending.get("since") or now_ms  # the recording's own clock
+        spent = now_ms - since
+        if (not is_transient(exc) or attempts >= self.settings.retry_max_retries
+                or spent >= self.settings.retry_max_total_ms):
+            return False
+        _, delay = compute_backoff(attempts, factor=self.min_backoff, max_backoff=self.max_backoff)
+        delay = max(0, min(delay, self.settings.retry_max_total_ms - spent))
+        message.options[PENDING] = {**pending, "attempts": attempts + 1, "since": since}
+        message.options.pop("traceback", None)
+        log.warning("dead_letter.record_retry", error=_one_line(exc), attempt=attempts + 1,
+                    delay_ms=delay)
+        try:
+            broker.enqueue(message, delay=delay)
+        except Exception as enqueue_exc:
+            # Neither the database nor the broker: nack, RabbitMQ's dead-lettering keeps it.
+            log.error("dead_letter.record_retry_enqueue_failed", error=_one_line(enqueue_exc))
+            message.fail()
+        return True
 
 
 def _misshapen(message) -> bool:

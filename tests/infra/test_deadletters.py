@@ -189,3 +189,51 @@ def test_an_unexpected_error_is_retried_twice_then_dead_lettered_with_its_traceb
     finally:
         w.stop()
         flaky_worker.start()
+
+
+def test_a_refusal_whose_record_cannot_be_written_is_recorded_once_the_database_lets_it(
+        env, engine, flaky_worker):
+    """The chaos suite's lost record: a refusal dead-lettered while the database could not
+    take its ``dead_letters`` row.  Here the write fails for real (a lock timeout on the
+    locked table); the refusal is recorded once the lock is gone, published to ``Q.XQ`` and
+    announced once, and the actor never runs again."""
+    from sqlalchemy import text
+
+    flaky_worker.stop()
+    # Only this worker's connections give up on a lock after 300 ms.
+    w = Worker(env, modules=["tests.e2e.flaky_actors"], BALLAST_RETRY_MAX_RETRIES="8",
+               PGOPTIONS="-c lock_timeout=300").start()
+    tap = EventTap(env, "command.rejected")
+    try:
+        key = uid("k")
+        with engine.connect() as locker:
+            locker.execute(text("LOCK TABLE dead_letters IN ACCESS EXCLUSIVE MODE"))
+            message_id = send(env, "always_refused", key)
+            wait_until(lambda: w.log().count('"dead_letter.record_retry"') >= 2,
+                       what="two failed writes of the dead letter")
+            assert dead_letter(env, message_id) is None  # not dead-lettered unrecorded
+            locker.rollback()
+
+        def recorded():
+            with engine.connect() as conn:
+                return conn.execute(text(
+                    "SELECT code, reason, status FROM dead_letters WHERE message_id = :m"),
+                    {"m": message_id}).all()
+        rows = wait_until(recorded, what="the dead letter's record")
+        assert [tuple(r) for r in rows] == [("refused", f"{key} is refused for good", "dead")]
+        letter = wait_until(lambda: dead_letter(env, message_id), what="dead letter")
+        assert letter.info["code"] == "refused" and letter.info["retries"] == 0
+        assert "dead_letter_pending" not in letter.body["options"]
+        rejected = wait_until(lambda: [e for e in tap.named("command.rejected")
+                                       if e["data"]["message_id"] == message_id])
+        assert rejected[0]["data"]["reason"] == f"{key} is refused for good"
+        assert len(attempts(env, key)) == 1  # the refused command never ran again
+        with engine.connect() as conn:
+            announced = conn.execute(text(
+                "SELECT count(*) FROM outbox WHERE event_name = 'command.rejected' "
+                "AND body->'data'->>'message_id' = :m"), {"m": message_id}).scalar_one()
+        assert announced == 1
+    finally:
+        tap.close()
+        w.stop()
+        flaky_worker.start()
