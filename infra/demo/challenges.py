@@ -23,6 +23,12 @@ def _scalar(ctx: DemoContext, sql: str, **params):
         return conn.execute(text(sql), params).scalar_one_or_none()
 
 
+def _applied(ctx: DemoContext, actor: str, request_id: str) -> bool:
+    """The command ``(actor, request_id)`` took effect (its claim is committed)."""
+    return bool(_scalar(ctx, "SELECT 1 FROM processed_requests WHERE actor = :a AND "
+                             "request_id = :r", a=actor, r=request_id))
+
+
 def _events(ctx: DemoContext, name: str, cid: str) -> list[dict]:
     with ctx.engine.connect() as conn:
         return list(conn.execute(text(
@@ -35,7 +41,8 @@ def run(ctx: DemoContext) -> None:
                               "a resolution, the dashboard")
     money = lambda n: format_amount(n, "NGN")  # noqa: E731
     cid = ctx.id("eagles")
-    ctx.send("fund_treasury", request_id=ctx.id("fund-challenges"), currency="NGN",
+    fund = ctx.id("fund-challenges")
+    ctx.send("fund_treasury", request_id=fund, currency="NGN",
              amount=10 * STAKE, reference="treasury capital for challenges", performed_by="cfo")
     ctx.send("open_challenge", request_id=ctx.id("open-eagles"), challenge_id=cid,
              title="Super Eagles win on Sunday?", currency="NGN", stake=STAKE, admin_created=True)
@@ -59,6 +66,13 @@ def run(ctx: DemoContext) -> None:
 
     ctx.send("configure_treasury", request_id=ctx.id("cfg-eagles"), challenge_id=cid,
              max_risk=3 * STAKE, notes="cover the YES overflow, at most 3 stakes", admin_id="ops-ada")
+    # Commands are not taken in the order they were sent: the worker's threads take the
+    # configuration and the fill of one queue in parallel, and a fill that locks the
+    # challenge first is refused ("no treasury config").  Send the fill once the
+    # configuration (and the treasury's capital, on another queue) took effect.
+    ctx.wait_until(lambda: _scalar(ctx, "SELECT max_risk FROM challenge_treasury "
+                                        "WHERE challenge_id = :c", c=cid) == 3 * STAKE
+                   and _applied(ctx, "fund_treasury", fund), "the treasury's configuration")
     ctx.send("fill_treasury", request_id=ctx.id("fill-eagles"), challenge_id=cid, side="YES",
              match_count=4, admin_id="ops-ada")
     ctx.wait_until(lambda: _events(ctx, "admin.treasury.match_created", cid), "the treasury matches")
