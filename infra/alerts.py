@@ -24,10 +24,11 @@ from sqlalchemy import Connection, Engine, text
 
 from domain.errors import NotFound, Refused
 from infra import outbox, rabbit
-from infra.conditions import condition
+from infra.auth import webhook_headers
 from infra.db.engine import sql
 from infra.logs import get_logger
 from infra.settings import get_settings
+from infra.transaction import Transaction
 
 log = get_logger(__name__)
 
@@ -148,6 +149,19 @@ def raise_alert(uow: Unit, *, kind: str, severity: str, subject: str, dedupe_key
                 data: dict[str, Any] | None = None) -> int | None:
     """Open one alert (see ``raise_alerts``).  Its id, or None when one was already open."""
     return raise_alerts(uow, [Alert(kind, severity, subject, dedupe_key, data or {})]).get(dedupe_key)
+
+
+def raise_alone(broker, alert: Alert, *, failed_event: str = "alert.raise_failed") -> None:
+    """Open ``alert`` in a transaction of its own, published to ``broker`` after commit:
+    for the broker's middleware, which hold no unit of work.  A failure (the database is
+    down) is logged as ``failed_event``, never raised: the message's fate stays the
+    middleware's."""
+    try:
+        with Transaction(broker) as tx:
+            raise_alerts(tx, [alert])
+            tx.commit()
+    except Exception as exc:
+        log.error(failed_event, kind=alert.kind, error=f"{type(exc).__name__}: {exc}"[:300])
 
 
 def resolve_alerts(uow: Unit, keys: Sequence[str], note: str | None = None) -> list[int]:
@@ -294,8 +308,6 @@ Post = Callable[[str, dict[str, Any], dict[str, str]], int]
 
 
 def _http_post(url: str, body: dict[str, Any], headers: dict[str, str]) -> int:
-    from infra.auth import webhook_headers
-
     raw = json.dumps(body, separators=(",", ":"), default=str).encode()
     headers = {"Content-Type": "application/json", **headers,
                **webhook_headers(get_settings().alert_webhook_secret, raw)}
@@ -372,9 +384,8 @@ def deliver_pending(engine: Engine, url: str | None = None, *, limit: int = 100,
     return {"delivered": delivered, "failed": failed}
 
 
-# --- conditions of the alert sweep -------------------------------------------------------------
+# --- conditions of the alert sweep (listed in infra.conditions.CONDITIONS) -------------------
 
-@condition("dead_letters")
 def dead_letters(uow) -> None:
     """Dead letters of a queue that nobody replayed or purged are an open alert naming the
     queue and the count.  Counted in the durable log (``dead_letters``, status ``dead``):
@@ -408,7 +419,6 @@ def dead_letters(uow) -> None:
     resolve_all_except(uow, "dead_letters:", open_keys)
 
 
-@condition("alert_webhooks")
 def alert_webhooks(uow) -> None:
     """Kick delivery of due webhook rows, give up on old ones, and say when it is stuck."""
     conn = uow.conn

@@ -5,7 +5,6 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from infra.alerts import raise_alert, resolve_all_except
-from infra.conditions import condition
 from infra.journal.repository import CANDIDATE_PAYMENTS
 from infra.uow import UnitOfWork
 
@@ -14,7 +13,6 @@ DEDUPE_KEY = "journal:unmatched_payments"
 LISTED = 50  # journal ids named in the alert's data
 
 
-@condition("unmatched_payments")
 def unmatched_payments(uow: UnitOfWork) -> None:
     """One open alert while any donation to a LOGISTICS character, paid more than a day
     ago, is still not linked (ambiguous ones included: they wait for review)."""

@@ -7,18 +7,15 @@ from sqlalchemy import text
 from domain import conversions as conv
 from domain.providers import ACTIVE
 from infra import alerts
-from infra.conditions import condition
 from infra.treasury import cycle, polling, reconcile, store
 from infra.uow import UnitOfWork
 
 
-@condition("treasury.buffers")
 def buffer_levels(uow: UnitOfWork) -> None:
     """Buffers critically low or over capitalized."""
     cycle.evaluate_buffer_alerts(uow)
 
 
-@condition("treasury.providers")
 def provider_health(uow: UnitOfWork) -> None:
     """A provider with ≥ 10 outcomes in the window and a success rate under 80 %, or whose
     fresh health probe says down."""
@@ -38,7 +35,6 @@ def provider_health(uow: UnitOfWork) -> None:
     alerts.resolve_all_except(uow, "provider:degraded:", degraded)
 
 
-@condition("treasury.failure_rate")
 def failure_rate(uow: UnitOfWork) -> None:
     """More than 5 % of the conversions finished in the last day failed."""
     row = uow.conn.execute(text(
@@ -56,7 +52,6 @@ def failure_rate(uow: UnitOfWork) -> None:
         alerts.resolve_alert(uow, key, note="failure rate back under 5 %")
 
 
-@condition("treasury.stale_jobs")
 def stale_jobs(uow: UnitOfWork) -> None:
     """Jobs with their provider (or pending) for 30 minutes: alert, keep polling."""
     for seen in store.list_jobs(uow.conn, active_only=True, limit=10_000):
@@ -68,7 +63,6 @@ def stale_jobs(uow: UnitOfWork) -> None:
     alerts.resolve_all_except(uow, "conversion:stale:", active)
 
 
-@condition("treasury.reconciliation")
 def reconciliation(uow: UnitOfWork) -> None:
     """Ledger against custodian, providers' books and our own jobs; differences alert."""
     found = reconcile.differences(uow.conn, reconcile.provider_reports(uow.engine))
