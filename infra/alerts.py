@@ -203,6 +203,19 @@ def resolve_all_except(uow: Unit, prefix: str, still_true: Iterable[str]) -> int
     return len(resolve_alerts(uow, [k for k in keys if k not in keep]))
 
 
+def reconcile(uow: Unit, prefix: str, current: Iterable[Alert]) -> dict[str, int]:
+    """The alert sweep's one way to state a condition: ``current`` are the alerts under
+    ``prefix`` that hold now; they are opened (or refreshed), and every other open alert
+    under ``prefix`` is resolved.  Returns ``{dedupe_key: id}`` of the new ones."""
+    items = distinct(current)
+    stray = [a.dedupe_key for a in items if not a.dedupe_key.startswith(prefix)]
+    if stray:
+        raise ValueError(f"alert keys {stray} are not under {prefix!r}")
+    new = raise_alerts(uow, items)
+    resolve_all_except(uow, prefix, [a.dedupe_key for a in items])
+    return new
+
+
 def _announce(uow: Unit, event: str, payloads: list[dict[str, Any]]) -> None:
     """The events of raised/resolved alerts, and their webhook deliveries if configured."""
     uow.emit_many([(event, p, "admin") for p in payloads], publish_now=len(payloads) <= PUBLISH_NOW_MAX)
@@ -403,20 +416,17 @@ def dead_letters(uow) -> None:
     except Exception as exc:  # the broker is down: the durable log still tells
         log.warning("alert.dead_letters_broker_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
         in_rabbitmq = {}
-    open_keys = []
     raised = []
     for queue in sorted(set(logged) | {q for q, n in in_rabbitmq.items() if n > 0}):
         n_logged, oldest = logged.get(queue, (0, None))
         count = max(n_logged, in_rabbitmq.get(queue, 0))
         key = f"dead_letters:{queue}"
-        open_keys.append(key)
         raised.append(Alert("dead_letters", "warning",
                             f"{count} dead letter(s) of {queue} neither replayed nor purged",
                             key, {"queue": queue, "xq": f"{queue}.XQ", "count": count,
                                   "logged": n_logged, "in_xq": in_rabbitmq.get(queue),
                                   "oldest": oldest.isoformat() if oldest else None}))
-    raise_alerts(uow, raised)
-    resolve_all_except(uow, "dead_letters:", open_keys)
+    reconcile(uow, "dead_letters:", raised)
 
 
 def alert_webhooks(uow) -> None:

@@ -39,12 +39,9 @@ def schedules_firing(uow) -> None:
         last = keys.last_fired(client, SCHEDULES)
     finally:
         client.close()
-    keys = []
-    for name, age in sorted(late(last, time.time()).items()):
-        key = f"schedule_not_firing:{name}"
-        keys.append(key)
-        alerts.raise_alert(uow, kind="schedule_not_firing", severity="warning",
-                           subject=f"schedule {name} has not fired for {int(age // 60)} min",
-                           dedupe_key=key, data={"schedule": name, "last_fired": last[name],
-                                                 "age_s": int(age)})
-    alerts.resolve_all_except(uow, "schedule_not_firing:", keys)
+    alerts.reconcile(uow, "schedule_not_firing:", [
+        alerts.Alert("schedule_not_firing", "warning",
+                     f"schedule {name} has not fired for {int(age // 60)} min",
+                     f"schedule_not_firing:{name}",
+                     {"schedule": name, "last_fired": last[name], "age_s": int(age)})
+        for name, age in sorted(late(last, time.time()).items())])

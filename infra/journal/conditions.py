@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from infra.alerts import raise_alert, resolve_all_except
+from infra.alerts import Alert, reconcile
 from infra.journal.repository import CANDIDATE_PAYMENTS
 from infra.uow import UnitOfWork
 
@@ -25,14 +25,9 @@ def unmatched_payments(uow: UnitOfWork) -> None:
         ),
         {"after": UNMATCHED_AFTER_S},
     ).one()
-    if stale.n:
-        raise_alert(
-            uow,
-            kind="unmatched_payments",
-            severity="warning",
-            subject=f"{stale.n} payment(s) unmatched for more than a day",
-            dedupe_key=DEDUPE_KEY,
-            data={"count": int(stale.n), "amount": int(stale.total), "currency": "ISK",
-                  "oldest": stale.oldest.isoformat(), "journal_ids": list(stale.ids)},
-        )
-    resolve_all_except(uow, DEDUPE_KEY, [DEDUPE_KEY] if stale.n else [])
+    reconcile(uow, DEDUPE_KEY, [
+        Alert("unmatched_payments", "warning",
+              f"{stale.n} payment(s) unmatched for more than a day", DEDUPE_KEY,
+              {"count": int(stale.n), "amount": int(stale.total), "currency": "ISK",
+               "oldest": stale.oldest.isoformat(), "journal_ids": list(stale.ids)})
+    ] if stale.n else [])

@@ -22,17 +22,15 @@ def provider_health(uow: UnitOfWork) -> None:
     degraded = []
     for p in store.load_providers(uow.conn):
         if p.status == ACTIVE and not p.view().healthy:
-            key = f"provider:degraded:{p.name}"
-            degraded.append(key)
             total = p.successes + p.failures
             why = ("its health probe says down" if p.probe_healthy is False
                    else f"{p.successes}/{total} succeeded in the last 24 h")
-            alerts.raise_alert(uow, kind="provider", severity="warning",
-                               subject=f"provider {p.name} is degraded: {why}",
-                               dedupe_key=key,
-                               data={"provider": p.name, "successes": p.successes,
-                                     "failures": p.failures, "probe_healthy": p.probe_healthy})
-    alerts.resolve_all_except(uow, "provider:degraded:", degraded)
+            degraded.append(alerts.Alert(
+                "provider", "warning", f"provider {p.name} is degraded: {why}",
+                f"provider:degraded:{p.name}",
+                {"provider": p.name, "successes": p.successes, "failures": p.failures,
+                 "probe_healthy": p.probe_healthy}))
+    alerts.reconcile(uow, "provider:degraded:", degraded)
 
 
 def failure_rate(uow: UnitOfWork) -> None:
