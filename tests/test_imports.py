@@ -173,7 +173,8 @@ def _in(module: str, package: str) -> bool:
 
 def test_the_graph_is_read():
     """The parser finds our modules and their imports (a rule checked on nothing proves nothing)."""
-    assert {"domain.money", "infra.uow", "infra.broker", "actors.alerts", "schedules.runner"} <= set(modules())
+    assert {"domain.money", "infra.uow", "infra.broker", "actors.alerts",
+            "schedules.runner"} <= set(modules())
     graph = _graph()
     assert "infra.broker" in graph["infra.uow"]
     assert "infra.alerts" in graph["infra.conditions"]

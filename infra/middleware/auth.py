@@ -117,8 +117,9 @@ class Authenticate(Middleware):
         except Unauthorized as refusal:
             self._refuse(broker, refusal, actor, message.message_id)
         except ValueError:  # json cannot write NaN/Infinity: nothing can have signed it
-            self._refuse(broker, Unauthorized("bad_signature", "the kwargs have no canonical form "
-                                      "(NaN or Infinity)", producer), actor, message.message_id)
+            self._refuse(broker, Unauthorized("bad_signature", "the kwargs have no canonical "
+                                              "form (NaN or Infinity)", producer),
+                         actor, message.message_id)
         except Exception as exc:
             # Fail closed: Dramatiq would log anything but a MiddlewareError and run the actor.
             raise VerificationUnavailable(f"could not verify the signature: "
@@ -159,7 +160,8 @@ class Authenticate(Middleware):
             log.error("auth.log_failed", error=f"{type(exc).__name__}: {exc}"[:300])
         raise Refusal.of(refusal)
 
-    def _record(self, broker, producer: str, actor: str, rule: str, outcome: str, message_id: str) -> None:
+    def _record(self, broker, producer: str, actor: str, rule: str, outcome: str,
+                message_id: str) -> None:
         """One auth_log row; a burst of refusals (or any unsigned command let through)
         raises an alert, in the same small transaction (published to ``broker``)."""
         with Transaction(broker) as uow:
