@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from infra import alerts, guard  # noqa: F401  (importing them registers their conditions)
-from schedules import conditions as _schedule_conditions  # noqa: F401  (likewise)
+from infra import alerts, guard
 from infra.conditions import CONDITIONS, evaluate
 from infra.contract.operations import (AcknowledgeAlert, DeliverAlertWebhooks, EvaluateAlerts,
                                        EvaluateBalanceAlerts)
@@ -14,9 +13,9 @@ from infra.uow import UnitOfWork
 
 @command(transactional=False, max_retries=20, retry_within_ms=55_000)  # fired every 60 s
 def evaluate_alerts(cmd: EvaluateAlerts) -> None:
-    """Evaluate every registered condition, each in its own unit of work: one failing
-    condition raises ``alert_condition_failed`` and the others still run.  A repeated
-    request (same scheduler slot) evaluates each condition once."""
+    """Evaluate every condition of the table (``infra.conditions.CONDITIONS``), each in its
+    own unit of work: one failing condition raises ``alert_condition_failed`` and the others
+    still run.  A repeated request (same scheduler slot) evaluates each condition once."""
     evaluate(CONDITIONS, request_id=cmd.request_id, payload=cmd)
 
 

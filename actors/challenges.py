@@ -23,7 +23,6 @@ from domain.wallet import WalletChange
 from infra import ledger, wallets
 from infra.alerts import raise_alert, resolve_alert
 from infra.attempts import final_attempt
-from infra.challenges import conditions  # noqa: F401  (registers the alert conditions)
 from infra.challenges import repository as repo
 from infra.challenges import settlement as settlement_failures
 from infra.challenges import views

@@ -24,10 +24,11 @@ from sqlalchemy import Connection, Engine, text
 
 from domain.errors import NotFound, Refused
 from infra import outbox, rabbit
-from infra.conditions import condition
+from infra.auth import webhook_headers
 from infra.db.engine import sql
 from infra.logs import get_logger
 from infra.settings import get_settings
+from infra.transaction import Transaction
 
 log = get_logger(__name__)
 
@@ -150,6 +151,19 @@ def raise_alert(uow: Unit, *, kind: str, severity: str, subject: str, dedupe_key
     return raise_alerts(uow, [Alert(kind, severity, subject, dedupe_key, data or {})]).get(dedupe_key)
 
 
+def raise_alone(broker, alert: Alert, *, failed_event: str = "alert.raise_failed") -> None:
+    """Open ``alert`` in a transaction of its own, published to ``broker`` after commit:
+    for the broker's middleware, which hold no unit of work.  A failure (the database is
+    down) is logged as ``failed_event``, never raised: the message's fate stays the
+    middleware's."""
+    try:
+        with Transaction(broker) as tx:
+            raise_alerts(tx, [alert])
+            tx.commit()
+    except Exception as exc:
+        log.error(failed_event, kind=alert.kind, error=f"{type(exc).__name__}: {exc}"[:300])
+
+
 def resolve_alerts(uow: Unit, keys: Sequence[str], note: str | None = None) -> list[int]:
     """Resolve the open alerts of ``keys`` (their condition cleared).  Ids of those resolved."""
     if not keys:
@@ -187,6 +201,19 @@ def resolve_all_except(uow: Unit, prefix: str, still_true: Iterable[str]) -> int
         )
     ]
     return len(resolve_alerts(uow, [k for k in keys if k not in keep]))
+
+
+def reconcile(uow: Unit, prefix: str, current: Iterable[Alert]) -> dict[str, int]:
+    """The alert sweep's one way to state a condition: ``current`` are the alerts under
+    ``prefix`` that hold now; they are opened (or refreshed), and every other open alert
+    under ``prefix`` is resolved.  Returns ``{dedupe_key: id}`` of the new ones."""
+    items = distinct(current)
+    stray = [a.dedupe_key for a in items if not a.dedupe_key.startswith(prefix)]
+    if stray:
+        raise ValueError(f"alert keys {stray} are not under {prefix!r}")
+    new = raise_alerts(uow, items)
+    resolve_all_except(uow, prefix, [a.dedupe_key for a in items])
+    return new
 
 
 def _announce(uow: Unit, event: str, payloads: list[dict[str, Any]]) -> None:
@@ -294,8 +321,6 @@ Post = Callable[[str, dict[str, Any], dict[str, str]], int]
 
 
 def _http_post(url: str, body: dict[str, Any], headers: dict[str, str]) -> int:
-    from infra.auth import webhook_headers
-
     raw = json.dumps(body, separators=(",", ":"), default=str).encode()
     headers = {"Content-Type": "application/json", **headers,
                **webhook_headers(get_settings().alert_webhook_secret, raw)}
@@ -372,9 +397,8 @@ def deliver_pending(engine: Engine, url: str | None = None, *, limit: int = 100,
     return {"delivered": delivered, "failed": failed}
 
 
-# --- conditions of the alert sweep -------------------------------------------------------------
+# --- conditions of the alert sweep (listed in infra.conditions.CONDITIONS) -------------------
 
-@condition("dead_letters")
 def dead_letters(uow) -> None:
     """Dead letters of a queue that nobody replayed or purged are an open alert naming the
     queue and the count.  Counted in the durable log (``dead_letters``, status ``dead``):
@@ -392,23 +416,19 @@ def dead_letters(uow) -> None:
     except Exception as exc:  # the broker is down: the durable log still tells
         log.warning("alert.dead_letters_broker_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
         in_rabbitmq = {}
-    open_keys = []
     raised = []
     for queue in sorted(set(logged) | {q for q, n in in_rabbitmq.items() if n > 0}):
         n_logged, oldest = logged.get(queue, (0, None))
         count = max(n_logged, in_rabbitmq.get(queue, 0))
         key = f"dead_letters:{queue}"
-        open_keys.append(key)
         raised.append(Alert("dead_letters", "warning",
                             f"{count} dead letter(s) of {queue} neither replayed nor purged",
                             key, {"queue": queue, "xq": f"{queue}.XQ", "count": count,
                                   "logged": n_logged, "in_xq": in_rabbitmq.get(queue),
                                   "oldest": oldest.isoformat() if oldest else None}))
-    raise_alerts(uow, raised)
-    resolve_all_except(uow, "dead_letters:", open_keys)
+    reconcile(uow, "dead_letters:", raised)
 
 
-@condition("alert_webhooks")
 def alert_webhooks(uow) -> None:
     """Kick delivery of due webhook rows, give up on old ones, and say when it is stuck."""
     conn = uow.conn

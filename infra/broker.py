@@ -35,6 +35,7 @@ from infra.middleware.deadletters import (
     publish_rejected,
 )
 from infra.middleware.logcontext import LogContext
+from infra.middleware.metrics import metrics_middleware
 from infra.middleware.relay import OutboxRelay
 from infra.middleware.threads import ThreadWatch
 from infra.settings import broker_urls, get_settings
@@ -146,7 +147,8 @@ class _CheckedConsumer(_RabbitmqConsumer):
                 pass
             raise ConnectionClosed(e) from None
         count_dead_letter(queue, body["actor_name"], "invalid")
-        publish_rejected(body["message_id"], body["actor_name"], queue, body["kwargs"], info)
+        publish_rejected(self.broker, body["message_id"], body["actor_name"], queue,
+                         body["kwargs"], info)
 
 
 def build_broker(url: str | None = None, *, worker: bool = False) -> RabbitmqBroker:
@@ -174,8 +176,6 @@ def build_broker(url: str | None = None, *, worker: bool = False) -> RabbitmqBro
         OutboxRelay(),  # worker processes only (after_worker_boot)
     ]
     if worker and settings.metrics_port:
-        from infra.middleware.metrics import metrics_middleware
-
         middleware = [*metrics_middleware(settings.metrics_port), *middleware]
     broker = BallastBroker(
         queue_type=settings.queue_type,

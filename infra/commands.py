@@ -13,9 +13,10 @@ from typing import Any
 
 import dramatiq
 
-from domain.errors import InvalidCommand
 from domain.auth import IDENTITY_FIELDS
+from domain.errors import InvalidCommand
 from infra.auth import Signer, operator_signer
+from infra.broker import build_broker
 from infra.contract import ACTORS, parse
 from infra.logs import get_logger
 from infra.settings import get_settings
@@ -67,8 +68,6 @@ def send_command(actor: str, kwargs: dict[str, Any], *, sender: str | None = Non
         raise InvalidCommand("no operator key to sign with: set BALLAST_OPERATOR_KEY or "
                              "BALLAST_OPERATOR_KEY_FILE")
     parse(spec.schema, kwargs)
-    from infra.broker import build_broker
-
     message = dramatiq.Message(queue_name=spec.queue, actor_name=actor, args=(), kwargs=kwargs,
                                options={})
     broker = build_broker()

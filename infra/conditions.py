@@ -1,30 +1,43 @@
-"""Alert conditions that no single message raises, evaluated by ``evaluate_alerts``.
+"""The alert conditions that no single message raises, and ``evaluate``, which runs them.
 
-Each capability registers its own with ``@condition("name")``; a condition
-receives an open UnitOfWork and raises or resolves alerts through
-infra.alerts.  Conditions are independent: one failing does not stop the rest.
+``CONDITIONS`` is the one table of them (the ``evaluate_alerts`` sweep runs it every
+minute): a condition receives an open UnitOfWork and raises or resolves alerts through
+infra.alerts.  A new condition is a function in its capability's module, listed here.
+Conditions are independent: one failing does not stop the rest.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from infra import alerts, guard
+from infra.challenges import conditions as challenges
+from infra.journal import conditions as journal
 from infra.logs import get_logger
+from infra.middleware import auth
+from infra.treasury import conditions as treasury
 from infra.uow import UnitOfWork
+from schedules import conditions as schedules
 
 log = get_logger(__name__)
 
 Condition = Callable[[UnitOfWork], None]
 
-CONDITIONS: dict[str, Condition] = {}
-
-
-def condition(name: str) -> Callable[[Condition], Condition]:
-    def register(fn: Condition) -> Condition:
-        CONDITIONS[name] = fn
-        return fn
-
-    return register
+#: name (the ``alert_condition_failed:{name}`` key, the claim's actor suffix) -> condition
+CONDITIONS: dict[str, Condition] = {
+    "dead_letters": alerts.dead_letters,
+    "alert_webhooks": alerts.alert_webhooks,
+    "auth_refusals": auth.bursts_over,
+    "balance_alert_expiry": guard.balance_alert_expiry,
+    "schedules": schedules.schedules_firing,
+    "treasury.buffers": treasury.buffer_levels,
+    "treasury.providers": treasury.provider_health,
+    "treasury.failure_rate": treasury.failure_rate,
+    "treasury.stale_jobs": treasury.stale_jobs,
+    "treasury.reconciliation": treasury.reconciliation,
+    "treasury_balancing": challenges.treasury_balancing,
+    "unmatched_payments": journal.unmatched_payments,
+}
 
 
 def evaluate(conditions: Mapping[str, Condition], *, request_id: str, payload: Any = None,
@@ -36,8 +49,6 @@ def evaluate(conditions: Mapping[str, Condition], *, request_id: str, payload: A
     ``alert_condition_failed`` alert naming it (resolved once it runs cleanly
     again); a repeated ``request_id`` skips the conditions that already ran.
     """
-    from infra import alerts  # alerts registers conditions itself: import late
-
     outcomes: dict[str, str] = {}
     for name, fn in sorted(conditions.items()):
         key = f"alert_condition_failed:{name}"

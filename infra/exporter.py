@@ -36,7 +36,10 @@ from typing import Any, Iterable
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import text
 
+from infra.contract import QUEUES
 from infra.logs import get_logger
+from schedules.keys import last_fired
+from schedules.table import SCHEDULES
 
 log = get_logger(__name__)
 
@@ -58,11 +61,7 @@ class BallastCollector:
         self.engine = engine
         self.redis = redis_client
         self.scheduler = scheduler
-        if schedules is None:
-            from schedules.table import SCHEDULES
-
-            schedules = SCHEDULES
-        self.schedules = schedules
+        self.schedules = SCHEDULES if schedules is None else schedules
 
     def describe(self):
         return []  # collected at scrape time only (no query when registered)
@@ -118,8 +117,6 @@ class BallastCollector:
 
     @staticmethod
     def _query(conn, f: dict[str, Any]) -> None:
-        from infra.contract import QUEUES
-
         bal, alerts, outbox, outbox_age = f["balance"], f["alerts"], f["outbox"], f["outbox_age"]
         dead, active, stale, duration = f["dead"], f["active"], f["stale"], f["duration"]
         thresholds = {k: f[k] for k in ("min", "target", "max")}
@@ -179,8 +176,6 @@ class BallastCollector:
     # --- Redis and this scheduler ----------------------------------------------------
 
     def _schedules(self):
-        from schedules.runner import PREFIX
-
         redis_up = GaugeMetricFamily("ballast_redis_up", "1 when Redis answered")
         last = GaugeMetricFamily("ballast_schedule_last_fired_timestamp_seconds",
                                  "Slot (Unix time) each schedule last fired, by any scheduler",
@@ -191,10 +186,9 @@ class BallastCollector:
             period.add_metric([s.name], s.every_s or 86_400)
         if self.redis is not None:
             try:
-                values = self.redis.mget([PREFIX + f"last:{s.name}" for s in self.schedules])
-                for s, v in zip(self.schedules, values):
-                    if v is not None:
-                        last.add_metric([s.name], int(v))
+                for name, at in last_fired(self.redis, self.schedules).items():
+                    if at is not None:
+                        last.add_metric([name], at)
                 redis_up.add_metric([], 1)
             except Exception as exc:
                 log.warning("metrics.redis_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])

@@ -25,7 +25,6 @@ from domain.money import format_minor
 from domain.wallet import BalanceRefused, WalletChange
 from infra import alerts, outbox
 from infra.alerts import Alert, OutboxOnly, Unit
-from infra.conditions import condition
 from infra.db.engine import sql
 
 Paired = Sequence[tuple[WalletChange, int]]
@@ -624,7 +623,6 @@ def _escape_like(value: str) -> str:
 
 # --- conditions of the alert sweep --------------------------------------------------------------
 
-@condition("balance_alert_expiry")
 def balance_alert_expiry(uow) -> None:
     """``limit_exceeded`` clears when the window that refused has rolled past the refusal;
     ``significant_drop`` a day after the last drop."""

@@ -20,6 +20,7 @@ from domain.errors import BallastError
 from infra.broker import get_broker
 from infra.contract import parse, spec_for
 from infra.logs import get_logger
+from infra.middleware import metrics
 from infra.uow import UnitOfWork
 
 log = get_logger(__name__)
@@ -62,7 +63,5 @@ def command(*, transactional: bool = True, **options: Any) -> Callable:
 
 
 def _count_duplicate(queue: str, actor: str) -> None:
-    from infra.middleware.metrics import DUPLICATES
-
-    if DUPLICATES is not None:
-        DUPLICATES.labels(queue=queue, actor=actor).inc()
+    if metrics.DUPLICATES is not None:
+        metrics.DUPLICATES.labels(queue=queue, actor=actor).inc()

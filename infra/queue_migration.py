@@ -32,6 +32,7 @@ import pika.exceptions
 from dramatiq.common import dq_name, xq_name
 
 from infra import rabbit
+from infra.broker import BallastBroker
 from infra.contract import QUEUES
 from infra.logs import get_logger
 from infra.settings import get_settings
@@ -73,8 +74,6 @@ class Outcome:
 
 def target_arguments(queue_type: str) -> dict[str, dict[str, Any]]:
     """Every Ballast queue name and the arguments a broker of ``queue_type`` declares it with."""
-    from infra.broker import BallastBroker
-
     s = get_settings()
     broker = BallastBroker(queue_type=queue_type, delivery_limit=s.queue_delivery_limit,
                            url="amqp://unused/")  # never connects: only builds arguments

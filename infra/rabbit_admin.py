@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote, urlparse
 
 import httpx
 
+from infra.contract import QUEUES
 from infra.settings import broker_urls, get_settings, vhost_of
 
 # httpx logs every request at INFO: not an operator's business.
@@ -166,8 +167,6 @@ def queue_stats(broker_url: str | None = None) -> list[dict[str, Any]] | None:
     ``consumers``; publish and ack rates (messages/s) of the queue.
     """
     from dramatiq.common import dq_name, xq_name
-
-    from infra.contract import QUEUES
 
     found = api_get(f"/queues/{quote(_vhost_of(broker_url), safe='')}", broker_url,
                     columns="name,messages,messages_ready,messages_unacknowledged,consumers,"

@@ -18,12 +18,14 @@ import json
 from typing import Any
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 from pydantic import BaseModel
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine, text
 
 from domain.errors import RequestConflict
-from infra import faults, outbox
-from infra.db.engine import get_engine, sql
+from infra import broker as process_broker
+from infra.db.engine import sql
+from infra.transaction import Transaction
 
 
 def payload_hash(payload: Any) -> str:
@@ -33,8 +35,9 @@ def payload_hash(payload: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-class UnitOfWork:
-    """Owns one transaction; rolls back unless ``commit()`` is called.
+class UnitOfWork(Transaction):
+    """Owns one transaction (``infra.transaction.Transaction``: its outbox, published after
+    commit) and claims its request; rolls back unless ``commit()`` is called.
 
     Parameters:
       actor: the actor whose effect this is (idempotency scope).
@@ -53,26 +56,12 @@ class UnitOfWork:
         engine: Engine | None = None,
         broker: dramatiq.Broker | None = None,
     ) -> None:
-        self.actor = actor
+        super().__init__(broker, engine=engine, actor=actor)
         self.request_id = request_id
         self.payload = payload
-        self.engine = engine or get_engine()
-        self._broker = broker
-        self._rows: list[outbox.OutboxRow] = []
-        self.conn: Connection
-        self.committed = False
 
     def __enter__(self) -> "UnitOfWork":
-        self.conn = self.engine.connect()
-        self._tx = self.conn.begin()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        try:
-            if not self.committed and self._tx.is_active:
-                self._tx.rollback()
-        finally:
-            self.conn.close()
+        return super().__enter__()
 
     def claim(self) -> bool:
         """Claim ``(actor, request_id)``.  False when it already took effect.
@@ -101,60 +90,11 @@ class UnitOfWork:
             )
         return False
 
-    def send(self, actor: str, **kwargs: Any) -> None:
-        """Hand work to the next step: written now, published after commit."""
-        self._rows.append(outbox.add_message(self.conn, actor, kwargs))
-
-    def send_later(self, actor: str, delay_ms: int, **kwargs: Any) -> None:
-        """Like ``send``, due ``delay_ms`` after commit (Dramatiq's delay queue)."""
-        self._rows.append(outbox.add_message(self.conn, actor, kwargs, delay_ms=delay_ms))
-
-    def emit(self, event: str, data: dict[str, Any], recipient: str | None = None) -> None:
-        """Publish a domain event after commit (and keep it as a row)."""
-        self._rows.append(outbox.add_event(self.conn, event, data, recipient))
-
-    def emit_many(self, events: list[tuple[str, dict[str, Any], str | None]], *,
-                  publish_now: bool = True) -> None:
-        """Many events ``(name, data, recipient)`` in one statement.  With
-        ``publish_now=False`` they are left to ``outbox.sweep`` (a bulk step
-        does not wait for thousands of publishes after its commit)."""
-        rows = outbox.add_events(self.conn, events)
-        if publish_now:
-            self._rows.extend(rows)
-
-    def emit_select(self, event: str, select_sql: str, params: dict[str, Any] | None = None,
-                    *, publish_max: int = 1000) -> int:
-        """One event per row of ``select_sql`` (``recipient``, ``data`` jsonb), written by the
-        database in one statement; published after commit when there are at most
-        ``publish_max``, else left to ``outbox.sweep``.  Returns how many."""
-        count, rows = outbox.add_events_select(self.conn, event, select_sql, params or {},
-                                               return_max=publish_max)
-        self._rows.extend(rows)
-        return count
-
-    def publish_after_commit(self, rows: list[outbox.OutboxRow]) -> None:
-        """Outbox rows written by a caller's own statement (``outbox.events_statement``
-        inside a bigger one): published after commit like ``emit``'s."""
-        self._rows.extend(rows)
-
-    def commit(self) -> None:
-        self._tx.commit()
-        self.committed = True
-        faults.point("after_commit", self.actor)
-        if self._rows:
-            from infra.broker import get_broker
-
-            broker = self._broker or get_broker()
-            relay = outbox.relay_for(broker)
-            if relay is not None:  # a worker: its relay publishes, in batches
-                relay.submit(self.engine, self._rows)
-            else:
-                outbox.publish_rows(self.engine, broker, self._rows)
-        faults.point("after_publish", self.actor)
+    def broker(self) -> dramatiq.Broker:
+        """The broker given, else the process's global one (``infra.broker.get_broker``)."""
+        return self._broker or process_broker.get_broker()
 
 
 def _current_message_id() -> str | None:
-    from dramatiq.middleware import CurrentMessage
-
     msg = CurrentMessage.get_current_message()
     return msg.message_id if msg is not None else None

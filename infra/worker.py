@@ -21,6 +21,7 @@ import dramatiq.cli as dramatiq_cli
 from dramatiq.logging import get_logger
 
 from infra.logs import configure_logging
+from infra.middleware.metrics import prepare_metrics_dir
 from infra.settings import get_settings
 
 
@@ -50,8 +51,6 @@ def main() -> int:
     settings = get_settings()
     path = None
     if settings.metrics_port:
-        from infra.middleware.metrics import prepare_metrics_dir
-
         path = prepare_metrics_dir()
     try:
         return dramatiq_cli.main()

@@ -1,6 +1,6 @@
 """The alert condition of the schedules: one that stopped firing is an open alert.
 
-Each schedule's last fired slot is in Redis (``schedules.runner``).  A schedule whose last
+Each schedule's last fired slot is in Redis (``schedules.keys``).  A schedule whose last
 slot is older than two of its periods (plus two minutes) raises ``schedule_not_firing``
 (warning) naming it; it resolves once the schedule fires again.  A schedule that never
 fired (a fresh install) is not judged.  This condition runs in the alert sweep, which the
@@ -15,9 +15,8 @@ import time
 import redis
 
 from infra import alerts
-from infra.conditions import condition
 from infra.settings import get_settings
-from schedules.runner import PREFIX
+from schedules import keys
 from schedules.table import SCHEDULES
 
 GRACE_S = 120  # s beyond two periods
@@ -34,20 +33,15 @@ def late(last_fired: dict[str, int | None], now: float) -> dict[str, float]:
     return out
 
 
-@condition("schedules")
 def schedules_firing(uow) -> None:
     client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=5)
     try:
-        values = client.mget([PREFIX + f"last:{s.name}" for s in SCHEDULES])
+        last = keys.last_fired(client, SCHEDULES)
     finally:
         client.close()
-    last = {s.name: int(v) if v is not None else None for s, v in zip(SCHEDULES, values)}
-    keys = []
-    for name, age in sorted(late(last, time.time()).items()):
-        key = f"schedule_not_firing:{name}"
-        keys.append(key)
-        alerts.raise_alert(uow, kind="schedule_not_firing", severity="warning",
-                           subject=f"schedule {name} has not fired for {int(age // 60)} min",
-                           dedupe_key=key, data={"schedule": name, "last_fired": last[name],
-                                                 "age_s": int(age)})
-    alerts.resolve_all_except(uow, "schedule_not_firing:", keys)
+    alerts.reconcile(uow, "schedule_not_firing:", [
+        alerts.Alert("schedule_not_firing", "warning",
+                     f"schedule {name} has not fired for {int(age // 60)} min",
+                     f"schedule_not_firing:{name}",
+                     {"schedule": name, "last_fired": last[name], "age_s": int(age)})
+        for name, age in sorted(late(last, time.time()).items())])

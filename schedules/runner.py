@@ -23,17 +23,22 @@ from zoneinfo import ZoneInfo
 
 import dramatiq
 import redis
+from prometheus_client import CollectorRegistry
 
 from infra.auth import sign_as_ballast
+from infra.broker import build_broker, declare_topology
 from infra.contract import parse, spec_for
-from infra.logs import get_logger
+from infra.db.engine import get_engine
+from infra.exporter import BallastCollector, scheduler_health
+from infra.logs import configure_logging, get_logger
+from infra.metrics_http import bind, serve_in_thread
 from infra.settings import get_settings
+from schedules.keys import PREFIX, last_key
 from schedules.slots import latest_slot, request_id
 from schedules.table import SCHEDULES, Schedule
 
 log = get_logger(__name__)
 
-PREFIX = "ballast:scheduler:"
 LEASE_MS = 15_000  # ms; renewed every tick
 SLOT_CLAIM_TTL_S = 8 * 24 * 3600  # s; longer than the longest schedule period
 TICK_S = 1.0  # s
@@ -89,7 +94,7 @@ class Scheduler:
         for schedule in self.schedules:
             slot = latest_slot(schedule, now, self.tz)
             stamp = int(slot.timestamp())
-            last = self.redis.get(PREFIX + f"last:{schedule.name}")
+            last = self.redis.get(last_key(schedule.name))
             if last is not None and int(last) >= stamp:
                 continue
             claim = PREFIX + f"slot:{schedule.name}:{stamp}"
@@ -102,7 +107,7 @@ class Scheduler:
                 self.redis.delete(claim)  # let the next tick try again
                 log.error("scheduler.fire_failed", schedule=schedule.name, error=str(exc))
                 continue
-            self.redis.set(PREFIX + f"last:{schedule.name}", stamp)
+            self.redis.set(last_key(schedule.name), stamp)
             log.info("scheduler.fired", schedule=schedule.name, actor=schedule.actor, request_id=rid)
             fired.append(rid)
         self.last_tick_at = time.time()
@@ -128,9 +133,6 @@ def run_forever(stop: threading.Event | None = None) -> None:
     With ``BALLAST_SCHEDULER_METRICS_PORT`` (default 9200; 0: off) it serves ``/metrics``
     (its heartbeat, every schedule's last firing and the database-derived gauges of
     ``infra.exporter``) and ``/healthz`` (200 while its ticks reach Redis)."""
-    from infra.broker import build_broker, declare_topology
-    from infra.logs import configure_logging
-
     configure_logging(service="scheduler")
     settings = get_settings()
     stop = stop or threading.Event()
@@ -165,12 +167,6 @@ def _metrics_server(sched: Scheduler, client: redis.Redis):
     """``/metrics`` and ``/healthz`` of this scheduler, on the first free port of
     ``BALLAST_SCHEDULER_METRICS_PORT`` .. ``+ BALLAST_METRICS_PORT_SPAN - 1`` (None, logged,
     when every one is taken: the scheduler fires all the same)."""
-    from prometheus_client import CollectorRegistry
-
-    from infra.db.engine import get_engine
-    from infra.exporter import BallastCollector, scheduler_health
-    from infra.metrics_http import bind, serve_in_thread
-
     settings = get_settings()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BallastCollector(get_engine(), client, sched, sched.schedules))

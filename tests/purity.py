@@ -1,4 +1,5 @@
-"""Which test runs need the services: the pure tests (``tests/domain``) do not.
+"""Which test runs need the services: the pure tests (``tests/domain``, ``tests/test_imports.py``)
+do not.
 
 A run whose paths all lie under a pure directory starts no database, vhost or Redis db
 and needs none of the three services up; any other run (the default, ``tests``) sets
@@ -12,8 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Directories whose tests import nothing of I/O and use no service fixture.
-PURE_DIRS = (ROOT / "tests" / "domain",)
+#: Directories (and files) whose tests import nothing of I/O and use no service fixture.
+PURE_DIRS = (ROOT / "tests" / "domain", ROOT / "tests" / "test_imports.py")
 
 
 def _path_of(arg: str) -> Path | None:

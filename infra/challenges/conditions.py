@@ -10,10 +10,8 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from infra import alerts
-from infra.conditions import condition
 
 
-@condition("treasury_balancing")
 def treasury_balancing(uow) -> None:
     cleared = list(uow.conn.execute(text(
         "SELECT a.dedupe_key FROM alerts a JOIN accounts t "

@@ -10,8 +10,9 @@ from domain.errors import InvalidCommand, NotFound
 from domain.money import format_minor
 from infra.cli.output import (console, emit, fail, json_option, progress, record, table,
                               timestamp)
+from infra.commands import send_command
 from infra.contract import parse
-from infra.contract.journal import MatchPayments
+from infra.contract.journal import ImportWalletJournal, MatchPayments
 from infra.db.engine import get_read_engine
 from infra.journal import matching, views
 from infra.uow import UnitOfWork
@@ -44,9 +45,6 @@ def journal_import(file, batch: int, request_id: str | None, as_json: bool) -> N
     """
     import hashlib
     import json
-
-    from infra.commands import send_command
-    from infra.contract.journal import ImportWalletJournal
 
     raw = file.read()
     try:

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, text
 
 from infra.cli.identity import operator_identity
 from infra.cli.output import fail
+from infra.db.engine import get_engine
 
 by_option = click.option("--by", required=True, help="Who does it (recorded).")
 
@@ -50,8 +51,6 @@ def record(conn: Connection, by: str, command: str, target: str | None,
 def record_now(by: str, command: str, target: str | None,
                detail: dict[str, Any] | None = None) -> None:
     """``record`` in a transaction of its own."""
-    from infra.db.engine import get_engine
-
     with get_engine().begin() as conn:
         record(conn, by, command, target, detail)
 

@@ -15,9 +15,12 @@ settings_or_exit()
 from infra.cli import (  # noqa: E402
     alerts, challenges, journal, ledger, markets, ops, producers, treasury,
 )
-from infra.cli.output import json_option  # noqa: E402
+from infra.cli.output import emit, fail, json_option  # noqa: E402
 from infra.logs import configure_logging  # noqa: E402
+from infra.services import describe, unreachable  # noqa: E402
+from infra.settings import get_settings  # noqa: E402
 from infra.web import cli as web_cli  # noqa: E402
+from schedules.runner import run_forever  # noqa: E402
 
 
 #: Libraries that log their own account of a failure the CLI reports in one line.
@@ -56,8 +59,6 @@ web_cli.register(cli)  # the operations console (infra/web)
 @cli.command()
 def scheduler() -> None:
     """Run the scheduler (periodic firings, lease-locked in Redis)."""
-    from schedules.runner import run_forever
-
     configure_logging()
     run_forever()
 
@@ -80,9 +81,9 @@ def demo(database: str, vhost: str, redis_db: int, clean: bool, check_only: bool
     It never touches BALLAST_DATABASE_URL's database: it refuses a database that is not
     empty unless it is a demo database.
     """
-    from infra.cli.output import emit, fail
+    # Lazy for the CLI's start-up (tests/test_imports.py, CLI_LAZY): the demo needs alembic.
     from infra.demo import target as demo_target
-    from infra.settings import get_settings
+    from infra.demo.runner import run_demo
 
     settings = get_settings()
     where = demo_target.target_for(settings, database, vhost, redis_db)
@@ -98,8 +99,6 @@ def demo(database: str, vhost: str, redis_db: int, clean: bool, check_only: bool
             emit({"dropped": where.database, "vhost": where.vhost}, as_json,
                  lambda d: click.echo(f"dropped the demo database {d['dropped']} and vhost {d['vhost']}"))
             return
-        from infra.demo.runner import run_demo
-
         code = run_demo(where, as_json=as_json)
     except demo_target.DemoRefused as exc:
         fail(f"refused: {exc}", 2)
@@ -126,8 +125,6 @@ def main() -> None:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # a service is down or refused, or a bug: say it in one line
-        from infra.services import describe, unreachable
-
         quiet_libraries()
         refused = describe(exc)
         down = unreachable() if refused is None else []

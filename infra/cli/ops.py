@@ -9,15 +9,18 @@ import textwrap
 
 import click
 
-from infra import deadletter_log, rabbit
+from domain.auth import IDENTITY_FIELDS
+from domain.errors import InvalidCommand
+from infra import deadletter_log, outbox, queue_migration, rabbit, rabbit_admin, retention
+from infra.auth import ensure_ballast_key, operator_signer
+from infra.broker import build_broker, declare_topology
 from infra.cli.levers import by_option, check_by, confirm, lever_options, record
 from infra.cli.output import emit, fail, heading, json_option, progress, table, width
 from infra.cli.output import record as show_record
 from infra.commands import send_command
-from infra.contract import ACTORS, parse
+from infra.contract import ACTORS, QUEUES, parse
 from infra.db.engine import get_engine, get_read_engine
-from domain.auth import IDENTITY_FIELDS
-from domain.errors import InvalidCommand
+from infra.settings import get_settings
 
 
 def register(cli: click.Group) -> None:
@@ -33,21 +36,16 @@ def register(cli: click.Group) -> None:
 @json_option
 def migrate(as_json: bool) -> None:
     """Bring the database to head, seed reference data, declare every queue."""
-    from infra.broker import build_broker, declare_topology
+    # Lazy for the CLI's start-up (tests/test_imports.py, CLI_LAZY): alembic, for this only.
     from infra.db.migrate import upgrade
 
     with progress("migrate") as advance:
         revision = upgrade(progress=advance)
-    from infra.auth import ensure_ballast_key
-    from infra.db.engine import get_engine
-
     signer = ensure_ballast_key(get_engine())
     if signer is None:
         click.echo("warning: no Ballast signing key (BALLAST_SIGNING_KEY_FILE): workers cannot "
                    "sign next steps or scheduled firings", err=True)
     from dramatiq.errors import ConnectionClosed
-
-    from infra.settings import get_settings
 
     broker = build_broker()
     try:
@@ -68,8 +66,6 @@ def migrate(as_json: bool) -> None:
 def complete_queue(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
     """Shell completion: Ballast's queue names."""
     from click.shell_completion import CompletionItem
-
-    from infra.contract import QUEUES
 
     return [CompletionItem(q) for q in QUEUES if q.startswith(incomplete)]
 
@@ -116,8 +112,6 @@ def worker(processes: int, threads: int, queues: tuple[str, ...], more_queues: t
 
     The other options are Dramatiq's own, passed through.
     """
-    from infra.contract import QUEUES
-
     if more_queues and not queues:
         fail(f"unexpected argument {more_queues[0]!r}: queues are named after --queues", 2)
     queues = (*queues, *more_queues)
@@ -141,8 +135,6 @@ def worker(processes: int, threads: int, queues: tuple[str, ...], more_queues: t
             args.append(flag)
     if queues:
         args += ["--queues", *dict.fromkeys(queues)]
-    from infra.settings import get_settings
-
     port = get_settings().metrics_port if metrics_port is None else metrics_port
     os.environ["BALLAST_METRICS_PORT"] = str(port)  # what the worker processes read
     # infra.worker prepares the pool's metrics directory and port (BALLAST_METRICS_*).
@@ -230,8 +222,6 @@ def queues_migrate(to: str, by: str, yes: bool, dry_run: bool, as_json: bool) ->
     message: each is moved to a holding queue (confirmed before acknowledged), the queue is
     declared again with the new type and the messages are moved back.  Stop the workers,
     the scheduler and the publishers first; then set BALLAST_QUEUE_TYPE everywhere."""
-    from infra import queue_migration
-
     check_by(by)
     plans = queue_migration.plan(to)
     todo = [p for p in plans if p.state in ("migrate", "resume")]
@@ -265,8 +255,6 @@ def queues_migrate(to: str, by: str, yes: bool, dry_run: bool, as_json: bool) ->
 
 def queue_rows() -> list[dict]:
     """The management API's counts, or AMQP's with the columns it cannot see as None."""
-    from infra import rabbit_admin
-
     rows = rabbit_admin.queue_stats()
     if rows is not None:
         return rows
@@ -412,8 +400,6 @@ def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], by: st
     check_by(by)
     if replay_all == bool(ids):
         fail("give exactly one of --all or --id ID", 2)
-    from infra.contract import QUEUES
-
     queues = [queue] if queue else list(QUEUES)
     if dry_run:
         counts = _would_replay(queues, set(ids) if ids else None)
@@ -427,8 +413,6 @@ def dlq_replay(queue: str | None, replay_all: bool, ids: tuple[str, ...], by: st
         waiting = {q: n for q, n in rabbit.dead_letter_counts().items() if q in queues and n}
         confirm(f"Replay {sum(waiting.values())} dead letter(s) of "
                 f"{queue or f'{len(waiting)} queue(s)'}", yes)
-    from infra.auth import operator_signer
-
     # The operator's countersignature lets a dead letter older than the signature window
     # through; what its producer signed is kept as it was, and must still verify.
     operator = operator_signer()
@@ -507,8 +491,6 @@ def dlq_purge(queue: str, by: str, yes: bool, dry_run: bool, as_json: bool) -> N
 
 
 def _known_queue(queue: str | None) -> None:
-    from infra.contract import QUEUES
-
     if queue is not None and queue not in QUEUES:
         fail(f"unknown queue {queue!r}", 2)
 
@@ -535,9 +517,6 @@ def outbox_group(ctx: click.Context, pending: bool, limit: int, as_json: bool) -
     if ctx.invoked_subcommand is not None:
         return
     from sqlalchemy import text
-
-    from infra import outbox, retention
-    from infra.settings import get_settings
 
     with get_read_engine().connect() as conn:
         if pending:
@@ -583,9 +562,6 @@ def outbox_group(ctx: click.Context, pending: bool, limit: int, as_json: bool) -
 def outbox_prune(older_than: str | None, dry_run: bool, as_json: bool) -> None:
     """Delete published outbox rows (never a pending one) and remembered request ids past
     their windows, as the hourly retention schedule does."""
-    from infra import outbox, retention
-    from infra.settings import get_settings
-
     out_s, req_s = retention.windows(get_settings())
     if older_than is not None:
         age = retention.parse_age(older_than)

@@ -32,6 +32,7 @@ import click
 from rich.console import Console
 
 from domain.money import CURRENCIES, format_minor
+from infra.settings import get_settings
 
 console = Console()
 
@@ -397,8 +398,6 @@ def fail(message: str, code: int = 1) -> None:
 def settings_or_exit() -> None:
     """A bad ``BALLAST_*`` value: one line naming it on stderr, exit 2 (no traceback)."""
     from pydantic import ValidationError
-
-    from infra.settings import get_settings
 
     try:
         get_settings()

@@ -17,10 +17,15 @@ from domain.buffers import CURRENCY_OF, Thresholds
 from domain.conversions import DIRECTIONS, PPM, format_rate, parse_rate
 from domain.errors import BallastError, InvalidCommand
 from domain.money import format_minor
+from infra import providers
 from infra.cli.identity import operator_identity
-from infra.cli.levers import by_option, check_by, confirm, lever_options, record
+from infra.cli.levers import by_option, check_by, confirm, lever_options, record, record_now
 from infra.cli.output import console, emit, fail, json_option, table
 from infra.db.engine import get_engine, get_read_engine
+from infra.logs import configure_logging
+from infra.providers import http as http_provider
+from infra.providers import simulated as simulated_provider
+from infra.treasury import callbacks, cycle, jobs, overrides, polling, reconcile, store, views
 from infra.uow import UnitOfWork
 
 ACCOUNT_TYPES = click.Choice(sorted(CURRENCY_OF))
@@ -59,8 +64,6 @@ def buffers_group(ctx: click.Context, as_json: bool) -> None:
     """Buffer balances against their thresholds (and the levers on rebalancing)."""
     if ctx.invoked_subcommand is not None:
         return
-    from infra.treasury import views
-
     with get_read_engine().connect() as conn:
         doc = views.buffers(conn)
 
@@ -76,8 +79,6 @@ def buffers_group(ctx: click.Context, as_json: bool) -> None:
 @json_option
 def buffers_rebalance(by: str, as_json: bool) -> None:
     """Run a settlement cycle now (even while auto-rebalancing is paused)."""
-    from infra.treasury import cycle, overrides
-
     check_by(by)
 
     def run():
@@ -96,8 +97,6 @@ def buffers_rebalance(by: str, as_json: bool) -> None:
 
 
 def _set_auto(enabled: bool, by: str, as_json: bool) -> None:
-    from infra.treasury import cycle, overrides
-
     check_by(by)
     with _uow("treasury_settings", "auto_rebalance") as uow:
         cycle.set_auto_rebalance(uow, enabled, by)
@@ -137,8 +136,6 @@ def buffers_resume(by: str, as_json: bool) -> None:
 def buffers_set(account_type: str, mn: int | None, target: int | None, mx: int | None,
                 batch: int | None, by: str, yes: bool, dry_run: bool, as_json: bool) -> None:
     """Change a buffer's thresholds (minor units of its currency): asks first."""
-    from infra.treasury import overrides, store, views
-
     check_by(by)
 
     def change(commit: bool):
@@ -186,8 +183,6 @@ def providers_group(ctx: click.Context, as_json: bool) -> None:
     """Conversion providers: health, priority, today's volume."""
     if ctx.invoked_subcommand is not None:
         return
-    from infra.treasury import views
-
     with get_read_engine().connect() as conn:
         doc = views.providers(conn)
     emit(doc, as_json, lambda rows: table(
@@ -218,19 +213,15 @@ def _simulated_options(fn):
 
 def _config(kind: str, current: dict[str, Any], o: dict[str, Any]) -> dict[str, Any]:
     if kind == "simulated":
-        from infra.providers.simulated import make_config
-
         if o.get("url") is not None:
             raise InvalidCommand("--url is for http providers")
-        return make_config(
+        return simulated_provider.make_config(
             rate_ppm=parse_rate(o["rate"]) if o.get("rate") is not None
             else current.get("rate_ppm", PPM),
             fee_bps=o["fee_bps"] if o.get("fee_bps") is not None else current.get("fee_bps", 0),
             latency_polls=o["latency_polls"] if o.get("latency_polls") is not None
             else current.get("latency_polls", 1),
             fail_mode=o["fail_mode"] or current.get("fail_mode", "none"))
-    from infra.providers.http import DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, make_config
-
     if any(o.get(k) is not None for k in ("latency_polls", "fail_mode")):
         raise InvalidCommand("--latency-polls, --fail-mode are for simulated providers")
     url = o.get("url") or current.get("url")
@@ -243,13 +234,12 @@ def _config(kind: str, current: dict[str, Any], o: dict[str, Any]) -> dict[str, 
     # --rate/--fee-bps: what selection assumes when the provider does not quote (GET /quote)
     rate = parse_rate(o["rate"]) if o.get("rate") is not None else current.get("rate_ppm")
     fee = o["fee_bps"] if o.get("fee_bps") is not None else current.get("fee_bps")
-    return make_config(url, pick("timeout_ms", DEFAULT_TIMEOUT_MS), pick("retries", DEFAULT_RETRIES),
-                       rate_ppm=rate, fee_bps=fee)
+    return http_provider.make_config(url, pick("timeout_ms", http_provider.DEFAULT_TIMEOUT_MS),
+                                     pick("retries", http_provider.DEFAULT_RETRIES),
+                                     rate_ppm=rate, fee_bps=fee)
 
 
 def _show_provider(name: str, as_json: bool) -> None:
-    from infra.treasury import views
-
     with get_read_engine().connect() as conn:
         doc = views.provider(conn, name)
 
@@ -277,8 +267,6 @@ def provider_summary(d: dict[str, Any]) -> dict[str, Any]:
 @json_option
 def providers_add(name: str, kind: str, priority: int, by: str, as_json: bool, **o: Any) -> None:
     """Add a provider (simulated for demos and tests, or http)."""
-    from infra.treasury import store
-
     check_by(by)
 
     def run():
@@ -306,8 +294,6 @@ def providers_add(name: str, kind: str, priority: int, by: str, as_json: bool, *
 def providers_set(name: str, priority: int | None, by: str, yes: bool, dry_run: bool,
                   as_json: bool, **o: Any) -> None:
     """Change a provider's priority, limits or configuration: asks first."""
-    from infra.treasury import store
-
     check_by(by)
 
     def change(commit: bool):
@@ -345,8 +331,6 @@ def providers_set(name: str, priority: int | None, by: str, yes: bool, dry_run: 
 
 
 def _provider_status(name: str, status: str, by: str, as_json: bool) -> None:
-    from infra.treasury import overrides, store
-
     check_by(by)
 
     def run():
@@ -384,9 +368,6 @@ def providers_resume(name: str, by: str, as_json: bool) -> None:
 @json_option
 def providers_check(name: str, as_json: bool) -> None:
     """Ask the provider itself whether it is up (its ``health`` call).  Exit 1 when not."""
-    from infra import providers
-    from infra.treasury import store
-
     def row():
         with get_engine().connect() as conn:
             return store.get_provider(conn, name)
@@ -410,8 +391,6 @@ def conversions_group(ctx: click.Context, active: bool, limit: int, as_json: boo
     """Conversion jobs, newest first."""
     if ctx.invoked_subcommand is not None:
         return
-    from infra.treasury import views
-
     with get_read_engine().connect() as conn:
         doc = views.conversions(conn, active_only=active, limit=limit)
     def human(rows):
@@ -428,8 +407,6 @@ def conversions_group(ctx: click.Context, active: bool, limit: int, as_json: boo
 @json_option
 def conversions_poll(as_json: bool) -> None:
     """Poll every job a provider holds, now."""
-    from infra.treasury import polling
-
     polled = polling.poll_all(request_id=f"cli:poll:{uuid.uuid4()}")
     emit({"polled": polled}, as_json, lambda d: console.print(f"polled {d['polled']} job(s)"))
 
@@ -439,8 +416,6 @@ def conversions_poll(as_json: bool) -> None:
 @json_option
 def conversions_show(job_id: int, as_json: bool) -> None:
     """One job with its attempts and every transition."""
-    from infra.treasury import views
-
     def run():
         with get_read_engine().connect() as conn:
             return views.job(conn, job_id)
@@ -468,8 +443,6 @@ def conversions_show(job_id: int, as_json: bool) -> None:
 @json_option
 def conversions_convert(source: str, destination: str, amount: int, by: str, as_json: bool) -> None:
     """Convert manually between two buffers (through a provider, like any job)."""
-    from infra.treasury import jobs, views
-
     by = operator_identity(by)
     def run():
         with _uow("convert", "manual") as uow:
@@ -493,9 +466,6 @@ def conversions_convert(source: str, destination: str, amount: int, by: str, as_
 def conversions_cancel(job_id: int, by: str, reason: str, force: bool, yes: bool, dry_run: bool,
                        as_json: bool) -> None:
     """Cancel a job; its transit returns to the source."""
-    from infra.cli.levers import record_now
-    from infra.treasury import jobs, views
-
     check_by(by)
 
     def look():
@@ -534,8 +504,6 @@ def conversions_cancel(job_id: int, by: str, reason: str, force: bool, yes: bool
 def conversions_freeze(by: str, reason: str, as_json: bool) -> None:
     """Freeze every conversion: no new job, nothing submitted; held jobs are still polled."""
     by = operator_identity(by)
-    from infra.treasury import overrides
-
     def run():
         with _uow("override_conversion", "freeze") as uow:
             state = overrides.freeze(uow, by=by, reason=reason)
@@ -552,8 +520,6 @@ def conversions_freeze(by: str, reason: str, as_json: bool) -> None:
 def conversions_thaw(by: str, as_json: bool) -> None:
     """Lift the freeze; pending jobs are handed to submission again."""
     by = operator_identity(by)
-    from infra.treasury import overrides
-
     def run():
         with _uow("override_conversion", "thaw") as uow:
             state = overrides.thaw(uow, by=by)
@@ -578,8 +544,6 @@ def conversions_complete(job_id: int, by: str, reason: str, evidence: str,
                          destination_amount: int, fee: int, as_json: bool) -> None:
     """Complete a stuck job by hand, posted to the ledger like the provider's completion."""
     by = operator_identity(by)
-    from infra.treasury import overrides, views
-
     def run():
         overrides.complete_by_hand(job_id, by=by, reason=reason, evidence=evidence,
                                    destination_amount=destination_amount, fee_amount=fee)
@@ -598,8 +562,6 @@ def conversions_complete(job_id: int, by: str, reason: str, evidence: str,
 def conversions_fail(job_id: int, by: str, reason: str, evidence: str, as_json: bool) -> None:
     """Fail a stuck job by hand: transit back to the source, like a provider's failure."""
     by = operator_identity(by)
-    from infra.treasury import overrides, views
-
     def run():
         overrides.fail_by_hand(job_id, by=by, reason=reason, evidence=evidence)
         with get_engine().connect() as conn:
@@ -624,8 +586,6 @@ def _treasury_group(cli: click.Group) -> click.Group:
 @json_option
 def treasury_reconcile(as_json: bool) -> None:
     """Ledger against custodian, providers' books and jobs.  Exit 1 on any difference."""
-    from infra.treasury import reconcile
-
     engine = get_engine()
     reports = reconcile.provider_reports(engine)
     with engine.connect() as conn:
@@ -657,8 +617,6 @@ def custody_group() -> None:
 def custody_report(account_type: str, balance: int, by: str, as_json: bool) -> None:
     """Record what the custodian (the chain for USDC, a bank for USD) holds now."""
     by = operator_identity(by)
-    from infra.treasury import reconcile
-
     def run():
         if not by.strip():
             raise InvalidCommand("--by NAME is required")
@@ -682,9 +640,6 @@ def callbacks_group() -> None:
 @click.option("--port", default=8088, show_default=True, type=int)
 def callbacks_serve(host: str, port: int) -> None:
     """Receive signed provider callbacks on POST /callbacks/PROVIDER."""
-    from infra.logs import configure_logging
-    from infra.treasury import callbacks
-
     configure_logging()
     callbacks.serve(host, port)
 
@@ -696,8 +651,6 @@ def callbacks_serve(host: str, port: int) -> None:
 def callbacks_secret(name: str, secret: str | None, as_json: bool) -> None:
     """Set the provider's callback signing secret; printed once, never shown again."""
     import secrets
-
-    from infra.treasury import store
 
     value = secret or secrets.token_hex(32)
 

@@ -15,27 +15,36 @@ _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The process's engine for ``url`` (default: settings).
+#: Pools (connections) of the primary's engine and of the read-only one.
+POOL_SIZE, MAX_OVERFLOW = 10, 20
+READ_POOL_SIZE, READ_MAX_OVERFLOW = 5, 10
+POOL_RECYCLE_S = 1800  # s a pooled connection lives
+CONNECT_TIMEOUT_S = 5  # s
 
-    Engines are keyed by pid so a forked worker never reuses its parent's
-    connections.
-    """
-    url = url or get_settings().database_url
-    key = (os.getpid(), url)
+
+def _pooled(key: str, url: str, pool_size: int, max_overflow: int, **connect_args) -> Engine:
+    """The process's engine under ``key``, created on first use with Ballast's pool set-up.
+
+    Engines are keyed by pid so a forked worker never reuses its parent's connections."""
     with _lock:
-        engine = _engines.get(key)
+        engine = _engines.get((os.getpid(), key))
         if engine is None:
             engine = create_engine(
                 url,
-                pool_size=10,
-                max_overflow=20,
+                pool_size=pool_size,
+                max_overflow=max_overflow,
                 pool_pre_ping=True,
-                pool_recycle=1800,
-                connect_args={"connect_timeout": 5},
+                pool_recycle=POOL_RECYCLE_S,
+                connect_args={"connect_timeout": CONNECT_TIMEOUT_S, **connect_args},
             )
-            _engines[key] = engine
+            _engines[(os.getpid(), key)] = engine
         return engine
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process's engine for ``url`` (default: settings)."""
+    url = url or get_settings().database_url
+    return _pooled(url, url, POOL_SIZE, MAX_OVERFLOW)
 
 
 def get_read_engine() -> Engine:
@@ -46,22 +55,8 @@ def get_read_engine() -> Engine:
     s = get_settings()
     if not s.read_database_url or s.read_database_url == s.database_url:
         return get_engine()
-    url = s.read_database_url
-    key = (os.getpid(), "read:" + url)
-    with _lock:
-        engine = _engines.get(key)
-        if engine is None:
-            engine = create_engine(
-                url,
-                pool_size=5,
-                max_overflow=10,
-                pool_pre_ping=True,
-                pool_recycle=1800,
-                connect_args={"connect_timeout": 5,
-                              "options": "-c default_transaction_read_only=on"},
-            )
-            _engines[key] = engine
-        return engine
+    return _pooled("read:" + s.read_database_url, s.read_database_url, READ_POOL_SIZE,
+                   READ_MAX_OVERFLOW, options="-c default_transaction_read_only=on")
 
 
 @functools.lru_cache(maxsize=1024)

@@ -25,7 +25,7 @@ from infra.db.migrate import upgrade
 from infra.demo import challenges, guard, journal, markets, treasury, wallets
 from infra.demo.context import DemoContext
 from infra.demo.target import DemoTarget, prepare
-from infra.settings import get_settings
+from infra.settings import broker_urls, get_settings
 
 CHAPTERS = [wallets, guard, challenges, markets, treasury, journal]
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,8 +56,6 @@ def enter(target: DemoTarget) -> None:
 def _safe(url: str) -> str:
     """``url`` (one or a comma-separated list) with every password masked."""
     from urllib.parse import urlparse
-
-    from infra.settings import broker_urls
 
     out = []
     for one in broker_urls(url) or [url]:

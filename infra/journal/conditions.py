@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from infra.alerts import raise_alert, resolve_all_except
-from infra.conditions import condition
+from infra.alerts import Alert, reconcile
 from infra.journal.repository import CANDIDATE_PAYMENTS
 from infra.uow import UnitOfWork
 
@@ -14,7 +13,6 @@ DEDUPE_KEY = "journal:unmatched_payments"
 LISTED = 50  # journal ids named in the alert's data
 
 
-@condition("unmatched_payments")
 def unmatched_payments(uow: UnitOfWork) -> None:
     """One open alert while any donation to a LOGISTICS character, paid more than a day
     ago, is still not linked (ambiguous ones included: they wait for review)."""
@@ -27,14 +25,9 @@ def unmatched_payments(uow: UnitOfWork) -> None:
         ),
         {"after": UNMATCHED_AFTER_S},
     ).one()
-    if stale.n:
-        raise_alert(
-            uow,
-            kind="unmatched_payments",
-            severity="warning",
-            subject=f"{stale.n} payment(s) unmatched for more than a day",
-            dedupe_key=DEDUPE_KEY,
-            data={"count": int(stale.n), "amount": int(stale.total), "currency": "ISK",
-                  "oldest": stale.oldest.isoformat(), "journal_ids": list(stale.ids)},
-        )
-    resolve_all_except(uow, DEDUPE_KEY, [DEDUPE_KEY] if stale.n else [])
+    reconcile(uow, DEDUPE_KEY, [
+        Alert("unmatched_payments", "warning",
+              f"{stale.n} payment(s) unmatched for more than a day", DEDUPE_KEY,
+              {"count": int(stale.n), "amount": int(stale.total), "currency": "ISK",
+               "oldest": stale.oldest.isoformat(), "journal_ids": list(stale.ids)})
+    ] if stale.n else [])

@@ -22,12 +22,11 @@ from domain.auth import (Limits, canonical_bytes, check_fresh, check_key, check_
 from domain.errors import InvalidCommand, Unauthorized
 from infra import auth
 from infra.alerts import raise_alert, resolve_all_except
-from infra.conditions import condition
 from infra.db.engine import get_engine
 from infra.errors import Transient
 from infra.logs import get_logger
 from infra.settings import get_settings
-from infra.uow import UnitOfWork
+from infra.transaction import Transaction
 
 log = get_logger(__name__)
 
@@ -93,11 +92,11 @@ class Authenticate(Middleware):
             if self.mode == "warn":
                 log.warning("auth.unsigned_processed", actor=actor)
                 try:
-                    self._record(UNSIGNED, actor, "unsigned", "warned", message.message_id)
+                    self._record(broker, UNSIGNED, actor, "unsigned", "warned", message.message_id)
                 except Exception as exc:
                     log.error("auth.log_failed", error=f"{type(exc).__name__}: {exc}"[:300])
                 return
-            self._refuse(Unauthorized("unsigned", f"{actor} carries no signature "
+            self._refuse(broker, Unauthorized("unsigned", f"{actor} carries no signature "
                                       "(options.ballast_auth); signatures are required"),
                          actor, message.message_id)
         producer = None
@@ -116,10 +115,11 @@ class Authenticate(Middleware):
                 if stale.rule != "too_old" or not self._replay_vouched(message, signature):
                     raise
         except Unauthorized as refusal:
-            self._refuse(refusal, actor, message.message_id)
+            self._refuse(broker, refusal, actor, message.message_id)
         except ValueError:  # json cannot write NaN/Infinity: nothing can have signed it
-            self._refuse(Unauthorized("bad_signature", "the kwargs have no canonical form "
-                                      "(NaN or Infinity)", producer), actor, message.message_id)
+            self._refuse(broker, Unauthorized("bad_signature", "the kwargs have no canonical "
+                                              "form (NaN or Infinity)", producer),
+                         actor, message.message_id)
         except Exception as exc:
             # Fail closed: Dramatiq would log anything but a MiddlewareError and run the actor.
             raise VerificationUnavailable(f"could not verify the signature: "
@@ -151,19 +151,20 @@ class Authenticate(Middleware):
         log.info("auth.replay_vouched", by=producer)
         return True
 
-    def _refuse(self, refusal: Unauthorized, actor: str, message_id: str) -> None:
+    def _refuse(self, broker, refusal: Unauthorized, actor: str, message_id: str) -> None:
         producer = refusal.producer or UNSIGNED
         log.warning("auth.refused", rule=refusal.rule, producer=producer, actor=actor)
         try:
-            self._record(producer, actor, refusal.rule, "refused", message_id)
+            self._record(broker, producer, actor, refusal.rule, "refused", message_id)
         except Exception as exc:  # the refusal stands even if the log cannot be written
             log.error("auth.log_failed", error=f"{type(exc).__name__}: {exc}"[:300])
         raise Refusal.of(refusal)
 
-    def _record(self, producer: str, actor: str, rule: str, outcome: str, message_id: str) -> None:
+    def _record(self, broker, producer: str, actor: str, rule: str, outcome: str,
+                message_id: str) -> None:
         """One auth_log row; a burst of refusals (or any unsigned command let through)
-        raises an alert, in the same small transaction."""
-        with UnitOfWork() as uow:
+        raises an alert, in the same small transaction (published to ``broker``)."""
+        with Transaction(broker) as uow:
             recent = uow.conn.execute(text(
                 "WITH ins AS (INSERT INTO auth_log (producer, actor, rule, outcome, message_id) "
                 "VALUES (:p, :a, :r, :o, :m)) "
@@ -189,8 +190,7 @@ def _burst_data(producer: str, rule: str, recent: int, window_s: int) -> dict[st
     return {"producer": producer, "last_rule": rule, "refusals": recent, "window_s": window_s}
 
 
-@condition("auth_refusals")
-def _bursts_over(uow) -> None:
+def bursts_over(uow) -> None:
     """A burst alert resolves once its producer has stayed under the threshold for a window;
     a warn-mode alert once no unsigned command of its actor came for a window."""
     s = get_settings()

@@ -27,10 +27,12 @@ from dramatiq.common import compute_backoff, q_name, xq_name
 from dramatiq.middleware import Middleware, SkipMessage
 
 from domain.errors import BallastError, InvalidCommand
-from infra import deadletter_log
+from infra import alerts, deadletter_log
 from infra.errors import is_transient, policy_for, verdict
 from infra.logs import get_logger
+from infra.middleware import metrics
 from infra.settings import get_settings
+from infra.transaction import Transaction
 
 log = get_logger(__name__)
 
@@ -170,9 +172,9 @@ class RetryOrDeadLetter(Middleware):
             return
         _count_dead_letter(body["queue_name"], message.actor_name, info.get("code"))
         if permanent:
-            _publish_rejected(message, info)
+            _publish_rejected(broker, message, info)
         elif kind == "unexpected":
-            _alert_unexpected(message, info)
+            _alert_unexpected(broker, message, info)
 
     def _record_later(self, broker, message, pending: dict, exc: BaseException) -> bool:
         """Send the message back to record its dead letter later: a transient failure of
@@ -221,20 +223,19 @@ def dead_letter_info(reason: str, code: str, error: str, tb: str, retries: int) 
     }
 
 
-def _publish_rejected(message, info) -> None:
-    publish_rejected(message.message_id, message.actor_name, q_name(message.queue_name),
+def _publish_rejected(broker, message, info) -> None:
+    publish_rejected(broker, message.message_id, message.actor_name, q_name(message.queue_name),
                      message.kwargs, info)
 
 
-def publish_rejected(message_id, actor, queue: str, kwargs, info: dict) -> None:
-    """``command.rejected``: an event row and its publish, in a transaction of its own."""
-    from infra.uow import UnitOfWork
-
+def publish_rejected(broker, message_id, actor, queue: str, kwargs, info: dict) -> None:
+    """``command.rejected``: an event row and its publish to ``broker``, in a transaction of
+    its own."""
     kwargs = kwargs if isinstance(kwargs, dict) else {}
     request_id = kwargs.get("request_id")
     try:
-        with UnitOfWork() as uow:
-            uow.emit(
+        with Transaction(broker) as tx:
+            tx.emit(
                 "command.rejected",
                 {
                     "message_id": message_id,
@@ -245,30 +246,22 @@ def publish_rejected(message_id, actor, queue: str, kwargs, info: dict) -> None:
                     "code": info["code"],
                 },
             )
-            uow.commit()
+            tx.commit()
     except Exception as exc:
         log.error("command_rejected.publish_failed", error=_one_line(exc))
 
 
-def _alert_unexpected(message, info: dict) -> None:
+def _alert_unexpected(broker, message, info: dict) -> None:
     """``unexpected_error:{actor}``: a step failed in a way no retry gets past (a bug, a
     violated constraint); open until an operator resolves it (runbook in the README)."""
-    from infra.alerts import raise_alert
-    from infra.uow import UnitOfWork
-
     actor = message.actor_name if isinstance(message.actor_name, str) else "?"
-    try:
-        with UnitOfWork() as uow:
-            raise_alert(uow, kind="unexpected_error", severity="critical",
-                        subject=f"{actor} failed unexpectedly and was dead-lettered: "
-                                f"{info['reason']}"[:300],
-                        dedupe_key=f"unexpected_error:{actor}",
-                        data={"actor": actor, "message_id": message.message_id,
-                              "queue": q_name(message.queue_name), "error": info["error"],
-                              "reason": info["reason"]})
-            uow.commit()
-    except Exception as exc:
-        log.error("unexpected_error.alert_failed", error=_one_line(exc))
+    alerts.raise_alone(broker, alerts.Alert(
+        "unexpected_error", "critical",
+        f"{actor} failed unexpectedly and was dead-lettered: {info['reason']}"[:300],
+        f"unexpected_error:{actor}",
+        {"actor": actor, "message_id": message.message_id, "queue": q_name(message.queue_name),
+         "error": info["error"], "reason": info["reason"]}),
+        failed_event="unexpected_error.alert_failed")
 
 
 def count_dead_letter(queue: str, actor: str | None, code: str) -> None:
@@ -276,7 +269,5 @@ def count_dead_letter(queue: str, actor: str | None, code: str) -> None:
 
 
 def _count_dead_letter(queue: str, actor: str, code: str) -> None:
-    from infra.middleware.metrics import DEAD_LETTERS
-
-    if DEAD_LETTERS is not None:
-        DEAD_LETTERS.labels(queue=queue, actor=actor, code=code).inc()
+    if metrics.DEAD_LETTERS is not None:
+        metrics.DEAD_LETTERS.labels(queue=queue, actor=actor, code=code).inc()

@@ -30,6 +30,8 @@ from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 
 from infra.logs import get_logger
+from infra.metrics_http import bind, serve
+from infra.settings import get_settings
 
 log = get_logger(__name__)
 
@@ -59,8 +61,6 @@ def prepare_metrics_dir(path: str | None = None) -> str:
     processes and the exposition fork inherit.  ``path`` (or ``BALLAST_METRICS_DIR``) is
     emptied first: values of a previous run must not be summed into this one's.  Without
     either, a new temporary directory (unique per pool, so two pools never share one)."""
-    from infra.settings import get_settings
-
     path = path or get_settings().metrics_dir
     if path:
         shutil.rmtree(path, ignore_errors=True)
@@ -205,9 +205,6 @@ def serve_worker_metrics() -> int:
     """The exposition fork: ``/metrics`` (every worker process's values) and ``/healthz``."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
-
-    from infra.metrics_http import bind, serve
-    from infra.settings import get_settings
 
     settings = get_settings()
     path = metrics_dir()

@@ -17,7 +17,9 @@ import threading
 
 from dramatiq.middleware import Middleware
 
+from infra import alerts
 from infra.logs import get_logger
+from infra.middleware import metrics
 
 log = get_logger(__name__)
 
@@ -51,12 +53,10 @@ class ThreadWatch(Middleware):
         self._stop.set()
 
     def _watch(self, worker) -> None:
-        from infra.middleware.metrics import beat
-
         while not self._stop.wait(WATCH_INTERVAL_S):
             try:
                 self.check(worker)
-                beat()  # the heartbeat: this process runs and has replaced any dead thread
+                metrics.beat()  # the heartbeat: this process runs and has replaced any dead thread
             except Exception as exc:  # the watcher itself must not die
                 log.error("worker.thread_watch_failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -83,30 +83,20 @@ class ThreadWatch(Middleware):
             log.error("worker.thread_replaced", kind=kind, thread=name, error=error,
                       replaced=self.replaced)
             _count(kind)
-            _alert(kind, name, error, self.replaced)
+            _alert(worker.broker, kind, name, error, self.replaced)
         return len(dead)
 
 
 def _count(kind: str) -> None:
-    from infra.middleware.metrics import THREADS_REPLACED
-
-    if THREADS_REPLACED is not None:
-        THREADS_REPLACED.labels(kind=kind).inc()
+    if metrics.THREADS_REPLACED is not None:
+        metrics.THREADS_REPLACED.labels(kind=kind).inc()
 
 
-def _alert(kind: str, name: str, error: str, replaced: int) -> None:
-    from infra.alerts import raise_alert
-    from infra.uow import UnitOfWork
-
+def _alert(broker, kind: str, name: str, error: str, replaced: int) -> None:
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    try:
-        with UnitOfWork() as uow:
-            raise_alert(uow, kind="worker_thread_replaced", severity="critical",
-                        subject=f"worker {worker} replaced {replaced} dead thread(s); "
-                                f"last: {kind} thread, {error}"[:300],
-                        dedupe_key=f"worker_thread_replaced:{worker}",
-                        data={"worker": worker, "replaced": replaced, "kind": kind,
-                              "thread": name, "error": error})
-            uow.commit()
-    except Exception as exc:
-        log.error("worker.thread_alert_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+    alerts.raise_alone(broker, alerts.Alert(
+        "worker_thread_replaced", "critical",
+        f"worker {worker} replaced {replaced} dead thread(s); last: {kind} thread, {error}"[:300],
+        f"worker_thread_replaced:{worker}",
+        {"worker": worker, "replaced": replaced, "kind": kind, "thread": name, "error": error}),
+        failed_event="worker.thread_alert_failed")

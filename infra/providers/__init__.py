@@ -15,6 +15,8 @@ from infra.providers.base import (
     ProviderUnavailable,
     Report,
 )
+from infra.providers.http import HttpProvider
+from infra.providers.simulated import SimulatedProvider
 
 KINDS = ("simulated", "http")
 
@@ -22,12 +24,8 @@ KINDS = ("simulated", "http")
 def build(name: str, kind: str, config: dict[str, Any], engine: Engine | None = None) -> Provider:
     """The adapter for a row of ``conversion_providers``."""
     if kind == "simulated":
-        from infra.providers.simulated import SimulatedProvider
-
         return SimulatedProvider(name, config, engine)
     if kind == "http":
-        from infra.providers.http import HttpProvider
-
         return HttpProvider.from_config(name, config)
     raise ValueError(f"unknown provider kind {kind!r}")
 

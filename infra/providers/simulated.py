@@ -22,6 +22,7 @@ from sqlalchemy import Engine, text
 
 from domain.conversions import PPM, quote
 from domain.errors import InvalidCommand
+from infra.db.engine import get_engine
 from infra.providers import callbacks
 from infra.providers.base import (
     Order,
@@ -57,8 +58,6 @@ class SimulatedProvider:
     """
 
     def __init__(self, name: str, config: dict[str, Any], engine: Engine | None = None) -> None:
-        from infra.db.engine import get_engine
-
         self.name = name
         self.config = make_config(**config)
         self.engine = engine or get_engine()

@@ -7,38 +7,32 @@ from sqlalchemy import text
 from domain import conversions as conv
 from domain.providers import ACTIVE
 from infra import alerts
-from infra.conditions import condition
 from infra.treasury import cycle, polling, reconcile, store
 from infra.uow import UnitOfWork
 
 
-@condition("treasury.buffers")
 def buffer_levels(uow: UnitOfWork) -> None:
     """Buffers critically low or over capitalized."""
     cycle.evaluate_buffer_alerts(uow)
 
 
-@condition("treasury.providers")
 def provider_health(uow: UnitOfWork) -> None:
     """A provider with ≥ 10 outcomes in the window and a success rate under 80 %, or whose
     fresh health probe says down."""
     degraded = []
     for p in store.load_providers(uow.conn):
         if p.status == ACTIVE and not p.view().healthy:
-            key = f"provider:degraded:{p.name}"
-            degraded.append(key)
             total = p.successes + p.failures
             why = ("its health probe says down" if p.probe_healthy is False
                    else f"{p.successes}/{total} succeeded in the last 24 h")
-            alerts.raise_alert(uow, kind="provider", severity="warning",
-                               subject=f"provider {p.name} is degraded: {why}",
-                               dedupe_key=key,
-                               data={"provider": p.name, "successes": p.successes,
-                                     "failures": p.failures, "probe_healthy": p.probe_healthy})
-    alerts.resolve_all_except(uow, "provider:degraded:", degraded)
+            degraded.append(alerts.Alert(
+                "provider", "warning", f"provider {p.name} is degraded: {why}",
+                f"provider:degraded:{p.name}",
+                {"provider": p.name, "successes": p.successes, "failures": p.failures,
+                 "probe_healthy": p.probe_healthy}))
+    alerts.reconcile(uow, "provider:degraded:", degraded)
 
 
-@condition("treasury.failure_rate")
 def failure_rate(uow: UnitOfWork) -> None:
     """More than 5 % of the conversions finished in the last day failed."""
     row = uow.conn.execute(text(
@@ -56,7 +50,6 @@ def failure_rate(uow: UnitOfWork) -> None:
         alerts.resolve_alert(uow, key, note="failure rate back under 5 %")
 
 
-@condition("treasury.stale_jobs")
 def stale_jobs(uow: UnitOfWork) -> None:
     """Jobs with their provider (or pending) for 30 minutes: alert, keep polling."""
     for seen in store.list_jobs(uow.conn, active_only=True, limit=10_000):
@@ -68,7 +61,6 @@ def stale_jobs(uow: UnitOfWork) -> None:
     alerts.resolve_all_except(uow, "conversion:stale:", active)
 
 
-@condition("treasury.reconciliation")
 def reconciliation(uow: UnitOfWork) -> None:
     """Ledger against custodian, providers' books and our own jobs; differences alert."""
     found = reconcile.differences(uow.conn, reconcile.provider_reports(uow.engine))

@@ -237,19 +237,16 @@ def report(conn: Connection, reports: dict[str, dict[str, int]]) -> dict[str, An
 def raise_alerts(uow, found: list[Difference]) -> int:
     """One alert per difference (with its amounts), ``conversion.reconciliation_failed`` for
     each new one; alerts of differences gone are resolved.  Returns how many are new."""
-    new = 0
-    for d in found:
-        severity = "warning" if d.check == "stuck_job" else "critical"
-        opened = alerts.raise_alert(uow, kind="reconciliation", severity=severity,
-                                    subject=f"reconciliation: {d.detail}"[:300],
-                                    dedupe_key=d.key, data=d.doc())
-        if opened is not None:
-            new += 1
+    opened = alerts.reconcile(uow, KEY_PREFIX, [
+        alerts.Alert("reconciliation", "warning" if d.check == "stuck_job" else "critical",
+                     f"reconciliation: {d.detail}"[:300], d.key, d.doc())
+        for d in found])
+    for d in {d.key: d for d in found}.values():  # one event per new alert
+        if d.key in opened:
             uow.emit("conversion.reconciliation_failed", d.doc(), recipient="admin")
-    alerts.resolve_all_except(uow, KEY_PREFIX, [d.key for d in found])
     if found:
-        log.warning("reconcile.differences", count=len(found), new=new)
-    return new
+        log.warning("reconcile.differences", count=len(found), new=len(opened))
+    return len(opened)
 
 
 def record_custody(conn: Connection, account_type: str, balance: int, by: str,

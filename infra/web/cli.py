@@ -11,6 +11,8 @@ import click
 from domain.errors import BallastError
 from infra.cli.output import emit, fail, json_option, table
 from infra.db.engine import get_engine
+from infra.logs import configure_logging, get_logger
+from infra.web import asyncapi as contract_document
 from infra.web import operators
 from infra.web.settings import get_web_settings
 
@@ -29,9 +31,9 @@ def web(ctx: click.Context, host: str | None, port: int | None, threads: int) ->
     """Serve the operations console (subcommands: users, asyncapi)."""
     if ctx.invoked_subcommand is not None:
         return
+    # Lazy for the CLI's start-up: Flask and waitress only for the command that serves.
     import waitress
 
-    from infra.logs import configure_logging, get_logger
     from infra.web.app import create_app
 
     configure_logging()
@@ -121,9 +123,8 @@ def users_set(name: str, role: str | None, disabled: bool | None) -> None:
               help="Write it to this file (docs/asyncapi.json) instead of printing it.")
 def asyncapi(fmt: str, path: Path | None) -> None:
     """The message contract as an AsyncAPI 3 document, from the pydantic schemas."""
-    from infra.web.asyncapi import as_json, as_yaml, document
-
-    text = as_json(document()) if fmt == "json" else as_yaml(document())
+    doc = contract_document.document()
+    text = contract_document.as_json(doc) if fmt == "json" else contract_document.as_yaml(doc)
     if path is None:
         click.echo(text, nl=False)
     else:

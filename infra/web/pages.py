@@ -25,7 +25,10 @@ from infra.treasury import cycle as treasury_cycle
 from infra.treasury import views as treasury_views
 from infra.settings import get_settings
 from infra.web import operators, queries
+from infra.web.asyncapi import as_yaml
 from infra.web.asyncapi import document as asyncapi_document
+from schedules.keys import last_fired
+from schedules.table import SCHEDULES
 
 bp = Blueprint("pages", __name__)
 
@@ -133,19 +136,17 @@ def _ledger_state(conn) -> dict[str, Any]:
 
 
 def _scheduler_fires() -> list[dict[str, Any]]:
-    from schedules.runner import PREFIX  # as the CLI's `scheduler`: schedules import infra
-    from schedules.table import SCHEDULES
-
     client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=2)
     try:
-        stamps = client.mget([PREFIX + f"last:{s.name}" for s in SCHEDULES])
+        stamps = last_fired(client, SCHEDULES)
     except redis.RedisError:
         return []
     finally:
         client.close()
     return [{"name": s.name, "actor": s.actor,
-             "last": None if v is None else datetime.fromtimestamp(int(v), timezone.utc).isoformat()}
-            for s, v in zip(SCHEDULES, stamps)]
+             "last": None if stamps[s.name] is None
+             else datetime.fromtimestamp(stamps[s.name], timezone.utc).isoformat()}
+            for s in SCHEDULES]
 
 
 @bp.get("/")
@@ -403,8 +404,6 @@ def contract_json():
 
 @bp.get("/contract/asyncapi.yaml")
 def contract_yaml():
-    from infra.web.asyncapi import as_yaml
-
     return current_app.response_class(as_yaml(asyncapi_document()), mimetype="application/yaml")
 
 

@@ -10,8 +10,9 @@ import sys
 from tests.purity import ROOT, is_pure_run
 
 
-def test_only_paths_under_tests_domain_make_a_pure_run():
+def test_only_paths_under_tests_domain_or_the_import_rules_make_a_pure_run():
     assert is_pure_run(["tests/domain"])
+    assert is_pure_run(["tests/test_imports.py", "tests/domain/test_accounts.py"])
     assert is_pure_run(["-q", "tests/domain/test_ledger_rules.py::test_x", "-x"])
     assert not is_pure_run([])  # the default run (testpaths = tests)
     assert not is_pure_run(["tests"])

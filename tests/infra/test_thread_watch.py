@@ -22,6 +22,7 @@ class FakeWorker:
         self.workers = [FakeThread("w1"), FakeThread("w2", alive=False),
                         FakeThread("w3", alive=False, running=False)]  # stopped on purpose
         self.consumers = {"q": FakeThread("c-q"), "q.DQ": FakeThread("c-dq", alive=False)}
+        self.broker = object()  # where the alert is published
         self.added_workers = 0
         self.added_consumers = []
 
@@ -45,5 +46,6 @@ def test_dead_threads_are_replaced_and_stopped_ones_left_alone(monkeypatch):
     assert worker.added_workers == 1 and [t.name for t in worker.workers][:2] == ["w1", "w3"]
     assert worker.added_consumers == [("q.DQ", True)] and dead_consumer.closed
     assert watch.replaced == 2
-    assert alerts[0][0] == "worker" and "AttributeError" in alerts[0][2]
+    assert alerts[0][0] is worker.broker
+    assert alerts[0][1] == "worker" and "AttributeError" in alerts[0][3]
     assert watch.check(worker) == 0  # nothing more to replace
