@@ -14,12 +14,11 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import (ARRAY, Connection, Text, any_, bindparam, cast, func, literal,
-                        literal_column, select, text, update)
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import Connection, Text, bindparam, cast, func, literal_column, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 
 from infra.db.engine import get_engine
-from infra.db.tables import dead_letters
+from infra.db.tables import any_text, dead_letters, jsonb
 from infra.logs import get_logger
 from infra.retention import parse_age
 
@@ -39,11 +38,6 @@ MARK_REPLAYED = text(
     "FROM unnest(CAST(:ids AS text[]), CAST(:ns AS int[])) AS p(mid, n) "
     "WHERE d.message_id = p.mid AND d.replays = p.n AND (d.status = 'dead' "
     "OR (d.status = 'replayed' AND d.resolved_by IS NULL))")
-
-
-def _any(name: str, values: Iterable[str]):
-    """``= ANY(:name)`` over a text array: one bound parameter however many values."""
-    return any_(bindparam(name, list(values), type_=ARRAY(Text)))
 
 
 def record(body: dict[str, Any], info: dict[str, Any]) -> None:
@@ -76,7 +70,7 @@ def record_in(conn: Connection, body: dict[str, Any], info: dict[str, Any]) -> N
         error=info.get("error"),
         reason=str(info.get("reason") or "dead-lettered without a recorded reason"),
         traceback=info.get("traceback"),
-        body=cast(literal(json.dumps(body, default=str), Text), JSONB),
+        body=jsonb(json.dumps(body, default=str)),
         retries=int(info.get("retries") or 0),
         replays=replays,
     )
@@ -117,7 +111,7 @@ def mark_discarded(conn: Connection, message_ids: Iterable[str], by: str,
                    queue: str | None = None) -> int:
     """The live records of these message ids (of ``queue``, or any) purged by ``by``."""
     stmt = (update(dead_letters)
-            .where(_d.status == _DEAD, _d.message_id == _any("ids", message_ids))
+            .where(_d.status == _DEAD, _d.message_id == any_text("ids", message_ids))
             .values(status="purged", resolved_by=by, resolved_at=func.now()))
     if queue is not None:
         stmt = stmt.where(_d.queue == queue)
@@ -197,5 +191,5 @@ def live(conn: Connection, message_ids: Iterable[str]) -> list[dict[str, Any]]:
     """The live (``dead``) records of these message ids: ``{"message_id", "queue", "body"}``."""
     return [dict(r) for r in conn.execute(
         select(_d.message_id, _d.queue, _d.body)
-        .where(_d.status == _DEAD, _d.message_id == _any("ids", message_ids))
+        .where(_d.status == _DEAD, _d.message_id == any_text("ids", message_ids))
         .order_by(_d.id)).mappings()]

@@ -13,10 +13,13 @@ triggers, views and functions live in the migrations only.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    ColumnElement,
     DateTime,
     ForeignKey,
     ForeignKeyConstraint,
@@ -27,7 +30,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    any_,
+    bindparam,
+    cast,
     func,
+    literal,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -798,3 +805,17 @@ console_settings = Table(
     Column("key", Text, primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+
+# --- helpers for statements on these tables -------------------------------------------
+
+
+def jsonb(document: str) -> ColumnElement:
+    """A JSON document the caller serialized (``json.dumps(..., default=str)``) as a jsonb
+    value: the text is bound as text and cast by PostgreSQL, as ``CAST(:d AS jsonb)``."""
+    return cast(literal(document, Text), JSONB)
+
+
+def any_text(name: str, values: Iterable[str]) -> ColumnElement:
+    """``ANY(:name)`` over a text array: one bound parameter however many values."""
+    return any_(bindparam(name, list(values), type_=ARRAY(Text)))
