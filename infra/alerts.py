@@ -54,6 +54,8 @@ _al, _dv, _dl = tables.alerts.c, tables.alert_deliveries.c, tables.dead_letters.
 #: In the statements, not bound: the partial indexes of open alerts (``status <> 'resolved'``),
 #: of pending deliveries and of live dead letters say so.
 _RESOLVED, _PENDING, _DEAD = (sa.literal_column(f"'{v}'") for v in ("resolved", "pending", "dead"))
+#: ``data->>'user_id'``, with the key in the statement as the expression index has it.
+_USER_ID = _al.data.op("->>")(sa.literal_column("'user_id'"))
 
 #: Open alerts (distinct keys, as arrays): a new one is inserted, an open one refreshed; it
 #: returns ``id, key, inserted`` (``xmax = 0`` only on a row this statement inserted, not on
@@ -267,7 +269,7 @@ def listing(conn: Connection, open_only: bool = False, limit: int = 500,
     if kind is not None:
         stmt = stmt.where(_al.kind == kind)
     if user_id is not None:
-        stmt = stmt.where(_al.data["user_id"].astext == user_id)
+        stmt = stmt.where(_USER_ID == user_id)
     rows = conn.execute(stmt)
     return [_row(r) for r in rows]
 
