@@ -17,14 +17,17 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import httpx
+import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, text
 
 from domain.errors import NotFound, Refused
 from infra import outbox, rabbit
 from infra.auth import webhook_headers
+from infra.db import tables
 from infra.db.engine import sql
 from infra.logs import get_logger
 from infra.settings import get_settings
@@ -45,6 +48,51 @@ WEBHOOK_LEASE_S = 120  # s a claimed delivery is hidden from other deliverers
 WEBHOOK_MAX_DELAY_S = 600  # s, cap of the backoff between delivery runs
 WEBHOOK_EXPIRE_H = 24  # h after which an undelivered row is given up (and an alert says so)
 WEBHOOK_STUCK_S = 300  # s an undelivered row may wait before ``webhook_failing`` is raised
+
+# --- statements ----------------------------------------------------------------------------
+
+_al, _dv, _dl = tables.alerts.c, tables.alert_deliveries.c, tables.dead_letters.c
+#: In the statements, not bound: the partial indexes of open alerts (``status <> 'resolved'``),
+#: of pending deliveries and of live dead letters say so.
+_RESOLVED, _PENDING, _DEAD = (sa.literal_column(f"'{v}'") for v in ("resolved", "pending", "dead"))
+#: ``data->>'user_id'``, with the key in the statement as the expression index has it.
+_USER_ID = _al.data.op("->>")(sa.literal_column("'user_id'"))
+
+#: Open alerts (distinct keys, as arrays): a new one is inserted, an open one refreshed; it
+#: returns ``id, key, inserted`` (``xmax = 0`` only on a row this statement inserted, not on
+#: one it updated).  Parameters are prefixed ``al_`` so the statement can be a CTE of a
+#: bigger one (``guard.record``).
+UPSERT_ALERTS = (
+    "INSERT INTO alerts (kind, severity, subject, dedupe_key, data) "
+    "SELECT x.k, x.s, x.subj, x.key, CAST(x.d AS jsonb) FROM unnest("
+    "CAST(:al_k AS text[]), CAST(:al_s AS text[]), CAST(:al_subj AS text[]), "
+    "CAST(:al_key AS text[]), CAST(:al_d AS text[])) AS x(k, s, subj, key, d) "
+    "ON CONFLICT (dedupe_key) WHERE status <> 'resolved' DO UPDATE SET "
+    "subject = EXCLUDED.subject, data = EXCLUDED.data, updated_at = now() "
+    "RETURNING id, dedupe_key AS key, (xmax = 0) AS inserted")
+
+#: One webhook delivery per (alert id, body) of the arrays ``:ids`` and ``:bodies``.
+INSERT_DELIVERIES = text(
+    "INSERT INTO alert_deliveries (alert_id, event, body) "
+    "SELECT x.a, :event, CAST(x.b AS jsonb) FROM unnest(CAST(:ids AS bigint[]), "
+    "CAST(:bodies AS text[])) AS x(a, b)")
+
+RESOLVE_ALERTS = (
+    sa.update(tables.alerts)
+    .where(_al.status != _RESOLVED, _al.dedupe_key == tables.any_text("keys", ()))
+    .values(status="resolved", resolved_at=sa.func.now(), updated_at=sa.func.now())
+    .returning(_al.id, _al.kind, _al.severity, _al.subject, _al.dedupe_key, _al.data))
+
+#: Due pending deliveries, oldest first, claimed by hiding them for a lease (rows another
+#: deliverer holds are skipped).
+CLAIM_DELIVERIES = (
+    sa.update(tables.alert_deliveries)
+    .where(_dv.id.in_(
+        sa.select(_dv.id).where(_dv.status == _PENDING, _dv.next_attempt_at <= sa.func.now())
+        .order_by(_dv.id).limit(sa.bindparam("limit")).with_for_update(skip_locked=True)
+        .scalar_subquery()))
+    .values(next_attempt_at=sa.func.now() + sa.bindparam("lease", type_=sa.Interval))
+    .returning(_dv.id, _dv.body, _dv.attempts))
 
 
 class Unit(Protocol):
@@ -118,13 +166,7 @@ def upsert_statement(items: Sequence[Alert]) -> tuple[str, dict[str, Any]]:
     statement inserted, not on one it updated).  Parameters are prefixed ``al_`` so the
     statement can be a CTE of a bigger one (``guard.record``)."""
     return (
-        "INSERT INTO alerts (kind, severity, subject, dedupe_key, data) "
-        "SELECT x.k, x.s, x.subj, x.key, CAST(x.d AS jsonb) FROM unnest("
-        "CAST(:al_k AS text[]), CAST(:al_s AS text[]), CAST(:al_subj AS text[]), "
-        "CAST(:al_key AS text[]), CAST(:al_d AS text[])) AS x(k, s, subj, key, d) "
-        "ON CONFLICT (dedupe_key) WHERE status <> 'resolved' DO UPDATE SET "
-        "subject = EXCLUDED.subject, data = EXCLUDED.data, updated_at = now() "
-        "RETURNING id, dedupe_key AS key, (xmax = 0) AS inserted",
+        UPSERT_ALERTS,
         {
             "al_k": [a.kind for a in items],
             "al_s": [a.severity for a in items],
@@ -168,14 +210,7 @@ def resolve_alerts(uow: Unit, keys: Sequence[str], note: str | None = None) -> l
     """Resolve the open alerts of ``keys`` (their condition cleared).  Ids of those resolved."""
     if not keys:
         return []
-    rows = uow.conn.execute(
-        sql(
-            "UPDATE alerts SET status = 'resolved', resolved_at = now(), updated_at = now() "
-            "WHERE status <> 'resolved' AND dedupe_key = ANY(CAST(:keys AS text[])) "
-            "RETURNING id, kind, severity, subject, dedupe_key, data"
-        ),
-        {"keys": list(keys)},
-    ).all()
+    rows = uow.conn.execute(RESOLVE_ALERTS, {"keys": list(keys)}).all()
     if rows:
         _announce(uow, "alert.resolved", [
             {"alert_id": r.id, "kind": r.kind, "severity": r.severity, "subject": r.subject,
@@ -196,9 +231,8 @@ def resolve_all_except(uow: Unit, prefix: str, still_true: Iterable[str]) -> int
     keys = [
         r.dedupe_key
         for r in uow.conn.execute(
-            text("SELECT dedupe_key FROM alerts WHERE status <> 'resolved' AND dedupe_key LIKE :p"),
-            {"p": _like_prefix(prefix)},
-        )
+            sa.select(_al.dedupe_key)
+            .where(_al.status != _RESOLVED, _al.dedupe_key.like(_like_prefix(prefix))))
     ]
     return len(resolve_alerts(uow, [k for k in keys if k not in keep]))
 
@@ -223,11 +257,7 @@ def _announce(uow: Unit, event: str, payloads: list[dict[str, Any]]) -> None:
         return
     bodies = [{"event": event, "alert": p} for p in payloads]
     uow.conn.execute(
-        text(
-            "INSERT INTO alert_deliveries (alert_id, event, body) "
-            "SELECT x.a, :event, CAST(x.b AS jsonb) FROM unnest(CAST(:ids AS bigint[]), "
-            "CAST(:bodies AS text[])) AS x(a, b)"
-        ),
+        INSERT_DELIVERIES,
         {"event": event, "ids": [p["alert_id"] for p in payloads],
          "bodies": [json.dumps(b, default=str) for b in bodies]},
     )
@@ -239,13 +269,10 @@ def _announce(uow: Unit, event: str, payloads: list[dict[str, Any]]) -> None:
 def acknowledge(conn: Connection, alert_id: int, by: str) -> dict[str, Any]:
     """Record who acknowledged an open alert and when (it stays unresolved)."""
     row = conn.execute(
-        text(
-            "UPDATE alerts SET status = 'acknowledged', acknowledged_by = :by, "
-            "acknowledged_at = now(), updated_at = now() "
-            "WHERE id = :id AND status = 'open' RETURNING id"
-        ),
-        {"id": alert_id, "by": by},
-    ).one_or_none()
+        sa.update(tables.alerts).where(_al.id == alert_id, _al.status == "open")
+        .values(status="acknowledged", acknowledged_by=by, acknowledged_at=sa.func.now(),
+                updated_at=sa.func.now())
+        .returning(_al.id)).one_or_none()
     if row is None:
         current = get(conn, alert_id)
         raise Refused(f"alert {alert_id} is {current['status']}, not open")
@@ -253,7 +280,7 @@ def acknowledge(conn: Connection, alert_id: int, by: str) -> dict[str, Any]:
 
 
 def get(conn: Connection, alert_id: int) -> dict[str, Any]:
-    row = conn.execute(text("SELECT * FROM alerts WHERE id = :id"), {"id": alert_id}).one_or_none()
+    row = conn.execute(sa.select(tables.alerts).where(_al.id == alert_id)).one_or_none()
     if row is None:
         raise NotFound(f"no alert {alert_id}")
     return _row(row)
@@ -263,15 +290,14 @@ def listing(conn: Connection, open_only: bool = False, limit: int = 500,
             kind: str | None = None, user_id: str | None = None,
             offset: int = 0) -> list[dict[str, Any]]:
     """Alerts, newest first; ``open_only`` keeps open and acknowledged ones; ``offset`` pages."""
-    rows = conn.execute(
-        text(
-            "SELECT * FROM alerts WHERE (NOT :open_only OR status <> 'resolved') "
-            "AND (CAST(:kind AS text) IS NULL OR kind = :kind) "
-            "AND (CAST(:user AS text) IS NULL OR data->>'user_id' = :user) "
-            "ORDER BY id DESC LIMIT :limit OFFSET :offset"
-        ),
-        {"open_only": open_only, "limit": limit, "kind": kind, "user": user_id, "offset": offset},
-    )
+    stmt = sa.select(tables.alerts).order_by(_al.id.desc()).limit(limit).offset(offset)
+    if open_only:
+        stmt = stmt.where(_al.status != _RESOLVED)
+    if kind is not None:
+        stmt = stmt.where(_al.kind == kind)
+    if user_id is not None:
+        stmt = stmt.where(_USER_ID == user_id)
+    rows = conn.execute(stmt)
     return [_row(r) for r in rows]
 
 
@@ -297,10 +323,10 @@ def resolve_by_hand(uow: Unit, alert_id: int, by: str, note: str) -> dict[str, A
     """An operator resolves an alert that no condition clears (a failed conversion, a failed
     settlement) once it is handled: who, when and how are kept; ``alert.resolved`` goes out."""
     row = uow.conn.execute(
-        text("UPDATE alerts SET status = 'resolved', resolved_at = now(), updated_at = now(), "
-             "resolved_by = :by, resolution_note = :note WHERE id = :id AND status <> 'resolved' "
-             "RETURNING id, kind, severity, subject, dedupe_key, data"),
-        {"id": alert_id, "by": by, "note": note},
+        sa.update(tables.alerts).where(_al.id == alert_id, _al.status != _RESOLVED)
+        .values(status="resolved", resolved_at=sa.func.now(), updated_at=sa.func.now(),
+                resolved_by=by, resolution_note=note)
+        .returning(_al.id, _al.kind, _al.severity, _al.subject, _al.dedupe_key, _al.data)
     ).one_or_none()
     if row is None:
         get(uow.conn, alert_id)  # NotFound for an unknown id
@@ -341,13 +367,7 @@ def deliver_pending(engine: Engine, url: str | None = None, *, limit: int = 100,
         return {"delivered": 0, "failed": 0}
     with engine.begin() as conn:
         rows = conn.execute(
-            text(
-                "UPDATE alert_deliveries SET next_attempt_at = now() + make_interval(secs => :lease) "
-                "WHERE id IN (SELECT id FROM alert_deliveries WHERE status = 'pending' "
-                "AND next_attempt_at <= now() ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED) "
-                "RETURNING id, body, attempts"
-            ),
-            {"lease": WEBHOOK_LEASE_S, "limit": limit},
+            CLAIM_DELIVERIES, {"lease": timedelta(seconds=WEBHOOK_LEASE_S), "limit": limit},
         ).all()
     rows.sort(key=lambda r: r.id)
     delivered = failed = 0
@@ -370,27 +390,25 @@ def deliver_pending(engine: Engine, url: str | None = None, *, limit: int = 100,
         with engine.begin() as conn:
             if error is None:
                 conn.execute(
-                    text("UPDATE alert_deliveries SET status = 'delivered', delivered_at = now(), "
-                         "attempts = attempts + :n, last_error = NULL WHERE id = :id"),
-                    {"n": attempts, "id": row.id},
-                )
+                    sa.update(tables.alert_deliveries).where(_dv.id == row.id)
+                    .values(status="delivered", delivered_at=sa.func.now(),
+                            attempts=_dv.attempts + attempts, last_error=None))
                 delivered += 1
                 continue
             total = row.attempts + attempts
             delay = min(WEBHOOK_MAX_DELAY_S, 2 ** min(total, 20))
             conn.execute(
-                text("UPDATE alert_deliveries SET attempts = attempts + :n, last_error = :e, "
-                     "next_attempt_at = now() + make_interval(secs => :d) WHERE id = :id"),
-                {"n": attempts, "e": error, "d": delay, "id": row.id},
-            )
+                sa.update(tables.alert_deliveries).where(_dv.id == row.id)
+                .values(attempts=_dv.attempts + attempts, last_error=error,
+                        next_attempt_at=sa.func.now() + timedelta(seconds=delay)))
             # The receiver is failing: hand the rest back for the next run, in order.
             rest = [r.id for r in rows[i + 1:]]
             if rest:
                 conn.execute(
-                    text("UPDATE alert_deliveries SET next_attempt_at = now() + make_interval(secs => :d) "
-                         "WHERE id = ANY(:ids)"),
-                    {"d": delay, "ids": rest},
-                )
+                    sa.update(tables.alert_deliveries)
+                    .where(_dv.id == sa.any_(sa.bindparam("ids", rest,
+                                                          type_=sa.ARRAY(sa.BigInteger))))
+                    .values(next_attempt_at=sa.func.now() + timedelta(seconds=delay)))
         failed += 1
         log.warning("alert.webhook_failed", delivery_id=row.id, error=error, attempts=total)
         break
@@ -407,9 +425,10 @@ def dead_letters(uow) -> None:
     too, when the broker answers, for what only RabbitMQ dead-lettered (a nack when the dead
     letter itself could not be published, a quorum queue's delivery limit): the count is
     the larger of the two."""
-    rows = uow.conn.execute(text(
-        "SELECT queue, count(*) AS n, min(dead_lettered_at) AS oldest FROM dead_letters "
-        "WHERE status = 'dead' GROUP BY queue ORDER BY queue")).all()
+    rows = uow.conn.execute(
+        sa.select(_dl.queue, sa.func.count().label("n"),
+                  sa.func.min(_dl.dead_lettered_at).label("oldest"))
+        .where(_dl.status == _DEAD).group_by(_dl.queue).order_by(_dl.queue)).all()
     logged = {r.queue: (r.n, r.oldest) for r in rows}
     try:
         in_rabbitmq = rabbit.dead_letter_counts()
@@ -433,17 +452,17 @@ def alert_webhooks(uow) -> None:
     """Kick delivery of due webhook rows, give up on old ones, and say when it is stuck."""
     conn = uow.conn
     expired = conn.execute(
-        text("UPDATE alert_deliveries SET status = 'expired' WHERE status = 'pending' "
-             "AND created_at < now() - make_interval(hours => :h) RETURNING id"),
-        {"h": WEBHOOK_EXPIRE_H},
-    ).all()
+        sa.update(tables.alert_deliveries)
+        .where(_dv.status == _PENDING,
+               _dv.created_at < sa.func.now() - timedelta(hours=WEBHOOK_EXPIRE_H))
+        .values(status="expired").returning(_dv.id)).all()
     state = conn.execute(
-        text("SELECT count(*) FILTER (WHERE next_attempt_at <= now()) AS due, "
-             "count(*) AS pending, min(created_at) AS oldest, "
-             "count(*) FILTER (WHERE created_at < now() - make_interval(secs => :stuck)) AS stuck "
-             "FROM alert_deliveries WHERE status = 'pending'"),
-        {"stuck": WEBHOOK_STUCK_S},
-    ).one()
+        sa.select(
+            sa.func.count().filter(_dv.next_attempt_at <= sa.func.now()).label("due"),
+            sa.func.count().label("pending"), sa.func.min(_dv.created_at).label("oldest"),
+            sa.func.count().filter(
+                _dv.created_at < sa.func.now() - timedelta(seconds=WEBHOOK_STUCK_S)).label("stuck"))
+        .where(_dv.status == _PENDING)).one()
     if state.due and get_settings().alert_webhook_url:
         uow.send("deliver_alert_webhooks", request_id=f"webhook:sweep:{uuid.uuid4()}")
     if state.stuck or expired:

@@ -19,6 +19,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -27,10 +28,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from dramatiq.common import q_name
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import ARRAY, BigInteger, Connection, Engine, Text, bindparam, cast, extract, func
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
 
 from domain.auth import IDENTITY_FIELDS, KeyRecord, canonical_bytes, replay_bytes, roles_for
 from domain.errors import InvalidCommand, Refused, Unauthorized
+from infra.db.tables import jsonb, producer_audit, producer_keys, producers
 from infra.settings import get_settings
 
 #: The producer name of Ballast's own components (workers, scheduler).
@@ -208,26 +212,37 @@ def sign_as_ballast(message: dramatiq.Message) -> dramatiq.Message:
 
 # --- the producers table ---------------------------------------------------------------
 
+_p, _k, _a = producers.c, producer_keys.c, producer_audit.c
+
+#: A key's record (validity in ms since the epoch) and its producer's roles, by key id.
+LOOKUP_KEY = (
+    select(_k.producer, _p.roles, _k.key_id, _k.public_key,
+           cast(extract("epoch", _k.valid_from) * 1000, BigInteger).label("valid_from_ms"),
+           cast(extract("epoch", _k.valid_until) * 1000, BigInteger).label("valid_until_ms"),
+           _k.revoked_at.is_not(None).label("key_revoked"),
+           _p.revoked_at.is_not(None).label("producer_revoked"))
+    .select_from(producer_keys.join(producers, _p.name == _k.producer))
+    .where(_k.key_id == bindparam("k")))
+
 def _audit(conn: Connection, producer: str, action: str, by: str, key_id: str | None = None,
            detail: Mapping[str, Any] | None = None) -> None:
-    conn.execute(text("INSERT INTO producer_audit (producer, action, key_id, performed_by, detail) "
-                      "VALUES (:p, :a, :k, :by, CAST(:d AS jsonb))"),
-                 {"p": producer, "a": action, "k": key_id, "by": by, "d": json.dumps(detail or {})})
+    conn.execute(insert(producer_audit).values(
+        producer=producer, action=action, key_id=key_id, performed_by=by,
+        detail=jsonb(json.dumps(detail or {}))))
 
 
 def _insert_key(conn: Connection, producer: str, signer: Signer) -> None:
-    conn.execute(text("INSERT INTO producer_keys (key_id, producer, public_key) VALUES (:k, :p, :pub)"),
-                 {"k": signer.key_id, "p": producer, "pub": signer.public_key})
+    conn.execute(insert(producer_keys).values(key_id=signer.key_id, producer=producer,
+                                              public_key=signer.public_key))
 
 
 def add_producer(conn: Connection, name: str, roles: Iterable[str], by: str) -> Signer:
     """A new producer with one fresh key; returns the signer (its material is shown once)."""
     roles = list(dict.fromkeys(roles))
-    exists = conn.execute(text("SELECT 1 FROM producers WHERE name = :n"), {"n": name}).first()
+    exists = conn.execute(select(_p.name).where(_p.name == name)).first()
     if exists:
         raise Refused(f"producer {name!r} already exists (rotate its key instead)")
-    conn.execute(text("INSERT INTO producers (name, roles, created_by) VALUES (:n, :r, :by)"),
-                 {"n": name, "r": roles, "by": by})
+    conn.execute(insert(producers).values(name=name, roles=roles, created_by=by))
     signer = Signer.generate(name)
     _insert_key(conn, name, signer)
     _audit(conn, name, "add", by, signer.key_id, {"roles": roles})
@@ -239,12 +254,12 @@ def register_key(conn: Connection, signer: Signer, roles: Iterable[str], by: str
     """Make sure ``signer``'s producer exists with ``roles`` and knows its public key
     (``ballast migrate`` for Ballast's own key).  True when something changed."""
     roles = list(roles)
-    changed = conn.execute(text(
-        "INSERT INTO producers (name, roles, created_by) VALUES (:n, :r, :by) "
-        "ON CONFLICT (name) DO NOTHING RETURNING 1"),
-        {"n": signer.producer, "r": roles, "by": by}).first() is not None
-    known = conn.execute(text("SELECT producer FROM producer_keys WHERE key_id = :k"),
-                         {"k": signer.key_id}).scalar_one_or_none()
+    changed = conn.execute(
+        insert(producers).values(name=signer.producer, roles=roles, created_by=by)
+        .on_conflict_do_nothing(index_elements=[_p.name]).returning(_p.name)
+    ).first() is not None
+    known = conn.execute(select(_k.producer).where(_k.key_id == signer.key_id)
+                         ).scalar_one_or_none()
     if known is not None and known != signer.producer:
         raise Refused(f"key {signer.key_id} belongs to another producer")
     if known is None:
@@ -258,12 +273,13 @@ def register_key(conn: Connection, signer: Signer, roles: Iterable[str], by: str
 def rotate_key(conn: Connection, name: str, overlap_s: int, by: str) -> Signer:
     """A new key for ``name``; its current keys stay valid for ``overlap_s`` more seconds."""
     _active_producer(conn, name)
-    ended = conn.execute(text(
-        "UPDATE producer_keys SET valid_until = greatest(valid_from + interval '1 millisecond', "
-        "now() + make_interval(secs => :o)) "
-        "WHERE producer = :p AND revoked_at IS NULL "
-        "AND (valid_until IS NULL OR valid_until > now() + make_interval(secs => :o)) "
-        "RETURNING key_id"), {"p": name, "o": overlap_s}).scalars().all()
+    overlap_end = func.now() + timedelta(seconds=overlap_s)
+    ended = conn.execute(
+        update(producer_keys)
+        .where(_k.producer == name, _k.revoked_at.is_(None),
+               _k.valid_until.is_(None) | (_k.valid_until > overlap_end))
+        .values(valid_until=func.greatest(_k.valid_from + timedelta(milliseconds=1), overlap_end))
+        .returning(_k.key_id)).scalars().all()
     signer = Signer.generate(name)
     _insert_key(conn, name, signer)
     _audit(conn, name, "rotate", by, signer.key_id, {"overlap_s": overlap_s, "ending": list(ended)})
@@ -274,24 +290,25 @@ def revoke(conn: Connection, name: str, by: str, key_id: str | None = None) -> l
     """Revoke one key, or the producer and all its keys: effective at once."""
     _active_producer(conn, name)
     if key_id is not None:
-        done = conn.execute(text("UPDATE producer_keys SET revoked_at = now() WHERE producer = :p "
-                                 "AND key_id = :k AND revoked_at IS NULL RETURNING key_id"),
-                            {"p": name, "k": key_id}).scalars().all()
+        done = conn.execute(
+            update(producer_keys)
+            .where(_k.producer == name, _k.key_id == key_id, _k.revoked_at.is_(None))
+            .values(revoked_at=func.now()).returning(_k.key_id)).scalars().all()
         if not done:
             raise Refused(f"producer {name!r} has no unrevoked key {key_id!r}")
         _audit(conn, name, "revoke_key", by, key_id)
         return list(done)
-    conn.execute(text("UPDATE producers SET revoked_at = now(), revoked_by = :by WHERE name = :p"),
-                 {"p": name, "by": by})
-    done = conn.execute(text("UPDATE producer_keys SET revoked_at = now() WHERE producer = :p "
-                             "AND revoked_at IS NULL RETURNING key_id"), {"p": name}).scalars().all()
+    conn.execute(update(producers).where(_p.name == name)
+                 .values(revoked_at=func.now(), revoked_by=by))
+    done = conn.execute(
+        update(producer_keys).where(_k.producer == name, _k.revoked_at.is_(None))
+        .values(revoked_at=func.now()).returning(_k.key_id)).scalars().all()
     _audit(conn, name, "revoke", by, None, {"keys": list(done)})
     return list(done)
 
 
 def _active_producer(conn: Connection, name: str) -> None:
-    row = conn.execute(text("SELECT revoked_at FROM producers WHERE name = :n FOR UPDATE"),
-                       {"n": name}).first()
+    row = conn.execute(select(_p.revoked_at).where(_p.name == name).with_for_update()).first()
     if row is None:
         raise Refused(f"no producer {name!r}")
     if row.revoked_at is not None:
@@ -300,15 +317,16 @@ def _active_producer(conn: Connection, name: str) -> None:
 
 def list_producers(conn: Connection) -> list[dict[str, Any]]:
     """Every producer with its roles and keys (ids and validity; never key material)."""
-    producers = conn.execute(text(
-        "SELECT name, roles, created_at, created_by, revoked_at, revoked_by FROM producers "
-        "ORDER BY name")).all()
-    keys = conn.execute(text(
-        "SELECT key_id, producer, valid_from, valid_until, revoked_at, "
-        "(revoked_at IS NULL AND valid_from <= now() AND (valid_until IS NULL OR valid_until > now())) "
-        "AS active FROM producer_keys ORDER BY valid_from")).all()
+    rows = conn.execute(
+        select(_p.name, _p.roles, _p.created_at, _p.created_by, _p.revoked_at, _p.revoked_by)
+        .order_by(_p.name)).all()
+    active = (_k.revoked_at.is_(None) & (_k.valid_from <= func.now())
+              & (_k.valid_until.is_(None) | (_k.valid_until > func.now())))
+    keys = conn.execute(
+        select(_k.key_id, _k.producer, _k.valid_from, _k.valid_until, _k.revoked_at,
+               active.label("active")).order_by(_k.valid_from)).all()
     out = []
-    for p in producers:
+    for p in rows:
         out.append({
             "name": p.name, "roles": list(p.roles), "created_at": p.created_at,
             "created_by": p.created_by, "revoked_at": p.revoked_at,
@@ -320,21 +338,17 @@ def list_producers(conn: Connection) -> list[dict[str, Any]]:
 
 
 def audit_of(conn: Connection, name: str | None = None) -> list[dict[str, Any]]:
-    rows = conn.execute(text(
-        "SELECT id, producer, action, key_id, performed_by, detail, at FROM producer_audit "
-        "WHERE CAST(:n AS text) IS NULL OR producer = :n ORDER BY id"), {"n": name}).all()
+    stmt = select(_a.id, _a.producer, _a.action, _a.key_id, _a.performed_by, _a.detail,
+                  _a.at).order_by(_a.id)
+    if name is not None:
+        stmt = stmt.where(_a.producer == name)
+    rows = conn.execute(stmt).all()
     return [dict(r._mapping) for r in rows]
 
 
 def lookup_key(conn: Connection, key_id: str) -> tuple[KeyRecord, str] | None:
     """The key's record and its base64 public key, or None."""
-    row = conn.execute(text(
-        "SELECT k.producer, p.roles, k.key_id, k.public_key, "
-        "(extract(epoch FROM k.valid_from) * 1000)::bigint AS valid_from_ms, "
-        "(extract(epoch FROM k.valid_until) * 1000)::bigint AS valid_until_ms, "
-        "k.revoked_at IS NOT NULL AS key_revoked, p.revoked_at IS NOT NULL AS producer_revoked "
-        "FROM producer_keys k JOIN producers p ON p.name = k.producer WHERE k.key_id = :k"),
-        {"k": key_id}).first()
+    row = conn.execute(LOOKUP_KEY, {"k": key_id}).first()
     if row is None:
         return None
     return (KeyRecord(row.producer, tuple(row.roles), row.key_id, int(row.valid_from_ms),
@@ -401,8 +415,8 @@ class Keyring:
             if signer is None:
                 roles = list(roles)
                 with self.engine.begin() as conn:
-                    exists = conn.execute(text("SELECT roles, revoked_at FROM producers WHERE name = :n"),
-                                          {"n": name}).first()
+                    exists = conn.execute(select(_p.roles, _p.revoked_at)
+                                          .where(_p.name == name)).first()
                     if exists is None:
                         signer = add_producer(conn, name, roles, self.by)
                     else:
@@ -410,8 +424,10 @@ class Keyring:
                             raise Refused(f"producer {name!r} is revoked")
                         missing = [r for r in roles if r not in exists.roles]
                         if missing:
-                            conn.execute(text("UPDATE producers SET roles = roles || :r WHERE name = :n"),
-                                         {"r": missing, "n": name})
+                            conn.execute(
+                                update(producers).where(_p.name == name)
+                                .values(roles=_p.roles.op("||")(
+                                    bindparam("r", missing, type_=ARRAY(Text)))))
                         signer = Signer.generate(name)
                         register_key(conn, signer, roles, self.by, action="rotate")
                 self._signers[name] = signer

@@ -16,15 +16,30 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Text, bindparam, cast, func, literal_column, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 
 from infra.db.engine import get_engine
+from infra.db.tables import any_text, dead_letters, jsonb
 from infra.logs import get_logger
 from infra.retention import parse_age
 
 log = get_logger(__name__)
 
 STATUSES = ("dead", "replayed", "purged")
+
+_d = dead_letters.c
+#: In the statement, not bound: the partial indexes of live records say ``status = 'dead'``.
+_DEAD = literal_column("'dead'")
+
+#: The deaths (message id, replays before death) of a replay, as two arrays, marked
+#: replayed by ``:by`` (a death already marked replayed by a later death keeps its time).
+MARK_REPLAYED = text(
+    "UPDATE dead_letters d SET status = 'replayed', resolved_by = :by, "
+    "resolved_at = coalesce(d.resolved_at, now()) "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:ns AS int[])) AS p(mid, n) "
+    "WHERE d.message_id = p.mid AND d.replays = p.n AND (d.status = 'dead' "
+    "OR (d.status = 'replayed' AND d.resolved_by IS NULL))")
 
 
 def record(body: dict[str, Any], info: dict[str, Any]) -> None:
@@ -48,34 +63,31 @@ def record_in(conn: Connection, body: dict[str, Any], info: dict[str, Any]) -> N
     replays = _replays(body)
     # A death after a replay is a new record: the earlier one was replayed (by whom is
     # filled in by the replaying command, which may finish after the message died again).
+    message_id = str(body.get("message_id") or "")
     conn.execute(
-        text("UPDATE dead_letters SET status = 'replayed', resolved_at = now() "
-             "WHERE message_id = :mid AND status = 'dead' AND replays < :n"),
-        {"mid": str(body.get("message_id") or ""), "n": replays})
-    conn.execute(
-        text(
-            "INSERT INTO dead_letters (message_id, queue, actor, request_id, code, error, reason, "
-            "traceback, body, retries, replays) VALUES (:mid, :q, :a, :rid, :code, :err, :reason, "
-            ":tb, CAST(:body AS jsonb), :retries, :replays) "
-            "ON CONFLICT (message_id) WHERE status = 'dead' DO UPDATE SET "
-            "queue = EXCLUDED.queue, code = EXCLUDED.code, error = EXCLUDED.error, "
-            "reason = EXCLUDED.reason, traceback = EXCLUDED.traceback, body = EXCLUDED.body, "
-            "retries = EXCLUDED.retries, dead_lettered_at = now()"
-        ),
-        {
-            "mid": str(body.get("message_id") or ""),
-            "q": str(body.get("queue_name") or ""),
-            "a": body.get("actor_name"),
-            "rid": str(kwargs.get("request_id"))[:256] if kwargs.get("request_id") is not None else None,
-            "code": info.get("code"),
-            "err": info.get("error"),
-            "reason": str(info.get("reason") or "dead-lettered without a recorded reason"),
-            "tb": info.get("traceback"),
-            "body": json.dumps(body, default=str),
-            "retries": int(info.get("retries") or 0),
-            "replays": replays,
-        },
+        update(dead_letters)
+        .where(_d.message_id == message_id, _d.status == _DEAD, _d.replays < replays)
+        .values(status="replayed", resolved_at=func.now()))
+    ins = insert(dead_letters).values(
+        message_id=message_id,
+        queue=str(body.get("queue_name") or ""),
+        actor=body.get("actor_name"),
+        request_id=(str(kwargs.get("request_id"))[:256]
+                    if kwargs.get("request_id") is not None else None),
+        code=info.get("code"),
+        error=info.get("error"),
+        reason=str(info.get("reason") or "dead-lettered without a recorded reason"),
+        traceback=info.get("traceback"),
+        body=jsonb(json.dumps(body, default=str)),
+        retries=int(info.get("retries") or 0),
+        replays=replays,
     )
+    conn.execute(ins.on_conflict_do_update(
+        index_elements=[_d.message_id], index_where=_d.status == _DEAD,
+        set_={"queue": ins.excluded.queue, "code": ins.excluded.code,
+              "error": ins.excluded.error, "reason": ins.excluded.reason,
+              "traceback": ins.excluded.traceback, "body": ins.excluded.body,
+              "retries": ins.excluded.retries, "dead_lettered_at": func.now()}))
 
 
 def _replays(body: dict[str, Any]) -> int:
@@ -92,29 +104,26 @@ def mark_replayed(conn: Connection, letters: Iterable[dict[str, Any]], by: str) 
     if not pairs:
         return 0
     return conn.execute(
-        text("UPDATE dead_letters d SET status = 'replayed', resolved_by = :by, "
-             "resolved_at = coalesce(d.resolved_at, now()) "
-             "FROM unnest(CAST(:ids AS text[]), CAST(:ns AS int[])) AS p(mid, n) "
-             "WHERE d.message_id = p.mid AND d.replays = p.n AND (d.status = 'dead' "
-             "OR (d.status = 'replayed' AND d.resolved_by IS NULL))"),
+        MARK_REPLAYED,
         {"by": by, "ids": [p[0] for p in pairs], "ns": [p[1] for p in pairs]}).rowcount
 
 
 def mark_purged(conn: Connection, queue: str, by: str) -> int:
     """Every live record of ``queue`` purged by ``by`` (kept as history).  Returns how many."""
     return conn.execute(
-        text("UPDATE dead_letters SET status = 'purged', resolved_by = :by, resolved_at = now() "
-             "WHERE status = 'dead' AND queue = :q"), {"by": by, "q": queue}).rowcount
+        update(dead_letters).where(_d.status == _DEAD, _d.queue == queue)
+        .values(status="purged", resolved_by=by, resolved_at=func.now())).rowcount
 
 
 def mark_discarded(conn: Connection, message_ids: Iterable[str], by: str,
                    queue: str | None = None) -> int:
     """The live records of these message ids (of ``queue``, or any) purged by ``by``."""
-    return conn.execute(
-        text("UPDATE dead_letters SET status = 'purged', resolved_by = :by, resolved_at = now() "
-             "WHERE status = 'dead' AND message_id = ANY(:ids) "
-             "AND (CAST(:q AS text) IS NULL OR queue = :q)"),
-        {"by": by, "ids": list(message_ids), "q": queue}).rowcount
+    stmt = (update(dead_letters)
+            .where(_d.status == _DEAD, _d.message_id == any_text("ids", message_ids))
+            .values(status="purged", resolved_by=by, resolved_at=func.now()))
+    if queue is not None:
+        stmt = stmt.where(_d.queue == queue)
+    return conn.execute(stmt).rowcount
 
 
 def parse_since(value: str, now: datetime | None = None) -> datetime:
@@ -135,22 +144,20 @@ def history(conn: Connection, *, queue: str | None = None, actor: str | None = N
             code: str | None = None, since: datetime | None = None, grep: str | None = None,
             status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Recorded dead letters, newest first, as ``dlq list`` rows plus their log columns."""
-    where, params = ["true"], {"limit": limit}
-    for col, value in (("queue", queue), ("actor", actor), ("code", code), ("status", status)):
+    stmt = (select(_d.queue, _d.message_id, _d.actor, _d.request_id, _d.reason, _d.retries,
+                   _d.dead_lettered_at, _d.code, _d.status, _d.resolved_by, _d.resolved_at)
+            .order_by(_d.dead_lettered_at.desc(), _d.id.desc()).limit(limit))
+    for col, value in ((_d.queue, queue), (_d.actor, actor), (_d.code, code), (_d.status, status)):
         if value is not None:
-            where.append(f"{col} = :{col}")
-            params[col] = value
+            stmt = stmt.where(col == value)
     if since is not None:
-        where.append("dead_lettered_at >= :since")
-        params["since"] = since
+        stmt = stmt.where(_d.dead_lettered_at >= since)
     if grep:
-        where.append("(reason ILIKE :g OR coalesce(traceback, '') ILIKE :g OR body::text ILIKE :g)")
-        params["g"] = "%" + grep.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
-    rows = conn.execute(text(
-        "SELECT queue, message_id, actor, request_id, reason, retries, dead_lettered_at, code, "
-        "status, resolved_by, resolved_at FROM dead_letters "
-        f"WHERE {' AND '.join(where)} ORDER BY dead_lettered_at DESC, id DESC LIMIT :limit"),
-        params).mappings().all()
+        escaped = grep.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
+        g = bindparam("g", "%" + escaped + "%")
+        stmt = stmt.where(_d.reason.ilike(g) | func.coalesce(_d.traceback, "").ilike(g)
+                          | cast(_d.body, Text).ilike(g))
+    rows = conn.execute(stmt).mappings().all()
     return [{"queue": r["queue"], "message_id": r["message_id"], "actor": r["actor"],
              "request_id": r["request_id"], "reason": r["reason"], "retries": r["retries"],
              "failed_at": r["dead_lettered_at"].isoformat(), "code": r["code"],
@@ -161,9 +168,8 @@ def history(conn: Connection, *, queue: str | None = None, actor: str | None = N
 
 def find(conn: Connection, message_id: str) -> dict[str, Any] | None:
     """The newest record of ``message_id`` with its body and traceback."""
-    r = conn.execute(text(
-        "SELECT * FROM dead_letters WHERE message_id = :m ORDER BY id DESC LIMIT 1"),
-        {"m": message_id}).mappings().first()
+    r = conn.execute(select(dead_letters).where(_d.message_id == message_id)
+                     .order_by(_d.id.desc()).limit(1)).mappings().first()
     return dict(r) if r else None
 
 
@@ -191,7 +197,7 @@ def matches(summary: dict[str, Any], body: dict[str, Any], *, actor: str | None 
 
 def live(conn: Connection, message_ids: Iterable[str]) -> list[dict[str, Any]]:
     """The live (``dead``) records of these message ids: ``{"message_id", "queue", "body"}``."""
-    return [dict(r) for r in conn.execute(text(
-        "SELECT message_id, queue, body FROM dead_letters "
-        "WHERE status = 'dead' AND message_id = ANY(:ids) ORDER BY id"),
-        {"ids": list(message_ids)}).mappings()]
+    return [dict(r) for r in conn.execute(
+        select(_d.message_id, _d.queue, _d.body)
+        .where(_d.status == _DEAD, _d.message_id == any_text("ids", message_ids))
+        .order_by(_d.id)).mappings()]

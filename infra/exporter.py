@@ -34,7 +34,12 @@ import time
 from typing import Any, Iterable
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
-from sqlalchemy import text
+from sqlalchemy import (ARRAY, Text, any_, bindparam, case, extract, func, literal, literal_column,
+                        select, text)
+
+from infra.db.tables import accounts, alerts as alerts_t, conversion_jobs, dead_letters
+from infra.db.tables import outbox as outbox_t
+from infra.db.tables import treasury_buffers
 
 from infra.contract import QUEUES
 from infra.logs import get_logger
@@ -47,6 +52,61 @@ log = get_logger(__name__)
 CONVERSION_BUCKETS = (30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 STATEMENT_TIMEOUT_MS = 5000
 ACTIVE_JOB_STATUSES = ("pending", "provider_submitted", "provider_processing")
+
+# --- the statements of one scrape, built once -------------------------------------------
+
+SET_STATEMENT_TIMEOUT = text(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+
+_b, _a = treasury_buffers.c, accounts.c
+BUFFERS = (
+    select(_b.account_type, _b.currency, _b.min_amount, _b.target_amount, _b.max_amount,
+           func.coalesce(_a.balance, 0).label("balance"))
+    .select_from(treasury_buffers.outerjoin(
+        accounts, _a.code == literal("buffer:", Text) + _b.account_type))
+    .order_by(_b.account_type))
+
+_al = alerts_t.c
+ALERTS_OPEN = (
+    select(_al.kind, _al.severity, _al.status, func.count().label("n"))
+    .where(_al.status.in_(("open", "acknowledged")))
+    .group_by(_al.kind, _al.severity, _al.status)
+    .order_by(_al.kind, _al.severity, _al.status))
+
+_o = outbox_t.c
+OUTBOX_BACKLOG = (
+    select(func.count().label("n"),
+           func.coalesce(extract("epoch", func.now() - func.min(_o.created_at)), 0).label("age"))
+    .where(_o.published_at.is_(None)))
+
+_dl = dead_letters.c
+DEAD_LETTERS_BY_QUEUE = (
+    select(_dl.queue, func.count().label("n"))
+    .where(_dl.status == literal_column("'dead'"))  # in the statement: the partial index's
+    .group_by(_dl.queue))
+
+_j = conversion_jobs.c
+ACTIVE_JOBS = (
+    select(_j.status, func.count().label("n"),
+           func.count().filter(_j.stale_at.is_not(None)).label("s"))
+    .where(_j.status == any_(bindparam("st", list(ACTIVE_JOB_STATUSES), type_=ARRAY(Text))))
+    .group_by(_j.status))
+
+_finished = (
+    select(_j.direction,
+           case((_j.status == literal_column("'completed'"), literal_column("'completed'")),
+                else_=literal_column("'failed'")).label("outcome"),
+           extract("epoch", _j.finished_at - _j.created_at).label("d"))
+    .where(_j.status.in_(("completed", "failed")), _j.finished_at.is_not(None))
+    .subquery("j"))
+#: Finished conversions per direction and outcome: count, total seconds, and the count
+#: at or under each bucket (the buckets are constants of the statement, not parameters).
+CONVERSION_DURATIONS = (
+    select(_finished.c.direction, _finished.c.outcome, func.count().label("n"),
+           func.coalesce(func.sum(_finished.c.d), 0).label("total"),
+           *(func.count().filter(_finished.c.d <= literal_column(str(b))).label(f"le_{i}")
+             for i, b in enumerate(CONVERSION_BUCKETS)))
+    .group_by(_finished.c.direction, _finished.c.outcome)
+    .order_by(_finished.c.direction, _finished.c.outcome))
 
 
 class BallastCollector:
@@ -104,7 +164,7 @@ class BallastCollector:
         families = self._database_families()
         try:
             with self.engine.connect() as conn:
-                conn.execute(text(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}"))
+                conn.execute(SET_STATEMENT_TIMEOUT)
                 self._query(conn, families)
                 conn.rollback()
             up.add_metric([], 1)
@@ -121,53 +181,31 @@ class BallastCollector:
         dead, active, stale, duration = f["dead"], f["active"], f["stale"], f["duration"]
         thresholds = {k: f[k] for k in ("min", "target", "max")}
 
-        for r in conn.execute(text(
-                "SELECT b.account_type, b.currency, b.min_amount, b.target_amount, b.max_amount, "
-                "COALESCE(a.balance, 0) AS balance FROM treasury_buffers b "
-                "LEFT JOIN accounts a ON a.code = 'buffer:' || b.account_type "
-                "ORDER BY b.account_type")):
+        for r in conn.execute(BUFFERS):
             labels = [r.account_type, r.currency]
             bal.add_metric(labels, int(r.balance))
             thresholds["min"].add_metric(labels, int(r.min_amount))
             thresholds["target"].add_metric(labels, int(r.target_amount))
             thresholds["max"].add_metric(labels, int(r.max_amount))
-        for r in conn.execute(text(
-                "SELECT kind, severity, status, count(*) AS n FROM alerts "
-                "WHERE status IN ('open', 'acknowledged') GROUP BY kind, severity, status "
-                "ORDER BY kind, severity, status")):
+        for r in conn.execute(ALERTS_OPEN):
             alerts.add_metric([r.kind, r.severity, r.status], r.n)
-        r = conn.execute(text(
-            "SELECT count(*) AS n, COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0) "
-            "AS age FROM outbox WHERE published_at IS NULL")).one()
+        r = conn.execute(OUTBOX_BACKLOG).one()
         outbox.add_metric([], r.n)
         outbox_age.add_metric([], max(0.0, float(r.age)))
         counts = {q: 0 for q in QUEUES}
-        for r in conn.execute(text(
-                "SELECT queue, count(*) AS n FROM dead_letters WHERE status = 'dead' "
-                "GROUP BY queue")):
+        for r in conn.execute(DEAD_LETTERS_BY_QUEUE):
             counts[r.queue] = r.n
         for queue, n in sorted(counts.items()):
             dead.add_metric([queue], n)
         by_status = {s: 0 for s in ACTIVE_JOB_STATUSES}
         n_stale = 0
-        for r in conn.execute(text(
-                "SELECT status, count(*) AS n, count(*) FILTER (WHERE stale_at IS NOT NULL) AS s "
-                "FROM conversion_jobs WHERE status = ANY(:st) GROUP BY status"),
-                {"st": list(ACTIVE_JOB_STATUSES)}):
+        for r in conn.execute(ACTIVE_JOBS):
             by_status[r.status] = r.n
             n_stale += r.s
         for status, n in by_status.items():
             active.add_metric([status], n)
         stale.add_metric([], n_stale)
-        cols = ", ".join(f"count(*) FILTER (WHERE d <= {b}) AS le_{i}"
-                         for i, b in enumerate(CONVERSION_BUCKETS))
-        for r in conn.execute(text(
-                f"SELECT direction, outcome, count(*) AS n, COALESCE(sum(d), 0) AS total, {cols} "
-                "FROM (SELECT direction, CASE WHEN status = 'completed' THEN 'completed' "
-                "ELSE 'failed' END AS outcome, "
-                "EXTRACT(EPOCH FROM finished_at - created_at) AS d FROM conversion_jobs "
-                "WHERE status IN ('completed', 'failed') AND finished_at IS NOT NULL) j "
-                "GROUP BY direction, outcome ORDER BY direction, outcome")):
+        for r in conn.execute(CONVERSION_DURATIONS):
             buckets = [(str(float(b)), getattr(r, f"le_{i}"))
                        for i, b in enumerate(CONVERSION_BUCKETS)]
             buckets.append(("+Inf", r.n))

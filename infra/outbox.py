@@ -20,24 +20,89 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 import dramatiq
 import pika
 from dramatiq.common import dq_name, q_name
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import (ARRAY, BigInteger, Connection, Engine, Interval, Text, any_, bindparam,
+                        cast, func, insert, select, text, update)
+from sqlalchemy.dialects.postgresql import JSONB
 
 from infra.auth import sign_as_ballast
 from infra.contract import EVENTS_EXCHANGE, spec_for
-from infra.db.engine import delete_in_batches, sql
+from infra.db.engine import delete_in_batches
+from infra.db.tables import outbox
 from infra.logs import get_logger
 
 log = get_logger(__name__)
 
 #: Rows younger than this are left to the committing worker's own publish.
 SWEEP_GRACE_S = 5  # s
+
+# --- statements (built once: they run on every command's commit) ---------------------------
+
+_o = outbox.c
+
+#: One row; the body is JSON text serialized by the caller (``default=str``), cast by
+#: PostgreSQL.
+INSERT_ROW = (
+    insert(outbox)
+    .values(kind=bindparam("k"), destination=bindparam("d"), routing_key=bindparam("r"),
+            event_name=bindparam("e"), recipient=bindparam("rc"),
+            body=cast(bindparam("b", type_=Text), JSONB))
+    .returning(_o.id))
+
+#: Events from three arrays (name, recipient, body as JSON text), in array order; returns
+#: ``(event_id, id)``.
+ADD_EVENTS = text(
+    "INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
+    "SELECT 'event', :dest, e.name, e.name, e.recipient, CAST(e.body AS jsonb) "
+    "FROM unnest(CAST(:names AS text[]), CAST(:recipients AS text[]), "
+    "CAST(:bodies AS text[])) WITH ORDINALITY AS e(name, recipient, body, n) "
+    "ORDER BY e.n RETURNING body->>'event_id', id")
+
+#: ``ADD_EVENTS`` as a statement to run inside a bigger one (a CTE), parameters prefixed
+#: ``ev_``; returns ``id, key`` (the event id).
+EVENTS_STATEMENT = (
+    "INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
+    "SELECT 'event', :ev_dest, e.name, e.name, e.recipient, CAST(e.body AS jsonb) "
+    "FROM unnest(CAST(:ev_names AS text[]), CAST(:ev_recipients AS text[]), "
+    "CAST(:ev_bodies AS text[])) WITH ORDINALITY AS e(name, recipient, body, n) "
+    "ORDER BY e.n RETURNING id, body->>'event_id' AS key")
+
+#: One event per row of the caller's ``{select}`` (columns ``recipient`` and ``data``),
+#: built by the database; returns the count and, up to ``:_max`` of them, the rows.
+ADD_EVENTS_SELECT = (
+    "WITH src AS ({select}), ins AS ("
+    "INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
+    "SELECT 'event', :_dest, :_name, :_name, src.recipient, jsonb_build_object("
+    "'event', CAST(:_name AS text), 'event_id', CAST(gen_random_uuid() AS text), "
+    "'occurred_at', CAST(:_now AS text), 'recipient', src.recipient, 'data', src.data) "
+    "FROM src RETURNING id, routing_key, body) "
+    "SELECT n.c AS n, ins.id, ins.routing_key, ins.body FROM (SELECT count(*) AS c FROM ins) n "
+    "LEFT JOIN ins ON n.c <= :_max ORDER BY ins.id")
+
+MARK_PUBLISHED = (
+    update(outbox)
+    .where(_o.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
+    .values(published_at=func.now(), attempts=_o.attempts + 1))
+
+#: Unpublished rows older than the grace, oldest first; rows another sweeper holds are
+#: skipped.
+SWEEP_BATCH = (
+    select(_o.id, _o.kind, _o.destination, _o.routing_key, _o.body)
+    .where(_o.published_at.is_(None),
+           _o.created_at < func.now() - bindparam("grace", type_=Interval))
+    .order_by(_o.id).limit(bindparam("limit")).with_for_update(skip_locked=True))
+
+#: One batch of rows published before ``:age`` seconds ago (never an unpublished row).
+PRUNE_BATCH = (
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at IS NOT NULL "
+    "AND published_at < now() - make_interval(secs => :age) "
+    "ORDER BY published_at LIMIT :batch FOR UPDATE SKIP LOCKED)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +165,7 @@ def add_events(
     if not bodies:
         return []
     ids = dict(conn.execute(
-        text(
-            "INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
-            "SELECT 'event', :dest, e.name, e.name, e.recipient, CAST(e.body AS jsonb) "
-            "FROM unnest(CAST(:names AS text[]), CAST(:recipients AS text[]), "
-            "CAST(:bodies AS text[])) WITH ORDINALITY AS e(name, recipient, body, n) "
-            "ORDER BY e.n RETURNING body->>'event_id', id"
-        ),
+        ADD_EVENTS,
         {
             "dest": EVENTS_EXCHANGE,
             "names": [b["event"] for b in bodies],
@@ -129,15 +188,10 @@ def events_statement(
          "recipient": recipient, "data": data}
         for name, data, recipient in events
     ]
-    sql = ("INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
-           "SELECT 'event', :ev_dest, e.name, e.name, e.recipient, CAST(e.body AS jsonb) "
-           "FROM unnest(CAST(:ev_names AS text[]), CAST(:ev_recipients AS text[]), "
-           "CAST(:ev_bodies AS text[])) WITH ORDINALITY AS e(name, recipient, body, n) "
-           "ORDER BY e.n RETURNING id, body->>'event_id' AS key")
     params = {"ev_dest": EVENTS_EXCHANGE, "ev_names": [b["event"] for b in bodies],
               "ev_recipients": [b["recipient"] for b in bodies],
               "ev_bodies": [json.dumps(b, default=str) for b in bodies]}
-    return sql, params, bodies
+    return EVENTS_STATEMENT, params, bodies
 
 
 def rows_of(bodies: list[dict[str, Any]], ids: dict[str, int]) -> list[OutboxRow]:
@@ -156,16 +210,7 @@ def add_events_select(
     ``return_max`` of them (for publishing right after commit; the rest wait for ``sweep``).
     """
     rows = conn.execute(
-        text(
-            f"WITH src AS ({select_sql}), ins AS ("
-            "INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
-            "SELECT 'event', :_dest, :_name, :_name, src.recipient, jsonb_build_object("
-            "'event', CAST(:_name AS text), 'event_id', CAST(gen_random_uuid() AS text), "
-            "'occurred_at', CAST(:_now AS text), 'recipient', src.recipient, 'data', src.data) "
-            "FROM src RETURNING id, routing_key, body) "
-            "SELECT n.c AS n, ins.id, ins.routing_key, ins.body FROM (SELECT count(*) AS c FROM ins) n "
-            "LEFT JOIN ins ON n.c <= :_max ORDER BY ins.id"
-        ),
+        text(ADD_EVENTS_SELECT.format(select=select_sql)),
         {**params, "_dest": EVENTS_EXCHANGE, "_name": name, "_max": return_max,
          "_now": datetime.now(timezone.utc).isoformat()},
     ).all()
@@ -176,10 +221,7 @@ def add_events_select(
 
 def _insert(conn, kind, destination, routing_key, body, event_name, recipient) -> OutboxRow:
     row_id = conn.execute(
-        sql(
-            "INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
-            "VALUES (:k, :d, :r, :e, :rc, CAST(:b AS jsonb)) RETURNING id"
-        ),
+        INSERT_ROW,
         {
             "k": kind,
             "d": destination,
@@ -499,10 +541,7 @@ def relay_for(broker: dramatiq.Broker) -> Relay | None:
 
 def _mark(engine: Engine, ids: list[int]) -> None:
     with engine.begin() as conn:
-        conn.execute(
-            sql("UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY(:ids)"),
-            {"ids": ids},
-        )
+        conn.execute(MARK_PUBLISHED, {"ids": ids})
 
 
 def sweep(engine: Engine, broker: dramatiq.Broker, *, grace_s: float = SWEEP_GRACE_S,
@@ -516,29 +555,18 @@ def sweep(engine: Engine, broker: dramatiq.Broker, *, grace_s: float = SWEEP_GRA
             rows = [
                 OutboxRow(r.id, r.kind, r.destination, r.routing_key, r.body)
                 for r in conn.execute(
-                    text(
-                        "SELECT id, kind, destination, routing_key, body FROM outbox "
-                        "WHERE published_at IS NULL "
-                        "AND created_at < now() - make_interval(secs => :grace) "
-                        "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
-                    ),
-                    {"grace": grace_s, "limit": limit},
-                )
+                    SWEEP_BATCH, {"grace": timedelta(seconds=grace_s), "limit": limit})
             ]
             for row in rows:
                 try:
                     pub.publish(row)
                 except Exception as exc:
-                    conn.execute(
-                        text("UPDATE outbox SET attempts = attempts + 1, last_error = :e WHERE id = :id"),
-                        {"e": _describe(exc)[:500], "id": row.id},
-                    )
+                    conn.execute(update(outbox).where(_o.id == row.id).values(
+                        attempts=_o.attempts + 1, last_error=_describe(exc)[:500]))
                     log.warning("outbox.sweep_failed", outbox_id=row.id, error=_describe(exc))
                     return published
-                conn.execute(
-                    text("UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = :id"),
-                    {"id": row.id},
-                )
+                conn.execute(update(outbox).where(_o.id == row.id)
+                             .values(published_at=func.now(), attempts=_o.attempts + 1))
                 published += 1
         if len(rows) < limit or time.monotonic() - started > 30:
             break
@@ -553,22 +581,19 @@ def _describe(exc: BaseException) -> str:
 
 
 def pending_count(conn: Connection) -> int:
-    return conn.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL")).scalar_one()
+    return conn.execute(select(func.count()).select_from(outbox)
+                        .where(_o.published_at.is_(None))).scalar_one()
 
 
 def oldest_pending(conn: Connection) -> datetime | None:
-    return conn.execute(text("SELECT min(created_at) FROM outbox WHERE published_at IS NULL")).scalar_one()
+    return conn.execute(select(func.min(_o.created_at))
+                        .where(_o.published_at.is_(None))).scalar_one()
 
 
 def prune(engine: Engine, older_than_s: float, *, batch: int = 10_000) -> int:
     """Delete rows published more than ``older_than_s`` seconds ago, ``batch`` rows per
     transaction (never an unpublished row).  Returns how many."""
-    deleted = delete_in_batches(
-        engine,
-        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at IS NOT NULL "
-        "AND published_at < now() - make_interval(secs => :age) "
-        "ORDER BY published_at LIMIT :batch FOR UPDATE SKIP LOCKED)",
-        {"age": older_than_s}, batch)
+    deleted = delete_in_batches(engine, PRUNE_BATCH, {"age": older_than_s}, batch)
     if deleted:
         log.info("outbox.pruned", rows=deleted, older_than_s=older_than_s)
     return deleted
@@ -576,7 +601,6 @@ def prune(engine: Engine, older_than_s: float, *, batch: int = 10_000) -> int:
 
 def prunable(conn: Connection, older_than_s: float) -> int:
     return conn.execute(
-        text("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL "
-             "AND published_at < now() - make_interval(secs => :age)"),
-        {"age": older_than_s},
-    ).scalar_one()
+        select(func.count()).select_from(outbox)
+        .where(_o.published_at.is_not(None),
+               _o.published_at < func.now() - timedelta(seconds=older_than_s))).scalar_one()

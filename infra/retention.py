@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, func, select
 
 from infra import outbox
 from infra.db.engine import delete_in_batches
+from infra.db.tables import processed_requests
 from infra.logs import get_logger
 from infra.settings import Settings
 
@@ -43,13 +45,16 @@ def windows(settings: Settings) -> tuple[int, int]:
     return settings.retention_outbox_days * DAY_S, settings.retention_requests_days * DAY_S
 
 
+#: One batch of remembered request ids older than ``:age`` seconds (rows another
+#: transaction holds are left for the next run).
+PRUNE_REQUESTS_BATCH = (
+    "DELETE FROM processed_requests WHERE ctid IN (SELECT ctid FROM processed_requests "
+    "WHERE created_at < now() - make_interval(secs => :age) "
+    "LIMIT :batch FOR UPDATE SKIP LOCKED)")
+
+
 def prune_requests(engine: Engine, older_than_s: float, *, batch: int = 10_000) -> int:
-    deleted = delete_in_batches(
-        engine,
-        "DELETE FROM processed_requests WHERE ctid IN (SELECT ctid FROM processed_requests "
-        "WHERE created_at < now() - make_interval(secs => :age) "
-        "LIMIT :batch FOR UPDATE SKIP LOCKED)",
-        {"age": older_than_s}, batch)
+    deleted = delete_in_batches(engine, PRUNE_REQUESTS_BATCH, {"age": older_than_s}, batch)
     if deleted:
         log.info("processed_requests.pruned", rows=deleted, older_than_s=older_than_s)
     return deleted
@@ -57,9 +62,9 @@ def prune_requests(engine: Engine, older_than_s: float, *, batch: int = 10_000) 
 
 def prunable_requests(conn: Connection, older_than_s: float) -> int:
     return conn.execute(
-        text("SELECT count(*) FROM processed_requests "
-             "WHERE created_at < now() - make_interval(secs => :age)"),
-        {"age": older_than_s}).scalar_one()
+        select(func.count()).select_from(processed_requests)
+        .where(processed_requests.c.created_at < func.now() - timedelta(seconds=older_than_s))
+    ).scalar_one()
 
 
 def run(engine: Engine, settings: Settings, outbox_older_than_s: float | None = None) -> Pruned:

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 
 from domain.conversions import PPM, quote
 from domain.errors import InvalidCommand
 from infra.db.engine import get_engine
+from infra.db.tables import conversion_providers, simulated_provider_orders
 from infra.providers import callbacks
 from infra.providers.base import (
     Order,
@@ -50,6 +52,20 @@ def make_config(rate_ppm: int = PPM, fee_bps: int = 0, latency_polls: int = 1,
             "fail_mode": fail_mode}
 
 
+_o = simulated_provider_orders.c
+
+#: Its books of completed orders per currency: source received (+), destination and fee
+#: paid (-).
+BALANCES = text(
+    "SELECT cur, sum(amount) AS total FROM ("
+    " SELECT split_part(direction, '->', 1) AS cur, source_amount AS amount"
+    " FROM simulated_provider_orders WHERE provider = :p AND state = 'completed'"
+    " UNION ALL SELECT split_part(direction, '->', 2),"
+    " -(destination_amount + fee_amount)"
+    " FROM simulated_provider_orders WHERE provider = :p AND state = 'completed'"
+    ") x GROUP BY cur")
+
+
 class SimulatedProvider:
     """Parameters:
       name: the provider's name (its orders are kept apart by it).
@@ -63,8 +79,8 @@ class SimulatedProvider:
         self.engine = engine or get_engine()
 
     def _current_mode(self, conn) -> str:
-        row = conn.execute(text("SELECT config FROM conversion_providers WHERE name = :n"),
-                           {"n": self.name}).scalar_one_or_none()
+        row = conn.execute(select(conversion_providers.c.config)
+                           .where(conversion_providers.c.name == self.name)).scalar_one_or_none()
         return (row or self.config).get("fail_mode", "none")
 
     def initiate(self, order: Order) -> Report:
@@ -77,15 +93,11 @@ class SimulatedProvider:
             q = quote(order.source_amount, order.direction, self.config["rate_ppm"],
                       self.config["fee_bps"])
             conn.execute(
-                text(
-                    "INSERT INTO simulated_provider_orders (provider, idempotency_key, direction, "
-                    "source_amount, destination_amount, fee_amount, rate_ppm) "
-                    "VALUES (:p, :k, :d, :a, :net, :fee, :rate) ON CONFLICT DO NOTHING"
-                ),
-                {"p": self.name, "k": order.idempotency_key, "d": order.direction,
-                 "a": order.source_amount, "net": q.net, "fee": q.fee,
-                 "rate": self.config["rate_ppm"]},
-            )
+                insert(simulated_provider_orders).values(
+                    provider=self.name, idempotency_key=order.idempotency_key,
+                    direction=order.direction, source_amount=order.source_amount,
+                    destination_amount=q.net, fee_amount=q.fee, rate_ppm=self.config["rate_ppm"],
+                ).on_conflict_do_nothing())
             row = self._order(conn, order.idempotency_key)
         if (row.direction, row.source_amount) != (order.direction, order.source_amount):
             raise ProviderRejected(f"idempotency key {order.idempotency_key} reused for another order")
@@ -96,12 +108,9 @@ class SimulatedProvider:
     def status(self, idempotency_key: str) -> Report:
         with self.engine.begin() as conn:
             row = conn.execute(
-                text(
-                    "UPDATE simulated_provider_orders SET polls = polls + 1, updated_at = now() "
-                    "WHERE provider = :p AND idempotency_key = :k RETURNING *"
-                ),
-                {"p": self.name, "k": idempotency_key},
-            ).one_or_none()
+                update(simulated_provider_orders).where(*self._key(idempotency_key))
+                .values(polls=_o.polls + 1, updated_at=func.now())
+                .returning(*simulated_provider_orders.c)).one_or_none()
             if row is None:
                 return Report("not_found")
             state = row.state
@@ -109,11 +118,8 @@ class SimulatedProvider:
                 mode = self._current_mode(conn)
                 if mode != "stick" and row.polls >= self.config["latency_polls"]:
                     state = "failed" if mode == "fail_late" else "completed"
-                    conn.execute(
-                        text("UPDATE simulated_provider_orders SET state = :s "
-                             "WHERE provider = :p AND idempotency_key = :k"),
-                        {"s": state, "p": self.name, "k": idempotency_key},
-                    )
+                    conn.execute(update(simulated_provider_orders)
+                                 .where(*self._key(idempotency_key)).values(state=state))
         ref = self._reference(idempotency_key)
         if state == "completed":
             return Report("completed", ref, row.destination_amount, row.fee_amount, row.rate_ppm)
@@ -133,14 +139,7 @@ class SimulatedProvider:
     def balances(self) -> dict[str, int]:
         """Its books of completed orders: source received (+), destination and fee paid (-)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT cur, sum(amount) AS total FROM ("
-                " SELECT split_part(direction, '->', 1) AS cur, source_amount AS amount"
-                " FROM simulated_provider_orders WHERE provider = :p AND state = 'completed'"
-                " UNION ALL SELECT split_part(direction, '->', 2),"
-                " -(destination_amount + fee_amount)"
-                " FROM simulated_provider_orders WHERE provider = :p AND state = 'completed'"
-                ") x GROUP BY cur"), {"p": self.name})
+            rows = conn.execute(BALANCES, {"p": self.name})
             return {r.cur: int(r.total) for r in rows}
 
     def finish(self, idempotency_key: str) -> Report:
@@ -150,10 +149,10 @@ class SimulatedProvider:
             mode = self._current_mode(conn)
             if mode != "stick":
                 conn.execute(
-                    text("UPDATE simulated_provider_orders SET state = :s, updated_at = now() "
-                         "WHERE provider = :p AND idempotency_key = :k AND state = 'processing'"),
-                    {"s": "failed" if mode == "fail_late" else "completed", "p": self.name,
-                     "k": idempotency_key})
+                    update(simulated_provider_orders)
+                    .where(*self._key(idempotency_key), _o.state == "processing")
+                    .values(state="failed" if mode == "fail_late" else "completed",
+                            updated_at=func.now()))
             row = self._order(conn, idempotency_key)
         ref = self._reference(idempotency_key)
         if row.state == "completed":
@@ -174,11 +173,11 @@ class SimulatedProvider:
             doc["reason"] = report.detail
         return callbacks.send(url, secret, doc)
 
+    def _key(self, key: str):
+        return _o.provider == self.name, _o.idempotency_key == key
+
     def _order(self, conn, key: str):
-        return conn.execute(
-            text("SELECT * FROM simulated_provider_orders WHERE provider = :p AND idempotency_key = :k"),
-            {"p": self.name, "k": key},
-        ).one()
+        return conn.execute(select(simulated_provider_orders).where(*self._key(key))).one()
 
     def _reference(self, key: str) -> str:
         return f"sim-{self.name}-{key}"

@@ -11,7 +11,7 @@ import json
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -19,11 +19,15 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from pathlib import Path
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Boolean, Connection, Text, func, literal, select, update
+from sqlalchemy.dialects.postgresql import insert
 
 from domain.errors import InvalidCommand, NotFound, Refused
 from infra import auth
+from infra.db.tables import console_audit, console_operators, console_settings, jsonb
 from infra.web.settings import get_web_settings
+
+_op, _au = console_operators.c, console_audit.c
 
 ROLES = ("viewer", "operator", "admin")
 #: The least role each action needs; templates show an action only to those who may take it.
@@ -90,10 +94,10 @@ def add(conn: Connection, name: str, role: str, password: str) -> Operator:
         raise InvalidCommand(f"role must be one of {', '.join(ROLES)}")
     check_password(password)
     row = conn.execute(
-        text("INSERT INTO console_operators (name, role, password_hash) VALUES (:n, :r, :h) "
-             "ON CONFLICT (name) DO NOTHING RETURNING name, role, password_changed_at"),
-        {"n": name, "r": role, "h": _hasher.hash(password)},
-    ).one_or_none()
+        insert(console_operators)
+        .values(name=name, role=role, password_hash=_hasher.hash(password))
+        .on_conflict_do_nothing(index_elements=[_op.name])
+        .returning(_op.name, _op.role, _op.password_changed_at)).one_or_none()
     if row is None:
         raise Refused(f"operator {name} already exists")
     if role != "viewer":
@@ -127,9 +131,9 @@ def signer_of(name: str) -> auth.Signer | None:
 def set_password(conn: Connection, name: str, password: str) -> None:
     check_password(password)
     done = conn.execute(
-        text("UPDATE console_operators SET password_hash = :h, password_changed_at = now() "
-             "WHERE name = :n RETURNING name"), {"n": name, "h": _hasher.hash(password)},
-    ).one_or_none()
+        update(console_operators).where(_op.name == name)
+        .values(password_hash=_hasher.hash(password), password_changed_at=func.now())
+        .returning(_op.name)).one_or_none()
     if done is None:
         raise NotFound(f"no operator {name}")
 
@@ -139,17 +143,17 @@ def set_role(conn: Connection, name: str, role: str | None = None,
     if role is not None and role not in ROLES:
         raise InvalidCommand(f"role must be one of {', '.join(ROLES)}")
     done = conn.execute(
-        text("UPDATE console_operators SET role = COALESCE(:r, role), "
-             "disabled = COALESCE(:d, disabled) WHERE name = :n RETURNING name"),
-        {"n": name, "r": role, "d": disabled},
-    ).one_or_none()
+        update(console_operators).where(_op.name == name)
+        .values(role=func.coalesce(literal(role, Text), _op.role),
+                disabled=func.coalesce(literal(disabled, Boolean), _op.disabled))
+        .returning(_op.name)).one_or_none()
     if done is None:
         raise NotFound(f"no operator {name}")
 
 
 def listing(conn: Connection) -> list[dict[str, Any]]:
-    rows = conn.execute(text("SELECT name, role, disabled, created_at FROM console_operators "
-                             "ORDER BY name"))
+    rows = conn.execute(select(_op.name, _op.role, _op.disabled, _op.created_at)
+                        .order_by(_op.name))
     return [{"name": r.name, "role": r.role, "disabled": r.disabled,
              "created_at": r.created_at.isoformat()} for r in rows]
 
@@ -157,18 +161,16 @@ def listing(conn: Connection) -> list[dict[str, Any]]:
 def get(conn: Connection, name: str) -> Operator | None:
     """The operator, or None when unknown or disabled."""
     row = conn.execute(
-        text("SELECT name, role, password_changed_at FROM console_operators "
-             "WHERE name = :n AND NOT disabled"), {"n": name},
-    ).one_or_none()
+        select(_op.name, _op.role, _op.password_changed_at)
+        .where(_op.name == name, ~_op.disabled)).one_or_none()
     return None if row is None else Operator(row.name, row.role, row.password_changed_at)
 
 
 def authenticate(conn: Connection, name: str, password: str) -> Operator | None:
     """The operator when the password is right (rehashing an outdated hash), else None."""
     row = conn.execute(
-        text("SELECT name, role, password_hash, password_changed_at FROM console_operators "
-             "WHERE name = :n AND NOT disabled"), {"n": name},
-    ).one_or_none()
+        select(_op.name, _op.role, _op.password_hash, _op.password_changed_at)
+        .where(_op.name == name, ~_op.disabled)).one_or_none()
     try:
         _hasher.verify(row.password_hash if row else _dummy(), password)
     except (VerificationError, InvalidHashError):
@@ -176,48 +178,43 @@ def authenticate(conn: Connection, name: str, password: str) -> Operator | None:
     if row is None:
         return None
     if _hasher.check_needs_rehash(row.password_hash):
-        conn.execute(text("UPDATE console_operators SET password_hash = :h WHERE name = :n"),
-                     {"n": name, "h": _hasher.hash(password)})
+        conn.execute(update(console_operators).where(_op.name == name)
+                     .values(password_hash=_hasher.hash(password)))
     return Operator(row.name, row.role, row.password_changed_at)
 
 
 def locked_out(conn: Connection, name: str) -> bool:
     """Whether ``name`` failed to log in MAX_FAILED_LOGINS times in the last window."""
-    failed = conn.execute(
-        text("SELECT count(*) FROM (SELECT 1 FROM console_audit WHERE operator = :n "
-             "AND action = 'login' AND outcome = 'refused' "
-             "AND at > now() - make_interval(secs => :w) LIMIT :m) AS recent"),
-        {"n": name, "w": LOCKOUT_WINDOW_S, "m": MAX_FAILED_LOGINS},
-    ).scalar_one()
+    recent = (select(literal(1)).where(
+        _au.operator == name, _au.action == "login", _au.outcome == "refused",
+        _au.at > func.now() - timedelta(seconds=LOCKOUT_WINDOW_S))
+        .limit(MAX_FAILED_LOGINS).subquery("recent"))
+    failed = conn.execute(select(func.count()).select_from(recent)).scalar_one()
     return failed >= MAX_FAILED_LOGINS
 
 
 def audit(conn: Connection, operator: str | None, action: str, outcome: str,
           detail: dict[str, Any] | None = None, remote_addr: str | None = None) -> None:
     """One line of the console's audit: a login or an action, and how it ended."""
-    conn.execute(
-        text("INSERT INTO console_audit (operator, action, outcome, detail, remote_addr) "
-             "VALUES (:o, :a, :out, CAST(:d AS jsonb), :ip)"),
-        {"o": operator, "a": action, "out": outcome, "d": json.dumps(detail or {}, default=str),
-         "ip": remote_addr},
-    )
+    conn.execute(insert(console_audit).values(
+        operator=operator, action=action, outcome=outcome,
+        detail=jsonb(json.dumps(detail or {}, default=str)), remote_addr=remote_addr))
 
 
 def audit_page(conn: Connection, limit: int, offset: int = 0,
                operator: str | None = None) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        text("SELECT id, at, operator, action, outcome, detail, remote_addr FROM console_audit "
-             "WHERE CAST(:o AS text) IS NULL OR operator = :o ORDER BY id DESC "
-             "LIMIT :n OFFSET :off"),
-        {"o": operator, "n": limit, "off": offset},
-    )
+    stmt = (select(_au.id, _au.at, _au.operator, _au.action, _au.outcome, _au.detail,
+                   _au.remote_addr).order_by(_au.id.desc()).limit(limit).offset(offset))
+    if operator is not None:
+        stmt = stmt.where(_au.operator == operator)
+    rows = conn.execute(stmt)
     return [{"id": r.id, "at": r.at.isoformat(), "operator": r.operator, "action": r.action,
              "outcome": r.outcome, "detail": r.detail, "remote_addr": r.remote_addr} for r in rows]
 
 
 def secret_key(conn: Connection) -> str:
     """The session signing key kept in ``console_settings`` (generated the first time)."""
-    conn.execute(text("INSERT INTO console_settings (key, value) VALUES ('secret_key', :v) "
-                      "ON CONFLICT (key) DO NOTHING"), {"v": secrets.token_hex(32)})
-    return conn.execute(text("SELECT value FROM console_settings WHERE key = 'secret_key'")
-                        ).scalar_one()
+    conn.execute(insert(console_settings).values(key="secret_key", value=secrets.token_hex(32))
+                 .on_conflict_do_nothing(index_elements=[console_settings.c.key]))
+    return conn.execute(select(console_settings.c.value)
+                        .where(console_settings.c.key == "secret_key")).scalar_one()
