@@ -154,21 +154,37 @@ def resolve_alerts(uow: Unit, keys: Sequence[str], note: str | None = None) -> l
     """Resolve the open alerts of ``keys`` (their condition cleared).  Ids of those resolved."""
     if not keys:
         return []
-    rows = uow.conn.execute(
-        sql(
-            "UPDATE alerts SET status = 'resolved', resolved_at = now(), updated_at = now() "
-            "WHERE status <> 'resolved' AND dedupe_key = ANY(CAST(:keys AS text[])) "
-            "RETURNING id, kind, severity, subject, dedupe_key, data"
-        ),
-        {"keys": list(keys)},
-    ).all()
+    statement, params = resolve_statement(keys)
+    rows = uow.conn.execute(sql(statement), params).all()
+    announce_resolved(uow, rows, note)
+    return [r.id for r in rows]
+
+
+def resolve_statement(keys: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """``resolve_alerts``' UPDATE as one statement (parameters prefixed ``rs_``, so it can
+    be a CTE of a bigger one); it returns ``id, kind, severity, subject, dedupe_key, data``
+    of each alert it resolved, for ``announce_resolved``."""
+    return (
+        "UPDATE alerts SET status = 'resolved', resolved_at = now(), updated_at = now() "
+        "WHERE status <> 'resolved' AND dedupe_key = ANY(CAST(:rs_keys AS text[])) "
+        "RETURNING id, kind, severity, subject, dedupe_key, data",
+        {"rs_keys": list(keys)},
+    )
+
+
+def announce_resolved(uow: Unit, rows: Sequence[Any], note: str | None = None,
+                      also: Sequence[tuple[str, dict[str, Any], str | None]] = ()) -> None:
+    """The ``alert.resolved`` events (and webhook rows) of the alerts ``resolve_statement``
+    resolved (rows with its columns), and the caller's other events ``also`` in the same
+    statement."""
     if rows:
         _announce(uow, "alert.resolved", [
             {"alert_id": r.id, "kind": r.kind, "severity": r.severity, "subject": r.subject,
              "dedupe_key": r.dedupe_key, "data": r.data, "note": note}
             for r in rows
-        ])
-    return [r.id for r in rows]
+        ], also=also)
+    elif also:
+        uow.emit_many(list(also))
 
 
 def resolve_alert(uow: Unit, dedupe_key: str, note: str | None = None) -> bool:
@@ -189,9 +205,15 @@ def resolve_all_except(uow: Unit, prefix: str, still_true: Iterable[str]) -> int
     return len(resolve_alerts(uow, [k for k in keys if k not in keep]))
 
 
-def _announce(uow: Unit, event: str, payloads: list[dict[str, Any]]) -> None:
-    """The events of raised/resolved alerts, and their webhook deliveries if configured."""
-    uow.emit_many([(event, p, "admin") for p in payloads], publish_now=len(payloads) <= PUBLISH_NOW_MAX)
+def _announce(uow: Unit, event: str, payloads: list[dict[str, Any]],
+              also: Sequence[tuple[str, dict[str, Any], str | None]] = ()) -> None:
+    """The events of raised/resolved alerts, and their webhook deliveries if configured
+    (``also``: the caller's own events, written in the same statement)."""
+    publish_now = len(payloads) <= PUBLISH_NOW_MAX
+    if also and not publish_now:
+        uow.emit_many(list(also))
+        also = ()
+    uow.emit_many([(event, p, "admin") for p in payloads] + list(also), publish_now=publish_now)
     if not get_settings().alert_webhook_url:
         return
     bodies = [{"event": event, "alert": p} for p in payloads]

@@ -56,6 +56,23 @@ def add_message(conn: Connection, actor: str, kwargs: dict[str, Any],
     With ``delay_ms`` it goes to the queue's ``.DQ`` with an eta that long after now,
     as ``broker.enqueue(message, delay=...)`` would send it (a row published late by
     the sweeper is simply due at once)."""
+    queue, body = _message(actor, kwargs, delay_ms)
+    return _insert(conn, "message", queue, queue, body, None, None)
+
+
+def message_statement(actor: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any], OutboxRow]:
+    """``add_message`` as a statement to run inside a bigger one (a CTE): its SQL (returning
+    ``id``), its parameters (prefixed ``msg_``) and the row to publish, whose ``id`` is 0
+    until the caller sets what the statement returned (``dataclasses.replace``)."""
+    queue, body = _message(actor, kwargs, None)
+    return ("INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
+            "VALUES ('message', :msg_q, :msg_q, NULL, NULL, CAST(:msg_b AS jsonb)) RETURNING id",
+            {"msg_q": queue, "msg_b": json.dumps(body, default=str)},
+            OutboxRow(0, "message", queue, queue, body))
+
+
+def _message(actor: str, kwargs: dict[str, Any], delay_ms: int | None) -> tuple[str, dict[str, Any]]:
+    """The queue and body of a command for ``actor`` (``add_message``)."""
     spec = spec_for(actor)
     queue = spec.queue
     message = dramatiq.Message(
@@ -69,8 +86,7 @@ def add_message(conn: Connection, actor: str, kwargs: dict[str, Any],
         queue = dq_name(spec.queue)
         message = message.copy(queue_name=queue,
                                options={"eta": message.message_timestamp + int(delay_ms)})
-    body = message.asdict()
-    return _insert(conn, "message", queue, queue, body, None, None)
+    return queue, message.asdict()
 
 
 def add_event(
