@@ -117,10 +117,11 @@ def fill_treasury(cmd: FillTreasury, uow: UnitOfWork) -> None:
         raise Refused(f"challenge {challenge.challenge_id} has no treasury config; "
                       "configure_treasury first")
     cfg.ensure_can_fund(challenge.stake, challenge.challenge_id)
-    fill_id = repo.add_fill(uow.conn, challenge.challenge_id, cmd.side, cmd.match_count,
-                            cmd.admin_id, cmd.request_id)
-    uow.send("assign_personas", request_id=child_request_id(cmd.request_id, "personas"),
-             challenge_id=challenge.challenge_id, fill_id=fill_id)
+    _, message = repo.add_fill_with_next(
+        uow.conn, challenge.challenge_id, cmd.side, cmd.match_count, cmd.admin_id, cmd.request_id,
+        "assign_personas", {"request_id": child_request_id(cmd.request_id, "personas"),
+                            "challenge_id": challenge.challenge_id})
+    uow.publish_after_commit([message])
 
 
 @command()
@@ -284,28 +285,27 @@ def _settled_notice(challenge: Challenge, seat: repo.Seat, outcome: rules.UserSe
 
 
 def _close_settlement(uow: UnitOfWork, challenge: Challenge) -> None:
-    # The escrow, the settled matches and the users' outcomes: one read.
-    left, settled, users = repo.settlement_summary(uow.conn, challenge.challenge_id,
-                                                   escrow_account(challenge.challenge_id))
+    # Settled, and its alerts resolved (a settlement that completed clears its failure
+    # alert too, after a retry), with what its report needs (the escrow, the settled matches,
+    # the users' outcomes): one statement; the alerts' events and the report: one more.
+    left, settled, users, written = repo.close_settlement(
+        uow.conn, challenge.challenge_id, escrow_account(challenge.challenge_id),
+        [_budget_alert_key(challenge), _personas_alert_key(challenge),
+         settlement_failures.alert_key(challenge.challenge_id)])
     if left != 0:
         raise LedgerError(f"escrow of challenge {challenge.challenge_id} holds {left} after "
                           "every seat was settled")
     outcome = rules.treasury_outcome(settled, challenge.stake)
-    # Settled, and its alerts resolved (a settlement that completed clears its failure
-    # alert too, after a retry): one statement; their events and the admins' report: one more.
-    written = repo.mark_settled_resolving(
-        uow.conn, challenge.challenge_id,
-        [_budget_alert_key(challenge), _personas_alert_key(challenge),
-         settlement_failures.alert_key(challenge.challenge_id)])
-    announce_resolved(uow, written.resolved, note="challenge settled", also=[("admin.treasury.settlement", {
+    report = {
         "challenge_id": challenge.challenge_id, "result": challenge.result,
-        "currency": challenge.currency, "stake": challenge.stake,
-        "users": users,
+        "currency": challenge.currency, "stake": challenge.stake, "users": users,
         "matches": outcome.matches, "won": outcome.won, "lost": outcome.lost,
         "refunded": outcome.refunded, "won_amount": outcome.won_amount,
         "lost_amount": outcome.lost_amount, "refunded_amount": outcome.refunded_amount,
         "treasury_payout": outcome.payout, "net_pnl": outcome.net_pnl,
-        "message": rules.settlement_message(outcome, challenge.currency)}, "admin")])
+        "message": rules.settlement_message(outcome, challenge.currency)}
+    announce_resolved(uow, written.resolved, note="challenge settled",
+                      also=[("admin.treasury.settlement", report, "admin")])
 
 
 # --- the daily summary ----------------------------------------------------------------

@@ -116,19 +116,15 @@ def add_events(
     if not bodies:
         return []
     ids = dict(conn.execute(
-        text(
+        sql(
             "INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
-            "SELECT 'event', :dest, e.name, e.name, e.recipient, CAST(e.body AS jsonb) "
-            "FROM unnest(CAST(:names AS text[]), CAST(:recipients AS text[]), "
-            "CAST(:bodies AS text[])) WITH ORDINALITY AS e(name, recipient, body, n) "
+            "SELECT 'event', :dest, e.body->>'event', e.body->>'event', e.body->>'recipient', "
+            "e.body FROM jsonb_array_elements(CAST(:bodies AS jsonb)) WITH ORDINALITY AS e(body, n) "
             "ORDER BY e.n RETURNING body->>'event_id', id"
         ),
-        {
-            "dest": EVENTS_EXCHANGE,
-            "names": [b["event"] for b in bodies],
-            "recipients": [b["recipient"] for b in bodies],
-            "bodies": [json.dumps(b, default=str) for b in bodies],
-        },
+        # One JSON document rather than three text arrays: an array of JSON texts is
+        # escaped element by element by the driver, which cost more than the insert.
+        {"dest": EVENTS_EXCHANGE, "bodies": json.dumps(bodies, default=str)},
     ).all())
     return [OutboxRow(ids[b["event_id"]], "event", EVENTS_EXCHANGE, b["event"], b) for b in bodies]
 
@@ -145,15 +141,14 @@ def events_statement(
          "recipient": recipient, "data": data}
         for name, data, recipient in events
     ]
-    sql = ("INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
-           "SELECT 'event', :ev_dest, e.name, e.name, e.recipient, CAST(e.body AS jsonb) "
-           "FROM unnest(CAST(:ev_names AS text[]), CAST(:ev_recipients AS text[]), "
-           "CAST(:ev_bodies AS text[])) WITH ORDINALITY AS e(name, recipient, body, n) "
-           "ORDER BY e.n RETURNING id, body->>'event_id' AS key")
-    params = {"ev_dest": EVENTS_EXCHANGE, "ev_names": [b["event"] for b in bodies],
-              "ev_recipients": [b["recipient"] for b in bodies],
-              "ev_bodies": [json.dumps(b, default=str) for b in bodies]}
-    return sql, params, bodies
+    statement = (
+        "INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
+        "SELECT 'event', :ev_dest, e.body->>'event', e.body->>'event', e.body->>'recipient', "
+        "e.body FROM jsonb_array_elements(CAST(:ev_bodies AS jsonb)) WITH ORDINALITY AS e(body, n) "
+        "ORDER BY e.n RETURNING id, body->>'event_id' AS key")
+    # One JSON document (see ``add_events``).
+    params = {"ev_dest": EVENTS_EXCHANGE, "ev_bodies": json.dumps(bodies, default=str)}
+    return statement, params, bodies
 
 
 def rows_of(bodies: list[dict[str, Any]], ids: dict[str, int]) -> list[OutboxRow]:

@@ -808,31 +808,52 @@ def settle_batch(conn: Connection, seats: Sequence[tuple[Seat, UserSettlement]],
     return _run(conn, parts, selects, params, bodies=bodies).rows
 
 
-def settlement_summary(conn: Connection, challenge_id: str, escrow: str
-                       ) -> tuple[int, list[MatchSettlement], dict[str, int]]:
-    """The escrow's balance, the settled matches (``settled_matches``) and the users'
-    outcomes (``user_outcomes``) in one statement."""
-    row = conn.execute(
-        sql("SELECT (SELECT balance FROM account_balances WHERE code = :e) AS escrow, "
-            "(SELECT json_agg(json_build_array(result, treasury_payout, pnl) ORDER BY id) "
-            "FROM treasury_matches WHERE challenge_id = :c AND status IN ('settled', 'refunded')) "
-            "AS matches, (SELECT json_object_agg(outcome, n) FROM (SELECT outcome, count(*) AS n "
-            "FROM challenge_participants WHERE challenge_id = :c AND outcome IS NOT NULL "
-            "GROUP BY outcome) o) AS outcomes"),
-        {"c": challenge_id, "e": escrow},
-    ).one()
-    counts = {"won": 0, "lost": 0, "refunded": 0}
-    counts.update({k: int(v) for k, v in (row.outcomes or {}).items()})
-    matches = [MatchSettlement(m[0], int(m[1]), int(m[2])) for m in row.matches or []]
-    return int(row.escrow or 0), matches, counts
-
-
-def mark_settled_resolving(conn: Connection, challenge_id: str,
-                           resolve_keys: Sequence[str]) -> Written:
-    """``mark_settled`` + resolving the alerts of ``resolve_keys`` in one statement."""
+def close_settlement(conn: Connection, challenge_id: str, escrow: str,
+                     resolve_keys: Sequence[str]) -> tuple[int, list[MatchSettlement],
+                                                          dict[str, int], Written]:
+    """``mark_settled`` + resolving the alerts of ``resolve_keys``, and what the settlement's
+    report needs — the escrow's balance, the settled matches (``settled_matches``) and the
+    users' outcomes (``user_outcomes``), read with this transaction's writes so far — in
+    one statement.  (The caller raises on an escrow that is not empty: the transaction
+    rolls back, the mark with it.)"""
     parts = ["ms AS (UPDATE challenges SET status = :s, settled_at = now() "
              "WHERE id = :id AND status = ANY(:from))"]
-    params = {"id": challenge_id, **_move("settled")}
-    selects: list[str] = []
+    params = {"id": challenge_id, "e": escrow, **_move("settled")}
+    selects = [
+        "SELECT 'sum' AS what, NULL::bigint AS id, NULL::text AS key, NULL::boolean AS inserted, "
+        "jsonb_build_object("
+        "'escrow', (SELECT balance FROM account_balances WHERE code = :e), "
+        "'matches', (SELECT jsonb_agg(jsonb_build_array(result, treasury_payout, pnl) ORDER BY id) "
+        "FROM treasury_matches WHERE challenge_id = :id AND status IN ('settled', 'refunded')), "
+        "'outcomes', (SELECT jsonb_object_agg(outcome, n) FROM (SELECT outcome, count(*) AS n "
+        "FROM challenge_participants WHERE challenge_id = :id AND outcome IS NOT NULL "
+        "GROUP BY outcome) o)) AS doc"]
     _resolve_part(resolve_keys, parts, selects, params)
-    return _run(conn, parts, selects, params)
+    got = conn.execute(sql(f"WITH {', '.join(parts)} {' UNION ALL '.join(selects)}"),
+                       params).all()
+    doc = _rows_of(got, "sum")[0].doc
+    counts = {"won": 0, "lost": 0, "refunded": 0}
+    counts.update({k: int(v) for k, v in (doc["outcomes"] or {}).items()})
+    matches = [MatchSettlement(m[0], int(m[1]), int(m[2])) for m in doc["matches"] or []]
+    resolved = [_Resolved(r.id, r.doc["kind"], r.doc["severity"], r.doc["subject"], r.key,
+                          r.doc["data"]) for r in _rows_of(got, "rs")]
+    return int(doc["escrow"] or 0), matches, counts, Written([], resolved, {})
+
+
+def add_fill_with_next(conn: Connection, challenge_id: str, side: str, requested: int,
+                       admin_id: str, request_id: str, next_actor: str,
+                       next_kwargs: dict) -> tuple[int, outbox.OutboxRow]:
+    """``add_fill`` and the next step's command, which carries the new fill's id as
+    ``fill_id``, in one statement; the fill's id and the outbox row."""
+    msg_sql, msg_params, row = outbox.message_statement(next_actor, {**next_kwargs, "fill_id": 0})
+    got = conn.execute(
+        sql("WITH f AS (INSERT INTO treasury_fills (challenge_id, side, requested, admin_id, "
+            "request_id) VALUES (:c, :s, :n, :a, :r) RETURNING id), "
+            "msg AS (INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
+            "SELECT 'message', :msg_q, :msg_q, NULL, NULL, "
+            "jsonb_set(CAST(:msg_b AS jsonb), '{kwargs,fill_id}', to_jsonb(f.id)) FROM f RETURNING id) "
+            "SELECT f.id AS fill_id, msg.id AS outbox_id FROM f, msg"),
+        {"c": challenge_id, "s": side, "n": requested, "a": admin_id, "r": request_id, **msg_params},
+    ).one()
+    body = {**row.body, "kwargs": {**row.body["kwargs"], "fill_id": got.fill_id}}
+    return got.fill_id, replace(row, id=got.outbox_id, body=body)

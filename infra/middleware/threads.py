@@ -110,3 +110,24 @@ def _alert(kind: str, name: str, error: str, replaced: int) -> None:
             uow.commit()
     except Exception as exc:
         log.error("worker.thread_alert_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+
+
+class SwitchInterval(Middleware):
+    """A worker process hands the GIL over every ``BALLAST_WORKER_SWITCH_INTERVAL_US``
+    (default 500 µs; Python's own is 5,000 µs).
+
+    A worker thread that got its statement's answer from PostgreSQL must take the GIL back
+    before it can send the next one; while another thread runs Python, it waits until that
+    thread is asked to let go — up to the whole switch interval.  A step of ten round trips
+    would so wait up to ten intervals, holding its row locks (a challenge's, an escrow's,
+    ``treasury:{CUR}``) all the while, and every step queued on those locks waits too.
+    """
+
+    def after_worker_boot(self, broker, worker) -> None:
+        import sys
+
+        from infra.settings import get_settings
+
+        interval_us = get_settings().worker_switch_interval_us
+        if interval_us:
+            sys.setswitchinterval(interval_us / 1_000_000)
