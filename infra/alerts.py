@@ -17,6 +17,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import httpx
@@ -154,10 +155,30 @@ def resolve_alerts(uow: Unit, keys: Sequence[str], note: str | None = None) -> l
     """Resolve the open alerts of ``keys`` (their condition cleared).  Ids of those resolved."""
     if not keys:
         return []
+    if get_settings().alert_webhook_url:  # the deliveries too: resolved, then announced
+        statement, params = resolve_statement(keys)
+        rows = uow.conn.execute(sql(statement), params).all()
+        announce_resolved(uow, rows, note)
+        return [r.id for r in rows]
+    # Resolved and announced in one statement: the database writes each alert.resolved
+    # event (the same document ``announce_resolved`` writes) from the rows it resolved.
     statement, params = resolve_statement(keys)
-    rows = uow.conn.execute(sql(statement), params).all()
-    announce_resolved(uow, rows, note)
-    return [r.id for r in rows]
+    got = uow.conn.execute(sql(
+        f"WITH rs AS ({statement}), ev AS (INSERT INTO outbox (kind, destination, routing_key, "
+        "event_name, recipient, body) SELECT 'event', :rs_dest, 'alert.resolved', "
+        "'alert.resolved', 'admin', jsonb_build_object('event', 'alert.resolved', "
+        "'event_id', CAST(gen_random_uuid() AS text), 'occurred_at', CAST(:rs_now AS text), "
+        "'recipient', 'admin', 'data', jsonb_build_object('alert_id', rs.id, 'kind', rs.kind, "
+        "'severity', rs.severity, 'subject', rs.subject, 'dedupe_key', rs.dedupe_key, "
+        "'data', rs.data, 'note', CAST(:rs_note AS text))) FROM rs ORDER BY rs.id "
+        "RETURNING id, body) SELECT id, body FROM ev ORDER BY id"),
+        {**params, "rs_dest": outbox.EVENTS_EXCHANGE, "rs_note": note,
+         "rs_now": datetime.now(timezone.utc).isoformat()}).all()
+    rows = [outbox.OutboxRow(r.id, "event", outbox.EVENTS_EXCHANGE, "alert.resolved", r.body)
+            for r in got]
+    if rows and len(rows) <= PUBLISH_NOW_MAX and hasattr(uow, "publish_after_commit"):
+        uow.publish_after_commit(rows)  # (more are left to the sweeper, as emit_many does)
+    return [r.body["data"]["alert_id"] for r in rows]
 
 
 def resolve_statement(keys: Sequence[str]) -> tuple[str, dict[str, Any]]:
