@@ -42,11 +42,6 @@ def get(conn: Connection, challenge_id: str, *, lock: bool = False) -> Challenge
                      row.status, row.result, row.closes_at, row.max_participants)
 
 
-def exists(conn: Connection, challenge_id: str) -> bool:
-    return conn.execute(sql("SELECT 1 FROM challenges WHERE id = :id"),
-                        {"id": challenge_id}).first() is not None
-
-
 def add(conn: Connection, challenge: Challenge) -> bool:
     """Insert the challenge; False when it already exists on the same terms.
 
@@ -69,17 +64,6 @@ def add(conn: Connection, challenge: Challenge) -> bool:
                       f"admin_created={existing.admin_created}, closes_at={existing.closes_at}, "
                       f"max_participants={existing.max_participants})")
     return False
-
-
-def db_now(conn: Connection):
-    """The transaction's time (the same clock for every worker)."""
-    return conn.execute(sql("SELECT now()")).scalar_one()
-
-
-def participant_count(conn: Connection, challenge_id: str) -> int:
-    return int(conn.execute(
-        sql("SELECT count(*) FROM challenge_participants WHERE challenge_id = :c"),
-        {"c": challenge_id}).scalar_one())
 
 
 def _move(new: str, *, only: Sequence[str] = ()) -> dict:
@@ -108,23 +92,6 @@ def reopen_settlement(conn: Connection, challenge_id: str) -> int:
     ).scalar_one())
 
 
-def save_resolution(conn: Connection, challenge: Challenge, resolved_by: str) -> None:
-    conn.execute(
-        sql("UPDATE challenges SET status = :s, result = :r, resolved_by = :by, "
-             "resolved_at = now() WHERE id = :id AND status = ANY(:from)"),
-        {"id": challenge.challenge_id, "r": challenge.result, "by": resolved_by,
-         **_move("resolved", only=("open",))},
-    )
-
-
-def mark_settled(conn: Connection, challenge_id: str) -> None:
-    conn.execute(
-        sql("UPDATE challenges SET status = :s, settled_at = now() "
-             "WHERE id = :id AND status = ANY(:from)"),
-        {"id": challenge_id, **_move("settled")},
-    )
-
-
 # --- participants and pairing ---------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -132,25 +99,6 @@ class Participant:
     id: int
     user_id: str
     side: str
-
-
-def has_joined(conn: Connection, challenge_id: str, user_id: str) -> bool:
-    return conn.execute(
-        sql("SELECT 1 FROM challenge_participants WHERE challenge_id = :c AND user_id = :u"),
-        {"c": challenge_id, "u": user_id},
-    ).first() is not None
-
-
-def add_participant(conn: Connection, challenge: Challenge, user_id: str, side: str,
-                    join_transaction_id: int) -> Participant:
-    pid = conn.execute(
-        sql("INSERT INTO challenge_participants "
-             "(challenge_id, user_id, side, stake, join_transaction_id) "
-             "VALUES (:c, :u, :s, :stake, :t) RETURNING id"),
-        {"c": challenge.challenge_id, "u": user_id, "s": side, "stake": challenge.stake,
-         "t": join_transaction_id},
-    ).scalar_one()
-    return Participant(pid, user_id, side)
 
 
 _WAITING = (
@@ -233,14 +181,6 @@ def save_config(conn: Connection, challenge_id: str, cfg: TreasuryConfig, by: st
     )
 
 
-def record_config_change(conn: Connection, challenge_id: str, cfg: TreasuryConfig, admin_id: str) -> None:
-    conn.execute(
-        sql("INSERT INTO challenge_treasury_changes (challenge_id, max_risk, notes, admin_id) "
-             "VALUES (:c, :m, :n, :a)"),
-        {"c": challenge_id, "m": cfg.max_risk, "n": cfg.notes, "a": admin_id},
-    )
-
-
 # --- fills and matches ----------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -270,36 +210,6 @@ class ReservedMatch:
     persona: Persona
 
 
-def add_fill(conn: Connection, challenge_id: str, side: str, requested: int, admin_id: str,
-             request_id: str) -> int:
-    return conn.execute(
-        sql("INSERT INTO treasury_fills (challenge_id, side, requested, admin_id, request_id) "
-             "VALUES (:c, :s, :n, :a, :r) RETURNING id"),
-        {"c": challenge_id, "s": side, "n": requested, "a": admin_id, "r": request_id},
-    ).scalar_one()
-
-
-def get_fill(conn: Connection, fill_id: int, challenge_id: str) -> Fill:
-    row = conn.execute(
-        sql("SELECT id, challenge_id, side, requested, status, admin_id FROM treasury_fills "
-             "WHERE id = :id AND challenge_id = :c FOR UPDATE"),
-        {"id": fill_id, "c": challenge_id},
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"fill {fill_id} of challenge {challenge_id} does not exist")
-    return Fill(row.id, row.challenge_id, row.side, row.requested, row.status, row.admin_id)
-
-
-def record_assignment(conn: Connection, fill_id: int, assigned: int, shortfall: int,
-                      reasons: Iterable[str]) -> None:
-    conn.execute(
-        sql("UPDATE treasury_fills SET assigned = :n, shortfall = :s, shortfall_reasons = :r, "
-             "status = CASE WHEN :n > 0 THEN 'assigned' ELSE 'empty' END, assigned_at = now(), "
-             "completed_at = CASE WHEN :n > 0 THEN NULL ELSE now() END WHERE id = :id"),
-        {"id": fill_id, "n": assigned, "s": shortfall, "r": list(reasons)},
-    )
-
-
 def finish_fill(conn: Connection, fill_id: int, status: str, *, reason: str | None = None,
                 transaction_id: int | None = None) -> None:
     conn.execute(
@@ -319,47 +229,6 @@ def unused_personas(conn: Connection, challenge_id: str) -> list[Persona]:
     return [Persona(r.id, r.code, r.display_name, r.category) for r in rows]
 
 
-def reserve(conn: Connection, fill: Fill, pairs: Sequence[tuple[Participant, Persona]],
-            stake: int) -> None:
-    """Hold the users and personas of a fill (the database refuses a persona twice)."""
-    conn.execute(
-        sql("INSERT INTO treasury_matches (challenge_id, fill_id, participant_id, persona_id, "
-             "user_id, user_side, stake) SELECT :c, :f, x.pid, x.persona, x.uid, :side, :stake "
-             "FROM unnest(CAST(:pids AS bigint[]), CAST(:personas AS int[]), "
-             "CAST(:uids AS text[])) AS x(pid, persona, uid)"),
-        {"c": fill.challenge_id, "f": fill.id, "side": fill.side, "stake": stake,
-         "pids": [u.id for u, _ in pairs], "personas": [p.id for _, p in pairs],
-         "uids": [u.user_id for u, _ in pairs]},
-    )
-
-
-def reserved_of_fill(conn: Connection, fill_id: int) -> list[ReservedMatch]:
-    rows = conn.execute(
-        sql("SELECT m.id, m.participant_id, m.user_id, m.user_side, p.id AS persona_id, p.code, "
-             "p.display_name, p.category FROM treasury_matches m "
-             "JOIN shadow_personas p ON p.id = m.persona_id "
-             "WHERE m.fill_id = :f AND m.status = 'reserved' ORDER BY m.participant_id"),
-        {"f": fill_id},
-    )
-    return [ReservedMatch(r.id, r.participant_id, r.user_id, r.user_side,
-                          Persona(r.persona_id, r.code, r.display_name, r.category)) for r in rows]
-
-
-def activate(conn: Connection, matches: Sequence[ReservedMatch]) -> None:
-    """The reserved matches became real: the users are paired with their personas."""
-    ids = [m.match_id for m in matches]
-    conn.execute(
-        sql("UPDATE treasury_matches SET status = :s, matched_at = now() "
-             "WHERE id = ANY(:ids) AND status = ANY(:from)"),
-        {"ids": ids, "s": "active", "from": list(MATCH.sources("active"))},
-    )
-    conn.execute(
-        sql("UPDATE challenge_participants p SET treasury_match_id = m.id FROM treasury_matches m "
-             "WHERE m.id = ANY(:ids) AND p.id = m.participant_id"),
-        {"ids": ids},
-    )
-
-
 def release(conn: Connection, fill_id: int) -> int:
     """Drop a fill's reservations (they never became matches); returns the stake they held."""
     held = conn.execute(
@@ -368,14 +237,6 @@ def release(conn: Connection, fill_id: int) -> int:
         {"f": fill_id},
     ).scalars().all()
     return int(sum(held))
-
-
-def open_fills(conn: Connection, challenge_id: str) -> list[int]:
-    return list(conn.execute(
-        sql("SELECT id FROM treasury_fills WHERE challenge_id = :c "
-             "AND status IN ('requested', 'assigned') ORDER BY id FOR UPDATE"),
-        {"c": challenge_id},
-    ).scalars())
 
 
 # --- settlement -----------------------------------------------------------------------
@@ -403,56 +264,6 @@ def unsettled(conn: Connection, challenge_id: str, limit: int) -> list[Seat]:
     )
     return [Seat(r.id, r.user_id, r.side, int(r.stake), r.opponent, r.treasury_match_id)
             for r in rows]
-
-
-def settle_seats(conn: Connection, seats: Sequence[tuple[Seat, UserSettlement]],
-                 transaction_id: int | None) -> None:
-    conn.execute(
-        sql("UPDATE challenge_participants p SET outcome = x.outcome, payout = x.payout, "
-             "settle_transaction_id = CASE WHEN x.payout > 0 THEN CAST(:t AS bigint) END, "
-             "settled_at = now() FROM unnest(CAST(:ids AS bigint[]), CAST(:outcomes AS text[]), "
-             "CAST(:payouts AS bigint[])) AS x(id, outcome, payout) "
-             "WHERE p.id = x.id AND p.settled_at IS NULL"),
-        {"t": transaction_id, "ids": [s.participant_id for s, _ in seats],
-         "outcomes": [o.outcome for _, o in seats], "payouts": [o.payout for _, o in seats]},
-    )
-
-
-def settle_matches(conn: Connection, matches: Sequence[tuple[int, MatchSettlement]]) -> None:
-    if not matches:
-        return
-    conn.execute(
-        sql("UPDATE treasury_matches m SET status = x.status, result = x.result, "
-             "treasury_payout = x.payout, pnl = x.pnl, settled_at = now() "
-             "FROM unnest(CAST(:ids AS bigint[]), CAST(:statuses AS text[]), "
-             "CAST(:results AS text[]), CAST(:payouts AS bigint[]), CAST(:pnls AS bigint[])) "
-             "AS x(id, status, result, payout, pnl) "
-             "WHERE m.id = x.id AND m.status = 'active'"),
-        {"ids": [i for i, _ in matches], "statuses": [MATCH.check("active", m.status)
-                                                      for _, m in matches],
-         "results": [m.result for _, m in matches],
-         "payouts": [m.payout for _, m in matches], "pnls": [m.pnl for _, m in matches]},
-    )
-
-
-def settled_matches(conn: Connection, challenge_id: str) -> list[MatchSettlement]:
-    rows = conn.execute(
-        sql("SELECT result, treasury_payout, pnl FROM treasury_matches "
-             "WHERE challenge_id = :c AND status IN ('settled', 'refunded') ORDER BY id"),
-        {"c": challenge_id},
-    )
-    return [MatchSettlement(r.result, int(r.treasury_payout), int(r.pnl)) for r in rows]
-
-
-def user_outcomes(conn: Connection, challenge_id: str) -> dict[str, int]:
-    rows = conn.execute(
-        sql("SELECT outcome, count(*) AS n FROM challenge_participants "
-             "WHERE challenge_id = :c AND outcome IS NOT NULL GROUP BY outcome"),
-        {"c": challenge_id},
-    )
-    counts = {"won": 0, "lost": 0, "refunded": 0}
-    counts.update({r.outcome: int(r.n) for r in rows})
-    return counts
 
 
 # --- the steps' statements, merged ----------------------------------------------------
