@@ -21,7 +21,7 @@ from domain.errors import InsufficientFunds, LedgerError, Refused
 from domain.ledger import Posting
 from domain.wallet import WalletChange
 from infra import ledger, wallets
-from infra.alerts import raise_alert, resolve_alert
+from infra.alerts import Alert, announce_raised, announce_resolved, raise_alert
 from infra.attempts import final_attempt
 from infra.challenges import repository as repo
 from infra.challenges import settlement as settlement_failures
@@ -62,9 +62,9 @@ def open_challenge(cmd: OpenChallenge, uow: UnitOfWork) -> None:
     up to ``max_participants`` when given)."""
     challenge = Challenge(cmd.challenge_id, cmd.title, cmd.currency, cmd.stake, cmd.admin_created,
                           closes_at=cmd.closes_at, max_participants=cmd.max_participants)
-    if not repo.exists(uow.conn, cmd.challenge_id):
-        challenge.check_new(repo.db_now(uow.conn))
-    repo.add(uow.conn, challenge)
+    now = repo.open_new(uow.conn, challenge)
+    if now is not None:  # new: its terms must make sense (a refusal rolls the insert back)
+        challenge.check_new(now)
 
 
 @command()
@@ -72,11 +72,11 @@ def join_challenge(cmd: JoinChallenge, uow: UnitOfWork) -> None:
     """A user wagers the stake on one side; opposite sides pair first come, first served."""
     challenge = repo.get(uow.conn, cmd.challenge_id, lock=True)
     challenge.ensure_open(f"join {cmd.side}")
-    if repo.has_joined(uow.conn, challenge.challenge_id, cmd.user_id):
+    # Under the challenge's row lock (read after it): concurrent joins see each other, the cap holds.
+    now, participants, joined = repo.join_context(uow.conn, challenge.challenge_id, cmd.user_id)
+    if joined:
         raise Refused(f"user {cmd.user_id} already joined challenge {challenge.challenge_id}")
-    # Under the challenge's row lock: concurrent joins see each other, the cap holds.
-    challenge.ensure_can_join(repo.db_now(uow.conn),
-                              repo.participant_count(uow.conn, challenge.challenge_id))
+    challenge.ensure_can_join(now, participants)
     wager = WalletChange(cmd.user_id, challenge.currency, -challenge.stake, "wager",
                          reason=f"challenge {challenge.challenge_id} {cmd.side}",
                          performed_by=cmd.user_id,
@@ -84,8 +84,11 @@ def join_challenge(cmd: JoinChallenge, uow: UnitOfWork) -> None:
     txn = wallets.apply_changes(uow, [wager], counter_account=escrow_account(challenge.challenge_id),
                                 kind="challenge_join", memo=wager.reason,
                                 metadata={"challenge_id": challenge.challenge_id})
-    repo.add_participant(uow.conn, challenge, cmd.user_id, cmd.side, txn)
-    _pair_waiting(uow, challenge)
+    _, yes, no = repo.add_participant_waiting(uow.conn, challenge, cmd.user_id, cmd.side, txn)
+    pairs = rules.pair_first_come(yes, no)
+    if pairs:
+        uow.publish_after_commit(repo.pair_with_events(uow.conn, pairs,
+                                                       _pair_events(challenge, pairs)))
 
 
 @command()
@@ -96,10 +99,10 @@ def configure_treasury(cmd: ConfigureTreasury, uow: UnitOfWork) -> None:
     challenge.ensure_open("configure the treasury")
     current = repo.config(uow.conn, challenge.challenge_id, lock=True) or TreasuryConfig(cmd.max_risk)
     cfg = current.reconfigure(cmd.max_risk, cmd.notes)
-    repo.save_config(uow.conn, challenge.challenge_id, cfg, cmd.admin_id)
-    repo.record_config_change(uow.conn, challenge.challenge_id, cfg, cmd.admin_id)
-    if cfg.available >= challenge.stake:
-        resolve_alert(uow, _budget_alert_key(challenge), note=f"max_risk raised to {cfg.max_risk}")
+    written = repo.save_config_recorded(
+        uow.conn, challenge.challenge_id, cfg, cmd.admin_id,
+        resolve_keys=[_budget_alert_key(challenge)] if cfg.available >= challenge.stake else [])
+    announce_resolved(uow, written.resolved, note=f"max_risk raised to {cfg.max_risk}")
 
 
 @command()
@@ -113,21 +116,24 @@ def fill_treasury(cmd: FillTreasury, uow: UnitOfWork) -> None:
         raise Refused(f"challenge {challenge.challenge_id} has no treasury config; "
                       "configure_treasury first")
     cfg.ensure_can_fund(challenge.stake, challenge.challenge_id)
-    fill_id = repo.add_fill(uow.conn, challenge.challenge_id, cmd.side, cmd.match_count,
-                            cmd.admin_id, cmd.request_id)
-    uow.send("assign_personas", request_id=child_request_id(cmd.request_id, "personas"),
-             challenge_id=challenge.challenge_id, fill_id=fill_id)
+    _, message = repo.add_fill_with_next(
+        uow.conn, challenge.challenge_id, cmd.side, cmd.match_count, cmd.admin_id, cmd.request_id,
+        "assign_personas", {"request_id": child_request_id(cmd.request_id, "personas"),
+                            "challenge_id": challenge.challenge_id})
+    uow.publish_after_commit([message])
 
 
 @command()
 def resolve_challenge(cmd: ResolveChallenge, uow: UnitOfWork) -> None:
     """The result is known: fills in progress are dropped and settlement is handed on."""
     challenge = repo.get(uow.conn, cmd.challenge_id, lock=True).resolve(cmd.result)
-    for fill_id in repo.open_fills(uow.conn, challenge.challenge_id):
+    open_fills, message = repo.resolve_with_next(
+        uow.conn, challenge, cmd.resolved_by, "settle_challenge",
+        {"request_id": child_request_id(cmd.request_id, "settle"),
+         "challenge_id": challenge.challenge_id})
+    for fill_id in open_fills:
         _drop_fill(uow, challenge, fill_id, "cancelled", "challenge resolved before the match")
-    repo.save_resolution(uow.conn, challenge, cmd.resolved_by)
-    uow.send("settle_challenge", request_id=child_request_id(cmd.request_id, "settle"),
-             challenge_id=challenge.challenge_id)
+    uow.publish_after_commit([message])
 
 
 # --- the fill: persona assignment, then match creation --------------------------------
@@ -136,59 +142,65 @@ def resolve_challenge(cmd: ResolveChallenge, uow: UnitOfWork) -> None:
 def assign_personas(cmd: AssignPersonas, uow: UnitOfWork) -> None:
     """Pick the earliest waiting users and unused personas within the budget; hold them."""
     challenge = repo.get(uow.conn, cmd.challenge_id, lock=True)
-    fill = repo.get_fill(uow.conn, cmd.fill_id, challenge.challenge_id)
+    # The fill, the budget, the waiting users and the unused personas: one read, after the lock.
+    fill, cfg, waiting, personas = repo.assign_context(uow.conn, cmd.fill_id, challenge.challenge_id)
     if fill.status != "requested":
         return
     if challenge.status != "open":
         repo.finish_fill(uow.conn, fill.id, "cancelled", reason=f"challenge {challenge.status}")
         return
-    cfg = repo.config(uow.conn, challenge.challenge_id, lock=True)
     plan = rules.plan_fill(
-        challenge_id=challenge.challenge_id, match_count=fill.requested,
-        waiting=repo.waiting(uow.conn, challenge.challenge_id, fill.side, fill.requested),
-        unused_personas=repo.unused_personas(uow.conn, challenge.challenge_id),
-        available=cfg.available, stake=challenge.stake, persona_key=lambda p: p.code)
-    repo.reserve(uow.conn, fill, plan.pairs, challenge.stake)
-    repo.save_config(uow.conn, challenge.challenge_id, cfg.reserve(plan.n * challenge.stake))
-    repo.record_assignment(uow.conn, fill.id, plan.n, plan.shortfall, plan.reasons)
+        challenge_id=challenge.challenge_id, match_count=fill.requested, waiting=waiting,
+        unused_personas=personas, available=cfg.available, stake=challenge.stake,
+        persona_key=lambda p: p.code)
+    written = repo.reserve_assigned(
+        uow.conn, fill, plan.pairs, challenge.stake, cfg.reserve(plan.n * challenge.stake),
+        plan.n, plan.shortfall, plan.reasons,
+        next_actor="create_treasury_matches" if plan.n else None,
+        next_kwargs={"request_id": child_request_id(cmd.request_id, "matches"),
+                     "challenge_id": challenge.challenge_id, "fill_id": fill.id})
     if plan.shortfall:
         _report_shortfall(uow, challenge, fill, plan)
-    if plan.n:
-        uow.send("create_treasury_matches", request_id=child_request_id(cmd.request_id, "matches"),
-                 challenge_id=challenge.challenge_id, fill_id=fill.id)
+    uow.publish_after_commit(written.rows)
 
 
 @command()
 def create_treasury_matches(cmd: CreateTreasuryMatches, uow: UnitOfWork) -> None:
     """One transaction: the treasury's stakes into escrow, the matches, the notifications."""
     challenge = repo.get(uow.conn, cmd.challenge_id, lock=True)
-    fill = repo.get_fill(uow.conn, cmd.fill_id, challenge.challenge_id)
+    # The fill, its reserved matches and the budget: one read, after the lock.
+    fill, current, matches = repo.fill_context(uow.conn, cmd.fill_id, challenge.challenge_id)
     if fill.status != "assigned":
         return
     if challenge.status != "open":
         _drop_fill(uow, challenge, fill.id, "cancelled", f"challenge {challenge.status}")
         return
-    matches = repo.reserved_of_fill(uow.conn, fill.id)
     amount = len(matches) * challenge.stake
-    cfg = repo.config(uow.conn, challenge.challenge_id, lock=True).allocate(amount, len(matches))
+    cfg = current.allocate(amount, len(matches))
+    # All of it, or (treasury short) none of it: the stake is posted first, and a refused
+    # posting writes nothing, so nothing of the fill is written before it is funded.
+    # treasury:{CUR} is every fill's and settlement's account: one statement and the commit
+    # follow its lock.
     try:
-        with uow.conn.begin_nested():  # all of it, or (treasury short) none of it
-            repo.activate(uow.conn, matches)
-            repo.save_config(uow.conn, challenge.challenge_id, cfg)
-            # treasury:{CUR} is every fill's and settlement's account: lock it last, hold it briefly.
-            txn = ledger.post(
-                uow.conn,
-                [Posting(treasury_account(challenge.currency), challenge.currency, -amount),
-                 Posting(escrow_account(challenge.challenge_id), challenge.currency, amount)],
-                kind="treasury_stake",
-                idempotency_key=f"challenge:{challenge.challenge_id}:fill:{fill.id}",
-                memo=f"treasury stakes {len(matches)} match(es) on challenge {challenge.challenge_id}",
-                metadata={"challenge_id": challenge.challenge_id, "fill_id": fill.id})
-            repo.finish_fill(uow.conn, fill.id, "created", transaction_id=txn)
+        txn = ledger.post(
+            uow.conn,
+            [Posting(treasury_account(challenge.currency), challenge.currency, -amount),
+             Posting(escrow_account(challenge.challenge_id), challenge.currency, amount)],
+            kind="treasury_stake",
+            idempotency_key=f"challenge:{challenge.challenge_id}:fill:{fill.id}",
+            memo=f"treasury stakes {len(matches)} match(es) on challenge {challenge.challenge_id}",
+            metadata={"challenge_id": challenge.challenge_id, "fill_id": fill.id})
     except InsufficientFunds as exc:
         _treasury_cannot_pay(uow, challenge, fill, amount, str(exc))
         return
-    _announce_matches(uow, challenge, fill, matches, cfg)
+    written = repo.activate_created(
+        uow.conn, challenge.challenge_id, fill.id, matches, cfg, txn,
+        _match_events(challenge, fill, matches, cfg),
+        resolve_keys=[f"treasury:underfunded:{challenge.currency}"],
+        raise_items=[_budget_alert(challenge, cfg)] if cfg.available < challenge.stake else [])
+    uow.publish_after_commit(written.rows)
+    announce_resolved(uow, written.resolved, note="a fill was funded")
+    announce_raised(uow, [_budget_alert(challenge, cfg)] if written.raised else [], written.raised)
 
 
 # --- settlement -----------------------------------------------------------------------
@@ -246,10 +258,10 @@ def _settle_next_batch(uow: UnitOfWork, challenge_id: str) -> bool:
             memo=f"settlement of challenge {challenge_id} ({challenge.result})",
             idempotency_key=f"challenge:{challenge_id}:settle:{seats[0].participant_id}",
             metadata={"challenge_id": challenge_id, "result": challenge.result})
-    repo.settle_seats(uow.conn, outcomes, txn)
-    repo.settle_matches(uow.conn, matches)
-    uow.emit_many([("challenge.settled", _settled_notice(challenge, seat, outcome), seat.user_id)
-                   for seat, outcome in outcomes])
+    uow.publish_after_commit(repo.settle_batch(
+        uow.conn, outcomes, txn, matches,
+        [("challenge.settled", _settled_notice(challenge, seat, outcome), seat.user_id)
+         for seat, outcome in outcomes]))
     back = sum(m.payout for _, m in matches)
     if back:  # last: treasury:{CUR} is the hottest account
         ledger.post(uow.conn, [Posting(escrow, challenge.currency, -back),
@@ -272,26 +284,27 @@ def _settled_notice(challenge: Challenge, seat: repo.Seat, outcome: rules.UserSe
 
 
 def _close_settlement(uow: UnitOfWork, challenge: Challenge) -> None:
-    escrow = ledger.balances(uow.conn, [escrow_account(challenge.challenge_id)])
-    left = escrow.get(escrow_account(challenge.challenge_id), 0)
+    # Settled, and its alerts resolved (a settlement that completed clears its failure
+    # alert too, after a retry), with what its report needs (the escrow, the settled matches,
+    # the users' outcomes): one statement; the alerts' events and the report: one more.
+    left, settled, users, written = repo.close_settlement(
+        uow.conn, challenge.challenge_id, escrow_account(challenge.challenge_id),
+        [_budget_alert_key(challenge), _personas_alert_key(challenge),
+         settlement_failures.alert_key(challenge.challenge_id)])
     if left != 0:
         raise LedgerError(f"escrow of challenge {challenge.challenge_id} holds {left} after "
                           "every seat was settled")
-    outcome = rules.treasury_outcome(repo.settled_matches(uow.conn, challenge.challenge_id),
-                                     challenge.stake)
-    repo.mark_settled(uow.conn, challenge.challenge_id)
-    for key in (_budget_alert_key(challenge), _personas_alert_key(challenge)):
-        resolve_alert(uow, key, note="challenge settled")
-    settlement_failures.settled(uow, challenge.challenge_id)
-    uow.emit("admin.treasury.settlement", {
+    outcome = rules.treasury_outcome(settled, challenge.stake)
+    report = {
         "challenge_id": challenge.challenge_id, "result": challenge.result,
-        "currency": challenge.currency, "stake": challenge.stake,
-        "users": repo.user_outcomes(uow.conn, challenge.challenge_id),
+        "currency": challenge.currency, "stake": challenge.stake, "users": users,
         "matches": outcome.matches, "won": outcome.won, "lost": outcome.lost,
         "refunded": outcome.refunded, "won_amount": outcome.won_amount,
         "lost_amount": outcome.lost_amount, "refunded_amount": outcome.refunded_amount,
         "treasury_payout": outcome.payout, "net_pnl": outcome.net_pnl,
-        "message": rules.settlement_message(outcome, challenge.currency)}, recipient="admin")
+        "message": rules.settlement_message(outcome, challenge.currency)}
+    announce_resolved(uow, written.resolved, note="challenge settled",
+                      also=[("admin.treasury.settlement", report, "admin")])
 
 
 # --- the daily summary ----------------------------------------------------------------
@@ -318,38 +331,42 @@ def _pair_waiting(uow: UnitOfWork, challenge: Challenge) -> None:
     pairs = rules.pair_first_come(repo.waiting(uow.conn, challenge.challenge_id, "YES", k),
                                   repo.waiting(uow.conn, challenge.challenge_id, "NO", k))
     repo.pair(uow.conn, pairs)
-    for yes, no in pairs:
-        for me, them in ((yes, no), (no, yes)):
-            uow.emit("match.found", {
-                "challenge_id": challenge.challenge_id, "user_id": me.user_id, "side": me.side,
-                "opponent": them.user_id, "stake": challenge.stake,
-                "currency": challenge.currency, "message": rules.matched_message(None)},
-                recipient=me.user_id)
+    uow.emit_many(_pair_events(challenge, pairs))
 
 
-def _announce_matches(uow: UnitOfWork, challenge: Challenge, fill: repo.Fill,
-                      matches: list[repo.ReservedMatch], cfg: TreasuryConfig) -> None:
-    uow.emit_many([("match.found", {
+def _pair_events(challenge: Challenge, pairs) -> list[tuple[str, dict, str]]:
+    """Both users of each pair are told (``match.found``)."""
+    return [("match.found", {
+        "challenge_id": challenge.challenge_id, "user_id": me.user_id, "side": me.side,
+        "opponent": them.user_id, "stake": challenge.stake,
+        "currency": challenge.currency, "message": rules.matched_message(None)}, me.user_id)
+        for yes, no in pairs for me, them in ((yes, no), (no, yes))]
+
+
+def _match_events(challenge: Challenge, fill: repo.Fill, matches: list[repo.ReservedMatch],
+                  cfg: TreasuryConfig) -> list[tuple[str, dict, str]]:
+    """Each user matched with a persona is told; the admins get the fill's report."""
+    return [("match.found", {
         "challenge_id": challenge.challenge_id, "user_id": m.user_id, "side": m.user_side,
         "opponent": m.persona.display_name, "stake": challenge.stake,
         "currency": challenge.currency, "message": rules.matched_message(m.persona.display_name)},
-        m.user_id) for m in matches])
-    uow.emit("admin.treasury.match_created", {
-        "challenge_id": challenge.challenge_id, "fill_id": fill.id, "side": fill.side,
-        "requested": fill.requested, "created": len(matches),
-        "treasury_staked": len(matches) * challenge.stake, "currency": challenge.currency,
-        "matches": [{"user_id": m.user_id, "persona": m.persona.code} for m in matches[:100]],
-        "max_risk": cfg.max_risk, "allocated": cfg.allocated, "remaining": cfg.remaining,
-        "requested_by": fill.admin_id,
-        "message": rules.filled_message(len(matches), fill.side)}, recipient="admin")
-    resolve_alert(uow, f"treasury:underfunded:{challenge.currency}", note="a fill was funded")
-    if cfg.available < challenge.stake:
-        raise_alert(uow, kind="treasury_budget_exhausted", severity="warning",
-                    subject=f"treasury budget of challenge {challenge.challenge_id} is used up "
-                            f"({cfg.allocated} of {cfg.max_risk})",
-                    dedupe_key=_budget_alert_key(challenge),
-                    data={"challenge_id": challenge.challenge_id, "max_risk": cfg.max_risk,
-                          "allocated": cfg.allocated})
+        m.user_id) for m in matches] + [("admin.treasury.match_created", {
+            "challenge_id": challenge.challenge_id, "fill_id": fill.id, "side": fill.side,
+            "requested": fill.requested, "created": len(matches),
+            "treasury_staked": len(matches) * challenge.stake, "currency": challenge.currency,
+            "matches": [{"user_id": m.user_id, "persona": m.persona.code} for m in matches[:100]],
+            "max_risk": cfg.max_risk, "allocated": cfg.allocated, "remaining": cfg.remaining,
+            "requested_by": fill.admin_id,
+            "message": rules.filled_message(len(matches), fill.side)}, "admin")]
+
+
+def _budget_alert(challenge: Challenge, cfg: TreasuryConfig) -> Alert:
+    """The budget of a challenge is used up by its fills."""
+    return Alert("treasury_budget_exhausted", "warning",
+                 f"treasury budget of challenge {challenge.challenge_id} is used up "
+                 f"({cfg.allocated} of {cfg.max_risk})", _budget_alert_key(challenge),
+                 {"challenge_id": challenge.challenge_id, "max_risk": cfg.max_risk,
+                  "allocated": cfg.allocated})
 
 
 def _report_shortfall(uow: UnitOfWork, challenge: Challenge, fill: repo.Fill,

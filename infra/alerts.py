@@ -17,7 +17,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import httpx
@@ -76,12 +76,6 @@ INSERT_DELIVERIES = text(
     "INSERT INTO alert_deliveries (alert_id, event, body) "
     "SELECT x.a, :event, CAST(x.b AS jsonb) FROM unnest(CAST(:ids AS bigint[]), "
     "CAST(:bodies AS text[])) AS x(a, b)")
-
-RESOLVE_ALERTS = (
-    sa.update(tables.alerts)
-    .where(_al.status != _RESOLVED, _al.dedupe_key == tables.any_text("keys", ()))
-    .values(status="resolved", resolved_at=sa.func.now(), updated_at=sa.func.now())
-    .returning(_al.id, _al.kind, _al.severity, _al.subject, _al.dedupe_key, _al.data))
 
 #: Due pending deliveries, oldest first, claimed by hiding them for a lease (rows another
 #: deliverer holds are skipped).
@@ -210,14 +204,57 @@ def resolve_alerts(uow: Unit, keys: Sequence[str], note: str | None = None) -> l
     """Resolve the open alerts of ``keys`` (their condition cleared).  Ids of those resolved."""
     if not keys:
         return []
-    rows = uow.conn.execute(RESOLVE_ALERTS, {"keys": list(keys)}).all()
+    if get_settings().alert_webhook_url:  # the deliveries too: resolved, then announced
+        statement, params = resolve_statement(keys)
+        rows = uow.conn.execute(sql(statement), params).all()
+        announce_resolved(uow, rows, note)
+        return [r.id for r in rows]
+    # Resolved and announced in one statement: the database writes each alert.resolved
+    # event (the same document ``announce_resolved`` writes) from the rows it resolved.
+    statement, params = resolve_statement(keys)
+    got = uow.conn.execute(sql(
+        f"WITH rs AS ({statement}), ev AS (INSERT INTO outbox (kind, destination, routing_key, "
+        "event_name, recipient, body) SELECT 'event', :rs_dest, 'alert.resolved', "
+        "'alert.resolved', 'admin', jsonb_build_object('event', 'alert.resolved', "
+        "'event_id', CAST(gen_random_uuid() AS text), 'occurred_at', CAST(:rs_now AS text), "
+        "'recipient', 'admin', 'data', jsonb_build_object('alert_id', rs.id, 'kind', rs.kind, "
+        "'severity', rs.severity, 'subject', rs.subject, 'dedupe_key', rs.dedupe_key, "
+        "'data', rs.data, 'note', CAST(:rs_note AS text))) FROM rs ORDER BY rs.id "
+        "RETURNING id, body) SELECT id, body FROM ev ORDER BY id"),
+        {**params, "rs_dest": outbox.EVENTS_EXCHANGE, "rs_note": note,
+         "rs_now": datetime.now(timezone.utc).isoformat()}).all()
+    rows = [outbox.OutboxRow(r.id, "event", outbox.EVENTS_EXCHANGE, "alert.resolved", r.body)
+            for r in got]
+    if rows and len(rows) <= PUBLISH_NOW_MAX and hasattr(uow, "publish_after_commit"):
+        uow.publish_after_commit(rows)  # (more are left to the sweeper, as emit_many does)
+    return [r.body["data"]["alert_id"] for r in rows]
+
+
+def resolve_statement(keys: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """``resolve_alerts``' UPDATE as one statement (parameters prefixed ``rs_``, so it can
+    be a CTE of a bigger one); it returns ``id, kind, severity, subject, dedupe_key, data``
+    of each alert it resolved, for ``announce_resolved``."""
+    return (
+        "UPDATE alerts SET status = 'resolved', resolved_at = now(), updated_at = now() "
+        "WHERE status <> 'resolved' AND dedupe_key = ANY(CAST(:rs_keys AS text[])) "
+        "RETURNING id, kind, severity, subject, dedupe_key, data",
+        {"rs_keys": list(keys)},
+    )
+
+
+def announce_resolved(uow: Unit, rows: Sequence[Any], note: str | None = None,
+                      also: Sequence[tuple[str, dict[str, Any], str | None]] = ()) -> None:
+    """The ``alert.resolved`` events (and webhook rows) of the alerts ``resolve_statement``
+    resolved (rows with its columns), and the caller's other events ``also`` in the same
+    statement."""
     if rows:
         _announce(uow, "alert.resolved", [
             {"alert_id": r.id, "kind": r.kind, "severity": r.severity, "subject": r.subject,
              "dedupe_key": r.dedupe_key, "data": r.data, "note": note}
             for r in rows
-        ])
-    return [r.id for r in rows]
+        ], also=also)
+    elif also:
+        uow.emit_many(list(also))
 
 
 def resolve_alert(uow: Unit, dedupe_key: str, note: str | None = None) -> bool:
@@ -250,9 +287,15 @@ def reconcile(uow: Unit, prefix: str, current: Iterable[Alert]) -> dict[str, int
     return new
 
 
-def _announce(uow: Unit, event: str, payloads: list[dict[str, Any]]) -> None:
-    """The events of raised/resolved alerts, and their webhook deliveries if configured."""
-    uow.emit_many([(event, p, "admin") for p in payloads], publish_now=len(payloads) <= PUBLISH_NOW_MAX)
+def _announce(uow: Unit, event: str, payloads: list[dict[str, Any]],
+              also: Sequence[tuple[str, dict[str, Any], str | None]] = ()) -> None:
+    """The events of raised/resolved alerts, and their webhook deliveries if configured
+    (``also``: the caller's own events, written in the same statement)."""
+    publish_now = len(payloads) <= PUBLISH_NOW_MAX
+    if also and not publish_now:
+        uow.emit_many(list(also))
+        also = ()
+    uow.emit_many([(event, p, "admin") for p in payloads] + list(also), publish_now=publish_now)
     if not get_settings().alert_webhook_url:
         return
     bodies = [{"event": event, "alert": p} for p in payloads]

@@ -37,7 +37,7 @@ from infra.middleware.deadletters import (
 from infra.middleware.logcontext import LogContext
 from infra.middleware.metrics import metrics_middleware
 from infra.middleware.relay import OutboxRelay
-from infra.middleware.threads import ThreadWatch
+from infra.middleware.threads import SwitchInterval, ThreadWatch
 from infra.settings import broker_urls, get_settings
 
 log = get_logger(__name__)
@@ -173,6 +173,7 @@ def build_broker(url: str | None = None, *, worker: bool = False) -> RabbitmqBro
         Authenticate(),  # before the unit of work: a refusal changes nothing
         RetryOrDeadLetter(),
         ThreadWatch(),
+        SwitchInterval(),  # worker processes only (after_worker_boot)
         OutboxRelay(),  # worker processes only (after_worker_boot)
     ]
     if worker and settings.metrics_port:

@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     # waiting: this many retries, then the dead letters and an ``unexpected_error`` alert.
     retry_unexpected_max_retries: int = Field(default=2, ge=0)
     actor_time_limit_ms: int = 120_000  # ms
+    # How often a worker process's threads hand the GIL over (``SwitchInterval``); 0 keeps
+    # Python's default (5,000 µs).
+    worker_switch_interval_us: int = Field(default=500, ge=0)
 
     # Settlement batch sizes (seats / commitments per transaction).
     challenge_settle_batch: int = Field(default=200, ge=1)

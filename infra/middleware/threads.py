@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 
 from dramatiq.middleware import Middleware
@@ -20,6 +21,7 @@ from dramatiq.middleware import Middleware
 from infra import alerts
 from infra.logs import get_logger
 from infra.middleware import metrics
+from infra.settings import get_settings
 
 log = get_logger(__name__)
 
@@ -100,3 +102,20 @@ def _alert(broker, kind: str, name: str, error: str, replaced: int) -> None:
         f"worker_thread_replaced:{worker}",
         {"worker": worker, "replaced": replaced, "kind": kind, "thread": name, "error": error}),
         failed_event="worker.thread_alert_failed")
+
+
+class SwitchInterval(Middleware):
+    """A worker process hands the GIL over every ``BALLAST_WORKER_SWITCH_INTERVAL_US``
+    (default 500 µs; Python's own is 5,000 µs).
+
+    A worker thread that got its statement's answer from PostgreSQL must take the GIL back
+    before it can send the next one; while another thread runs Python, it waits until that
+    thread is asked to let go — up to the whole switch interval.  A step of ten round trips
+    would so wait up to ten intervals, holding its row locks (a challenge's, an escrow's,
+    ``treasury:{CUR}``) all the while, and every step queued on those locks waits too.
+    """
+
+    def after_worker_boot(self, broker, worker) -> None:
+        interval_us = get_settings().worker_switch_interval_us
+        if interval_us:
+            sys.setswitchinterval(interval_us / 1_000_000)

@@ -128,6 +128,39 @@ def test_many_alerts_in_one_statement_leave_their_events_to_the_sweeper(engine):
     assert pending == alerts.PUBLISH_NOW_MAX + 1
 
 
+def test_resolving_writes_the_same_event_document_as_announcing(engine):
+    """``resolve_alerts`` resolves and writes each ``alert.resolved`` in one statement (the
+    database builds the event): the document is the one ``announce_resolved`` writes, it
+    is published after commit, and an alert already resolved gets no second event."""
+    key = uid("res")
+    alert_id = raise_one(engine, key, subject="low", data={"user_id": "u1", "n": 2},
+                         kind="test_res", severity="critical")
+    with UnitOfWork(engine=engine) as uow:
+        assert alerts.resolve_alerts(uow, [key, uid("absent")], note="back to normal") == [alert_id]
+        sql_rows = list(uow._rows)
+        uow.commit()
+    with UnitOfWork(engine=engine) as uow:  # the reference: announce_resolved over the same row
+        row = uow.conn.execute(text("SELECT id, kind, severity, subject, dedupe_key, data "
+                                    "FROM alerts WHERE id = :i"), {"i": alert_id}).one()
+        alerts.announce_resolved(uow, [row], note="back to normal")
+        reference = list(uow._rows)
+        assert alerts.resolve_alerts(uow, [key]) == []  # resolved already: nothing, no event
+        assert uow._rows == reference
+    assert [r.routing_key for r in sql_rows] == ["alert.resolved"]
+    got, want = sql_rows[0].body, reference[0].body
+    assert set(got) == set(want) == {"event", "event_id", "occurred_at", "recipient", "data"}
+    assert (got["event"], got["recipient"], got["data"]) == (want["event"], want["recipient"],
+                                                             want["data"])
+    assert got["data"] == {"alert_id": alert_id, "kind": "test_res", "severity": "critical",
+                           "subject": "low", "dedupe_key": key, "data": {"user_id": "u1", "n": 2},
+                           "note": "back to normal"}
+    datetime.fromisoformat(got["occurred_at"])
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT body FROM outbox WHERE id = :i"),
+                              {"i": sql_rows[0].id}).scalar_one()
+    assert stored == got
+
+
 # --- the webhook ----------------------------------------------------------------------------------
 
 def pending_deliveries(engine, alert_id):

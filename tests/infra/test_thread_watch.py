@@ -49,3 +49,26 @@ def test_dead_threads_are_replaced_and_stopped_ones_left_alone(monkeypatch):
     assert alerts[0][0] is worker.broker
     assert alerts[0][1] == "worker" and "AttributeError" in alerts[0][3]
     assert watch.check(worker) == 0  # nothing more to replace
+
+
+def test_worker_processes_hand_the_gil_over_every_switch_interval(monkeypatch):
+    """``SwitchInterval`` sets the worker process's switch interval from the setting (0:
+    Python's own is kept)."""
+    import sys
+
+    import pytest
+
+    from infra.middleware.threads import SwitchInterval
+    from infra.settings import get_settings
+
+    before = sys.getswitchinterval()
+    try:
+        monkeypatch.setattr(get_settings(), "worker_switch_interval_us", 700)
+        SwitchInterval().after_worker_boot(None, None)
+        assert sys.getswitchinterval() == pytest.approx(0.0007)
+        sys.setswitchinterval(0.005)
+        monkeypatch.setattr(get_settings(), "worker_switch_interval_us", 0)
+        SwitchInterval().after_worker_boot(None, None)
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+    finally:
+        sys.setswitchinterval(before)
