@@ -118,20 +118,32 @@ def add_events(
 
 
 def events_statement(
-    events: Iterable[tuple[str, dict[str, Any], str | None]]
+    events: Iterable[tuple[str, dict[str, Any], str | None]],
+    transaction_from: str | None = None,
 ) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
     """``add_events`` as a statement to run inside a bigger one (a CTE): its SQL (returning
     ``id`` and ``key``, the event id), its parameters (prefixed ``ev_``) and the bodies;
-    ``rows_of`` turns what it returned into OutboxRows."""
+    ``rows_of`` turns what it returned into OutboxRows.
+
+    ``transaction_from``: the name of a relation of the bigger statement with at most one
+    row and a column ``id``, a ledger transaction posted by that statement: each stored
+    body's ``data.transaction_id`` is set to it, and nothing is written when it has no
+    row.  The caller sets the same id in the bodies (``data["transaction_id"]``) before
+    they are published."""
     now = datetime.now(timezone.utc).isoformat()
     bodies = [
         {"event": name, "event_id": str(uuid.uuid4()), "occurred_at": now,
          "recipient": recipient, "data": data}
         for name, data, recipient in events
     ]
+    body, source = "CAST(e.body AS jsonb)", ""
+    if transaction_from is not None:
+        body = (f"jsonb_set(CAST(e.body AS jsonb), '{{data,transaction_id}}', "
+                f"to_jsonb({transaction_from}.id))")
+        source = f"{transaction_from} CROSS JOIN "
     sql = ("INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
-           "SELECT 'event', :ev_dest, e.name, e.name, e.recipient, CAST(e.body AS jsonb) "
-           "FROM unnest(CAST(:ev_names AS text[]), CAST(:ev_recipients AS text[]), "
+           f"SELECT 'event', :ev_dest, e.name, e.name, e.recipient, {body} "
+           f"FROM {source}unnest(CAST(:ev_names AS text[]), CAST(:ev_recipients AS text[]), "
            "CAST(:ev_bodies AS text[])) WITH ORDINALITY AS e(name, recipient, body, n) "
            "ORDER BY e.n RETURNING id, body->>'event_id' AS key")
     params = {"ev_dest": EVENTS_EXCHANGE, "ev_names": [b["event"] for b in bodies],
