@@ -26,7 +26,7 @@ from domain.wallet import BalanceRefused, WalletChange
 from infra import alerts, ledger, outbox
 from infra.alerts import Alert, OutboxOnly, Unit
 from infra.conditions import condition
-from infra.db.engine import sql
+from infra.db.engine import pg_array, sql
 
 Paired = Sequence[tuple[WalletChange, int]]
 
@@ -189,8 +189,9 @@ class Context:
         initiated = {(c.user_id, c.currency) for c in changes if c.user_initiated}
         rows = conn.execute(_LOCK_CONTEXT, {
             **ledger.account_arrays(wanted),
-            "now": now, "users": [u for u, _ in wallets], "wcurs": [c for _, c in wallets],
-            "mine": [w in initiated for w in wallets], "kinds": list(BALANCE_ALERT_KINDS),
+            "now": now, "users": pg_array([u for u, _ in wallets]),
+            "wcurs": pg_array([c for _, c in wallets]),
+            "mine": pg_array([w in initiated for w in wallets]), "kinds": _KINDS_ARRAY,
             "default": DEFAULT_TIER,
         }).all()
         locked = {r.code: ledger.account_of(r) for r in rows if r.what == "account"}
@@ -217,6 +218,7 @@ class Context:
         return cls(tiers, LimitTable(limits), used, open_alerts)
 
 
+_KINDS_ARRAY = pg_array(BALANCE_ALERT_KINDS)
 _LOCK_CONTEXT = sql(
     "SELECT * FROM wallet_lock_context(CAST(:codes AS text[]), CAST(:curs AS text[]), "
     "CAST(:negs AS boolean[]), CAST(:sharded AS boolean[]), CAST(:users AS text[]), "

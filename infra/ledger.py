@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import Connection, text
 
-from infra.db.engine import sql
+from infra.db.engine import pg_array, sql
 
 from domain.errors import InsufficientFunds, LedgerError, NotFound
 from domain.ledger import (
@@ -52,15 +52,15 @@ class Account:
     sharded: bool = False
 
 
-def account_arrays(currency_of: dict[str, str]) -> dict[str, list]:
+def account_arrays(currency_of: dict[str, str]) -> dict[str, str]:
     """The per-account arrays (``codes``, ``curs``, ``negs``, ``sharded``) the ledger's
     server functions take, in code order."""
     codes = sorted(currency_of)
     return {
-        "codes": codes,
-        "curs": [currency_of[c] for c in codes],
-        "negs": [may_go_negative(c) for c in codes],
-        "sharded": [is_unlimited(c) for c in codes],
+        "codes": pg_array(codes),
+        "curs": pg_array([currency_of[c] for c in codes]),
+        "negs": pg_array([may_go_negative(c) for c in codes]),
+        "sharded": pg_array([is_unlimited(c) for c in codes]),
     }
 
 
@@ -202,13 +202,14 @@ def _post_params(checked: list[tuple[PostingBatchItem, list[Posting]]],
             e_amts.append(p.amount)
     items = [item for item, _ in checked]
     return {
-        "keys": [i.idempotency_key for i in items],
-        "kinds": [i.kind for i in items],
-        "memos": [i.memo for i in items],
-        "metas": [_json(i.metadata) for i in items],
-        "revs": reverses,
+        "keys": pg_array([i.idempotency_key for i in items]),
+        "kinds": pg_array([i.kind for i in items]),
+        "memos": pg_array([i.memo for i in items]),
+        "metas": pg_array([_json(i.metadata) for i in items]),
+        "revs": pg_array(reverses),
         **account_arrays(currency_of),
-        "e_txn": e_txn, "e_codes": e_codes, "e_curs": e_curs, "e_amts": e_amts,
+        "e_txn": pg_array(e_txn), "e_codes": pg_array(e_codes), "e_curs": pg_array(e_curs),
+        "e_amts": pg_array(e_amts),
     }
 
 
