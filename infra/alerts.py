@@ -154,13 +154,23 @@ def distinct(alerts: Iterable[Alert]) -> list[Alert]:
     return list({a.dedupe_key: a for a in alerts}.values())
 
 
-def upsert_statement(items: Sequence[Alert]) -> tuple[str, dict[str, Any]]:
+def upsert_statement(items: Sequence[Alert],
+                     transaction_from: str | None = None) -> tuple[str, dict[str, Any]]:
     """One statement opening ``items`` (distinct keys): a new alert is inserted, an open
     one refreshed; it returns ``id, key, inserted`` (``xmax = 0`` only on a row this
     statement inserted, not on one it updated).  Parameters are prefixed ``al_`` so the
-    statement can be a CTE of a bigger one (``guard.record``)."""
+    statement can be a CTE of a bigger one (``guard.record``).
+
+    ``transaction_from``: as ``outbox.events_statement``'s (a one-row relation of the
+    bigger statement whose ``id`` is the ledger transaction it posted): each stored
+    ``data.transaction_id`` is set to it, nothing is written without its row."""
+    data, source = "CAST(x.d AS jsonb)", ""
+    if transaction_from is not None:
+        data = f"jsonb_set(CAST(x.d AS jsonb), '{{transaction_id}}', to_jsonb({transaction_from}.id))"
+        source = f"{transaction_from} CROSS JOIN "
     return (
-        UPSERT_ALERTS,
+        UPSERT_ALERTS if transaction_from is None else UPSERT_ALERTS.replace(
+            "CAST(x.d AS jsonb) FROM unnest(", f"{data} FROM {source}unnest("),
         {
             "al_k": [a.kind for a in items],
             "al_s": [a.severity for a in items],

@@ -23,9 +23,9 @@ from domain.errors import InvalidCommand
 from domain.guard import DAILY_WINDOW, DEFAULT_TIER, WEEKLY_WINDOW, Limits, Usage
 from domain.money import format_minor
 from domain.wallet import BalanceRefused, WalletChange
-from infra import alerts, outbox
+from infra import alerts, ledger, outbox
 from infra.alerts import Alert, OutboxOnly, Unit
-from infra.db.engine import sql
+from infra.db.engine import pg_array, sql
 
 Paired = Sequence[tuple[WalletChange, int]]
 
@@ -175,6 +175,30 @@ class Context:
             "mine": [w in initiated for w in wallets], "kinds": list(BALANCE_ALERT_KINDS),
             "default": DEFAULT_TIER,
         }).all()
+        return cls.of_rows(rows)
+
+    @classmethod
+    def lock_and_load(cls, conn: Connection, wanted: dict[str, str],
+                      changes: Sequence[WalletChange],
+                      now: datetime | None = None) -> tuple[dict[str, "ledger.Account"], "Context"]:
+        """``ledger.open_and_lock_accounts(wanted)`` and ``load`` of ``changes``' wallets in
+        one statement (``wallet_lock_context``, migration 0016): the context is read by a
+        statement of its own after the locks are granted, as ``load`` after the locks is."""
+        wallets = sorted({(c.user_id, c.currency) for c in changes})
+        initiated = {(c.user_id, c.currency) for c in changes if c.user_initiated}
+        rows = conn.execute(_LOCK_CONTEXT, {
+            **ledger.account_arrays(wanted),
+            "now": now, "users": pg_array([u for u, _ in wallets]),
+            "wcurs": pg_array([c for _, c in wallets]),
+            "mine": pg_array([w in initiated for w in wallets]), "kinds": _KINDS_ARRAY,
+            "default": DEFAULT_TIER,
+        }).all()
+        locked = {r.code: ledger.account_of(r) for r in rows if r.what == "account"}
+        return locked, cls.of_rows([r for r in rows if r.what == "wallet"])
+
+    @classmethod
+    def of_rows(cls, rows) -> "Context":
+        """The context from ``_CONTEXT``'s rows (or ``wallet_lock_context``'s wallet rows)."""
         tiers: dict[str, str] = {}
         limits: dict[tuple[str, str], Limits] = {}
         used: dict[tuple[str, str], Usage] = {}
@@ -192,6 +216,14 @@ class Context:
                 open_alerts[key] = None if drop_before is None else int(drop_before)
         return cls(tiers, LimitTable(limits), used, open_alerts)
 
+
+_KINDS_ARRAY = pg_array(BALANCE_ALERT_KINDS)
+_LOCK_CONTEXT = sql(
+    "SELECT * FROM wallet_lock_context(CAST(:codes AS text[]), CAST(:curs AS text[]), "
+    "CAST(:negs AS boolean[]), CAST(:sharded AS boolean[]), CAST(:users AS text[]), "
+    "CAST(:wcurs AS text[]), CAST(:mine AS boolean[]), CAST(:kinds AS text[]), "
+    "CAST(:default AS text), CAST(:now AS timestamptz))"
+)
 
 _CONTEXT = text(
     "WITH t AS (SELECT COALESCE(CAST(:now AS timestamptz), now()) AS now), "
@@ -265,37 +297,103 @@ def record(conn: Connection, changes: Paired, txn_id: int, uow: Unit | None = No
         return
     unit = uow if uow is not None else OutboxOnly(conn)
     tiers = context.tiers if context is not None else tiers_of(conn, list({c.user_id for c, _ in changes}))
+    rows, wallets = _audit_rows(changes, tiers)
+    audit = _audit_sql(":txn")
+    params = {"txn": txn_id, "rows": json.dumps(rows, default=str)}
+    if context is not None and len(wallets) <= INLINE_ALERT_WALLETS:
+        _record_at_once(unit, audit, params, tiers, wallets, txn_id, context, events or [])
+        return
+    conn.execute(text(audit), params)
+    if events:
+        unit.emit_many(events)
+    if len(wallets) <= INLINE_ALERT_WALLETS:
+        _balance_alerts(unit, tiers, wallets, txn_id)
+    else:
+        unit.send("evaluate_balance_alerts", request_id=f"balance-alerts:{txn_id}:0",
+                  transaction_id=txn_id)
+
+
+def _audit_rows(changes: Paired, tiers: dict[str, str]) -> tuple[
+        list[dict[str, Any]], dict[tuple[str, str], tuple[int, int]]]:
+    """The audit lines of ``changes`` (for ``_audit_sql``'s JSON) and each wallet's
+    (balance before its first change, balance after its last)."""
     rows = []
-    wallets: dict[tuple[str, str], list[int]] = {}
+    wallets: dict[tuple[str, str], tuple[int, int]] = {}
     for c, before in changes:
         tier = tiers.get(c.user_id, DEFAULT_TIER)
         rows.append({"u": c.user_id, "c": c.currency, "k": c.kind, "ui": c.user_initiated,
                      "a": c.amount, "b": before, "r": c.reason or None, "p": c.performed_by,
                      "m": c.metadata or None, "rs": rules.risk_score(before, c.amount, tier), "t": tier})
         key = (c.user_id, c.currency)
-        if key in wallets:
-            wallets[key][1] = before + c.amount
-        else:
-            wallets[key] = [before, before + c.amount]
+        first = wallets[key][0] if key in wallets else before
+        wallets[key] = (first, before + c.amount)
+    return rows, wallets
+
+
+def _audit_sql(txn: str, source: str = "") -> str:
+    """The audit lines' INSERT from the JSON ``:rows``; ``txn``: the SQL of their ledger
+    transaction id (``:txn``, or a column of ``source``, a relation joined in)."""
     # One JSON document rather than eleven arrays: far cheaper to bind for 100,000 rows.
-    audit = ("INSERT INTO wallet_audit (transaction_id, user_id, currency, kind, user_initiated, "
-             "amount, balance_before, balance_after, reason, performed_by, metadata, risk_score, tier) "
-             "SELECT :txn, x.u, x.c, x.k, x.ui, x.a, x.b, x.b + x.a, x.r, x.p, x.m, x.rs, x.t "
-             "FROM json_to_recordset(CAST(:rows AS json)) AS x(u text, c text, k text, ui boolean, "
-             "a bigint, b bigint, r text, p text, m jsonb, rs smallint, t text)")
-    params = {"txn": txn_id, "rows": json.dumps(rows, default=str)}
-    if context is not None and len(wallets) <= INLINE_ALERT_WALLETS:
-        _record_at_once(unit, audit, params, tiers, {k: (v[0], v[1]) for k, v in wallets.items()},
-                        txn_id, context, events or [])
-        return
-    conn.execute(text(audit), params)
+    return ("INSERT INTO wallet_audit (transaction_id, user_id, currency, kind, user_initiated, "
+            "amount, balance_before, balance_after, reason, performed_by, metadata, risk_score, tier) "
+            f"SELECT {txn}, x.u, x.c, x.k, x.ui, x.a, x.b, x.b + x.a, x.r, x.p, x.m, x.rs, x.t "
+            f"FROM {source}json_to_recordset(CAST(:rows AS json)) AS x(u text, c text, k text, "
+            "ui boolean, a bigint, b bigint, r text, p text, m jsonb, rs smallint, t text)")
+
+
+def post_and_record(unit: Unit, changes: Paired, posting: "ledger.PreparedPosting",
+                    context: Context,
+                    events: list[tuple[str, dict[str, Any], str | None]]) -> int:
+    """``ledger`` posting plus ``record`` in one statement, for a few wallets with their
+    ``context`` (``Context.lock_and_load``): the posting (``ledger_post_many``), the audit
+    lines, the ``events`` and the balance alerts raised or refreshed, each written only
+    once the posting is (a refusal writes nothing and is raised as ``ledger.post`` raises
+    it).  Every event's ``data["transaction_id"]`` and every alert's is set to the
+    transaction's id (in the database and in the dicts).  Returns the transaction id.
+
+    For a posting with an idempotency key (a repeat must give the earlier transaction),
+    use ``ledger.post`` then ``record``.
+    """
+    conn = unit.conn
+    assert len(posting.checked) == 1 and posting.checked[0][0].idempotency_key is None
+    rows, wallets = _audit_rows(changes, context.tiers)
+    raised, resolve = _alert_decisions(context.table, context.tiers, wallets, None,
+                                       context.open_alerts)
+    raised = alerts.distinct(raised)
+    parts = [f"p AS ({posting.sql})",
+             "txn AS (SELECT p.ids[1] AS id FROM p WHERE p.status = 'posted')",
+             f"aud AS ({_audit_sql('txn.id', 'txn CROSS JOIN ')})"]
+    params: dict[str, Any] = {**posting.params, "rows": json.dumps(rows, default=str)}
+    outputs = ["p.*"]
+    bodies: list[dict[str, Any]] = []
     if events:
-        unit.emit_many(events)
-    if len(wallets) <= INLINE_ALERT_WALLETS:
-        _balance_alerts(unit, tiers, {k: (v[0], v[1]) for k, v in wallets.items()}, txn_id)
-    else:
-        unit.send("evaluate_balance_alerts", request_id=f"balance-alerts:{txn_id}:0",
-                  transaction_id=txn_id)
+        ev_sql, ev_params, bodies = outbox.events_statement(events, transaction_from="txn")
+        parts.append(f"ev AS ({ev_sql})")
+        params.update(ev_params)
+        outputs += ["(SELECT array_agg(id) FROM ev) AS ev_ids",
+                    "(SELECT array_agg(key) FROM ev) AS ev_keys"]
+    if raised:
+        al_sql, al_params = alerts.upsert_statement(raised, transaction_from="txn")
+        parts.append(f"al AS ({al_sql})")
+        params.update(al_params)
+        outputs += ["(SELECT array_agg(key) FILTER (WHERE inserted) FROM al) AS al_new_keys",
+                    "(SELECT array_agg(id) FILTER (WHERE inserted) FROM al) AS al_new_ids"]
+    row = conn.execute(sql(f"WITH {', '.join(parts)} SELECT {', '.join(outputs)} FROM p"),
+                       params).one()
+    txn_id = posting.outcome(conn, row)[0]  # raises on a refusal (nothing was written)
+    for b in bodies:
+        b["data"]["transaction_id"] = txn_id
+    for a in raised:
+        a.data["transaction_id"] = txn_id
+    if bodies:
+        out = outbox.rows_of(bodies, dict(zip(row.ev_keys or [], row.ev_ids or [])))
+        if hasattr(unit, "publish_after_commit"):
+            unit.publish_after_commit(out)  # (an OutboxOnly unit leaves them to the sweeper)
+    if raised:
+        alerts.announce_raised(unit, raised, dict(zip(row.al_new_keys or [], row.al_new_ids or [])))
+    alerts.resolve_alerts(unit, [k for k in resolve if k in context.open_alerts],
+                          note="balance back within limits")
+    return txn_id
 
 
 def _record_at_once(unit: Unit, audit: str, params: dict[str, Any], tiers: dict[str, str],

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import Connection, text
 
-from infra.db.engine import sql
+from infra.db.engine import pg_array, sql
 
 from domain.errors import InsufficientFunds, LedgerError, NotFound
 from domain.ledger import (
@@ -36,7 +36,8 @@ from domain.ledger import (
 )
 
 __all__ = ["Account", "Posting", "PostingBatchItem", "balance", "balances", "check",
-           "ensure_accounts", "lock_accounts", "open_and_lock_accounts", "post", "post_many", "postings_of", "reverse"]
+           "ensure_accounts", "lock_accounts", "open_and_lock_accounts", "post", "post_many",
+           "PreparedPosting", "prepare_post", "account_arrays", "account_of", "postings_of", "reverse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +52,15 @@ class Account:
     sharded: bool = False
 
 
-def _account_arrays(currency_of: dict[str, str]) -> dict[str, list]:
+def account_arrays(currency_of: dict[str, str]) -> dict[str, str]:
+    """The per-account arrays (``codes``, ``curs``, ``negs``, ``sharded``) the ledger's
+    server functions take, in code order."""
     codes = sorted(currency_of)
     return {
-        "codes": codes,
-        "curs": [currency_of[c] for c in codes],
-        "negs": [may_go_negative(c) for c in codes],
-        "sharded": [is_unlimited(c) for c in codes],
+        "codes": pg_array(codes),
+        "curs": pg_array([currency_of[c] for c in codes]),
+        "negs": pg_array([may_go_negative(c) for c in codes]),
+        "sharded": pg_array([is_unlimited(c) for c in codes]),
     }
 
 
@@ -67,7 +70,7 @@ def ensure_accounts(conn: Connection, wanted: dict[str, str]) -> None:
         conn.execute(
             text("SELECT ledger_open_accounts(CAST(:codes AS text[]), CAST(:curs AS text[]), "
                  "CAST(:negs AS boolean[]), CAST(:sharded AS boolean[]))"),
-            _account_arrays(wanted),
+            account_arrays(wanted),
         )
 
 
@@ -81,7 +84,7 @@ def lock_accounts(conn: Connection, codes: Iterable[str]) -> dict[str, Account]:
         text("SELECT * FROM ledger_lock_accounts(CAST(:codes AS text[]))"),
         {"codes": sorted(set(codes))},
     )
-    return {r.code: _account(r) for r in rows}
+    return {r.code: account_of(r) for r in rows}
 
 
 def open_and_lock_accounts(conn: Connection, wanted: dict[str, str]) -> dict[str, Account]:
@@ -93,16 +96,18 @@ def open_and_lock_accounts(conn: Connection, wanted: dict[str, str]) -> dict[str
              "CAST(:curs AS text[]), CAST(:negs AS boolean[]), CAST(:sharded AS boolean[])) "
              "AS created) o CROSS JOIN LATERAL ledger_lock_accounts(CASE WHEN o.created IS NULL "
              "THEN NULL ELSE CAST(:codes AS text[]) END) l"),
-        _account_arrays(wanted),
+        account_arrays(wanted),
     )
-    return {r.code: _account(r) for r in rows}
+    return {r.code: account_of(r) for r in rows}
 
 
-def _account(r) -> Account:
+def account_of(r) -> Account:
+    """An ``Account`` from a row of ``ledger_lock_accounts`` (or a function returning its
+    columns)."""
     return Account(r.id, r.code, r.currency, r.allow_negative, int(r.balance), r.sharded)
 
 
-_POST_MANY = text(
+_POST_MANY = sql(
     "SELECT * FROM ledger_post_many("
     "CAST(:keys AS text[]), CAST(:kinds AS text[]), CAST(:memos AS text[]), "
     "CAST(:metas AS jsonb[]), CAST(:revs AS bigint[]), "
@@ -111,6 +116,41 @@ _POST_MANY = text(
     "CAST(:e_txn AS int[]), CAST(:e_codes AS text[]), CAST(:e_curs AS text[]), "
     "CAST(:e_amts AS bigint[]))"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPosting:
+    """One ``ledger_post_many`` call, validated and bound, to run on its own (``post``) or
+    inside a bigger statement (``guard.post_and_record``: ``sql`` as a CTE, its row
+    given back to ``outcome``)."""
+
+    #: ``SELECT * FROM ledger_post_many(...)``: one row (status, ids, idx, code, ...).
+    sql: str
+    params: dict[str, Any]
+    checked: list[tuple[PostingBatchItem, list[Posting]]]
+    reverses: list[int | None]
+
+    def outcome(self, conn: Connection, row) -> list[int]:
+        """The transaction ids of the call's row, or the refusal it reports, raised."""
+        return _outcome(conn, self.checked, self.reverses, row)
+
+
+def prepare_post(
+    postings: Sequence[Posting],
+    *,
+    kind: str,
+    idempotency_key: str | None = None,
+    memo: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    reverses_id: int | None = None,
+) -> PreparedPosting:
+    """``post``'s validation and parameters, not run yet (raises as ``post`` does on
+    postings that do not balance)."""
+    postings = validate_postings(postings)
+    item = PostingBatchItem(postings, kind, idempotency_key, memo, metadata)
+    checked = [(item, postings)]
+    return PreparedPosting(_POST_MANY.text, _post_params(checked, [reverses_id]), checked,
+                           [reverses_id])
 
 
 def post(
@@ -149,10 +189,8 @@ def post_many(conn: Connection, items: Sequence[PostingBatchItem]) -> list[int]:
     return _post_checked(conn, checked, [None] * len(checked))
 
 
-def _post_checked(conn: Connection, checked: list[tuple[PostingBatchItem, list[Posting]]],
-                  reverses: list[int | None]) -> list[int]:
-    """Post validated transactions through ``ledger_post_many``; raise on a refusal
-    (which wrote nothing)."""
+def _post_params(checked: list[tuple[PostingBatchItem, list[Posting]]],
+                 reverses: list[int | None]) -> dict[str, Any]:
     currency_of: dict[str, str] = {}
     e_txn, e_codes, e_curs, e_amts = [], [], [], []
     for n, (_, postings) in enumerate(checked, start=1):
@@ -163,15 +201,30 @@ def _post_checked(conn: Connection, checked: list[tuple[PostingBatchItem, list[P
             e_curs.append(p.currency)
             e_amts.append(p.amount)
     items = [item for item, _ in checked]
-    row = conn.execute(_POST_MANY, {
-        "keys": [i.idempotency_key for i in items],
-        "kinds": [i.kind for i in items],
-        "memos": [i.memo for i in items],
-        "metas": [_json(i.metadata) for i in items],
-        "revs": reverses,
-        **_account_arrays(currency_of),
-        "e_txn": e_txn, "e_codes": e_codes, "e_curs": e_curs, "e_amts": e_amts,
-    }).one()
+    return {
+        "keys": pg_array([i.idempotency_key for i in items]),
+        "kinds": pg_array([i.kind for i in items]),
+        "memos": pg_array([i.memo for i in items]),
+        "metas": pg_array([_json(i.metadata) for i in items]),
+        "revs": pg_array(reverses),
+        **account_arrays(currency_of),
+        "e_txn": pg_array(e_txn), "e_codes": pg_array(e_codes), "e_curs": pg_array(e_curs),
+        "e_amts": pg_array(e_amts),
+    }
+
+
+def _post_checked(conn: Connection, checked: list[tuple[PostingBatchItem, list[Posting]]],
+                  reverses: list[int | None]) -> list[int]:
+    """Post validated transactions through ``ledger_post_many``; raise on a refusal
+    (which wrote nothing)."""
+    row = conn.execute(_POST_MANY, _post_params(checked, reverses)).one()
+    return _outcome(conn, checked, reverses, row)
+
+
+def _outcome(conn: Connection, checked: list[tuple[PostingBatchItem, list[Posting]]],
+             reverses: list[int | None], row) -> list[int]:
+    """What ``ledger_post_many``'s row means: the ids, the earlier ones of a repeat, or the
+    refusal raised."""
     if row.status == "posted":
         return list(row.ids)
     if row.status == "existing":
@@ -240,7 +293,7 @@ def balance(conn: Connection, code: str) -> Account:
     ).one_or_none()
     if row is None:
         raise NotFound(f"no account {code!r}")
-    return _account(row)
+    return account_of(row)
 
 
 def balances(conn: Connection, codes: Iterable[str]) -> dict[str, int]:

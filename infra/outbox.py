@@ -188,20 +188,34 @@ def add_events(
 
 
 def events_statement(
-    events: Iterable[tuple[str, dict[str, Any], str | None]]
+    events: Iterable[tuple[str, dict[str, Any], str | None]],
+    transaction_from: str | None = None,
 ) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
     """``add_events`` as a statement to run inside a bigger one (a CTE): its SQL (returning
     ``id`` and ``key``, the event id), its parameters (prefixed ``ev_``) and the bodies;
-    ``rows_of`` turns what it returned into OutboxRows."""
+    ``rows_of`` turns what it returned into OutboxRows.
+
+    ``transaction_from``: the name of a relation of the bigger statement with at most one
+    row and a column ``id``, a ledger transaction posted by that statement: each stored
+    body's ``data.transaction_id`` is set to it, and nothing is written when it has no
+    row.  The caller sets the same id in the bodies (``data["transaction_id"]``) before
+    they are published."""
     now = datetime.now(timezone.utc).isoformat()
     bodies = [
         {"event": name, "event_id": str(uuid.uuid4()), "occurred_at": now,
          "recipient": recipient, "data": data}
         for name, data, recipient in events
     ]
-    # One JSON document (see ``add_events``).
     params = {"ev_dest": EVENTS_EXCHANGE, "ev_bodies": json.dumps(bodies, default=str)}
-    return EVENTS_STATEMENT, params, bodies
+    if transaction_from is None:
+        return EVENTS_STATEMENT, params, bodies
+    # Each stored event's data.transaction_id is the posted transaction's (one-row relation
+    # ``transaction_from`` of the bigger statement); nothing is written without its row.
+    statement = EVENTS_STATEMENT.replace(
+        "e.body FROM jsonb_array_elements(",
+        f"jsonb_set(e.body, '{{data,transaction_id}}', to_jsonb({transaction_from}.id)) "
+        f"FROM {transaction_from} CROSS JOIN jsonb_array_elements(")
+    return statement, params, bodies
 
 
 def rows_of(bodies: list[dict[str, Any]], ids: dict[str, int]) -> list[OutboxRow]:

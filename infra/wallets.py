@@ -48,20 +48,38 @@ def apply_changes(
         postings.append(Posting(counter_account, currency, -total))
 
     codes = {counter_account: currency, **{c.account: currency for c in changes}}
-    locked = ledger.open_and_lock_accounts(uow.conn, codes)
+    # A few wallets: their accounts, locks and what the guard needs in one statement
+    # (the context read after the locks), and the posting with the audit trail, events
+    # and alerts in one more.
+    few = len(changes) <= guard.CONTEXT_WALLETS
+    if few:
+        locked, context = guard.Context.lock_and_load(uow.conn, codes, changes)
+    else:
+        locked, context = ledger.open_and_lock_accounts(uow.conn, codes), None
     running = {code: acc.balance for code, acc in locked.items()}
     paired: list[tuple[WalletChange, int]] = []
     for c in changes:
         paired.append((c, running[c.account]))
         running[c.account] += c.amount
-    # A few wallets: what the guard needs, in one statement, once they are locked.
-    context = guard.Context.load(uow.conn, paired) if len(changes) <= guard.CONTEXT_WALLETS else None
     try:
         guard.check(uow.conn, paired, context=context)
     except BalanceRefused as refusal:
         _record_refusal(uow, refusal)
         raise
 
+    def changed(txn_id: int | None) -> list:
+        return [
+            ("wallet.changed",
+             {"user_id": c.user_id, "currency": c.currency, "amount": c.amount, "kind": c.kind,
+              "balance_before": before, "balance_after": before + c.amount,
+              "transaction_id": txn_id},
+             c.user_id)
+            for c, before in paired
+        ] if notify and len(changes) <= 100 else []
+
+    if context is not None and idempotency_key is None:
+        posting = ledger.prepare_post(postings, kind=kind, memo=memo, metadata=metadata)
+        return guard.post_and_record(uow, paired, posting, context, changed(None))
     txn_id = ledger.post(
         uow.conn,
         postings,
@@ -70,15 +88,7 @@ def apply_changes(
         idempotency_key=idempotency_key,
         metadata=metadata,
     )
-    events = [
-        ("wallet.changed",
-         {"user_id": c.user_id, "currency": c.currency, "amount": c.amount, "kind": c.kind,
-          "balance_before": before, "balance_after": before + c.amount,
-          "transaction_id": txn_id},
-         c.user_id)
-        for c, before in paired
-    ] if notify and len(changes) <= 100 else []
-    guard.record(uow.conn, paired, txn_id, uow=uow, context=context, events=events)
+    guard.record(uow.conn, paired, txn_id, uow=uow, context=context, events=changed(txn_id))
     return txn_id
 
 

@@ -487,3 +487,32 @@ def test_analytics_against_a_hand_computed_history(engine):
     assert ngn["changes"] == 4 and ngn["trend"] == "up" and ngn["risk_level"] == "low"
     assert platform["currencies"]["NGN"]["changes"] >= 4
     assert platform["user_id"] is None
+
+
+def test_one_statement_posting_refused_by_the_ledger_writes_nothing_and_ids_match(engine):
+    """``guard.post_and_record``: when the posting is refused (treasury may not go
+    negative), no audit line, event or alert is left; when it is posted, the stored event
+    and alert carry the transaction's id, as the published ones do."""
+    from domain.errors import InsufficientFunds
+
+    user = uid("onestmt")
+    too_much = 10**15  # more than any test's treasury holds; a system change: no guard limit
+    with UnitOfWork(engine=engine) as uow:
+        with pytest.raises(InsufficientFunds):
+            wallets.apply_changes(uow, [WalletChange(user, "NGN", too_much, "payout",
+                                                     performed_by="ops")],
+                                  counter_account="treasury:NGN", kind="payout")
+        counts = uow.conn.execute(text(
+            "SELECT (SELECT count(*) FROM wallet_audit WHERE user_id = :u) AS audit, "
+            "(SELECT count(*) FROM outbox WHERE recipient = :u) AS events, "
+            "(SELECT count(*) FROM alerts WHERE data->>'user_id' = :u) AS alerts"),
+            {"u": user}).one()
+        assert tuple(counts) == (0, 0, 0)
+    txn = apply(engine, user, 50)  # below the critical threshold: balance_critical
+    with engine.connect() as conn:
+        ev = conn.execute(text("SELECT body FROM outbox WHERE recipient = :u "
+                               "AND event_name = 'wallet.changed'"), {"u": user}).scalar_one()
+        audit = conn.execute(text("SELECT transaction_id FROM wallet_audit WHERE user_id = :u"),
+                             {"u": user}).scalar_one()
+    assert ev["data"]["transaction_id"] == txn == audit
+    assert [a.data["transaction_id"] for a in open_alerts(engine, user, "balance_critical")] == [txn]
