@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from domain import accounts
 from domain.errors import LedgerError, Refused
@@ -58,6 +58,8 @@ BATCH = get_settings().market_settle_batch
 #: Up to this many per-user notifications are published right after commit;
 #: beyond it they are written to the outbox and left to its sweeper.
 PUBLISH_NOW_MAX = 1000
+#: work_mem of a settlement's transaction: its sorts and hashes of every commitment.
+SETTLE_WORK_MEM = "64MB"
 
 
 class SettlementPending(Transient):
@@ -111,8 +113,13 @@ def settle(uow: UnitOfWork, distribution_id: int, *, batch: int | None = None) -
     # parameters) into a temporary table, then writes the audit lines, the ledger
     # transactions (one per batch of commitments, as before), the wallet audit and the
     # notifications each in one statement.  Nothing per commitment passes through Python.
+    # Sorts and hashes of 100,000 rows fit in memory (this transaction only).
+    conn.execute(text(f"SET LOCAL work_mem = '{SETTLE_WORK_MEM}'"))
     staged = repo.stage_lines(conn, market_id, t, batch or BATCH)
     paid, count, winners = staged["paid"], staged["commitments"], staged["winners"]
+    # The commitments first: the audit lines' foreign keys then find them already locked
+    # by this transaction (no row lock written per line).
+    repo.set_commitments_status(conn, market_id, "active", "settled")
     repo.add_staged_lines(conn, distribution_id)
     txns: list[int] = []
     if staged["batches"]:
@@ -140,7 +147,6 @@ def settle(uow: UnitOfWork, distribution_id: int, *, batch: int | None = None) -
     _check_escrow_holds(conn, escrow, cur, 0)
 
     repo.complete_distribution(conn, distribution_id, t, left, paid, count, winners)
-    repo.set_commitments_status(conn, market_id, "active", "settled")
     repo.drop_stage(conn)
     repo.set_status(conn, market_id, VOIDED if t.kind == "void" else SETTLED)
     alerts.resolve_alert(uow, failure_alert_key(distribution_id), note="settled on retry")
