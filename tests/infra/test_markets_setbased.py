@@ -238,3 +238,28 @@ def test_a_settlement_writes_the_wallet_audit_and_batches_of_changing_them_one_b
     assert keys == [f"market:{m}:distribution:{done.distribution_id}:batch:{b}" for b in batches]
     assert balances(engine, codes) == running
     ledger_ok(engine)
+
+
+def test_set_based_events_have_distinct_uuid_event_ids_and_the_contract_envelope(engine):
+    import uuid as uuidlib
+
+    from infra import outbox
+
+    name = f"test.{uid('e')}"
+    with engine.begin() as conn:
+        count, rows = outbox.add_events_select(
+            conn, name, "SELECT 'u' || n AS recipient, jsonb_build_object('n', n) AS data "
+            "FROM generate_series(1, :k) n", {"k": 2_500}, return_max=0)
+        bodies = conn.execute(text("SELECT body FROM outbox WHERE event_name = :e ORDER BY id"),
+                              {"e": name}).scalars().all()
+    assert (count, rows) == (2_500, [])
+    assert len({b["event_id"] for b in bodies}) == 2_500
+    assert all(str(uuidlib.UUID(b["event_id"])) == b["event_id"] for b in bodies)
+    assert {tuple(sorted(b)) for b in bodies} == {("data", "event", "event_id", "occurred_at",
+                                                   "recipient")}
+    assert [b["data"]["n"] for b in bodies] == list(range(1, 2_501))
+    with engine.begin() as conn:  # few enough: the rows come back to be published now
+        count, rows = outbox.add_events_select(
+            conn, name, "SELECT 'v' AS recipient, jsonb_build_object('n', 1) AS data", {},
+            return_max=5)
+    assert count == 1 and [r.body["recipient"] for r in rows] == ["v"]
