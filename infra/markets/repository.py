@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from sqlalchemy import Connection, text
 
@@ -25,7 +25,6 @@ from domain.markets import (
     PENDING,
     ROLLED_BACK,
     Commitment,
-    Line,
     Market,
     Terms,
 )
@@ -145,24 +144,6 @@ def option_totals(conn: Connection, market_id: str) -> dict[str, int]:
     )}
 
 
-def active_commitments(conn: Connection, market_id: str, batch: int) -> Iterator[list[Commitment]]:
-    """The active commitments in batches, in ascending wallet-account id (the lock order)."""
-    after: tuple[int, str] = (-1, "")
-    while True:
-        rows = conn.execute(
-            text("SELECT commitment_id, user_id, option_id, amount, method, wallet_account_id "
-                 "FROM market_commitments WHERE market_id = :m AND status = 'active' "
-                 "AND (wallet_account_id, commitment_id) > (:a, :c) "
-                 "ORDER BY wallet_account_id, commitment_id LIMIT :n"),
-            {"m": market_id, "a": after[0], "c": after[1], "n": batch},
-        ).all()
-        if not rows:
-            return
-        yield [Commitment(r.commitment_id, r.user_id, r.option_id, int(r.amount), r.method)
-               for r in rows]
-        after = (rows[-1].wallet_account_id, rows[-1].commitment_id)
-
-
 def set_commitments_status(conn: Connection, market_id: str, old: str, new: str) -> int:
     COMMITMENT.check(old, new)
     return conn.execute(
@@ -204,19 +185,6 @@ def latest_distribution(conn: Connection, market_id: str, *, lock: bool = False)
         {"m": market_id},
     ).one_or_none()
     return DistributionRow(*row) if row else None
-
-
-def add_lines(conn: Connection, distribution_id: int, lines: Sequence[Line]) -> None:
-    """The audit lines of a batch, by COPY on the unit of work's own connection."""
-    if not lines:
-        return
-    cursor = conn.connection.driver_connection.cursor()
-    with cursor.copy("COPY market_distribution_lines (distribution_id, commitment_id, user_id, "
-                     "option_id, method, amount, result, share, payout, profit) FROM STDIN") as copy:
-        for ln in lines:
-            c = ln.commitment
-            copy.write_row((distribution_id, c.commitment_id, c.user_id, c.option_id, c.method,
-                            c.amount, ln.result, share_text(ln.share), ln.payout, ln.profit))
 
 
 # --- the set-based settlement: every line computed by the database --------------------------
@@ -290,27 +258,27 @@ def add_staged_lines(conn: Connection, distribution_id: int) -> int:
 
 
 def staged_payouts_sql() -> tuple[str, str]:
-    """The ledger transactions of the staged payouts, for ``ledger.post_select``: one per
-    batch that pays anyone (``txn`` in batch order), each crediting every wallet it pays
-    (its payouts in the batch summed, in lock order) against the escrow (``:escrow``,
-    last) — what ``wallets.apply_changes`` posted for a batch.  Parameters: ``:escrow``,
-    ``:cur``, ``:m``, ``:d``, ``:kind`` (``payout`` or ``refund``)."""
-    batches = ("SELECT batch, CAST(row_number() OVER (ORDER BY batch) AS int) AS txn "
-               "FROM settle_lines WHERE payout > 0 GROUP BY batch")
+    """The ledger transaction of one batch's staged payouts (``:batch``), for
+    ``ledger.post_select``: it credits every wallet the batch pays (its payouts in the
+    batch summed, in lock order) against the escrow (``:escrow``, last) — what
+    ``wallets.apply_changes`` posted for a batch.  Parameters: ``:batch``, ``:escrow``,
+    ``:cur``, ``:m``, ``:d``, ``:kind`` (``payout`` or ``refund``).  One batch per call
+    keeps ``ledger_post_many``'s arrays at a batch's size (its plans are generic: a
+    market's 25,000 wallets at once made its per-account joins quadratic)."""
     transactions = (
-        f"SELECT b.txn, 'market:' || CAST(:m AS text) || ':distribution:' || CAST(:d AS text) "
-        "|| ':batch:' || b.batch AS key, 'market_' || CAST(:kind AS text) AS kind, "
-        "'market ' || CAST(:m AS text) || ': ' || CAST(:kind AS text) || 's, batch ' || b.batch "
-        "AS memo, jsonb_build_object('market_id', CAST(:m AS text), 'distribution_id', "
-        f"CAST(:d AS bigint), 'batch', b.batch) AS meta FROM ({batches}) b")
+        "SELECT 1 AS txn, 'market:' || CAST(:m AS text) || ':distribution:' || CAST(:d AS text) "
+        "|| ':batch:' || CAST(:batch AS bigint) AS key, 'market_' || CAST(:kind AS text) AS kind, "
+        "'market ' || CAST(:m AS text) || ': ' || CAST(:kind AS text) || 's, batch ' "
+        "|| CAST(:batch AS bigint) AS memo, jsonb_build_object('market_id', CAST(:m AS text), "
+        "'distribution_id', CAST(:d AS bigint), 'batch', CAST(:batch AS bigint)) AS meta")
     entries = (
-        f"WITH b AS ({batches}), w AS (SELECT s.batch, s.wallet_account_id, "
-        "sum(s.payout) AS amount, min(s.ord) AS ord FROM settle_lines s WHERE s.payout > 0 "
-        "GROUP BY s.batch, s.wallet_account_id) "
-        "SELECT b.txn, a.code, CAST(:cur AS text) AS currency, w.amount, w.ord "
-        "FROM w JOIN b ON b.batch = w.batch JOIN accounts a ON a.id = w.wallet_account_id "
-        "UNION ALL SELECT b.txn, CAST(:escrow AS text), CAST(:cur AS text), -sum(w.amount), "
-        "max(w.ord) + 1 FROM w JOIN b ON b.batch = w.batch GROUP BY b.txn")
+        "WITH w AS (SELECT s.wallet_account_id, sum(s.payout) AS amount, min(s.ord) AS ord "
+        "FROM settle_lines s WHERE s.payout > 0 AND s.batch = CAST(:batch AS bigint) "
+        "GROUP BY s.wallet_account_id) "
+        "SELECT 1 AS txn, a.code, CAST(:cur AS text) AS currency, w.amount, w.ord "
+        "FROM w JOIN accounts a ON a.id = w.wallet_account_id "
+        "UNION ALL SELECT 1, CAST(:escrow AS text), CAST(:cur AS text), -sum(w.amount), "
+        "max(w.ord) + 1 FROM w")
     return transactions, entries
 
 

@@ -110,9 +110,10 @@ def settle(uow: UnitOfWork, distribution_id: int, *, batch: int | None = None) -
 
     kind = "refund" if t.refunding else "payout"
     # Set-based: the database computes every line from the domain's terms (bound
-    # parameters) into a temporary table, then writes the audit lines, the ledger
-    # transactions (one per batch of commitments, as before), the wallet audit and the
-    # notifications each in one statement.  Nothing per commitment passes through Python.
+    # parameters) into a temporary table, then writes the audit lines, the wallet audit
+    # and the notifications each in one statement, the ledger transactions in one
+    # statement per batch of commitments (one transaction each, as before).  Nothing per
+    # commitment passes through Python.
     # Sorts and hashes of 100,000 rows fit in memory (this transaction only).
     conn.execute(text(f"SET LOCAL work_mem = '{SETTLE_WORK_MEM}'"))
     staged = repo.stage_lines(conn, market_id, t, batch or BATCH)
@@ -125,7 +126,9 @@ def settle(uow: UnitOfWork, distribution_id: int, *, batch: int | None = None) -
     if staged["batches"]:
         params = {"m": market_id, "d": distribution_id, "cur": cur, "escrow": escrow,
                   "kind": kind}
-        txns = ledger.post_select(conn, *repo.staged_payouts_sql(), params)
+        payouts = repo.staged_payouts_sql()
+        txns = [ledger.post_select(conn, *payouts, {**params, "batch": b})[0]
+                for b in staged["batches"]]
         guard.record_select(conn, kind, _STAGED_AUDIT,
                             {**params, "batches": staged["batches"], "txns": txns})
         repo.add_transactions(conn, distribution_id, txns, f"{kind}s")

@@ -13,7 +13,6 @@ from sqlalchemy import text
 
 from domain import guard as rules
 from domain.errors import InsufficientFunds, LedgerError
-from domain.ledger import Posting
 from domain.markets import Commitment, Outcome, distribute
 from infra import guard, ledger
 from infra.markets import repository
