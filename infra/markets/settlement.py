@@ -118,8 +118,7 @@ def settle(uow: UnitOfWork, distribution_id: int, *, batch: int | None = None) -
     conn.execute(text(f"SET LOCAL work_mem = '{SETTLE_WORK_MEM}'"))
     staged = repo.stage_lines(conn, market_id, t, batch or BATCH)
     paid, count, winners = staged["paid"], staged["commitments"], staged["winners"]
-    # The commitments first: the audit lines' foreign keys then find them already locked
-    # by this transaction (no row lock written per line).
+    # The commitments are settled in one UPDATE (HOT: migration 0015), then the lines.
     repo.set_commitments_status(conn, market_id, "active", "settled")
     repo.add_staged_lines(conn, distribution_id)
     txns: list[int] = []
