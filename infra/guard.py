@@ -396,6 +396,54 @@ def post_and_record(unit: Unit, changes: Paired, posting: "ledger.PreparedPostin
     return txn_id
 
 
+def risk_sql(before: str, amount: str, tier: str) -> str:
+    """``domain.guard.risk_score`` in SQL over three column expressions (exact numeric
+    arithmetic, as Python's integers); the property test
+    ``test_the_database_scores_risk_as_the_domain`` holds the two equal."""
+    size, base = f"abs(CAST({amount} AS numeric))", f"abs(CAST({before} AS numeric))"
+    return (f"CAST(GREATEST(0, LEAST(100, (CASE WHEN 2 * {size} > {base} THEN 20 + "
+            f"(CASE WHEN 5 * {size} > 4 * {base} THEN 30 ELSE 0 END) ELSE 0 END) + "
+            f"(CASE WHEN CAST({before} AS numeric) + CAST({amount} AS numeric) < 0 THEN 25 "
+            f"ELSE 0 END) + (CASE {tier} WHEN 'bronze' THEN 10 WHEN 'diamond' THEN -10 "
+            "ELSE 0 END))) AS smallint)")
+
+
+def record_select(conn: Connection, kind: str, select_sql: str, params: dict[str, Any], *,
+                  performed_by: str = "system") -> int:
+    """The audit lines of many *system* changes of one ``kind`` (a settlement's payouts),
+    written by the database in one INSERT … SELECT: nothing per change passes through Python.
+
+    ``select_sql`` gives one row per change: ``transaction_id``, ``user_id``, ``currency``,
+    ``amount``, ``balance_before``, ``reason``, ``metadata`` (jsonb) and ``ord`` (the order of
+    the lines).  Each line gets the user's tier and its risk score (``risk_sql``), as
+    ``record`` does.  User-initiated kinds are refused: those go through ``check`` first.
+    The balance alerts are the caller's (``alerts_after``).  Returns how many lines.
+    """
+    if WalletChange("-", "-", 0, kind).user_initiated:
+        raise InvalidCommand(f"{kind} changes are user-initiated: they are checked one by one")
+    tier = "COALESCE(ut.tier, CAST(:_default_tier AS text))"
+    return conn.execute(text(
+        "INSERT INTO wallet_audit (transaction_id, user_id, currency, kind, user_initiated, "
+        "amount, balance_before, balance_after, reason, performed_by, metadata, risk_score, tier) "
+        "SELECT x.transaction_id, x.user_id, x.currency, CAST(:_kind AS text), false, x.amount, "
+        "x.balance_before, x.balance_before + x.amount, x.reason, CAST(:_by AS text), x.metadata, "
+        f"{risk_sql('x.balance_before', 'x.amount', tier)}, {tier} "
+        f"FROM ({select_sql}) x LEFT JOIN user_tiers ut ON ut.user_id = x.user_id ORDER BY x.ord"),
+        {**params, "_kind": kind, "_by": performed_by, "_default_tier": DEFAULT_TIER},
+    ).rowcount
+
+
+def alerts_after(uow: Unit, txn_id: int, wallets: int) -> None:
+    """The balance alerts of a transaction whose audit lines are written (``record_select``):
+    inline for up to INLINE_ALERT_WALLETS wallets, else handed to ``evaluate_balance_alerts``
+    (as ``record`` does)."""
+    if wallets <= INLINE_ALERT_WALLETS:
+        evaluate_deferred(uow, txn_id)
+    else:
+        uow.send("evaluate_balance_alerts", request_id=f"balance-alerts:{txn_id}:0",
+                 transaction_id=txn_id)
+
+
 def _record_at_once(unit: Unit, audit: str, params: dict[str, Any], tiers: dict[str, str],
                     wallets: dict[tuple[str, str], tuple[int, int]], txn_id: int,
                     context: Context, events: list[tuple[str, dict[str, Any], str | None]]) -> None:

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, text
 from infra.db.engine import pg_array, sql
 
 from domain.errors import InsufficientFunds, LedgerError, NotFound
+from domain.money import CURRENCIES
 from domain.ledger import (
     Posting,
     PostingBatchItem,
@@ -37,7 +38,8 @@ from domain.ledger import (
 
 __all__ = ["Account", "Posting", "PostingBatchItem", "balance", "balances", "check",
            "ensure_accounts", "lock_accounts", "open_and_lock_accounts", "post", "post_many",
-           "PreparedPosting", "prepare_post", "account_arrays", "account_of", "postings_of", "reverse"]
+           "PreparedPosting", "prepare_post", "account_arrays", "account_of", "post_select",
+           "postings_of", "reverse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,10 +231,15 @@ def _outcome(conn: Connection, checked: list[tuple[PostingBatchItem, list[Postin
         return list(row.ids)
     if row.status == "existing":
         return _repeats(conn, checked, reverses, dict(zip(row.idx, row.ids)))
+    _refused(row, len(checked))
+
+
+def _refused(row, n: int) -> None:
+    """Raise the refusal ``ledger_post_many`` answered (re-derived with the domain rule)."""
     if row.status == "currency":
         raise LedgerError(f"{row.code} holds {row.currency}, not {row.wanted}")
     if row.status == "negative":
-        where = f"transaction {row.idx[0] - 1} of the batch: " if len(checked) > 1 else ""
+        where = f"transaction {row.idx[0] - 1} of the batch: " if n > 1 else ""
         try:
             check_resulting_balance(row.code, row.allow_negative, int(row.balance), int(row.delta))
         except InsufficientFunds as exc:
@@ -240,6 +247,81 @@ def _outcome(conn: Connection, checked: list[tuple[PostingBatchItem, list[Postin
         raise LedgerError(f"the database refused {row.code} going to "
                           f"{row.balance + row.delta}, which the ledger rules allow")
     raise LedgerError(f"unexpected answer from ledger_post_many: {row.status!r}")
+
+
+def post_select(conn: Connection, transactions_sql: str, entries_sql: str,
+                params: dict[str, Any]) -> list[int]:
+    """Post the transactions two SELECTs describe, set-based: no row passes through Python.
+
+    ``transactions_sql`` gives one row per transaction: ``txn`` (1, 2, … T), ``key`` (the
+    idempotency key, unique, or NULL), ``kind``, ``memo``, ``meta`` (jsonb); ``entries_sql``
+    one row per entry: ``txn``, ``code`` (an existing account), ``currency``, ``amount``,
+    ``ord`` (the posting order).  The domain's rules (``validate_postings``: at least two
+    entries, no zero amount, a known currency, balanced per currency; each key once) are
+    checked by the same statement, with the domain's currencies as a parameter, before
+    ``ledger_post_many`` is called; then that function locks, checks the accounts' currencies
+    and limits (nothing may go below zero that may not) and writes, as for ``post_many``.
+    Any refusal raises and writes nothing.  A key already used raises LedgerError (this
+    path never repeats a posting).  Returns the new ids in ``txn`` order.
+    """
+    row = conn.execute(text(_POST_SELECT.format(transactions=transactions_sql,
+                                                entries=entries_sql)),
+                       {**params, "_currencies": list(CURRENCIES)}).one()
+    if row.problem is not None:
+        raise LedgerError(f"transaction {row.bad_txn} of the batch: {row.problem}"
+                          if row.bad_txn is not None else row.problem)
+    if row.status == "posted":
+        return list(row.ids)
+    if row.status == "existing":
+        raise LedgerError(f"idempotency keys already used (transactions {list(row.ids)})")
+    _refused(row, 2)
+    raise AssertionError("unreachable")
+
+
+# The entries and transactions (CTEs ``t`` and ``e``), the domain's checks on them
+# (``bad``: the first problem, if any) and, only when there is none, ledger_post_many over
+# their arrays (``posted``: its WHERE is uncorrelated, a one-time filter run before the
+# function, so the function is never called when a problem was found).
+_POST_SELECT = (
+    "WITH t AS MATERIALIZED ({transactions}), e AS MATERIALIZED ({entries}), "
+    "acc AS MATERIALIZED (SELECT a.code, a.currency, a.allow_negative, a.sharded "
+    "FROM accounts a WHERE a.code IN (SELECT e.code FROM e)), "
+    "bad AS (SELECT * FROM ("
+    "SELECT e.txn, 'does not balance in ' || e.currency AS problem FROM e "
+    "GROUP BY e.txn, e.currency HAVING sum(e.amount) <> 0 "
+    "UNION ALL SELECT e.txn, 'zero amount for ' || e.code FROM e WHERE e.amount = 0 "
+    "UNION ALL SELECT e.txn, 'unknown currency ' || e.currency FROM e "
+    "WHERE e.currency <> ALL(CAST(:_currencies AS text[])) "
+    "UNION ALL SELECT t.txn, 'a transaction needs at least two postings' FROM t "
+    "LEFT JOIN e ON e.txn = t.txn GROUP BY t.txn HAVING count(e.txn) < 2 "
+    "UNION ALL SELECT e.txn, 'an entry of no transaction' FROM e "
+    "WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.txn = e.txn) "
+    "UNION ALL SELECT min(t.txn), 'idempotency key ' || t.key || ' twice' FROM t "
+    "WHERE t.key IS NOT NULL GROUP BY t.key HAVING count(*) > 1 "
+    "UNION ALL SELECT NULL, 'transactions not numbered 1..T' FROM t "
+    "HAVING count(*) > 0 AND (min(t.txn) <> 1 OR max(t.txn) <> count(*) "
+    "OR count(DISTINCT t.txn) <> count(*)) "
+    "UNION ALL SELECT NULL, 'no account ' || d.code FROM (SELECT DISTINCT e.code FROM e) d "
+    "WHERE NOT EXISTS (SELECT 1 FROM acc WHERE acc.code = d.code) "
+    "UNION ALL SELECT NULL, 'nothing to post' WHERE NOT EXISTS (SELECT 1 FROM t)"
+    ") x ORDER BY x.txn NULLS FIRST LIMIT 1), "
+    "posted AS MATERIALIZED (SELECT p.* FROM ledger_post_many("
+    "ARRAY(SELECT t.key FROM t ORDER BY t.txn), ARRAY(SELECT t.kind FROM t ORDER BY t.txn), "
+    "ARRAY(SELECT t.memo FROM t ORDER BY t.txn), "
+    "ARRAY(SELECT CAST(t.meta AS jsonb) FROM t ORDER BY t.txn), "
+    "ARRAY(SELECT CAST(NULL AS bigint) FROM t ORDER BY t.txn), "
+    "ARRAY(SELECT acc.code FROM acc ORDER BY acc.code), "
+    "ARRAY(SELECT acc.currency FROM acc ORDER BY acc.code), "
+    "ARRAY(SELECT acc.allow_negative FROM acc ORDER BY acc.code), "
+    "ARRAY(SELECT acc.sharded FROM acc ORDER BY acc.code), "
+    "ARRAY(SELECT CAST(e.txn AS int) FROM e ORDER BY e.txn, e.ord), "
+    "ARRAY(SELECT e.code FROM e ORDER BY e.txn, e.ord), "
+    "ARRAY(SELECT e.currency FROM e ORDER BY e.txn, e.ord), "
+    "ARRAY(SELECT CAST(e.amount AS bigint) FROM e ORDER BY e.txn, e.ord)) "
+    "p WHERE NOT EXISTS (SELECT 1 FROM bad)) "
+    "SELECT b.txn AS bad_txn, b.problem, p.* FROM (SELECT 1) one "
+    "LEFT JOIN bad b ON true LEFT JOIN posted p ON true"
+)
 
 
 def _repeats(conn, checked, reverses, earlier: dict[int, int]) -> list[int]:

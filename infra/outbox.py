@@ -77,11 +77,13 @@ ADD_EVENTS_SELECT = (
     "WITH src AS ({select}), ins AS ("
     "INSERT INTO outbox (kind, destination, routing_key, event_name, recipient, body) "
     "SELECT 'event', :_dest, :_name, :_name, src.recipient, jsonb_build_object("
-    "'event', CAST(:_name AS text), 'event_id', CAST(gen_random_uuid() AS text), "
+    "'event', CAST(:_name AS text), 'event_id', CAST(CAST(overlay(overlay(md5("
+    "CAST(:_seed AS text) || ':' || src._n) PLACING '3' FROM 13) PLACING '8' FROM 17) "
+    "AS uuid) AS text), "
     "'occurred_at', CAST(:_now AS text), 'recipient', src.recipient, 'data', src.data) "
-    "FROM src RETURNING id, routing_key, body) "
-    "SELECT n.c AS n, ins.id, ins.routing_key, ins.body FROM (SELECT count(*) AS c FROM ins) n "
-    "LEFT JOIN ins ON n.c <= :_max ORDER BY ins.id")
+    "FROM (SELECT s.*, row_number() OVER () AS _n FROM src s) src RETURNING id) "
+    "SELECT count(*) AS n, CASE WHEN count(*) <= :_max THEN "
+    "COALESCE(array_agg(id ORDER BY id), '{{}}') END AS ids FROM ins")
 
 MARK_PUBLISHED = (
     update(outbox)
@@ -233,14 +235,24 @@ def add_events_select(
     Returns how many were written, and the rows themselves when there are at most
     ``return_max`` of them (for publishing right after commit; the rest wait for ``sweep``).
     """
-    rows = conn.execute(
+    # Each event_id is a name-based (version 3, MD5) UUID of a random seed drawn for this
+    # statement and the row's number: unique as a random one, at a fraction of the cost of
+    # gen_random_uuid() per row (one strong-random draw each: ~1 s per 100,000 rows here).
+    # Only the ids come back from the INSERT (never 100,000 bodies held for a count); the
+    # rows themselves are read back when there are few enough to publish now.
+    row = conn.execute(
         text(ADD_EVENTS_SELECT.format(select=select_sql)),
         {**params, "_dest": EVENTS_EXCHANGE, "_name": name, "_max": return_max,
-         "_now": datetime.now(timezone.utc).isoformat()},
+         "_now": datetime.now(timezone.utc).isoformat(), "_seed": str(uuid.uuid4())},
+    ).one()
+    if not row.ids:
+        return int(row.n), []
+    rows = conn.execute(
+        text("SELECT id, routing_key, body FROM outbox WHERE id = ANY(:ids) ORDER BY id"),
+        {"ids": list(row.ids)},
     ).all()
-    count = int(rows[0].n)
-    return count, [OutboxRow(r.id, "event", EVENTS_EXCHANGE, r.routing_key, r.body)
-                   for r in rows if r.id is not None]
+    return int(row.n), [OutboxRow(r.id, "event", EVENTS_EXCHANGE, r.routing_key, r.body)
+                        for r in rows]
 
 
 def _insert(conn, kind, destination, routing_key, body, event_name, recipient) -> OutboxRow:

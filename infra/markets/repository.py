@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from sqlalchemy import Connection, text
 
@@ -25,7 +25,6 @@ from domain.markets import (
     PENDING,
     ROLLED_BACK,
     Commitment,
-    Line,
     Market,
     Terms,
 )
@@ -145,24 +144,6 @@ def option_totals(conn: Connection, market_id: str) -> dict[str, int]:
     )}
 
 
-def active_commitments(conn: Connection, market_id: str, batch: int) -> Iterator[list[Commitment]]:
-    """The active commitments in batches, in ascending wallet-account id (the lock order)."""
-    after: tuple[int, str] = (-1, "")
-    while True:
-        rows = conn.execute(
-            text("SELECT commitment_id, user_id, option_id, amount, method, wallet_account_id "
-                 "FROM market_commitments WHERE market_id = :m AND status = 'active' "
-                 "AND (wallet_account_id, commitment_id) > (:a, :c) "
-                 "ORDER BY wallet_account_id, commitment_id LIMIT :n"),
-            {"m": market_id, "a": after[0], "c": after[1], "n": batch},
-        ).all()
-        if not rows:
-            return
-        yield [Commitment(r.commitment_id, r.user_id, r.option_id, int(r.amount), r.method)
-               for r in rows]
-        after = (rows[-1].wallet_account_id, rows[-1].commitment_id)
-
-
 def set_commitments_status(conn: Connection, market_id: str, old: str, new: str) -> int:
     COMMITMENT.check(old, new)
     return conn.execute(
@@ -206,17 +187,112 @@ def latest_distribution(conn: Connection, market_id: str, *, lock: bool = False)
     return DistributionRow(*row) if row else None
 
 
-def add_lines(conn: Connection, distribution_id: int, lines: Sequence[Line]) -> None:
-    """The audit lines of a batch, by COPY on the unit of work's own connection."""
-    if not lines:
-        return
-    cursor = conn.connection.driver_connection.cursor()
-    with cursor.copy("COPY market_distribution_lines (distribution_id, commitment_id, user_id, "
-                     "option_id, method, amount, result, share, payout, profit) FROM STDIN") as copy:
-        for ln in lines:
-            c = ln.commitment
-            copy.write_row((distribution_id, c.commitment_id, c.user_id, c.option_id, c.method,
-                            c.amount, ln.result, share_text(ln.share), ln.payout, ln.profit))
+# --- the set-based settlement: every line computed by the database --------------------------
+
+def line_params(t: Terms) -> dict[str, Any]:
+    """The domain's terms of a distribution, as the parameters of ``line_columns``."""
+    return {"_refunding": t.refunding, "_winner": t.winning_option_id, "_pool": t.pool,
+            "_wp": t.winner_pool, "_wt": t.winning_total}
+
+
+def line_columns(amount: str, option: str) -> str:
+    """``domain.markets.line`` in SQL, over the columns ``amount`` and ``option`` and the
+    terms bound by ``line_params``: the columns ``result``, ``share`` (truncated to
+    SHARE_DIGITS places, as ``share_text``), ``payout`` (the floor of amount × winner pool /
+    winning total, in exact numeric arithmetic) and ``profit``.  The property test
+    ``test_the_database_computes_every_line_as_the_domain`` holds the two equal."""
+    won = f"{option} = CAST(:_winner AS text)"
+    refunding = "CAST(:_refunding AS boolean)"
+    exact = f"CAST({amount} AS numeric)"
+    payout = (f"(CASE WHEN {refunding} THEN {amount} WHEN {won} THEN "
+              f"CAST(div({exact} * CAST(:_wp AS bigint), NULLIF(CAST(:_wt AS bigint), 0)) "
+              "AS bigint) ELSE 0 END)")
+    ulp = f"CAST('1e-{SHARE_DIGITS}' AS numeric)"
+    scale = f"CAST('1e{SHARE_DIGITS}' AS numeric)"
+    share = (f"(CASE WHEN {refunding} THEN div({exact} * {scale}, "
+             f"NULLIF(CAST(:_pool AS bigint), 0)) * {ulp} WHEN {won} THEN div({exact} * {scale}, "
+             f"NULLIF(CAST(:_wt AS bigint), 0)) * {ulp} ELSE CAST(0 AS numeric) END)")
+    result = (f"(CASE WHEN {refunding} THEN 'refunded' WHEN {won} THEN 'won' ELSE 'lost' END)")
+    return (f"{result} AS result, {share} AS share, {payout} AS payout, "
+            f"{payout} - {amount} AS profit")
+
+
+#: The staged lines of the settlement in progress (a temporary table, dropped at commit).
+STAGE = "settle_lines"
+
+
+def stage_lines(conn: Connection, market_id: str, t: Terms, batch: int) -> dict[str, Any]:
+    """Compute every line of the market's active commitments into the temporary table
+    ``settle_lines`` (in the lock order: ascending wallet account, then commitment; ``ord``
+    1, 2, …, ``batch`` = (ord − 1) div ``batch``), in one statement; return the totals:
+    ``commitments``, ``paid``, ``winners`` and, per batch that pays anyone (ascending),
+    ``batches`` and ``wallets`` (how many distinct wallets it pays)."""
+    conn.execute(text(f"DROP TABLE IF EXISTS pg_temp.{STAGE}"))
+    conn.execute(text(
+        f"CREATE TEMP TABLE {STAGE} ON COMMIT DROP AS SELECT s.*, "
+        "(s.ord - 1) / CAST(:batch AS bigint) AS batch, "
+        f"{line_columns('s.amount', 's.option_id')} FROM (SELECT c.commitment_id, c.user_id, "
+        "c.option_id, c.method, c.amount, c.wallet_account_id, row_number() OVER "
+        "(ORDER BY c.wallet_account_id, c.commitment_id) AS ord FROM market_commitments c "
+        "WHERE c.market_id = :m AND c.status = 'active') s"),
+        {"m": market_id, "batch": batch, **line_params(t)})
+    row = conn.execute(text(
+        "SELECT (SELECT count(*) FROM settle_lines) AS commitments, "
+        "(SELECT COALESCE(sum(payout), 0) FROM settle_lines) AS paid, "
+        "(SELECT count(*) FROM settle_lines WHERE result = 'won') AS winners, "
+        "ARRAY(SELECT batch FROM settle_lines WHERE payout > 0 GROUP BY batch ORDER BY batch) "
+        "AS batches, ARRAY(SELECT count(DISTINCT wallet_account_id) FROM settle_lines "
+        "WHERE payout > 0 GROUP BY batch ORDER BY batch) AS wallets")).one()
+    return {"commitments": int(row.commitments), "paid": int(row.paid),
+            "winners": int(row.winners), "batches": [int(b) for b in row.batches],
+            "wallets": [int(w) for w in row.wallets]}
+
+
+def add_staged_lines(conn: Connection, distribution_id: int) -> int:
+    """The audit line of every staged commitment, in one INSERT … SELECT."""
+    return conn.execute(text(
+        "INSERT INTO market_distribution_lines (distribution_id, commitment_id, user_id, "
+        "option_id, method, amount, result, share, payout, profit) SELECT :d, commitment_id, "
+        "user_id, option_id, method, amount, result, share, payout, profit FROM settle_lines "
+        "ORDER BY ord"), {"d": distribution_id}).rowcount
+
+
+def staged_payouts_sql() -> tuple[str, str]:
+    """The ledger transaction of one batch's staged payouts (``:batch``), for
+    ``ledger.post_select``: it credits every wallet the batch pays (its payouts in the
+    batch summed, in lock order) against the escrow (``:escrow``, last) — what
+    ``wallets.apply_changes`` posted for a batch.  Parameters: ``:batch``, ``:escrow``,
+    ``:cur``, ``:m``, ``:d``, ``:kind`` (``payout`` or ``refund``).  One batch per call
+    keeps ``ledger_post_many``'s arrays at a batch's size (its plans are generic: a
+    market's 25,000 wallets at once made its per-account joins quadratic)."""
+    transactions = (
+        "SELECT 1 AS txn, 'market:' || CAST(:m AS text) || ':distribution:' || CAST(:d AS text) "
+        "|| ':batch:' || CAST(:batch AS bigint) AS key, 'market_' || CAST(:kind AS text) AS kind, "
+        "'market ' || CAST(:m AS text) || ': ' || CAST(:kind AS text) || 's, batch ' "
+        "|| CAST(:batch AS bigint) AS memo, jsonb_build_object('market_id', CAST(:m AS text), "
+        "'distribution_id', CAST(:d AS bigint), 'batch', CAST(:batch AS bigint)) AS meta")
+    entries = (
+        "WITH w AS (SELECT s.wallet_account_id, sum(s.payout) AS amount, min(s.ord) AS ord "
+        "FROM settle_lines s WHERE s.payout > 0 AND s.batch = CAST(:batch AS bigint) "
+        "GROUP BY s.wallet_account_id) "
+        "SELECT 1 AS txn, a.code, CAST(:cur AS text) AS currency, w.amount, w.ord "
+        "FROM w JOIN accounts a ON a.id = w.wallet_account_id "
+        "UNION ALL SELECT 1, CAST(:escrow AS text), CAST(:cur AS text), -sum(w.amount), "
+        "max(w.ord) + 1 FROM w")
+    return transactions, entries
+
+
+def add_transactions(conn: Connection, distribution_id: int, transaction_ids: Sequence[int],
+                     purpose: str) -> None:
+    conn.execute(
+        text("INSERT INTO market_distribution_transactions (transaction_id, distribution_id, "
+             "purpose) SELECT t, :d, :p FROM unnest(CAST(:t AS bigint[])) AS x(t)"),
+        {"t": list(transaction_ids), "d": distribution_id, "p": purpose},
+    )
+
+
+def drop_stage(conn: Connection) -> None:
+    conn.execute(text(f"DROP TABLE IF EXISTS pg_temp.{STAGE}"))
 
 
 def share_text(share: Fraction) -> str:

@@ -1,13 +1,17 @@
 """Settling a market and rolling a settlement back, in bulk, inside one unit of work.
 
-A settlement is one database transaction: it streams the active commitments
-in batches (``BATCH`` at a time, in ascending wallet-account id so wallets are
-locked in a fixed order), writes each batch's audit lines in one statement and
-pays each batch's winners in one ledger transaction through
-``wallets.apply_changes``; then fees and breakage leave the escrow in one more
-transaction.  Memory is bounded by the batch, not the market.  A crash
-anywhere before commit leaves nothing behind; after commit the distribution
-is ``completed`` and a redelivery finds nothing to do.
+A settlement is one database transaction, done set-based by the database: the domain
+computes the terms (``domain.markets.terms``); one statement computes every commitment's
+line from them (``repository.line_columns``, ``domain.markets.line`` in SQL, the terms as
+bound parameters) into a temporary table, in ascending wallet-account id (the lock
+order); then one INSERT … SELECT each writes the audit lines, the payouts (one ledger
+transaction per ``BATCH`` commitments that pays anyone, through ``ledger_post_many``:
+locks, limits and balances as for any posting), the wallet audit and the users'
+notifications, and one UPDATE settles the commitments; then fees and breakage leave the
+escrow in one more transaction.  Python holds the totals, never the commitments, so
+memory is flat whatever the market.  A crash anywhere before commit leaves nothing
+behind; after commit the distribution is ``completed`` and a redelivery finds nothing
+to do.
 
 A rollback reverses every ledger transaction the distribution posted
 (reversals, never deletes), returns the commitments to active and leaves the
@@ -19,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from domain import accounts
 from domain.errors import LedgerError, Refused
@@ -38,11 +42,9 @@ from domain.markets import (
     Outcome,
     Terms,
     breakage,
-    line,
     terms,
 )
-from domain.wallet import WalletChange
-from infra import alerts, faults, ledger, wallets
+from infra import alerts, faults, guard, ledger, wallets
 from infra.errors import Transient
 from infra.logs import get_logger
 from infra.settings import get_settings
@@ -51,11 +53,13 @@ from infra.uow import UnitOfWork
 
 log = get_logger(__name__)
 
-#: Commitments per batch: one ledger transaction and one INSERT of audit lines each.
+#: Commitments per batch: one ledger transaction (of those the batch pays) each.
 BATCH = get_settings().market_settle_batch
 #: Up to this many per-user notifications are published right after commit;
 #: beyond it they are written to the outbox and left to its sweeper.
 PUBLISH_NOW_MAX = 1000
+#: work_mem of a settlement's transaction: its sorts and hashes of every commitment.
+SETTLE_WORK_MEM = "64MB"
 
 
 class SettlementPending(Transient):
@@ -104,33 +108,32 @@ def settle(uow: UnitOfWork, distribution_id: int, *, batch: int | None = None) -
               market.house_fee_bps, market.creator_fee_bps)
     _check_escrow_holds(conn, escrow, cur, t.pool)
 
-    paid = count = winners = 0
-    txns: list[int] = []
     kind = "refund" if t.refunding else "payout"
-    for n, commitments in enumerate(repo.active_commitments(conn, market_id, batch or BATCH)):
-        lines = [line(t, c) for c in commitments]
-        repo.add_lines(conn, distribution_id, lines)
-        changes = [
-            WalletChange(ln.commitment.user_id, cur, ln.payout, kind,
-                         reason=f"market {market_id} {ln.result}",
-                         metadata={"market_id": market_id, "distribution_id": distribution_id,
-                                   "commitment_id": ln.commitment.commitment_id})
-            for ln in lines if ln.payout > 0
-        ]
-        if changes:
-            txn = wallets.apply_changes(
-                uow, changes, counter_account=escrow, kind=f"market_{kind}",
-                memo=f"market {market_id}: {kind}s, batch {n}",
-                idempotency_key=f"market:{market_id}:distribution:{distribution_id}:batch:{n}",
-                metadata={"market_id": market_id, "distribution_id": distribution_id, "batch": n},
-                notify=False,
-            )
-            repo.add_transaction(conn, distribution_id, txn, f"{kind}s")
-            txns.append(txn)
-        paid += sum(ln.payout for ln in lines)
-        count += len(lines)
-        winners += sum(1 for ln in lines if ln.result == "won")
-        faults.point("settle_batch", "settle_market")
+    # Set-based: the database computes every line from the domain's terms (bound
+    # parameters) into a temporary table, then writes the audit lines, the wallet audit
+    # and the notifications each in one statement, the ledger transactions in one
+    # statement per batch of commitments (one transaction each, as before).  Nothing per
+    # commitment passes through Python.
+    # Sorts and hashes of 100,000 rows fit in memory (this transaction only).
+    conn.execute(text(f"SET LOCAL work_mem = '{SETTLE_WORK_MEM}'"))
+    staged = repo.stage_lines(conn, market_id, t, batch or BATCH)
+    paid, count, winners = staged["paid"], staged["commitments"], staged["winners"]
+    # The commitments are settled in one UPDATE (HOT: migration 0015), then the lines.
+    repo.set_commitments_status(conn, market_id, "active", "settled")
+    repo.add_staged_lines(conn, distribution_id)
+    txns: list[int] = []
+    if staged["batches"]:
+        params = {"m": market_id, "d": distribution_id, "cur": cur, "escrow": escrow,
+                  "kind": kind}
+        payouts = repo.staged_payouts_sql()
+        txns = [ledger.post_select(conn, *payouts, {**params, "batch": b})[0]
+                for b in staged["batches"]]
+        guard.record_select(conn, kind, _STAGED_AUDIT,
+                            {**params, "batches": staged["batches"], "txns": txns})
+        repo.add_transactions(conn, distribution_id, txns, f"{kind}s")
+        for txn, wallets in zip(txns, staged["wallets"]):
+            guard.alerts_after(uow, txn, wallets)
+    faults.point("settle_batch", "settle_market")
 
     left = breakage(t, paid)
     fees = _fee_postings(market.market_id, market.creator_id, cur, t, left)
@@ -146,13 +149,30 @@ def settle(uow: UnitOfWork, distribution_id: int, *, batch: int | None = None) -
     _check_escrow_holds(conn, escrow, cur, 0)
 
     repo.complete_distribution(conn, distribution_id, t, left, paid, count, winners)
-    repo.set_commitments_status(conn, market_id, "active", "settled")
+    repo.drop_stage(conn)
     repo.set_status(conn, market_id, VOIDED if t.kind == "void" else SETTLED)
     alerts.resolve_alert(uow, failure_alert_key(distribution_id), note="settled on retry")
     done = Settled(market_id, distribution_id, t, left, paid, count, winners, txns)
     uow.emit("market.settled", done.event(cur))
     _notify_users(uow, "market.payout", distribution_id, market_id, cur, only_paid=False)
     return done
+
+
+#: The wallet audit of the staged payouts (``guard.record_select``): one line per paid
+#: commitment, in lock order, with the wallet's balance before it.  The wallets are locked
+#: (the payouts are posted), so their balance now less this settlement's payouts to them,
+#: plus those before this line, is the balance before this line.
+_STAGED_AUDIT = (
+    "SELECT t.id AS transaction_id, s.user_id, CAST(:cur AS text) AS currency, "
+    "s.payout AS amount, a.balance - sum(s.payout) OVER (PARTITION BY s.wallet_account_id) "
+    "+ sum(s.payout) OVER (PARTITION BY s.wallet_account_id ORDER BY s.ord) - s.payout "
+    "AS balance_before, 'market ' || CAST(:m AS text) || ' ' || s.result AS reason, "
+    "jsonb_build_object('market_id', CAST(:m AS text), 'distribution_id', CAST(:d AS bigint), "
+    "'commitment_id', s.commitment_id) AS metadata, s.ord "
+    "FROM settle_lines s JOIN accounts a ON a.id = s.wallet_account_id "
+    "JOIN unnest(CAST(:batches AS bigint[]), CAST(:txns AS bigint[])) AS t(batch, id) "
+    "ON t.batch = s.batch WHERE s.payout > 0"
+)
 
 
 def _fee_postings(market_id: str, creator_id: str, cur: str, t: Terms, left: int) -> list[Posting]:
