@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from infra import alerts, guard  # noqa: F401  (importing them registers their conditions)
+from infra import alert_conditions, alerts, guard  # noqa: F401  (importing them registers their conditions)
 from schedules import conditions as _schedule_conditions  # noqa: F401  (likewise)
 from infra.conditions import CONDITIONS, evaluate
 from infra.contract.operations import (AcknowledgeAlert, DeliverAlertWebhooks, EvaluateAlerts,

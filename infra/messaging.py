@@ -7,11 +7,18 @@
 The decorated function receives the validated command and an open unit of
 work whose ``(actor, request_id)`` claim already succeeded; the decorator
 commits when it returns.  With ``transactional=False`` it receives only the
-command and opens its own units of work (long steps, external calls).
+command and opens its own units of work (long steps, external calls); when it takes
+a second argument, that is an unentered unit of work it enters once per transaction.
+
+``call(actor_name, **kwargs)`` runs a registered command in this process through the
+same path (validated, claimed, committed) and returns the handler's result: the CLI's
+levers use it, so they never write state their own way.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from typing import Any, Callable
 
 import dramatiq
@@ -23,6 +30,11 @@ from infra.logs import get_logger
 from infra.uow import UnitOfWork
 
 log = get_logger(__name__)
+
+#: Every registered command's runner by actor name (``call`` runs them in-process).
+RUNNERS: dict[str, Callable[..., Any]] = {}
+#: The package whose import registers every actor (the worker's entry point too).
+ACTORS_PACKAGE = "actors"
 
 
 def command(*, transactional: bool = True, **options: Any) -> Callable:
@@ -36,24 +48,30 @@ def command(*, transactional: bool = True, **options: Any) -> Callable:
     def decorator(fn: Callable) -> dramatiq.Actor:
         spec = spec_for(fn.__name__)
 
-        def run(**kwargs: Any) -> None:
+        takes_uow = len(inspect.signature(fn).parameters) > 1
+
+        def run(**kwargs: Any) -> Any:
             cmd = parse(spec.schema, kwargs)
             if not transactional:
-                fn(cmd)
-                return
+                if takes_uow:
+                    return fn(cmd, UnitOfWork(actor=spec.actor, request_id=cmd.request_id,
+                                              payload=cmd))
+                return fn(cmd)
             with UnitOfWork(actor=spec.actor, request_id=cmd.request_id, payload=cmd) as uow:
                 if not uow.claim():
                     log.info("request.duplicate", detail="already applied; nothing done")
                     _count_duplicate(spec.queue, spec.actor)
-                    return
-                fn(cmd, uow)
+                    return None
+                result = fn(cmd, uow)
                 uow.commit()
+            return result
 
         run.__name__ = fn.__name__
         run.__doc__ = fn.__doc__
         run.__wrapped__ = fn  # type: ignore[attr-defined]
         # ``throws``: Dramatiq logs a permanent error as expected, without a traceback.
         options.setdefault("throws", (BallastError,))
+        RUNNERS[spec.actor] = run
         return dramatiq.actor(
             run, actor_name=spec.actor, queue_name=spec.queue, broker=get_broker(), **options
         )
@@ -66,3 +84,11 @@ def _count_duplicate(queue: str, actor: str) -> None:
 
     if DUPLICATES is not None:
         DUPLICATES.labels(queue=queue, actor=actor).inc()
+
+
+def call(actor_name: str, **kwargs: Any) -> Any:
+    """Run the command ``actor_name`` here and now, as its actor would (validated, claimed,
+    committed), and return what its handler returns."""
+    if actor_name not in RUNNERS:
+        importlib.import_module(ACTORS_PACKAGE)  # registers every actor, as the worker does
+    return RUNNERS[actor_name](**kwargs)

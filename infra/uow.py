@@ -3,19 +3,29 @@
     with UnitOfWork(actor="deposit", request_id=cmd.request_id, payload=cmd) as uow:
         if not uow.claim():
             return                     # this request already took effect
-        ledger.post(uow.conn, ...)
+        uow.ledger.post([...], kind="deposit")
         uow.emit("wallet.changed", {...})
         uow.commit()                   # then the outbox rows are published
 
 Leaving the block without ``commit()`` rolls everything back, outbox rows
 included, so nothing is published for a rolled-back transaction.
+
+The repositories it owns are bound to its transaction: ``uow.conversions``,
+``uow.buffers``, ``uow.providers`` (``infra/treasury/repository.py``),
+``uow.journal`` (``infra/journal/repository.py``), ``uow.ledger`` and ``uow.alerts``
+(``infra/repositories.py``).  A step that calls the outside world between
+transactions enters the same unit of work again: each ``with uow:`` is a new
+transaction (``hold_lock`` holds an advisory lock across them).  The fake with the
+same interface, for handler tests, is ``infra/uow_fake.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import dramatiq
 from pydantic import BaseModel
@@ -24,6 +34,13 @@ from sqlalchemy import Connection, Engine, text
 from domain.errors import RequestConflict
 from infra import faults, outbox
 from infra.db.engine import get_engine, sql
+from infra.journal.repository import JournalRepository
+from infra.repositories import AlertRepository, LedgerRepository
+from infra.treasury.repository import BufferRepository, ConversionRepository, ProviderRepository
+
+
+#: How often ``hold_lock`` tries again while another process holds the lock.
+LOCK_POLL_S = 0.1  # s
 
 
 def payload_hash(payload: Any) -> str:
@@ -65,6 +82,14 @@ class UnitOfWork:
     def __enter__(self) -> "UnitOfWork":
         self.conn = self.engine.connect()
         self._tx = self.conn.begin()
+        self._rows = []
+        self.committed = False
+        self.ledger = LedgerRepository(self.conn)
+        self.alerts = AlertRepository(self)
+        self.conversions = ConversionRepository(self.conn)
+        self.buffers = BufferRepository(self.conn)
+        self.providers = ProviderRepository(self.conn, self.engine)
+        self.journal = JournalRepository(self.conn)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -100,6 +125,29 @@ class UnitOfWork:
                 "with a different payload"
             )
         return False
+
+    @contextmanager
+    def hold_lock(self, namespace: int, key: int, wait_s: float = 0) -> Iterator[bool]:
+        """Hold the advisory lock ``(namespace, key)`` across transactions (on an autocommit
+        connection of its own).  Yields False when it could not be had within ``wait_s``;
+        a process that dies drops its connection, and the lock with it."""
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                got = conn.execute(text("SELECT pg_try_advisory_lock(:c, :j)"),
+                                   {"c": namespace, "j": key}).scalar_one()
+                if got or time.monotonic() >= deadline:
+                    break
+                time.sleep(LOCK_POLL_S)
+            try:
+                yield bool(got)
+            finally:
+                if got:
+                    conn.execute(text("SELECT pg_advisory_unlock(:c, :j)"),
+                                 {"c": namespace, "j": key})
+        finally:
+            conn.close()
 
     def send(self, actor: str, **kwargs: Any) -> None:
         """Hand work to the next step: written now, published after commit."""

@@ -19,6 +19,7 @@ from domain.errors import BallastError, InvalidCommand
 from domain.money import format_minor
 from infra.cli.identity import operator_identity
 from infra.cli.levers import by_option, check_by, confirm, lever_options, record
+from infra import messaging
 from infra.cli.output import console, emit, fail, json_option, table
 from infra.db.engine import get_engine, get_read_engine
 from infra.uow import UnitOfWork
@@ -76,14 +77,14 @@ def buffers_group(ctx: click.Context, as_json: bool) -> None:
 @json_option
 def buffers_rebalance(by: str, as_json: bool) -> None:
     """Run a settlement cycle now (even while auto-rebalancing is paused)."""
-    from infra.treasury import cycle, overrides
+    from infra.treasury import overrides
 
     check_by(by)
 
-    def run():
-        with _uow("run_settlement_cycle", "rebalance") as uow:
-            uow.claim()
-            created = cycle.run_cycle(uow, "manual", requested_by=by)
+    def run():  # the run_settlement_cycle handler, through the contract; then the audit
+        created = messaging.call("run_settlement_cycle", request_id=f"cli:rebalance:{uuid.uuid4()}",
+                                 trigger="manual", requested_by=by)
+        with _uow("treasury_settings", "rebalance") as uow:
             record(uow.conn, by, "buffers rebalance", None, {"jobs_created": list(created)})
             overrides.record_lever(uow.conn, "rebalance", by, data={"jobs_created": created})
             uow.commit()
@@ -428,9 +429,7 @@ def conversions_group(ctx: click.Context, active: bool, limit: int, as_json: boo
 @json_option
 def conversions_poll(as_json: bool) -> None:
     """Poll every job a provider holds, now."""
-    from infra.treasury import polling
-
-    polled = polling.poll_all(request_id=f"cli:poll:{uuid.uuid4()}")
+    polled = messaging.call("poll_conversion", request_id=f"cli:poll:{uuid.uuid4()}")
     emit({"polled": polled}, as_json, lambda d: console.print(f"polled {d['polled']} job(s)"))
 
 

@@ -1,5 +1,3 @@
 """Payment matching on PostgreSQL: the repository (``repository``), the matching run, the
 admin's link and cycle opening (``matching``), the operator views (``views``) and the
 unmatched-payments alert (``conditions``, registered on import)."""
-
-from infra.journal import conditions  # noqa: F401  (registers the alert condition)

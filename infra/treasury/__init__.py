@@ -12,5 +12,3 @@
 - ``reconcile``: the ledger against custodian, providers' books and our own jobs.
 - ``callbacks``: the endpoint receiving signed provider callbacks (``ballast callbacks serve``).
 """
-
-from infra.treasury import conditions  # noqa: F401  (registers the alert conditions)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from domain.errors import NotFound, Refused
-from infra import alerts, conditions, rabbit
+from infra import alert_conditions, alerts, conditions, rabbit
 from infra.alerts import Alert
 from infra.settings import get_settings
 from infra.uow import UnitOfWork
@@ -204,7 +204,7 @@ def test_stuck_deliveries_raise_webhook_failing_and_expire(engine, webhook_url):
         conn.execute(text("UPDATE alert_deliveries SET created_at = now() - interval '25 hours' "
                           "WHERE alert_id = :a"), {"a": alert_id})
     with UnitOfWork(engine=engine) as uow:
-        alerts.alert_webhooks(uow)
+        alert_conditions.alert_webhooks(uow)
         uow.commit()
     assert pending_deliveries(engine, alert_id)[0].status == "expired"
     (failing,) = [r for r in rows(engine, "webhook_failing") if r.status != "resolved"]
@@ -212,7 +212,7 @@ def test_stuck_deliveries_raise_webhook_failing_and_expire(engine, webhook_url):
     with engine.begin() as conn:  # leave nothing pending for the other tests
         conn.execute(text("UPDATE alert_deliveries SET status = 'expired' WHERE status = 'pending'"))
     with UnitOfWork(engine=engine) as uow:
-        alerts.alert_webhooks(uow)
+        alert_conditions.alert_webhooks(uow)
         uow.commit()
     assert all(r.status == "resolved" for r in rows(engine, "webhook_failing"))
 
@@ -289,7 +289,7 @@ def test_dead_letter_condition_counts_the_durable_log_and_resolves_on_purge(env,
         _logged_dead_letter(engine, "ballast.wallets")
     _logged_dead_letter(engine, "ballast.markets")
     with UnitOfWork(engine=engine) as uow:
-        alerts.dead_letters(uow)
+        alert_conditions.dead_letters(uow)
         uow.commit()
     (wallet,) = [r for r in rows(engine, "dead_letters:ballast.wallets") if r.status == "open"]
     assert wallet.subject == "2 dead letter(s) of ballast.wallets neither replayed nor purged"
@@ -303,7 +303,7 @@ def test_dead_letter_condition_counts_the_durable_log_and_resolves_on_purge(env,
         deadletter_log.mark_purged(conn, "ballast.markets", "tests")
     _logged_dead_letter(engine, "ballast.wallets")
     with UnitOfWork(engine=engine) as uow:
-        alerts.dead_letters(uow)
+        alert_conditions.dead_letters(uow)
         uow.commit()
     (wallet,) = [r for r in rows(engine, "dead_letters:ballast.wallets") if r.status == "open"]
     assert wallet.subject.startswith("3 dead letter(s)")  # same alert, count refreshed
@@ -314,14 +314,14 @@ def test_dead_letter_condition_counts_the_durable_log_and_resolves_on_purge(env,
     for _ in range(2):
         dead_letter(env, "ballast.markets", b'{"garbage": true}')
     with UnitOfWork(engine=engine) as uow:
-        alerts.dead_letters(uow)
+        alert_conditions.dead_letters(uow)
         uow.commit()
     assert all(r.status == "resolved" for r in rows(engine, "dead_letters:ballast.wallets"))
     (markets,) = [r for r in rows(engine, "dead_letters:ballast.markets") if r.status == "open"]
     assert markets.data["count"] == 2 and markets.data["logged"] == 0
     purge_all(env)
     with UnitOfWork(engine=engine) as uow:
-        alerts.dead_letters(uow)
+        alert_conditions.dead_letters(uow)
         uow.commit()
     assert all(r.status == "resolved" for r in rows(engine, "dead_letters:ballast.markets"))
 

@@ -69,7 +69,7 @@ def test_rebalance_convert_poll_and_conversions_views(engine):
                             "provider", "attempts", "created_at"]
     assert (active["direction"], active["source_amount"], active["status"]) == (
         "USD->USDC", usd(60_000), "pending")
-    from infra.treasury import submission
+    from tests.steps import submission
     submission.submit(active["job_id"], engine)
     assert run("conversions", "poll", "--json") == {"polled": 1}
     assert job(engine, active["job_id"]).status == conv.COMPLETED
