@@ -1,4 +1,5 @@
-"""Which test runs need the services: the pure tests (``tests/domain``) do not.
+"""Which test runs need the services: the pure tests (``tests/domain``, and
+``tests/services`` on the fake unit of work) do not.
 
 A run whose paths all lie under a pure directory starts no database, vhost or Redis db
 and needs none of the three services up; any other run (the default, ``tests``) sets
@@ -13,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Directories whose tests import nothing of I/O and use no service fixture.
-PURE_DIRS = (ROOT / "tests" / "domain",)
+PURE_DIRS = (ROOT / "tests" / "domain", ROOT / "tests" / "services")
 
 
 def _path_of(arg: str) -> Path | None:

@@ -101,7 +101,7 @@ def _set_auto(enabled: bool, by: str, as_json: bool) -> None:
 
     check_by(by)
     with _uow("treasury_settings", "auto_rebalance") as uow:
-        cycle.set_auto_rebalance(uow, enabled, by)
+        uow.buffers.put_setting(cycle.AUTO_REBALANCE, enabled, by)
         record(uow.conn, by, f"buffers {'resume' if enabled else 'pause'}", None)
         overrides.record_lever(uow.conn, "resume_rebalancing" if enabled else "pause_rebalancing",
                                by)
