@@ -54,5 +54,5 @@ def close_cycle(cmd: CloseCycle, uow: UnitOfWork):
 
 
 @command(max_retries=20, retry_within_ms=290_000)  # fired every 5 min
-def match_payments(cmd: MatchPayments, uow: UnitOfWork):
-    return journal.match_payments(cmd, uow)
+def match_payments(cmd: MatchPayments, uow: UnitOfWork, progress=None):
+    return journal.match_payments(cmd, uow, progress)

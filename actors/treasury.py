@@ -23,8 +23,8 @@ def record_buffer_flow(cmd: RecordBufferFlow, uow: UnitOfWork):
 
 
 @command(max_retries=20, retry_within_ms=290_000)  # fired every 5 min
-def run_settlement_cycle(cmd: RunSettlementCycle, uow: UnitOfWork):
-    return buffers.run_settlement_cycle(cmd, uow)
+def run_settlement_cycle(cmd: RunSettlementCycle, uow: UnitOfWork, requested_by: str | None = None):
+    return buffers.run_settlement_cycle(cmd, uow, requested_by)
 
 
 @command(transactional=False)  # own transactions: the provider is called outside any

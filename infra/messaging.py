@@ -12,7 +12,11 @@ a second argument, that is an unentered unit of work it enters once per transact
 
 ``call(actor_name, **kwargs)`` runs a registered command in this process through the
 same path (validated, claimed, committed) and returns the handler's result: the CLI's
-levers use it, so they never write state their own way.
+levers use it, so they never write state their own way.  An in-process caller may give
+the handler keyword arguments beside the command (``extras``: a progress callback, the
+operator name the CLI checked itself; never from a message, so never through the broker),
+and work of its own to do in the handler's transaction before it commits (``then``: the
+CLI's audit rows, committed with what they record or not at all).
 """
 
 from __future__ import annotations
@@ -50,28 +54,37 @@ def command(*, transactional: bool = True, **options: Any) -> Callable:
 
         takes_uow = len(inspect.signature(fn).parameters) > 1
 
-        def run(**kwargs: Any) -> Any:
+        def invoke(kwargs: dict[str, Any], extras: dict[str, Any] | None = None,
+                   then: Callable[[UnitOfWork, Any], None] | None = None) -> Any:
             cmd = parse(spec.schema, kwargs)
+            extras = extras or {}
             if not transactional:
+                if then is not None:
+                    raise TypeError(f"{spec.actor} opens its own transactions: no `then`")
                 if takes_uow:
                     return fn(cmd, UnitOfWork(actor=spec.actor, request_id=cmd.request_id,
-                                              payload=cmd))
-                return fn(cmd)
+                                              payload=cmd), **extras)
+                return fn(cmd, **extras)
             with UnitOfWork(actor=spec.actor, request_id=cmd.request_id, payload=cmd) as uow:
                 if not uow.claim():
                     log.info("request.duplicate", detail="already applied; nothing done")
                     _count_duplicate(spec.queue, spec.actor)
                     return None
-                result = fn(cmd, uow)
+                result = fn(cmd, uow, **extras)
+                if then is not None:
+                    then(uow, result)
                 uow.commit()
             return result
+
+        def run(**kwargs: Any) -> Any:  # a message's kwargs: the command, nothing else
+            return invoke(kwargs)
 
         run.__name__ = fn.__name__
         run.__doc__ = fn.__doc__
         run.__wrapped__ = fn  # type: ignore[attr-defined]
         # ``throws``: Dramatiq logs a permanent error as expected, without a traceback.
         options.setdefault("throws", (BallastError,))
-        RUNNERS[spec.actor] = run
+        RUNNERS[spec.actor] = invoke
         return dramatiq.actor(
             run, actor_name=spec.actor, queue_name=spec.queue, broker=get_broker(), **options
         )
@@ -86,9 +99,14 @@ def _count_duplicate(queue: str, actor: str) -> None:
         DUPLICATES.labels(queue=queue, actor=actor).inc()
 
 
-def call(actor_name: str, **kwargs: Any) -> Any:
+def call(actor_name: str, /, *, extras: dict[str, Any] | None = None,
+         then: Callable[[UnitOfWork, Any], None] | None = None, **kwargs: Any) -> Any:
     """Run the command ``actor_name`` here and now, as its actor would (validated, claimed,
-    committed), and return what its handler returns."""
+    committed), and return what its handler returns.
+
+    ``extras`` are keyword arguments for the handler beside the command (checked by the
+    caller, not by the contract); ``then(uow, result)`` runs in the handler's transaction,
+    before the commit (transactional commands only).  A duplicate request runs neither."""
     if actor_name not in RUNNERS:
         importlib.import_module(ACTORS_PACKAGE)  # registers every actor, as the worker does
-    return RUNNERS[actor_name](**kwargs)
+    return RUNNERS[actor_name](kwargs, extras, then)

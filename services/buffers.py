@@ -33,17 +33,22 @@ def record_buffer_flow(cmd: RecordBufferFlow, uow: UnitOfWork) -> int:
                            metadata={"account_type": cmd.account_type, "reference": cmd.reference})
 
 
-def requester(cmd: RunSettlementCycle) -> str:
+def requester(cmd: RunSettlementCycle, requested_by: str | None = None) -> str:
     """Who asked: a name, the scheduler, or the request (never a made-up name)."""
-    who = cmd.requested_by or ("scheduler" if cmd.trigger == "scheduled"
-                               else f"request {cmd.request_id}")
+    who = requested_by or cmd.requested_by or ("scheduler" if cmd.trigger == "scheduled"
+                                               else f"request {cmd.request_id}")
     return who[:200]
 
 
-def run_settlement_cycle(cmd: RunSettlementCycle, uow: UnitOfWork) -> list[int]:
+def run_settlement_cycle(cmd: RunSettlementCycle, uow: UnitOfWork,
+                         requested_by: str | None = None) -> list[int]:
     """One cycle, planned as a whole under the buffers' locks (``domain.buffers.plan_cycle``).
     A scheduled one does nothing while auto-rebalancing is paused; none creates a job while
-    conversions are frozen.  Returns the ids of the jobs it created."""
+    conversions are frozen.  Returns the ids of the jobs it created.
+
+    ``requested_by``, from an in-process caller only (the CLI's ``--by``, which it checks
+    itself: 1-128 characters, the operator's key), names who asked in place of the
+    message's field, whose contract rule (an identifier) is narrower."""
     if cmd.trigger == "scheduled" and not uow.buffers.setting(AUTO_REBALANCE, True):
         log.info("settlement_cycle.paused", detail="auto-rebalancing is paused")
         return []
@@ -63,7 +68,8 @@ def run_settlement_cycle(cmd: RunSettlementCycle, uow: UnitOfWork) -> list[int]:
             continue
         created.append(jobs.create_job(uow, kind="replenishment", source_type=plan.source,
                                        destination_type=plan.destination,
-                                       amount=plan.source_amount, requested_by=requester(cmd),
+                                       amount=plan.source_amount,
+                                       requested_by=requester(cmd, requested_by),
                                        trigger=cmd.trigger))
         uow.alerts.resolve(f"buffer:cannot_replenish:{plan.destination}",
                            note=f"job {created[-1]} created")

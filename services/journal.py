@@ -90,10 +90,6 @@ def match_payments(cmd: MatchPayments, uow: UnitOfWork,
     return match(uow, cmd.cycle_id, progress)
 
 
-def cycle_account(cycle_id: str) -> str:
-    return accounts.cycle(cycle_id)
-
-
 class LinkRace(Transient):
     """A payment was linked by someone else meanwhile (transient: the retry re-reads)."""
 

@@ -8,7 +8,7 @@ import click
 
 from domain.errors import InvalidCommand, NotFound
 from domain.money import format_minor
-from infra.cli.output import (console, emit, fail, json_option, record, table,
+from infra.cli.output import (console, emit, fail, json_option, progress, record, table,
                               timestamp)
 from infra.contract import parse
 from infra.contract.journal import MatchPayments
@@ -94,7 +94,9 @@ def matching_run(cycle_id: str | None, as_json: bool) -> None:
     except InvalidCommand as exc:
         fail(str(exc), 2)
     try:  # the match_payments handler, through the contract (validated, claimed)
-        result = messaging.call("match_payments", **cmd.model_dump(mode="json"))
+        with progress("matching") as advance:  # a bar on a terminal only (issue 17)
+            result = messaging.call("match_payments", extras={"progress": advance},
+                                    **cmd.model_dump(mode="json"))
     except NotFound as exc:
         fail(str(exc), 1)
     emit(result.as_dict(), as_json, lambda d: record(d, title="matching run"))

@@ -81,14 +81,15 @@ def buffers_rebalance(by: str, as_json: bool) -> None:
 
     check_by(by)
 
-    def run():  # the run_settlement_cycle handler, through the contract; then the audit
-        created = messaging.call("run_settlement_cycle", request_id=f"cli:rebalance:{uuid.uuid4()}",
-                                 trigger="manual", requested_by=by)
-        with _uow("treasury_settings", "rebalance") as uow:
-            record(uow.conn, by, "buffers rebalance", None, {"jobs_created": list(created)})
-            overrides.record_lever(uow.conn, "rebalance", by, data={"jobs_created": created})
-            uow.commit()
-        return created
+    def audit(uow: UnitOfWork, created: list[int]) -> None:  # in the cycle's transaction
+        record(uow.conn, by, "buffers rebalance", None, {"jobs_created": list(created)})
+        overrides.record_lever(uow.conn, "rebalance", by, data={"jobs_created": created})
+
+    def run():  # the run_settlement_cycle handler, validated and claimed, and its audit rows:
+        # one transaction.  --by is checked here (check_by), as it always was, so it goes to
+        # the handler beside the message, whose requested_by is a narrower identifier.
+        return messaging.call("run_settlement_cycle", extras={"requested_by": by}, then=audit,
+                              request_id=f"cli:rebalance:{uuid.uuid4()}", trigger="manual")
 
     created = _guarded(run)
     emit({"jobs_created": len(created)}, as_json,

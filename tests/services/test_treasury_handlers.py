@@ -69,3 +69,14 @@ def test_pausing_a_provider_takes_it_out_and_is_audited():
     assert uow.providers.rows["sim"].status == "paused"
     assert uow.conversions.levers == [{"action": "pause_provider", "by": "ops",
                                        "data": {"provider": "sim"}}]
+
+
+@pytest.mark.parametrize("given, by, expected", [
+    (None, None, "request c"), ("ops", None, "ops"), ("ops", "Jane Doe (ops)", "Jane Doe (ops)"),
+    (None, "x" * 128, "x" * 128)])
+def test_who_asked_for_a_cycle(given, by, expected):
+    """The in-process caller's name (the CLI's --by, not bound to the identifier rule) wins
+    over the message's; without either a manual cycle is the request's."""
+    cmd = parse(RunSettlementCycle, {"request_id": "c", "trigger": "manual",
+                                     **({"requested_by": given} if given else {})})
+    assert buffers.requester(cmd, by) == expected
