@@ -26,6 +26,8 @@ from infra.uow import UnitOfWork
 log = get_logger(__name__)
 
 FROZEN = store.FROZEN
+#: The freeze in force (a dict: by, reason, at), or None.
+frozen = store.freeze_state
 
 
 def _who(by: str) -> str:
