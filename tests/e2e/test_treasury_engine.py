@@ -15,7 +15,8 @@ from domain import conversions as conv
 from infra.providers import callbacks as signing
 from infra.providers.http import make_config as http_config
 from infra.providers.simulated import SimulatedProvider
-from infra.treasury import overrides, polling, store, submission, views
+from infra.treasury import overrides, store, views
+from tests.steps import polling, submission
 from infra.uow import UnitOfWork
 from tests.harness import ROOT, send, uid, wait_quiet, wait_until
 from tests.infra.test_treasury_kit import (
