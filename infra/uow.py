@@ -8,7 +8,9 @@
         uow.commit()                   # then the outbox rows are published
 
 Leaving the block without ``commit()`` rolls everything back, outbox rows
-included, so nothing is published for a rolled-back transaction.
+included, so nothing is published for a rolled-back transaction.  It is
+``infra.transaction.Transaction`` (the transaction and its outbox) with the claim, the
+process's broker and the repositories.
 
 The repositories it owns are bound to its transaction: ``uow.conversions``,
 ``uow.buffers``, ``uow.providers`` (``infra/treasury/repository.py``),
