@@ -15,6 +15,7 @@ import importlib
 from typing import Any, Callable
 
 from infra import messaging
+from infra.broker import get_broker
 from infra.uow import UnitOfWork
 
 #: The package whose import registers every actor (the worker's argument too).
@@ -36,5 +37,6 @@ def call(actor_name: str, /, *, extras: dict[str, Any] | None = None,
 
     A duplicate request runs neither the handler nor ``then``."""
     if actor_name not in messaging.RUNNERS:
+        get_broker()  # this process's own broker first: the actors' package would build a worker's
         importlib.import_module(ACTORS_PACKAGE)  # registers every actor, as the worker does
     return messaging.RUNNERS[actor_name](kwargs, extras, then)
