@@ -7,9 +7,11 @@ from the environment, then imports one module per step.
 import dramatiq
 
 from infra.broker import build_broker
-from infra.logs import configure_logging
+from infra.logs import ensure_logging
 
-configure_logging()
+# The worker's processes set their logging up first (infra.worker); a CLI that loads the
+# actors to run a command in-process (infra.cli.in_process) keeps its own (WARNING).
+ensure_logging()
 if dramatiq.broker.global_broker is None:
     # The worker's broker: with Prometheus metrics when BALLAST_METRICS_PORT is set.
     dramatiq.set_broker(build_broker(worker=True))

@@ -9,7 +9,7 @@ run.  The sample's decisions must be identical on both sides, or the benchmark f
 single-threaded pure Python + rapidfuzz and the machine may be shared.
 
 With ``BENCH_MATCHING_DB=1`` the whole run also goes through PostgreSQL (its own
-benchmark database): the entries are imported, ``infra.journal.matching.run`` links the
+benchmark database): the entries are imported, ``services.journal.match`` links the
 payments, deposits into the cycles and writes the events; its time is in the note.
 
 The data is synthetic and seeded: exact, contained and fuzzy memos (some with the wrong
@@ -107,7 +107,7 @@ def _through_postgres(exps: list[Expectation], pays: list[Payment]) -> str:
     from bench.common import bench_env
     from infra.contract.journal import JournalEntry
     from infra.db.engine import get_engine
-    from infra.journal import matching as service
+    from services import journal as service
     from infra.journal import repository as repo
     from infra.uow import UnitOfWork
 
@@ -134,7 +134,7 @@ def _through_postgres(exps: list[Expectation], pays: list[Payment]) -> str:
         started = time.monotonic()
         with UnitOfWork(actor="match_payments", request_id="bench", payload={}, engine=engine) as uow:
             uow.claim()
-            tally = service.run(uow)
+            tally = service.match(uow)
             uow.commit()
         ran = time.monotonic() - started
     return (f"through PostgreSQL: import {imported:.1f}s, matching run {ran:.1f}s "

@@ -272,6 +272,13 @@ def configure_logging(fmt: str | None = None, level: str | None = None, stream: 
     _configured = True
 
 
+def ensure_logging() -> None:
+    """Configure logging with the defaults unless this process did already (the CLI at
+    WARNING, a worker process on its pipe): a package imported later keeps that set-up."""
+    if not _configured:
+        configure_logging()
+
+
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
     if not _configured:
         configure_logging()

@@ -7,11 +7,21 @@
 The decorated function receives the validated command and an open unit of
 work whose ``(actor, request_id)`` claim already succeeded; the decorator
 commits when it returns.  With ``transactional=False`` it receives only the
-command and opens its own units of work (long steps, external calls).
+command and opens its own units of work (long steps, external calls); when it takes
+a second argument, that is an unentered unit of work it enters once per transaction.
+
+Every command's runner is kept by actor name (``RUNNERS``): ``infra.cli.in_process.call``
+runs one in this process through the same path (validated, claimed, committed) and
+returns the handler's result, so the CLI's levers never write state their own way.  An
+in-process caller may give the handler keyword arguments beside the command (``extras``: a
+progress callback, the operator name the CLI checked itself; never from a message, so never
+through the broker), and work of its own to do in the handler's transaction before it
+commits (``then``: the CLI's audit rows, committed with what they record or not at all).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import dramatiq
@@ -25,6 +35,9 @@ from infra.uow import UnitOfWork
 
 log = get_logger(__name__)
 
+#: Every registered command's runner by actor name (``infra.cli.in_process.call`` runs one).
+RUNNERS: dict[str, Callable[..., Any]] = {}
+
 
 def command(*, transactional: bool = True, **options: Any) -> Callable:
     """Register a function as the Dramatiq actor of the same name in CONTRACT.md.
@@ -37,24 +50,39 @@ def command(*, transactional: bool = True, **options: Any) -> Callable:
     def decorator(fn: Callable) -> dramatiq.Actor:
         spec = spec_for(fn.__name__)
 
-        def run(**kwargs: Any) -> None:
+        takes_uow = len(inspect.signature(fn).parameters) > 1
+
+        def invoke(kwargs: dict[str, Any], extras: dict[str, Any] | None = None,
+                   then: Callable[[UnitOfWork, Any], None] | None = None) -> Any:
             cmd = parse(spec.schema, kwargs)
+            extras = extras or {}
             if not transactional:
-                fn(cmd)
-                return
+                if then is not None:
+                    raise TypeError(f"{spec.actor} opens its own transactions: no `then`")
+                if takes_uow:
+                    return fn(cmd, UnitOfWork(actor=spec.actor, request_id=cmd.request_id,
+                                              payload=cmd), **extras)
+                return fn(cmd, **extras)
             with UnitOfWork(actor=spec.actor, request_id=cmd.request_id, payload=cmd) as uow:
                 if not uow.claim():
                     log.info("request.duplicate", detail="already applied; nothing done")
                     _count_duplicate(spec.queue, spec.actor)
-                    return
-                fn(cmd, uow)
+                    return None
+                result = fn(cmd, uow, **extras)
+                if then is not None:
+                    then(uow, result)
                 uow.commit()
+            return result
+
+        def run(**kwargs: Any) -> Any:  # a message's kwargs: the command, nothing else
+            return invoke(kwargs)
 
         run.__name__ = fn.__name__
         run.__doc__ = fn.__doc__
         run.__wrapped__ = fn  # type: ignore[attr-defined]
         # ``throws``: Dramatiq logs a permanent error as expected, without a traceback.
         options.setdefault("throws", (BallastError,))
+        RUNNERS[spec.actor] = invoke
         return dramatiq.actor(
             run, actor_name=spec.actor, queue_name=spec.queue, broker=get_broker(), **options
         )
@@ -65,3 +93,4 @@ def command(*, transactional: bool = True, **options: Any) -> Callable:
 def _count_duplicate(queue: str, actor: str) -> None:
     if metrics.DUPLICATES is not None:
         metrics.DUPLICATES.labels(queue=queue, actor=actor).inc()
+

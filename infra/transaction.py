@@ -43,8 +43,12 @@ class Transaction:
         self.committed = False
 
     def __enter__(self):
+        # Each ``with`` is a new transaction (a step that calls the outside world between
+        # transactions enters the same one again): nothing of the last one is carried over.
         self.conn = self.engine.connect()
         self._tx = self.conn.begin()
+        self._rows = []
+        self.committed = False
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -3,19 +3,31 @@
     with UnitOfWork(actor="deposit", request_id=cmd.request_id, payload=cmd) as uow:
         if not uow.claim():
             return                     # this request already took effect
-        ledger.post(uow.conn, ...)
+        uow.ledger.post([...], kind="deposit")
         uow.emit("wallet.changed", {...})
         uow.commit()                   # then the outbox rows are published
 
 Leaving the block without ``commit()`` rolls everything back, outbox rows
-included, so nothing is published for a rolled-back transaction.
+included, so nothing is published for a rolled-back transaction.  It is
+``infra.transaction.Transaction`` (the transaction and its outbox) with the claim, the
+process's broker and the repositories.
+
+The repositories it owns are bound to its transaction: ``uow.conversions``,
+``uow.buffers``, ``uow.providers`` (``infra/treasury/repository.py``),
+``uow.journal`` (``infra/journal/repository.py``), ``uow.ledger`` and ``uow.alerts``
+(``infra/repositories.py``).  A step that calls the outside world between
+transactions enters the same unit of work again: each ``with uow:`` is a new
+transaction (``hold_lock`` holds an advisory lock across them).  The fake with the
+same interface, for handler tests, is ``infra/uow_fake.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
@@ -25,7 +37,13 @@ from sqlalchemy import Engine, text
 from domain.errors import RequestConflict
 from infra import broker as process_broker
 from infra.db.engine import sql
+from infra.journal.repository import JournalRepository
+from infra.repositories import AlertRepository, LedgerRepository
 from infra.transaction import Transaction
+from infra.treasury.repository import BufferRepository, ConversionRepository, ProviderRepository
+
+#: How often ``hold_lock`` tries again while another process holds the lock.
+LOCK_POLL_S = 0.1  # s
 
 
 def payload_hash(payload: Any) -> str:
@@ -61,7 +79,14 @@ class UnitOfWork(Transaction):
         self.payload = payload
 
     def __enter__(self) -> "UnitOfWork":
-        return super().__enter__()
+        super().__enter__()
+        self.ledger = LedgerRepository(self.conn)
+        self.alerts = AlertRepository(self)
+        self.conversions = ConversionRepository(self.conn)
+        self.buffers = BufferRepository(self.conn)
+        self.providers = ProviderRepository(self.conn, self.engine)
+        self.journal = JournalRepository(self.conn)
+        return self
 
     def claim(self) -> bool:
         """Claim ``(actor, request_id)``.  False when it already took effect.
@@ -93,6 +118,29 @@ class UnitOfWork(Transaction):
     def broker(self) -> dramatiq.Broker:
         """The broker given, else the process's global one (``infra.broker.get_broker``)."""
         return self._broker or process_broker.get_broker()
+
+    @contextmanager
+    def hold_lock(self, namespace: int, key: int, wait_s: float = 0) -> Iterator[bool]:
+        """Hold the advisory lock ``(namespace, key)`` across transactions (on an autocommit
+        connection of its own).  Yields False when it could not be had within ``wait_s``;
+        a process that dies drops its connection, and the lock with it."""
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                got = conn.execute(text("SELECT pg_try_advisory_lock(:c, :j)"),
+                                   {"c": namespace, "j": key}).scalar_one()
+                if got or time.monotonic() >= deadline:
+                    break
+                time.sleep(LOCK_POLL_S)
+            try:
+                yield bool(got)
+            finally:
+                if got:
+                    conn.execute(text("SELECT pg_advisory_unlock(:c, :j)"),
+                                 {"c": namespace, "j": key})
+        finally:
+            conn.close()
 
 
 def _current_message_id() -> str | None:

@@ -1,5 +1,5 @@
-"""Which test runs need the services: the pure tests (``tests/domain``, ``tests/test_imports.py``)
-do not.
+"""Which test runs need the services: the pure tests (``tests/domain``, ``tests/test_imports.py``,
+and ``tests/services`` on the fake unit of work) do not.
 
 A run whose paths all lie under a pure directory starts no database, vhost or Redis db
 and needs none of the three services up; any other run (the default, ``tests``) sets
@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Directories (and files) whose tests import nothing of I/O and use no service fixture.
-PURE_DIRS = (ROOT / "tests" / "domain", ROOT / "tests" / "test_imports.py")
+PURE_DIRS = (ROOT / "tests" / "domain", ROOT / "tests" / "test_imports.py",
+             ROOT / "tests" / "services")
 
 
 def _path_of(arg: str) -> Path | None:

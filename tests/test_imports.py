@@ -6,7 +6,8 @@ no service is touched: a pure test, see tests/purity.py).
 - No import of our own modules inside a function, except the CLI's few lazy ones listed in
   ``CLI_LAZY`` with their reason (start-up time, never a cycle broken).
 - ``domain`` imports nothing of ours but ``domain``, and no I/O library; ``infra`` never
-  imports ``actors``.
+  imports ``actors`` or ``services``, and only the CLI loads a module by name (``importlib``:
+  the CLI may send by actor name); ``services`` never imports ``actors``.
 - Nothing a worker imports (``actors``) imports ``prometheus_client`` when it is imported:
   the workers' multiprocess metrics are set up first (``infra.middleware.metrics``).
 """
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Our packages.  ``bench`` is in the graph (no cycle, layering) but keeps its lazy imports:
 #: a benchmark imports what it measures when it runs (actors registered on the run's broker).
-PACKAGES = ("domain", "infra", "actors", "schedules", "bench")
+PACKAGES = ("domain", "infra", "services", "actors", "schedules", "bench")
 NO_LAZY_RULE = ("bench",)
 
 #: (module, module it imports inside a function) -> why.  The only place such imports are
@@ -217,6 +218,38 @@ def test_domain_imports_only_domain_and_no_io():
 def test_infra_never_imports_actors():
     wrong = sorted(f"{i.module}:{i.line} imports {i.target}" for i in imports()
                    if _in(i.module, "infra") and _in(i.target, "actors"))
+    assert wrong == []
+
+
+def test_infra_never_imports_services_and_services_never_import_actors():
+    wrong = sorted(f"{i.module}:{i.line} imports {i.target}" for i in imports()
+                   if (_in(i.module, "infra") and _in(i.target, "services"))
+                   or (_in(i.module, "services") and _in(i.target, "actors")))
+    assert wrong == []
+
+
+#: Calls that import a module named by a value, which an import statement would show.
+BY_NAME = ("importlib.import_module", "import_module", "__import__")
+
+
+def _loads_by_name() -> list[tuple[str, int]]:
+    found = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in BY_NAME:
+                found.append((module, node.lineno))
+    return found
+
+
+def test_only_the_cli_loads_a_module_by_name():
+    """A module loaded by name is an import this file cannot follow: the CLI alone may (it
+    sends by actor name, docs/STYLE.md), so the layering above cannot be got round."""
+    found = _loads_by_name()
+    assert ("infra.cli.in_process" in {m for m, _ in found})  # the rule sees the one there is
+    wrong = sorted(f"{m}:{line}" for m, line in found
+                   if _in(m, "infra") and not _in(m, "infra.cli") and not _in(m, "bench"))
+    wrong += sorted(f"{m}:{line}" for m, line in found
+                    if not _in(m, "infra") and not _in(m, "bench"))
     assert wrong == []
 
 

@@ -8,14 +8,14 @@ import click
 
 from domain.errors import InvalidCommand, NotFound
 from domain.money import format_minor
+from infra.cli import in_process
 from infra.cli.output import (console, emit, fail, json_option, progress, record, table,
                               timestamp)
 from infra.commands import send_command
 from infra.contract import parse
 from infra.contract.journal import ImportWalletJournal, MatchPayments
 from infra.db.engine import get_read_engine
-from infra.journal import matching, views
-from infra.uow import UnitOfWork
+from infra.journal import views
 
 
 def register(cli: click.Group) -> None:
@@ -91,14 +91,12 @@ def matching_run(cycle_id: str | None, as_json: bool) -> None:
         cmd = parse(MatchPayments, {"request_id": f"cli:{uuid.uuid4()}", "cycle_id": cycle_id})
     except InvalidCommand as exc:
         fail(str(exc), 2)
-    with UnitOfWork(actor="match_payments", request_id=cmd.request_id, payload=cmd) as uow, \
-            progress("matching") as advance:
-        uow.claim()
-        try:
-            result = matching.run(uow, cmd.cycle_id, progress=advance)
-        except NotFound as exc:
-            fail(str(exc), 1)
-        uow.commit()
+    try:  # the match_payments handler, through the contract (validated, claimed)
+        with progress("matching") as advance:  # a bar on a terminal only (issue 17)
+            result = in_process.call("match_payments", extras={"progress": advance},
+                                    **cmd.model_dump(mode="json"))
+    except NotFound as exc:
+        fail(str(exc), 1)
     emit(result.as_dict(), as_json, lambda d: record(d, title="matching run"))
 
 

@@ -18,6 +18,7 @@ from domain.conversions import DIRECTIONS, PPM, format_rate, parse_rate
 from domain.errors import BallastError, InvalidCommand
 from domain.money import format_minor
 from infra import providers
+from infra.cli import in_process
 from infra.cli.identity import operator_identity
 from infra.cli.levers import by_option, check_by, confirm, lever_options, record, record_now
 from infra.cli.output import console, emit, fail, json_option, table
@@ -25,7 +26,7 @@ from infra.db.engine import get_engine, get_read_engine
 from infra.logs import configure_logging
 from infra.providers import http as http_provider
 from infra.providers import simulated as simulated_provider
-from infra.treasury import callbacks, cycle, jobs, overrides, polling, reconcile, store, views
+from infra.treasury import callbacks, cycle, jobs, overrides, reconcile, store, views
 from infra.uow import UnitOfWork
 
 ACCOUNT_TYPES = click.Choice(sorted(CURRENCY_OF))
@@ -81,14 +82,15 @@ def buffers_rebalance(by: str, as_json: bool) -> None:
     """Run a settlement cycle now (even while auto-rebalancing is paused)."""
     check_by(by)
 
-    def run():
-        with _uow("run_settlement_cycle", "rebalance") as uow:
-            uow.claim()
-            created = cycle.run_cycle(uow, "manual", requested_by=by)
-            record(uow.conn, by, "buffers rebalance", None, {"jobs_created": list(created)})
-            overrides.record_lever(uow.conn, "rebalance", by, data={"jobs_created": created})
-            uow.commit()
-        return created
+    def audit(uow: UnitOfWork, created: list[int]) -> None:  # in the cycle's transaction
+        record(uow.conn, by, "buffers rebalance", None, {"jobs_created": list(created)})
+        overrides.record_lever(uow.conn, "rebalance", by, data={"jobs_created": created})
+
+    def run():  # the run_settlement_cycle handler, validated and claimed, and its audit rows:
+        # one transaction.  --by is checked here (check_by), as it always was, so it goes to
+        # the handler beside the message, whose requested_by is a narrower identifier.
+        return in_process.call("run_settlement_cycle", extras={"requested_by": by}, then=audit,
+                              request_id=f"cli:rebalance:{uuid.uuid4()}", trigger="manual")
 
     created = _guarded(run)
     emit({"jobs_created": len(created)}, as_json,
@@ -99,7 +101,7 @@ def buffers_rebalance(by: str, as_json: bool) -> None:
 def _set_auto(enabled: bool, by: str, as_json: bool) -> None:
     check_by(by)
     with _uow("treasury_settings", "auto_rebalance") as uow:
-        cycle.set_auto_rebalance(uow, enabled, by)
+        uow.buffers.put_setting(cycle.AUTO_REBALANCE, enabled, by)
         record(uow.conn, by, f"buffers {'resume' if enabled else 'pause'}", None)
         overrides.record_lever(uow.conn, "resume_rebalancing" if enabled else "pause_rebalancing",
                                by)
@@ -407,7 +409,7 @@ def conversions_group(ctx: click.Context, active: bool, limit: int, as_json: boo
 @json_option
 def conversions_poll(as_json: bool) -> None:
     """Poll every job a provider holds, now."""
-    polled = polling.poll_all(request_id=f"cli:poll:{uuid.uuid4()}")
+    polled = in_process.call("poll_conversion", request_id=f"cli:poll:{uuid.uuid4()}")
     emit({"polled": polled}, as_json, lambda d: console.print(f"polled {d['polled']} job(s)"))
 
 

@@ -344,3 +344,62 @@ def record_review(conn: Connection, verdicts: dict[str, tuple[str, dict[str, Any
         {"ids": ids, "states": [verdicts[i][0] for i in ids],
          "notes": [None if verdicts[i][1] is None else json.dumps(verdicts[i][1]) for i in ids]},
     )
+
+
+class JournalRepository:
+    """The journal's tables as the unit of work hands them out (``uow.journal``); the
+    in-memory twin is in ``infra/uow_fake.py``.  Parameters: conn, the open connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def lock_matching(self) -> None:
+        lock_matching(self.conn)
+
+    def register_character(self, character_id: int, name: str, role: str) -> str:
+        return register_character(self.conn, character_id, name, role)
+
+    def plan_cycle(self, cycle_id: str) -> bool:
+        return plan_cycle(self.conn, cycle_id)
+
+    def cycle(self, cycle_id: str, *, for_update: bool = False) -> Any:
+        return cycle(self.conn, cycle_id, for_update=for_update)
+
+    def open_cycle(self, cycle_id: str) -> dict[str, int]:
+        return open_cycle(self.conn, cycle_id)
+
+    def close_cycle(self, cycle_id: str, closing_capital: int, closed_by: str) -> None:
+        close_cycle(self.conn, cycle_id, closing_capital, closed_by)
+
+    def create_participation(self, participation_id: str, cycle_id: str, user_id: str,
+                             character_name: str, pledged: int) -> bool:
+        return create_participation(self.conn, participation_id, cycle_id, user_id,
+                                    character_name, pledged)
+
+    def participation(self, participation_id: str, *, for_update: bool = False) -> Any:
+        return participation(self.conn, participation_id, for_update=for_update)
+
+    def expecting(self) -> list[Any]:
+        return expecting(self.conn)
+
+    def import_entries(self, entries: Sequence[Any], request_id: str) -> int:
+        return import_entries(self.conn, entries, request_id)
+
+    def candidate_payments(self) -> list[Any]:
+        return candidate_payments(self.conn)
+
+    def entry(self, journal_id: str) -> Any:
+        return entry(self.conn, journal_id)
+
+    def insert_links(self, links: Sequence[Link], *, request_id: str,
+                     performed_by: str) -> dict[str, str]:
+        return insert_links(self.conn, links, request_id=request_id, performed_by=performed_by)
+
+    def credit_participations(self, received: dict[str, tuple[int, str, str]]) -> list[Any]:
+        return credit_participations(self.conn, received)
+
+    def set_link_transaction(self, journal_ids: Iterable[str], transaction_id: int) -> None:
+        set_link_transaction(self.conn, journal_ids, transaction_id)
+
+    def record_review(self, verdicts: dict[str, tuple[str, dict[str, Any] | None]]) -> None:
+        record_review(self.conn, verdicts)

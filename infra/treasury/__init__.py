@@ -12,4 +12,3 @@
 - ``reconcile``: the ledger against custodian, providers' books and our own jobs.
 - ``callbacks``: the endpoint receiving signed provider callbacks (``ballast callbacks serve``).
 """
-

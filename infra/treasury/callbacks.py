@@ -29,6 +29,7 @@ from infra.providers import ProviderError, callbacks as signing
 from infra.providers.http import report_from
 from infra.treasury import polling, store
 from infra.treasury.jobs import SUBMIT_LOCK_WAIT_S
+from infra.uow import UnitOfWork
 
 log = get_logger(__name__)
 
@@ -71,7 +72,9 @@ def handle(engine: Engine, provider: str, headers: Mapping[str, str],
         log.warning("callback.replayed", provider=provider, callback_id=nonce)
         return 409, {"error": f"callback {nonce} was already received"}
     try:
-        applied = polling.drive(job_id, engine, report, wait_s=SUBMIT_LOCK_WAIT_S,
+        unit = UnitOfWork(actor="poll_conversion", request_id=f"conversion:{job_id}:callback",
+                          engine=engine)
+        applied = polling.drive(unit, job_id, report, wait_s=SUBMIT_LOCK_WAIT_S,
                                 idempotency_key=key)
     except Exception as exc:  # let the provider send it again (with its nonce freed)
         with engine.begin() as conn:

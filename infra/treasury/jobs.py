@@ -11,19 +11,17 @@ order), then ledger accounts.
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Iterator
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from domain import accounts
 from domain import conversions as conv
 from domain.buffers import CURRENCY_OF, may_take
 from domain.errors import InvalidCommand, Refused
 from domain.ledger import Posting
-from infra import alerts, ledger
 from infra.db.engine import get_engine
 from infra.errors import Transient
 from infra.logs import get_logger
@@ -50,7 +48,7 @@ def create_job(uow: UnitOfWork, *, kind: str, source_type: str, destination_type
                amount: int, requested_by: str, trigger: str) -> int:
     """Insert a pending job and hand it to ``submit_conversion`` through the outbox."""
     direction = conv.direction_between(CURRENCY_OF[source_type], CURRENCY_OF[destination_type])
-    job_id = store.insert_job(uow.conn, kind=kind, direction=direction, source_type=source_type,
+    job_id = uow.conversions.add(kind=kind, direction=direction, source_type=source_type,
                               destination_type=destination_type, amount=amount,
                               requested_by=requested_by, trigger=trigger)
     uow.send("submit_conversion", request_id=f"conversion:{job_id}:submit", job_id=job_id)
@@ -69,11 +67,11 @@ def convert_manually(uow: UnitOfWork, *, source_type: str, destination_type: str
         raise InvalidCommand(f"buffers are {', '.join(CURRENCY_OF)}")
     if type(amount) is not int or amount <= 0:
         raise InvalidCommand("amount must be a positive integer in minor units")
-    freeze = store.freeze_state(uow.conn)
+    freeze = uow.buffers.freeze_state()
     if freeze:
         raise Refused(f"conversions are frozen by {freeze['by']}: {freeze['reason']}")
-    buffer = store.lock_buffer(uow.conn, source_type)
-    reserved = store.reserved_by_pending(uow.conn).get(source_type, 0)
+    buffer = uow.buffers.lock(source_type)
+    reserved = uow.conversions.reserved_by_pending().get(source_type, 0)
     refusal = may_take(source_type, amount, buffer.balance, buffer.thresholds, reserved)
     if refusal:
         raise Refused(f"cannot convert: {refusal}")
@@ -84,30 +82,10 @@ def convert_manually(uow: UnitOfWork, *, source_type: str, destination_type: str
 
 # --- the per-job lock --------------------------------------------------------------------
 
-@contextmanager
-def job_lock(engine: Engine, job_id: int, wait_s: float = 0) -> Iterator[bool]:
-    """Hold the job's advisory lock (on an autocommit connection: no open transaction).
-
-    Yields False when it could not be had within ``wait_s``.  A worker that dies
-    drops its connection, and the lock with it.
-    """
-    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:c, :j)"),
-                               {"c": JOB_LOCK_CLASS, "j": job_id}).scalar_one()
-            if got or time.monotonic() >= deadline:
-                break
-            time.sleep(0.1)
-        try:
-            yield bool(got)
-        finally:
-            if got:
-                conn.execute(text("SELECT pg_advisory_unlock(:c, :j)"),
-                             {"c": JOB_LOCK_CLASS, "j": job_id})
-    finally:
-        conn.close()
+def job_lock(uow: UnitOfWork, job_id: int, wait_s: float = 0):
+    """Hold the job's advisory lock across the unit of work's transactions; yields False
+    when it could not be had within ``wait_s``."""
+    return uow.hold_lock(JOB_LOCK_CLASS, job_id, wait_s)
 
 
 # --- outcomes ----------------------------------------------------------------------------
@@ -118,7 +96,7 @@ def complete(uow: UnitOfWork, job: Job, attempt: Attempt, report: Report) -> Job
     if type(net) is not int or type(fee) is not int or net < 0 or fee < 0:
         raise ProviderUncertain(f"{attempt.provider} completed job {job.id} without amounts")
     src, dst, p = job.source_currency, job.destination_currency, attempt.provider
-    store.count_outcome(uow.conn, p, success=True)
+    uow.providers.count_outcome(p, success=True)
     postings = [
         Posting(accounts.transit(src), src, -job.source_amount),
         Posting(accounts.provider(p, src), src, job.source_amount),
@@ -126,17 +104,17 @@ def complete(uow: UnitOfWork, job: Job, attempt: Attempt, report: Report) -> Job
         Posting(job.destination_account, dst, net),
         Posting(f"fees:conversion:{dst}", dst, fee),
     ]
-    ledger.post(uow.conn, [x for x in postings if x.amount != 0], kind="conversion",
+    uow.ledger.post([x for x in postings if x.amount != 0], kind="conversion",
                 idempotency_key=f"conversion:{job.id}:complete",
                 memo=f"conversion job {job.id} completed by {p}",
                 metadata={"job_id": job.id, "provider": p, "rate_ppm": report.rate_ppm,
                           "provider_ref": report.reference})
-    job = store.move_job(uow.conn, job, conv.COMPLETED, f"{p} completed: {net} {dst} net, "
+    job = uow.conversions.move(job, conv.COMPLETED, f"{p} completed: {net} {dst} net, "
                          f"fee {fee}", destination_amount=net, fee_amount=fee, finished_at=now_utc())
-    store.finish_attempt(uow.conn, attempt, "completed")
+    uow.conversions.finish_attempt(attempt, "completed")
     uow.emit("conversion.completed", _event(job), recipient="admin")
     for key in (f"conversion:stale:{job.id}", f"conversion:lost:{job.id}"):
-        alerts.resolve_alert(uow, key, note="completed")
+        uow.alerts.resolve(key, note="completed")
     log.info("conversion.completed", job_id=job.id, provider=p, net=net, fee=fee)
     return job
 
@@ -144,19 +122,19 @@ def complete(uow: UnitOfWork, job: Job, attempt: Attempt, report: Report) -> Job
 def fail(uow: UnitOfWork, job: Job, reason: str, *, attempt: Attempt | None = None) -> Job:
     """Final failure: transit returns to the source, an alert, ``conversion.failed``."""
     if attempt is not None:
-        store.count_outcome(uow.conn, attempt.provider, success=False)
-        store.finish_attempt(uow.conn, attempt, "failed", error=reason[:500])
+        uow.providers.count_outcome(attempt.provider, success=False)
+        uow.conversions.finish_attempt(attempt, "failed", error=reason[:500])
     _return_transit(uow, job, "conversion_return", "failed")
-    job = store.move_job(uow.conn, job, conv.FAILED, reason[:500], failure_reason=reason[:500],
+    job = uow.conversions.move(job, conv.FAILED, reason[:500], failure_reason=reason[:500],
                          finished_at=now_utc())
     uow.emit("conversion.failed", {**_event(job), "reason": reason[:500]}, recipient="admin")
-    alerts.raise_alert(uow, kind="conversion", severity="critical",
+    uow.alerts.raise_(kind="conversion", severity="critical",
                        subject=f"conversion job {job.id} failed: {reason[:200]}",
                        dedupe_key=f"conversion:failed:{job.id}",
                        data={"job_id": job.id, "direction": job.direction,
                              "source_amount": job.source_amount, "reason": reason[:500]})
     for key in (f"conversion:stale:{job.id}", f"conversion:lost:{job.id}"):
-        alerts.resolve_alert(uow, key, note="failed")
+        uow.alerts.resolve(key, note="failed")
     log.warning("conversion.failed", job_id=job.id, reason=reason)
     return job
 
@@ -166,12 +144,12 @@ def operator_hold(job_id: int, actor: str, request_id: str,
                   engine: Engine | None = None) -> Iterator[tuple[UnitOfWork, Job]]:
     """What an operator's lever on one job holds: the job's advisory lock (waiting a while
     for a worker), a unit of work and the job's row, refused when the job has ended."""
-    engine = engine or get_engine()
-    with job_lock(engine, job_id, SUBMIT_LOCK_WAIT_S) as got:
+    uow = UnitOfWork(actor=actor, request_id=request_id, engine=engine or get_engine())
+    with job_lock(uow, job_id, SUBMIT_LOCK_WAIT_S) as got:
         if not got:
             raise Refused(f"conversion job {job_id} is being worked on; try again")
-        with UnitOfWork(actor=actor, request_id=request_id, engine=engine) as uow:
-            job = store.get_job(uow.conn, job_id, lock=True)
+        with uow:
+            job = uow.conversions.get(job_id, lock=True)
             if job.status in conv.TERMINAL:
                 raise Refused(f"conversion job {job_id} is {job.status} already")
             yield uow, job
@@ -183,19 +161,19 @@ def cancel(job_id: int, *, by: str, reason: str, force: bool = False,
     (the operator vouches that the provider will not complete it)."""
     with operator_hold(job_id, "cancel_conversion", f"conversion:{job_id}:cancel",
                        engine) as (uow, job):
-        held = [a for a in store.attempts_of(uow.conn, job_id)
+        held = [a for a in uow.conversions.attempts(job_id)
                 if a.status in ("submitting", "accepted")]
         if held and not force:
             raise Refused(f"{held[0].provider} may still convert job {job_id} "
                           f"(attempt {held[0].idempotency_key}); use --force if it will not")
         for a in held:
-            store.finish_attempt(uow.conn, a, "abandoned", error=f"cancelled by {by}")
+            uow.conversions.finish_attempt(a, "abandoned", error=f"cancelled by {by}")
         _return_transit(uow, job, "conversion_cancel", "cancelled")
-        job = store.move_job(uow.conn, job, conv.CANCELLED, f"cancelled by {by}: {reason}",
+        job = uow.conversions.move(job, conv.CANCELLED, f"cancelled by {by}: {reason}",
                              failure_reason=f"cancelled by {by}: {reason}"[:500],
                              finished_at=now_utc())
         for key in (f"conversion:stale:{job.id}", f"conversion:lost:{job.id}"):
-            alerts.resolve_alert(uow, key, note="cancelled")
+            uow.alerts.resolve(key, note="cancelled")
         uow.commit()
     return job
 
@@ -203,7 +181,7 @@ def cancel(job_id: int, *, by: str, reason: str, force: bool = False,
 def _return_transit(uow: UnitOfWork, job: Job, kind: str, why: str) -> None:
     if not job.transit_moved:
         return
-    ledger.post(uow.conn, [
+    uow.ledger.post([
         Posting(accounts.transit(job.source_currency), job.source_currency, -job.source_amount),
         Posting(job.source_account, job.source_currency, job.source_amount),
     ], kind=kind, idempotency_key=f"conversion:{job.id}:return",

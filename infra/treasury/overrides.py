@@ -10,7 +10,6 @@ real outcome would have posted.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -27,6 +26,7 @@ from infra.uow import UnitOfWork
 log = get_logger(__name__)
 
 FROZEN = store.FROZEN
+#: The freeze in force (a dict: by, reason, at), or None.
 frozen = store.freeze_state
 
 
@@ -36,21 +36,10 @@ def _who(by: str) -> str:
     return by.strip()
 
 
-def _audit(conn: Connection, action: str, by: str, *, job_id: int | None = None,
-           reason: str | None = None, evidence: str | None = None,
-           data: dict[str, Any] | None = None) -> int:
-    return conn.execute(
-        text("INSERT INTO treasury_overrides (action, job_id, performed_by, reason, evidence, data) "
-             "VALUES (:a, :j, :by, :r, :e, CAST(:d AS jsonb)) RETURNING id"),
-        {"a": action, "j": job_id, "by": by, "r": reason, "e": evidence,
-         "d": json.dumps(data or {}, default=str)},
-    ).scalar_one()
-
-
 def record_lever(conn: Connection, action: str, by: str, *, reason: str | None = None,
                  data: dict[str, Any] | None = None) -> int:
     """Audit an operator's lever other than these (rebalance, pause/resume, thresholds)."""
-    return _audit(conn, action, _who(by), reason=reason, data=data)
+    return store.record_override(conn, action, _who(by), reason=reason, data=data)
 
 
 def freeze(uow: UnitOfWork, *, by: str, reason: str) -> dict[str, Any]:
@@ -58,12 +47,12 @@ def freeze(uow: UnitOfWork, *, by: str, reason: str) -> dict[str, Any]:
     by = _who(by)
     if not reason or not reason.strip():
         raise InvalidCommand("--reason is required to freeze conversions")
-    current = frozen(uow.conn)
+    current = uow.buffers.freeze_state()
     if current:
         raise Refused(f"conversions are frozen already (by {current['by']}: {current['reason']})")
     state = {"frozen": True, "by": by, "reason": reason.strip(), "at": now_utc().isoformat()}
-    store.put_setting(uow.conn, FROZEN, state, by)
-    _audit(uow.conn, "freeze", by, reason=reason.strip())
+    uow.buffers.put_setting(FROZEN, state, by)
+    uow.conversions.record_lever("freeze", by, reason=reason.strip())
     uow.emit("conversion.frozen", {"by": by, "reason": reason.strip(), "at": state["at"]},
              recipient="admin")
     log.warning("conversion.frozen", by=by, reason=reason)
@@ -73,13 +62,13 @@ def freeze(uow: UnitOfWork, *, by: str, reason: str) -> dict[str, Any]:
 def thaw(uow: UnitOfWork, *, by: str) -> dict[str, Any]:
     """Lift the freeze; pending jobs are handed to submission again at once."""
     by = _who(by)
-    current = frozen(uow.conn)
+    current = uow.buffers.freeze_state()
     if not current:
         raise Refused("conversions are not frozen")
     state = {"frozen": False, "by": by, "at": now_utc().isoformat()}
-    store.put_setting(uow.conn, FROZEN, state, by)
-    pending = store.list_jobs(uow.conn, statuses=(conv.PENDING,), limit=10_000)
-    _audit(uow.conn, "thaw", by, data={"frozen_by": current["by"], "frozen_at": current["at"],
+    uow.buffers.put_setting(FROZEN, state, by)
+    pending = uow.conversions.list(statuses=(conv.PENDING,), limit=10_000)
+    uow.conversions.record_lever("thaw", by, data={"frozen_by": current["by"], "frozen_at": current["at"],
                                        "pending_resubmitted": [j.id for j in pending]})
     for job in pending:
         uow.send("submit_conversion", request_id=f"conversion:{job.id}:thaw:{state['at']}",
@@ -90,9 +79,9 @@ def thaw(uow: UnitOfWork, *, by: str) -> dict[str, Any]:
     return {**state, "pending_resubmitted": len(pending)}
 
 
-def _held_attempt(conn: Connection, job: Job):
+def _held_attempt(uow: UnitOfWork, job: Job):
     """The attempt a provider has (or may have) for ``job``."""
-    return next((a for a in reversed(store.attempts_of(conn, job.id))
+    return next((a for a in reversed(uow.conversions.attempts(job.id))
                  if a.status in ("accepted", "submitting")), None)
 
 
@@ -116,18 +105,18 @@ def complete_by_hand(job_id: int, *, by: str, reason: str, evidence: str,
         raise InvalidCommand("--fee must be a non-negative integer in minor units")
     with jobs.operator_hold(job_id, "override_conversion", f"conversion:{job_id}:override",
                             engine) as (uow, job):
-        attempt = _held_attempt(uow.conn, job)
+        attempt = _held_attempt(uow, job)
         if attempt is None or not job.transit_moved:
             raise Refused(f"no provider holds conversion job {job_id}: nothing to complete "
                           "(fail it instead)")
         note = f"completed by hand by {by}: {reason} (evidence {evidence})"
         if job.status == conv.PENDING:  # the provider took it; we never heard back
-            job = store.move_job(uow.conn, job, conv.SUBMITTED, note, submitted_at=now_utc(),
+            job = uow.conversions.move(job, conv.SUBMITTED, note, submitted_at=now_utc(),
                                  provider=attempt.provider)
-        _audit(uow.conn, "complete", by, job_id=job_id, reason=reason, evidence=evidence,
+        uow.conversions.record_lever("complete", by, job_id=job_id, reason=reason, evidence=evidence,
                data={"provider": attempt.provider, "destination_amount": destination_amount,
                      "fee_amount": fee_amount})
-        store.record_transition(uow.conn, job.id, job.status, job.status, note[:500])
+        uow.conversions.note(job, note[:500])
         job = jobs.complete(uow, job, attempt, Report(
             "completed", evidence, destination_amount, fee_amount, None))
         uow.commit()
@@ -142,8 +131,8 @@ def fail_by_hand(job_id: int, *, by: str, reason: str, evidence: str,
     by, reason, evidence = _check_evidence(by, reason, evidence)
     with jobs.operator_hold(job_id, "override_conversion", f"conversion:{job_id}:override",
                             engine) as (uow, job):
-        attempt = _held_attempt(uow.conn, job)
-        _audit(uow.conn, "fail", by, job_id=job_id, reason=reason, evidence=evidence,
+        attempt = _held_attempt(uow, job)
+        uow.conversions.record_lever("fail", by, job_id=job_id, reason=reason, evidence=evidence,
                data={"provider": attempt.provider if attempt else None})
         job = jobs.fail(uow, job, f"failed by hand by {by}: {reason} (evidence {evidence})",
                         attempt=attempt)

@@ -99,6 +99,18 @@ def freeze_state(conn: Connection, *, lock: bool = False) -> dict[str, Any] | No
     return state if isinstance(state, dict) and state.get("frozen") else None
 
 
+def record_override(conn: Connection, action: str, by: str, *, job_id: int | None = None,
+                    reason: str | None = None, evidence: str | None = None,
+                    data: dict[str, Any] | None = None) -> int:
+    """One row of the levers' audit (``treasury_overrides``): who, what, why, evidence."""
+    return conn.execute(
+        text("INSERT INTO treasury_overrides (action, job_id, performed_by, reason, evidence, data) "
+             "VALUES (:a, :j, :by, :r, :e, CAST(:d AS jsonb)) RETURNING id"),
+        {"a": action, "j": job_id, "by": by, "r": reason, "e": evidence,
+         "d": json.dumps(data or {}, default=str)},
+    ).scalar_one()
+
+
 # --- providers ---------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,7 @@ def test_set_provider_status_pauses_and_resumes(engine, acts):
 
 
 def test_set_auto_rebalance_freezes_and_resumes_scheduled_cycles(engine, acts):
-    from infra.treasury import cycle
+    from tests.steps import cycle
 
     def enabled():
         with engine.connect() as conn:

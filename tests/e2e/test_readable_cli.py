@@ -309,6 +309,15 @@ def test_replay_all_shows_its_bar_on_a_terminal(env, customer):
     assert "replayed" in screen
 
 
+def test_matching_run_shows_its_bar_on_a_terminal_and_nothing_when_piped(env, clean_queues):
+    done = piped(env, "matching", "run")
+    assert done.returncode == 0 and done.stderr == "" and "━" not in done.stdout
+    code, screen = terminal(env, "matching", "run")
+    assert code == 0, screen
+    bar = [ln for ln in lines_of(screen) if ln.startswith("matching") and "━" in ln]
+    assert bar and any("4/4" in ln for ln in bar), screen
+
+
 # --- the worker command ------------------------------------------------------------------
 
 def test_worker_takes_queues_a_b_and_dramatiq_flags(env, clean_queues, tmp_path):

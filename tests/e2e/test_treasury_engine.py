@@ -14,8 +14,8 @@ from sqlalchemy import text
 from domain import conversions as conv
 from infra.providers import callbacks as signing
 from infra.providers.http import make_config as http_config
-from infra.providers.simulated import SimulatedProvider
-from infra.treasury import overrides, polling, store, submission, views
+from infra.treasury import overrides, store, views
+from tests.steps import polling, submission
 from infra.uow import UnitOfWork
 from tests.harness import ROOT, send, uid, wait_quiet, wait_until
 from tests.infra.test_treasury_kit import (
@@ -150,8 +150,13 @@ def test_a_signed_callback_drives_the_job_and_stale_forged_or_replayed_ones_are_
                        content=body, headers=headers)
     assert wrong.status_code == 404  # a provider without a secret sends no callbacks
 
-    answer = SimulatedProvider(name, sim(latency_polls=1000, rate_ppm=999_500), engine
-                               ).send_callback(a.idempotency_key, url, secret)
+    # The provider's callback for the finished order, sent while its book still says
+    # processing: no poll of the worker can finish the job first, so the callback must.
+    q = conv.quote(usd(60_000), "USD->USDC", 999_500, 0)
+    answer = signing.send(url, secret, {
+        "idempotency_key": a.idempotency_key, "status": "completed",
+        "order_id": f"sim-{name}-{a.idempotency_key}", "destination_amount": q.net,
+        "fee_amount": q.fee, "rate_ppm": 999_500})
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"job_id": job_id, "status": "completed", "applied": True}
     done = job(engine, job_id)

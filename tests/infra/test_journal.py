@@ -13,7 +13,8 @@ from domain.errors import NotFound, Refused
 from infra import ledger
 from infra.conditions import CONDITIONS
 from infra.contract.journal import JournalEntry
-from infra.journal import matching, repository as repo, views
+from infra.journal import repository as repo, views
+from tests.steps import matching
 from infra.uow import UnitOfWork
 from tests.harness import uid
 

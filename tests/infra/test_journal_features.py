@@ -13,7 +13,8 @@ import actors.journal as journal_actors
 from domain.errors import Refused
 from infra.cli import output
 from infra.cli.main import cli
-from infra.journal import matching, repository as repo, views
+from infra.journal import repository as repo, views
+from tests.steps import matching
 from tests.harness import uid
 from tests.infra.test_journal import LOGI, T0, balance, clean, entry, import_, make_cycle, run, work  # noqa: F401
 

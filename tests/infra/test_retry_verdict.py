@@ -7,11 +7,11 @@ from hypothesis import given, strategies as st
 
 from domain.errors import InvalidCommand, Refused
 from infra.errors import RetryPolicy, Transient, is_transient, kind_of, verdict
-from infra.journal.matching import LinkRace
+from services.journal import LinkRace
 from infra.markets.settlement import SettlementPending
 from infra.middleware.auth import VerificationUnavailable
 from infra.treasury.jobs import ProviderUncertain
-from infra.treasury.submission import JobBusy
+from services.conversions import JobBusy
 
 
 def integrity(sqlstate: str) -> sqlalchemy.exc.IntegrityError:

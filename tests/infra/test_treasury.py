@@ -9,7 +9,8 @@ from sqlalchemy import text
 
 from domain import conversions as conv
 from domain.errors import InsufficientFunds, Refused
-from infra.treasury import cycle, jobs, polling, store, submission
+from infra.treasury import jobs, store
+from tests.steps import cycle, polling, submission
 from infra.uow import UnitOfWork
 from tests.harness import uid
 from tests.infra.test_treasury_kit import (

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from domain import conversions as conv
 from infra.conditions import CONDITIONS
-from infra.treasury import polling, submission  # also registers the conditions
+from tests.steps import polling, submission  # also registers the conditions
 from infra.uow import UnitOfWork
 from tests.harness import uid
 from tests.infra.test_treasury_kit import (

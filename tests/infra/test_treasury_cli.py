@@ -69,7 +69,7 @@ def test_rebalance_convert_poll_and_conversions_views(engine):
                             "provider", "attempts", "created_at"]
     assert (active["direction"], active["source_amount"], active["status"]) == (
         "USD->USDC", usd(60_000), "pending")
-    from infra.treasury import submission
+    from tests.steps import submission
     submission.submit(active["job_id"], engine)
     assert run("conversions", "poll", "--json") == {"polled": 1}
     assert job(engine, active["job_id"]).status == conv.COMPLETED
@@ -85,6 +85,62 @@ def test_rebalance_convert_poll_and_conversions_views(engine):
     assert cancelled["status"] == "cancelled"
     run("conversions", "convert", "--from", "broker_operational", "--to", "system_buffer_usdc",
         "--amount", str(usd(10**6)), "--by", CLI_OPERATOR, code=1)
+
+
+def _auth_off(monkeypatch):
+    """BALLAST_AUTH=off for the CLI: --by is then only the CLI's own rule (1-128 characters)."""
+    from infra.cli import identity
+    from infra.settings import get_settings
+
+    off = get_settings().model_copy(update={"auth": "off"})
+    monkeypatch.setattr(identity, "get_settings", lambda: off)
+
+
+def test_rebalance_takes_every_by_the_cli_always_took(engine, monkeypatch):
+    """The CLI checks --by itself, as before the cycle went through the contract: a name that
+    is no contract identifier (a space, parentheses, 65-128 characters) still runs the cycle
+    and is recorded on its job; blank or longer than 128 is still exit 2."""
+    _auth_off(monkeypatch)
+    reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
+    run("providers", "add", "--by", CLI_OPERATOR, uid("cli"), "--type", "simulated",
+        "--priority", "1", "--latency-polls", "0")
+    who = "Jane Doe (ops) " + "x" * 100
+    assert run("buffers", "rebalance", "--by", who, "--json") == {"jobs_created": 1}
+    [active] = run("conversions", "--active", "--json")
+    assert job(engine, active["job_id"]).requested_by == who
+    run("buffers", "rebalance", "--by", " ", code=2)
+    run("buffers", "rebalance", "--by", "x" * 129, code=2)
+
+
+def test_rebalance_and_its_audit_rows_are_one_transaction(engine, monkeypatch):
+    """The cycle's jobs and the CLI's audit rows commit together or not at all."""
+    from sqlalchemy import text
+
+    from infra.treasury import overrides
+
+    reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
+    run("providers", "add", "--by", CLI_OPERATOR, uid("cli"), "--type", "simulated",
+        "--priority", "1", "--latency-polls", "0")
+
+    def audited() -> int:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM operator_actions "
+                                     "WHERE command = 'buffers rebalance'")).scalar_one()
+
+    before = audited()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the audit row could not be written")
+
+    monkeypatch.setattr(overrides, "record_lever", broken)
+    with pytest.raises(RuntimeError):
+        CliRunner().invoke(cli, ["buffers", "rebalance", "--by", CLI_OPERATOR, "--json"],
+                           catch_exceptions=False)
+    assert run("conversions", "--active", "--json") == []  # the cycle's job rolled back
+    assert audited() == before  # and the operator_actions row written before it
+    monkeypatch.undo()
+    assert run("buffers", "rebalance", "--by", CLI_OPERATOR, "--json") == {"jobs_created": 1}
+    assert audited() == before + 1
 
 
 def test_pausing_auto_rebalancing(engine):

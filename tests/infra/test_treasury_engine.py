@@ -13,7 +13,8 @@ from domain import conversions as conv
 from domain.errors import InvalidCommand, Refused
 from infra.cli.main import cli
 from infra.conditions import evaluate
-from infra.treasury import conditions, jobs, overrides, polling, reconcile, submission
+from infra.treasury import conditions, jobs, overrides, reconcile
+from tests.steps import polling, submission
 from infra.treasury.conditions import reconciliation
 from infra.uow import UnitOfWork
 from tests.harness import CLI_OPERATOR, uid

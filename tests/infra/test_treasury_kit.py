@@ -15,7 +15,8 @@ from domain.buffers import DEFAULT_THRESHOLDS, account_code
 from domain.money import major_to_minor
 from infra import ledger
 from infra.providers.simulated import make_config
-from infra.treasury import cycle, jobs, polling, store, submission
+from infra.treasury import jobs, store
+from tests.steps import cycle, polling, submission
 from infra.uow import UnitOfWork
 from tests.harness import uid
 

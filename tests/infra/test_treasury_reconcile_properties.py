@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from domain.errors import BallastError
-from infra.treasury import jobs, overrides, polling, reconcile, submission
+from infra.treasury import jobs, overrides, reconcile
+from tests.steps import polling, submission
 from infra.uow import UnitOfWork
 from tests.harness import uid
 from tests.infra.test_treasury_kit import (

@@ -12,7 +12,8 @@ from sqlalchemy import text
 from domain.buffers import Thresholds, status as buffer_status
 from domain.providers import is_healthy
 from infra.cli.main import cli
-from infra.treasury import jobs, polling, submission
+from infra.treasury import jobs
+from tests.steps import polling, submission
 from infra.uow import UnitOfWork
 from tests.harness import uid
 from tests.infra.test_treasury_kit import (

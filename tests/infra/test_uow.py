@@ -126,3 +126,38 @@ def test_a_failed_publish_after_commit_keeps_the_row_for_the_sweeper(engine):
         uow.commit()  # the effect is committed; the publish failure is not raised
     assert [r.published_at for r in outbox_rows(engine, marker)] == [None]
     assert get_broker() is not down
+
+
+def test_each_entry_of_a_unit_of_work_is_a_new_transaction(env, engine, clean_queues):
+    """A step entering the same unit of work again (a call to the outside world between two
+    transactions) carries nothing over: the first entry's rolled-back rows are neither kept
+    nor published by the second's commit, and its repositories are on the new connection."""
+    first, second = uid("m"), uid("m")
+    tap = EventTap(env, "wallet.changed")
+    try:
+        uow = UnitOfWork(engine=engine)
+        with uow:
+            uow.emit("wallet.changed", {"marker": first})
+            conn = uow.conn
+        with uow:
+            assert uow.conn is not conn and uow.journal.conn is uow.conn
+            assert uow.committed is False
+            uow.emit("wallet.changed", {"marker": second})
+            uow.commit()
+        wait_until(lambda: [e for e in tap.drain() if e["data"].get("marker") == second])
+        assert outbox_rows(engine, first) == []
+        assert [r.published_at is not None for r in outbox_rows(engine, second)] == [True]
+        assert not [e for e in tap.drain() if e["data"].get("marker") == first]
+    finally:
+        tap.close()
+
+
+def test_a_held_lock_is_not_had_by_another_until_released(engine):
+    key = int(uid("")[:7], 16)  # a key of this run's only
+    one, other = UnitOfWork(engine=engine), UnitOfWork(engine=engine)
+    with one.hold_lock(7, key) as got:
+        assert got is True
+        with other.hold_lock(7, key) as again:
+            assert again is False
+    with other.hold_lock(7, key) as again:
+        assert again is True

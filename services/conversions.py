@@ -1,21 +1,26 @@
-"""Handing a pending conversion job to a provider (the ``submit_conversion`` step).
+"""Conversions (SPEC §3): a pending job handed to a provider, and jobs a provider holds
+followed until they end.
 
-A provider is never called inside a database transaction.  Under the job's
-advisory lock (lock order: the job row, provider rows, the source buffer row,
-then ledger accounts in ascending id):
+    submit_conversion   the best provider takes a pending job (falling back on errors)
+    poll_conversion     the provider's status drives one job, or every job it holds
 
-1. one transaction records the attempt (with its fresh idempotency key) and,
-   the first time, moves the source amount to ``transit:{CUR}`` — only if the
-   source keeps its own min after what older pending jobs will take
-   (``domain.buffers.may_take``, checked under the source's lock);
+A provider is never called inside a database transaction.  Under the job's advisory
+lock (lock order: the job row, provider rows, the source buffer row, then ledger
+accounts in ascending id), submission is three steps on the same unit of work:
+
+1. one transaction records the attempt (with its fresh idempotency key) and, the first
+   time, moves the source amount to ``transit:{CUR}`` — only if the source keeps its own
+   min after what older pending jobs will take (``domain.buffers.may_take``, checked
+   under the source's lock);
 2. the provider is called, outside any transaction;
 3. another transaction records its answer.
 
-A submission error (rejection, or an outage the provider confirms it never
-saw) falls back to the next provider.  A worker that dies between 2 and 3
-leaves the attempt ``submitting``; on redelivery the provider is *asked* about
-that key (only if it never heard of it is the same key sent again, which
-cannot become a second order), so a job is never converted twice.
+A submission error (rejection, or an outage the provider confirms it never saw) falls
+back to the next provider.  A worker that dies between 2 and 3 leaves the attempt
+``submitting``; on redelivery the provider is *asked* about that key (only if it never
+heard of it is the same key sent again, which cannot become a second order), so a job is
+never converted twice.  How the provider's word then moves a job (``drive``, shared with
+signed callbacks) and how a job ends (``complete``, ``fail``) are in ``infra/treasury``.
 """
 
 from __future__ import annotations
@@ -23,27 +28,26 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
-
 from domain import accounts
 from domain import conversions as conv
 from domain.buffers import may_take
 from domain.ledger import Posting
 from domain.providers import choose, rank, why_not
-from infra import faults, ledger, providers
-from infra.db.engine import get_engine
+from infra import faults
+from infra.contract.treasury import PollConversion, SubmitConversion
 from infra.errors import Transient
 from infra.logs import get_logger
 from infra.providers import (
+    Order,
+    Provider,
     ProviderError,
     ProviderQuote,
     ProviderRejected,
     ProviderUnavailable,
     Report,
 )
-from infra.treasury import store
-from infra.treasury.polling import schedule_first as schedule_first_poll
-from infra.treasury.jobs import SUBMIT_LOCK_WAIT_S, ProviderUncertain, now_utc, fail, job_lock
+from infra.treasury.jobs import SUBMIT_LOCK_WAIT_S, ProviderUncertain, fail, job_lock, now_utc
+from infra.treasury.polling import RESUBMIT_PENDING_AFTER_S, drive, flag_if_stale, schedule_first
 from infra.treasury.store import Attempt, Job
 from infra.uow import UnitOfWork
 
@@ -58,8 +62,7 @@ class JobBusy(Transient):
 class Submission:
     job: Job
     attempt: Attempt
-    kind: str
-    config: dict
+    client: Provider
     recovering: bool
 
 
@@ -72,48 +75,47 @@ class Answer:
     error: str | None = None
 
 
-def submit(job_id: int, engine: Engine | None = None) -> str:
-    """Drive a pending job until a provider has it, or it failed.  Returns its status."""
-    engine = engine or get_engine()
-    with job_lock(engine, job_id, SUBMIT_LOCK_WAIT_S) as got:
+def submit_conversion(cmd: SubmitConversion, uow: UnitOfWork) -> str:
+    """Hand a pending job to the best provider, falling back on errors, until one has it
+    or it failed; the provider is called outside any transaction.  Returns its status."""
+    with job_lock(uow, cmd.job_id, SUBMIT_LOCK_WAIT_S) as got:
         if not got:
-            raise JobBusy(f"conversion job {job_id} is held by another worker")
+            raise JobBusy(f"conversion job {cmd.job_id} is held by another worker")
         while True:
-            sub = _prepare_attempt(engine, job_id, _gather_quotes(engine, job_id))
+            sub = _prepare_attempt(uow, cmd.job_id, _gather_quotes(uow, cmd.job_id))
             if sub is None:
-                with engine.connect() as conn:
-                    return store.get_job(conn, job_id).status
-            answer = _call_provider(sub, engine)
+                with uow:
+                    status = uow.conversions.get(cmd.job_id).status
+                log.info("submit_conversion.done", job_id=cmd.job_id, status=status)
+                return status
+            answer = _call_provider(sub)
             faults.point("after_provider_submit", "submit_conversion")
-            if _record_answer(engine, sub, answer):
+            if _record_answer(uow, sub, answer):
+                log.info("submit_conversion.done", job_id=cmd.job_id, status=conv.SUBMITTED)
                 return conv.SUBMITTED
 
 
-def _uow(engine: Engine, job_id: int, what: str) -> UnitOfWork:
-    return UnitOfWork(actor="submit_conversion", request_id=f"conversion:{job_id}:{what}",
-                      engine=engine)
-
-
-def _gather_quotes(engine: Engine, job_id: int) -> dict[str, ProviderQuote | None]:
+def _gather_quotes(uow: UnitOfWork, job_id: int) -> dict[str, ProviderQuote | None]:
     """Ask each provider that could take the job what it would deliver (outside any
     transaction: a quote may be an HTTP call)."""
-    with engine.connect() as conn:
-        job = store.get_job(conn, job_id)
+    with uow:
+        job = uow.conversions.get(job_id)
         if job.status != conv.PENDING:
             return {}
-        tried = [a.provider for a in store.attempts_of(conn, job_id)]
+        tried = [a.provider for a in uow.conversions.attempts(job_id)]
         par = conv.par_value(job.source_amount, job.source_currency)
-        rows = {r.name: r for r in store.load_providers(conn)}
+        rows = {r.name: r for r in uow.providers.list()}
+        ranked = rank([r.view() for r in rows.values()], job.direction, par, exclude=tried)
+        clients = {v.name: uow.providers.client(rows[v.name]) for v in ranked}
     quotes: dict[str, ProviderQuote | None] = {}
-    for view in rank([r.view() for r in rows.values()], job.direction, par, exclude=tried):
-        row = rows[view.name]
+    for name, client in clients.items():
+        row = rows[name]
         try:
-            quotes[view.name] = providers.build(row.name, row.kind, row.config, engine).quote(
-                job.direction, job.source_amount)
+            quotes[name] = client.quote(job.direction, job.source_amount)
         except Exception as exc:  # a quote is advice: without one, priority decides
             log.warning("conversion.quote_failed", job_id=job_id, provider=row.name,
                         error=f"{type(exc).__name__}: {exc}"[:300])
-            quotes[view.name] = None
+            quotes[name] = None
     return quotes
 
 
@@ -137,32 +139,32 @@ def _decision(ranked: list, quotes: dict[str, ProviderQuote | None]) -> tuple[li
     return kept, why
 
 
-def _prepare_attempt(engine: Engine, job_id: int,
+def _prepare_attempt(uow: UnitOfWork, job_id: int,
                      quotes: dict[str, ProviderQuote | None] | None = None) -> Submission | None:
     """Transaction 1: the attempt and its key, and the source moved to transit."""
     quotes = quotes or {}
-    with _uow(engine, job_id, "prepare") as uow:
-        job = store.get_job(uow.conn, job_id, lock=True)
+    with uow:
+        job = uow.conversions.get(job_id, lock=True)
         if job.status != conv.PENDING:
             return None
-        freeze = store.freeze_state(uow.conn, lock=True)
+        freeze = uow.buffers.freeze_state(lock=True)
         if freeze:  # nothing goes to a provider; thawing hands the job back to submission
             log.warning("conversion.frozen_not_submitted", job_id=job_id, by=freeze["by"])
             return None
-        tried = store.attempts_of(uow.conn, job_id)
+        tried = uow.conversions.attempts(job_id)
         open_ = [a for a in tried if a.status == "submitting"]
         if open_:  # a worker died after (maybe) calling the provider: ask, do not resubmit
             a = open_[0]
-            row = store.get_provider(uow.conn, a.provider)
+            row = uow.providers.get(a.provider)
             log.warning("conversion.recovering_attempt", job_id=job_id, key=a.idempotency_key)
-            return Submission(job, a, row.kind, row.config, recovering=True)
+            return Submission(job, a, uow.providers.client(row), recovering=True)
         if not conv.retries_left(job.attempts):
             fail(uow, job, f"no provider took it after {job.attempts} attempts "
                            f"({conv.MAX_RETRIES} retries)")
             uow.commit()
             return None
         par = conv.par_value(job.source_amount, job.source_currency)
-        rows = store.load_providers(uow.conn, lock=True)
+        rows = uow.providers.list(lock=True)
         ranked = choose(rank([r.view() for r in rows], job.direction, par,
                              exclude=[a.provider for a in tried]),
                         {n: q.destination_amount for n, q in quotes.items() if q is not None})
@@ -178,7 +180,7 @@ def _prepare_attempt(engine: Engine, job_id: int,
                 fail(uow, job, refusal)
                 uow.commit()
                 return None
-            ledger.post(uow.conn, [
+            uow.ledger.post([
                 Posting(job.source_account, job.source_currency, -job.source_amount),
                 Posting(accounts.transit(job.source_currency), job.source_currency, job.source_amount),
             ], kind="conversion_transit", idempotency_key=f"conversion:{job.id}:transit",
@@ -186,33 +188,33 @@ def _prepare_attempt(engine: Engine, job_id: int,
         chosen = next(r for r in rows if r.name == ranked[0].name)
         key = f"ballast-{job.id}-{job.attempts + 1}-{uuid.uuid4().hex[:12]}"
         kept, why = _decision(ranked, quotes)
-        attempt = store.insert_attempt(uow.conn, job, chosen.name, key, par, quotes=kept,
+        attempt = uow.conversions.add_attempt(job, chosen.name, key, par, quotes=kept,
                                        decision=why)
-        job = store.update_job(uow.conn, job, attempts=job.attempts + 1, provider=chosen.name,
+        job = uow.conversions.update(job, attempts=job.attempts + 1, provider=chosen.name,
                                transit_moved=True)
+        client = uow.providers.client(chosen)
         uow.commit()
     log.info("conversion.submitting", job_id=job_id, provider=chosen.name, key=key,
              attempt=attempt.attempt_no)
-    return Submission(job, attempt, chosen.kind, chosen.config, recovering=False)
+    return Submission(job, attempt, client, recovering=False)
 
 
 def _source_refuses(uow: UnitOfWork, job: Job) -> str | None:
     """The source rule again, under the source's lock: the buffer row (which
     cycles and manual conversions take too) and then its ledger account with
     transit, in the ledger's own order, so the balance read is the one posted."""
-    buffer = store.lock_buffer(uow.conn, job.source_type)
-    held = ledger.lock_accounts(uow.conn, [job.source_account,
-                                           accounts.transit(job.source_currency)])
-    balance = held[job.source_account].balance if job.source_account in held else 0
-    reserved = store.reserved_by_pending(uow.conn, before_job=job.id).get(job.source_type, 0)
+    buffer = uow.buffers.lock(job.source_type)
+    held = uow.ledger.lock_balances([job.source_account, accounts.transit(job.source_currency)])
+    balance = held.get(job.source_account, 0)
+    reserved = uow.conversions.reserved_by_pending(before_job=job.id).get(job.source_type, 0)
     return may_take(job.source_type, job.source_amount, balance, buffer.thresholds, reserved)
 
 
-def _call_provider(sub: Submission, engine: Engine) -> Answer:
+def _call_provider(sub: Submission) -> Answer:
     """Step 2, outside any transaction."""
-    p = providers.build(sub.attempt.provider, sub.kind, sub.config, engine)
+    p = sub.client
     key = sub.attempt.idempotency_key
-    order = providers.Order(key, sub.job.direction, sub.job.source_amount)
+    order = Order(key, sub.job.direction, sub.job.source_amount)
     if sub.recovering:  # it may have the order: only its answer may send us elsewhere
         try:
             known = p.status(key)
@@ -237,27 +239,88 @@ def _call_provider(sub: Submission, engine: Engine) -> Answer:
         return Answer("accepted", known)
 
 
-def _record_answer(engine: Engine, sub: Submission, answer: Answer) -> bool:
+def _record_answer(uow: UnitOfWork, sub: Submission, answer: Answer) -> bool:
     """Transaction 3.  True when the job is settled for this step (a provider has it)."""
-    with _uow(engine, sub.job.id, "record") as uow:
-        job = store.get_job(uow.conn, sub.job.id, lock=True)
+    with uow:
+        job = uow.conversions.get(sub.job.id, lock=True)
         if job.status != conv.PENDING:
             return True
         if answer.outcome == "accepted":
-            store.finish_attempt(uow.conn, sub.attempt, "accepted",
+            uow.conversions.finish_attempt(sub.attempt, "accepted",
                                  provider_ref=answer.report.reference if answer.report else None)
-            store.move_job(uow.conn, job, conv.SUBMITTED,
+            uow.conversions.move(job, conv.SUBMITTED,
                            f"{sub.attempt.provider} accepted {sub.attempt.idempotency_key}",
                            submitted_at=now_utc(), provider=sub.attempt.provider)
-            schedule_first_poll(uow, job.id)
+            schedule_first(uow, job.id)
             uow.commit()
             log.info("conversion.submitted", job_id=job.id, provider=sub.attempt.provider)
             return True
-        store.finish_attempt(uow.conn, sub.attempt, answer.outcome, error=answer.error)
-        store.count_outcome(uow.conn, sub.attempt.provider, success=False)
-        store.record_transition(uow.conn, job.id, job.status, job.status,
-                                f"{sub.attempt.provider} {answer.outcome}: {answer.error}")
+        uow.conversions.finish_attempt(sub.attempt, answer.outcome, error=answer.error)
+        uow.providers.count_outcome(sub.attempt.provider, success=False)
+        uow.conversions.note(job, f"{sub.attempt.provider} {answer.outcome}: {answer.error}")
         uow.commit()
     log.warning("conversion.submission_failed", job_id=sub.job.id, provider=sub.attempt.provider,
                 outcome=answer.outcome, error=answer.error)
     return False
+
+
+# --- following jobs a provider holds --------------------------------------------------------
+
+def poll_conversion(cmd: PollConversion, uow: UnitOfWork) -> int:
+    """Let the provider's status drive one job (its own polls after submission schedule
+    the next with backoff), or every job a provider holds.  Returns how many were polled."""
+    if cmd.job_id is None:
+        polled = poll_all(uow, cmd.request_id)
+        log.info("poll_conversion.done", polled=polled)
+        return polled
+    done = drive(uow, cmd.job_id, None)
+    if cmd.poll_no is not None:
+        _schedule_next(uow, cmd.job_id, cmd.poll_no + 1)
+    return int(done)
+
+
+def poll_all(uow: UnitOfWork, request_id: str) -> int:
+    """Poll every job a provider holds; hand long-untouched pending jobs back to submission."""
+    with uow:
+        jobs = uow.conversions.list(active_only=True)
+    polled = 0
+    for job in sorted(jobs, key=lambda j: j.id):
+        if job.status in conv.WITH_PROVIDER:
+            polled += drive(uow, job.id, None)
+        elif (now_utc() - job.updated_at).total_seconds() >= RESUBMIT_PENDING_AFTER_S:
+            _rekick(uow, job, request_id)
+    return polled
+
+
+def _schedule_next(uow: UnitOfWork, job_id: int, poll_no: int) -> None:
+    """The job's next own poll, while it is with its provider and not stale (stale: the
+    minute sweep keeps polling it)."""
+    with uow:
+        job = uow.conversions.get(job_id)
+        if job.status not in conv.WITH_PROVIDER or job.stale_at is not None:
+            return
+        uow.send_later("poll_conversion", conv.poll_delay_ms(poll_no),
+                       request_id=f"conversion:{job_id}:poll:{poll_no}", job_id=job_id,
+                       poll_no=poll_no)
+        uow.commit()
+
+
+def _rekick(uow: UnitOfWork, job: Job, request_id: str) -> None:
+    """A pending job nobody touched for a while goes back to submission (not while frozen,
+    nor while a worker is submitting it)."""
+    with uow:
+        if uow.buffers.freeze_state():  # thawing hands it back
+            return
+    with job_lock(uow, job.id) as got:
+        if not got:
+            return
+    with uow:
+        current = uow.conversions.get(job.id, lock=True)
+        if current.status != conv.PENDING:
+            return
+        uow.conversions.update(current, provider=current.provider)  # touch updated_at
+        flag_if_stale(uow, current)
+        uow.send("submit_conversion", request_id=f"conversion:{job.id}:resubmit:{uuid.uuid4().hex}",
+                 job_id=job.id)
+        uow.commit()
+    log.warning("conversion.resubmitted_pending", job_id=job.id)

@@ -1,12 +1,23 @@
-"""Linking payments to participations: the matching run, the admin's link, opening a cycle.
+"""Payment matching (SPEC §4): characters, cycles, participations, the wallet journal, and
+the links from payments to the participations expecting them.
 
-All three hold the matching lock for their whole transaction, so they see each
-other's links and never decide on the same payment at once; the link table's
-primary key is the last word (one link per journal entry, ever).
+    register_character     a character is registered with its role
+    plan_cycle             a cycle is planned; it takes participations until it opens
+    create_participation   a user pledges an amount under a character name
+    import_wallet_journal  a batch of journal entries arrives; new ones are matched
+    match_payments         unlinked payments are matched to participations
+    link_payment           an admin links a payment, under the matcher's rules
+    open_cycle             unpaid participations expire, the initial capital is reported
+    close_cycle            the cycle's account is the closing capital
+
+Linking steps hold the matching lock for their whole transaction, so they see each
+other's links and never decide on the same payment at once; the link table's primary
+key is the last word (one link per journal entry, ever).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from typing import Callable, Sequence
 
@@ -15,10 +26,18 @@ from domain import matching
 from domain.errors import LedgerError, Refused
 from domain.ledger import Posting, PostingBatchItem
 from domain.matching import Decision, Expectation, Payment, Tally
-from infra import ledger
+from infra.contract.journal import (
+    CloseCycle,
+    CreateParticipation,
+    ImportWalletJournal,
+    LinkPayment,
+    MatchPayments,
+    OpenCycle,
+    PlanCycle,
+    RegisterCharacter,
+)
 from infra.errors import Transient
-from infra.journal import repository as repo
-from infra.journal.repository import Link
+from infra.journal.repository import Link, game_id
 from infra.logs import get_logger
 from infra.uow import UnitOfWork
 
@@ -31,6 +50,46 @@ MATCHER = "matcher"  # performed_by of automatic links
 PUBLISH_NOW_MAX = 1000
 
 
+def register_character(cmd: RegisterCharacter, uow: UnitOfWork) -> str:
+    """A character is registered with its role; only LOGISTICS characters receive payments."""
+    outcome = uow.journal.register_character(cmd.character_id, cmd.name, cmd.role)
+    log.info("character.registered", character_id=cmd.character_id, role=cmd.role, outcome=outcome)
+    return outcome
+
+
+def plan_cycle(cmd: PlanCycle, uow: UnitOfWork) -> None:
+    """A cycle is planned; it takes participations until it opens."""
+    if not uow.journal.plan_cycle(cmd.cycle_id):
+        log.info("cycle.exists", cycle_id=cmd.cycle_id)
+
+
+def create_participation(cmd: CreateParticipation, uow: UnitOfWork) -> None:
+    """A user pledges an amount under a character name; the memo to send is
+    ``ARB {cycle_id} {character_name}``."""
+    cycle = uow.journal.cycle(cmd.cycle_id, for_update=True)
+    if cycle.status != "planned":
+        raise Refused(f"cycle {cmd.cycle_id} is {cycle.status}, it takes no more participations")
+    uow.journal.create_participation(cmd.participation_id, cmd.cycle_id, cmd.user_id,
+                                     cmd.character_name, cmd.amount)
+
+
+def import_wallet_journal(cmd: ImportWalletJournal, uow: UnitOfWork) -> int:
+    """A batch of wallet-journal entries arrives; known journal ids are left as they were.
+    New entries are handed to the matching step.  Returns how many were new."""
+    new = uow.journal.import_entries(cmd.entries, cmd.request_id)
+    log.info("journal.imported", entries=len(cmd.entries), new=new)
+    if new:
+        digest = hashlib.sha256(cmd.request_id.encode()).hexdigest()[:40]
+        uow.send("match_payments", request_id=f"import:{digest}")
+    return new
+
+
+def match_payments(cmd: MatchPayments, uow: UnitOfWork,
+                   progress: Callable[..., None] | None = None) -> Tally:
+    """Match unlinked payments to participations (after imports, every 5 min, on demand)."""
+    return match(uow, cmd.cycle_id, progress)
+
+
 class LinkRace(Transient):
     """A payment was linked by someone else meanwhile (transient: the retry re-reads)."""
 
@@ -39,8 +98,8 @@ def cycle_account(cycle_id: str) -> str:
     return accounts.cycle(cycle_id)
 
 
-def run(uow: UnitOfWork, cycle_id: str | None = None,
-        progress: Callable[..., None] | None = None) -> Tally:
+def match(uow: UnitOfWork, cycle_id: str | None = None,
+          progress: Callable[..., None] | None = None) -> Tally:
     """One matching run: every unlinked payment against every participation expecting one.
 
     With ``cycle_id``, payments are still scored against every cycle (so the best
@@ -50,13 +109,12 @@ def run(uow: UnitOfWork, cycle_id: str | None = None,
     """
     tick = progress or (lambda n=1, total=None, what=None: None)
     tick(0, total=4, what="matching: loading")
-    conn = uow.conn
-    repo.lock_matching(conn)
+    uow.journal.lock_matching()
     if cycle_id is not None:
-        repo.cycle(conn, cycle_id)  # NotFound for an unknown cycle
-    parts = repo.expecting(conn)
+        uow.journal.cycle(cycle_id)  # NotFound for an unknown cycle
+    parts = uow.journal.expecting()
     cycle_of = {p.participation_id: p.cycle_id for p in parts}
-    rows = {r.journal_id: r for r in repo.candidate_payments(conn)}
+    rows = {r.journal_id: r for r in uow.journal.candidate_payments()}
     tick(1, what=f"matching: {len(rows)} payments, {len(parts)} participations")
     decisions = matching.match(
         [Payment(r.journal_id, r.amount, r.reason) for r in rows.values()],
@@ -81,7 +139,7 @@ def run(uow: UnitOfWork, cycle_id: str | None = None,
     tick(1, what=f"matching: linking {len(links)} payments")
     totals, pledged = apply_links(uow, links, performed_by=MATCHER)
     tick(1, what="matching: recording the review")
-    repo.record_review(conn, verdicts)
+    uow.journal.record_review(verdicts)
     tick(1, what="matching")
     result = matching.tally({lk.journal_id: lk.participation_id for lk in links}, totals, pledged,
                             ambiguous, unmatched)
@@ -90,17 +148,17 @@ def run(uow: UnitOfWork, cycle_id: str | None = None,
     return result
 
 
-def link_by_hand(uow: UnitOfWork, participation_id: str, journal_id: str, admin_id: str) -> None:
+def link_payment(cmd: LinkPayment, uow: UnitOfWork) -> None:
     """An admin links a payment: the same rules as the matcher, the admin's word for the memo."""
-    conn = uow.conn
-    repo.lock_matching(conn)
-    entry = repo.entry(conn, journal_id)
+    participation_id, journal_id, admin_id = cmd.participation_id, cmd.journal_id, cmd.admin_id
+    uow.journal.lock_matching()
+    entry = uow.journal.entry(journal_id)
     if entry.linked_to is not None:
         raise Refused(f"journal entry {journal_id} is already linked to {entry.linked_to}")
     problem = matching.payment_problem(entry.ref_type, entry.amount, entry.receiver_role)
     if problem:
         raise Refused(f"journal entry {journal_id} cannot pay: {problem}")
-    part = repo.participation(conn, participation_id, for_update=True)
+    part = uow.journal.participation(participation_id, for_update=True)
     problem = matching.participation_problem(part.status, part.cycle_status)
     if problem:
         raise Refused(f"participation {participation_id} cannot take a payment: {problem}")
@@ -111,20 +169,20 @@ def link_by_hand(uow: UnitOfWork, participation_id: str, journal_id: str, admin_
              admin_id=admin_id)
 
 
-def open_cycle(uow: UnitOfWork, cycle_id: str) -> dict[str, object] | None:
+def open_cycle(cmd: OpenCycle, uow: UnitOfWork) -> dict[str, object] | None:
     """Open a planned cycle: payments already in the journal are matched first, then the
     participations still awaiting payment expire.  None when it is already open."""
-    conn = uow.conn
-    repo.lock_matching(conn)
-    cyc = repo.cycle(conn, cycle_id, for_update=True)
+    cycle_id = cmd.cycle_id
+    uow.journal.lock_matching()
+    cyc = uow.journal.cycle(cycle_id, for_update=True)
     if cyc.status == "open":
         log.info("cycle.already_open", cycle_id=cycle_id)
         return None
     if cyc.status != "planned":
         raise Refused(f"cycle {cycle_id} is {cyc.status}, it cannot be opened")
-    before = run(uow, cycle_id)
-    opened = repo.open_cycle(conn, cycle_id)
-    held = ledger.balances(conn, [cycle_account(cycle_id)]).get(cycle_account(cycle_id), 0)
+    before = match(uow, cycle_id)
+    opened = uow.journal.open_cycle(cycle_id)
+    held = uow.ledger.balances([cycle_account(cycle_id)]).get(cycle_account(cycle_id), 0)
     if held != opened["initial_capital"]:
         raise LedgerError(f"{cycle_account(cycle_id)} holds {held}, "
                           f"participations confirm {opened['initial_capital']}")
@@ -134,20 +192,20 @@ def open_cycle(uow: UnitOfWork, cycle_id: str) -> dict[str, object] | None:
     return doc
 
 
-def close_cycle(uow: UnitOfWork, cycle_id: str, closed_by: str) -> dict[str, object] | None:
+def close_cycle(cmd: CloseCycle, uow: UnitOfWork) -> dict[str, object] | None:
     """Close an open cycle: it took no participation or payment since it opened and takes
     none now; its account's balance is reported as the closing capital.  None when it is
     already closed."""
-    conn = uow.conn
-    repo.lock_matching(conn)
-    cyc = repo.cycle(conn, cycle_id, for_update=True)
+    cycle_id, closed_by = cmd.cycle_id, cmd.closed_by
+    uow.journal.lock_matching()
+    cyc = uow.journal.cycle(cycle_id, for_update=True)
     if cyc.status == "closed":
         log.info("cycle.already_closed", cycle_id=cycle_id)
         return None
     if cyc.status != "open":
         raise Refused(f"cycle {cycle_id} is {cyc.status}: only an open cycle is closed")
-    capital = ledger.balances(conn, [cycle_account(cycle_id)]).get(cycle_account(cycle_id), 0)
-    repo.close_cycle(conn, cycle_id, capital, closed_by)
+    capital = uow.ledger.balances([cycle_account(cycle_id)]).get(cycle_account(cycle_id), 0)
+    uow.journal.close_cycle(cycle_id, capital, closed_by)
     doc = {"cycle_id": cycle_id, "currency": CURRENCY, "initial_capital": cyc.initial_capital,
            "closing_capital": capital, "closed_by": closed_by}
     uow.emit("cycle.closed", doc, recipient="admin")
@@ -162,10 +220,9 @@ def apply_links(uow: UnitOfWork, links: Sequence[Link], *,
     per payment.  Returns (received, pledged) per participation touched."""
     if not links:
         return {}, {}
-    conn = uow.conn
     request_id = uow.request_id or ""
     links = sorted(links, key=lambda lk: (lk.date, lk.journal_id))
-    cycle_of = repo.insert_links(conn, links, request_id=request_id, performed_by=performed_by)
+    cycle_of = uow.journal.insert_links(links, request_id=request_id, performed_by=performed_by)
     if len(cycle_of) != len(links):
         raise LinkRace(f"{len(links) - len(cycle_of)} payment(s) were linked meanwhile")
     received: dict[str, tuple[int, str, str]] = {}
@@ -173,7 +230,7 @@ def apply_links(uow: UnitOfWork, links: Sequence[Link], *,
         amount, payer, kind = received.get(lk.participation_id, (0, lk.payer_character_id,
                                                                  lk.match_type))
         received[lk.participation_id] = (amount + lk.amount, payer, kind)
-    after = {r.participation_id: r for r in repo.credit_participations(conn, received)}
+    after = {r.participation_id: r for r in uow.journal.credit_participations(received)}
 
     by_cycle: dict[str, list[Link]] = defaultdict(list)
     for lk in links:
@@ -193,10 +250,10 @@ def apply_links(uow: UnitOfWork, links: Sequence[Link], *,
         )
         for cycle_id, group in groups
     ]
-    for (_, group), txn in zip(groups, ledger.post_many(conn, deposits)):
-        repo.set_link_transaction(conn, (lk.journal_id for lk in group), txn)
+    for (_, group), txn in zip(groups, uow.ledger.post_many(deposits)):
+        uow.journal.set_link_transaction((lk.journal_id for lk in group), txn)
 
-    repo.record_review(conn, {lk.journal_id: ("linked", None) for lk in links})
+    uow.journal.record_review({lk.journal_id: ("linked", None) for lk in links})
     events = []
     for lk in links:
         part = after[lk.participation_id]
@@ -209,7 +266,7 @@ def apply_links(uow: UnitOfWork, links: Sequence[Link], *,
             "pledged": part.pledged,
             "state": matching.payment_state(part.amount, part.pledged),
             "match_type": lk.match_type,
-            "payer_character_id": repo.game_id(lk.payer_character_id),
+            "payer_character_id": game_id(lk.payer_character_id),
             "currency": CURRENCY,
         }, part.user_id))
     uow.emit_many(events, publish_now=len(events) <= PUBLISH_NOW_MAX)

@@ -1,0 +1,234 @@
+"""A unit of work in memory, for handler tests without a database (``tests/services``).
+
+Same interface as ``infra/uow.py``'s for what the handlers use: ``claim``, ``send``,
+``send_later``, ``emit``, ``commit``, re-entry per transaction, ``hold_lock``, and the
+repositories ``ledger``, ``alerts``, ``buffers``, ``providers``, ``conversions``,
+``journal``.  Leaving a block without ``commit()`` restores the state it found.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+from domain.buffers import CURRENCY_OF, account_code
+from domain.errors import InsufficientFunds, NotFound, RequestConflict
+from domain.ledger import may_go_negative, validate_postings
+from infra.treasury.store import Buffer
+from infra.uow import payload_hash
+
+
+class FakeLedger:
+    def __init__(self) -> None:
+        self.balance: dict[str, int] = {}
+        self.transactions: list[dict[str, Any]] = []
+
+    def post(self, postings, **options: Any) -> int:
+        checked = validate_postings(postings)  # balanced per currency, or LedgerError
+        for p in checked:
+            after = self.balance.get(p.account, 0) + p.amount
+            if after < 0 and not may_go_negative(p.account):
+                raise InsufficientFunds(f"{p.account} would go negative")
+        for p in checked:
+            self.balance[p.account] = self.balance.get(p.account, 0) + p.amount
+        self.transactions.append({"postings": checked, **options})
+        return len(self.transactions)
+
+    def balances(self, codes) -> dict[str, int]:
+        return {c: self.balance[c] for c in codes if c in self.balance}
+
+    lock_balances = balances
+
+
+class FakeAlerts:
+    def __init__(self) -> None:
+        self.open: dict[str, dict[str, Any]] = {}
+
+    def raise_(self, *, dedupe_key: str, **alert: Any) -> int | None:
+        new = dedupe_key not in self.open
+        self.open[dedupe_key] = alert
+        return len(self.open) if new else None
+
+    def resolve(self, dedupe_key: str, note: str | None = None) -> bool:
+        return self.open.pop(dedupe_key, None) is not None
+
+    def resolve_all_except(self, prefix: str, still_true) -> int:
+        gone = [k for k in self.open if k.startswith(prefix) and k not in set(still_true)]
+        return sum(self.resolve(k) for k in gone)
+
+
+class FakeBuffers:
+    """Buffers whose balances are the fake ledger's ``buffer:`` accounts."""
+
+    def __init__(self, ledger: FakeLedger) -> None:
+        self.ledger = ledger
+        self.thresholds: dict[str, Any] = {}
+        self.settings: dict[str, Any] = {}
+
+    def load(self, *, lock: bool = False) -> dict[str, Any]:
+        return {t: self._buffer(t) for t in sorted(self.thresholds)}
+
+    def _buffer(self, account_type: str):
+        return Buffer(account_type, CURRENCY_OF[account_type], self.thresholds[account_type],
+                      self.ledger.balance.get(account_code(account_type), 0))
+
+    def lock(self, account_type: str):
+        return self._buffer(account_type)
+
+    def setting(self, key: str, default: Any) -> Any:
+        return self.settings.get(key, default)
+
+    def put_setting(self, key: str, value: Any, by: str) -> None:
+        self.settings[key] = value
+
+    def freeze_state(self, *, lock: bool = False) -> dict[str, Any] | None:
+        state = self.settings.get("conversions_frozen")
+        return state if isinstance(state, dict) and state.get("frozen") else None
+
+
+class FakeProviders:
+    def __init__(self) -> None:
+        self.rows: dict[str, Any] = {}
+        self.clients: dict[str, Any] = {}
+        self.probes: dict[str, tuple[bool, str | None]] = {}
+
+    def list(self, *, lock: bool = False) -> list[Any]:
+        return sorted(self.rows.values(), key=lambda r: (r.priority, r.name))
+
+    def get(self, name: str):
+        if name not in self.rows:
+            raise NotFound(f"no provider {name!r}")
+        return self.rows[name]
+
+    def update(self, name: str, **fields: Any) -> None:
+        self.rows[name] = replace(self.get(name), **fields)
+
+    def record_probe(self, name: str, healthy: bool, error: str | None) -> None:
+        self.probes[name] = (healthy, error)
+
+    def client(self, row):
+        return self.clients[row.name]
+
+
+class FakeConversions:
+    def __init__(self) -> None:
+        self.jobs: dict[int, Any] = {}
+        self.levers: list[dict[str, Any]] = []
+
+    def list(self, *, active_only: bool = False, statuses=None, limit: int = 10_000) -> list[Any]:
+        return list(self.jobs.values())[:limit]
+
+    def reserved_by_pending(self, *, before_job: int | None = None) -> dict[str, int]:
+        return {}
+
+    def record_lever(self, action: str, by: str, **details: Any) -> int:
+        self.levers.append({"action": action, "by": by, **details})
+        return len(self.levers)
+
+
+class FakeJournal:
+    def __init__(self) -> None:
+        self.characters: dict[int, tuple[str, str]] = {}
+        self.cycles: dict[str, SimpleNamespace] = {}
+        self.participations: dict[str, tuple] = {}
+        self.entries: dict[str, Any] = {}
+
+    def register_character(self, character_id: int, name: str, role: str) -> str:
+        before = self.characters.get(character_id)
+        self.characters[character_id] = (name, role)
+        return "created" if before is None else "unchanged" if before == (name, role) else "updated"
+
+    def plan_cycle(self, cycle_id: str) -> bool:
+        if cycle_id in self.cycles:
+            return False
+        self.cycles[cycle_id] = SimpleNamespace(cycle_id=cycle_id, status="planned")
+        return True
+
+    def cycle(self, cycle_id: str, *, for_update: bool = False):
+        if cycle_id not in self.cycles:
+            raise NotFound(f"cycle {cycle_id} does not exist")
+        return self.cycles[cycle_id]
+
+    def create_participation(self, participation_id, cycle_id, user_id, character_name,
+                             pledged) -> bool:
+        self.participations[participation_id] = (cycle_id, user_id, character_name, pledged)
+        return True
+
+    def import_entries(self, entries, request_id: str) -> int:
+        new = [e for e in entries if e.journal_id not in self.entries]
+        self.entries.update({e.journal_id: e for e in new})
+        return len(new)
+
+
+class FakeUnitOfWork:
+    """Parameters: actor, request_id, payload, as the real one's."""
+
+    def __init__(self, actor: str | None = None, request_id: str | None = None,
+                 payload: Any = None) -> None:
+        self.actor, self.request_id, self.payload = actor, request_id, payload
+        self.ledger = FakeLedger()
+        self.alerts = FakeAlerts()
+        self.buffers = FakeBuffers(self.ledger)
+        self.providers = FakeProviders()
+        self.conversions = FakeConversions()
+        self.journal = FakeJournal()
+        self.claims: dict[tuple, str] = {}
+        self.sent: list[tuple[str, int, dict[str, Any]]] = []  # published after commit
+        self.events: list[tuple[str, dict[str, Any], str | None]] = []
+        self.locks: set[tuple[int, int]] = set()
+        self.commits = 0
+        self._pending: list[tuple[str, tuple]] = []
+
+    _STATE = ("ledger", "alerts", "buffers", "providers", "conversions", "journal", "claims")
+
+    def __enter__(self) -> "FakeUnitOfWork":
+        self._saved = copy.deepcopy({k: getattr(self, k) for k in self._STATE})
+        self._pending, self.committed = [], False
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if not self.committed:
+            for k, v in self._saved.items():
+                setattr(self, k, v)
+
+    def claim(self) -> bool:
+        key, digest = (self.actor, self.request_id), payload_hash(self.payload)
+        if key not in self.claims:
+            self.claims[key] = digest
+            return True
+        if self.claims[key] != digest:
+            raise RequestConflict(f"request_id {self.request_id!r} was used with another payload")
+        return False
+
+    def send(self, actor: str, **kwargs: Any) -> None:
+        self._pending.append(("send", (actor, 0, kwargs)))
+
+    def send_later(self, actor: str, delay_ms: int, **kwargs: Any) -> None:
+        self._pending.append(("send", (actor, delay_ms, kwargs)))
+
+    def emit(self, event: str, data: dict[str, Any], recipient: str | None = None) -> None:
+        self._pending.append(("emit", (event, data, recipient)))
+
+    def emit_many(self, events, *, publish_now: bool = True) -> None:
+        for e in events:
+            self._pending.append(("emit", tuple(e)))
+
+    @contextmanager
+    def hold_lock(self, namespace: int, key: int, wait_s: float = 0) -> Iterator[bool]:
+        got = (namespace, key) not in self.locks
+        self.locks.add((namespace, key))
+        try:
+            yield got
+        finally:
+            if got:
+                self.locks.discard((namespace, key))
+
+    def commit(self) -> None:
+        self.committed = True
+        self.commits += 1
+        for kind, item in self._pending:
+            (self.sent if kind == "send" else self.events).append(item)
+        self._pending = []

@@ -1,0 +1,111 @@
+"""The treasury and journal steps as the older tests call them (by job id, engine, unit of
+work), each one the service handler it names, fed the same validated command."""
+
+from __future__ import annotations
+
+import uuid
+from types import SimpleNamespace
+
+from infra.contract import parse
+from infra.contract.operations import SetAutoRebalance
+from infra.contract.journal import CloseCycle, LinkPayment, OpenCycle
+from infra.contract.treasury import (PollConversion, ProbeProviders, RecordBufferFlow,
+                                     RunSettlementCycle, SubmitConversion)
+from infra.journal import conditions as _journal_conditions  # noqa: F401  (registers them)
+from infra.treasury import conditions as _treasury_conditions  # noqa: F401
+from infra.treasury import polling as _polling
+from infra.treasury.cycle import auto_rebalance_enabled, evaluate_buffer_alerts
+from infra.treasury.polling import RESUBMIT_PENDING_AFTER_S, flag_if_stale, schedule_first
+from infra.uow import UnitOfWork
+from services import buffers, conversions, journal, providers
+from services.conversions import JobBusy, _call_provider, _decision
+from services.conversions import _prepare_attempt as _prepare
+
+
+def _rid() -> str:
+    return f"test:{uuid.uuid4()}"
+
+
+def _unit(actor: str, engine=None, request_id: str | None = None) -> UnitOfWork:
+    return UnitOfWork(actor=actor, request_id=request_id or _rid(), engine=engine)
+
+
+def submit(job_id: int, engine=None) -> str:
+    cmd = parse(SubmitConversion, {"request_id": f"conversion:{job_id}:submit", "job_id": job_id})
+    return conversions.submit_conversion(cmd, _unit("submit_conversion", engine))
+
+
+def poll(job_id: int, engine=None, *, poll_no: int | None = None) -> bool:
+    cmd = parse(PollConversion, {"request_id": _rid(), "job_id": job_id, "poll_no": poll_no})
+    return bool(conversions.poll_conversion(cmd, _unit("poll_conversion", engine)))
+
+
+def poll_all(engine=None, *, request_id: str = "poll") -> int:
+    cmd = parse(PollConversion, {"request_id": request_id})
+    return conversions.poll_conversion(cmd, _unit("poll_conversion", engine, request_id))
+
+
+def drive(job_id: int, engine, told, **options) -> bool:
+    return _polling.drive(_unit("poll_conversion", engine), job_id, told, **options)
+
+
+def probe_all(engine=None) -> dict[str, bool]:
+    return providers.probe_providers(parse(ProbeProviders, {"request_id": _rid()}),
+                                     _unit("probe_providers", engine))
+
+
+def run_cycle(uow: UnitOfWork, trigger: str, requested_by: str = "scheduler") -> list[int]:
+    cmd = parse(RunSettlementCycle, {"request_id": _rid(), "trigger": trigger,
+                                     "requested_by": requested_by})
+    return buffers.run_settlement_cycle(cmd, uow)
+
+
+def record_flow(uow: UnitOfWork, account_type: str, amount: int, reference: str) -> int:
+    cmd = parse(RecordBufferFlow, {"request_id": _rid(), "account_type": account_type,
+                                   "amount": amount, "reference": reference})
+    return buffers.record_buffer_flow(cmd, uow)
+
+
+def set_auto_rebalance(uow: UnitOfWork, enabled: bool, by: str) -> None:
+    buffers.set_auto_rebalance(parse(SetAutoRebalance, {"request_id": _rid(), "enabled": enabled,
+                                                        "performed_by": by}), uow)
+
+
+def match_run(uow: UnitOfWork, cycle_id: str | None = None, progress=None):
+    return journal.match(uow, cycle_id, progress)
+
+
+def link_by_hand(uow: UnitOfWork, participation_id: str, journal_id: str, admin_id: str) -> None:
+    journal.link_payment(parse(LinkPayment, {"request_id": _rid(), "participation_id":
+                                             participation_id, "journal_id": journal_id,
+                                             "admin_id": admin_id}), uow)
+
+
+def open_cycle(uow: UnitOfWork, cycle_id: str):
+    return journal.open_cycle(parse(OpenCycle, {"request_id": _rid(), "cycle_id": cycle_id}), uow)
+
+
+def close_cycle(uow: UnitOfWork, cycle_id: str, closed_by: str):
+    return journal.close_cycle(parse(CloseCycle, {"request_id": _rid(), "cycle_id": cycle_id,
+                                                  "closed_by": closed_by}), uow)
+
+
+def _prepare_attempt(engine, job_id: int, quotes=None):
+    return _prepare(_unit("submit_conversion", engine), job_id, quotes)
+
+
+submission = SimpleNamespace(submit=submit, JobBusy=JobBusy, _decision=_decision,
+                             _prepare_attempt=_prepare_attempt,
+                             _call_provider=lambda sub, engine=None: _call_provider(sub))
+polling = SimpleNamespace(poll=poll, poll_all=poll_all, drive=drive, probe_all=probe_all,
+                          flag_if_stale=flag_if_stale, schedule_first=schedule_first,
+                          _apply_report=_polling._apply_report,
+                          RESUBMIT_PENDING_AFTER_S=RESUBMIT_PENDING_AFTER_S)
+cycle = SimpleNamespace(run_cycle=run_cycle, record_flow=record_flow,
+                        set_auto_rebalance=set_auto_rebalance,
+                        auto_rebalance_enabled=auto_rebalance_enabled,
+                        evaluate_buffer_alerts=evaluate_buffer_alerts)
+matching = SimpleNamespace(run=match_run, link_by_hand=link_by_hand, open_cycle=open_cycle,
+                           close_cycle=close_cycle, LinkRace=journal.LinkRace,
+                           apply_links=journal.apply_links, PUBLISH_NOW_MAX=journal.PUBLISH_NOW_MAX,
+                           MATCHER=journal.MATCHER, CURRENCY=journal.CURRENCY)
