@@ -12,7 +12,6 @@ from infra.contract.journal import (
     PlanCycle,
     RegisterCharacter,
 )
-from infra.journal import conditions  # noqa: F401  (registers the alert condition)
 from infra.messaging import command
 from infra.uow import UnitOfWork
 from services import journal

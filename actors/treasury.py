@@ -12,7 +12,6 @@ from infra.contract.treasury import (
     SubmitConversion,
 )
 from infra.messaging import command
-from infra.treasury import conditions  # noqa: F401  (registers the alert conditions)
 from infra.uow import UnitOfWork
 from services import buffers, conversions, providers
 

@@ -182,7 +182,7 @@ def open_cycle(cmd: OpenCycle, uow: UnitOfWork) -> dict[str, object] | None:
         raise Refused(f"cycle {cycle_id} is {cyc.status}, it cannot be opened")
     before = match(uow, cycle_id)
     opened = uow.journal.open_cycle(cycle_id)
-    held = uow.ledger.balances([cycle_account(cycle_id)]).get(cycle_account(cycle_id), 0)
+    held = _cycle_balance(uow, cycle_id)
     if held != opened["initial_capital"]:
         raise LedgerError(f"{cycle_account(cycle_id)} holds {held}, "
                           f"participations confirm {opened['initial_capital']}")
@@ -204,7 +204,7 @@ def close_cycle(cmd: CloseCycle, uow: UnitOfWork) -> dict[str, object] | None:
         return None
     if cyc.status != "open":
         raise Refused(f"cycle {cycle_id} is {cyc.status}: only an open cycle is closed")
-    capital = uow.ledger.balances([cycle_account(cycle_id)]).get(cycle_account(cycle_id), 0)
+    capital = _cycle_balance(uow, cycle_id)
     uow.journal.close_cycle(cycle_id, capital, closed_by)
     doc = {"cycle_id": cycle_id, "currency": CURRENCY, "initial_capital": cyc.initial_capital,
            "closing_capital": capital, "closed_by": closed_by}
@@ -276,3 +276,9 @@ def apply_links(uow: UnitOfWork, links: Sequence[Link], *,
 
 def _note(d: Decision) -> dict[str, object]:
     return {"participation_ids": list(d.tied), "score": d.points}
+
+
+def _cycle_balance(uow: UnitOfWork, cycle_id: str) -> int:
+    """What the cycle's account holds now."""
+    code = cycle_account(cycle_id)
+    return uow.ledger.balances([code]).get(code, 0)

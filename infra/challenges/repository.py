@@ -480,12 +480,18 @@ def fill_context(conn: Connection, fill_id: int, challenge_id: str
     ).one_or_none()
     if row is None:
         raise NotFound(f"fill {fill_id} of challenge {challenge_id} does not exist")
-    fill = Fill(row.id, row.challenge_id, row.side, row.requested, row.status, row.admin_id)
-    cfg = None if row.max_risk is None else TreasuryConfig(
-        int(row.max_risk), int(row.allocated), int(row.reserved), int(row.filled_count), row.notes)
+    fill, cfg = _fill_and_config(row)
     matches = [ReservedMatch(m[0], m[1], m[2], m[3], Persona(m[4], m[5], m[6], m[7]))
                for m in row.matches or []]
     return fill, cfg, matches
+
+
+def _fill_and_config(row) -> tuple[Fill, TreasuryConfig | None]:
+    """The fill and the challenge's treasury config of a context row (``f.*`` and ``t.*``)."""
+    fill = Fill(row.id, row.challenge_id, row.side, row.requested, row.status, row.admin_id)
+    cfg = None if row.max_risk is None else TreasuryConfig(
+        int(row.max_risk), int(row.allocated), int(row.reserved), int(row.filled_count), row.notes)
+    return fill, cfg
 
 
 def assign_context(conn: Connection, fill_id: int, challenge_id: str
@@ -509,9 +515,7 @@ def assign_context(conn: Connection, fill_id: int, challenge_id: str
     ).one_or_none()
     if row is None:
         raise NotFound(f"fill {fill_id} of challenge {challenge_id} does not exist")
-    fill = Fill(row.id, row.challenge_id, row.side, row.requested, row.status, row.admin_id)
-    cfg = None if row.max_risk is None else TreasuryConfig(
-        int(row.max_risk), int(row.allocated), int(row.reserved), int(row.filled_count), row.notes)
+    fill, cfg = _fill_and_config(row)
     waiting_users = [Participant(w[0], w[1], w[2]) for w in row.waiting or []]
     personas = [Persona(p[0], p[1], p[2], p[3]) for p in row.personas or []]
     return fill, cfg, waiting_users, personas
