@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from infra import alerts, guard
+from infra import alerts
 from infra.conditions import CONDITIONS, evaluate
 from infra.contract.operations import (AcknowledgeAlert, DeliverAlertWebhooks, EvaluateAlerts,
                                        EvaluateBalanceAlerts)
 from infra.db.engine import get_engine
 from infra.messaging import command
 from infra.uow import UnitOfWork
+from services import guard
 
 
 @command(transactional=False, max_retries=20, retry_within_ms=55_000)  # fired every 60 s
@@ -27,14 +28,8 @@ def deliver_alert_webhooks(cmd: DeliverAlertWebhooks) -> None:
 
 
 @command()
-def evaluate_balance_alerts(cmd: EvaluateBalanceAlerts, uow: UnitOfWork) -> None:
-    """Balance alerts of one chunk of a big wallet transaction; hands on the next chunk."""
-    after = (cmd.after_user, cmd.after_currency) if cmd.after_user and cmd.after_currency else None
-    last = guard.evaluate_deferred(uow, cmd.transaction_id, after)
-    if last is not None:
-        uow.send("evaluate_balance_alerts",
-                 request_id=f"balance-alerts:{cmd.transaction_id}:{last[0]}:{last[1]}",
-                 transaction_id=cmd.transaction_id, after_user=last[0], after_currency=last[1])
+def evaluate_balance_alerts(cmd: EvaluateBalanceAlerts, uow: UnitOfWork):
+    return guard.evaluate_balance_alerts(cmd, uow)
 
 
 @command()

@@ -20,7 +20,7 @@ from domain.challenges import Challenge, TreasuryConfig, escrow_account, treasur
 from domain.errors import InsufficientFunds, LedgerError, Refused
 from domain.ledger import Posting
 from domain.wallet import WalletChange
-from infra import ledger, wallets
+from infra import ledger
 from infra.alerts import Alert, announce_raised, announce_resolved, raise_alert
 from infra.attempts import final_attempt
 from infra.challenges import repository as repo
@@ -41,6 +41,7 @@ from infra.logs import get_logger
 from infra.messaging import command
 from infra.settings import get_settings
 from infra.uow import UnitOfWork
+from services import wallets
 
 log = get_logger(__name__)
 

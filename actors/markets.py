@@ -15,7 +15,6 @@ from domain.markets import (
     status_after_settlement,
 )
 from domain.wallet import WalletChange
-from infra import wallets
 from infra.attempts import final_attempt
 from infra.contract.markets import (
     ConfirmMarket,
@@ -31,6 +30,7 @@ from infra.logs import get_logger
 from infra.markets import escrow_account, record_failure, repository, roll_back, settle
 from infra.messaging import command
 from infra.uow import UnitOfWork
+from services import wallets
 
 log = get_logger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fractions import Fraction
 from math import isqrt
-from typing import Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
 from domain.errors import InvalidCommand
 from domain.money import format_minor, major_to_minor
@@ -207,6 +207,139 @@ def balance_alerts(before: int, after: int, limits: Limits) -> AlertDecision:
     if is_significant_drop(before, after):
         raise_kinds.append("significant_drop")
     return AlertDecision(tuple(raise_kinds), tuple(resolve))
+
+
+#: The balance-alert kinds whose open alerts a wallet change may refresh or resolve.
+BALANCE_ALERT_KINDS: tuple[str, ...] = ("balance_warning", "balance_critical", "significant_drop",
+                                        "limit_exceeded")
+#: The alert kinds that clear by time: their ``data["clears_at"]`` (a window after the
+#: refusal, a day after the drop).
+EXPIRING_ALERT_KINDS: tuple[str, ...] = ("limit_exceeded", "significant_drop")
+
+
+class LimitTable:
+    """Every stored (tier, currency) row of the limits, falling back to SPEC §4's table."""
+
+    def __init__(self, rows: dict[tuple[str, str], Limits]) -> None:
+        self.rows = rows
+
+    def get(self, tier: str, currency: str) -> Limits:
+        found = self.rows.get((tier, currency))
+        if found is None:
+            found = self.rows[(tier, currency)] = default_limits(tier, currency)
+        return found
+
+
+#: One change paired with its wallet's balance before it.
+Paired = Sequence[tuple[WalletChange, int]]
+
+
+@dataclass(slots=True)
+class GuardContext:
+    """What the guard knows of some wallets once they are locked.
+
+    Parameters:
+      tiers: user -> stored tier (absent: ``DEFAULT_TIER``).
+      table: the limits of (tier, currency).
+      used: (user, currency) -> what the trailing windows hold (absent: nothing).
+      open_alerts: dedupe key -> the ``balance_before`` of an open significant drop, None
+        for an open alert of another kind (absent: no open alert).
+    """
+
+    tiers: dict[str, str]
+    table: LimitTable
+    used: dict[tuple[str, str], Usage]
+    open_alerts: dict[str, int | None]
+
+    def limits_of(self, user_id: str, currency: str) -> Limits:
+        return self.table.get(self.tiers.get(user_id, DEFAULT_TIER), currency)
+
+
+def check(changes: Paired, context: GuardContext) -> None:
+    """Validate the user-initiated ones of ``changes``, in order: each one's window sums
+    include the changes before it in the same batch.  Raises BalanceRefused for the
+    first change that breaks a rule; system changes are never refused."""
+    used = dict(context.used)
+    for change, before in changes:
+        if not change.user_initiated:
+            continue
+        key = (change.user_id, change.currency)
+        already = used.get(key, Usage())
+        validate(change, before, context.limits_of(change.user_id, change.currency), already)
+        used[key] = already.plus(abs(change.amount))
+
+
+def wallet_moves(changes: Paired) -> dict[tuple[str, str], tuple[int, int]]:
+    """Each wallet's (balance before its first change, balance after its last)."""
+    moves: dict[tuple[str, str], tuple[int, int]] = {}
+    for c, before in changes:
+        key = (c.user_id, c.currency)
+        first = moves[key][0] if key in moves else before
+        moves[key] = (first, before + c.amount)
+    return moves
+
+
+def alert_key(kind: str, user_id: str, currency: str) -> str:
+    """One open balance alert per kind and wallet (a user has one wallet per currency)."""
+    return f"{kind}:{user_id}:{currency}"
+
+
+#: An alert to raise: (kind, severity, subject, dedupe_key, data).
+AlertSpec = tuple[str, str, str, str, dict[str, Any]]
+
+
+def balance_alert(kind: str, user: str, cur: str, before: int, after: int, limits: Limits,
+                  txn_id: int | None, clears_at: str) -> AlertSpec:
+    """The balance alert of ``kind`` for a wallet that went from ``before`` to ``after``."""
+    if kind == "significant_drop":
+        subject = (f"{user} {cur} balance dropped from {format_minor(before, cur)} "
+                   f"to {format_minor(after, cur)}")
+    else:
+        threshold = limits.critical if kind == "balance_critical" else limits.warning
+        subject = (f"{user} {cur} balance {format_minor(after, cur)} is below "
+                   f"{format_minor(threshold, cur)}")
+    data: dict[str, Any] = {"user_id": user, "currency": cur, "balance_before": before,
+                            "balance": after, "tier": limits.tier, "transaction_id": txn_id,
+                            "warning": limits.warning, "critical": limits.critical}
+    if kind == "significant_drop":
+        data["clears_at"] = clears_at
+    return (kind, ALERT_SEVERITY[kind], subject, alert_key(kind, user, cur), data)
+
+
+def alert_decisions(context: GuardContext, moves: Mapping[tuple[str, str], tuple[int, int]],
+                    txn_id: int | None, now: datetime) -> tuple[list[AlertSpec], list[str]]:
+    """The balance alerts to raise and the keys to resolve for wallets that moved
+    (``(user, currency) -> (before, after)``).  ``context.open_alerts`` needs the open
+    significant drops of the wallets that went up (their ``balance_before``): a drop is
+    over once the wallet is back where it was before the drop."""
+    clears_at = (now + SIGNIFICANT_DROP_WINDOW).isoformat()
+    raised: list[AlertSpec] = []
+    resolve: list[str] = []
+    for (user, cur), (before, after) in moves.items():
+        limits = context.limits_of(user, cur)
+        decision = balance_alerts(before, after, limits)
+        for kind in decision.raise_kinds:
+            raised.append(balance_alert(kind, user, cur, before, after, limits, txn_id, clears_at))
+        resolve += [alert_key(kind, user, cur) for kind in decision.resolve_kinds]
+        drop = alert_key("significant_drop", user, cur)
+        drop_before = context.open_alerts.get(drop)
+        if after > before and drop_before is not None and after >= drop_before:
+            resolve.append(drop)
+    return raised, resolve
+
+
+def refusal_alert(error: BalanceRefused, now: datetime) -> AlertSpec | None:
+    """``limit_exceeded`` for a change refused by a trailing window; it clears when that
+    window has rolled past the refusal.  None for the other rules."""
+    window = LIMIT_RULES.get(error.rule)
+    if window is None or error.change is None:
+        return None
+    c = error.change
+    return ("limit_exceeded", ALERT_SEVERITY["limit_exceeded"],
+            f"{c.user_id} {c.currency} {c.kind} refused by {error.rule}: over by "
+            f"{format_minor(error.exceeded_by, c.currency)}",
+            alert_key("limit_exceeded", c.user_id, c.currency),
+            {**error.data(), "clears_at": (now + window).isoformat()})
 
 
 # --- analytics -----------------------------------------------------------------------------

@@ -5,11 +5,13 @@ The rules a change must pass (tiers, limits, SPEC §4) are in ``domain.guard``.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Sequence
 
 from domain import accounts
-from domain.errors import Refused
+from domain.errors import LedgerError, Refused
+from domain.ledger import Posting
 
 ChangeKind = Literal[
     "deposit", "withdrawal", "wager", "adjustment", "payout", "refund", "reversal", "transfer"
@@ -89,3 +91,53 @@ class BalanceRefused(Refused):
 def wallet_account(user_id: str, currency: str) -> str:
     return accounts.user(user_id, currency)
 
+
+
+def postings_for(changes: Sequence[WalletChange], counter_account: str) -> tuple[str, list[Posting]]:
+    """The one balanced transaction of ``changes`` (one currency): each wallet's net
+    change, and ``counter_account`` taking the other side.  Returns (currency, postings)."""
+    if not changes:
+        raise LedgerError("no wallet changes to apply")
+    currencies = {c.currency for c in changes}
+    if len(currencies) != 1:
+        raise LedgerError(f"one transaction per currency, got {sorted(currencies)}")
+    currency = currencies.pop()
+    net: dict[str, int] = defaultdict(int)
+    for c in changes:
+        net[c.account] += c.amount
+    total = sum(net.values())
+    postings = [Posting(acc, currency, amt) for acc, amt in net.items() if amt != 0]
+    if total != 0:
+        postings.append(Posting(counter_account, currency, -total))
+    return currency, postings
+
+
+def paired_with_balances(changes: Sequence[WalletChange],
+                         balances: Mapping[str, int]) -> list[tuple[WalletChange, int]]:
+    """Each change with its wallet's balance just before it (``balances``: before the
+    first), in order."""
+    running = dict(balances)
+    paired: list[tuple[WalletChange, int]] = []
+    for c in changes:
+        paired.append((c, running[c.account]))
+        running[c.account] += c.amount
+    return paired
+
+
+#: Up to this many changes in one transaction are told one by one (``wallet.changed``).
+NOTIFY_MAX_CHANGES = 100
+
+
+def changed_events(paired: Sequence[tuple[WalletChange, int]],
+                   txn_id: int | None) -> list[tuple[str, dict[str, Any], str | None]]:
+    """The ``wallet.changed`` events of the changes (none past ``NOTIFY_MAX_CHANGES``)."""
+    if len(paired) > NOTIFY_MAX_CHANGES:
+        return []
+    return [
+        ("wallet.changed",
+         {"user_id": c.user_id, "currency": c.currency, "amount": c.amount, "kind": c.kind,
+          "balance_before": before, "balance_after": before + c.amount,
+          "transaction_id": txn_id},
+         c.user_id)
+        for c, before in paired
+    ]

@@ -61,7 +61,7 @@ _USER_ID = _al.data.op("->>")(sa.literal_column("'user_id'"))
 #: Open alerts (distinct keys, as arrays): a new one is inserted, an open one refreshed; it
 #: returns ``id, key, inserted`` (``xmax = 0`` only on a row this statement inserted, not on
 #: one it updated).  Parameters are prefixed ``al_`` so the statement can be a CTE of a
-#: bigger one (``guard.record``).
+#: bigger one (``uow.wallets.record``).
 UPSERT_ALERTS = (
     "INSERT INTO alerts (kind, severity, subject, dedupe_key, data) "
     "SELECT x.k, x.s, x.subj, x.key, CAST(x.d AS jsonb) FROM unnest("
@@ -159,7 +159,7 @@ def upsert_statement(items: Sequence[Alert],
     """One statement opening ``items`` (distinct keys): a new alert is inserted, an open
     one refreshed; it returns ``id, key, inserted`` (``xmax = 0`` only on a row this
     statement inserted, not on one it updated).  Parameters are prefixed ``al_`` so the
-    statement can be a CTE of a bigger one (``guard.record``).
+    statement can be a CTE of a bigger one (``uow.wallets.record``).
 
     ``transaction_from``: as ``outbox.events_statement``'s (a one-row relation of the
     bigger statement whose ``id`` is the ledger transaction it posted): each stored

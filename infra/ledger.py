@@ -123,7 +123,7 @@ _POST_MANY = sql(
 @dataclass(frozen=True, slots=True)
 class PreparedPosting:
     """One ``ledger_post_many`` call, validated and bound, to run on its own (``post``) or
-    inside a bigger statement (``guard.post_and_record``: ``sql`` as a CTE, its row
+    inside a bigger statement (``uow.wallets.post_and_record``: ``sql`` as a CTE, its row
     given back to ``outcome``)."""
 
     #: ``SELECT * FROM ledger_post_many(...)``: one row (status, ids, idx, code, ...).

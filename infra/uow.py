@@ -15,7 +15,8 @@ process's broker and the repositories.
 The repositories it owns are bound to its transaction: ``uow.conversions``,
 ``uow.buffers``, ``uow.providers`` (``infra/treasury/repository.py``),
 ``uow.journal`` (``infra/journal/repository.py``), ``uow.ledger`` and ``uow.alerts``
-(``infra/repositories.py``).  A step that calls the outside world between
+(``infra/repositories.py``), ``uow.wallets`` and ``uow.guard``
+(``infra/wallets/repository.py``).  A step that calls the outside world between
 transactions enters the same unit of work again: each ``with uow:`` is a new
 transaction (``hold_lock`` holds an advisory lock across them).  The fake with the
 same interface, for handler tests, is ``infra/uow_fake.py``.
@@ -41,6 +42,7 @@ from infra.journal.repository import JournalRepository
 from infra.repositories import AlertRepository, LedgerRepository
 from infra.transaction import Transaction
 from infra.treasury.repository import BufferRepository, ConversionRepository, ProviderRepository
+from infra.wallets.repository import GuardRepository, WalletRepository
 
 #: How often ``hold_lock`` tries again while another process holds the lock.
 LOCK_POLL_S = 0.1  # s
@@ -86,6 +88,8 @@ class UnitOfWork(Transaction):
         self.buffers = BufferRepository(self.conn)
         self.providers = ProviderRepository(self.conn, self.engine)
         self.journal = JournalRepository(self.conn)
+        self.guard = GuardRepository(self)
+        self.wallets = WalletRepository(self, self.guard)
         return self
 
     def claim(self) -> bool:

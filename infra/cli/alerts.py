@@ -220,7 +220,7 @@ def guard_group() -> None:
 def guard_limits(tier: str | None, currency: str | None, as_json: bool) -> None:
     """Every tier's limits in minor units (min/max balance, daily/weekly, warning/critical)."""
     with get_read_engine().connect() as conn:
-        table_ = guard.LimitTable.load(conn)
+        table_ = guard.limit_table(conn)
     doc = [
         _limits_doc(table_.get(t, c))
         for t in rules.TIERS if tier in (None, t)
@@ -252,7 +252,7 @@ def guard_set_limit(tier: str, currency: str, min_balance, max_balance, daily, w
     by = operator_identity(by)
     try:
         with get_engine().begin() as conn:
-            current = guard.LimitTable.load(conn).get(tier, currency)
+            current = guard.limit_table(conn).get(tier, currency)
             stored = guard.set_limits(conn, replace(current, **changes), by=by)
     except BallastError as exc:
         fail(str(exc), 2)

@@ -1,0 +1,69 @@
+"""The balance guard in every wallet change (SPEC §4): limits checked before anything is
+written, the post-and-record path, refusals told, the balance alerts of a big transaction.
+
+    check                    a user-initiated change may not break its tier's limits
+    post_and_record          the posting, its audit trail, events and alerts at once
+    tell_refusal             a refusal leaves an event (and limit_exceeded) behind
+    evaluate_balance_alerts  the balance alerts of one chunk of a big transaction
+
+``check`` runs with the wallet accounts already locked (``services.wallets.apply_changes``
+locks them): two changes to one wallet are serialised by that lock, so the second one's
+window sums see the first one's audit line and together they never exceed a limit.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from domain import guard as rules
+from domain.guard import GuardContext, Paired
+from domain.ledger import Posting
+from domain.wallet import BalanceRefused
+from infra.contract.operations import EvaluateBalanceAlerts
+from infra.uow import UnitOfWork
+
+
+def check(uow: UnitOfWork, changes: Paired, *, context: GuardContext | None = None,
+          now: datetime | None = None) -> None:
+    """Refuse (BalanceRefused, naming the rule and by how much) the first user-initiated
+    change that breaks a rule; ``changes`` pairs each with its balance before.  System
+    changes are never refused.  ``context``: what locking the wallets read (else read here;
+    ``now`` defaults to the transaction's time)."""
+    mine = [(c, before) for c, before in changes if c.user_initiated]
+    if mine:
+        rules.check(mine, context if context is not None else uow.guard.context(mine, now))
+
+
+def tell_refusal(uow: UnitOfWork, refusal: BalanceRefused) -> None:
+    """What a refusal leaves behind, in its own transaction (the change's rolls back): a
+    ``balance.change_rejected`` event and, for a daily/weekly limit, ``limit_exceeded``."""
+    data = refusal.data()
+    alert = rules.refusal_alert(refusal, datetime.now(timezone.utc))
+    uow.guard.tell_refusal([("balance.change_rejected", data, data["user_id"])],
+                           [alert] if alert else [])
+
+
+def post_and_record(uow: UnitOfWork, changes: Paired, postings: Sequence[Posting],
+                    context: GuardContext, events: list[tuple[str, dict[str, Any], str | None]],
+                    *, kind: str, memo: str | None = None,
+                    metadata: dict[str, Any] | None = None) -> int:
+    """The posting with its audit lines, events and the balance alerts it raises in one
+    statement (a few wallets, their ``context`` read under the locks); the alerts it
+    clears resolved after, only when one was open.  Returns the transaction id."""
+    raised, resolve = rules.alert_decisions(context, rules.wallet_moves(changes), None,
+                                            datetime.now(timezone.utc))
+    txn_id = uow.wallets.post_and_record(changes, postings, context.tiers, raised, events,
+                                         kind=kind, memo=memo, metadata=metadata)
+    uow.guard.resolve_open(context, resolve)
+    return txn_id
+
+
+def evaluate_balance_alerts(cmd: EvaluateBalanceAlerts, uow: UnitOfWork) -> None:
+    """Balance alerts of one chunk of a big wallet transaction; hands on the next chunk."""
+    after = (cmd.after_user, cmd.after_currency) if cmd.after_user and cmd.after_currency else None
+    last = uow.guard.alerts_of_chunk(cmd.transaction_id, after)
+    if last is not None:
+        uow.send("evaluate_balance_alerts",
+                 request_id=f"balance-alerts:{cmd.transaction_id}:{last[0]}:{last[1]}",
+                 transaction_id=cmd.transaction_id, after_user=last[0], after_currency=last[1])
