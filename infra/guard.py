@@ -14,11 +14,12 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any, Sequence
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, func, select, text
 
 from domain import accounts
 from domain import guard as rules
 from domain.guard import DEFAULT_TIER, LimitTable, Usage
+from infra.db import tables as t
 from infra.wallets import _escape_like
 from infra.wallets.repository import (INLINE_ALERT_WALLETS, GuardRepository, load_limits,
                                       record_select, risk_sql, set_limits, tiers_of, usage)
@@ -69,13 +70,13 @@ def history_page(conn: Connection, user_id: str, currency: str | None = None, li
                  after: int | None = None,
                  offset: int = 0) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the wallet's audit trail, newest first, and the next page's cursor."""
-    rows = conn.execute(
-        text("SELECT * FROM wallet_audit WHERE user_id = :u "
-             "AND (CAST(:cur AS text) IS NULL OR currency = :cur) "
-             "AND (CAST(:after AS bigint) IS NULL OR id < :after) ORDER BY id DESC LIMIT :n "
-             "OFFSET :off"),
-        {"u": user_id, "cur": currency, "n": limit + 1, "after": after, "off": offset},
-    ).all()
+    w = t.wallet_audit.c
+    query = select(t.wallet_audit).where(w.user_id == user_id)
+    if currency is not None:
+        query = query.where(w.currency == currency)
+    if after is not None:
+        query = query.where(w.id < after)
+    rows = conn.execute(query.order_by(w.id.desc()).limit(limit + 1).offset(offset)).all()
     shown, cursor = rules.page(rows, limit, key=lambda r: r.id)
     return [_audit_line(r) for r in shown], cursor
 
@@ -93,13 +94,15 @@ def recent_changes(conn: Connection, *, hours: int | None = 24, by: str | None =
     """Recent changes across all customers, newest first, keyset-paged on the audit id
     (``ballast audit recent``): a page never repeats or skips a line, whatever is written
     meanwhile (new lines have higher ids and are only on the first page of a new walk)."""
-    rows = conn.execute(
-        text("SELECT * FROM wallet_audit WHERE "
-             "(CAST(:hours AS integer) IS NULL OR created_at >= now() - make_interval(hours => :hours)) "
-             "AND (CAST(:by AS text) IS NULL OR performed_by = :by) AND risk_score >= :risk "
-             "AND (CAST(:after AS bigint) IS NULL OR id < :after) ORDER BY id DESC LIMIT :n"),
-        {"hours": hours, "by": by, "risk": min_risk, "after": after, "n": limit + 1},
-    ).all()
+    w = t.wallet_audit.c
+    query = select(t.wallet_audit).where(w.risk_score >= min_risk)
+    if hours is not None:
+        query = query.where(w.created_at >= func.now() - func.make_interval(0, 0, 0, 0, hours))
+    if by is not None:
+        query = query.where(w.performed_by == by)
+    if after is not None:
+        query = query.where(w.id < after)
+    rows = conn.execute(query.order_by(w.id.desc()).limit(limit + 1)).all()
     shown, cursor = rules.page(rows, limit, key=lambda r: r.id)
     return {"changes": [{"user_id": r.user_id, **_audit_line(r)} for r in shown],
             "next_cursor": cursor, "hours": hours, "performed_by": by, "min_risk": min_risk}

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, select, text
 
 from domain import accounts
 from domain.wallet import WalletChange
 from infra import ledger
+from infra.db import tables as t
 
 
 def balances(conn: Connection, user_id: str, currency: str | None = None) -> dict[str, int]:
-    rows = conn.execute(
-        text(
-            "SELECT currency, balance FROM accounts WHERE code LIKE :pattern "
-            "AND (CAST(:cur AS text) IS NULL OR currency = :cur) ORDER BY currency"
-        ),
-        {"pattern": f"{accounts.prefix(accounts.USER)}{_escape_like(user_id)}:%", "cur": currency},
-    )
-    return {r.currency: int(r.balance) for r in rows}
+    """The user's wallet balances, per currency (one currency when given)."""
+    a = t.accounts.c
+    query = select(a.currency, a.balance).where(
+        a.code.like(f"{accounts.prefix(accounts.USER)}{_escape_like(user_id)}:%"))
+    if currency is not None:
+        query = query.where(a.currency == currency)
+    return {r.currency: int(r.balance) for r in conn.execute(query.order_by(a.currency))}
 
 
 def history(

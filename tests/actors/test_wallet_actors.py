@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from domain.errors import InvalidCommand, Refused, RequestConflict
 from tests.harness import uid
@@ -141,3 +141,29 @@ def test_fund_treasury_moves_capital_from_the_world_into_the_treasury_once(engin
     after = balances(engine, "world:TOKEN", "treasury:TOKEN")
     assert after["treasury:TOKEN"] - before["treasury:TOKEN"] == 7_000
     assert after["world:TOKEN"] - before["world:TOKEN"] == -7_000
+
+
+def test_a_deposit_takes_three_statements_in_its_transaction(engine, wallets):
+    """The claim, the locks with the guard's context (``wallet_lock_context``), and the
+    posting with its audit line, event and alerts (``uow.wallets.post_and_record``): the hot
+    path takes no more round trips for being behind the repositories."""
+    seen: list[str] = []
+    committed: list[bool] = []
+
+    def count(conn, cursor, statement, *args):
+        if not committed:
+            seen.append(statement)
+
+    def commit(conn):
+        committed.append(True)
+
+    event.listen(engine, "before_cursor_execute", count)
+    event.listen(engine, "commit", commit)
+    try:
+        call(wallets.deposit, **deposit_kwargs(uid("u"), 1_000))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+        event.remove(engine, "commit", commit)
+    assert len(seen) == 3, seen
+    assert "processed_requests" in seen[0] and "wallet_lock_context" in seen[1]
+    assert "ledger_post_many" in seen[2] and "wallet_audit" in seen[2]

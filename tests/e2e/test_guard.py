@@ -9,6 +9,7 @@ from domain.guard import default_limits
 from domain.wallet import WalletChange
 from infra import rabbit, wallets
 from infra.uow import UnitOfWork
+from services import wallets as wallet_service
 from tests.harness import EventTap, Worker, publish_raw, send, uid, wait_until
 from tests.infra.webhook_server import WebhookServer
 
@@ -141,7 +142,7 @@ def test_new_alerts_are_posted_to_the_webhook_without_holding_up_the_step(env, e
 def test_a_big_batch_gets_its_balance_alerts_from_the_alerts_step(env, engine, worker):
     users = [uid("big") for _ in range(150)]
     with UnitOfWork(engine=engine) as uow:
-        wallets.apply_changes(uow, [WalletChange(u, "NGN", 5_000, "refund") for u in users],
+        wallet_service.apply_changes(uow, [WalletChange(u, "NGN", 5_000, "refund") for u in users],
                               counter_account="world:NGN", kind="refund")
         uow.commit()
 

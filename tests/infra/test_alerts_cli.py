@@ -9,11 +9,9 @@ from datetime import datetime, timedelta, timezone
 from click.testing import CliRunner
 
 from domain.guard import default_limits
-from infra import guard
 from infra.cli.main import cli
-from infra.uow import UnitOfWork
 from tests.harness import CLI_OPERATOR, uid  # --by is the operator whose key the CLI holds
-from tests.infra.test_guard import apply, refused
+from tests.infra.test_guard import apply, refused, set_tier
 
 
 def run(*args, code=0):
@@ -50,9 +48,7 @@ def test_alerts_list_ack_and_show(engine):
 
 def test_wallet_show_is_the_balance_report(engine):
     user = uid()
-    with UnitOfWork(engine=engine) as uow:
-        guard.set_tier(uow, user, "gold")
-        uow.commit()
+    set_tier(engine, user, "gold")
     apply(engine, user, 2_000_000, "deposit", reason="bank", by="app")
     apply(engine, user, -1_950_000, "withdrawal", reason="to bank")
     rep = doc("wallet", "show", user)
@@ -98,9 +94,7 @@ def test_guard_limits_can_be_read_and_changed(engine):
                      "max_balance": 250_000_000, "daily_limit": 25_000_000,
                      "weekly_limit": 100_000_000, "warning": 100_000, "critical": 10_000}]
     user = uid()
-    with UnitOfWork(engine=engine) as uow:
-        guard.set_tier(uow, user, "platinum")
-        uow.commit()
+    set_tier(engine, user, "platinum")
     try:
         changed = doc("guard", "set-limit", "platinum", "USD", "--daily", "700", "--by", CLI_OPERATOR)
         assert changed["daily_limit"] == 700 and changed["weekly_limit"] == 100_000_000

@@ -9,10 +9,16 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import event, text
 
-from domain.guard import Usage, default_limits
+from domain.guard import DAILY_WINDOW, WEEKLY_WINDOW, Usage, default_limits
 from domain.wallet import BalanceRefused, WalletChange
-from infra import guard, wallets
+from infra import guard
+from infra import wallets as wallet_reads
+from infra.contract import parse
+from infra.contract.wallets import SetTier
 from infra.uow import UnitOfWork
+from infra.wallets.repository import INLINE_ALERT_WALLETS
+from services import guard as guard_service
+from services import wallets
 from tests.harness import uid
 
 NGN = default_limits("bronze", "NGN")
@@ -37,7 +43,7 @@ def refused(engine, user, amount, kind="withdrawal", cur="NGN") -> BalanceRefuse
 
 def balance(engine, user, cur="NGN"):
     with engine.connect() as conn:
-        return wallets.balances(conn, user, cur).get(cur, 0)
+        return wallet_reads.balances(conn, user, cur).get(cur, 0)
 
 
 def open_alerts(engine, user, kind=None):
@@ -50,7 +56,8 @@ def open_alerts(engine, user, kind=None):
 
 def set_tier(engine, user, tier):
     with UnitOfWork(engine=engine) as uow:
-        guard.set_tier(uow, user, tier)
+        wallets.set_tier(parse(SetTier, {"request_id": uid("t"), "user_id": user, "tier": tier}),
+                         uow)
         uow.commit()
 
 
@@ -61,8 +68,8 @@ def audit_times(engine, user):
 
 
 def check_at(engine, user, amount, now, kind="deposit", before=0):
-    with engine.connect() as conn:
-        guard.check(conn, [(WalletChange(user, "NGN", amount, kind), before)], now=now)
+    with UnitOfWork(engine=engine) as uow:
+        guard_service.check(uow, [(WalletChange(user, "NGN", amount, kind), before)], now=now)
 
 
 # --- rules at their boundaries, through the database -------------------------------------------
@@ -147,6 +154,22 @@ def test_daily_window_change_just_inside_24h_counts_exactly_24h_old_does_not(eng
     assert exc.value.rule == "daily_limit"
     check_at(engine, user, NGN.daily, t + timedelta(hours=24))  # the whole day is free again
 
+
+def test_the_lock_context_sums_the_windows_the_domain_states(engine):
+    """``wallet_lock_context`` (the hot path) binds ``domain.guard``'s windows: at each
+    boundary it sums what ``usage`` sums."""
+    user = uid()
+    apply(engine, user, 123_456, "deposit")
+    (t,) = audit_times(engine, user)
+    tick = timedelta(microseconds=1)
+    change = WalletChange(user, "NGN", 1, "deposit")
+    for at in (t + DAILY_WINDOW - tick, t + DAILY_WINDOW, t + WEEKLY_WINDOW - tick,
+               t + WEEKLY_WINDOW):
+        with UnitOfWork(engine=engine) as uow:
+            _, context = uow.wallets.lock({change.account: "NGN", "world:NGN": "NGN"}, [change],
+                                          with_context=True, now=at)
+            expected = uow.guard.usage([(user, "NGN")], at).get((user, "NGN")) or Usage()
+            assert context.used[(user, "NGN")] == expected, at
 
 def test_daily_window_is_trailing_not_the_calendar_day(engine):
     user = uid()
@@ -315,7 +338,7 @@ def test_record_is_set_based_for_many_system_changes(engine):
     after, chunks = None, 0
     while True:
         with UnitOfWork(engine=engine) as uow:
-            after = guard.evaluate_deferred(uow, txn, after, limit=1_200)
+            after = uow.guard.alerts_of_chunk(txn, after, limit=1_200)
             uow.commit()
         chunks += 1
         if after is None:
@@ -323,13 +346,13 @@ def test_record_is_set_based_for_many_system_changes(engine):
     assert chunks == 5
     assert warnings() == 5_000  # $500.00 is below the $1,000.00 warning threshold
     with UnitOfWork(engine=engine) as uow:  # a repeated chunk changes nothing
-        guard.evaluate_deferred(uow, txn, None, limit=1_200)
+        uow.guard.alerts_of_chunk(txn, None, limit=1_200)
         uow.commit()
     assert warnings() == 5_000
 
 
 def test_a_few_wallets_get_their_balance_alerts_inline(engine):
-    users = [uid() for _ in range(guard.INLINE_ALERT_WALLETS)]
+    users = [uid() for _ in range(INLINE_ALERT_WALLETS)]
     with UnitOfWork(engine=engine) as uow:
         wallets.apply_changes(uow, [WalletChange(u, "USD", 50_000, "refund") for u in users],
                               counter_account="world:USD", kind="refund")
@@ -490,7 +513,7 @@ def test_analytics_against_a_hand_computed_history(engine):
 
 
 def test_one_statement_posting_refused_by_the_ledger_writes_nothing_and_ids_match(engine):
-    """``guard.post_and_record``: when the posting is refused (treasury may not go
+    """``services.guard.post_and_record``: when the posting is refused (treasury may not go
     negative), no audit line, event or alert is left; when it is posted, the stored event
     and alert carry the transaction's id, as the published ones do."""
     from domain.errors import InsufficientFunds
