@@ -71,9 +71,6 @@ log = get_logger(__name__)
 
 #: Commitments per batch: one ledger transaction (of those the batch pays) each.
 BATCH = get_settings().market_settle_batch
-#: Up to this many per-user notifications are published right after commit;
-#: beyond it they are written to the outbox and left to its sweeper.
-PUBLISH_NOW_MAX = 1000
 
 
 class SettlementPending(Transient):
@@ -275,8 +272,7 @@ def settle(uow: UnitOfWork, distribution_id: int, *, batch: int | None = None) -
     done = Settled(market_id, distribution_id, t, left, paid.paid, paid.commitments, paid.winners,
                    txns)
     uow.emit("market.settled", done.event(market.currency))
-    uow.markets.notify_users("market.payout", distribution_id, market, only_paid=False,
-                             publish_max=PUBLISH_NOW_MAX)
+    uow.markets.notify_users("market.payout", distribution_id, market, only_paid=False)
     return done
 
 
@@ -335,8 +331,7 @@ def roll_back(uow: UnitOfWork, market_id: str, *, reason: str, by: str) -> Rolle
     done = RolledBack(market_id, dist.id, reversals)
     uow.emit("market.rolled_back", {**done.event(reason, by),
                                     "dispute_id": dispute.id if dispute else None})
-    uow.markets.notify_users("market.payout_reversed", dist.id, market, only_paid=True,
-                             publish_max=PUBLISH_NOW_MAX)
+    uow.markets.notify_users("market.payout_reversed", dist.id, market, only_paid=True)
     return done
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal, Sequence
 from sqlalchemy import Connection, func, insert, select, text, update
 
 from domain import accounts
-from domain.errors import LedgerError, NotFound
+from domain.errors import NotFound
 from domain.markets import (
     COMMITMENT,
     COMPLETED,
@@ -334,15 +334,14 @@ class MarketRepository:
         return reversal
 
     def notify_users(self, event: str, distribution_id: int, market: Market, *,
-                     only_paid: bool, publish_max: int) -> int:
+                     only_paid: bool) -> int:
         """One notification per user of the distribution (not per commitment), built by
-        the database in one statement; published after commit up to ``publish_max``, else
-        left to the outbox sweeper."""
+        the database in one statement (``uow.emit_select``: a large market's are left to
+        the outbox sweeper)."""
         return self.unit.emit_select(
             event, user_results_sql(only_paid=only_paid),
             {"distribution_id": distribution_id, "market_id": market.market_id,
-             "currency": market.currency},
-            publish_max=publish_max)
+             "currency": market.currency})
 
     # --- disputes -----------------------------------------------------------------------
 
