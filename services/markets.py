@@ -253,17 +253,7 @@ def settle(uow: UnitOfWork, distribution_id: int, *, batch: int | None = None) -
     paid = uow.markets.pay_lines(market, distribution_id, t, batch or BATCH)
     faults.point("settle_batch", "settle_market")
     left = breakage(t, paid.paid)
-    txns = list(paid.transactions)
-    fees = fee_postings(market, t, left)
-    if fees:
-        txn = uow.ledger.post(fees, kind="market_fees",
-                              memo=f"market {market_id}: house fee, creator fee, breakage",
-                              idempotency_key=f"market:{market_id}:distribution:{distribution_id}:fees",
-                              metadata={"market_id": market_id, "distribution_id": distribution_id,
-                                        "house_fee": t.house_fee, "creator_fee": t.creator_fee,
-                                        "breakage": left})
-        uow.markets.add_transactions(distribution_id, [txn], "fees")
-        txns.append(txn)
+    txns = [*paid.transactions, *_take_fees(uow, market, distribution_id, t, left)]
     _check_escrow_holds(uow, market, 0)
     uow.markets.complete_distribution(distribution_id, t, left, paid)
     uow.markets.done_paying()
@@ -274,6 +264,24 @@ def settle(uow: UnitOfWork, distribution_id: int, *, batch: int | None = None) -
     uow.emit("market.settled", done.event(market.currency))
     uow.markets.notify_users("market.payout", distribution_id, market, only_paid=False)
     return done
+
+
+def _take_fees(uow: UnitOfWork, market: Market, distribution_id: int, t: Terms,
+               left: int) -> list[int]:
+    """The house fee, the creator fee and the breakage leave the escrow in one ledger
+    transaction (none when refunding); returns its id, if any."""
+    fees = fee_postings(market, t, left)
+    if not fees:
+        return []
+    m = market.market_id
+    txn = uow.ledger.post(fees, kind="market_fees",
+                          memo=f"market {m}: house fee, creator fee, breakage",
+                          idempotency_key=f"market:{m}:distribution:{distribution_id}:fees",
+                          metadata={"market_id": m, "distribution_id": distribution_id,
+                                    "house_fee": t.house_fee, "creator_fee": t.creator_fee,
+                                    "breakage": left})
+    uow.markets.add_transactions(distribution_id, [txn], "fees")
+    return [txn]
 
 
 def fee_postings(market: Market, t: Terms, left: int) -> list[Posting]:
