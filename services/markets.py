@@ -257,7 +257,7 @@ def settle(uow: UnitOfWork, distribution_id: int, *, batch: int | None = None) -
     _check_escrow_holds(uow, market, 0)
     uow.markets.complete_distribution(distribution_id, t, left, paid)
     uow.markets.done_paying()
-    uow.markets.set_status(market_id, VOIDED if t.kind == "void" else SETTLED)
+    uow.markets.set_status(market_id, status_after_settlement(t.kind))
     uow.alerts.resolve(failure_alert_key(distribution_id), note="settled on retry")
     done = Settled(market_id, distribution_id, t, left, paid.paid, paid.commitments, paid.winners,
                    txns)

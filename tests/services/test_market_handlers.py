@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from itertools import count
 
@@ -22,7 +23,8 @@ from infra.contract.markets import (
     SettleMarket,
     VoidMarket,
 )
-from infra.uow_fake import FakeUnitOfWork
+from infra.markets.repository import MarketRepository
+from infra.uow_fake import FakeMarkets, FakeUnitOfWork
 from services import markets
 
 CUR = "NGN"
@@ -232,3 +234,13 @@ def test_a_commitment_resent_with_other_terms_is_refused_and_moves_nothing():
         _run(uow, markets.place_commitment, PlaceCommitment, commitment_id=c, market_id=m,
              user_id="a", amount=2_000, option_id="red")
     assert uow.ledger.balance[f"escrow:market:{m}"] == 1_000
+
+
+def test_the_fake_markets_repository_has_the_real_ones_interface():
+    for name, method in inspect.getmembers(MarketRepository, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        fake = getattr(FakeMarkets, name, None)
+        assert fake is not None, f"FakeMarkets lacks {name}"
+        assert list(inspect.signature(fake).parameters) == \
+            list(inspect.signature(method).parameters), name
