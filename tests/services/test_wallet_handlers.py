@@ -3,6 +3,7 @@ broker (SPEC §4)."""
 
 from __future__ import annotations
 
+import inspect
 from datetime import timedelta
 
 import pytest
@@ -15,7 +16,8 @@ from domain.wallet import BalanceRefused, WalletChange
 from infra.contract import parse
 from infra.contract.operations import EvaluateBalanceAlerts
 from infra.contract.wallets import AdjustBalance, Deposit, FundTreasury, SetTier, Withdraw
-from infra.uow_fake import FakeUnitOfWork
+from infra.uow_fake import FakeGuard, FakeUnitOfWork, FakeWallets
+from infra.wallets.repository import GuardRepository, WalletRepository
 from services import guard, wallets
 
 NGN = default_limits("bronze", "NGN")
@@ -193,3 +195,15 @@ def test_a_big_transactions_alerts_are_evaluated_in_chunks():
             "request_id": "e", "transaction_id": txn}), uow)
         uow.commit()
     assert len([k for k in uow.alerts.open if k.startswith("balance_warning:")]) == 150
+
+
+@pytest.mark.parametrize("real, fake", [(WalletRepository, FakeWallets),
+                                        (GuardRepository, FakeGuard)])
+def test_the_fake_wallets_and_guard_have_the_real_ones_interface(real, fake):
+    for name, method in inspect.getmembers(real, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        twin = getattr(fake, name, None)
+        assert twin is not None, f"{fake.__name__} lacks {name}"
+        assert list(inspect.signature(twin).parameters) == \
+            list(inspect.signature(method).parameters), name
