@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from infra.contract.operations import SetAutoRebalance, SetProviderStatus
+from infra.contract.operations import (AddProvider, SetAutoRebalance, SetBufferThresholds,
+                                       SetProviderStatus, UpdateProvider)
 from infra.contract.treasury import (
     PollConversion,
     ProbeProviders,
@@ -49,3 +50,18 @@ def set_provider_status(cmd: SetProviderStatus, uow: UnitOfWork):
 @command()
 def set_auto_rebalance(cmd: SetAutoRebalance, uow: UnitOfWork):
     return buffers.set_auto_rebalance(cmd, uow)
+
+
+@command()
+def set_buffer_thresholds(cmd: SetBufferThresholds, uow: UnitOfWork):
+    return buffers.set_buffer_thresholds(cmd, uow)
+
+
+@command()
+def add_provider(cmd: AddProvider, uow: UnitOfWork):
+    return providers.add_provider(cmd, uow)
+
+
+@command()
+def update_provider(cmd: UpdateProvider, uow: UnitOfWork):
+    return providers.update_provider(cmd, uow)

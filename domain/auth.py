@@ -35,6 +35,7 @@ POLICY: dict[str, frozenset[str]] = {
         "run_settlement_cycle", "plan_cycle", "open_cycle", "link_payment",
         "dispute_market", "confirm_market", "close_cycle",
         "acknowledge_alert", "set_provider_status", "set_auto_rebalance",
+        "set_buffer_thresholds", "add_provider", "update_provider",
         # Sweeps an operator may kick now (each is idempotent on its request id):
         "evaluate_alerts", "match_payments", "poll_conversion", "sweep_outbox",
         "send_daily_summary",

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any, Iterator
 
 from domain.buffers import CURRENCY_OF, account_code
-from domain.errors import InsufficientFunds, NotFound, RequestConflict
+from domain.errors import InsufficientFunds, NotFound, Refused, RequestConflict
 from domain.ledger import may_go_negative, validate_postings
 from infra.treasury.store import Buffer
 from infra.uow import payload_hash
@@ -78,6 +78,11 @@ class FakeBuffers:
     def lock(self, account_type: str):
         return self._buffer(account_type)
 
+    def set_thresholds(self, account_type: str, thresholds, by: str) -> None:
+        if account_type not in self.thresholds:
+            raise NotFound(f"no buffer {account_type!r}")
+        self.thresholds[account_type] = thresholds
+
     def setting(self, key: str, default: Any) -> Any:
         return self.settings.get(key, default)
 
@@ -103,7 +108,14 @@ class FakeProviders:
             raise NotFound(f"no provider {name!r}")
         return self.rows[name]
 
+    def add(self, row) -> None:
+        if row.name in self.rows:
+            raise Refused(f"provider {row.name!r} exists already")
+        self.rows[row.name] = row
+
     def update(self, name: str, **fields: Any) -> None:
+        if "directions" in fields:
+            fields = {**fields, "directions": tuple(fields["directions"])}
         self.rows[name] = replace(self.get(name), **fields)
 
     def record_probe(self, name: str, healthy: bool, error: str | None) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import click
 
-from domain.buffers import CURRENCY_OF, Thresholds
+from domain.buffers import CURRENCY_OF, changed_thresholds, thresholds_doc
 from domain.conversions import DIRECTIONS, PPM, format_rate, parse_rate
 from domain.errors import BallastError, InvalidCommand
 from domain.money import format_minor
@@ -26,7 +26,7 @@ from infra.db.engine import get_engine, get_read_engine
 from infra.logs import configure_logging
 from infra.providers import http as http_provider
 from infra.providers import simulated as simulated_provider
-from infra.treasury import callbacks, cycle, jobs, overrides, reconcile, store, views
+from infra.treasury import callbacks, jobs, overrides, reconcile, store, views
 from infra.uow import UnitOfWork
 
 ACCOUNT_TYPES = click.Choice(sorted(CURRENCY_OF))
@@ -54,6 +54,19 @@ def _guarded(fn: Callable[[], Any]) -> Any:
 
 def _uow(actor: str, what: str) -> UnitOfWork:
     return UnitOfWork(actor=actor, request_id=f"cli:{what}:{uuid.uuid4()}", payload={"cli": what})
+
+
+def _lever(actor: str, command: str, target: str | None, by: str,
+           detail: dict[str, Any] | Callable[[Any], dict[str, Any]] | None = None,
+           **kwargs: Any) -> Any:
+    """Pull a lever: the command of ``actor`` run here (validated, claimed, committed, as its
+    actor would), with the CLI's line of ``operator_actions`` in the same transaction.
+    ``detail``: that line's detail, or a function of what the handler returned."""
+    def audit(uow: UnitOfWork, result: Any) -> None:
+        record(uow.conn, by, command, target, detail(result) if callable(detail) else detail)
+
+    return _guarded(lambda: in_process.call(actor, then=audit,
+                                            request_id=f"cli:{actor}:{uuid.uuid4()}", **kwargs))
 
 
 # --- buffers -----------------------------------------------------------------------------
@@ -100,12 +113,8 @@ def buffers_rebalance(by: str, as_json: bool) -> None:
 
 def _set_auto(enabled: bool, by: str, as_json: bool) -> None:
     check_by(by)
-    with _uow("treasury_settings", "auto_rebalance") as uow:
-        uow.buffers.put_setting(cycle.AUTO_REBALANCE, enabled, by)
-        record(uow.conn, by, f"buffers {'resume' if enabled else 'pause'}", None)
-        overrides.record_lever(uow.conn, "resume_rebalancing" if enabled else "pause_rebalancing",
-                               by)
-        uow.commit()
+    _lever("set_auto_rebalance", f"buffers {'resume' if enabled else 'pause'}", None, by,
+           enabled=enabled, performed_by=by)
     emit({"auto_rebalance": enabled, "by": by}, as_json,
          lambda d: console.print(f"auto-rebalancing {'resumed' if enabled else 'paused'} by {by}"))
 
@@ -140,22 +149,13 @@ def buffers_set(account_type: str, mn: int | None, target: int | None, mx: int |
     """Change a buffer's thresholds (minor units of its currency): asks first."""
     check_by(by)
 
-    def change(commit: bool):
-        with _uow("treasury_settings", "thresholds") as uow:
-            buf = store.load_buffers(uow.conn, lock=True)[account_type]
-            t = buf.thresholds
-            new = Thresholds(t.min if mn is None else mn, t.target if target is None else target,
-                             t.max if mx is None else mx, t.batch if batch is None else batch)
-            store.set_thresholds(uow.conn, account_type, new, by)  # validates; rolled back unless commit
-            if commit:
-                record(uow.conn, by, "buffers set", account_type,
-                       {"before": _thresholds(t), "after": _thresholds(new)})
-                overrides.record_lever(uow.conn, "set_thresholds", by, data={
-                    "account_type": account_type, **_thresholds(new)})
-                uow.commit()
-        return buf.currency, t, new
+    def preview():  # what the lever would do, validated by the domain; nothing written
+        with get_engine().connect() as conn:
+            buf = store.load_buffers(conn)[account_type]
+        return buf.currency, buf.thresholds, changed_thresholds(
+            buf.thresholds, min=mn, target=target, max=mx, batch=batch)
 
-    cur, old, new = _guarded(lambda: change(False))
+    cur, old, new = _guarded(preview)
     what = (f"set {account_type} thresholds to " + ", ".join(
         f"{k} {format_minor(b, cur)} (was {format_minor(a, cur)})"
         for k, a, b in zip(("min", "target", "max", "batch"), _thresholds(old).values(),
@@ -167,13 +167,15 @@ def buffers_set(account_type: str, mn: int | None, target: int | None, mx: int |
              lambda d: click.echo(f"dry run: would {what}"))
         return
     confirm(what[0].upper() + what[1:], yes)
-    _guarded(lambda: change(True))
+    _lever("set_buffer_thresholds", "buffers set", account_type, by,
+           lambda done: {"before": _thresholds(done[0].thresholds), "after": _thresholds(done[1])},
+           account_type=account_type, min_amount=mn, target_amount=target, max_amount=mx,
+           batch_amount=batch, performed_by=by)
     with get_engine().connect() as conn:
         emit(next(r for r in views.buffers(conn) if r["account_type"] == account_type), as_json)
 
 
-def _thresholds(t: Thresholds) -> dict[str, int]:
-    return {"min": t.min, "target": t.target, "max": t.max, "batch": t.batch}
+_thresholds = thresholds_doc
 
 
 # --- providers ---------------------------------------------------------------------------
@@ -271,18 +273,16 @@ def providers_add(name: str, kind: str, priority: int, by: str, as_json: bool, *
     """Add a provider (simulated for demos and tests, or http)."""
     check_by(by)
 
-    def run():
+    def config():
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
             raise InvalidCommand("a provider name is 1-64 letters, digits, '_', '.', '-'")
-        row = store.ProviderRow(
-            name, kind, priority, "active", tuple(o["directions"] or sorted(DIRECTIONS)),
-            o["min_amount"] or 0, o["max_amount"], o["daily_limit"], _config(kind, {}, o), 0, 0)
-        with _uow("treasury_settings", "provider_add") as uow:
-            store.add_provider(uow.conn, row)
-            record(uow.conn, by, "providers add", name, {"type": kind, "priority": priority})
-            uow.commit()
+        return _config(kind, {}, o)
 
-    _guarded(run)
+    _lever("add_provider", "providers add", name, by, {"type": kind, "priority": priority},
+           name=name, kind=kind, priority=priority,
+           directions=list(o["directions"] or sorted(DIRECTIONS)), min_amount=o["min_amount"] or 0,
+           max_amount=o["max_amount"], daily_limit=o["daily_limit"], config=_guarded(config),
+           performed_by=by)
     _show_provider(name, as_json)
 
 
@@ -298,28 +298,22 @@ def providers_set(name: str, priority: int | None, by: str, yes: bool, dry_run: 
     """Change a provider's priority, limits or configuration: asks first."""
     check_by(by)
 
-    def change(commit: bool):
-        with _uow("treasury_settings", "provider_set") as uow:
-            current = store.get_provider(uow.conn, name)
-            fields: dict[str, Any] = {"config": _config(current.kind, current.config, o)}
-            if priority is not None:
-                fields["priority"] = priority
-            for k in ("min_amount", "max_amount", "daily_limit"):
-                if o[k] is not None:
-                    fields[k] = o[k]
-            if o["directions"]:
-                fields["directions"] = list(o["directions"])
-            before = {k: getattr(current, k) for k in fields}
-            before = {k: list(v) if isinstance(v, tuple) else v for k, v in before.items()}
-            changed = {k: v for k, v in fields.items() if before.get(k) != v}
-            store.update_provider(uow.conn, name, **fields)  # validates; rolled back unless commit
-            if commit:
-                record(uow.conn, by, "providers set", name,
-                       {"before": {k: before[k] for k in changed}, "after": changed})
-                uow.commit()
-        return before, changed
+    def preview():  # what the lever would do; nothing written
+        with get_engine().connect() as conn:
+            current = store.get_provider(conn, name)
+        fields: dict[str, Any] = {"config": _config(current.kind, current.config, o)}
+        if priority is not None:
+            fields["priority"] = priority
+        for k in ("min_amount", "max_amount", "daily_limit"):
+            if o[k] is not None:
+                fields[k] = o[k]
+        if o["directions"]:
+            fields["directions"] = list(o["directions"])
+        before = {k: getattr(current, k) for k in fields}
+        before = {k: list(v) if isinstance(v, tuple) else v for k, v in before.items()}
+        return fields, before, {k: v for k, v in fields.items() if before.get(k) != v}
 
-    before, changed = _guarded(lambda: change(False))
+    fields, before, changed = _guarded(preview)
     what = (f"change provider {name}: " + "; ".join(
         f"{k} {before[k]} -> {v}" for k, v in changed.items()) if changed
         else f"leave provider {name} as it is")
@@ -328,22 +322,16 @@ def providers_set(name: str, priority: int | None, by: str, yes: bool, dry_run: 
               "after": changed}, as_json, lambda d: click.echo(f"dry run: would {what}"))
         return
     confirm(what[0].upper() + what[1:], yes)
-    _guarded(lambda: change(True))
+    _lever("update_provider", "providers set", name, by,
+           lambda done: {"before": {k: done[0][k] for k in done[1]}, "after": done[1]},
+           name=name, performed_by=by, **fields)
     _show_provider(name, as_json)
 
 
 def _provider_status(name: str, status: str, by: str, as_json: bool) -> None:
     check_by(by)
-
-    def run():
-        with _uow("treasury_settings", f"provider_{status}") as uow:
-            store.update_provider(uow.conn, name, status=status)
-            record(uow.conn, by, f"providers {'pause' if status == 'paused' else 'resume'}", name)
-            overrides.record_lever(uow.conn, "pause_provider" if status == "paused"
-                                   else "resume_provider", by, data={"provider": name})
-            uow.commit()
-
-    _guarded(run)
+    _lever("set_provider_status", f"providers {'pause' if status == 'paused' else 'resume'}",
+           name, by, name=name, status=status, performed_by=by)
     _show_provider(name, as_json)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import Field, StrictBool, StrictInt
+from pydantic import Field, StrictBool, StrictInt, StrictStr
 
-from infra.contract.base import ActorSpec, Command, Currency, Identifier
+from infra.contract.base import MAX_AMOUNT, ActorSpec, Command, Currency, Identifier
+from infra.contract.treasury import AccountType
 
 
 class EvaluateAlerts(Command):
@@ -64,8 +65,11 @@ class AcknowledgeAlert(Command):
     acknowledged_by: Identifier
 
 
+ProviderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+
+
 class SetProviderStatus(Command):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+    name: ProviderName
     status: Literal["active", "paused"]
     performed_by: Identifier
 
@@ -77,8 +81,59 @@ class SetAutoRebalance(Command):
     performed_by: Identifier
 
 
+#: Minor units of a buffer's currency, or USD cents at par for a provider's limits.
+MinorUnits = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT)]
+Direction = Literal["USD->USDC", "USDC->USD"]
+#: A provider's configuration document (``infra.providers.checked_config`` validates it).
+ProviderConfig = dict[StrictStr, StrictInt | StrictStr]
+Priority = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]  # lower wins
+
+
+class SetBufferThresholds(Command):
+    """Change some of a buffer's thresholds (``ballast buffers set``); those not given stay."""
+
+    account_type: AccountType
+    min_amount: MinorUnits | None = None
+    target_amount: MinorUnits | None = None
+    max_amount: MinorUnits | None = None
+    batch_amount: MinorUnits | None = None
+    performed_by: Identifier
+
+
+class AddProvider(Command):
+    """Add a conversion provider (``ballast providers add``), active."""
+
+    name: ProviderName
+    kind: Literal["simulated", "http"]
+    priority: Priority
+    directions: Annotated[list[Direction], Field(min_length=1, max_length=2)] | None = None
+    min_amount: MinorUnits = 0
+    max_amount: MinorUnits | None = None
+    daily_limit: MinorUnits | None = None
+    config: ProviderConfig = {}
+    performed_by: Identifier
+
+
+class UpdateProvider(Command):
+    """Change some of a provider's priority, limits or configuration (``ballast providers
+    set``); ``config`` replaces the whole document."""
+
+    name: ProviderName
+    priority: Priority | None = None
+    directions: Annotated[list[Direction], Field(min_length=1, max_length=2)] | None = None
+    min_amount: MinorUnits | None = None
+    max_amount: MinorUnits | None = None
+    daily_limit: MinorUnits | None = None
+    config: ProviderConfig | None = None
+    performed_by: Identifier
+
+
 SPECS += [
     ActorSpec("acknowledge_alert", OPERATIONS_QUEUE, AcknowledgeAlert),
     ActorSpec("set_provider_status", OPERATIONS_QUEUE, SetProviderStatus),
     ActorSpec("set_auto_rebalance", OPERATIONS_QUEUE, SetAutoRebalance),
+    # Added (issue 11): the CLI's remaining treasury levers, as commands.
+    ActorSpec("set_buffer_thresholds", OPERATIONS_QUEUE, SetBufferThresholds),
+    ActorSpec("add_provider", OPERATIONS_QUEUE, AddProvider),
+    ActorSpec("update_provider", OPERATIONS_QUEUE, UpdateProvider),
 ]

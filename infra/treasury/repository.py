@@ -104,6 +104,10 @@ class ProviderRepository:
     def get(self, name: str) -> ProviderRow:
         return store.get_provider(self.conn, name)
 
+    def add(self, row: ProviderRow) -> None:
+        """A new provider; a name taken already is Refused."""
+        store.add_provider(self.conn, row)
+
     def update(self, name: str, **fields: Any) -> None:
         store.update_provider(self.conn, name, **fields)
 
