@@ -9,6 +9,7 @@ repositories ``ledger``, ``alerts``, ``buffers``, ``providers``, ``conversions``
 from __future__ import annotations
 
 import copy
+from datetime import datetime, timezone
 from contextlib import contextmanager
 from dataclasses import replace
 from types import SimpleNamespace
@@ -17,7 +18,8 @@ from typing import Any, Iterator
 from domain.buffers import CURRENCY_OF, account_code
 from domain.errors import InsufficientFunds, NotFound, Refused, RequestConflict
 from domain.ledger import may_go_negative, validate_postings
-from infra.treasury.store import Buffer
+from domain.conversions import PENDING, transition
+from infra.treasury.store import Buffer, Job
 from infra.uow import payload_hash
 
 
@@ -93,6 +95,11 @@ class FakeBuffers:
         state = self.settings.get("conversions_frozen")
         return state if isinstance(state, dict) and state.get("frozen") else None
 
+    def report_custody(self, account_type: str, balance: int, by: str) -> dict[str, Any]:
+        self.custody = [*getattr(self, "custody", []), (account_type, balance, by)]
+        return {"report_id": len(self.custody), "account_type": account_type,
+                "balance": balance, "as_of": "now", "reported_by": by}
+
 
 class FakeProviders:
     def __init__(self) -> None:
@@ -129,9 +136,50 @@ class FakeConversions:
     def __init__(self) -> None:
         self.jobs: dict[int, Any] = {}
         self.levers: list[dict[str, Any]] = []
+        self.transitions: dict[int, list[tuple]] = {}
+        self.attempt_rows: dict[int, list[Any]] = {}
 
     def list(self, *, active_only: bool = False, statuses=None, limit: int = 10_000) -> list[Any]:
-        return list(self.jobs.values())[:limit]
+        jobs = [j for j in self.jobs.values() if statuses is None or j.status in statuses]
+        return jobs[:limit]
+
+    def add(self, **job: Any) -> int:
+        """A pending job, as the real repository's (``Job`` with its source amount)."""
+        job_id, now = len(self.jobs) + 1, datetime.now(timezone.utc)
+        source, destination = job["direction"].split("->")
+        self.jobs[job_id] = Job(
+            job_id, job["kind"], job["direction"], account_code(job["source_type"]),
+            account_code(job["destination_type"]), source, destination, job["amount"], None,
+            None, PENDING, None, 0, False, job["requested_by"], job["trigger"], None, now, now,
+            None, None, None)
+        self.transitions.setdefault(job_id, []).append((None, PENDING, None))
+        return job_id
+
+    def get(self, job_id: int, *, lock: bool = False):
+        if job_id not in self.jobs:
+            raise NotFound(f"no conversion job {job_id}")
+        return self.jobs[job_id]
+
+    def move(self, job, new: str, note: str | None = None, **columns: Any):
+        transition(job.status, new)
+        self.transitions.setdefault(job.id, []).append((job.status, new, note))
+        self.jobs[job.id] = replace(job, status=new, **columns)
+        return self.jobs[job.id]
+
+    def update(self, job, **columns: Any):
+        self.jobs[job.id] = replace(job, **columns)
+        return self.jobs[job.id]
+
+    def note(self, job, note: str) -> None:
+        self.transitions.setdefault(job.id, []).append((job.status, job.status, note))
+
+    def attempts(self, job_id: int) -> list[Any]:
+        return list(self.attempt_rows.get(job_id, []))
+
+    def finish_attempt(self, attempt, status: str, *, error: str | None = None,
+                       provider_ref: str | None = None) -> None:
+        rows = self.attempt_rows[attempt.job_id]
+        rows[rows.index(attempt)] = replace(attempt, status=status, error=error)
 
     def reserved_by_pending(self, *, before_job: int | None = None) -> dict[str, int]:
         return {}

@@ -4,9 +4,12 @@
     run_settlement_cycle   one replenishment job per buffer below min, sources shared
     set_auto_rebalance     the operator pauses or resumes scheduled cycles
     set_buffer_thresholds  the operator changes a buffer's min, target, max or batch
+    report_custody         the custodian reports what it holds for a buffer
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from domain import accounts
 from domain import buffers as b
@@ -15,7 +18,7 @@ from domain.ledger import Posting
 from domain.money import format_minor
 from domain.providers import smallest_minimum
 from infra.treasury.store import Buffer
-from infra.contract.operations import SetAutoRebalance, SetBufferThresholds
+from infra.contract.operations import ReportCustody, SetAutoRebalance, SetBufferThresholds
 from infra.contract.treasury import RecordBufferFlow, RunSettlementCycle
 from infra.logs import get_logger
 from infra.treasury import jobs
@@ -128,3 +131,9 @@ def set_buffer_thresholds(cmd: SetBufferThresholds, uow: UnitOfWork) -> tuple[Bu
     uow.conversions.record_lever("set_thresholds", cmd.performed_by, data={
         "account_type": cmd.account_type, **b.thresholds_doc(new)})
     return buf, new
+
+
+def report_custody(cmd: ReportCustody, uow: UnitOfWork) -> dict[str, Any]:
+    """What the custodian (the chain for USDC, a bank for USD) holds for a buffer now, for
+    reconciliation against the ledger.  Returns the report."""
+    return uow.buffers.report_custody(cmd.account_type, cmd.balance, cmd.performed_by)

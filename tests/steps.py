@@ -7,17 +7,21 @@ import uuid
 from types import SimpleNamespace
 
 from infra.contract import parse
-from infra.contract.operations import SetAutoRebalance
+from infra.contract.operations import (CancelConversion, CompleteConversion, ConvertManually,
+                                       FailConversion, FreezeConversions, SetAutoRebalance,
+                                       ThawConversions)
 from infra.contract.journal import CloseCycle, LinkPayment, OpenCycle
 from infra.contract.treasury import (PollConversion, ProbeProviders, RecordBufferFlow,
                                      RunSettlementCycle, SubmitConversion)
 from infra.journal import conditions as _journal_conditions  # noqa: F401  (registers them)
 from infra.treasury import conditions as _treasury_conditions  # noqa: F401
 from infra.treasury import polling as _polling
+from infra.treasury import store as _store
+from infra.treasury.overrides import audit_log
 from infra.treasury.cycle import auto_rebalance_enabled, evaluate_buffer_alerts
 from infra.treasury.polling import RESUBMIT_PENDING_AFTER_S, flag_if_stale, schedule_first
 from infra.uow import UnitOfWork
-from services import buffers, conversions, journal, providers
+from services import buffers, conversions, journal, overrides, providers
 from services.conversions import JobBusy, _call_provider, _decision
 from services.conversions import _prepare_attempt as _prepare
 
@@ -71,6 +75,43 @@ def set_auto_rebalance(uow: UnitOfWork, enabled: bool, by: str) -> None:
                                                         "performed_by": by}), uow)
 
 
+def freeze(uow: UnitOfWork, *, by: str, reason: str) -> dict:
+    return overrides.freeze_conversions(parse(FreezeConversions, {
+        "request_id": _rid(), "reason": reason, "performed_by": by}), uow)
+
+
+def thaw(uow: UnitOfWork, *, by: str) -> dict:
+    return overrides.thaw_conversions(parse(ThawConversions, {
+        "request_id": _rid(), "performed_by": by}), uow)
+
+
+def convert_manually(uow: UnitOfWork, *, source_type: str, destination_type: str, amount: int,
+                     performed_by: str) -> int:
+    return overrides.convert_manually(parse(ConvertManually, {
+        "request_id": _rid(), "source_type": source_type, "destination_type": destination_type,
+        "amount": amount, "performed_by": performed_by}), uow)
+
+
+def cancel(job_id: int, *, by: str, reason: str, force: bool = False, engine=None):
+    return overrides.cancel_conversion(parse(CancelConversion, {
+        "request_id": _rid(), "job_id": job_id, "reason": reason, "force": force,
+        "performed_by": by}), _unit("cancel_conversion", engine))
+
+
+def complete_by_hand(job_id: int, *, by: str, reason: str, evidence: str,
+                     destination_amount: int, fee_amount: int, engine=None):
+    return overrides.complete_conversion(parse(CompleteConversion, {
+        "request_id": _rid(), "job_id": job_id, "reason": reason, "evidence": evidence,
+        "destination_amount": destination_amount, "fee_amount": fee_amount,
+        "performed_by": by}), _unit("complete_conversion", engine))
+
+
+def fail_by_hand(job_id: int, *, by: str, reason: str, evidence: str, engine=None):
+    return overrides.fail_conversion(parse(FailConversion, {
+        "request_id": _rid(), "job_id": job_id, "reason": reason, "evidence": evidence,
+        "performed_by": by}), _unit("fail_conversion", engine))
+
+
 def match_run(uow: UnitOfWork, cycle_id: str | None = None, progress=None):
     return journal.match(uow, cycle_id, progress)
 
@@ -109,3 +150,7 @@ matching = SimpleNamespace(run=match_run, link_by_hand=link_by_hand, open_cycle=
                            close_cycle=close_cycle, LinkRace=journal.LinkRace,
                            apply_links=journal.apply_links, PUBLISH_NOW_MAX=journal.PUBLISH_NOW_MAX,
                            MATCHER=journal.MATCHER, CURRENCY=journal.CURRENCY)
+levers = SimpleNamespace(freeze=freeze, thaw=thaw, frozen=_store.freeze_state,
+                         convert_manually=convert_manually, cancel=cancel,
+                         complete_by_hand=complete_by_hand, fail_by_hand=fail_by_hand,
+                         audit_log=audit_log)

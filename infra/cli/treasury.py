@@ -26,7 +26,7 @@ from infra.db.engine import get_engine, get_read_engine
 from infra.logs import configure_logging
 from infra.providers import http as http_provider
 from infra.providers import simulated as simulated_provider
-from infra.treasury import callbacks, jobs, overrides, reconcile, store, views
+from infra.treasury import callbacks, overrides, reconcile, store, views
 from infra.uow import UnitOfWork
 
 ACCOUNT_TYPES = click.Choice(sorted(CURRENCY_OF))
@@ -54,6 +54,18 @@ def _guarded(fn: Callable[[], Any]) -> Any:
 
 def _uow(actor: str, what: str) -> UnitOfWork:
     return UnitOfWork(actor=actor, request_id=f"cli:{what}:{uuid.uuid4()}", payload={"cli": what})
+
+
+def _call(actor: str, **kwargs: Any) -> Any:
+    """The command of ``actor`` run here (validated, claimed, committed, as its actor
+    would); what its handler returns.  Refusals as ``_guarded``'s one line."""
+    return _guarded(lambda: in_process.call(actor, request_id=f"cli:{actor}:{uuid.uuid4()}",
+                                            **kwargs))
+
+
+def _job(job_id: int) -> dict[str, Any]:
+    with get_engine().connect() as conn:
+        return views.job(conn, job_id)
 
 
 def _lever(actor: str, command: str, target: str | None, by: str,
@@ -434,15 +446,9 @@ def conversions_show(job_id: int, as_json: bool) -> None:
 def conversions_convert(source: str, destination: str, amount: int, by: str, as_json: bool) -> None:
     """Convert manually between two buffers (through a provider, like any job)."""
     by = operator_identity(by)
-    def run():
-        with _uow("convert", "manual") as uow:
-            job_id = jobs.convert_manually(uow, source_type=source, destination_type=destination,
-                                           amount=amount, performed_by=by)
-            uow.commit()
-        with get_engine().connect() as conn:
-            return views.job(conn, job_id)
-
-    emit(_guarded(run), as_json)
+    job_id = _call("convert_manually", source_type=source, destination_type=destination,
+                   amount=amount, performed_by=by)
+    emit(_guarded(lambda: _job(job_id)), as_json)
 
 
 @conversions_group.command("cancel")
@@ -477,12 +483,9 @@ def conversions_cancel(job_id: int, by: str, reason: str, force: bool, yes: bool
     if force:
         confirm(what[0].upper() + what[1:], yes)
 
-    def run():
-        jobs.cancel(job_id, by=by, reason=reason, force=force)
-        record_now(by, "conversions cancel", str(job_id), {"reason": reason, "force": force})
-        return look()
-
-    emit(_guarded(run), as_json)
+    _call("cancel_conversion", job_id=job_id, reason=reason, force=force, performed_by=by)
+    record_now(by, "conversions cancel", str(job_id), {"reason": reason, "force": force})
+    emit(_guarded(look), as_json)
 
 
 # --- the emergency override -----------------------------------------------------------------
@@ -494,13 +497,7 @@ def conversions_cancel(job_id: int, by: str, reason: str, force: bool, yes: bool
 def conversions_freeze(by: str, reason: str, as_json: bool) -> None:
     """Freeze every conversion: no new job, nothing submitted; held jobs are still polled."""
     by = operator_identity(by)
-    def run():
-        with _uow("override_conversion", "freeze") as uow:
-            state = overrides.freeze(uow, by=by, reason=reason)
-            uow.commit()
-        return state
-
-    emit(_guarded(run), as_json,
+    emit(_call("freeze_conversions", reason=reason, performed_by=by), as_json,
          lambda d: console.print(f"conversions [red]frozen[/red] by {d['by']}: {d['reason']}"))
 
 
@@ -510,13 +507,7 @@ def conversions_freeze(by: str, reason: str, as_json: bool) -> None:
 def conversions_thaw(by: str, as_json: bool) -> None:
     """Lift the freeze; pending jobs are handed to submission again."""
     by = operator_identity(by)
-    def run():
-        with _uow("override_conversion", "thaw") as uow:
-            state = overrides.thaw(uow, by=by)
-            uow.commit()
-        return state
-
-    emit(_guarded(run), as_json,
+    emit(_call("thaw_conversions", performed_by=by), as_json,
          lambda d: console.print(f"conversions thawed by {d['by']}; "
                                  f"{d['pending_resubmitted']} pending job(s) resubmitted"))
 
@@ -534,13 +525,9 @@ def conversions_complete(job_id: int, by: str, reason: str, evidence: str,
                          destination_amount: int, fee: int, as_json: bool) -> None:
     """Complete a stuck job by hand, posted to the ledger like the provider's completion."""
     by = operator_identity(by)
-    def run():
-        overrides.complete_by_hand(job_id, by=by, reason=reason, evidence=evidence,
-                                   destination_amount=destination_amount, fee_amount=fee)
-        with get_engine().connect() as conn:
-            return views.job(conn, job_id)
-
-    emit(_guarded(run), as_json)
+    _call("complete_conversion", job_id=job_id, reason=reason, evidence=evidence,
+          destination_amount=destination_amount, fee_amount=fee, performed_by=by)
+    emit(_guarded(lambda: _job(job_id)), as_json)
 
 
 @conversions_group.command("fail")
@@ -552,12 +539,8 @@ def conversions_complete(job_id: int, by: str, reason: str, evidence: str,
 def conversions_fail(job_id: int, by: str, reason: str, evidence: str, as_json: bool) -> None:
     """Fail a stuck job by hand: transit back to the source, like a provider's failure."""
     by = operator_identity(by)
-    def run():
-        overrides.fail_by_hand(job_id, by=by, reason=reason, evidence=evidence)
-        with get_engine().connect() as conn:
-            return views.job(conn, job_id)
-
-    emit(_guarded(run), as_json)
+    _call("fail_conversion", job_id=job_id, reason=reason, evidence=evidence, performed_by=by)
+    emit(_guarded(lambda: _job(job_id)), as_json)
 
 
 # --- reconciliation (under ``ballast treasury``) ---------------------------------------------
@@ -607,15 +590,10 @@ def custody_group() -> None:
 def custody_report(account_type: str, balance: int, by: str, as_json: bool) -> None:
     """Record what the custodian (the chain for USDC, a bank for USD) holds now."""
     by = operator_identity(by)
-    def run():
-        if not by.strip():
-            raise InvalidCommand("--by NAME is required")
-        with _uow("treasury_settings", "custody") as uow:
-            doc = reconcile.record_custody(uow.conn, account_type, balance, by.strip())
-            uow.commit()
-        return doc
-
-    emit(_guarded(run), as_json)
+    if not by.strip():
+        fail("--by NAME is required", 2)
+    emit(_call("report_custody", account_type=account_type, balance=balance,
+               performed_by=by.strip()), as_json)
 
 
 # --- provider callbacks ---------------------------------------------------------------------

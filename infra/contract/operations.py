@@ -7,8 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
-from infra.contract.base import MAX_AMOUNT, ActorSpec, Command, Currency, Identifier
-from infra.contract.treasury import AccountType
+from infra.contract.base import (MAX_AMOUNT, ActorSpec, Amount, Command, Currency, Identifier,
+                                 LongText, ShortText)
+from infra.contract.treasury import AccountType, JobId
 
 
 class EvaluateAlerts(Command):
@@ -136,4 +137,76 @@ SPECS += [
     ActorSpec("set_buffer_thresholds", OPERATIONS_QUEUE, SetBufferThresholds),
     ActorSpec("add_provider", OPERATIONS_QUEUE, AddProvider),
     ActorSpec("update_provider", OPERATIONS_QUEUE, UpdateProvider),
+]
+
+
+# The emergency levers on conversions (SPEC §3), and the custodian stand-in (added, issue 11).
+
+class ConvertManually(Command):
+    """An operator's conversion between two buffers (``ballast conversions convert``)."""
+
+    source_type: AccountType
+    destination_type: AccountType
+    amount: Amount
+    performed_by: Identifier
+
+
+class CancelConversion(Command):
+    """Stop a job; ``force`` when a provider may still hold it (``conversions cancel``)."""
+
+    job_id: JobId
+    reason: LongText
+    force: StrictBool = False
+    performed_by: Identifier
+
+
+class FreezeConversions(Command):
+    """No new job, nothing submitted; held jobs still polled (``conversions freeze``)."""
+
+    reason: LongText
+    performed_by: Identifier
+
+
+class ThawConversions(Command):
+    """Lift the freeze; pending jobs go to submission again (``conversions thaw``)."""
+
+    performed_by: Identifier
+
+
+class CompleteConversion(Command):
+    """End a stuck job as its provider's completion would (``conversions complete``)."""
+
+    job_id: JobId
+    reason: LongText
+    evidence: ShortText
+    destination_amount: Amount
+    fee_amount: Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT)]
+    performed_by: Identifier
+
+
+class FailConversion(Command):
+    """End a stuck job as its provider's failure would (``conversions fail``)."""
+
+    job_id: JobId
+    reason: LongText
+    evidence: ShortText
+    performed_by: Identifier
+
+
+class ReportCustody(Command):
+    """What the custodian holds for a buffer now (``treasury custody report``)."""
+
+    account_type: AccountType
+    balance: Annotated[StrictInt, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
+    performed_by: Identifier
+
+
+SPECS += [
+    ActorSpec("convert_manually", OPERATIONS_QUEUE, ConvertManually),
+    ActorSpec("cancel_conversion", OPERATIONS_QUEUE, CancelConversion),
+    ActorSpec("freeze_conversions", OPERATIONS_QUEUE, FreezeConversions),
+    ActorSpec("thaw_conversions", OPERATIONS_QUEUE, ThawConversions),
+    ActorSpec("complete_conversion", OPERATIONS_QUEUE, CompleteConversion),
+    ActorSpec("fail_conversion", OPERATIONS_QUEUE, FailConversion),
+    ActorSpec("report_custody", OPERATIONS_QUEUE, ReportCustody),
 ]
