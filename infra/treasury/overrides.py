@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, select
 
 from domain.errors import InvalidCommand
+from infra.db.tables import treasury_overrides
 from infra.treasury import store
 
 FROZEN = store.FROZEN
@@ -33,8 +34,9 @@ def record_lever(conn: Connection, action: str, by: str, *, reason: str | None =
 
 
 def audit_log(conn: Connection, job_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    rows = conn.execute(text(
-        "SELECT * FROM treasury_overrides WHERE (CAST(:j AS bigint) IS NULL OR job_id = :j) "
-        "ORDER BY id DESC LIMIT :lim"), {"j": job_id, "lim": limit})
+    """The levers pulled (on ``job_id``, or all), newest first."""
+    o = treasury_overrides.c
+    stmt = select(treasury_overrides).order_by(o.id.desc()).limit(limit)
+    rows = conn.execute(stmt if job_id is None else stmt.where(o.job_id == job_id))
     return [{"action": r.action, "job_id": r.job_id, "by": r.performed_by, "reason": r.reason,
              "evidence": r.evidence, "data": r.data, "at": r.at.isoformat()} for r in rows]

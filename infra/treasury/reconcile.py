@@ -24,12 +24,13 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, func, insert, text
 
 from domain import accounts
 from domain import conversions as conv
 from domain.money import CURRENCIES
 from infra import alerts, providers
+from infra.db.tables import custodian_reports
 from infra.logs import get_logger
 from infra.treasury import store
 
@@ -252,9 +253,9 @@ def raise_alerts(uow, found: list[Difference]) -> int:
 def record_custody(conn: Connection, account_type: str, balance: int, by: str,
                    as_of: datetime | None = None) -> dict[str, Any]:
     """The custodian stand-in: a buffer's balance as the custodian reports it."""
-    row = conn.execute(text(
-        "INSERT INTO custodian_reports (account_type, balance, as_of, reported_by) "
-        "VALUES (:a, :b, COALESCE(:t, now()), :by) RETURNING id, as_of"),
-        {"a": account_type, "b": balance, "t": as_of, "by": by}).one()
+    c = custodian_reports.c
+    row = conn.execute(insert(custodian_reports).values(
+        account_type=account_type, balance=balance, as_of=as_of or func.now(), reported_by=by)
+        .returning(c.id, c.as_of)).one()
     return {"report_id": row.id, "account_type": account_type, "balance": balance,
             "as_of": row.as_of.isoformat(), "reported_by": by}
