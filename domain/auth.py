@@ -36,7 +36,7 @@ POLICY: dict[str, frozenset[str]] = {
         "dispute_market", "confirm_market", "close_cycle",
         "acknowledge_alert", "set_provider_status", "set_auto_rebalance",
         "set_buffer_thresholds", "add_provider", "update_provider",
-        "convert_manually", "cancel_conversion", "freeze_conversions", "thaw_conversions",
+        "resolve_alert", "convert_manually", "cancel_conversion", "freeze_conversions", "thaw_conversions",
         "complete_conversion", "fail_conversion", "report_custody",
         # Sweeps an operator may kick now (each is idempotent on its request id):
         "evaluate_alerts", "match_payments", "poll_conversion", "sweep_outbox",

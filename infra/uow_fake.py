@@ -61,6 +61,26 @@ class FakeAlerts:
         gone = [k for k in self.open if k.startswith(prefix) and k not in set(still_true)]
         return sum(self.resolve(k) for k in gone)
 
+    def _by_id(self, alert_id: int) -> tuple[str, dict[str, Any]]:
+        for n, (key, alert) in enumerate(self.open.items(), start=1):
+            if n == alert_id:
+                return key, alert
+        raise NotFound(f"no alert {alert_id}")
+
+    def acknowledge(self, alert_id: int, by: str) -> dict[str, Any]:
+        key, alert = self._by_id(alert_id)
+        if alert.get("status", "open") != "open":
+            raise Refused(f"alert {alert_id} is {alert['status']}, not open")
+        alert.update(status="acknowledged", acknowledged_by=by)
+        return {"alert_id": alert_id, "dedupe_key": key, **alert}
+
+    def resolve_by_hand(self, alert_id: int, by: str, note: str) -> dict[str, Any]:
+        key, alert = self._by_id(alert_id)
+        self.resolved = {**getattr(self, "resolved", {}), key: {**alert, "resolved_by": by,
+                                                                "resolution_note": note}}
+        return {"alert_id": alert_id, "dedupe_key": key, "status": "resolved",
+                **self.resolved[key]}
+
 
 class FakeBuffers:
     """Buffers whose balances are the fake ledger's ``buffer:`` accounts."""

@@ -69,6 +69,14 @@ class AcknowledgeAlert(Command):
 ProviderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
 
 
+class ResolveAlert(Command):
+    """An operator resolves an alert no condition clears, once handled (``alerts resolve``)."""
+
+    alert_id: AlertId
+    note: LongText
+    resolved_by: Identifier
+
+
 class SetProviderStatus(Command):
     name: ProviderName
     status: Literal["active", "paused"]
@@ -131,6 +139,7 @@ class UpdateProvider(Command):
 
 SPECS += [
     ActorSpec("acknowledge_alert", OPERATIONS_QUEUE, AcknowledgeAlert),
+    ActorSpec("resolve_alert", OPERATIONS_QUEUE, ResolveAlert),  # added, issue 11
     ActorSpec("set_provider_status", OPERATIONS_QUEUE, SetProviderStatus),
     ActorSpec("set_auto_rebalance", OPERATIONS_QUEUE, SetAutoRebalance),
     # Added (issue 11): the CLI's remaining treasury levers, as commands.
