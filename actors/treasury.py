@@ -8,6 +8,7 @@ from infra.contract.operations import (AddProvider, CancelConversion, CompleteCo
                                        ReportCustody, SetAutoRebalance, SetBufferThresholds,
                                        SetProviderStatus, ThawConversions, UpdateProvider)
 from infra.contract.treasury import (
+    ApplyConversionCallback,
     PollConversion,
     ProbeProviders,
     RecordBufferFlow,
@@ -37,6 +38,11 @@ def submit_conversion(cmd: SubmitConversion, uow: UnitOfWork):
 @command(transactional=False, max_retries=20, retry_within_ms=55_000)  # fired every 60 s
 def poll_conversion(cmd: PollConversion, uow: UnitOfWork):
     return conversions.poll_conversion(cmd, uow)
+
+
+@command(transactional=False)  # under the job's lock, as a poll
+def apply_conversion_callback(cmd: ApplyConversionCallback, uow: UnitOfWork):
+    return conversions.apply_conversion_callback(cmd, uow)
 
 
 @command(transactional=False, max_retries=20, retry_within_ms=55_000)  # fired every 60 s

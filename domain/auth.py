@@ -50,6 +50,8 @@ POLICY: dict[str, frozenset[str]] = {
         # Scheduled firings (schedules/table.py).
         "run_settlement_cycle", "poll_conversion", "evaluate_alerts", "sweep_outbox",
         "send_daily_summary", "probe_providers", "prune_retention",
+        # Run in process by the callback endpoint, once a callback is verified.
+        "apply_conversion_callback",
     }),
 }
 

@@ -4,6 +4,7 @@ work), each one the service handler it names, fed the same validated command."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
 from types import SimpleNamespace
 
 from infra.contract import parse
@@ -11,18 +12,18 @@ from infra.contract.operations import (CancelConversion, CompleteConversion, Con
                                        FailConversion, FreezeConversions, SetAutoRebalance,
                                        ThawConversions)
 from infra.contract.journal import CloseCycle, LinkPayment, OpenCycle
-from infra.contract.treasury import (PollConversion, ProbeProviders, RecordBufferFlow,
+from infra.contract.treasury import (ApplyConversionCallback, PollConversion, ProbeProviders, RecordBufferFlow,
                                      RunSettlementCycle, SubmitConversion)
 from infra.journal import conditions as _journal_conditions  # noqa: F401  (registers them)
 from infra.treasury import conditions as _treasury_conditions  # noqa: F401
-from infra.treasury import polling as _polling
 from infra.treasury import store as _store
 from infra.treasury.overrides import audit_log
 from infra.treasury.cycle import auto_rebalance_enabled, evaluate_buffer_alerts
-from infra.treasury.polling import RESUBMIT_PENDING_AFTER_S, flag_if_stale, schedule_first
+from infra.treasury.jobs import flag_if_stale, schedule_first
 from infra.uow import UnitOfWork
 from services import buffers, conversions, journal, overrides, providers
-from services.conversions import JobBusy, _call_provider, _decision
+from services.conversions import (RESUBMIT_PENDING_AFTER_S, JobBusy, _apply_report,
+                                  _call_provider, _decision)
 from services.conversions import _prepare_attempt as _prepare
 
 
@@ -50,7 +51,17 @@ def poll_all(engine=None, *, request_id: str = "poll") -> int:
 
 
 def drive(job_id: int, engine, told, **options) -> bool:
-    return _polling.drive(_unit("poll_conversion", engine), job_id, told, **options)
+    return conversions.drive(_unit("poll_conversion", engine), job_id, told, **options)
+
+
+def apply_callback(engine=None):
+    """The callback endpoint's ``apply``: the ``apply_conversion_callback`` handler."""
+    def apply(job_id: int, key: str, report) -> bool:
+        cmd = parse(ApplyConversionCallback, {
+            "request_id": f"conversion:{job_id}:callback", "job_id": job_id,
+            "idempotency_key": key, **asdict(report)})
+        return conversions.apply_conversion_callback(cmd, _unit("apply_conversion_callback", engine))
+    return apply
 
 
 def probe_all(engine=None) -> dict[str, bool]:
@@ -140,7 +151,7 @@ submission = SimpleNamespace(submit=submit, JobBusy=JobBusy, _decision=_decision
                              _call_provider=lambda sub, engine=None: _call_provider(sub))
 polling = SimpleNamespace(poll=poll, poll_all=poll_all, drive=drive, probe_all=probe_all,
                           flag_if_stale=flag_if_stale, schedule_first=schedule_first,
-                          _apply_report=_polling._apply_report,
+                          _apply_report=_apply_report, apply_callback=apply_callback,
                           RESUBMIT_PENDING_AFTER_S=RESUBMIT_PENDING_AFTER_S)
 cycle = SimpleNamespace(run_cycle=run_cycle, record_flow=record_flow,
                         set_auto_rebalance=set_auto_rebalance,

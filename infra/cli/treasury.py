@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import asdict
 from typing import Any, Callable
 
 import click
@@ -24,6 +25,7 @@ from infra.cli.levers import by_option, check_by, confirm, lever_options, record
 from infra.cli.output import console, emit, fail, json_option, table
 from infra.db.engine import get_engine, get_read_engine
 from infra.logs import configure_logging
+from infra.providers import Report
 from infra.providers import http as http_provider
 from infra.providers import simulated as simulated_provider
 from infra.treasury import callbacks, overrides, reconcile, store, views
@@ -609,7 +611,16 @@ def callbacks_group() -> None:
 def callbacks_serve(host: str, port: int) -> None:
     """Receive signed provider callbacks on POST /callbacks/PROVIDER."""
     configure_logging()
-    callbacks.serve(host, port)
+    in_process.register()  # before the first callback: the server answers from many threads
+    callbacks.serve(host, port, apply_callback)
+
+
+def apply_callback(job_id: int, key: str, report: Report) -> bool:
+    """A verified callback, applied by the ``apply_conversion_callback`` step in this
+    process (the endpoint's ``apply``)."""
+    return in_process.call("apply_conversion_callback",
+                           request_id=f"conversion:{job_id}:callback", job_id=job_id,
+                           idempotency_key=key, **asdict(report))
 
 
 @callbacks_group.command("secret")

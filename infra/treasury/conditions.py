@@ -7,7 +7,7 @@ from sqlalchemy import text
 from domain import conversions as conv
 from domain.providers import ACTIVE
 from infra import alerts
-from infra.treasury import cycle, polling, reconcile, store
+from infra.treasury import cycle, jobs, reconcile, store
 from infra.uow import UnitOfWork
 
 
@@ -55,7 +55,7 @@ def stale_jobs(uow: UnitOfWork) -> None:
     for seen in store.list_jobs(uow.conn, active_only=True, limit=10_000):
         job = store.get_job(uow.conn, seen.id, lock=True)
         if job.status in conv.ACTIVE:
-            polling.flag_if_stale(uow, job)
+            jobs.flag_if_stale(uow, job)
     active = {f"conversion:stale:{j.id}" for j in store.list_jobs(uow.conn, active_only=True,
                                                                     limit=10_000)}
     alerts.resolve_all_except(uow, "conversion:stale:", active)

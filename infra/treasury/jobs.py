@@ -107,6 +107,29 @@ def fail(uow: UnitOfWork, job: Job, reason: str, *, attempt: Attempt | None = No
     return job
 
 
+def schedule_first(uow: UnitOfWork, job_id: int) -> None:
+    """After a submission: the job's first own poll (the rest follow with backoff)."""
+    uow.send_later("poll_conversion", conv.poll_delay_ms(0),
+                   request_id=f"conversion:{job_id}:poll:0", job_id=job_id, poll_no=0)
+
+
+def flag_if_stale(uow: UnitOfWork, job: Job, problem: str | None = None) -> Job:
+    """Alert once a job has been with its provider (or pending) too long; keep polling."""
+    since = job.submitted_at or job.created_at
+    if not conv.is_stale(since, now_utc()):
+        return job
+    uow.alerts.raise_(kind="conversion", severity="warning",
+                       subject=f"conversion job {job.id} is stale ({job.status} since "
+                               f"{since.isoformat()})",
+                       dedupe_key=f"conversion:stale:{job.id}",
+                       data={"job_id": job.id, "provider": job.provider, "status": job.status,
+                             "last_error": problem})
+    if job.stale_at is None:
+        job = uow.conversions.update(job, stale_at=now_utc())
+        uow.conversions.note(job, "stale: still polling, never resubmitted")
+    return job
+
+
 def resolve_job_alerts(uow: UnitOfWork, job: Job, how: str) -> None:
     """A job that ended is neither stale nor lost any more."""
     for key in (f"conversion:stale:{job.id}", f"conversion:lost:{job.id}"):

@@ -365,7 +365,8 @@ def test_the_callback_handler_refuses_what_it_cannot_believe(engine):
 
     def call(doc, **over):
         body, headers = signing.signed_request(secret, doc)
-        return callbacks.handle(engine, name, {**headers, **over}, body)
+        return callbacks.handle(engine, name, {**headers, **over}, body,
+                                polling.apply_callback(engine))
 
     assert call({"idempotency_key": "ballast-nope", "status": "completed",
                  "destination_amount": 1})[0] == 404
