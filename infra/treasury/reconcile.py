@@ -24,13 +24,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, text
+from sqlalchemy import Connection, Engine, func, insert, select, text
 
 from domain import accounts
 from domain import conversions as conv
 from domain.money import CURRENCIES
 from infra import alerts, providers
-from infra.db.tables import custodian_reports
+from infra.db.tables import accounts as accounts_table
+from infra.db.tables import conversion_jobs, custodian_reports
 from infra.logs import get_logger
 from infra.treasury import store
 
@@ -110,13 +111,13 @@ def provider_reports(engine: Engine) -> dict[str, dict[str, int]]:
 def _provider_books(conn: Connection, reports: dict[str, dict[str, int]]) -> list[Difference]:
     if not reports:
         return []
-    busy = {r.provider for r in conn.execute(text(
-        "SELECT DISTINCT provider FROM conversion_jobs WHERE provider IS NOT NULL "
-        "AND status = ANY(:st)"), {"st": list(conv.ACTIVE)})}
+    j, a = conversion_jobs.c, accounts_table.c
+    busy = set(conn.execute(select(j.provider).distinct()
+                            .where(j.provider.is_not(None), j.status.in_(list(conv.ACTIVE))))
+               .scalars())
     out: list[Difference] = []
     codes = [accounts.provider(p, cur) for p in reports for cur in CURRENCIES if cur in ("USD", "USDC")]
-    ledger_side = dict(conn.execute(text("SELECT code, balance FROM accounts WHERE code = ANY(:c)"),
-                                    {"c": codes}).all())
+    ledger_side = dict(conn.execute(select(a.code, a.balance).where(a.code.in_(codes))).all())
     for name, books in sorted(reports.items()):
         if name in busy:
             continue
