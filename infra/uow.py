@@ -32,11 +32,12 @@ from typing import Any, Iterator
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 from pydantic import BaseModel
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, func, select
 
 from domain.errors import RequestConflict
 from infra import broker as process_broker
 from infra.db.engine import sql
+from infra.db.tables import processed_requests
 from infra.journal.repository import JournalRepository
 from infra.repositories import AlertRepository, LedgerRepository
 from infra.transaction import Transaction
@@ -104,9 +105,9 @@ class UnitOfWork(Transaction):
         ).scalar_one_or_none()
         if inserted:
             return True
+        p = processed_requests.c
         earlier = self.conn.execute(
-            text("SELECT payload_hash FROM processed_requests WHERE actor = :a AND request_id = :r"),
-            {"a": self.actor, "r": self.request_id},
+            select(p.payload_hash).where(p.actor == self.actor, p.request_id == self.request_id)
         ).scalar_one()
         if earlier != digest:
             raise RequestConflict(
@@ -128,8 +129,7 @@ class UnitOfWork(Transaction):
         try:
             deadline = time.monotonic() + wait_s
             while True:
-                got = conn.execute(text("SELECT pg_try_advisory_lock(:c, :j)"),
-                                   {"c": namespace, "j": key}).scalar_one()
+                got = conn.execute(select(func.pg_try_advisory_lock(namespace, key))).scalar_one()
                 if got or time.monotonic() >= deadline:
                     break
                 time.sleep(LOCK_POLL_S)
@@ -137,8 +137,7 @@ class UnitOfWork(Transaction):
                 yield bool(got)
             finally:
                 if got:
-                    conn.execute(text("SELECT pg_advisory_unlock(:c, :j)"),
-                                 {"c": namespace, "j": key})
+                    conn.execute(select(func.pg_advisory_unlock(namespace, key)))
         finally:
             conn.close()
 
