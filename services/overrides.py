@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from domain import conversions as conv
+from domain import request_ids
 from domain.buffers import may_take
 from domain.errors import InvalidCommand, Refused
 from infra.contract.operations import (CancelConversion, CompleteConversion, ConvertManually,
@@ -85,7 +86,7 @@ def thaw_conversions(cmd: ThawConversions, uow: UnitOfWork) -> dict[str, Any]:
         "frozen_by": current["by"], "frozen_at": current["at"],
         "pending_resubmitted": [j.id for j in pending]})
     for job in pending:
-        uow.send("submit_conversion", request_id=f"conversion:{job.id}:thaw:{state['at']}",
+        uow.send("submit_conversion", request_id=request_ids.next_step("conversion", job.id, "thaw", state["at"]),
                  job_id=job.id)
     uow.emit("conversion.thawed", {"by": by, "at": state["at"], "frozen_by": current["by"],
                                    "pending_resubmitted": len(pending)}, recipient="admin")

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 from domain import accounts
 from domain import conversions as conv
+from domain import request_ids
 from domain.buffers import CURRENCY_OF
 from domain.ledger import Posting
 from infra.errors import Transient
@@ -45,7 +46,8 @@ def create_job(uow: UnitOfWork, *, kind: str, source_type: str, destination_type
     job_id = uow.conversions.add(kind=kind, direction=direction, source_type=source_type,
                               destination_type=destination_type, amount=amount,
                               requested_by=requested_by, trigger=trigger)
-    uow.send("submit_conversion", request_id=f"conversion:{job_id}:submit", job_id=job_id)
+    uow.send("submit_conversion", request_id=request_ids.next_step("conversion", job_id, "submit"),
+             job_id=job_id)
     log.info("conversion.created", job_id=job_id, direction=direction, amount=amount, kind=kind)
     return job_id
 
@@ -110,7 +112,8 @@ def fail(uow: UnitOfWork, job: Job, reason: str, *, attempt: Attempt | None = No
 def schedule_first(uow: UnitOfWork, job_id: int) -> None:
     """After a submission: the job's first own poll (the rest follow with backoff)."""
     uow.send_later("poll_conversion", conv.poll_delay_ms(0),
-                   request_id=f"conversion:{job_id}:poll:0", job_id=job_id, poll_no=0)
+                   request_id=request_ids.next_step("conversion", job_id, "poll", 0),
+                   job_id=job_id, poll_no=0)
 
 
 def flag_if_stale(uow: UnitOfWork, job: Job, problem: str | None = None) -> Job:

@@ -89,7 +89,7 @@ def put_setting(conn: Connection, key: str, value: Any, by: str) -> None:
         "updated_at": func.now()}))
 
 
-#: The setting that freezes every conversion (``overrides.freeze``).
+#: The setting that freezes every conversion (``services.overrides.freeze_conversions``).
 FROZEN = "conversions_frozen"
 
 
