@@ -148,6 +148,11 @@ class FakeProviders:
     def record_probe(self, name: str, healthy: bool, error: str | None) -> None:
         self.probes[name] = (healthy, error)
 
+    def count_outcome(self, name: str, *, success: bool) -> None:
+        row = self.get(name)
+        self.rows[name] = replace(row, success_count=row.success_count + success,
+                                  failure_count=row.failure_count + (not success))
+
     def client(self, row):
         return self.clients[row.name]
 
