@@ -53,9 +53,11 @@ class ApplyConversionCallback(Command):
     idempotency_key: Annotated[StrictStr, Field(min_length=1, max_length=200)]
     state: Literal["not_found", "processing", "completed", "failed"]
     reference: LongText | None = None
-    destination_amount: Annotated[StrictInt, Field(ge=0)] | None = None
-    fee_amount: Annotated[StrictInt, Field(ge=0)] | None = None
-    rate_ppm: Annotated[StrictInt, Field(gt=0)] | None = None
+    # As the provider said them: amounts the job cannot take are refused when applied
+    # (``jobs.complete``: the provider is asked again), not here.
+    destination_amount: StrictInt | None = None
+    fee_amount: StrictInt | None = None
+    rate_ppm: StrictInt | None = None
     detail: LongText | None = None
 
 

@@ -48,23 +48,10 @@ _a, _n = conversion_attempts.c, conversion_callback_nonces.c
 def handle(engine: Engine, provider: str, headers: Mapping[str, str], body: bytes,
            apply: Apply) -> tuple[int, dict[str, Any]]:
     """Verify one callback and ``apply`` it.  Returns (HTTP status, answer)."""
-    with engine.connect() as conn:
-        secret = store.callback_secret(conn, provider)
-    if not secret:
-        return 404, {"error": f"no callbacks for provider {provider!r}"}
-    ts = headers.get(signing.TIMESTAMP_HEADER) or ""
-    if not signing.valid(secret, ts, body, headers.get(signing.SIGNATURE_HEADER) or ""):
-        log.warning("callback.bad_signature", provider=provider)
-        return 401, {"error": "bad signature"}
-    if not signing.fresh(ts):
-        log.warning("callback.stale", provider=provider, timestamp=ts)
-        return 401, {"error": f"stale callback (more than {signing.MAX_AGE_S} s old)"}
     try:
-        doc = json.loads(body)
-        nonce, key = str(doc["callback_id"]), str(doc["idempotency_key"])
-        report = report_from(provider, doc)
-    except (ValueError, KeyError, TypeError, ProviderError) as exc:
-        return 400, {"error": f"malformed callback: {exc}"[:300]}
+        nonce, key, report = _believe(engine, provider, headers, body)
+    except _NotBelieved as refusal:
+        return refusal.code, {"error": refusal.error}
     with engine.connect() as conn:
         job_id = conn.execute(select(_a.job_id).where(_a.provider == provider,
                                                       _a.idempotency_key == key)).scalar_one_or_none()
@@ -91,6 +78,36 @@ def handle(engine: Engine, provider: str, headers: Mapping[str, str], body: byte
     log.info("callback.received", provider=provider, job_id=job_id, state=report.state,
              applied=applied, status=status)
     return 200, {"job_id": job_id, "status": status, "applied": applied}
+
+
+class _NotBelieved(Exception):
+    """A callback refused before it touches a job: the HTTP status and the error said."""
+
+    def __init__(self, code: int, error: str) -> None:
+        super().__init__(error)
+        self.code, self.error = code, error
+
+
+def _believe(engine: Engine, provider: str, headers: Mapping[str, str],
+             body: bytes) -> tuple[str, str, Report]:
+    """``(callback_id, idempotency_key, report)`` of a callback signed with the provider's
+    secret within five minutes; ``_NotBelieved`` otherwise."""
+    with engine.connect() as conn:
+        secret = store.callback_secret(conn, provider)
+    if not secret:
+        raise _NotBelieved(404, f"no callbacks for provider {provider!r}")
+    ts = headers.get(signing.TIMESTAMP_HEADER) or ""
+    if not signing.valid(secret, ts, body, headers.get(signing.SIGNATURE_HEADER) or ""):
+        log.warning("callback.bad_signature", provider=provider)
+        raise _NotBelieved(401, "bad signature")
+    if not signing.fresh(ts):
+        log.warning("callback.stale", provider=provider, timestamp=ts)
+        raise _NotBelieved(401, f"stale callback (more than {signing.MAX_AGE_S} s old)")
+    try:
+        doc = json.loads(body)
+        return str(doc["callback_id"]), str(doc["idempotency_key"]), report_from(provider, doc)
+    except (ValueError, KeyError, TypeError, ProviderError) as exc:
+        raise _NotBelieved(400, f"malformed callback: {exc}"[:300]) from None
 
 
 def make_server(host: str, port: int, apply: Apply,
