@@ -14,7 +14,8 @@ process's broker and the repositories.
 
 The repositories it owns are bound to its transaction: ``uow.conversions``,
 ``uow.buffers``, ``uow.providers`` (``infra/treasury/repository.py``),
-``uow.journal`` (``infra/journal/repository.py``), ``uow.ledger`` and ``uow.alerts``
+``uow.journal`` (``infra/journal/repository.py``), ``uow.markets``
+(``infra/markets/repository.py``), ``uow.ledger`` and ``uow.alerts``
 (``infra/repositories.py``).  A step that calls the outside world between
 transactions enters the same unit of work again: each ``with uow:`` is a new
 transaction (``hold_lock`` holds an advisory lock across them).  The fake with the
@@ -39,6 +40,7 @@ from infra import broker as process_broker
 from infra.db.engine import sql
 from infra.db.tables import processed_requests
 from infra.journal.repository import JournalRepository
+from infra.markets.repository import MarketRepository
 from infra.repositories import AlertRepository, LedgerRepository
 from infra.transaction import Transaction
 from infra.treasury.repository import BufferRepository, ConversionRepository, ProviderRepository
@@ -87,6 +89,7 @@ class UnitOfWork(Transaction):
         self.buffers = BufferRepository(self.conn)
         self.providers = ProviderRepository(self.conn, self.engine)
         self.journal = JournalRepository(self.conn)
+        self.markets = MarketRepository(self)
         return self
 
     def claim(self) -> bool:

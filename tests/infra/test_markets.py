@@ -20,9 +20,10 @@ from domain.errors import InvalidCommand, NotFound, Refused
 from domain.markets import Commitment, Outcome, distribute
 from infra import ledger, outbox
 from infra.contract import QUEUES, parse, spec_for
-from infra.markets import repository, roll_back, settle
+from infra.markets import repository
 from infra.outbox import publisher_for
 from infra.uow import UnitOfWork
+from services.markets import roll_back, settle
 from tests.harness import uid
 
 import actors.markets as market_actors  # noqa: E402  (registers on the global broker)
@@ -439,7 +440,7 @@ def test_reopening_a_market_with_another_definition_is_refused_and_a_resend_is_h
               creator_fee_bps=100, options=[{"option_id": "x", "label": "X"}, {"option_id": "y", "label": "Y"}])
     run("open_market", **kw)
     run("open_market", **kw)  # another request id, same definition: nothing happens
-    with pytest.raises(Refused, match="another definition"):
+    with pytest.raises(Refused, match="other terms: creator_fee_bps is 100, not 300"):
         run("open_market", **{**kw, "creator_fee_bps": 300})
 
 
