@@ -1,11 +1,12 @@
-"""Alerts: the sweep of conditions no single message raises, and webhook delivery (SPEC §6)."""
+"""Alerts: the sweep of conditions no single message raises, and webhook delivery (SPEC §6);
+the balance guard's alerts and limits (SPEC §4)."""
 
 from __future__ import annotations
 
 from infra import alerts
 from infra.conditions import CONDITIONS, evaluate
 from infra.contract.operations import (AcknowledgeAlert, DeliverAlertWebhooks, EvaluateAlerts,
-                                       EvaluateBalanceAlerts, ResolveAlert)
+                                       EvaluateBalanceAlerts, ResolveAlert, SetGuardLimits)
 from infra.db.engine import get_engine
 from infra.messaging import command
 from infra.uow import UnitOfWork
@@ -41,3 +42,8 @@ def acknowledge_alert(cmd: AcknowledgeAlert, uow: UnitOfWork):
 @command()
 def resolve_alert(cmd: ResolveAlert, uow: UnitOfWork):
     return handlers.resolve_alert(cmd, uow)
+
+
+@command()
+def set_guard_limits(cmd: SetGuardLimits, uow: UnitOfWork):
+    return guard.set_guard_limits(cmd, uow)

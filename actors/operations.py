@@ -1,13 +1,16 @@
-"""Operational steps: the outbox sweeper."""
+"""Operational steps: the outbox sweeper and retention; the shadow persona pool an operator
+grows (``add_persona``)."""
 
 from __future__ import annotations
 
 from infra import outbox, retention
 from infra.broker import get_broker
-from infra.contract.operations import PruneRetention, SweepOutbox
+from infra.contract.operations import AddPersona, PruneRetention, SweepOutbox
 from infra.db.engine import get_engine
 from infra.messaging import command
 from infra.settings import get_settings
+from infra.uow import UnitOfWork
+from services import personas
 
 
 # Fired every 10 s: transient errors are retried within the period, then the next firing
@@ -22,3 +25,8 @@ def sweep_outbox(cmd: SweepOutbox) -> None:
 def prune_retention(cmd: PruneRetention) -> None:
     """Delete published outbox rows and remembered request ids past their windows."""
     retention.run(get_engine(), get_settings())
+
+
+@command()
+def add_persona(cmd: AddPersona, uow: UnitOfWork):
+    return personas.add_persona(cmd, uow)

@@ -38,6 +38,7 @@ POLICY: dict[str, frozenset[str]] = {
         "set_buffer_thresholds", "add_provider", "update_provider",
         "resolve_alert", "convert_manually", "cancel_conversion", "freeze_conversions",
         "thaw_conversions", "complete_conversion", "fail_conversion", "report_custody",
+        "set_guard_limits", "add_persona",
         # Sweeps an operator may kick now (each is idempotent on its request id):
         "evaluate_alerts", "match_payments", "poll_conversion", "sweep_outbox",
         "send_daily_summary",

@@ -14,7 +14,8 @@ process's broker and the repositories.
 
 The repositories it owns are bound to its transaction: ``uow.conversions``,
 ``uow.buffers``, ``uow.providers`` (``infra/treasury/repository.py``),
-``uow.journal`` (``infra/journal/repository.py``), ``uow.markets``
+``uow.journal`` (``infra/journal/repository.py``), ``uow.personas``
+(``infra/challenges/personas.py``), ``uow.markets``
 (``infra/markets/repository.py``), ``uow.ledger`` and ``uow.alerts``
 (``infra/repositories.py``), ``uow.wallets`` and ``uow.guard``
 (``infra/wallets/repository.py``).  A step that calls the outside world between
@@ -38,6 +39,7 @@ from sqlalchemy import Engine, func, select
 
 from domain.errors import RequestConflict
 from infra import broker as process_broker
+from infra.challenges.personas import PersonaRepository
 from infra.db.engine import sql
 from infra.db.tables import processed_requests
 from infra.journal.repository import JournalRepository
@@ -91,6 +93,7 @@ class UnitOfWork(Transaction):
         self.buffers = BufferRepository(self.conn)
         self.providers = ProviderRepository(self.conn, self.engine)
         self.journal = JournalRepository(self.conn)
+        self.personas = PersonaRepository(self.conn)
         self.guard = GuardRepository(self)
         self.wallets = WalletRepository(self, self.guard)
         self.markets = MarketRepository(self)

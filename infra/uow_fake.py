@@ -483,6 +483,21 @@ class FakeMarkets:
         return None
 
 
+class FakePersonas:
+    """``uow.personas`` in memory: ``pool`` maps a code to its persona row."""
+
+    def __init__(self) -> None:
+        self.pool: dict[str, dict[str, Any]] = {}
+
+    def add(self, code: str, display_name: str, category: str) -> int | None:
+        if code in self.pool:
+            return None
+        persona_id = len(self.pool) + 1
+        self.pool[code] = {"id": persona_id, "code": code, "display_name": display_name,
+                           "category": category, "active": True}
+        return persona_id
+
+
 @dataclass
 class FakeWalletState:
     """What the wallets and the guard keep: tiers, limits, the audit trail, and the clock
@@ -663,6 +678,7 @@ class FakeUnitOfWork:
         self.providers = FakeProviders()
         self.conversions = FakeConversions()
         self.journal = FakeJournal()
+        self.personas = FakePersonas()
         self.wallet_state = FakeWalletState()
         self.guard = FakeGuard(self)
         self.wallets = FakeWallets(self, self.guard)
@@ -675,7 +691,7 @@ class FakeUnitOfWork:
         self._pending: list[tuple[str, tuple]] = []
 
     _STATE = ("ledger", "alerts", "buffers", "providers", "conversions", "journal", "markets",
-              "wallet_state", "claims")
+              "wallet_state", "claims", "personas")
 
     def __enter__(self) -> "FakeUnitOfWork":
         self._saved = copy.deepcopy({k: getattr(self, k) for k in self._STATE})

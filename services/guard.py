@@ -5,6 +5,7 @@ written, the post-and-record path, refusals told, the balance alerts of a big tr
     post_and_record          the posting, its audit trail, events and alerts at once
     tell_refusal             a refusal leaves an event (and limit_exceeded) behind
     evaluate_balance_alerts  the balance alerts of one chunk of a big transaction
+    set_guard_limits         an operator changes one tier's limits in one currency
 
 ``check`` runs with the wallet accounts already locked (``services.wallets.apply_changes``
 locks them): two changes to one wallet are serialised by that lock, so the second one's
@@ -13,14 +14,16 @@ window sums see the first one's audit line and together they never exceed a limi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from domain import guard as rules
-from domain.guard import GuardContext, Paired
+from domain.errors import InvalidCommand
+from domain.guard import GuardContext, Limits, Paired
 from domain.ledger import Posting
 from domain.wallet import BalanceRefused
-from infra.contract.operations import EvaluateBalanceAlerts
+from infra.contract.operations import EvaluateBalanceAlerts, SetGuardLimits
 from infra.uow import UnitOfWork
 
 
@@ -67,3 +70,22 @@ def evaluate_balance_alerts(cmd: EvaluateBalanceAlerts, uow: UnitOfWork) -> None
         uow.send("evaluate_balance_alerts",
                  request_id=f"balance-alerts:{cmd.transaction_id}:{last[0]}:{last[1]}",
                  transaction_id=cmd.transaction_id, after_user=last[0], after_currency=last[1])
+
+
+#: The command's fields -> ``domain.guard.Limits``' (``guard_limits``' column names).
+LIMIT_FIELDS = {"min_balance": "min_balance", "max_balance": "max_balance",
+                "daily_limit": "daily", "weekly_limit": "weekly", "warning": "warning",
+                "critical": "critical"}
+
+
+def set_guard_limits(cmd: SetGuardLimits, uow: UnitOfWork) -> Limits:
+    """The tier's limits in the currency with the given ones changed (the others as they
+    are, SPEC §4's table until first set); they apply to the next change.  Refused when
+    nothing changes or the result breaks ``domain.guard.Limits``' rules.  Returns them."""
+    changes = {field: getattr(cmd, name) for name, field in LIMIT_FIELDS.items()
+               if getattr(cmd, name) is not None}
+    if not changes:
+        raise InvalidCommand("nothing to change: give at least one of min_balance, "
+                             "max_balance, daily_limit, weekly_limit, warning, critical")
+    current = uow.guard.limits().get(cmd.tier, cmd.currency)
+    return uow.guard.set_limits(replace(current, **changes), by=cmd.performed_by)

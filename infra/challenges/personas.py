@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, text
+from sqlalchemy.dialects.postgresql import insert
 
 from domain.challenges import PERSONA_CATEGORIES
 from domain.errors import Refused
+from infra.db import tables as t
 
 
 def listing(conn: Connection) -> list[dict[str, Any]]:
@@ -26,12 +28,23 @@ def add(conn: Connection, code: str, display_name: str, category: str) -> dict[s
         raise Refused(f"unknown category {category!r}; one of {', '.join(PERSONA_CATEGORIES)}")
     if not code or len(code) > 64 or not display_name or len(display_name) > 64:
         raise Refused("code and display name must be 1-64 characters")
-    row = conn.execute(
-        text("INSERT INTO shadow_personas (code, display_name, category) VALUES (:c, :d, :k) "
-             "ON CONFLICT (code) DO NOTHING RETURNING id"),
-        {"c": code, "d": display_name, "k": category},
-    ).scalar_one_or_none()
-    if row is None:
+    persona_id = PersonaRepository(conn).add(code, display_name, category)
+    if persona_id is None:
         raise Refused(f"persona {code!r} already exists")
-    return {"persona_id": row, "code": code, "display_name": display_name, "category": category,
-            "active": True, "matches": 0}
+    return {"persona_id": persona_id, "code": code, "display_name": display_name,
+            "category": category, "active": True, "matches": 0}
+
+
+class PersonaRepository:
+    """``uow.personas``: the shadow persona pool, in the unit's transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def add(self, code: str, display_name: str, category: str) -> int | None:
+        """A new active persona; its id, or None when ``code`` is taken (nothing written)."""
+        p = t.shadow_personas
+        return self.conn.execute(
+            insert(p).values(code=code, display_name=display_name, category=category)
+            .on_conflict_do_nothing(index_elements=[p.c.code]).returning(p.c.id)
+        ).scalar_one_or_none()

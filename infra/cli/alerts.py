@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 from datetime import datetime, timezone
 
 import click
@@ -16,7 +15,7 @@ from infra import alerts, guard
 from infra.cli import in_process
 from infra.cli.identity import operator_identity
 from infra.cli.output import console, emit, fail, json_option, table, timestamp
-from infra.db.engine import get_engine, get_read_engine
+from infra.db.engine import get_read_engine
 
 SUMMARY = ("alert_id", "kind", "severity", "subject", "status", "created_at")
 
@@ -245,17 +244,17 @@ def guard_limits(tier: str | None, currency: str | None, as_json: bool) -> None:
 def guard_set_limit(tier: str, currency: str, min_balance, max_balance, daily, weekly, warning,
                     critical, by: str, as_json: bool) -> None:
     """Change a tier's limits in one currency (minor units); applies to the next change."""
-    changes = {k: v for k, v in dict(min_balance=min_balance, max_balance=max_balance, daily=daily,
-                                     weekly=weekly, warning=warning, critical=critical).items()
-               if v is not None}
+    changes = {k: v for k, v in dict(min_balance=min_balance, max_balance=max_balance,
+                                     daily_limit=daily, weekly_limit=weekly, warning=warning,
+                                     critical=critical).items() if v is not None}
     if not changes:
         fail("nothing to change: give at least one of --min-balance, --max-balance, --daily, "
              "--weekly, --warning, --critical", 2)
     by = operator_identity(by)
-    try:
-        with get_engine().begin() as conn:
-            current = guard.limit_table(conn).get(tier, currency)
-            stored = guard.set_limits(conn, replace(current, **changes), by=by)
+    try:  # the set_guard_limits command, run here; every refusal is bad input (exit 2)
+        stored = in_process.call("set_guard_limits",
+                                 request_id=f"cli:set_guard_limits:{uuid.uuid4()}", tier=tier,
+                                 currency=currency, performed_by=by, **changes)
     except BallastError as exc:
         fail(str(exc), 2)
     emit(_limits_doc(stored), as_json, lambda d: table([d], title="limits", headers=LIMIT_HEADERS))

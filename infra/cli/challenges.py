@@ -8,12 +8,13 @@ import uuid
 import click
 
 from domain.challenges import PERSONA_CATEGORIES, format_amount
-from domain.errors import NotFound, Refused
+from domain.errors import BallastError, NotFound, Refused
 from domain.money import CURRENCIES
 from infra.challenges import personas as persona_pool
 from infra.challenges import settlement, views
+from infra.cli import in_process
 from infra.cli.output import console, emit, fail, json_option, table, timestamp
-from infra.db.engine import get_engine, get_read_engine
+from infra.db.engine import get_read_engine
 from infra.uow import UnitOfWork
 
 
@@ -144,9 +145,9 @@ def personas_list(as_json: bool) -> None:
 @json_option
 def personas_add(code: str, display_name: str, category: str, as_json: bool) -> None:
     """Add a persona to the pool."""
-    with get_engine().begin() as conn:
-        try:
-            doc = persona_pool.add(conn, code, display_name, category)
-        except Refused as exc:
-            fail(str(exc), 2)
+    try:  # the add_persona command, run here; every refusal is bad input (exit 2)
+        doc = in_process.call("add_persona", request_id=f"cli:add_persona:{uuid.uuid4()}",
+                              code=code, display_name=display_name, category=category)
+    except BallastError as exc:
+        fail(str(exc), 2)
     emit(doc, as_json, lambda d: click.echo(f"persona {d['code']} ({d['category']}) added"))

@@ -211,6 +211,10 @@ def queues(ctx: click.Context, watch: bool, every: float, as_json: bool) -> None
         time.sleep(every)
 
 
+# ``queues migrate``, ``dlq replay`` and ``dlq purge`` are deliberately not commands of the
+# contract (issue 11): they act on RabbitMQ itself (a command would travel through the
+# queues they move, replay or empty); only their operator_actions line is written here.
+
 @queues.command("migrate")
 @click.option("--to", "to", required=True, type=click.Choice(["quorum", "classic"]),
               help="The queue type every Ballast queue (with .DQ and .XQ) becomes.")
@@ -554,6 +558,9 @@ def outbox_group(ctx: click.Context, pending: bool, limit: int, as_json: bool) -
     emit(doc, as_json, human)
 
 
+# ``outbox prune`` is housekeeping of the transport's own tables (published outbox rows,
+# remembered request ids: the memory a command's claim writes to), not a lever on state;
+# the scheduled ``prune_retention`` step does the same.  It runs here, as before.
 @outbox_group.command("prune")
 @click.option("--older-than", "older_than",
               help="Published rows older than this age (90m, 12h, 30d); default the retention.")

@@ -3,6 +3,9 @@
 Key material is printed once, by ``add``, ``rotate`` and ``init --operator``, on stdout
 only; the database keeps public keys.  ``--json`` documents carry it under
 ``key_material`` in those three answers and nowhere else.
+
+Deliberately not commands of the contract (issue 11): key management writes in the CLI's
+own transaction, so key material never travels in a broker message or a dead letter.
 """
 
 from __future__ import annotations

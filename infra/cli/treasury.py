@@ -485,6 +485,8 @@ def conversions_cancel(job_id: int, by: str, reason: str, force: bool, yes: bool
     if force:
         confirm(what[0].upper() + what[1:], yes)
 
+    # cancel_conversion claims and commits under the job's lock, in its own transaction: no
+    # `then`, so the operator_actions line is written after, in one of its own (as before).
     _call("cancel_conversion", job_id=job_id, reason=reason, force=force, performed_by=by)
     record_now(by, "conversions cancel", str(job_id), {"reason": reason, "force": force})
     emit(_guarded(look), as_json)
@@ -633,6 +635,8 @@ def callbacks_secret(name: str, secret: str | None, as_json: bool) -> None:
 
     value = secret or secrets.token_hex(32)
 
+    # Deliberately not a command of the contract (issue 11): a secret never travels in a
+    # broker message or a dead letter; it is written here, in the CLI's own transaction.
     def run():
         if len(value) < 16:
             raise InvalidCommand("a callback secret has at least 16 characters")

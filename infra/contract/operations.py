@@ -7,9 +7,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
+from domain.challenges import PERSONA_CATEGORIES
 from infra.contract.base import (MAX_AMOUNT, ActorSpec, Amount, Command, Currency, Identifier,
-                                 LongText, ShortText)
+                                 LongText, ShortText, SignedAmount)
 from infra.contract.treasury import AccountType, JobId
+from infra.contract.wallets import Tier
 
 
 class EvaluateAlerts(Command):
@@ -218,4 +220,40 @@ SPECS += [
     ActorSpec("complete_conversion", OPERATIONS_QUEUE, CompleteConversion),
     ActorSpec("fail_conversion", OPERATIONS_QUEUE, FailConversion),
     ActorSpec("report_custody", OPERATIONS_QUEUE, ReportCustody),
+]
+
+
+# The balance guard's limits and the shadow persona pool (added, issue 11): the last levers
+# the CLI wrote itself, as commands.
+
+class SetGuardLimits(Command):
+    """One tier's limits in one currency, minor units; those not given stay (``ballast guard
+    set-limit``).  ``domain.guard.Limits`` holds the rules (min ≤ max, windows ≥ 0,
+    critical ≤ warning)."""
+
+    tier: Tier
+    currency: Currency
+    min_balance: SignedAmount | None = None
+    max_balance: SignedAmount | None = None
+    daily_limit: SignedAmount | None = None
+    weekly_limit: SignedAmount | None = None
+    warning: SignedAmount | None = None
+    critical: SignedAmount | None = None
+    performed_by: Identifier
+
+
+PersonaCategory = Literal[PERSONA_CATEGORIES]  # type: ignore[valid-type]
+
+
+class AddPersona(Command):
+    """A shadow persona joins the pool (``ballast personas add``); its code is new."""
+
+    code: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    display_name: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    category: PersonaCategory
+
+
+SPECS += [
+    ActorSpec("set_guard_limits", OPERATIONS_QUEUE, SetGuardLimits),
+    ActorSpec("add_persona", OPERATIONS_QUEUE, AddPersona),
 ]
