@@ -51,6 +51,38 @@ CHALLENGE = Lifecycle("challenge", "open", table(
 #: (won or lost) or refunded (a void result).
 MATCH = Lifecycle("treasury match", "reserved", table(
     reserved=("active",), active=("settled", "refunded"), settled=(), refunded=()))
+#: The match statuses whose P&L is realized (settled won or lost, or refunded): the
+#: dashboard's, the daily summary's and the settlement report's matches (bound in SQL).
+MATCH_SETTLED: tuple[str, ...] = tuple(sorted(MATCH.terminal))
+#: A settled treasury match's ``result``.
+TREASURY_WON = "treasury_won"
+TREASURY_LOST = "treasury_lost"
+
+#: Alert keys of treasury balancing (``… + id``); the alert sweep parses the id back by prefix.
+BUDGET_ALERT = "treasury:budget:"
+PERSONAS_ALERT = "treasury:personas:"
+UNDERFUNDED_ALERT = "treasury:underfunded:"
+SETTLEMENT_FAILED_ALERT = "challenge_settlement_failed:"
+
+
+def budget_alert_key(challenge_id: str) -> str:
+    """Open while a challenge's budget cannot fund one more stake."""
+    return BUDGET_ALERT + challenge_id
+
+
+def personas_alert_key(challenge_id: str) -> str:
+    """Open while a challenge has no unused persona left for a fill."""
+    return PERSONAS_ALERT + challenge_id
+
+
+def underfunded_alert_key(currency: str) -> str:
+    """Open while ``treasury:{CUR}`` could not pay a fill."""
+    return UNDERFUNDED_ALERT + currency
+
+
+def settlement_failed_alert_key(challenge_id: str) -> str:
+    """Open while a challenge's settlement has failed for good."""
+    return SETTLEMENT_FAILED_ALERT + challenge_id
 
 
 def escrow_account(challenge_id: str) -> str:
@@ -235,8 +267,12 @@ class TreasuryConfig:
                           f"({self.allocated} allocated + {self.reserved} reserved)")
         return replace(self, max_risk=max_risk, notes=notes)
 
+    def funds(self, stake: int) -> bool:
+        """The budget can still fund one match (one stake)."""
+        return self.available >= stake
+
     def ensure_can_fund(self, stake: int, challenge_id: str) -> None:
-        if self.available < stake:
+        if not self.funds(stake):
             raise Refused(f"treasury budget exhausted for challenge {challenge_id}: "
                           f"{self.available} available of max_risk {self.max_risk}, "
                           f"one match needs {stake}")
@@ -355,8 +391,8 @@ def settle_treasury_match(*, stake: int, user_side: str, result: str) -> MatchSe
     if result == "VOID":
         return MatchSettlement(None, stake, 0)
     if user_side == result:
-        return MatchSettlement("treasury_lost", 0, -stake)
-    return MatchSettlement("treasury_won", 2 * stake, stake)
+        return MatchSettlement(TREASURY_LOST, 0, -stake)
+    return MatchSettlement(TREASURY_WON, 2 * stake, stake)
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,8 +411,8 @@ class TreasuryOutcome:
 
 
 def treasury_outcome(settled: Sequence[MatchSettlement], stake: int) -> TreasuryOutcome:
-    won = [m for m in settled if m.result == "treasury_won"]
-    lost = [m for m in settled if m.result == "treasury_lost"]
+    won = [m for m in settled if m.result == TREASURY_WON]
+    lost = [m for m in settled if m.result == TREASURY_LOST]
     void = [m for m in settled if m.status == "refunded"]
     return TreasuryOutcome(
         matches=len(settled), won=len(won), lost=len(lost), refunded=len(void),

@@ -1,8 +1,9 @@
-"""The ledger and the alerts as the unit of work hands them out (``uow.ledger``,
-``uow.alerts``): the same small interfaces ``infra/uow_fake.py`` implements in memory.
+"""The ledger, the wallets and the alerts as the unit of work hands them out
+(``uow.ledger``, ``uow.wallets``, ``uow.alerts``): the same small interfaces
+``infra/uow_fake.py`` implements in memory.
 
 Each is a thin face over the module that does the work (``infra.ledger``,
-``infra.alerts``), bound to the unit of work's transaction.
+``infra.wallets``, ``infra.alerts``), bound to the unit of work's transaction.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from domain.ledger import Posting, PostingBatchItem
-from infra import alerts, ledger
+from domain.wallet import WalletChange
+from infra import alerts, ledger, wallets
 
 
 class LedgerRepository:
@@ -38,6 +40,22 @@ class LedgerRepository:
         return ledger.balances(self.conn, codes)
 
 
+class WalletRepository:
+    """Changes to user wallets (guard, ledger, audit, ``wallet.changed``).
+
+    Parameters:
+      unit: the unit of work (a refusal's event is committed beside it).
+    """
+
+    def __init__(self, unit) -> None:
+        self.unit = unit
+
+    def apply(self, changes: Sequence[WalletChange], **options: Any) -> int:
+        """One balanced transaction against ``counter_account`` (``kind``, ``memo``,
+        ``idempotency_key``, ``metadata``); refused by the guard before anything is written."""
+        return wallets.apply_changes(self.unit, changes, **options)
+
+
 class AlertRepository:
     """Alerts raised while true and resolved when clear, announced after commit.
 
@@ -59,3 +77,12 @@ class AlertRepository:
 
     def resolve_all_except(self, prefix: str, still_true: Iterable[str]) -> int:
         return alerts.resolve_all_except(self.unit, prefix, still_true)
+
+    def announce_resolved(self, rows: Sequence[Any], note: str | None = None,
+                          also: Sequence[tuple[str, dict[str, Any], str | None]] = ()) -> None:
+        """The events of alerts a merged statement resolved, and the caller's ``also``."""
+        alerts.announce_resolved(self.unit, rows, note, also)
+
+    def announce_raised(self, items: Sequence[alerts.Alert], new: dict[str, int]) -> None:
+        """The events of alerts a merged statement newly opened (``new``: key -> id)."""
+        alerts.announce_raised(self.unit, items, new)

@@ -14,7 +14,8 @@ process's broker and the repositories.
 
 The repositories it owns are bound to its transaction: ``uow.conversions``,
 ``uow.buffers``, ``uow.providers`` (``infra/treasury/repository.py``),
-``uow.journal`` (``infra/journal/repository.py``), ``uow.ledger`` and ``uow.alerts``
+``uow.journal`` (``infra/journal/repository.py``), ``uow.challenges``
+(``infra/challenges/repository.py``), ``uow.ledger``, ``uow.wallets`` and ``uow.alerts``
 (``infra/repositories.py``).  A step that calls the outside world between
 transactions enters the same unit of work again: each ``with uow:`` is a new
 transaction (``hold_lock`` holds an advisory lock across them).  The fake with the
@@ -36,9 +37,10 @@ from sqlalchemy import Engine, text
 
 from domain.errors import RequestConflict
 from infra import broker as process_broker
+from infra.challenges.repository import ChallengeRepository
 from infra.db.engine import sql
 from infra.journal.repository import JournalRepository
-from infra.repositories import AlertRepository, LedgerRepository
+from infra.repositories import AlertRepository, LedgerRepository, WalletRepository
 from infra.transaction import Transaction
 from infra.treasury.repository import BufferRepository, ConversionRepository, ProviderRepository
 
@@ -81,11 +83,13 @@ class UnitOfWork(Transaction):
     def __enter__(self) -> "UnitOfWork":
         super().__enter__()
         self.ledger = LedgerRepository(self.conn)
+        self.wallets = WalletRepository(self)
         self.alerts = AlertRepository(self)
         self.conversions = ConversionRepository(self.conn)
         self.buffers = BufferRepository(self.conn)
         self.providers = ProviderRepository(self.conn, self.engine)
         self.journal = JournalRepository(self.conn)
+        self.challenges = ChallengeRepository(self.conn, self)
         return self
 
     def claim(self) -> bool:

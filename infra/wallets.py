@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from sqlalchemy import Connection, text
 
@@ -12,7 +12,10 @@ from domain.errors import LedgerError
 from domain.ledger import Posting
 from domain.wallet import BalanceRefused, WalletChange
 from infra import guard, ledger
-from infra.uow import UnitOfWork
+from infra.transaction import Transaction
+
+if TYPE_CHECKING:  # the unit of work owns a wallet repository over this module
+    from infra.uow import UnitOfWork
 
 
 def apply_changes(
@@ -95,7 +98,7 @@ def apply_changes(
 def _record_refusal(uow: UnitOfWork, refusal: BalanceRefused) -> None:
     """The refusal's event and alert, committed on their own: the change's transaction
     is about to roll back, and the refusal must still be told."""
-    with UnitOfWork(engine=uow.engine, broker=uow._broker) as side:
+    with Transaction(uow.broker(), engine=uow.engine) as side:
         # Never wait long on the outer transaction's locks (it waits for us).
         side.conn.execute(text("SET LOCAL lock_timeout = '5s'"))
         guard.refused(side, refusal)
