@@ -54,6 +54,8 @@ MATCH = Lifecycle("treasury match", "reserved", table(
 #: The match statuses whose P&L is realized (settled won or lost, or refunded): the
 #: dashboard's, the daily summary's and the settlement report's matches (bound in SQL).
 MATCH_SETTLED: tuple[str, ...] = tuple(sorted(MATCH.terminal))
+#: A VOID challenge's treasury match: its stake back, P&L 0.
+MATCH_REFUNDED = "refunded"
 #: A settled treasury match's ``result``.
 TREASURY_WON = "treasury_won"
 TREASURY_LOST = "treasury_lost"
@@ -374,7 +376,7 @@ class MatchSettlement:
 
     @property
     def status(self) -> str:
-        return "refunded" if self.result is None else "settled"
+        return MATCH_REFUNDED if self.result is None else "settled"
 
 
 def settle_user(*, stake: int, side: str, result: str, opponent: str | None) -> UserSettlement:
@@ -413,7 +415,7 @@ class TreasuryOutcome:
 def treasury_outcome(settled: Sequence[MatchSettlement], stake: int) -> TreasuryOutcome:
     won = [m for m in settled if m.result == TREASURY_WON]
     lost = [m for m in settled if m.result == TREASURY_LOST]
-    void = [m for m in settled if m.status == "refunded"]
+    void = [m for m in settled if m.status == MATCH_REFUNDED]
     return TreasuryOutcome(
         matches=len(settled), won=len(won), lost=len(lost), refunded=len(void),
         won_amount=stake * len(won), lost_amount=stake * len(lost),

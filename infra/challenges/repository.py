@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from domain.challenges import (
     CHALLENGE,
     MATCH,
+    MATCH_REFUNDED,
     MATCH_SETTLED,
     TREASURY_LOST,
     TREASURY_WON,
@@ -184,7 +185,7 @@ PNL_COLUMNS = (
     "COALESCE(sum(m.stake) FILTER (WHERE m.status = :refunded), 0) AS refunded_amount, "
     "COALESCE(sum(m.treasury_payout), 0) AS payout, "
     "COALESCE(sum(m.pnl), 0) AS net_pnl")
-PNL_PARAMS = {"won": TREASURY_WON, "lost": TREASURY_LOST, "refunded": "refunded",
+PNL_PARAMS = {"won": TREASURY_WON, "lost": TREASURY_LOST, "refunded": MATCH_REFUNDED,
               "settled": list(MATCH_SETTLED)}
 
 
