@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Protocol, Sequence
@@ -24,6 +23,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine, text
 
+from domain import request_ids
 from domain.errors import NotFound, Refused
 from infra import outbox, rabbit
 from infra.auth import webhook_headers
@@ -36,10 +36,6 @@ from infra.transaction import Transaction
 log = get_logger(__name__)
 
 SEVERITIES = ("info", "warning", "critical")
-
-#: Up to this many alert events are published right after commit; more are left to
-#: the outbox sweeper so a bulk step is not held up by thousands of publishes.
-PUBLISH_NOW_MAX = 100
 
 WEBHOOK_TIMEOUT_S = 5.0  # s, per POST
 WEBHOOK_INLINE_ATTEMPTS = 3  # POSTs per delivery run before the row waits for the next run
@@ -235,7 +231,7 @@ def resolve_alerts(uow: Unit, keys: Sequence[str], note: str | None = None) -> l
          "rs_now": datetime.now(timezone.utc).isoformat()}).all()
     rows = [outbox.OutboxRow(r.id, "event", outbox.EVENTS_EXCHANGE, "alert.resolved", r.body)
             for r in got]
-    if rows and len(rows) <= PUBLISH_NOW_MAX and hasattr(uow, "publish_after_commit"):
+    if rows and len(rows) <= outbox.PUBLISH_INLINE_MAX and hasattr(uow, "publish_after_commit"):
         uow.publish_after_commit(rows)  # (more are left to the sweeper, as emit_many does)
     return [r.body["data"]["alert_id"] for r in rows]
 
@@ -301,11 +297,10 @@ def _announce(uow: Unit, event: str, payloads: list[dict[str, Any]],
               also: Sequence[tuple[str, dict[str, Any], str | None]] = ()) -> None:
     """The events of raised/resolved alerts, and their webhook deliveries if configured
     (``also``: the caller's own events, written in the same statement)."""
-    publish_now = len(payloads) <= PUBLISH_NOW_MAX
-    if also and not publish_now:
-        uow.emit_many(list(also))
+    if also and len(payloads) + len(also) > outbox.PUBLISH_INLINE_MAX:
+        uow.emit_many(list(also))  # the caller's own events are not held back with a bulk
         also = ()
-    uow.emit_many([(event, p, "admin") for p in payloads] + list(also), publish_now=publish_now)
+    uow.emit_many([(event, p, "admin") for p in payloads] + list(also))
     if not get_settings().alert_webhook_url:
         return
     bodies = [{"event": event, "alert": p} for p in payloads]
@@ -314,7 +309,7 @@ def _announce(uow: Unit, event: str, payloads: list[dict[str, Any]],
         {"event": event, "ids": [p["alert_id"] for p in payloads],
          "bodies": [json.dumps(b, default=str) for b in bodies]},
     )
-    uow.send("deliver_alert_webhooks", request_id=f"webhook:{uuid.uuid4()}")
+    uow.send("deliver_alert_webhooks", request_id=request_ids.fresh("webhook"))
 
 
 # --- operator views ------------------------------------------------------------------------
@@ -517,7 +512,7 @@ def alert_webhooks(uow) -> None:
                 _dv.created_at < sa.func.now() - timedelta(seconds=WEBHOOK_STUCK_S)).label("stuck"))
         .where(_dv.status == _PENDING)).one()
     if state.due and get_settings().alert_webhook_url:
-        uow.send("deliver_alert_webhooks", request_id=f"webhook:sweep:{uuid.uuid4()}")
+        uow.send("deliver_alert_webhooks", request_id=request_ids.fresh("webhook", "sweep"))
     if state.stuck or expired:
         raise_alert(uow, kind="webhook_failing", severity="warning",
                     subject=f"alert webhook failing: {state.pending} undelivered, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 
 import dramatiq
@@ -13,7 +14,7 @@ from dramatiq.brokers.rabbitmq import (
     _RabbitmqConsumer,
     _RabbitmqMessage,
 )
-from dramatiq.common import q_name, xq_name
+from dramatiq.common import compute_backoff, q_name, xq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import (
     AgeLimit,
@@ -26,6 +27,7 @@ from dramatiq.middleware import (
 
 from infra import deadletter_log
 from infra.contract import EVENTS_EXCHANGE, QUEUES, envelope
+from infra.errors import is_transient
 from infra.logs import get_logger
 from infra.middleware.auth import Authenticate
 from infra.middleware.deadletters import (
@@ -42,6 +44,10 @@ from infra.settings import broker_urls, get_settings
 
 log = get_logger(__name__)
 _lock = threading.Lock()
+
+#: Longest pause (s) before a refusal whose record could not be written goes back to its
+#: queue; the consumer's connection keeps its heartbeats meanwhile (``connection.sleep``).
+REFUSAL_RECORD_PAUSE_MAX_S = 2.0
 
 
 class BallastBroker(RabbitmqBroker):
@@ -86,6 +92,8 @@ class _CheckedConsumer(_RabbitmqConsumer):
     """Checks each delivery's envelope; refuses it (dead letter + ack) or hands it on."""
 
     _reject_channel = None
+    #: Refusals whose durable record failed for a transient cause: body digest -> attempts.
+    _record_attempts: dict[str, int] | None = None
 
     def __next__(self):
         try:
@@ -110,14 +118,19 @@ class _CheckedConsumer(_RabbitmqConsumer):
                 verdict = envelope.Verdict(None, f"invalid payload: {exc}"[:300],
                                            envelope.salvage(body, fields, self.queue_name))
         if message is None:
-            self._refuse(method.delivery_tag, verdict)
+            self._refuse(method.delivery_tag, verdict, body)
             return None
         self.known_tags.add(method.delivery_tag)
         return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)
 
-    def _refuse(self, tag: int, verdict: envelope.Verdict) -> None:
-        """Dead-letter (confirmed) then ack; if the dead letter cannot be published, nack,
-        so RabbitMQ's own dead-lettering still keeps the message in ``Q.XQ``."""
+    def _refuse(self, tag: int, verdict: envelope.Verdict, raw_body: bytes = b"") -> None:
+        """Record, dead-letter (confirmed) then ack; if the dead letter cannot be published,
+        nack, so RabbitMQ's own dead-lettering still keeps the message in ``Q.XQ``.
+
+        When the durable record cannot be written for a transient cause (the database
+        restarting), the message goes back to its queue after a pause, up to
+        ``retry_max_retries`` times, to be refused again once the database takes it: it is
+        not dead-lettered unrecorded, and never run (its envelope is checked again)."""
         body = dict(verdict.salvage)
         raw = body.pop("raw", None)
         info = dead_letter_info(verdict.reason, "invalid", "InvalidEnvelope", "", 0)
@@ -125,7 +138,12 @@ class _CheckedConsumer(_RabbitmqConsumer):
             info["body"] = raw
         body["options"] = {**body.get("options", {}), "dead_letter": info}
         queue = body["queue_name"]
-        deadletter_log.record(body, info)  # durable, whatever RabbitMQ's copy becomes
+        try:
+            deadletter_log.write(body, info)  # durable, whatever RabbitMQ's copy becomes
+        except Exception as exc:
+            if self._record_later(tag, raw_body, exc):
+                return
+            log.error("dead_letter.record_failed", error=f"{type(exc).__name__}: {exc}"[:300])
         log.warning("message.refused", queue=self.queue_name, message_id=body["message_id"],
                     actor=body["actor_name"], reason=info["reason"])
         try:
@@ -146,9 +164,36 @@ class _CheckedConsumer(_RabbitmqConsumer):
             except Exception:
                 pass
             raise ConnectionClosed(e) from None
+        (self._record_attempts or {}).pop(hashlib.sha256(raw_body).hexdigest(), None)
         count_dead_letter(queue, body["actor_name"], "invalid")
         publish_rejected(self.broker, body["message_id"], body["actor_name"], queue,
                          body["kwargs"], info)
+
+
+    def _record_later(self, tag: int, raw_body: bytes, exc: BaseException) -> bool:
+        """Put the refusal back on its queue after a pause (its record failed for a
+        transient cause, within the retry count).  False when it must be dead-lettered now."""
+        if self._record_attempts is None:
+            self._record_attempts = {}
+        digest = hashlib.sha256(raw_body).hexdigest()
+        attempts = self._record_attempts.get(digest, 0)
+        settings = get_settings()
+        if not is_transient(exc) or attempts >= settings.retry_max_retries:
+            self._record_attempts.pop(digest, None)
+            return False
+        self._record_attempts[digest] = attempts + 1
+        _, delay_ms = compute_backoff(attempts, factor=settings.retry_min_backoff_ms,
+                                      max_backoff=settings.retry_max_backoff_ms)
+        pause = min(delay_ms / 1000, REFUSAL_RECORD_PAUSE_MAX_S)
+        log.warning("dead_letter.record_retry", queue=self.queue_name, attempt=attempts + 1,
+                    delay_ms=int(pause * 1000), error=f"{type(exc).__name__}: {exc}"[:300])
+        try:
+            self.connection.sleep(pause)
+            self.channel.basic_nack(tag, requeue=True)
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError,
+                AssertionError) as e:
+            raise ConnectionClosed(e) from None  # unacked: RabbitMQ redelivers it
+        return True
 
 
 def build_broker(url: str | None = None, *, worker: bool = False) -> RabbitmqBroker:

@@ -42,18 +42,12 @@ MARK_REPLAYED = text(
     "OR (d.status = 'replayed' AND d.resolved_by IS NULL))")
 
 
-def record(body: dict[str, Any], info: dict[str, Any]) -> None:
-    """Record the dead letter ``body`` (the envelope published to ``Q.XQ``) with ``info``
-    (``options.dead_letter``).  A redelivered death of the same message updates its row."""
-    try:
-        write(body, info)
-    except Exception as exc:  # the dead letter itself must still reach Q.XQ
-        log.error("dead_letter.record_failed", error=f"{type(exc).__name__}: {exc}"[:300])
-
-
 def write(body: dict[str, Any], info: dict[str, Any]) -> None:
-    """``record``, raising what the write raised: the retry middleware retries the recording
-    of a dead letter whose write failed for a transient cause (the database restarting)."""
+    """Record the dead letter ``body`` (the envelope published to ``Q.XQ``) with ``info``
+    (``options.dead_letter``); a redelivered death of the same message updates its row.
+    Raises what the write raised: the retry middleware and the envelope check retry the
+    recording of a dead letter whose write failed for a transient cause (the database
+    restarting)."""
     with get_engine().begin() as conn:
         record_in(conn, body, info)
 

@@ -39,6 +39,12 @@ from infra.logs import get_logger
 
 log = get_logger(__name__)
 
+#: The one rule of when to publish inline: a bulk emission (``Transaction.emit_many``,
+#: ``emit_select``) of at most this many rows is published right after its commit; a
+#: bigger one is written and left to ``sweep``, so no step holds its message while it
+#: publishes thousands of events.  Single ``send``/``emit`` rows are always published.
+PUBLISH_INLINE_MAX = 1000
+
 #: Rows younger than this are left to the committing worker's own publish.
 SWEEP_GRACE_S = 5  # s
 

@@ -76,22 +76,21 @@ class Transaction:
         """Publish a domain event after commit (and keep it as a row)."""
         self._rows.append(outbox.add_event(self.conn, event, data, recipient))
 
-    def emit_many(self, events: list[tuple[str, dict[str, Any], str | None]], *,
-                  publish_now: bool = True) -> None:
-        """Many events ``(name, data, recipient)`` in one statement.  With
-        ``publish_now=False`` they are left to ``outbox.sweep`` (a bulk step
-        does not wait for thousands of publishes after its commit)."""
+    def emit_many(self, events: list[tuple[str, dict[str, Any], str | None]]) -> None:
+        """Many events ``(name, data, recipient)`` in one statement; published after commit
+        unless there are more than ``outbox.PUBLISH_INLINE_MAX`` (then ``outbox.sweep``
+        does: a bulk step does not wait for thousands of publishes after its commit)."""
         rows = outbox.add_events(self.conn, events)
-        if publish_now:
+        if len(rows) <= outbox.PUBLISH_INLINE_MAX:
             self._rows.extend(rows)
 
-    def emit_select(self, event: str, select_sql: str, params: dict[str, Any] | None = None,
-                    *, publish_max: int = 1000) -> int:
+    def emit_select(self, event: str, select_sql: str,
+                    params: dict[str, Any] | None = None) -> int:
         """One event per row of ``select_sql`` (``recipient``, ``data`` jsonb), written by the
-        database in one statement; published after commit when there are at most
-        ``publish_max``, else left to ``outbox.sweep``.  Returns how many."""
+        database in one statement; published after commit under the same rule as
+        ``emit_many``.  Returns how many."""
         count, rows = outbox.add_events_select(self.conn, event, select_sql, params or {},
-                                               return_max=publish_max)
+                                               return_max=outbox.PUBLISH_INLINE_MAX)
         self._rows.extend(rows)
         return count
 

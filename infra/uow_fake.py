@@ -504,7 +504,7 @@ class FakeUnitOfWork:
     def emit(self, event: str, data: dict[str, Any], recipient: str | None = None) -> None:
         self._pending.append(("emit", (event, data, recipient)))
 
-    def emit_many(self, events, *, publish_now: bool = True) -> None:
+    def emit_many(self, events) -> None:
         for e in events:
             self._pending.append(("emit", tuple(e)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
+from domain import request_ids
 from schedules.table import Schedule
 
 
@@ -28,4 +29,4 @@ def latest_slot(schedule: Schedule, now: datetime, tz: ZoneInfo) -> datetime:
 
 def request_id(schedule: Schedule, slot: datetime) -> str:
     """Deterministic per schedule and slot, so a duplicate firing is harmless."""
-    return f"schedule:{schedule.name}:{int(slot.timestamp())}"
+    return request_ids.next_step("schedule", schedule.name, int(slot.timestamp()))

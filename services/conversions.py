@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from domain import accounts
 from domain import conversions as conv
+from domain import request_ids
 from domain.buffers import may_take
 from domain.ledger import Posting
 from domain.providers import choose, rank, why_not
@@ -300,7 +301,7 @@ def _schedule_next(uow: UnitOfWork, job_id: int, poll_no: int) -> None:
         if job.status not in conv.WITH_PROVIDER or job.stale_at is not None:
             return
         uow.send_later("poll_conversion", conv.poll_delay_ms(poll_no),
-                       request_id=f"conversion:{job_id}:poll:{poll_no}", job_id=job_id,
+                       request_id=request_ids.next_step("conversion", job_id, "poll", poll_no), job_id=job_id,
                        poll_no=poll_no)
         uow.commit()
 
@@ -320,7 +321,7 @@ def _rekick(uow: UnitOfWork, job: Job, request_id: str) -> None:
             return
         uow.conversions.update(current, provider=current.provider)  # touch updated_at
         flag_if_stale(uow, current)
-        uow.send("submit_conversion", request_id=f"conversion:{job.id}:resubmit:{uuid.uuid4().hex}",
+        uow.send("submit_conversion", request_id=request_ids.fresh("conversion", job.id, "resubmit"),
                  job_id=job.id)
         uow.commit()
     log.warning("conversion.resubmitted_pending", job_id=job.id)

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 from domain import accounts
 from domain import matching
+from domain import request_ids
 from domain.errors import LedgerError, Refused
 from domain.ledger import Posting, PostingBatchItem
 from domain.matching import Decision, Expectation, Payment, Tally
@@ -45,9 +46,6 @@ log = get_logger(__name__)
 
 CURRENCY = "ISK"
 MATCHER = "matcher"  # performed_by of automatic links
-#: Above this many payment.matched events a run leaves publishing to the outbox sweeper
-#: instead of holding its message while it publishes them one confirm at a time.
-PUBLISH_NOW_MAX = 1000
 
 
 def register_character(cmd: RegisterCharacter, uow: UnitOfWork) -> str:
@@ -80,7 +78,7 @@ def import_wallet_journal(cmd: ImportWalletJournal, uow: UnitOfWork) -> int:
     log.info("journal.imported", entries=len(cmd.entries), new=new)
     if new:
         digest = hashlib.sha256(cmd.request_id.encode()).hexdigest()[:40]
-        uow.send("match_payments", request_id=f"import:{digest}")
+        uow.send("match_payments", request_id=request_ids.next_step("import", digest))
     return new
 
 
@@ -269,7 +267,7 @@ def apply_links(uow: UnitOfWork, links: Sequence[Link], *,
             "payer_character_id": game_id(lk.payer_character_id),
             "currency": CURRENCY,
         }, part.user_id))
-    uow.emit_many(events, publish_now=len(events) <= PUBLISH_NOW_MAX)
+    uow.emit_many(events)  # (a big run's are left to the sweeper: outbox.PUBLISH_INLINE_MAX)
     totals = {pid: r.amount for pid, r in after.items()}
     return totals, {pid: r.pledged for pid, r in after.items()}
 

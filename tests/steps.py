@@ -107,5 +107,5 @@ cycle = SimpleNamespace(run_cycle=run_cycle, record_flow=record_flow,
                         evaluate_buffer_alerts=evaluate_buffer_alerts)
 matching = SimpleNamespace(run=match_run, link_by_hand=link_by_hand, open_cycle=open_cycle,
                            close_cycle=close_cycle, LinkRace=journal.LinkRace,
-                           apply_links=journal.apply_links, PUBLISH_NOW_MAX=journal.PUBLISH_NOW_MAX,
+                           apply_links=journal.apply_links,
                            MATCHER=journal.MATCHER, CURRENCY=journal.CURRENCY)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from infra.alerts import Alert, reconcile
-from infra.journal.repository import CANDIDATE_PAYMENTS
+from infra.journal.repository import CANDIDATE_PARAMS, CANDIDATE_PAYMENTS
 from infra.uow import UnitOfWork
 
 UNMATCHED_AFTER_S = 86_400  # s: a payment unmatched this long since it was paid is an alert
@@ -19,11 +19,11 @@ def unmatched_payments(uow: UnitOfWork) -> None:
     stale = uow.conn.execute(
         text(
             "SELECT count(*) AS n, COALESCE(sum(e.amount), 0) AS total, min(e.date) AS oldest, "
-            "(array_agg(e.journal_id ORDER BY e.date, e.journal_id))[1:" + str(LISTED) + "] AS ids "
+            "(array_agg(e.journal_id ORDER BY e.date, e.journal_id))[1:CAST(:listed AS int)] AS ids "
             + CANDIDATE_PAYMENTS
             + " AND e.date < now() - make_interval(secs => :after)"
         ),
-        {"after": UNMATCHED_AFTER_S},
+        {"after": UNMATCHED_AFTER_S, "listed": LISTED, **CANDIDATE_PARAMS},
     ).one()
     reconcile(uow, DEDUPE_KEY, [
         Alert("unmatched_payments", "warning",

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Connection, Row, text
+from sqlalchemy import Connection, Row, exists, func, literal_column, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 
-from domain.errors import NotFound, Refused
+from domain.errors import NotFound
 from domain.matching import (
     AWAITING,
     CYCLE,
@@ -25,23 +26,46 @@ from domain.matching import (
     PARTICIPATION,
     expected_memo,
 )
+from infra.db.once import create_once
+from infra.db.tables import (
+    journal_characters as characters,
+    journal_cycles as cycles,
+    journal_entries as entries_t,
+    journal_participations as participations,
+    journal_payment_links as links_t,
+)
 
 #: pg_advisory_xact_lock key held by every step that links payments or opens a cycle,
 #: so two matching runs (or a run and an admin link) never decide on the same payment.
 MATCHING_LOCK = 0x6A6F75726E616C  # "journal"
 
 #: Payments that may pay for a participation: donations received by LOGISTICS characters.
-CANDIDATE_PAYMENTS = f"""
+#: A fragment for the views' and the conditions' own statements; the domain's values are
+#: bound (``CANDIDATE_PARAMS``), never written into the SQL.
+CANDIDATE_PAYMENTS = """
     FROM journal_entries e
-    JOIN journal_characters c ON c.character_id = e.character_id AND c.role = '{LOGISTICS}'
-    WHERE e.ref_type = '{DONATION}' AND e.amount > 0
+    JOIN journal_characters c ON c.character_id = e.character_id AND c.role = :candidate_role
+    WHERE e.ref_type = :candidate_ref_type AND e.amount > 0
       AND NOT EXISTS (SELECT 1 FROM journal_payment_links l WHERE l.journal_id = e.journal_id)
 """
+CANDIDATE_PARAMS = {"candidate_role": LOGISTICS, "candidate_ref_type": DONATION}
+
+
+def _candidates():
+    """``CANDIDATE_PAYMENTS`` as a Core select of the entries (for the repository)."""
+    e = entries_t
+    return (
+        select(e.c.journal_id, e.c.amount, e.c.reason, e.c.first_party_id, e.c.date)
+        .join(characters, (characters.c.character_id == e.c.character_id)
+              & (characters.c.role == LOGISTICS))
+        .where(e.c.ref_type == DONATION, e.c.amount > 0,
+               ~exists().where(links_t.c.journal_id == e.c.journal_id))
+    )
 
 
 def lock_matching(conn: Connection) -> None:
     """Serialise with every other run, admin link and cycle opening (until commit)."""
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MATCHING_LOCK})
+    conn.execute(select(func.pg_advisory_xact_lock(MATCHING_LOCK)))
 
 
 # --- characters and cycles ----------------------------------------------------------
@@ -58,14 +82,13 @@ def game_id(stored: str | None) -> int | str | None:
 
 def register_character(conn: Connection, character_id: int, name: str, role: str) -> str:
     """Create or update a character; returns ``created``, ``updated`` or ``unchanged``."""
+    new = insert(characters).values(character_id=str(character_id), name=name, role=role)
     row = conn.execute(
-        text(
-            "INSERT INTO journal_characters AS c (character_id, name, role) VALUES (:id, :n, :r) "
-            "ON CONFLICT (character_id) DO UPDATE SET name = EXCLUDED.name, role = EXCLUDED.role, "
-            "updated_at = now() WHERE (c.name, c.role) IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.role) "
-            "RETURNING (xmax = 0) AS created"
-        ),
-        {"id": str(character_id), "n": name, "r": role},
+        new.on_conflict_do_update(
+            index_elements=[characters.c.character_id],
+            set_={"name": new.excluded.name, "role": new.excluded.role, "updated_at": func.now()},
+            where=(characters.c.name != new.excluded.name) | (characters.c.role != new.excluded.role),
+        ).returning(literal_column("(xmax = 0)").label("created"))
     ).one_or_none()
     if row is None:
         return "unchanged"
@@ -75,16 +98,14 @@ def register_character(conn: Connection, character_id: int, name: str, role: str
 def plan_cycle(conn: Connection, cycle_id: str) -> bool:
     """Create a planned cycle; False when it already exists (whatever its status)."""
     return conn.execute(
-        text("INSERT INTO journal_cycles (cycle_id) VALUES (:c) ON CONFLICT DO NOTHING RETURNING 1"),
-        {"c": cycle_id},
-    ).scalar_one_or_none() is not None
+        insert(cycles).values(cycle_id=cycle_id).on_conflict_do_nothing()
+        .returning(cycles.c.cycle_id)
+    ).first() is not None
 
 
 def cycle(conn: Connection, cycle_id: str, *, for_update: bool = False) -> Row:
-    row = conn.execute(
-        text("SELECT * FROM journal_cycles WHERE cycle_id = :c" + (" FOR UPDATE" if for_update else "")),
-        {"c": cycle_id},
-    ).one_or_none()
+    query = select(cycles).where(cycles.c.cycle_id == cycle_id)
+    row = conn.execute(query.with_for_update() if for_update else query).one_or_none()
     if row is None:
         raise NotFound(f"cycle {cycle_id} does not exist")
     return row
@@ -93,30 +114,25 @@ def cycle(conn: Connection, cycle_id: str, *, for_update: bool = False) -> Row:
 def open_cycle(conn: Connection, cycle_id: str) -> dict[str, int]:
     """Expire the participations still awaiting payment (kept, out of the capital) and
     open the cycle with the capital its opted-in participations brought."""
+    p = participations
     expired = conn.execute(
-        text(
-            "UPDATE journal_participations SET status = :expired, expired_at = now() "
-            "WHERE cycle_id = :c AND status = ANY(:from)"
-        ),
-        {"c": cycle_id, "expired": EXPIRED, "from": list(PARTICIPATION.sources(EXPIRED))},
+        update(p).where(p.c.cycle_id == cycle_id,
+                        p.c.status.in_(sorted(PARTICIPATION.sources(EXPIRED))))
+        .values(status=EXPIRED, expired_at=func.now())
     ).rowcount
     capital = conn.execute(
-        text(
-            "SELECT count(*) AS n, COALESCE(sum(amount), 0) AS total FROM journal_participations "
-            "WHERE cycle_id = :c AND status = :opted"
-        ),
-        {"c": cycle_id, "opted": OPTED_IN},
+        select(func.count().label("n"), func.coalesce(func.sum(p.c.amount), 0).label("total"))
+        .where(p.c.cycle_id == cycle_id, p.c.status == OPTED_IN)
     ).one()
     moved = conn.execute(
-        text(
-            "UPDATE journal_cycles SET status = :s, opened_at = now(), initial_capital = :cap "
-            "WHERE cycle_id = :c AND status = ANY(:from) RETURNING 1"
-        ),
-        {"c": cycle_id, "cap": int(capital.total), "s": "open", "from": list(CYCLE.sources("open"))},
+        update(cycles).where(cycles.c.cycle_id == cycle_id,
+                             cycles.c.status.in_(sorted(CYCLE.sources("open"))))
+        .values(status="open", opened_at=func.now(), initial_capital=int(capital.total))
+        .returning(cycles.c.cycle_id)
     ).first()
     if moved is None:
-        current = conn.execute(text("SELECT status FROM journal_cycles WHERE cycle_id = :c"),
-                               {"c": cycle_id}).scalar_one_or_none()
+        current = conn.execute(select(cycles.c.status)
+                               .where(cycles.c.cycle_id == cycle_id)).scalar_one_or_none()
         if current is None:
             raise NotFound(f"cycle {cycle_id} does not exist")
         CYCLE.check(current, "open")
@@ -126,10 +142,10 @@ def open_cycle(conn: Connection, cycle_id: str) -> dict[str, int]:
 def close_cycle(conn: Connection, cycle_id: str, closing_capital: int, closed_by: str) -> None:
     """open → closed, with the capital its account holds now."""
     conn.execute(
-        text("UPDATE journal_cycles SET status = :s, closed_at = now(), "
-             "closing_capital = :cap, closed_by = :by WHERE cycle_id = :c AND status = ANY(:from)"),
-        {"c": cycle_id, "cap": closing_capital, "by": closed_by, "s": "closed",
-         "from": list(CYCLE.sources("closed"))},
+        update(cycles).where(cycles.c.cycle_id == cycle_id,
+                             cycles.c.status.in_(sorted(CYCLE.sources("closed"))))
+        .values(status="closed", closed_at=func.now(), closing_capital=closing_capital,
+                closed_by=closed_by)
     )
 
 
@@ -139,37 +155,23 @@ def create_participation(conn: Connection, participation_id: str, cycle_id: str,
                          character_name: str, pledged: int) -> bool:
     """Create a participation awaiting payment; False when the very same one exists.
 
-    Refused when the id exists with other details.
+    Refused when the id exists on other terms (``domain.resends``).
     """
-    memo = expected_memo(cycle_id, character_name)
-    created = conn.execute(
-        text(
-            "INSERT INTO journal_participations "
-            "(participation_id, cycle_id, user_id, character_name, memo, pledged) "
-            "VALUES (:p, :c, :u, :n, :m, :amt) ON CONFLICT DO NOTHING RETURNING 1"
-        ),
-        {"p": participation_id, "c": cycle_id, "u": user_id, "n": character_name, "m": memo,
-         "amt": pledged},
-    ).scalar_one_or_none()
-    if created:
-        return True
-    row = participation(conn, participation_id)
-    if (row.cycle_id, row.user_id, row.character_name, row.pledged) != (
-        cycle_id, user_id, character_name, pledged
-    ):
-        raise Refused(f"participation {participation_id} already exists with other details")
-    return False
+    return create_once(
+        conn, participations,
+        {"participation_id": participation_id, "cycle_id": cycle_id, "user_id": user_id,
+         "character_name": character_name, "memo": expected_memo(cycle_id, character_name),
+         "pledged": pledged},
+        key=("participation_id",), terms=("cycle_id", "user_id", "character_name", "pledged"),
+        what=f"participation {participation_id}")
 
 
 def participation(conn: Connection, participation_id: str, *, for_update: bool = False) -> Row:
-    row = conn.execute(
-        text(
-            "SELECT p.*, c.status AS cycle_status FROM journal_participations p "
-            "JOIN journal_cycles c USING (cycle_id) WHERE p.participation_id = :p"
-            + (" FOR UPDATE OF p" if for_update else "")
-        ),
-        {"p": participation_id},
-    ).one_or_none()
+    p = participations
+    query = (select(p, cycles.c.status.label("cycle_status"))
+             .join(cycles, cycles.c.cycle_id == p.c.cycle_id)
+             .where(p.c.participation_id == participation_id))
+    row = conn.execute(query.with_for_update(of=p) if for_update else query).one_or_none()
     if row is None:
         raise NotFound(f"participation {participation_id} does not exist")
     return row
@@ -178,14 +180,12 @@ def participation(conn: Connection, participation_id: str, *, for_update: bool =
 def expecting(conn: Connection) -> list[Row]:
     """Participations that may take a payment: awaiting, or opted in and topping up,
     in a cycle not yet open."""
+    p = participations
     return list(conn.execute(
-        text(
-            "SELECT p.participation_id, p.cycle_id, p.character_name, p.pledged "
-            "FROM journal_participations p JOIN journal_cycles c USING (cycle_id) "
-            "WHERE c.status = 'planned' AND p.status IN (:awaiting, :opted) "
-            "ORDER BY p.participation_id"
-        ),
-        {"awaiting": AWAITING, "opted": OPTED_IN},
+        select(p.c.participation_id, p.c.cycle_id, p.c.character_name, p.c.pledged)
+        .join(cycles, cycles.c.cycle_id == p.c.cycle_id)
+        .where(cycles.c.status == "planned", p.c.status.in_([AWAITING, OPTED_IN]))
+        .order_by(p.c.participation_id)
     ))
 
 
@@ -222,23 +222,19 @@ def import_entries(conn: Connection, entries: Sequence[Any], request_id: str) ->
 
 def candidate_payments(conn: Connection) -> list[Row]:
     """Unlinked donations received by LOGISTICS characters, oldest first."""
-    return list(conn.execute(text(
-        "SELECT e.journal_id, e.amount, e.reason, e.first_party_id, e.date "
-        + CANDIDATE_PAYMENTS + " ORDER BY e.date, e.journal_id"
-    )))
+    e = entries_t
+    return list(conn.execute(_candidates().order_by(e.c.date, e.c.journal_id)))
 
 
 def entry(conn: Connection, journal_id: str) -> Row:
     """One entry with its receiver's role and its link, if any."""
+    e = entries_t
     row = conn.execute(
-        text(
-            "SELECT e.*, c.role AS receiver_role, l.participation_id AS linked_to "
-            "FROM journal_entries e "
-            "LEFT JOIN journal_characters c ON c.character_id = e.character_id "
-            "LEFT JOIN journal_payment_links l ON l.journal_id = e.journal_id "
-            "WHERE e.journal_id = :j"
-        ),
-        {"j": journal_id},
+        select(e, characters.c.role.label("receiver_role"),
+               links_t.c.participation_id.label("linked_to"))
+        .outerjoin(characters, characters.c.character_id == e.c.character_id)
+        .outerjoin(links_t, links_t.c.journal_id == e.c.journal_id)
+        .where(e.c.journal_id == journal_id)
     ).one_or_none()
     if row is None:
         raise NotFound(f"journal entry {journal_id} does not exist")
@@ -321,10 +317,8 @@ def credit_participations(conn: Connection, received: dict[str, tuple[int, str, 
 
 
 def set_link_transaction(conn: Connection, journal_ids: Iterable[str], transaction_id: int) -> None:
-    conn.execute(
-        text("UPDATE journal_payment_links SET ledger_transaction_id = :t WHERE journal_id = ANY(:j)"),
-        {"t": transaction_id, "j": list(journal_ids)},
-    )
+    conn.execute(update(links_t).where(links_t.c.journal_id.in_(list(journal_ids)))
+                 .values(ledger_transaction_id=transaction_id))
 
 
 def record_review(conn: Connection, verdicts: dict[str, tuple[str, dict[str, Any] | None]]) -> None:

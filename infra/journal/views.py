@@ -105,7 +105,7 @@ def _pending(conn: Connection, where: str, cycle_id: str | None, limit: int | No
         "SELECT e.journal_id, e.character_id, e.first_party_id, e.amount, e.reason, e.date, "
         "e.review_state, e.review_note " + repo.CANDIDATE_PAYMENTS + where
         + " ORDER BY e.date, e.journal_id LIMIT :n OFFSET :off"),
-        {"c": cycle_id, "n": limit, "off": offset})
+        {"c": cycle_id, "n": limit, "off": offset, **repo.CANDIDATE_PARAMS})
 
 
 def _payment(r) -> dict[str, Any]:
@@ -150,7 +150,7 @@ def pending_counts(conn: Connection, cycle_id: str | None = None) -> dict[str, i
     row = conn.execute(text(
         "SELECT count(*) FILTER (WHERE e.review_state IS DISTINCT FROM 'ambiguous') AS unmatched, "
         "count(*) FILTER (WHERE true" + _AMBIGUOUS + ") AS ambiguous "
-        + repo.CANDIDATE_PAYMENTS), {"c": cycle_id}).one()
+        + repo.CANDIDATE_PAYMENTS), {"c": cycle_id, **repo.CANDIDATE_PARAMS}).one()
     return {"unmatched": int(row.unmatched), "ambiguous": int(row.ambiguous)}
 
 

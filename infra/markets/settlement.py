@@ -55,9 +55,6 @@ log = get_logger(__name__)
 
 #: Commitments per batch: one ledger transaction (of those the batch pays) each.
 BATCH = get_settings().market_settle_batch
-#: Up to this many per-user notifications are published right after commit;
-#: beyond it they are written to the outbox and left to its sweeper.
-PUBLISH_NOW_MAX = 1000
 #: work_mem of a settlement's transaction: its sorts and hashes of every commitment.
 SETTLE_WORK_MEM = "64MB"
 
@@ -199,7 +196,6 @@ def _notify_users(uow: UnitOfWork, event: str, distribution_id: int, market_id: 
     return uow.emit_select(
         event, repo.user_results_sql(only_paid=only_paid),
         {"distribution_id": distribution_id, "market_id": market_id, "currency": cur},
-        publish_max=PUBLISH_NOW_MAX,
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from domain.errors import NotFound, Refused
-from infra import alerts, conditions, rabbit
+from infra import alerts, conditions, outbox, rabbit
 from infra.alerts import Alert
 from infra.settings import get_settings
 from infra.uow import UnitOfWork
@@ -117,15 +117,15 @@ def test_many_alerts_in_one_statement_leave_their_events_to_the_sweeper(engine):
     prefix = uid("bulk")
     with UnitOfWork(engine=engine) as uow:
         new = alerts.raise_alerts(uow, [Alert("bulk", "info", f"n{i}", f"{prefix}:{i}", {"i": i})
-                                        for i in range(alerts.PUBLISH_NOW_MAX + 1)])
+                                        for i in range(outbox.PUBLISH_INLINE_MAX + 1)])
         assert uow._rows == []  # not published right after commit
         uow.commit()
-    assert len(new) == alerts.PUBLISH_NOW_MAX + 1
+    assert len(new) == outbox.PUBLISH_INLINE_MAX + 1
     with engine.connect() as conn:
         pending = conn.execute(text(
             "SELECT count(*) FROM outbox WHERE event_name = 'alert.raised' AND published_at IS NULL "
             "AND body->'data'->>'dedupe_key' LIKE :p"), {"p": prefix + ":%"}).scalar_one()
-    assert pending == alerts.PUBLISH_NOW_MAX + 1
+    assert pending == outbox.PUBLISH_INLINE_MAX + 1
 
 
 def test_resolving_writes_the_same_event_document_as_announcing(engine):

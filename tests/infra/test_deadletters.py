@@ -126,6 +126,58 @@ def test_retries_stop_when_the_time_budget_is_spent(env, flaky_worker):
         flaky_worker.start()
 
 
+def test_a_refused_envelope_whose_record_cannot_be_written_is_recorded_once_the_database_lets_it(
+        env, engine, flaky_worker):
+    """An envelope refused before Dramatiq sees it, while ``dead_letters`` cannot be
+    written (a lock timeout on the locked table): it goes back to its queue after a pause
+    rather than to ``Q.XQ`` unrecorded, and is recorded, dead-lettered and announced once
+    the lock is gone."""
+    from sqlalchemy import text
+
+    flaky_worker.stop()
+    w = Worker(env, modules=["tests.e2e.flaky_actors"], BALLAST_RETRY_MAX_RETRIES="8",
+               PGOPTIONS="-c lock_timeout=300").start()
+    tap = EventTap(env, "command.rejected")
+    try:
+        body = dramatiq.Message(queue_name=QUEUE, actor_name="always_refused", args=(),
+                                kwargs={}, options={}).asdict()
+        body["kwargs"] = ["not", "an", "object"]
+        message_id = body["message_id"]
+        with engine.connect() as locker:
+            locker.execute(text("LOCK TABLE dead_letters IN ACCESS EXCLUSIVE MODE"))
+            publish_raw(env, QUEUE, json.dumps(body).encode())
+            wait_until(lambda: w.log().count('"dead_letter.record_retry"') >= 2,
+                       what="two failed writes of the refusal's record")
+            assert dead_letter(env, message_id) is None  # not dead-lettered unrecorded
+            locker.rollback()
+
+        def recorded():
+            with engine.connect() as conn:
+                return conn.execute(text(
+                    "SELECT code, status FROM dead_letters WHERE message_id = :m"),
+                    {"m": message_id}).all()
+        rows = wait_until(recorded, what="the refusal's record")
+        assert [tuple(r) for r in rows] == [("invalid", "dead")]
+        letter = wait_until(lambda: dead_letter(env, message_id), what="dead letter")
+        assert letter.info["code"] == "invalid"
+        assert letter.info["reason"].startswith("invalid payload")
+        wait_until(lambda: [e for e in tap.named("command.rejected")
+                            if e["data"]["message_id"] == message_id], what="command.rejected")
+        time.sleep(1)
+        copies = [d for d in rabbit.list_dead_letters(QUEUE, 1000, env.broker_url)
+                  if d.message_id == message_id]
+        assert len(copies) == 1
+        with engine.connect() as conn:
+            announced = conn.execute(text(
+                "SELECT count(*) FROM outbox WHERE event_name = 'command.rejected' "
+                "AND body->'data'->>'message_id' = :m"), {"m": message_id}).scalar_one()
+        assert announced == 1
+    finally:
+        tap.close()
+        w.stop()
+        flaky_worker.start()
+
+
 @pytest.mark.parametrize("shape", [
     {"args": [1], "kwargs": {}},
     {"args": [], "kwargs": ["not", "an", "object"]},

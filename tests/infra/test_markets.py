@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from domain.errors import InvalidCommand, NotFound, Refused
 from domain.markets import Commitment, Outcome, distribute
-from infra import ledger
+from infra import ledger, outbox
 from infra.contract import QUEUES, parse, spec_for
 from infra.markets import repository, roll_back, settle
 from infra.outbox import publisher_for
@@ -489,9 +489,7 @@ def test_escrow_that_does_not_hold_the_pool_fails_the_settlement_and_pays_nobody
 
 def test_notifications_of_a_large_market_are_written_set_based_and_left_to_the_sweeper(
         engine, run, monkeypatch):
-    from infra.markets import settlement
-
-    monkeypatch.setattr(settlement, "PUBLISH_NOW_MAX", 2)
+    monkeypatch.setattr(outbox, "PUBLISH_INLINE_MAX", 2)
     users = [uid("u") for _ in range(3)]
     fund(run, users)
     m = open_market(run)
