@@ -122,11 +122,15 @@ class Challenge:
     closes_at: datetime | None = None
     max_participants: int | None = None
 
+    @property
+    def terms(self) -> dict[str, object]:
+        """What a resend of ``open_challenge`` must repeat (``domain.resends``)."""
+        return {"title": self.title, "currency": self.currency, "stake": self.stake,
+                "admin_created": self.admin_created, "closes_at": self.closes_at,
+                "max_participants": self.max_participants}
+
     def same_terms(self, other: "Challenge") -> bool:
-        return (self.title, self.currency, self.stake, self.admin_created, self.closes_at,
-                self.max_participants) == (
-            other.title, other.currency, other.stake, other.admin_created, other.closes_at,
-            other.max_participants)
+        return self.terms == other.terms
 
     def check_new(self, now: datetime) -> None:
         """A new challenge's limits make sense: it does not open already closed."""

@@ -21,6 +21,7 @@ from domain.buffers import CURRENCY_OF, account_code
 from domain.challenges import CHALLENGE, MATCH, MATCH_SETTLED, Challenge, MatchSettlement, SideTally
 from domain.errors import InsufficientFunds, LedgerError, NotFound, Refused, RequestConflict
 from domain.ledger import Posting, may_go_negative, validate_postings
+from domain.resends import check_same_terms
 from infra.challenges.repository import (
     Closed,
     Fill,
@@ -251,8 +252,7 @@ class FakeChallenges:
         if existing is None:
             self.challenges[challenge.challenge_id] = challenge
             return self.now
-        if not existing.same_terms(challenge):
-            raise Refused(f"challenge {challenge.challenge_id} already exists with other terms")
+        check_same_terms(f"challenge {challenge.challenge_id}", existing.terms, challenge.terms)
         return None
 
     def _move(self, challenge_id: str, new: str, **fields: Any) -> bool:

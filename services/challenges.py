@@ -12,14 +12,13 @@
     send_daily_summary        the admins' report of a day's treasury activity
 
 Each handoff is written to the outbox in the committing transaction, with a request id
-derived from the parent's (``child_request_id``).  The I/O is the unit of work's:
+derived from the parent's (``domain.request_ids.next_step``).  The I/O is the unit of work's:
 ``uow.challenges`` (``infra/challenges/repository.py``), ``uow.wallets``, ``uow.ledger``,
 ``uow.alerts``.
 """
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -29,6 +28,7 @@ from domain import challenges as rules
 from domain.challenges import Challenge, TreasuryConfig, escrow_account, treasury_account
 from domain.errors import InsufficientFunds, LedgerError, Refused
 from domain.ledger import Posting
+from domain.request_ids import next_step
 from domain.wallet import WalletChange
 from infra.alerts import Alert
 from infra.attempts import final_attempt
@@ -52,12 +52,6 @@ log = get_logger(__name__)
 
 #: Participants settled per transaction; a crash loses at most one batch of work, never pays twice.
 SETTLE_BATCH = get_settings().challenge_settle_batch
-
-
-def child_request_id(parent: str, step: str) -> str:
-    """The deterministic request id of a step handed on by ``parent`` (≤ 128 chars)."""
-    rid = f"{parent}:{step}"
-    return rid if len(rid) <= 128 else f"{step}:" + hashlib.sha256(parent.encode()).hexdigest()
 
 
 # --- commands -------------------------------------------------------------------------
@@ -121,7 +115,7 @@ def fill_treasury(cmd: FillTreasury, uow: UnitOfWork) -> None:
     cfg.ensure_can_fund(challenge.stake, challenge.challenge_id)
     uow.challenges.add_fill(
         challenge.challenge_id, cmd.side, cmd.match_count, cmd.admin_id, cmd.request_id,
-        "assign_personas", {"request_id": child_request_id(cmd.request_id, "personas"),
+        "assign_personas", {"request_id": next_step(cmd.request_id, "personas"),
                             "challenge_id": challenge.challenge_id})
 
 
@@ -130,7 +124,7 @@ def resolve_challenge(cmd: ResolveChallenge, uow: UnitOfWork) -> None:
     challenge = uow.challenges.get(cmd.challenge_id, lock=True).resolve(cmd.result)
     open_fills = uow.challenges.resolve(
         challenge, cmd.resolved_by, "settle_challenge",
-        {"request_id": child_request_id(cmd.request_id, "settle"),
+        {"request_id": next_step(cmd.request_id, "settle"),
          "challenge_id": challenge.challenge_id})
     for fill_id in open_fills:
         _drop_fill(uow, challenge, fill_id, "cancelled", "challenge resolved before the match")
@@ -157,7 +151,7 @@ def assign_personas(cmd: AssignPersonas, uow: UnitOfWork) -> None:
         fill, plan.pairs, challenge.stake, cfg.reserve(plan.n * challenge.stake),
         plan.shortfall, plan.reasons,
         next_actor="create_treasury_matches" if plan.n else None,
-        next_kwargs={"request_id": child_request_id(cmd.request_id, "matches"),
+        next_kwargs={"request_id": next_step(cmd.request_id, "matches"),
                      "challenge_id": challenge.challenge_id, "fill_id": fill.id})
     if plan.shortfall:
         _report_shortfall(uow, challenge, fill, plan)

@@ -37,7 +37,8 @@ from domain.challenges import (
     TreasuryConfig,
     UserSettlement,
 )
-from domain.errors import NotFound, Refused
+from domain.errors import NotFound
+from domain.resends import check_same_terms
 from infra import alerts, outbox
 from infra.db import tables
 from infra.db.engine import sql
@@ -348,13 +349,8 @@ class ChallengeRepository:
         }).scalar_one_or_none()
         if now is not None:
             return now
-        existing = self.get(challenge.challenge_id)
-        if not existing.same_terms(challenge):
-            raise Refused(f"challenge {challenge.challenge_id} already exists with other terms "
-                          f"({existing.currency} stake {existing.stake}, "
-                          f"admin_created={existing.admin_created}, "
-                          f"closes_at={existing.closes_at}, "
-                          f"max_participants={existing.max_participants})")
+        check_same_terms(f"challenge {challenge.challenge_id}",
+                         self.get(challenge.challenge_id).terms, challenge.terms)
         return None
 
     def settlement_state(self, challenge_id: str):

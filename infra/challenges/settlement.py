@@ -12,6 +12,7 @@ of the contract: ``infra`` never imports the services.)
 from __future__ import annotations
 
 from domain.challenges import Challenge
+from domain.request_ids import next_step
 from infra.logs import get_logger
 from infra.uow import UnitOfWork
 
@@ -22,8 +23,8 @@ def retry(uow: UnitOfWork, challenge_id: str, requested_by: str) -> Challenge:
     """settlement_failed → resolved, and a new ``settle_challenge`` (after commit)."""
     challenge = uow.challenges.get(challenge_id, lock=True).retry_settlement()
     attempt = uow.challenges.reopen_settlement(challenge_id)
-    uow.send("settle_challenge", request_id=f"challenge:{challenge_id}:settle:retry:{attempt}",
-             challenge_id=challenge_id)
+    uow.send("settle_challenge", challenge_id=challenge_id,
+             request_id=next_step("challenge", challenge_id, "settle", "retry", attempt))
     uow.emit("admin.treasury.settlement_retried", {
         "challenge_id": challenge_id, "retry": attempt, "requested_by": requested_by},
         recipient="admin")
