@@ -50,7 +50,8 @@ def seed(engine, market_id: str, n: int) -> int:
     """An open market with ``n`` commitments (one per user, every user funded, every stake
     in the escrow), written by the database alone so the seed leaves no Python memory
     behind; ``ballast ledger check`` after the run proves it balanced.  Returns the pool."""
-    from infra.markets import escrow_account, repository
+    from infra.uow import UnitOfWork
+    from services.markets import escrow_account
 
     market = Market.open(market_id, "multi", OPTIONS, "NGN", "bench-creator", 200)
     params = {"m": market_id, "n": n, "suffix": ":NGN", "stake": STAKE, "opts": list(OPTIONS),
@@ -86,13 +87,15 @@ def seed(engine, market_id: str, n: int) -> int:
         "'option_id', s.stake, a.id, t.id FROM seed s JOIN accounts a ON a.code = s.code, "
         "ledger_transactions t WHERE t.memo = 'bench wagers ' || :m",
     ]
-    with engine.begin() as conn:
-        repository.add_market(conn, market, "bench market", [o.title() for o in OPTIONS])
+    with UnitOfWork(engine=engine, broker=_broker()) as uow:
+        uow.markets.add(market, "bench market", [o.title() for o in OPTIONS])
         for sql in steps:
-            conn.execute(text(sql), params)
-        conn.execute(text("ANALYZE market_commitments; ANALYZE accounts"))
-        return int(conn.execute(text("SELECT balance FROM accounts WHERE code = :escrow"),
-                                params).scalar_one())
+            uow.conn.execute(text(sql), params)
+        uow.conn.execute(text("ANALYZE market_commitments; ANALYZE accounts"))
+        pool = int(uow.conn.execute(text("SELECT balance FROM accounts WHERE code = :escrow"),
+                                    params).scalar_one())
+        uow.commit()
+        return pool
 
 
 #: Statement labels for the note: the first words of the SQL -> a name.
@@ -148,12 +151,13 @@ COMMIT_SECONDS: list[float] = []
 def settle_once(engine, market_id: str) -> float:
     """Resolve (as ``resolve_market`` does) then settle; returns the settlement's seconds
     (the commit's are appended to ``COMMIT_SECONDS``)."""
-    from infra.markets import repository, settle
     from infra.uow import UnitOfWork
+    from services.markets import settle
 
-    with engine.begin() as conn:
-        dist = repository.add_distribution(conn, market_id, "red", "bench", None)
-        repository.set_status(conn, market_id, SETTLING)
+    with UnitOfWork(engine=engine, broker=_broker()) as uow:
+        dist = uow.markets.add_distribution(market_id, "red", "bench", None)
+        uow.markets.set_status(market_id, SETTLING)
+        uow.commit()
     started = time.monotonic()
     with UnitOfWork(engine=engine, broker=_broker()) as uow:
         done = settle(uow, dist)
@@ -206,7 +210,7 @@ def peak_mb(engine, market_id: str, n: int) -> float:
 def run() -> dict:
     from infra import ledger
     from infra.db.engine import get_engine
-    from infra.markets import BATCH
+    from services.markets import BATCH
 
     with bench_env() as env:
         engine = get_engine(env.database_url)

@@ -14,8 +14,9 @@ process's broker and the repositories.
 
 The repositories it owns are bound to its transaction: ``uow.conversions``,
 ``uow.buffers``, ``uow.providers`` (``infra/treasury/repository.py``),
-``uow.journal`` (``infra/journal/repository.py``), ``uow.challenges``
-(``infra/challenges/repository.py``), ``uow.ledger``, ``uow.wallets`` and ``uow.alerts``
+``uow.journal`` (``infra/journal/repository.py``), ``uow.markets``
+(``infra/markets/repository.py``), ``uow.challenges`` (``infra/challenges/repository.py``),
+``uow.ledger``, ``uow.wallets`` and ``uow.alerts``
 (``infra/repositories.py``).  A step that calls the outside world between
 transactions enters the same unit of work again: each ``with uow:`` is a new
 transaction (``hold_lock`` holds an advisory lock across them).  The fake with the
@@ -33,13 +34,15 @@ from typing import Any, Iterator
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 from pydantic import BaseModel
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, func, select
 
 from domain.errors import RequestConflict
 from infra import broker as process_broker
 from infra.challenges.repository import ChallengeRepository
 from infra.db.engine import sql
+from infra.db.tables import processed_requests
 from infra.journal.repository import JournalRepository
+from infra.markets.repository import MarketRepository
 from infra.repositories import AlertRepository, LedgerRepository, WalletRepository
 from infra.transaction import Transaction
 from infra.treasury.repository import BufferRepository, ConversionRepository, ProviderRepository
@@ -89,6 +92,7 @@ class UnitOfWork(Transaction):
         self.buffers = BufferRepository(self.conn)
         self.providers = ProviderRepository(self.conn, self.engine)
         self.journal = JournalRepository(self.conn)
+        self.markets = MarketRepository(self)
         self.challenges = ChallengeRepository(self.conn, self)
         return self
 
@@ -108,9 +112,9 @@ class UnitOfWork(Transaction):
         ).scalar_one_or_none()
         if inserted:
             return True
+        p = processed_requests.c
         earlier = self.conn.execute(
-            text("SELECT payload_hash FROM processed_requests WHERE actor = :a AND request_id = :r"),
-            {"a": self.actor, "r": self.request_id},
+            select(p.payload_hash).where(p.actor == self.actor, p.request_id == self.request_id)
         ).scalar_one()
         if earlier != digest:
             raise RequestConflict(
@@ -132,8 +136,7 @@ class UnitOfWork(Transaction):
         try:
             deadline = time.monotonic() + wait_s
             while True:
-                got = conn.execute(text("SELECT pg_try_advisory_lock(:c, :j)"),
-                                   {"c": namespace, "j": key}).scalar_one()
+                got = conn.execute(select(func.pg_try_advisory_lock(namespace, key))).scalar_one()
                 if got or time.monotonic() >= deadline:
                     break
                 time.sleep(LOCK_POLL_S)
@@ -141,8 +144,7 @@ class UnitOfWork(Transaction):
                 yield bool(got)
             finally:
                 if got:
-                    conn.execute(text("SELECT pg_advisory_unlock(:c, :j)"),
-                                 {"c": namespace, "j": key})
+                    conn.execute(select(func.pg_advisory_unlock(namespace, key)))
         finally:
             conn.close()
 

@@ -3,8 +3,8 @@
 Same interface as ``infra/uow.py``'s for what the handlers use: ``claim``, ``send``,
 ``send_later``, ``emit``, ``commit``, re-entry per transaction, ``hold_lock``, and the
 repositories ``ledger``, ``wallets``, ``alerts``, ``buffers``, ``providers``,
-``conversions``, ``journal``, ``challenges``.  Leaving a block without ``commit()``
-restores the state it found.
+``conversions``, ``journal``, ``markets``, ``challenges``.  Leaving a block without
+``commit()`` restores the state it found.
 """
 
 from __future__ import annotations
@@ -17,10 +17,24 @@ from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any, Iterator
 
+from domain import accounts
 from domain.buffers import CURRENCY_OF, account_code
 from domain.challenges import CHALLENGE, MATCH, MATCH_SETTLED, Challenge, MatchSettlement, SideTally
 from domain.errors import InsufficientFunds, LedgerError, NotFound, Refused, RequestConflict
 from domain.ledger import Posting, may_go_negative, validate_postings
+from domain.markets import (
+    COMMITMENT,
+    COMPLETED,
+    DISPUTE,
+    DISTRIBUTION,
+    FAILED,
+    MARKET,
+    PENDING,
+    ROLLED_BACK,
+    Commitment,
+    Market,
+    line,
+)
 from domain.resends import check_same_terms
 from infra.challenges.repository import (
     Closed,
@@ -31,6 +45,7 @@ from infra.challenges.repository import (
     Seat,
     Written,
 )
+from infra.markets.repository import DisputeRow, DistributionRow, Paid
 from infra.treasury.store import Buffer
 from infra.uow import payload_hash
 
@@ -58,6 +73,16 @@ class FakeLedger:
 
     def balances(self, codes) -> dict[str, int]:
         return {c: self.balance[c] for c in codes if c in self.balance}
+
+    def reverse(self, txn_id: int, **options: Any) -> int:
+        """A transaction of the opposite postings (no limit checked: a reversal)."""
+        original = self.transactions[txn_id - 1]["postings"]
+        for p in original:
+            self.balance[p.account] -= p.amount
+        self.transactions.append({"postings": [Posting(p.account, p.currency, -p.amount)
+                                               for p in original],
+                                  "reverses": txn_id, **options})
+        return len(self.transactions)
 
     lock_balances = balances
 
@@ -221,6 +246,211 @@ class FakeJournal:
         new = [e for e in entries if e.journal_id not in self.entries]
         self.entries.update({e.journal_id: e for e in new})
         return len(new)
+
+
+class FakeMarkets:
+    """Markets in memory, paying through the fake ledger; ``notify_users`` emits on the unit.
+
+    Parameters: ledger, the fake ledger; unit, the fake unit of work (not copied with the
+    state a block restores)."""
+
+    def __init__(self, ledger: FakeLedger, unit) -> None:
+        self.ledger, self.unit = ledger, unit
+        self.markets: dict[str, dict[str, Any]] = {}
+        self.commitments: dict[str, dict[str, Any]] = {}
+        self.distributions: list[dict[str, Any]] = []
+        self.lines: dict[int, list[Any]] = {}
+        self.transactions: dict[int, dict[str, Any]] = {}  # txn -> distribution, purpose, reversal
+        self.disputes: list[dict[str, Any]] = []
+
+    def __deepcopy__(self, memo):
+        twin = copy.copy(self)
+        for k, v in vars(self).items():
+            if k != "unit":
+                setattr(twin, k, copy.deepcopy(v, memo))
+        return twin
+
+    def get(self, market_id: str, lock=None) -> Market:
+        if market_id not in self.markets:
+            raise NotFound(f"market {market_id} does not exist")
+        return self.markets[market_id]["market"]
+
+    def definition(self, market_id: str) -> dict[str, Any] | None:
+        row = self.markets.get(market_id)
+        return None if row is None else row["definition"]
+
+    def add(self, market: Market, title: str, labels) -> None:
+        self.markets[market.market_id] = {"market": market, "definition": {
+            "market_id": market.market_id, "title": title, "kind": market.kind,
+            "currency": market.currency, "creator_id": market.creator_id,
+            "creator_fee_bps": market.creator_fee_bps, "house_fee_bps": market.house_fee_bps,
+            "options": [{"option_id": o, "label": lb} for o, lb in zip(market.options, labels)]}}
+
+    def set_status(self, market_id: str, status: str) -> None:
+        market = self.get(market_id)
+        MARKET.check(market.status, status)
+        self.markets[market_id]["market"] = replace(market, status=status)
+
+    def find_commitment(self, commitment_id: str) -> dict[str, Any] | None:
+        return self.commitments.get(commitment_id)
+
+    def add_commitment(self, market: Market, c: Commitment, position, wager) -> None:
+        txn = self.ledger.post([Posting(wager.account, market.currency, wager.amount),
+                                Posting(accounts.market_escrow(market.market_id), market.currency,
+                                        -wager.amount)], kind="market_commitment")
+        self.commitments[c.commitment_id] = {
+            "commitment_id": c.commitment_id, "market_id": market.market_id,
+            "user_id": c.user_id, "option_id": c.option_id, "position": position,
+            "method": c.method, "amount": c.amount, "status": "active", "wallet": wager.account,
+            "transaction_id": txn}
+
+    def _of(self, market_id: str, status: str) -> list[dict[str, Any]]:
+        return sorted((c for c in self.commitments.values()
+                       if c["market_id"] == market_id and c["status"] == status),
+                      key=lambda c: (c["wallet"], c["commitment_id"]))
+
+    def option_totals(self, market_id: str) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for c in self._of(market_id, "active"):
+            totals[c["option_id"]] = totals.get(c["option_id"], 0) + c["amount"]
+        return totals
+
+    def set_commitments_status(self, market_id: str, old: str, new: str) -> int:
+        COMMITMENT.check(old, new)
+        moved = self._of(market_id, old)
+        for c in moved:
+            c["status"] = new
+        return len(moved)
+
+    def add_distribution(self, market_id, winning_option_id, requested_by, reason) -> int:
+        self.distributions.append({
+            "id": len(self.distributions) + 1, "market_id": market_id,
+            "kind": "void" if winning_option_id is None else "resolved",
+            "winning_option_id": winning_option_id, "status": PENDING,
+            "requested_by": requested_by, "reason": reason, "retries": 0})
+        return len(self.distributions)
+
+    def _dist(self, distribution_id: int) -> dict[str, Any]:
+        if not 0 < distribution_id <= len(self.distributions):
+            raise NotFound(f"distribution {distribution_id} does not exist")
+        return self.distributions[distribution_id - 1]
+
+    def distribution(self, distribution_id: int, *, lock: bool = False) -> DistributionRow:
+        d = self._dist(distribution_id)
+        return DistributionRow(d["id"], d["market_id"], d["kind"], d["winning_option_id"],
+                               d["status"], d["requested_by"], d["reason"])
+
+    def latest_distribution(self, market_id: str, *, lock: bool = False):
+        ids = [d["id"] for d in self.distributions if d["market_id"] == market_id]
+        return self.distribution(ids[-1]) if ids else None
+
+    def distribution_kind(self, distribution_id: int) -> str:
+        return self._dist(distribution_id)["kind"]
+
+    def _move(self, distribution_id: int, status: str, **columns: Any) -> None:
+        d = self._dist(distribution_id)
+        DISTRIBUTION.check(d["status"], status)
+        d.update(status=status, **columns)
+
+    def complete_distribution(self, distribution_id, t, breakage, paid: Paid) -> None:
+        self._move(distribution_id, COMPLETED, kind=t.kind, terms=t, breakage=breakage,
+                   paid=paid.paid)
+
+    def fail_distribution(self, distribution_id: int, failure: str) -> None:
+        self._move(distribution_id, FAILED, failure=failure[:500])
+
+    def roll_back_distribution(self, distribution_id: int, by: str, reason: str) -> None:
+        self._move(distribution_id, ROLLED_BACK, rolled_back_by=by, rollback_reason=reason)
+
+    def retry_distribution(self, distribution_id: int, by: str) -> int:
+        d = self._dist(distribution_id)
+        self._move(distribution_id, PENDING, retries=d["retries"] + 1, retried_by=by)
+        return d["retries"]
+
+    def escrow_held(self, market: Market) -> int:
+        return self.ledger.balance.get(accounts.market_escrow(market.market_id), 0)
+
+    def pay_lines(self, market: Market, distribution_id: int, t, batch: int) -> Paid:
+        """As the database does: every line, one ledger transaction per batch that pays."""
+        active = self._of(market.market_id, "active")
+        lines = [line(t, Commitment(c["commitment_id"], c["user_id"], c["option_id"],
+                                    c["amount"], c["method"])) for c in active]
+        self.set_commitments_status(market.market_id, "active", "settled")
+        self.lines[distribution_id] = lines
+        txns = []
+        for start in range(0, len(active), batch):
+            paid: dict[str, int] = {}
+            for c, ln in zip(active[start:start + batch], lines[start:start + batch]):
+                if ln.payout:
+                    paid[c["wallet"]] = paid.get(c["wallet"], 0) + ln.payout
+            if paid:
+                escrow = Posting(accounts.market_escrow(market.market_id), market.currency,
+                                 -sum(paid.values()))
+                txns.append(self.ledger.post(
+                    [*(Posting(w, market.currency, a) for w, a in paid.items()), escrow],
+                    kind="market_refund" if t.refunding else "market_payout"))
+        self.add_transactions(distribution_id, txns, "refunds" if t.refunding else "payouts")
+        return Paid(sum(ln.payout for ln in lines), len(lines),
+                    sum(ln.result == "won" for ln in lines), txns)
+
+    def done_paying(self) -> None:
+        pass
+
+    def add_transactions(self, distribution_id: int, transaction_ids, purpose: str) -> None:
+        for t in transaction_ids:
+            self.transactions[t] = {"distribution_id": distribution_id, "purpose": purpose,
+                                    "reversal_id": None}
+
+    def transactions_of(self, distribution_id: int) -> list[tuple[int, str]]:
+        return sorted(((t, r["purpose"]) for t, r in self.transactions.items()
+                       if r["distribution_id"] == distribution_id and r["reversal_id"] is None),
+                      reverse=True)
+
+    def reverse(self, transaction_id: int, *, memo: str, reason: str, by: str) -> int:
+        reversal = self.ledger.reverse(transaction_id, kind="market_rollback", memo=memo)
+        self.transactions[transaction_id]["reversal_id"] = reversal
+        return reversal
+
+    def notify_users(self, event: str, distribution_id: int, market: Market, *,
+                     only_paid: bool) -> int:
+        by_user: dict[str, list[Any]] = {}
+        for ln in self.lines.get(distribution_id, []):
+            if ln.payout > 0 or not only_paid:
+                by_user.setdefault(ln.commitment.user_id, []).append(ln)
+        for user, lns in sorted(by_user.items()):
+            staked, payout = sum(ln.commitment.amount for ln in lns), sum(ln.payout for ln in lns)
+            results = {ln.result for ln in lns}
+            self.unit.emit(event, {
+                "market_id": market.market_id, "distribution_id": distribution_id,
+                "currency": market.currency, "user_id": user, "commitments": len(lns),
+                "staked": staked, "payout": payout, "profit": payout - staked,
+                "result": next(r for r in ("refunded", "won", "lost") if r in results)}, user)
+        return len(by_user)
+
+    def open_dispute(self, market_id: str):
+        for d in self.disputes:
+            if d["market_id"] == market_id and d["status"] == "open":
+                return DisputeRow(d["id"], market_id, d["distribution_id"], d["status"])
+        return None
+
+    def add_dispute(self, market_id: str, distribution_id: int, reason: str, by: str) -> int:
+        self.disputes.append({"id": len(self.disputes) + 1, "market_id": market_id,
+                              "distribution_id": distribution_id, "reason": reason,
+                              "disputed_by": by, "status": "open", "reresolved": None})
+        return len(self.disputes)
+
+    def end_dispute(self, dispute_id: int, status: str, by: str, note) -> None:
+        d = self.disputes[dispute_id - 1]
+        DISPUTE.check(d["status"], status)
+        d.update(status=status, ended_by=by, end_note=note)
+
+    def record_reresolution(self, market_id: str, distribution_id: int, outcome: str):
+        for d in reversed(self.disputes):
+            if d["market_id"] == market_id and d["status"] == "rolled_back" \
+                    and d["reresolved"] is None:
+                d["reresolved"] = (distribution_id, outcome)
+                return d["id"]
+        return None
 
 
 class FakeChallenges:
@@ -462,6 +692,7 @@ class FakeUnitOfWork:
         self.providers = FakeProviders()
         self.conversions = FakeConversions()
         self.journal = FakeJournal()
+        self.markets = FakeMarkets(self.ledger, self)
         self.challenges = FakeChallenges(self, self.ledger, self.alerts)
         self.claims: dict[tuple, str] = {}
         self.sent: list[tuple[str, int, dict[str, Any]]] = []  # published after commit
@@ -471,7 +702,7 @@ class FakeUnitOfWork:
         self._pending: list[tuple[str, tuple]] = []
 
     _STATE = ("ledger", "wallets", "alerts", "buffers", "providers", "conversions", "journal",
-              "challenges", "claims")
+              "markets", "challenges", "claims")
 
     def __enter__(self) -> "FakeUnitOfWork":
         # One copy of the whole state (repositories share the ledger and the alerts); the

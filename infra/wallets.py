@@ -12,9 +12,8 @@ from domain.errors import LedgerError
 from domain.ledger import Posting
 from domain.wallet import BalanceRefused, WalletChange
 from infra import guard, ledger
-from infra.transaction import Transaction
 
-if TYPE_CHECKING:  # the unit of work owns a wallet repository over this module
+if TYPE_CHECKING:  # the unit of work hands out repositories that post through here
     from infra.uow import UnitOfWork
 
 
@@ -98,7 +97,7 @@ def apply_changes(
 def _record_refusal(uow: UnitOfWork, refusal: BalanceRefused) -> None:
     """The refusal's event and alert, committed on their own: the change's transaction
     is about to roll back, and the refusal must still be told."""
-    with Transaction(uow.broker(), engine=uow.engine) as side:
+    with type(uow)(engine=uow.engine, broker=uow._broker) as side:
         # Never wait long on the outer transaction's locks (it waits for us).
         side.conn.execute(text("SET LOCAL lock_timeout = '5s'"))
         guard.refused(side, refusal)

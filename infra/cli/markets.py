@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import uuid
-
 import click
-from sqlalchemy import text
 
-from domain.errors import NotFound, Refused
+from domain.errors import InvalidCommand, NotFound, Refused
 from domain.money import format_minor
+from domain.request_ids import fresh
+from infra.cli import in_process
 from infra.cli.output import console, emit, fail, json_option, table
 from infra.db.engine import get_read_engine
-from infra.markets import repository, retry
-from infra.uow import UnitOfWork
+from infra.markets import repository
 
 
 def register(cli: click.Group) -> None:
@@ -38,8 +36,7 @@ def market_show(market_id: str, line_limit: int | None, as_json: bool) -> None:
             doc = repository.show(conn, market_id, line_limit)
         except NotFound as exc:
             fail(str(exc), 1)
-        currency = conn.execute(text("SELECT currency FROM markets WHERE market_id = :m"),
-                                {"m": market_id}).scalar_one()
+        currency = repository.currency(conn, market_id)
 
     def human(d):
         console.print(f"[bold]market {d['market_id']}[/bold] {d['status']}, "
@@ -77,13 +74,15 @@ def market_show(market_id: str, line_limit: int | None, as_json: bool) -> None:
 @json_option
 def market_settle(market_id: str, by: str, as_json: bool) -> None:
     """Retry a settlement that failed, once its cause is fixed: the distribution is pending
-    again and the settlement step pays it once (one transaction; paying twice is impossible)."""
+    again and the settlement step pays it once (one transaction; paying twice is impossible).
+    The command ``retry_market_settlement``, run here (validated, claimed, committed)."""
     if not by.strip():
         fail("--by needs a name", 2)
     try:
-        with UnitOfWork(actor="market_settle", request_id=f"cli:{uuid.uuid4()}") as uow:
-            dist = retry(uow, market_id, by.strip())
-            uow.commit()
+        dist = in_process.call("retry_market_settlement", request_id=fresh("cli", "market_settle"),
+                               market_id=market_id, retried_by=by.strip())
+    except InvalidCommand as exc:
+        fail(str(exc), 2)
     except (NotFound, Refused) as exc:
         fail(str(exc), 1)
     emit({"market_id": market_id, "distribution_id": dist, "status": "settling"}, as_json,

@@ -70,6 +70,13 @@ class ConfirmMarket(Command):
     note: ShortText = ""
 
 
+class RetryMarketSettlement(Command):
+    """``ballast market settle ID --by NAME`` as a message: a failed settlement is retried."""
+
+    market_id: Identifier
+    retried_by: Identifier
+
+
 class SettleMarket(Command):
     market_id: Identifier
     distribution_id: StrictInt
@@ -83,5 +90,6 @@ SPECS = [
     ActorSpec("rollback_market", QUEUE, RollbackMarket),
     ActorSpec("dispute_market", QUEUE, DisputeMarket),
     ActorSpec("confirm_market", QUEUE, ConfirmMarket),
+    ActorSpec("retry_market_settlement", QUEUE, RetryMarketSettlement),
     ActorSpec("settle_market", "ballast.step.settlement", SettleMarket, step=True),
 ]

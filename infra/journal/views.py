@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, func, select, text
 
 from domain import accounts
 from domain.matching import (
@@ -18,6 +18,10 @@ from domain.matching import (
     payment_state,
     suggest,
 )
+from infra.db.tables import accounts as accounts_t
+from infra.db.tables import journal_characters as characters
+from infra.db.tables import journal_participations as participations_t
+from infra.db.tables import journal_payment_links as links_t
 from infra.journal import repository as repo
 
 
@@ -94,9 +98,10 @@ def participations(conn: Connection, cycle_id: str | None, limit: int | None = N
 
 
 def participation_count(conn: Connection, cycle_id: str | None) -> int:
-    return int(conn.execute(
-        text("SELECT count(*) FROM journal_participations "
-             "WHERE CAST(:c AS text) IS NULL OR cycle_id = :c"), {"c": cycle_id}).scalar_one())
+    query = select(func.count()).select_from(participations_t)
+    if cycle_id is not None:
+        query = query.where(participations_t.c.cycle_id == cycle_id)
+    return int(conn.execute(query).scalar_one())
 
 
 #: Ambiguous payments with a candidate in cycle ``:c`` (or every one when ``:c`` is null).
@@ -194,13 +199,13 @@ def _add_suggestions(conn: Connection, unmatched: list[dict[str, Any]], cycle_id
         for u in unmatched:
             u["suggestions"] = []
         return
+    ch, lk, pt = characters.c, links_t.c, participations_t.c
     names = dict(conn.execute(
-        text("SELECT character_id, lower(name) FROM journal_characters "
-             "WHERE character_id = ANY(CAST(:ids AS text[]))"), {"ids": payers}).all())
+        select(ch.character_id, func.lower(ch.name)).where(ch.character_id.in_(payers))).all())
     paid_for = {(r.payer, r.user_id) for r in conn.execute(
-        text("SELECT DISTINCT l.payer_character_id AS payer, p.user_id FROM journal_payment_links l "
-             "JOIN journal_participations p USING (participation_id) "
-             "WHERE l.payer_character_id = ANY(CAST(:ids AS text[]))"), {"ids": payers})}
+        select(lk.payer_character_id.label("payer"), pt.user_id).distinct()
+        .join_from(links_t, participations_t, pt.participation_id == lk.participation_id)
+        .where(lk.payer_character_id.in_(payers)))}
     by_id = {p.participation_id: p for p in parts}
     by_amount: dict[int, list] = {}
     by_name: dict[str, list] = {}
@@ -235,16 +240,14 @@ def _paid(received: int, pledged: int) -> str:
 def cycle_view(conn: Connection, cycle_id: str) -> dict[str, Any]:
     """A cycle: status, how many participations, what was confirmed, the initial capital."""
     cyc = repo.cycle(conn, cycle_id)
+    pt = participations_t.c
     counts = conn.execute(
-        text(
-            "SELECT status, count(*) AS n, COALESCE(sum(amount), 0) AS received "
-            "FROM journal_participations WHERE cycle_id = :c GROUP BY status"
-        ),
-        {"c": cycle_id},
-    )
+        select(pt.status, func.count().label("n"),
+               func.coalesce(func.sum(pt.amount), 0).label("received"))
+        .where(pt.cycle_id == cycle_id).group_by(pt.status))
     by_status = {r.status: {"count": int(r.n), "amount": int(r.received)} for r in counts}
     balance = conn.execute(
-        text("SELECT balance FROM accounts WHERE code = :a"), {"a": accounts.cycle(cycle_id)}
+        select(accounts_t.c.balance).where(accounts_t.c.code == accounts.cycle(cycle_id))
     ).scalar_one_or_none()
     return {
         "cycle_id": cyc.cycle_id,

@@ -19,6 +19,7 @@ from infra import alerts, guard, ledger, rabbit, wallets
 from infra import deadletter_log
 from infra.challenges import views as challenge_views
 from infra.contract import QUEUES
+from infra.db.tables import conversion_providers
 from infra.journal import views as journal_views
 from infra.markets import repository as markets
 from infra.treasury import cycle as treasury_cycle
@@ -292,7 +293,7 @@ def treasury(errors: dict | None = None):
                                                          offset=(_page() - 1) * _size())}
         jobs = paged(doc["conversions"], _page(), _size(), queries.conversion_count(conn))
         providers = paged(doc["providers"], _page("ppage"), _size(),
-                          queries.count(conn, "conversion_providers"), arg="ppage")
+                          queries.count(conn, conversion_providers), arg="ppage")
         doc["providers"] = providers["rows"]
         history = {b["account_type"]: queries.balance_history(conn, account_code(b["account_type"]))
                    for b in doc["buffers"]}

@@ -20,9 +20,10 @@ from domain.errors import InvalidCommand, NotFound, Refused
 from domain.markets import Commitment, Outcome, distribute
 from infra import ledger, outbox
 from infra.contract import QUEUES, parse, spec_for
-from infra.markets import repository, roll_back, settle
+from infra.markets import repository
 from infra.outbox import publisher_for
 from infra.uow import UnitOfWork
+from services.markets import roll_back, settle
 from tests.harness import uid
 
 import actors.markets as market_actors  # noqa: E402  (registers on the global broker)

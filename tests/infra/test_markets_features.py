@@ -12,7 +12,7 @@ from domain.errors import Refused
 from infra.cli import output
 from infra.cli.main import cli
 from infra import ledger
-from infra.markets import failure_alert_key, retry
+from services.markets import failure_alert_key, retry
 from infra.uow import UnitOfWork
 from tests.harness import uid
 from tests.infra.test_markets import STUB, Run, balances, commit, fund, open_market, show

@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 from domain.errors import InvalidCommand, Refused
 from infra.errors import RetryPolicy, Transient, is_transient, kind_of, verdict
 from services.journal import LinkRace
-from infra.markets.settlement import SettlementPending
+from services.markets import SettlementPending
 from infra.middleware.auth import VerificationUnavailable
 from infra.treasury.jobs import ProviderUncertain
 from services.conversions import JobBusy
