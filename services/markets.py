@@ -26,7 +26,7 @@ from typing import Any
 
 from dramatiq.middleware import TimeLimitExceeded
 
-from domain import accounts
+from domain import accounts, request_ids
 from domain.errors import BallastError, LedgerError, Refused
 from domain.ledger import Posting
 from domain.markets import (
@@ -48,6 +48,7 @@ from domain.markets import (
     status_after_settlement,
     terms,
 )
+from domain.resends import check_same_terms
 from domain.wallet import WalletChange
 from infra import faults
 from infra.attempts import final_attempt
@@ -93,8 +94,7 @@ def open_market(cmd: OpenMarket, uow: UnitOfWork) -> None:
                          cmd.creator_id, cmd.creator_fee_bps, cmd.house_fee_bps)
     existing = uow.markets.definition(cmd.market_id)
     if existing is not None:
-        if existing != cmd.model_dump(exclude={"request_id"}):
-            raise Refused(f"market {cmd.market_id} already exists with another definition")
+        check_same_terms(f"market {cmd.market_id}", existing, cmd.model_dump(exclude={"request_id"}))
         log.info("market.exists", market_id=cmd.market_id)
         return
     uow.markets.add(market, cmd.title, [o.label for o in cmd.options])
@@ -193,7 +193,7 @@ def _resolve(uow: UnitOfWork, market_id: str, winner: str | None, by: str, reaso
     uow.markets.set_status(market_id, SETTLING)
     # After a dispute was rolled back, the dispute records how the market was re-resolved.
     uow.markets.record_reresolution(market_id, dist, winner or "void")
-    uow.send("settle_market", request_id=f"settle_market:{dist}", market_id=market_id,
+    uow.send("settle_market", request_id=request_ids.next_step("settle_market", dist), market_id=market_id,
              distribution_id=dist)
 
 
@@ -202,11 +202,11 @@ def _known_commitment(uow: UnitOfWork, cmd: PlaceCommitment) -> bool:
     known = uow.markets.find_commitment(cmd.commitment_id)
     if known is None:
         return False
-    same = (known["market_id"], known["user_id"], known["amount"]) == (
-        cmd.market_id, cmd.user_id, cmd.amount) and cmd.option_id in (None, known["option_id"]) \
-        and cmd.position == known["position"]
-    if not same:
-        raise Refused(f"commitment {cmd.commitment_id} already exists with other terms")
+    wanted = {"market_id": cmd.market_id, "user_id": cmd.user_id, "amount": cmd.amount,
+              "position": cmd.position}
+    if cmd.option_id is not None:  # a resend may leave the option out
+        wanted["option_id"] = cmd.option_id
+    check_same_terms(f"commitment {cmd.commitment_id}", known, wanted)
     log.info("market.commitment_exists", commitment_id=cmd.commitment_id)
     return True
 
@@ -406,7 +406,7 @@ def retry(uow: UnitOfWork, market_id: str, by: str) -> int:
     market.check_retryable(dist.status)
     attempt = uow.markets.retry_distribution(dist.id, by)
     uow.markets.set_status(market_id, SETTLING)
-    uow.send("settle_market", request_id=f"settle_market:{dist.id}:retry:{attempt}",
+    uow.send("settle_market", request_id=request_ids.next_step("settle_market", dist.id, "retry", attempt),
              market_id=market_id, distribution_id=dist.id)
     log.info("market.settlement_retried", market_id=market_id, distribution_id=dist.id,
              retry=attempt, by=by)

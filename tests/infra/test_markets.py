@@ -440,7 +440,7 @@ def test_reopening_a_market_with_another_definition_is_refused_and_a_resend_is_h
               creator_fee_bps=100, options=[{"option_id": "x", "label": "X"}, {"option_id": "y", "label": "Y"}])
     run("open_market", **kw)
     run("open_market", **kw)  # another request id, same definition: nothing happens
-    with pytest.raises(Refused, match="another definition"):
+    with pytest.raises(Refused, match="other terms: creator_fee_bps is 100, not 300"):
         run("open_market", **{**kw, "creator_fee_bps": 300})
 
 
