@@ -15,6 +15,7 @@ from infra.contract.challenges import (
     JoinChallenge,
     OpenChallenge,
     ResolveChallenge,
+    RetryChallengeSettlement,
     SettleChallenge,
 )
 from infra.contract.operations import SendDailySummary
@@ -66,3 +67,8 @@ def settle_challenge(cmd: SettleChallenge, uow: UnitOfWork):
 @command()
 def send_daily_summary(cmd: SendDailySummary, uow: UnitOfWork):
     return challenges.send_daily_summary(cmd, uow)
+
+
+@command()
+def retry_challenge_settlement(cmd: RetryChallengeSettlement, uow: UnitOfWork):
+    return challenges.retry_challenge_settlement(cmd, uow)

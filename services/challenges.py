@@ -9,6 +9,7 @@
     resolve_challenge         the result is known: fills in progress are dropped, settlement next
     settle_challenge          every seat paid, batch by batch; the escrow ends at zero
     record_settlement_failure a settlement that failed for good is left visible, with an alert
+    retry_challenge_settlement the operator retries it: resolved again, settlement handed on
     send_daily_summary        the admins' report of a day's treasury activity
 
 Each handoff is written to the outbox in the committing transaction, with a request id
@@ -41,6 +42,7 @@ from infra.contract.challenges import (
     JoinChallenge,
     OpenChallenge,
     ResolveChallenge,
+    RetryChallengeSettlement,
     SettleChallenge,
 )
 from infra.contract.operations import SendDailySummary
@@ -271,6 +273,22 @@ def record_settlement_failure(challenge_id: str, reason: str, uow: UnitOfWork) -
         uow.commit()
     log.error("challenge.settlement_failed", challenge_id=challenge_id, reason=reason)
     return True
+
+
+def retry_challenge_settlement(cmd: RetryChallengeSettlement, uow: UnitOfWork) -> Challenge:
+    """``ballast challenge settle ID --by NAME``, once its cause is fixed: settlement_failed →
+    resolved, and a new ``settle_challenge`` (the batches already paid are skipped, so nobody
+    is paid twice)."""
+    challenge = uow.challenges.get(cmd.challenge_id, lock=True).retry_settlement()
+    attempt = uow.challenges.reopen_settlement(cmd.challenge_id)
+    uow.send("settle_challenge", challenge_id=cmd.challenge_id,
+             request_id=next_step("challenge", cmd.challenge_id, "settle", "retry", attempt))
+    uow.emit("admin.treasury.settlement_retried", {
+        "challenge_id": cmd.challenge_id, "retry": attempt, "requested_by": cmd.retried_by},
+        recipient="admin")
+    log.info("challenge.settlement_retried", challenge_id=cmd.challenge_id, retry=attempt,
+             requested_by=cmd.retried_by)
+    return challenge
 
 
 def _pay_seats(uow: UnitOfWork, challenge: Challenge, outcomes, seats: list[Seat]) -> int | None:

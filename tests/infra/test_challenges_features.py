@@ -15,8 +15,7 @@ from domain.errors import Refused
 from infra.cli import output
 from infra.cli.main import cli
 from infra import ledger
-from infra.challenges import settlement, views
-from infra.uow import UnitOfWork
+from infra.challenges import views
 from services import challenges as challenge_service
 from tests.harness import uid
 from tests.infra import challenges_pipeline as p
@@ -198,12 +197,9 @@ def test_a_settlement_failing_for_good_is_visible_and_its_retry_pays_nobody_twic
             conn.execute(text(f"DROP TRIGGER test_fail_settlement_{tag} ON challenge_participants"))
 
     # The operator's retry (`ballast challenge settle`) hands a new settle_challenge on.
-    with UnitOfWork(actor="challenge_settle", request_id=uid("cli"), broker=p._COLLECTOR) as uow:
-        settlement.retry(uow, cid, "ops-ada")
-        uow.commit()
+    p.run("retry_challenge_settlement", challenge_id=cid, retried_by="ops-ada", drain=False)
     with pytest.raises(Refused, match="only a settlement_failed"):  # a second retry: nothing
-        with UnitOfWork(actor="challenge_settle", request_id=uid("cli")) as uow:
-            settlement.retry(uow, cid, "ops-ada")
+        p.run("retry_challenge_settlement", challenge_id=cid, retried_by="ops-ada", drain=False)
     assert [m.actor_name for m in p.pending()] == ["settle_challenge"]
     p.run_pending()
     doc = show(engine, cid)

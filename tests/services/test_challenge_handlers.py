@@ -8,8 +8,13 @@ from typing import Any
 
 import pytest
 
-from domain.challenges import budget_alert_key, personas_alert_key, underfunded_alert_key
-from domain.errors import Refused
+from domain.challenges import (
+    budget_alert_key,
+    personas_alert_key,
+    settlement_failed_alert_key,
+    underfunded_alert_key,
+)
+from domain.errors import LedgerError, Refused
 from domain.ledger import Posting
 from infra.challenges.repository import Persona
 from infra.contract import parse, spec_for
@@ -228,3 +233,40 @@ def test_a_step_run_again_changes_nothing():
 def _next(uow: FakeUnitOfWork) -> tuple[str, dict[str, Any]]:
     name, _, kwargs = uow.sent.pop(0)
     return name, kwargs
+
+
+def test_a_settlement_failing_for_good_is_recorded_and_its_retry_pays_nobody_twice(monkeypatch):
+    monkeypatch.setattr(challenges, "SETTLE_BATCH", 2)
+    uow = FakeUnitOfWork()
+    cid = challenge(uow)
+    users = [("y1", "YES"), ("n1", "NO"), ("y2", "YES"), ("y3", "YES")]
+    for user, side in users:
+        join(uow, cid, user, side)
+    settle_seats = uow.challenges.settle_seats
+    calls = []
+
+    def second_batch_fails(seats, *args):
+        calls.append(len(seats))
+        if len(calls) == 2:
+            raise LedgerError("injected")
+        settle_seats(seats, *args)
+
+    monkeypatch.setattr(uow.challenges, "settle_seats", second_batch_fails)
+    with pytest.raises(LedgerError, match="injected"):
+        run(uow, "resolve_challenge", challenge_id=cid, result="YES", resolved_by="adm")
+    assert uow.challenges.get(cid).status == "settlement_failed"
+    assert settlement_failed_alert_key(cid) in uow.alerts.open
+    assert len(events(uow, "admin.treasury.settlement_failed")) == 1
+    paid_once = uow.ledger.balance["user:y1:NGN"]
+    assert paid_once == 2 * STAKE  # the first batch was paid
+    uow.sent.clear()  # the dead letter stays; the operator retries
+
+    monkeypatch.setattr(uow.challenges, "settle_seats", settle_seats)
+    run(uow, "retry_challenge_settlement", challenge_id=cid, retried_by="ops-ada")
+    with pytest.raises(Refused, match="only a settlement_failed"):
+        run(uow, "retry_challenge_settlement", challenge_id=cid, retried_by="ops-ada")
+    assert uow.challenges.get(cid).status == "settled"
+    assert [uow.ledger.balance[f"user:{u}:NGN"] for u, _ in users] == [2 * STAKE, 0, STAKE, STAKE]
+    assert uow.ledger.balance[f"escrow:challenge:{cid}"] == 0
+    assert settlement_failed_alert_key(cid) not in uow.alerts.open
+    assert balanced(uow)
