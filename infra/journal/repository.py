@@ -17,7 +17,6 @@ from sqlalchemy.dialects.postgresql import insert
 
 from domain.errors import NotFound
 from domain.matching import (
-    AWAITING,
     CYCLE,
     CYCLE_TAKING_PAYMENTS,
     DONATION,
