@@ -5,10 +5,11 @@ from __future__ import annotations
 from infra import alerts, guard
 from infra.conditions import CONDITIONS, evaluate
 from infra.contract.operations import (AcknowledgeAlert, DeliverAlertWebhooks, EvaluateAlerts,
-                                       EvaluateBalanceAlerts)
+                                       EvaluateBalanceAlerts, ResolveAlert)
 from infra.db.engine import get_engine
 from infra.messaging import command
 from infra.uow import UnitOfWork
+from services import alerts as handlers
 
 
 @command(transactional=False, max_retries=20, retry_within_ms=55_000)  # fired every 60 s
@@ -38,6 +39,10 @@ def evaluate_balance_alerts(cmd: EvaluateBalanceAlerts, uow: UnitOfWork) -> None
 
 
 @command()
-def acknowledge_alert(cmd: AcknowledgeAlert, uow: UnitOfWork) -> None:
-    """An operator acknowledges an open alert (``ballast alerts ack`` as a message)."""
-    alerts.acknowledge(uow.conn, cmd.alert_id, cmd.acknowledged_by)
+def acknowledge_alert(cmd: AcknowledgeAlert, uow: UnitOfWork):
+    return handlers.acknowledge_alert(cmd, uow)
+
+
+@command()
+def resolve_alert(cmd: ResolveAlert, uow: UnitOfWork):
+    return handlers.resolve_alert(cmd, uow)

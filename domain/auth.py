@@ -36,6 +36,9 @@ POLICY: dict[str, frozenset[str]] = {
         "dispute_market", "confirm_market", "retry_market_settlement", "close_cycle",
         "retry_challenge_settlement",
         "acknowledge_alert", "set_provider_status", "set_auto_rebalance",
+        "set_buffer_thresholds", "add_provider", "update_provider",
+        "resolve_alert", "convert_manually", "cancel_conversion", "freeze_conversions",
+        "thaw_conversions", "complete_conversion", "fail_conversion", "report_custody",
         # Sweeps an operator may kick now (each is idempotent on its request id):
         "evaluate_alerts", "match_payments", "poll_conversion", "sweep_outbox",
         "send_daily_summary",
@@ -48,6 +51,8 @@ POLICY: dict[str, frozenset[str]] = {
         # Scheduled firings (schedules/table.py).
         "run_settlement_cycle", "poll_conversion", "evaluate_alerts", "sweep_outbox",
         "send_daily_summary", "probe_providers", "prune_retention",
+        # Run in process by the callback endpoint, once a callback is verified.
+        "apply_conversion_callback",
     }),
 }
 

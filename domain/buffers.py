@@ -69,6 +69,18 @@ class Thresholds:
             raise InvalidCommand("batch must be positive")
 
 
+def changed_thresholds(t: Thresholds, *, min: int | None = None, target: int | None = None,
+                       max: int | None = None, batch: int | None = None) -> Thresholds:
+    """``t`` with the levels given changed and the others kept (validated as a whole)."""
+    return Thresholds(t.min if min is None else min, t.target if target is None else target,
+                      t.max if max is None else max, t.batch if batch is None else batch)
+
+
+def thresholds_doc(t: Thresholds) -> dict[str, int]:
+    """``{"min", "target", "max", "batch"}``, as the levers' audit and the CLI show them."""
+    return {"min": t.min, "target": t.target, "max": t.max, "batch": t.batch}
+
+
 def _default(currency: str, mn: int, target: int, mx: int, batch: int) -> Thresholds:
     return Thresholds(*(major_to_minor(v, currency) for v in (mn, target, mx, batch)))
 

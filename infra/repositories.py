@@ -78,6 +78,14 @@ class AlertRepository:
     def resolve_all_except(self, prefix: str, still_true: Iterable[str]) -> int:
         return alerts.resolve_all_except(self.unit, prefix, still_true)
 
+    def acknowledge(self, alert_id: int, by: str) -> dict[str, Any]:
+        """An open alert acknowledged (it stays until cleared); the alert.  Refused unless open."""
+        return alerts.acknowledge(self.unit.conn, alert_id, by)
+
+    def resolve_by_hand(self, alert_id: int, by: str, note: str) -> dict[str, Any]:
+        """An alert resolved by an operator, ``alert.resolved`` announced; the alert."""
+        return alerts.resolve_by_hand(self.unit, alert_id, by, note)
+
     def announce_resolved(self, rows: Sequence[Any], note: str | None = None,
                           also: Sequence[tuple[str, dict[str, Any], str | None]] = ()) -> None:
         """The events of alerts a merged statement resolved, and the caller's ``also``."""

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from domain import accounts
 from domain.buffers import CURRENCY_OF, account_code
+from domain import conversions as conv
 from domain.challenges import CHALLENGE, MATCH, MATCH_SETTLED, Challenge, MatchSettlement, SideTally
 from domain.errors import InsufficientFunds, LedgerError, NotFound, Refused, RequestConflict
 from domain.ledger import Posting, may_go_negative, validate_postings
@@ -46,7 +47,7 @@ from infra.challenges.repository import (
     Written,
 )
 from infra.markets.repository import DisputeRow, DistributionRow, Paid
-from infra.treasury.store import Buffer
+from infra.treasury.store import Buffer, Job
 from infra.uow import payload_hash
 
 
@@ -144,6 +145,26 @@ class FakeAlerts:
         gone = [k for k in self.open if k.startswith(prefix) and k not in set(still_true)]
         return sum(self.resolve(k) for k in gone)
 
+    def _by_id(self, alert_id: int) -> tuple[str, dict[str, Any]]:
+        for n, (key, alert) in enumerate(self.open.items(), start=1):
+            if n == alert_id:
+                return key, alert
+        raise NotFound(f"no alert {alert_id}")
+
+    def acknowledge(self, alert_id: int, by: str) -> dict[str, Any]:
+        key, alert = self._by_id(alert_id)
+        if alert.get("status", "open") != "open":
+            raise Refused(f"alert {alert_id} is {alert['status']}, not open")
+        alert.update(status="acknowledged", acknowledged_by=by)
+        return {"alert_id": alert_id, "dedupe_key": key, **alert}
+
+    def resolve_by_hand(self, alert_id: int, by: str, note: str) -> dict[str, Any]:
+        key, alert = self._by_id(alert_id)
+        self.resolved = {**getattr(self, "resolved", {}), key: {**alert, "resolved_by": by,
+                                                                "resolution_note": note}}
+        return {"alert_id": alert_id, "dedupe_key": key, "status": "resolved",
+                **self.resolved[key]}
+
 
 class FakeBuffers:
     """Buffers whose balances are the fake ledger's ``buffer:`` accounts."""
@@ -163,6 +184,11 @@ class FakeBuffers:
     def lock(self, account_type: str):
         return self._buffer(account_type)
 
+    def set_thresholds(self, account_type: str, thresholds, by: str) -> None:
+        if account_type not in self.thresholds:
+            raise NotFound(f"no buffer {account_type!r}")
+        self.thresholds[account_type] = thresholds
+
     def setting(self, key: str, default: Any) -> Any:
         return self.settings.get(key, default)
 
@@ -172,6 +198,11 @@ class FakeBuffers:
     def freeze_state(self, *, lock: bool = False) -> dict[str, Any] | None:
         state = self.settings.get("conversions_frozen")
         return state if isinstance(state, dict) and state.get("frozen") else None
+
+    def report_custody(self, account_type: str, balance: int, by: str) -> dict[str, Any]:
+        self.custody = [*getattr(self, "custody", []), (account_type, balance, by)]
+        return {"report_id": len(self.custody), "account_type": account_type,
+                "balance": balance, "as_of": "now", "reported_by": by}
 
 
 class FakeProviders:
@@ -188,11 +219,23 @@ class FakeProviders:
             raise NotFound(f"no provider {name!r}")
         return self.rows[name]
 
+    def add(self, row) -> None:
+        if row.name in self.rows:
+            raise Refused(f"provider {row.name!r} exists already")
+        self.rows[row.name] = row
+
     def update(self, name: str, **fields: Any) -> None:
+        if "directions" in fields:
+            fields = {**fields, "directions": tuple(fields["directions"])}
         self.rows[name] = replace(self.get(name), **fields)
 
     def record_probe(self, name: str, healthy: bool, error: str | None) -> None:
         self.probes[name] = (healthy, error)
+
+    def count_outcome(self, name: str, *, success: bool) -> None:
+        row = self.get(name)
+        self.rows[name] = replace(row, success_count=row.success_count + success,
+                                  failure_count=row.failure_count + (not success))
 
     def client(self, row):
         return self.clients[row.name]
@@ -202,9 +245,50 @@ class FakeConversions:
     def __init__(self) -> None:
         self.jobs: dict[int, Any] = {}
         self.levers: list[dict[str, Any]] = []
+        self.transitions: dict[int, list[tuple]] = {}
+        self.attempt_rows: dict[int, list[Any]] = {}
 
     def list(self, *, active_only: bool = False, statuses=None, limit: int = 10_000) -> list[Any]:
-        return list(self.jobs.values())[:limit]
+        jobs = [j for j in self.jobs.values() if statuses is None or j.status in statuses]
+        return jobs[:limit]
+
+    def add(self, **job: Any) -> int:
+        """A pending job, as the real repository's (``Job`` with its source amount)."""
+        job_id, now = len(self.jobs) + 1, datetime.now(timezone.utc)
+        source, destination = job["direction"].split("->")
+        self.jobs[job_id] = Job(
+            job_id, job["kind"], job["direction"], account_code(job["source_type"]),
+            account_code(job["destination_type"]), source, destination, job["amount"], None,
+            None, conv.PENDING, None, 0, False, job["requested_by"], job["trigger"], None, now, now,
+            None, None, None)
+        self.transitions.setdefault(job_id, []).append((None, conv.PENDING, None))
+        return job_id
+
+    def get(self, job_id: int, *, lock: bool = False):
+        if job_id not in self.jobs:
+            raise NotFound(f"no conversion job {job_id}")
+        return self.jobs[job_id]
+
+    def move(self, job, new: str, note: str | None = None, **columns: Any):
+        conv.transition(job.status, new)
+        self.transitions.setdefault(job.id, []).append((job.status, new, note))
+        self.jobs[job.id] = replace(job, status=new, **columns)
+        return self.jobs[job.id]
+
+    def update(self, job, **columns: Any):
+        self.jobs[job.id] = replace(job, **columns)
+        return self.jobs[job.id]
+
+    def note(self, job, note: str) -> None:
+        self.transitions.setdefault(job.id, []).append((job.status, job.status, note))
+
+    def attempts(self, job_id: int) -> list[Any]:
+        return list(self.attempt_rows.get(job_id, []))
+
+    def finish_attempt(self, attempt, status: str, *, error: str | None = None,
+                       provider_ref: str | None = None) -> None:
+        rows = self.attempt_rows[attempt.job_id]
+        rows[rows.index(attempt)] = replace(attempt, status=status, error=error)
 
     def reserved_by_pending(self, *, before_job: int | None = None) -> dict[str, int]:
         return {}

@@ -3,9 +3,13 @@
     record_buffer_flow     an upstream service funded (or drew on) a buffer
     run_settlement_cycle   one replenishment job per buffer below min, sources shared
     set_auto_rebalance     the operator pauses or resumes scheduled cycles
+    set_buffer_thresholds  the operator changes a buffer's min, target, max or batch
+    report_custody         the custodian reports what it holds for a buffer
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from domain import accounts
 from domain import buffers as b
@@ -13,7 +17,8 @@ from domain.conversions import DIRECTIONS
 from domain.ledger import Posting
 from domain.money import format_minor
 from domain.providers import smallest_minimum
-from infra.contract.operations import SetAutoRebalance
+from infra.treasury.store import Buffer
+from infra.contract.operations import ReportCustody, SetAutoRebalance, SetBufferThresholds
 from infra.contract.treasury import RecordBufferFlow, RunSettlementCycle
 from infra.logs import get_logger
 from infra.treasury import jobs
@@ -108,5 +113,27 @@ def _shortfall(uow: UnitOfWork, currency: str, plan: b.Replenishment, job_id: in
 
 
 def set_auto_rebalance(cmd: SetAutoRebalance, uow: UnitOfWork) -> None:
-    """Freeze or resume scheduled rebalancing (a manual cycle still runs when asked)."""
+    """Freeze or resume scheduled rebalancing (a manual cycle still runs when asked); the
+    lever is audited."""
     uow.buffers.put_setting(AUTO_REBALANCE, cmd.enabled, cmd.performed_by)
+    uow.conversions.record_lever("resume_rebalancing" if cmd.enabled else "pause_rebalancing",
+                                 cmd.performed_by)
+
+
+def set_buffer_thresholds(cmd: SetBufferThresholds, uow: UnitOfWork) -> tuple[Buffer, b.Thresholds]:
+    """Change the thresholds given, keep the others (the domain refuses any but
+    ``0 <= min < target < max`` and a positive batch); the lever is audited.  Returns the
+    buffer as it was and its new thresholds."""
+    buf = uow.buffers.lock(cmd.account_type)
+    new = b.changed_thresholds(buf.thresholds, min=cmd.min_amount, target=cmd.target_amount,
+                               max=cmd.max_amount, batch=cmd.batch_amount)
+    uow.buffers.set_thresholds(cmd.account_type, new, cmd.performed_by)
+    uow.conversions.record_lever("set_thresholds", cmd.performed_by, data={
+        "account_type": cmd.account_type, **b.thresholds_doc(new)})
+    return buf, new
+
+
+def report_custody(cmd: ReportCustody, uow: UnitOfWork) -> dict[str, Any]:
+    """What the custodian (the chain for USDC, a bank for USD) holds for a buffer now, for
+    reconciliation against the ledger.  Returns the report."""
+    return uow.buffers.report_custody(cmd.account_type, cmd.balance, cmd.performed_by)

@@ -1,8 +1,9 @@
 """Conversions (SPEC §3): a pending job handed to a provider, and jobs a provider holds
 followed until they end.
 
-    submit_conversion   the best provider takes a pending job (falling back on errors)
-    poll_conversion     the provider's status drives one job, or every job it holds
+    submit_conversion          the best provider takes a pending job (falling back on errors)
+    poll_conversion            the provider's status drives one job, or every job it holds
+    apply_conversion_callback  a verified provider callback drives its job, as a poll would
 
 A provider is never called inside a database transaction.  Under the job's advisory
 lock (lock order: the job row, provider rows, the source buffer row, then ledger
@@ -19,8 +20,11 @@ A submission error (rejection, or an outage the provider confirms it never saw) 
 back to the next provider.  A worker that dies between 2 and 3 leaves the attempt
 ``submitting``; on redelivery the provider is *asked* about that key (only if it never
 heard of it is the same key sent again, which cannot become a second order), so a job is
-never converted twice.  How the provider's word then moves a job (``drive``, shared with
-signed callbacks) and how a job ends (``complete``, ``fail``) are in ``infra/treasury``.
+never converted twice.  The provider's word then moves a job by one path (``drive``, for
+polls and signed callbacks alike, under the job's lock); how a job ends (``complete``,
+``fail``) is ``infra/treasury/jobs.py``.  A job with its provider for 30 minutes is
+stale: an alert, and it keeps being polled — never resubmitted while the provider may
+still complete it.  Pending jobs nobody touched for a while go back to submission.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from domain.buffers import may_take
 from domain.ledger import Posting
 from domain.providers import choose, rank, why_not
 from infra import faults
-from infra.contract.treasury import PollConversion, SubmitConversion
+from infra.contract.treasury import ApplyConversionCallback, PollConversion, SubmitConversion
 from infra.errors import Transient
 from infra.logs import get_logger
 from infra.providers import (
@@ -47,12 +51,15 @@ from infra.providers import (
     ProviderUnavailable,
     Report,
 )
-from infra.treasury.jobs import SUBMIT_LOCK_WAIT_S, ProviderUncertain, fail, job_lock, now_utc
-from infra.treasury.polling import RESUBMIT_PENDING_AFTER_S, drive, flag_if_stale, schedule_first
+from infra.treasury.jobs import (SUBMIT_LOCK_WAIT_S, ProviderUncertain, complete, fail,
+                                 flag_if_stale, job_lock, now_utc, schedule_first)
 from infra.treasury.store import Attempt, Job
 from infra.uow import UnitOfWork
 
 log = get_logger(__name__)
+
+#: A pending job untouched this long is handed to submit_conversion again by polling.
+RESUBMIT_PENDING_AFTER_S = 120  # s
 
 
 class JobBusy(Transient):
@@ -325,3 +332,84 @@ def _rekick(uow: UnitOfWork, job: Job, request_id: str) -> None:
                  job_id=job.id)
         uow.commit()
     log.warning("conversion.resubmitted_pending", job_id=job.id)
+
+
+# --- how a provider's word moves a job ---------------------------------------------------------
+
+def apply_conversion_callback(cmd: ApplyConversionCallback, uow: UnitOfWork) -> bool:
+    """A verified callback (``ballast callbacks serve``) drives its job by the path of a
+    poll, waiting a while for a worker holding the job.  False when nothing was applied
+    (the job is no longer with its provider, or the callback is about another order)."""
+    told = Report(cmd.state, cmd.reference, cmd.destination_amount, cmd.fee_amount,
+                  cmd.rate_ppm, cmd.detail)
+    return drive(uow, cmd.job_id, told, wait_s=SUBMIT_LOCK_WAIT_S,
+                 idempotency_key=cmd.idempotency_key)
+
+
+def drive(uow: UnitOfWork, job_id: int, told: Report | None, *,
+          wait_s: float = 0, idempotency_key: str | None = None) -> bool:
+    """The one path by which a provider's word moves a job: ``told`` (a verified
+    callback) or, when None, the provider's answer to a status call.  Under the job's
+    lock, so a callback and a poll arriving together change the job once.
+
+    ``idempotency_key``: the order ``told`` is about must be the one the provider holds
+    now (a callback speaks for one order only).  False when nothing could be applied.
+    """
+    with job_lock(uow, job_id, wait_s) as got:
+        if not got:
+            return False
+        held = _held(uow, job_id, idempotency_key)
+        if held is None:
+            return False
+        attempt, client = held
+        report, problem = told, None
+        if report is None:
+            try:
+                report = client.status(attempt.idempotency_key)
+            except ProviderError as exc:
+                problem = str(exc)
+                log.warning("conversion.poll_failed", job_id=job_id, error=problem)
+        with uow:
+            job = uow.conversions.get(job_id, lock=True)
+            if job.status in conv.WITH_PROVIDER and report is not None:
+                job = _apply_report(uow, job, attempt, report)
+            if job.status in conv.WITH_PROVIDER:
+                flag_if_stale(uow, job, problem)
+            uow.commit()
+    return True
+
+
+def _held(uow: UnitOfWork, job_id: int, idempotency_key: str | None):
+    """The accepted attempt of a job with its provider, and that provider's client."""
+    with uow:
+        job = uow.conversions.get(job_id)
+        if job.status not in conv.WITH_PROVIDER:
+            return None
+        attempt = next((a for a in uow.conversions.attempts(job_id)
+                        if a.status == "accepted"), None)
+        if attempt is None:
+            log.error("conversion.no_accepted_attempt", job_id=job_id, status=job.status)
+            return None
+        if idempotency_key is not None and attempt.idempotency_key != idempotency_key:
+            log.warning("conversion.callback_for_another_order", job_id=job_id,
+                        key=idempotency_key, held=attempt.idempotency_key)
+            return None
+        return attempt, uow.providers.client(uow.providers.get(attempt.provider))
+
+
+def _apply_report(uow: UnitOfWork, job: Job, attempt: Attempt, report: Report) -> Job:
+    new = conv.after_report(job.status, report.state)
+    if report.state == conv.NOT_FOUND:
+        uow.alerts.raise_(kind="conversion", severity="critical",
+                           subject=f"{attempt.provider} does not know conversion job {job.id}",
+                           dedupe_key=f"conversion:lost:{job.id}",
+                           data={"job_id": job.id, "key": attempt.idempotency_key})
+        return job
+    if new == conv.PROCESSING:
+        return uow.conversions.move(job, new, f"{attempt.provider} is processing")
+    if new == conv.COMPLETED:
+        return complete(uow, job, attempt, report)
+    if new == conv.FAILED:
+        return fail(uow, job, report.detail or f"{attempt.provider} failed the order",
+                    attempt=attempt)
+    return job

@@ -10,13 +10,13 @@ from datetime import datetime, timezone
 import click
 
 from domain import guard as rules
-from domain.errors import BallastError
+from domain.errors import BallastError, InvalidCommand
 from domain.money import CURRENCIES, format_minor
 from infra import alerts, guard
+from infra.cli import in_process
 from infra.cli.identity import operator_identity
 from infra.cli.output import console, emit, fail, json_option, table, timestamp
 from infra.db.engine import get_engine, get_read_engine
-from infra.uow import UnitOfWork
 
 SUMMARY = ("alert_id", "kind", "severity", "subject", "status", "created_at")
 
@@ -48,6 +48,17 @@ def alerts_group(ctx: click.Context, open_only: bool, kind: str | None, user_id:
                                        detail=["subject"]))
 
 
+def _call(actor: str, **kwargs):
+    """The command of ``actor`` run here (validated, claimed, committed, as its actor would):
+    bad input exits 2, a refusal 1, with one line."""
+    try:
+        return in_process.call(actor, request_id=f"cli:{actor}:{uuid.uuid4()}", **kwargs)
+    except InvalidCommand as exc:
+        fail(str(exc), 2)
+    except BallastError as exc:
+        fail(str(exc), 1)
+
+
 @alerts_group.command("ack")
 @click.argument("alert_id", type=int)
 @click.option("--by", "by", required=True, help="Who acknowledges (recorded with the time).")
@@ -57,11 +68,7 @@ def alerts_ack(alert_id: int, by: str, as_json: bool) -> None:
     if not by.strip():
         fail("--by needs a name", 2)
     by = operator_identity(by.strip())
-    try:
-        with get_engine().begin() as conn:
-            doc = alerts.acknowledge(conn, alert_id, by.strip())
-    except BallastError as exc:
-        fail(str(exc), 1)
+    doc = _call("acknowledge_alert", alert_id=alert_id, acknowledged_by=by.strip())
     emit(doc, as_json, lambda d: console.print(
         f"alert {d['alert_id']} ({d['kind']}) acknowledged by {d['acknowledged_by']} "
         f"at {timestamp(d['acknowledged_at'])}"))
@@ -77,12 +84,7 @@ def alerts_resolve(alert_id: int, by: str, note: str, as_json: bool) -> None:
     An alert whose condition still holds is raised again by the next sweep."""
     if not by.strip() or not note.strip():
         fail("--by and --note need a value", 2)
-    try:
-        with UnitOfWork(actor="alerts_resolve", request_id=f"cli:{uuid.uuid4()}") as uow:
-            doc = alerts.resolve_by_hand(uow, alert_id, by.strip(), note.strip())
-            uow.commit()
-    except BallastError as exc:
-        fail(str(exc), 1)
+    doc = _call("resolve_alert", alert_id=alert_id, note=note.strip(), resolved_by=by.strip())
     emit(doc, as_json, lambda d: console.print(
         f"alert {d['alert_id']} ({d['kind']}) resolved by {d['resolved_by']}: {d['resolution_note']}"))
 

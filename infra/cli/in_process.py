@@ -22,6 +22,12 @@ from infra.uow import UnitOfWork
 ACTORS_PACKAGE = "actors"
 
 
+def register() -> None:
+    """Register every actor here now, as the worker does (``call`` does it on first use)."""
+    get_broker()  # this process's own broker first: the actors' package would build a worker's
+    importlib.import_module(ACTORS_PACKAGE)
+
+
 def call(actor_name: str, /, *, extras: dict[str, Any] | None = None,
          then: Callable[[UnitOfWork, Any], None] | None = None, **kwargs: Any) -> Any:
     """Run the command ``actor_name`` here and now, as its actor would (validated, claimed,
@@ -37,6 +43,5 @@ def call(actor_name: str, /, *, extras: dict[str, Any] | None = None,
 
     A duplicate request runs neither the handler nor ``then``."""
     if actor_name not in messaging.RUNNERS:
-        get_broker()  # this process's own broker first: the actors' package would build a worker's
-        importlib.import_module(ACTORS_PACKAGE)  # registers every actor, as the worker does
+        register()
     return messaging.RUNNERS[actor_name](kwargs, extras, then)

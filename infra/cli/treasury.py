@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import asdict
 from typing import Any, Callable
 
 import click
 
-from domain.buffers import CURRENCY_OF, Thresholds
+from domain.buffers import CURRENCY_OF, changed_thresholds, thresholds_doc
 from domain.conversions import DIRECTIONS, PPM, format_rate, parse_rate
 from domain.errors import BallastError, InvalidCommand
 from domain.money import format_minor
@@ -24,9 +25,10 @@ from infra.cli.levers import by_option, check_by, confirm, lever_options, record
 from infra.cli.output import console, emit, fail, json_option, table
 from infra.db.engine import get_engine, get_read_engine
 from infra.logs import configure_logging
+from infra.providers import Report
 from infra.providers import http as http_provider
 from infra.providers import simulated as simulated_provider
-from infra.treasury import callbacks, cycle, jobs, overrides, reconcile, store, views
+from infra.treasury import callbacks, overrides, reconcile, store, views
 from infra.uow import UnitOfWork
 
 ACCOUNT_TYPES = click.Choice(sorted(CURRENCY_OF))
@@ -54,6 +56,31 @@ def _guarded(fn: Callable[[], Any]) -> Any:
 
 def _uow(actor: str, what: str) -> UnitOfWork:
     return UnitOfWork(actor=actor, request_id=f"cli:{what}:{uuid.uuid4()}", payload={"cli": what})
+
+
+def _call(actor: str, **kwargs: Any) -> Any:
+    """The command of ``actor`` run here (validated, claimed, committed, as its actor
+    would); what its handler returns.  Refusals as ``_guarded``'s one line."""
+    return _guarded(lambda: in_process.call(actor, request_id=f"cli:{actor}:{uuid.uuid4()}",
+                                            **kwargs))
+
+
+def _job(job_id: int) -> dict[str, Any]:
+    with get_engine().connect() as conn:
+        return views.job(conn, job_id)
+
+
+def _lever(actor: str, command: str, target: str | None, by: str,
+           detail: dict[str, Any] | Callable[[Any], dict[str, Any]] | None = None,
+           **kwargs: Any) -> Any:
+    """Pull a lever: the command of ``actor`` run here (validated, claimed, committed, as its
+    actor would), with the CLI's line of ``operator_actions`` in the same transaction.
+    ``detail``: that line's detail, or a function of what the handler returned."""
+    def audit(uow: UnitOfWork, result: Any) -> None:
+        record(uow.conn, by, command, target, detail(result) if callable(detail) else detail)
+
+    return _guarded(lambda: in_process.call(actor, then=audit,
+                                            request_id=f"cli:{actor}:{uuid.uuid4()}", **kwargs))
 
 
 # --- buffers -----------------------------------------------------------------------------
@@ -100,12 +127,8 @@ def buffers_rebalance(by: str, as_json: bool) -> None:
 
 def _set_auto(enabled: bool, by: str, as_json: bool) -> None:
     check_by(by)
-    with _uow("treasury_settings", "auto_rebalance") as uow:
-        uow.buffers.put_setting(cycle.AUTO_REBALANCE, enabled, by)
-        record(uow.conn, by, f"buffers {'resume' if enabled else 'pause'}", None)
-        overrides.record_lever(uow.conn, "resume_rebalancing" if enabled else "pause_rebalancing",
-                               by)
-        uow.commit()
+    _lever("set_auto_rebalance", f"buffers {'resume' if enabled else 'pause'}", None, by,
+           enabled=enabled, performed_by=by)
     emit({"auto_rebalance": enabled, "by": by}, as_json,
          lambda d: console.print(f"auto-rebalancing {'resumed' if enabled else 'paused'} by {by}"))
 
@@ -140,22 +163,13 @@ def buffers_set(account_type: str, mn: int | None, target: int | None, mx: int |
     """Change a buffer's thresholds (minor units of its currency): asks first."""
     check_by(by)
 
-    def change(commit: bool):
-        with _uow("treasury_settings", "thresholds") as uow:
-            buf = store.load_buffers(uow.conn, lock=True)[account_type]
-            t = buf.thresholds
-            new = Thresholds(t.min if mn is None else mn, t.target if target is None else target,
-                             t.max if mx is None else mx, t.batch if batch is None else batch)
-            store.set_thresholds(uow.conn, account_type, new, by)  # validates; rolled back unless commit
-            if commit:
-                record(uow.conn, by, "buffers set", account_type,
-                       {"before": _thresholds(t), "after": _thresholds(new)})
-                overrides.record_lever(uow.conn, "set_thresholds", by, data={
-                    "account_type": account_type, **_thresholds(new)})
-                uow.commit()
-        return buf.currency, t, new
+    def preview():  # what the lever would do, validated by the domain; nothing written
+        with get_engine().connect() as conn:
+            buf = store.load_buffers(conn)[account_type]
+        return buf.currency, buf.thresholds, changed_thresholds(
+            buf.thresholds, min=mn, target=target, max=mx, batch=batch)
 
-    cur, old, new = _guarded(lambda: change(False))
+    cur, old, new = _guarded(preview)
     what = (f"set {account_type} thresholds to " + ", ".join(
         f"{k} {format_minor(b, cur)} (was {format_minor(a, cur)})"
         for k, a, b in zip(("min", "target", "max", "batch"), _thresholds(old).values(),
@@ -167,13 +181,15 @@ def buffers_set(account_type: str, mn: int | None, target: int | None, mx: int |
              lambda d: click.echo(f"dry run: would {what}"))
         return
     confirm(what[0].upper() + what[1:], yes)
-    _guarded(lambda: change(True))
+    _lever("set_buffer_thresholds", "buffers set", account_type, by,
+           lambda done: {"before": _thresholds(done[0].thresholds), "after": _thresholds(done[1])},
+           account_type=account_type, min_amount=mn, target_amount=target, max_amount=mx,
+           batch_amount=batch, performed_by=by)
     with get_engine().connect() as conn:
         emit(next(r for r in views.buffers(conn) if r["account_type"] == account_type), as_json)
 
 
-def _thresholds(t: Thresholds) -> dict[str, int]:
-    return {"min": t.min, "target": t.target, "max": t.max, "batch": t.batch}
+_thresholds = thresholds_doc
 
 
 # --- providers ---------------------------------------------------------------------------
@@ -271,18 +287,16 @@ def providers_add(name: str, kind: str, priority: int, by: str, as_json: bool, *
     """Add a provider (simulated for demos and tests, or http)."""
     check_by(by)
 
-    def run():
+    def config():
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
             raise InvalidCommand("a provider name is 1-64 letters, digits, '_', '.', '-'")
-        row = store.ProviderRow(
-            name, kind, priority, "active", tuple(o["directions"] or sorted(DIRECTIONS)),
-            o["min_amount"] or 0, o["max_amount"], o["daily_limit"], _config(kind, {}, o), 0, 0)
-        with _uow("treasury_settings", "provider_add") as uow:
-            store.add_provider(uow.conn, row)
-            record(uow.conn, by, "providers add", name, {"type": kind, "priority": priority})
-            uow.commit()
+        return _config(kind, {}, o)
 
-    _guarded(run)
+    _lever("add_provider", "providers add", name, by, {"type": kind, "priority": priority},
+           name=name, kind=kind, priority=priority,
+           directions=list(o["directions"] or sorted(DIRECTIONS)), min_amount=o["min_amount"] or 0,
+           max_amount=o["max_amount"], daily_limit=o["daily_limit"], config=_guarded(config),
+           performed_by=by)
     _show_provider(name, as_json)
 
 
@@ -298,28 +312,22 @@ def providers_set(name: str, priority: int | None, by: str, yes: bool, dry_run: 
     """Change a provider's priority, limits or configuration: asks first."""
     check_by(by)
 
-    def change(commit: bool):
-        with _uow("treasury_settings", "provider_set") as uow:
-            current = store.get_provider(uow.conn, name)
-            fields: dict[str, Any] = {"config": _config(current.kind, current.config, o)}
-            if priority is not None:
-                fields["priority"] = priority
-            for k in ("min_amount", "max_amount", "daily_limit"):
-                if o[k] is not None:
-                    fields[k] = o[k]
-            if o["directions"]:
-                fields["directions"] = list(o["directions"])
-            before = {k: getattr(current, k) for k in fields}
-            before = {k: list(v) if isinstance(v, tuple) else v for k, v in before.items()}
-            changed = {k: v for k, v in fields.items() if before.get(k) != v}
-            store.update_provider(uow.conn, name, **fields)  # validates; rolled back unless commit
-            if commit:
-                record(uow.conn, by, "providers set", name,
-                       {"before": {k: before[k] for k in changed}, "after": changed})
-                uow.commit()
-        return before, changed
+    def preview():  # what the lever would do; nothing written
+        with get_engine().connect() as conn:
+            current = store.get_provider(conn, name)
+        fields: dict[str, Any] = {"config": _config(current.kind, current.config, o)}
+        if priority is not None:
+            fields["priority"] = priority
+        for k in ("min_amount", "max_amount", "daily_limit"):
+            if o[k] is not None:
+                fields[k] = o[k]
+        if o["directions"]:
+            fields["directions"] = list(o["directions"])
+        before = {k: getattr(current, k) for k in fields}
+        before = {k: list(v) if isinstance(v, tuple) else v for k, v in before.items()}
+        return fields, before, {k: v for k, v in fields.items() if before.get(k) != v}
 
-    before, changed = _guarded(lambda: change(False))
+    fields, before, changed = _guarded(preview)
     what = (f"change provider {name}: " + "; ".join(
         f"{k} {before[k]} -> {v}" for k, v in changed.items()) if changed
         else f"leave provider {name} as it is")
@@ -328,22 +336,16 @@ def providers_set(name: str, priority: int | None, by: str, yes: bool, dry_run: 
               "after": changed}, as_json, lambda d: click.echo(f"dry run: would {what}"))
         return
     confirm(what[0].upper() + what[1:], yes)
-    _guarded(lambda: change(True))
+    _lever("update_provider", "providers set", name, by,
+           lambda done: {"before": {k: done[0][k] for k in done[1]}, "after": done[1]},
+           name=name, performed_by=by, **fields)
     _show_provider(name, as_json)
 
 
 def _provider_status(name: str, status: str, by: str, as_json: bool) -> None:
     check_by(by)
-
-    def run():
-        with _uow("treasury_settings", f"provider_{status}") as uow:
-            store.update_provider(uow.conn, name, status=status)
-            record(uow.conn, by, f"providers {'pause' if status == 'paused' else 'resume'}", name)
-            overrides.record_lever(uow.conn, "pause_provider" if status == "paused"
-                                   else "resume_provider", by, data={"provider": name})
-            uow.commit()
-
-    _guarded(run)
+    _lever("set_provider_status", f"providers {'pause' if status == 'paused' else 'resume'}",
+           name, by, name=name, status=status, performed_by=by)
     _show_provider(name, as_json)
 
 
@@ -446,15 +448,9 @@ def conversions_show(job_id: int, as_json: bool) -> None:
 def conversions_convert(source: str, destination: str, amount: int, by: str, as_json: bool) -> None:
     """Convert manually between two buffers (through a provider, like any job)."""
     by = operator_identity(by)
-    def run():
-        with _uow("convert", "manual") as uow:
-            job_id = jobs.convert_manually(uow, source_type=source, destination_type=destination,
-                                           amount=amount, performed_by=by)
-            uow.commit()
-        with get_engine().connect() as conn:
-            return views.job(conn, job_id)
-
-    emit(_guarded(run), as_json)
+    job_id = _call("convert_manually", source_type=source, destination_type=destination,
+                   amount=amount, performed_by=by)
+    emit(_guarded(lambda: _job(job_id)), as_json)
 
 
 @conversions_group.command("cancel")
@@ -489,12 +485,9 @@ def conversions_cancel(job_id: int, by: str, reason: str, force: bool, yes: bool
     if force:
         confirm(what[0].upper() + what[1:], yes)
 
-    def run():
-        jobs.cancel(job_id, by=by, reason=reason, force=force)
-        record_now(by, "conversions cancel", str(job_id), {"reason": reason, "force": force})
-        return look()
-
-    emit(_guarded(run), as_json)
+    _call("cancel_conversion", job_id=job_id, reason=reason, force=force, performed_by=by)
+    record_now(by, "conversions cancel", str(job_id), {"reason": reason, "force": force})
+    emit(_guarded(look), as_json)
 
 
 # --- the emergency override -----------------------------------------------------------------
@@ -506,13 +499,7 @@ def conversions_cancel(job_id: int, by: str, reason: str, force: bool, yes: bool
 def conversions_freeze(by: str, reason: str, as_json: bool) -> None:
     """Freeze every conversion: no new job, nothing submitted; held jobs are still polled."""
     by = operator_identity(by)
-    def run():
-        with _uow("override_conversion", "freeze") as uow:
-            state = overrides.freeze(uow, by=by, reason=reason)
-            uow.commit()
-        return state
-
-    emit(_guarded(run), as_json,
+    emit(_call("freeze_conversions", reason=reason, performed_by=by), as_json,
          lambda d: console.print(f"conversions [red]frozen[/red] by {d['by']}: {d['reason']}"))
 
 
@@ -522,13 +509,7 @@ def conversions_freeze(by: str, reason: str, as_json: bool) -> None:
 def conversions_thaw(by: str, as_json: bool) -> None:
     """Lift the freeze; pending jobs are handed to submission again."""
     by = operator_identity(by)
-    def run():
-        with _uow("override_conversion", "thaw") as uow:
-            state = overrides.thaw(uow, by=by)
-            uow.commit()
-        return state
-
-    emit(_guarded(run), as_json,
+    emit(_call("thaw_conversions", performed_by=by), as_json,
          lambda d: console.print(f"conversions thawed by {d['by']}; "
                                  f"{d['pending_resubmitted']} pending job(s) resubmitted"))
 
@@ -546,13 +527,9 @@ def conversions_complete(job_id: int, by: str, reason: str, evidence: str,
                          destination_amount: int, fee: int, as_json: bool) -> None:
     """Complete a stuck job by hand, posted to the ledger like the provider's completion."""
     by = operator_identity(by)
-    def run():
-        overrides.complete_by_hand(job_id, by=by, reason=reason, evidence=evidence,
-                                   destination_amount=destination_amount, fee_amount=fee)
-        with get_engine().connect() as conn:
-            return views.job(conn, job_id)
-
-    emit(_guarded(run), as_json)
+    _call("complete_conversion", job_id=job_id, reason=reason, evidence=evidence,
+          destination_amount=destination_amount, fee_amount=fee, performed_by=by)
+    emit(_guarded(lambda: _job(job_id)), as_json)
 
 
 @conversions_group.command("fail")
@@ -564,12 +541,8 @@ def conversions_complete(job_id: int, by: str, reason: str, evidence: str,
 def conversions_fail(job_id: int, by: str, reason: str, evidence: str, as_json: bool) -> None:
     """Fail a stuck job by hand: transit back to the source, like a provider's failure."""
     by = operator_identity(by)
-    def run():
-        overrides.fail_by_hand(job_id, by=by, reason=reason, evidence=evidence)
-        with get_engine().connect() as conn:
-            return views.job(conn, job_id)
-
-    emit(_guarded(run), as_json)
+    _call("fail_conversion", job_id=job_id, reason=reason, evidence=evidence, performed_by=by)
+    emit(_guarded(lambda: _job(job_id)), as_json)
 
 
 # --- reconciliation (under ``ballast treasury``) ---------------------------------------------
@@ -619,15 +592,10 @@ def custody_group() -> None:
 def custody_report(account_type: str, balance: int, by: str, as_json: bool) -> None:
     """Record what the custodian (the chain for USDC, a bank for USD) holds now."""
     by = operator_identity(by)
-    def run():
-        if not by.strip():
-            raise InvalidCommand("--by NAME is required")
-        with _uow("treasury_settings", "custody") as uow:
-            doc = reconcile.record_custody(uow.conn, account_type, balance, by.strip())
-            uow.commit()
-        return doc
-
-    emit(_guarded(run), as_json)
+    if not by.strip():
+        fail("--by NAME is required", 2)
+    emit(_call("report_custody", account_type=account_type, balance=balance,
+               performed_by=by.strip()), as_json)
 
 
 # --- provider callbacks ---------------------------------------------------------------------
@@ -643,7 +611,16 @@ def callbacks_group() -> None:
 def callbacks_serve(host: str, port: int) -> None:
     """Receive signed provider callbacks on POST /callbacks/PROVIDER."""
     configure_logging()
-    callbacks.serve(host, port)
+    in_process.register()  # before the first callback: the server answers from many threads
+    callbacks.serve(host, port, apply_callback)
+
+
+def apply_callback(job_id: int, key: str, report: Report) -> bool:
+    """A verified callback, applied by the ``apply_conversion_callback`` step in this
+    process (the endpoint's ``apply``)."""
+    return in_process.call("apply_conversion_callback",
+                           request_id=f"conversion:{job_id}:callback", job_id=job_id,
+                           idempotency_key=key, **asdict(report))
 
 
 @callbacks_group.command("secret")

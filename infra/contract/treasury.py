@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StrictInt, field_validator
+from pydantic import Field, StrictInt, StrictStr, field_validator
 
-from infra.contract.base import ActorSpec, Command, Identifier, ShortText, SignedAmount
+from infra.contract.base import ActorSpec, Command, Identifier, LongText, ShortText, SignedAmount
 
 QUEUE = "ballast.treasury"
 
@@ -45,6 +45,22 @@ class PollConversion(Command):
     poll_no: Annotated[StrictInt, Field(ge=0, le=10_000)] | None = None
 
 
+class ApplyConversionCallback(Command):
+    """What a verified provider callback says about one order (``ballast callbacks serve``
+    runs it in process; kwargs internal)."""
+
+    job_id: JobId
+    idempotency_key: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    state: Literal["not_found", "processing", "completed", "failed"]
+    reference: LongText | None = None
+    # As the provider said them: amounts the job cannot take are refused when applied
+    # (``jobs.complete``: the provider is asked again), not here.
+    destination_amount: StrictInt | None = None
+    fee_amount: StrictInt | None = None
+    rate_ppm: StrictInt | None = None
+    detail: LongText | None = None
+
+
 class ProbeProviders(Command):
     """Ask every active provider's health endpoint (the scheduler, every minute)."""
 
@@ -55,4 +71,7 @@ SPECS = [
     ActorSpec("submit_conversion", "ballast.step.conversions", SubmitConversion, step=True),
     ActorSpec("poll_conversion", "ballast.step.polling", PollConversion, step=True),
     ActorSpec("probe_providers", "ballast.step.polling", ProbeProviders, step=True),
+    # Added (issue 11): a verified callback applied by the path of a poll.
+    ActorSpec("apply_conversion_callback", "ballast.step.polling", ApplyConversionCallback,
+              step=True),
 ]

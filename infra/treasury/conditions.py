@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import func, select
 
 from domain import conversions as conv
 from domain.providers import ACTIVE
 from infra import alerts
-from infra.treasury import cycle, polling, reconcile, store
+from infra.db.tables import conversion_jobs
+from infra.treasury import cycle, jobs, reconcile
 from infra.uow import UnitOfWork
 
 
@@ -20,7 +21,7 @@ def provider_health(uow: UnitOfWork) -> None:
     """A provider with ≥ 10 outcomes in the window and a success rate under 80 %, or whose
     fresh health probe says down."""
     degraded = []
-    for p in store.load_providers(uow.conn):
+    for p in uow.providers.list():
         if p.status == ACTIVE and not p.view().healthy:
             total = p.successes + p.failures
             why = ("its health probe says down" if p.probe_healthy is False
@@ -35,11 +36,11 @@ def provider_health(uow: UnitOfWork) -> None:
 
 def failure_rate(uow: UnitOfWork) -> None:
     """More than 5 % of the conversions finished in the last day failed."""
-    row = uow.conn.execute(text(
-        "SELECT count(*) FILTER (WHERE status = 'completed') AS completed, "
-        "count(*) FILTER (WHERE status = 'failed') AS failed FROM conversion_jobs "
-        "WHERE finished_at >= now() - CAST(:window AS interval)"
-    ), {"window": conv.FAILURE_RATE_WINDOW}).one()
+    j = conversion_jobs.c
+    row = uow.conn.execute(
+        select(func.count().filter(j.status == conv.COMPLETED).label("completed"),
+               func.count().filter(j.status == conv.FAILED).label("failed"))
+        .where(j.finished_at >= func.now() - conv.FAILURE_RATE_WINDOW)).one()
     key = "conversion:failure_rate"
     if conv.failure_rate_exceeded(row.completed, row.failed):
         alerts.raise_alert(uow, kind="conversion", severity="warning",
@@ -52,12 +53,11 @@ def failure_rate(uow: UnitOfWork) -> None:
 
 def stale_jobs(uow: UnitOfWork) -> None:
     """Jobs with their provider (or pending) for 30 minutes: alert, keep polling."""
-    for seen in store.list_jobs(uow.conn, active_only=True, limit=10_000):
-        job = store.get_job(uow.conn, seen.id, lock=True)
+    for seen in uow.conversions.list(active_only=True):
+        job = uow.conversions.get(seen.id, lock=True)
         if job.status in conv.ACTIVE:
-            polling.flag_if_stale(uow, job)
-    active = {f"conversion:stale:{j.id}" for j in store.list_jobs(uow.conn, active_only=True,
-                                                                    limit=10_000)}
+            jobs.flag_if_stale(uow, job)
+    active = {f"conversion:stale:{j.id}" for j in uow.conversions.list(active_only=True)}
     alerts.resolve_all_except(uow, "conversion:stale:", active)
 
 

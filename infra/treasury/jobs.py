@@ -1,4 +1,5 @@
-"""Conversion jobs: creating them, the per-job lock, and how they end.
+"""Conversion jobs: creating them, the per-job lock, and how they end (the steps shared by
+the conversion handlers, ``services/conversions.py`` and ``services/overrides.py``).
 
 A job moves ``pending -> provider_submitted -> provider_processing ->
 completed`` (or ``failed`` / ``cancelled``), every transition recorded with its
@@ -11,22 +12,16 @@ order), then ledger accounts.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Iterator
-
-from sqlalchemy import Engine
 
 from domain import accounts
 from domain import conversions as conv
-from domain.buffers import CURRENCY_OF, may_take
-from domain.errors import InvalidCommand, Refused
+from domain import request_ids
+from domain.buffers import CURRENCY_OF
 from domain.ledger import Posting
-from infra.db.engine import get_engine
 from infra.errors import Transient
 from infra.logs import get_logger
 from infra.providers import Report
-from infra.treasury import store
 from infra.treasury.store import Attempt, Job
 from infra.uow import UnitOfWork
 
@@ -51,33 +46,10 @@ def create_job(uow: UnitOfWork, *, kind: str, source_type: str, destination_type
     job_id = uow.conversions.add(kind=kind, direction=direction, source_type=source_type,
                               destination_type=destination_type, amount=amount,
                               requested_by=requested_by, trigger=trigger)
-    uow.send("submit_conversion", request_id=f"conversion:{job_id}:submit", job_id=job_id)
+    uow.send("submit_conversion", request_id=request_ids.next_step("conversion", job_id, "submit"),
+             job_id=job_id)
     log.info("conversion.created", job_id=job_id, direction=direction, amount=amount, kind=kind)
     return job_id
-
-
-def convert_manually(uow: UnitOfWork, *, source_type: str, destination_type: str, amount: int,
-                     performed_by: str) -> int:
-    """An operator's conversion between two buffers of different currencies.
-
-    It obeys the source rule of every conversion: the source keeps its own min
-    after what its pending jobs will take (checked again at submission).
-    """
-    if source_type not in CURRENCY_OF or destination_type not in CURRENCY_OF:
-        raise InvalidCommand(f"buffers are {', '.join(CURRENCY_OF)}")
-    if type(amount) is not int or amount <= 0:
-        raise InvalidCommand("amount must be a positive integer in minor units")
-    freeze = uow.buffers.freeze_state()
-    if freeze:
-        raise Refused(f"conversions are frozen by {freeze['by']}: {freeze['reason']}")
-    buffer = uow.buffers.lock(source_type)
-    reserved = uow.conversions.reserved_by_pending().get(source_type, 0)
-    refusal = may_take(source_type, amount, buffer.balance, buffer.thresholds, reserved)
-    if refusal:
-        raise Refused(f"cannot convert: {refusal}")
-    return create_job(uow, kind="manual", source_type=source_type,
-                      destination_type=destination_type, amount=amount,
-                      requested_by=performed_by, trigger="manual")
 
 
 # --- the per-job lock --------------------------------------------------------------------
@@ -113,8 +85,7 @@ def complete(uow: UnitOfWork, job: Job, attempt: Attempt, report: Report) -> Job
                          f"fee {fee}", destination_amount=net, fee_amount=fee, finished_at=now_utc())
     uow.conversions.finish_attempt(attempt, "completed")
     uow.emit("conversion.completed", _event(job), recipient="admin")
-    for key in (f"conversion:stale:{job.id}", f"conversion:lost:{job.id}"):
-        uow.alerts.resolve(key, note="completed")
+    resolve_job_alerts(uow, job, "completed")
     log.info("conversion.completed", job_id=job.id, provider=p, net=net, fee=fee)
     return job
 
@@ -124,7 +95,7 @@ def fail(uow: UnitOfWork, job: Job, reason: str, *, attempt: Attempt | None = No
     if attempt is not None:
         uow.providers.count_outcome(attempt.provider, success=False)
         uow.conversions.finish_attempt(attempt, "failed", error=reason[:500])
-    _return_transit(uow, job, "conversion_return", "failed")
+    return_transit(uow, job, "conversion_return", "failed")
     job = uow.conversions.move(job, conv.FAILED, reason[:500], failure_reason=reason[:500],
                          finished_at=now_utc())
     uow.emit("conversion.failed", {**_event(job), "reason": reason[:500]}, recipient="admin")
@@ -133,52 +104,43 @@ def fail(uow: UnitOfWork, job: Job, reason: str, *, attempt: Attempt | None = No
                        dedupe_key=f"conversion:failed:{job.id}",
                        data={"job_id": job.id, "direction": job.direction,
                              "source_amount": job.source_amount, "reason": reason[:500]})
-    for key in (f"conversion:stale:{job.id}", f"conversion:lost:{job.id}"):
-        uow.alerts.resolve(key, note="failed")
+    resolve_job_alerts(uow, job, "failed")
     log.warning("conversion.failed", job_id=job.id, reason=reason)
     return job
 
 
-@contextmanager
-def operator_hold(job_id: int, actor: str, request_id: str,
-                  engine: Engine | None = None) -> Iterator[tuple[UnitOfWork, Job]]:
-    """What an operator's lever on one job holds: the job's advisory lock (waiting a while
-    for a worker), a unit of work and the job's row, refused when the job has ended."""
-    uow = UnitOfWork(actor=actor, request_id=request_id, engine=engine or get_engine())
-    with job_lock(uow, job_id, SUBMIT_LOCK_WAIT_S) as got:
-        if not got:
-            raise Refused(f"conversion job {job_id} is being worked on; try again")
-        with uow:
-            job = uow.conversions.get(job_id, lock=True)
-            if job.status in conv.TERMINAL:
-                raise Refused(f"conversion job {job_id} is {job.status} already")
-            yield uow, job
+def schedule_first(uow: UnitOfWork, job_id: int) -> None:
+    """After a submission: the job's first own poll (the rest follow with backoff)."""
+    uow.send_later("poll_conversion", conv.poll_delay_ms(0),
+                   request_id=request_ids.next_step("conversion", job_id, "poll", 0),
+                   job_id=job_id, poll_no=0)
 
 
-def cancel(job_id: int, *, by: str, reason: str, force: bool = False,
-           engine: Engine | None = None) -> Job:
-    """An operator stops a job.  A job a provider may still hold needs ``force``
-    (the operator vouches that the provider will not complete it)."""
-    with operator_hold(job_id, "cancel_conversion", f"conversion:{job_id}:cancel",
-                       engine) as (uow, job):
-        held = [a for a in uow.conversions.attempts(job_id)
-                if a.status in ("submitting", "accepted")]
-        if held and not force:
-            raise Refused(f"{held[0].provider} may still convert job {job_id} "
-                          f"(attempt {held[0].idempotency_key}); use --force if it will not")
-        for a in held:
-            uow.conversions.finish_attempt(a, "abandoned", error=f"cancelled by {by}")
-        _return_transit(uow, job, "conversion_cancel", "cancelled")
-        job = uow.conversions.move(job, conv.CANCELLED, f"cancelled by {by}: {reason}",
-                             failure_reason=f"cancelled by {by}: {reason}"[:500],
-                             finished_at=now_utc())
-        for key in (f"conversion:stale:{job.id}", f"conversion:lost:{job.id}"):
-            uow.alerts.resolve(key, note="cancelled")
-        uow.commit()
+def flag_if_stale(uow: UnitOfWork, job: Job, problem: str | None = None) -> Job:
+    """Alert once a job has been with its provider (or pending) too long; keep polling."""
+    since = job.submitted_at or job.created_at
+    if not conv.is_stale(since, now_utc()):
+        return job
+    uow.alerts.raise_(kind="conversion", severity="warning",
+                       subject=f"conversion job {job.id} is stale ({job.status} since "
+                               f"{since.isoformat()})",
+                       dedupe_key=f"conversion:stale:{job.id}",
+                       data={"job_id": job.id, "provider": job.provider, "status": job.status,
+                             "last_error": problem})
+    if job.stale_at is None:
+        job = uow.conversions.update(job, stale_at=now_utc())
+        uow.conversions.note(job, "stale: still polling, never resubmitted")
     return job
 
 
-def _return_transit(uow: UnitOfWork, job: Job, kind: str, why: str) -> None:
+def resolve_job_alerts(uow: UnitOfWork, job: Job, how: str) -> None:
+    """A job that ended is neither stale nor lost any more."""
+    for key in (f"conversion:stale:{job.id}", f"conversion:lost:{job.id}"):
+        uow.alerts.resolve(key, note=how)
+
+
+def return_transit(uow: UnitOfWork, job: Job, kind: str, why: str) -> None:
+    """The source amount a job moved to ``transit:{CUR}`` goes back to its source."""
     if not job.transit_moved:
         return
     uow.ledger.post([

@@ -24,12 +24,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, func, insert, select, text
 
 from domain import accounts
 from domain import conversions as conv
 from domain.money import CURRENCIES
 from infra import alerts, providers
+from infra.db.tables import accounts as accounts_table
+from infra.db.tables import conversion_jobs, custodian_reports
 from infra.logs import get_logger
 from infra.treasury import store
 
@@ -109,13 +111,13 @@ def provider_reports(engine: Engine) -> dict[str, dict[str, int]]:
 def _provider_books(conn: Connection, reports: dict[str, dict[str, int]]) -> list[Difference]:
     if not reports:
         return []
-    busy = {r.provider for r in conn.execute(text(
-        "SELECT DISTINCT provider FROM conversion_jobs WHERE provider IS NOT NULL "
-        "AND status = ANY(:st)"), {"st": list(conv.ACTIVE)})}
+    j, a = conversion_jobs.c, accounts_table.c
+    busy = set(conn.execute(select(j.provider).distinct()
+                            .where(j.provider.is_not(None), j.status.in_(list(conv.ACTIVE))))
+               .scalars())
     out: list[Difference] = []
     codes = [accounts.provider(p, cur) for p in reports for cur in CURRENCIES if cur in ("USD", "USDC")]
-    ledger_side = dict(conn.execute(text("SELECT code, balance FROM accounts WHERE code = ANY(:c)"),
-                                    {"c": codes}).all())
+    ledger_side = dict(conn.execute(select(a.code, a.balance).where(a.code.in_(codes))).all())
     for name, books in sorted(reports.items()):
         if name in busy:
             continue
@@ -252,9 +254,9 @@ def raise_alerts(uow, found: list[Difference]) -> int:
 def record_custody(conn: Connection, account_type: str, balance: int, by: str,
                    as_of: datetime | None = None) -> dict[str, Any]:
     """The custodian stand-in: a buffer's balance as the custodian reports it."""
-    row = conn.execute(text(
-        "INSERT INTO custodian_reports (account_type, balance, as_of, reported_by) "
-        "VALUES (:a, :b, COALESCE(:t, now()), :by) RETURNING id, as_of"),
-        {"a": account_type, "b": balance, "t": as_of, "by": by}).one()
+    c = custodian_reports.c
+    row = conn.execute(insert(custodian_reports).values(
+        account_type=account_type, balance=balance, as_of=as_of or func.now(), reported_by=by)
+        .returning(c.id, c.as_of)).one()
     return {"report_id": row.id, "account_type": account_type, "balance": balance,
             "as_of": row.as_of.isoformat(), "reported_by": by}

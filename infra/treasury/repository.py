@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from infra import providers as clients
-from infra.treasury import store
+from infra.treasury import reconcile, store
 from infra.treasury.store import Attempt, Buffer, Job, ProviderRow
 
 
@@ -89,6 +89,11 @@ class BufferRepository:
     def freeze_state(self, *, lock: bool = False) -> dict[str, Any] | None:
         return store.freeze_state(self.conn, lock=lock)
 
+    def report_custody(self, account_type: str, balance: int, by: str) -> dict[str, Any]:
+        """A custodian's report of a buffer (``report_id, account_type, balance, as_of,
+        reported_by``)."""
+        return reconcile.record_custody(self.conn, account_type, balance, by)
+
 
 class ProviderRepository:
     """Conversion providers.  Parameters: conn; engine, for the clients (a simulated
@@ -103,6 +108,10 @@ class ProviderRepository:
 
     def get(self, name: str) -> ProviderRow:
         return store.get_provider(self.conn, name)
+
+    def add(self, row: ProviderRow) -> None:
+        """A new provider; a name taken already is Refused."""
+        store.add_provider(self.conn, row)
 
     def update(self, name: str, **fields: Any) -> None:
         store.update_provider(self.conn, name, **fields)

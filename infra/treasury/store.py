@@ -11,15 +11,21 @@ from datetime import datetime, time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 
 from domain import accounts
 from domain import conversions as conv
 from domain.buffers import Thresholds, account_code, status as buffer_status
 from domain.errors import NotFound, Refused
 from domain.providers import HEALTH_WINDOW, PROBE_FRESH, ProviderView
+from infra.db.tables import (accounts as accounts_table, conversion_attempts,
+                             conversion_job_transitions, conversion_jobs, conversion_providers,
+                             treasury_buffers, treasury_overrides, treasury_settings)
 from infra.settings import get_settings
 
+_b, _s, _p = treasury_buffers.c, treasury_settings.c, conversion_providers.c
+_j, _t, _at = conversion_jobs.c, conversion_job_transitions.c, conversion_attempts.c
 
 
 # --- buffers and settings ----------------------------------------------------------------
@@ -44,13 +50,16 @@ def load_buffers(conn: Connection, *, lock: bool = False,
                  only: str | None = None) -> dict[str, Buffer]:
     """Every buffer (or ``only`` one) with its balance; ``lock`` takes the buffer
     rows in account-type order, which serialises cycles and submissions."""
-    rows = conn.execute(text(
-        "SELECT b.*, COALESCE(a.balance, 0) AS balance FROM treasury_buffers b "
-        "LEFT JOIN accounts a ON a.code = CAST(:buffer_prefix AS text) || b.account_type "
-        "WHERE CAST(:only AS text) IS NULL OR b.account_type = CAST(:only AS text) "
-        "ORDER BY b.account_type"
-        + (" FOR UPDATE OF b" if lock else "")
-    ), {"only": only, "buffer_prefix": accounts.prefix(accounts.BUFFER)})
+    a = accounts_table.c
+    stmt = (select(treasury_buffers, func.coalesce(a.balance, 0).label("balance"))
+            .select_from(treasury_buffers.outerjoin(
+                accounts_table, a.code == literal(accounts.prefix(accounts.BUFFER)) + _b.account_type))
+            .order_by(_b.account_type))
+    if only is not None:
+        stmt = stmt.where(_b.account_type == only)
+    if lock:
+        stmt = stmt.with_for_update(of=treasury_buffers)
+    rows = conn.execute(stmt)
     return {
         r.account_type: Buffer(r.account_type, r.currency,
                                Thresholds(r.min_amount, r.target_amount, r.max_amount,
@@ -61,30 +70,26 @@ def load_buffers(conn: Connection, *, lock: bool = False,
 
 def set_thresholds(conn: Connection, account_type: str, t: Thresholds, by: str) -> None:
     done = conn.execute(
-        text("UPDATE treasury_buffers SET min_amount = :mn, target_amount = :tg, max_amount = :mx, "
-             "batch_amount = :b, updated_at = now(), updated_by = :by WHERE account_type = :a"),
-        {"mn": t.min, "tg": t.target, "mx": t.max, "b": t.batch, "by": by, "a": account_type},
-    ).rowcount
+        update(treasury_buffers).where(_b.account_type == account_type)
+        .values(min_amount=t.min, target_amount=t.target, max_amount=t.max, batch_amount=t.batch,
+                updated_at=func.now(), updated_by=by)).rowcount
     if not done:
         raise NotFound(f"no buffer {account_type!r}")
 
 
 def get_setting(conn: Connection, key: str, default: Any) -> Any:
-    value = conn.execute(text("SELECT value FROM treasury_settings WHERE key = :k"),
-                         {"k": key}).scalar_one_or_none()
+    value = conn.execute(select(_s.value).where(_s.key == key)).scalar_one_or_none()
     return default if value is None else value
 
 
 def put_setting(conn: Connection, key: str, value: Any, by: str) -> None:
-    conn.execute(
-        text("INSERT INTO treasury_settings (key, value, updated_by) VALUES (:k, CAST(:v AS jsonb), :by) "
-             "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_by = EXCLUDED.updated_by, "
-             "updated_at = now()"),
-        {"k": key, "v": json.dumps(value), "by": by},
-    )
+    new = insert(treasury_settings).values(key=key, value=value, updated_by=by)
+    conn.execute(new.on_conflict_do_update(index_elements=[_s.key], set_={
+        "value": new.excluded.value, "updated_by": new.excluded.updated_by,
+        "updated_at": func.now()}))
 
 
-#: The setting that freezes every conversion (``overrides.freeze``).
+#: The setting that freezes every conversion (``services.overrides.freeze_conversions``).
 FROZEN = "conversions_frozen"
 
 
@@ -94,7 +99,7 @@ def freeze_state(conn: Connection, *, lock: bool = False) -> dict[str, Any] | No
     ``lock`` holds the setting's row shared until commit: a freeze (which updates it)
     waits for such a transaction, and no such transaction starts after a freeze."""
     if lock:
-        conn.execute(text("SELECT 1 FROM treasury_settings WHERE key = :k FOR SHARE"), {"k": FROZEN})
+        conn.execute(select(_s.key).where(_s.key == FROZEN).with_for_update(read=True))
     state = get_setting(conn, FROZEN, {"frozen": False})
     return state if isinstance(state, dict) and state.get("frozen") else None
 
@@ -104,11 +109,10 @@ def record_override(conn: Connection, action: str, by: str, *, job_id: int | Non
                     data: dict[str, Any] | None = None) -> int:
     """One row of the levers' audit (``treasury_overrides``): who, what, why, evidence."""
     return conn.execute(
-        text("INSERT INTO treasury_overrides (action, job_id, performed_by, reason, evidence, data) "
-             "VALUES (:a, :j, :by, :r, :e, CAST(:d AS jsonb)) RETURNING id"),
-        {"a": action, "j": job_id, "by": by, "r": reason, "e": evidence,
-         "d": json.dumps(data or {}, default=str)},
-    ).scalar_one()
+        insert(treasury_overrides).values(
+            action=action, job_id=job_id, performed_by=by, reason=reason, evidence=evidence,
+            data=json.loads(json.dumps(data or {}, default=str)))  # dates as their text
+        .returning(treasury_overrides.c.id)).scalar_one()
 
 
 # --- providers ---------------------------------------------------------------------------
@@ -177,7 +181,7 @@ def load_providers(conn: Connection, *, lock: bool = False) -> list[ProviderRow]
     both spend the same remaining daily volume.
     """
     if lock:
-        conn.execute(text("SELECT name FROM conversion_providers ORDER BY name FOR UPDATE"))
+        conn.execute(select(_p.name).order_by(_p.name).with_for_update())
     rows = conn.execute(text(_PROVIDERS + " ORDER BY p.priority, p.name"), {"day": day_start(), **_WINDOWS})
     return [_provider(r) for r in rows]
 
@@ -200,13 +204,11 @@ def _provider(r) -> ProviderRow:
 
 def add_provider(conn: Connection, row: ProviderRow) -> None:
     inserted = conn.execute(
-        text("INSERT INTO conversion_providers (name, kind, priority, status, directions, "
-             "min_amount, max_amount, daily_limit, config) VALUES (:n, :k, :p, :s, :d, :mn, :mx, "
-             ":dl, CAST(:c AS jsonb)) ON CONFLICT (name) DO NOTHING RETURNING name"),
-        {"n": row.name, "k": row.kind, "p": row.priority, "s": row.status,
-         "d": list(row.directions), "mn": row.min_amount, "mx": row.max_amount,
-         "dl": row.daily_limit, "c": json.dumps(row.config)},
-    ).scalar_one_or_none()
+        insert(conversion_providers).values(
+            name=row.name, kind=row.kind, priority=row.priority, status=row.status,
+            directions=list(row.directions), min_amount=row.min_amount, max_amount=row.max_amount,
+            daily_limit=row.daily_limit, config=row.config)
+        .on_conflict_do_nothing(index_elements=[_p.name]).returning(_p.name)).scalar_one_or_none()
     if inserted is None:
         raise Refused(f"provider {row.name!r} exists already")
 
@@ -218,41 +220,34 @@ def update_provider(conn: Connection, name: str, **fields: Any) -> None:
     unknown = set(fields) - allowed
     if unknown:
         raise ValueError(f"cannot update {sorted(unknown)}")
-    params = {k: (json.dumps(v) if k == "config" else list(v) if k == "directions" else v)
-              for k, v in fields.items()}
-    sets = ", ".join(f"{k} = CAST(:{k} AS jsonb)" if k == "config" else f"{k} = :{k}"
-                     for k in fields)
-    done = conn.execute(
-        text(f"UPDATE conversion_providers SET {sets}, updated_at = now() WHERE name = :name"),
-        {**params, "name": name},
-    ).rowcount
+    values = {k: list(v) if k == "directions" else v for k, v in fields.items()}
+    done = conn.execute(update(conversion_providers).where(_p.name == name)
+                        .values(**values, updated_at=func.now())).rowcount
     if not done:
         raise NotFound(f"no provider {name!r}")
 
 
 def set_callback_secret(conn: Connection, name: str, secret: str) -> None:
-    done = conn.execute(text("UPDATE conversion_providers SET callback_secret = :s, "
-                             "updated_at = now() WHERE name = :n"), {"s": secret, "n": name}).rowcount
+    done = conn.execute(update(conversion_providers).where(_p.name == name)
+                        .values(callback_secret=secret, updated_at=func.now())).rowcount
     if not done:
         raise NotFound(f"no provider {name!r}")
 
 
 def callback_secret(conn: Connection, name: str) -> str | None:
-    return conn.execute(text("SELECT callback_secret FROM conversion_providers WHERE name = :n"),
-                        {"n": name}).scalar_one_or_none()
+    return conn.execute(select(_p.callback_secret).where(_p.name == name)).scalar_one_or_none()
 
 
 def record_probe(conn: Connection, name: str, healthy: bool, error: str | None) -> None:
     """The result of a health probe of ``name`` (fed to selection while fresh)."""
-    conn.execute(text("UPDATE conversion_providers SET probe_healthy = :h, probed_at = now(), "
-                      "probe_error = :e WHERE name = :n"),
-                 {"h": healthy, "e": error, "n": name})
+    conn.execute(update(conversion_providers).where(_p.name == name)
+                 .values(probe_healthy=healthy, probed_at=func.now(), probe_error=error))
 
 
 def count_outcome(conn: Connection, provider: str, success: bool) -> None:
-    column = "success_count" if success else "failure_count"
-    conn.execute(text(f"UPDATE conversion_providers SET {column} = {column} + 1, "
-                      "updated_at = now() WHERE name = :n"), {"n": provider})
+    counter = _p.success_count if success else _p.failure_count
+    conn.execute(update(conversion_providers).where(_p.name == provider)
+                 .values({counter: counter + 1, _p.updated_at: func.now()}))
 
 
 # --- jobs and attempts -------------------------------------------------------------------
@@ -308,30 +303,25 @@ class Attempt:
     decision: str | None = field(default=None)
 
 
-_JOB_COLUMNS = ", ".join(Job.__dataclass_fields__)
+_JOB_COLUMNS = [_j[f] for f in Job.__dataclass_fields__]
 
 
 def insert_job(conn: Connection, *, kind: str, direction: str, source_type: str,
                destination_type: str, amount: int, requested_by: str, trigger: str) -> int:
     src, dst = conv.DIRECTIONS[direction]
     job_id = conn.execute(
-        text("INSERT INTO conversion_jobs (kind, direction, source_account, destination_account, "
-             "source_currency, destination_currency, source_amount, requested_by, trigger) "
-             "VALUES (:k, :d, :sa, :da, :sc, :dc, :amt, :by, :t) RETURNING id"),
-        {"k": kind, "d": direction, "sa": account_code(source_type),
-         "da": account_code(destination_type), "sc": src, "dc": dst, "amt": amount,
-         "by": requested_by, "t": trigger},
-    ).scalar_one()
+        insert(conversion_jobs).values(
+            kind=kind, direction=direction, source_account=account_code(source_type),
+            destination_account=account_code(destination_type), source_currency=src,
+            destination_currency=dst, source_amount=amount, requested_by=requested_by,
+            trigger=trigger).returning(_j.id)).scalar_one()
     record_transition(conn, job_id, None, conv.PENDING, f"{kind} by {requested_by} ({trigger})")
     return job_id
 
 
 def get_job(conn: Connection, job_id: int, *, lock: bool = False) -> Job:
-    row = conn.execute(
-        text(f"SELECT {_JOB_COLUMNS} FROM conversion_jobs WHERE id = :id"
-             + (" FOR UPDATE" if lock else "")),
-        {"id": job_id},
-    ).one_or_none()
+    stmt = select(*_JOB_COLUMNS).where(_j.id == job_id)
+    row = conn.execute(stmt.with_for_update() if lock else stmt).one_or_none()
     if row is None:
         raise NotFound(f"no conversion job {job_id}")
     return Job(**row._mapping)
@@ -340,12 +330,10 @@ def get_job(conn: Connection, job_id: int, *, lock: bool = False) -> Job:
 def list_jobs(conn: Connection, *, active_only: bool = False, limit: int = 200,
               statuses: tuple[str, ...] | None = None, offset: int = 0) -> list[Job]:
     wanted = statuses or (conv.ACTIVE if active_only else None)
-    rows = conn.execute(
-        text(f"SELECT {_JOB_COLUMNS} FROM conversion_jobs "
-             "WHERE (CAST(:st AS text[]) IS NULL OR status = ANY(CAST(:st AS text[]))) "
-             "ORDER BY id DESC LIMIT :lim OFFSET :off"),
-        {"st": list(wanted) if wanted else None, "lim": limit, "off": offset},
-    )
+    stmt = select(*_JOB_COLUMNS).order_by(_j.id.desc()).limit(limit).offset(offset)
+    if wanted:
+        stmt = stmt.where(_j.status.in_(list(wanted)))
+    rows = conn.execute(stmt)
     return [Job(**r._mapping) for r in rows]
 
 
@@ -356,13 +344,12 @@ def reserved_by_pending(conn: Connection, *, before_job: int | None = None) -> d
     transit has left the balance already.  ``before_job`` counts only jobs
     created before it (older jobs go first at submission).
     """
-    rows = conn.execute(
-        text("SELECT source_account, SUM(source_amount) AS held FROM conversion_jobs "
-             "WHERE status = :pending AND NOT transit_moved "
-             "AND (CAST(:before AS bigint) IS NULL OR id < CAST(:before AS bigint)) "
-             "GROUP BY source_account"),
-        {"pending": conv.PENDING, "before": before_job},
-    )
+    stmt = (select(_j.source_account, func.sum(_j.source_amount).label("held"))
+            .where(_j.status == conv.PENDING, _j.transit_moved.is_(False))
+            .group_by(_j.source_account))
+    if before_job is not None:
+        stmt = stmt.where(_j.id < before_job)
+    rows = conn.execute(stmt)
     return {r.source_account.removeprefix("buffer:"): int(r.held) for r in rows}
 
 
@@ -376,48 +363,39 @@ def move_job(conn: Connection, job: Job, new: str, note: str | None = None,
              **columns: Any) -> Job:
     """Move ``job`` along the state machine, recording the transition and its time."""
     conv.transition(job.status, new)
-    sets = ", ".join(f"{k} = :{k}" for k in columns)
-    conn.execute(
-        text(f"UPDATE conversion_jobs SET status = :new, updated_at = now()"
-             f"{', ' + sets if sets else ''} WHERE id = :id"),
-        {"new": new, "id": job.id, **columns},
-    )
+    conn.execute(update(conversion_jobs).where(_j.id == job.id)
+                 .values(status=new, updated_at=func.now(), **columns))
     record_transition(conn, job.id, job.status, new, note)
     return replace(job, status=new, **columns)
 
 
 def update_job(conn: Connection, job: Job, **columns: Any) -> Job:
     """Change columns other than the status."""
-    sets = ", ".join(f"{k} = :{k}" for k in columns)
-    conn.execute(text(f"UPDATE conversion_jobs SET {sets}, updated_at = now() WHERE id = :id"),
-                 {"id": job.id, **columns})
+    conn.execute(update(conversion_jobs).where(_j.id == job.id)
+                 .values(**columns, updated_at=func.now()))
     return replace(job, **columns)
 
 
 def record_transition(conn: Connection, job_id: int, old: str | None, new: str,
                       note: str | None) -> None:
-    conn.execute(
-        text("INSERT INTO conversion_job_transitions (job_id, from_status, to_status, note) "
-             "VALUES (:j, :o, :n, :note)"),
-        {"j": job_id, "o": old, "n": new, "note": note},
-    )
+    conn.execute(insert(conversion_job_transitions).values(
+        job_id=job_id, from_status=old, to_status=new, note=note))
 
 
 def transitions(conn: Connection, job_id: int) -> list[dict[str, Any]]:
     return [
         {"from": r.from_status, "to": r.to_status, "note": r.note, "at": r.at.isoformat()}
-        for r in conn.execute(text("SELECT * FROM conversion_job_transitions WHERE job_id = :j "
-                                   "ORDER BY id"), {"j": job_id})
+        for r in conn.execute(select(conversion_job_transitions).where(_t.job_id == job_id)
+                              .order_by(_t.id))
     ]
 
 
-_ATTEMPT_COLUMNS = ", ".join(Attempt.__dataclass_fields__)
+_ATTEMPT_COLUMNS = [_at[f] for f in Attempt.__dataclass_fields__]
 
 
 def attempts_of(conn: Connection, job_id: int) -> list[Attempt]:
     return [Attempt(**r._mapping) for r in conn.execute(
-        text(f"SELECT {_ATTEMPT_COLUMNS} FROM conversion_attempts WHERE job_id = :j ORDER BY attempt_no"),
-        {"j": job_id})]
+        select(*_ATTEMPT_COLUMNS).where(_at.job_id == job_id).order_by(_at.attempt_no))]
 
 
 def insert_attempt(conn: Connection, job: Job, provider: str, key: str, par_amount: int, *,
@@ -425,12 +403,11 @@ def insert_attempt(conn: Connection, job: Job, provider: str, key: str, par_amou
                    decision: str | None = None) -> Attempt:
     """A submission attempt, with the quotes selection saw and why it chose ``provider``."""
     row = conn.execute(
-        text("INSERT INTO conversion_attempts (job_id, attempt_no, provider, idempotency_key, "
-             "par_amount, quotes, decision) VALUES (:j, :n, :p, :k, :par, CAST(:q AS jsonb), :dec) "
-             f"RETURNING {_ATTEMPT_COLUMNS}"),
-        {"j": job.id, "n": job.attempts + 1, "p": provider, "k": key, "par": par_amount,
-         "q": None if quotes is None else json.dumps(quotes), "dec": decision},
-    ).one()
+        insert(conversion_attempts).values(
+            job_id=job.id, attempt_no=job.attempts + 1, provider=provider, idempotency_key=key,
+            par_amount=par_amount, decision=decision,
+            **({} if quotes is None else {"quotes": quotes}))  # none: SQL NULL, not JSON null
+        .returning(*_ATTEMPT_COLUMNS)).one()
     return Attempt(**row._mapping)
 
 
@@ -438,9 +415,12 @@ def finish_attempt(conn: Connection, attempt: Attempt, status: str, *, error: st
                    provider_ref: str | None = None) -> None:
     """Record the provider's answer (``accepted``) or the attempt's outcome."""
     outcome = status != "accepted"
-    conn.execute(
-        text("UPDATE conversion_attempts SET status = :s, error = COALESCE(:e, error), "
-             "provider_ref = COALESCE(:r, provider_ref), answered_at = COALESCE(answered_at, now()), "
-             "outcome_at = CASE WHEN :o THEN now() ELSE outcome_at END WHERE id = :id"),
-        {"s": status, "e": error, "r": provider_ref, "o": outcome, "id": attempt.id},
-    )
+    values: dict[str, Any] = {"status": status,
+                              "answered_at": func.coalesce(_at.answered_at, func.now())}
+    if error is not None:
+        values["error"] = error
+    if provider_ref is not None:
+        values["provider_ref"] = provider_ref
+    if outcome:
+        values["outcome_at"] = func.now()
+    conn.execute(update(conversion_attempts).where(_at.id == attempt.id).values(**values))

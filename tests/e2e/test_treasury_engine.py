@@ -14,8 +14,8 @@ from sqlalchemy import text
 from domain import conversions as conv
 from infra.providers import callbacks as signing
 from infra.providers.http import make_config as http_config
-from infra.treasury import overrides, store, views
-from tests.steps import polling, submission
+from infra.treasury import store, views
+from tests.steps import polling, submission, levers
 from infra.uow import UnitOfWork
 from tests.harness import ROOT, send, uid, wait_quiet, wait_until
 from tests.infra.test_treasury_kit import (
@@ -51,7 +51,7 @@ def test_freeze_stops_jobs_and_submissions_and_thaw_lets_the_job_poll_itself_to_
     reset(engine, usdc_buffer=usdc(5_000), fiat=usd(150_000), broker=usd(250_000))
     add_provider(engine, config=sim(latency_polls=3))
     since = last_job_id(engine)
-    lever(engine, overrides.freeze, by="alice", reason="provider incident")
+    lever(engine, levers.freeze, by="alice", reason="provider incident")
     try:
         send(env, "run_settlement_cycle", request_id=uid("cycle"), trigger="manual")
         with engine.begin() as conn:  # a job left pending from before the freeze
@@ -64,7 +64,7 @@ def test_freeze_stops_jobs_and_submissions_and_thaw_lets_the_job_poll_itself_to_
         assert jobs_since(engine, since) == [pending]  # the cycle created nothing
         assert job(engine, pending).status == conv.PENDING and attempts(engine, pending) == []
     finally:
-        thawed = lever(engine, overrides.thaw, by="bob")
+        thawed = lever(engine, levers.thaw, by="bob")
     assert thawed["pending_resubmitted"] == 1
     # no sweep poll is ever sent: the job's own polls (2 s, 4 s, 8 s) finish it
     wait_until(lambda: job(engine, pending).status == conv.COMPLETED, 60,

@@ -9,8 +9,8 @@ from sqlalchemy import text
 
 from domain import conversions as conv
 from domain.errors import InsufficientFunds, Refused
-from infra.treasury import jobs, store
-from tests.steps import cycle, polling, submission
+from infra.treasury import store
+from tests.steps import cycle, polling, submission, levers
 from infra.uow import UnitOfWork
 from tests.harness import uid
 from tests.infra.test_treasury_kit import (
@@ -343,18 +343,18 @@ def test_manual_conversion_and_cancel(engine):
     add_provider(engine, config=sim(fail_mode="stick"))
     with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
         with pytest.raises(Refused):
-            jobs.convert_manually(uow, source_type="broker_operational",
+            levers.convert_manually(uow, source_type="broker_operational",
                                   destination_type="system_buffer_usdc", amount=usd(250_001),
                                   performed_by="ops")
-        job_id = jobs.convert_manually(uow, source_type="broker_operational",
+        job_id = levers.convert_manually(uow, source_type="broker_operational",
                                        destination_type="system_buffer_usdc", amount=usd(1_000),
                                        performed_by="ops")
         uow.commit()
     submission.submit(job_id, engine)
     assert balance(engine, BROKER) == usd(249_000)
     with pytest.raises(Refused, match="may still convert"):
-        jobs.cancel(job_id, by="ops", reason="stuck")
-    jobs.cancel(job_id, by="ops", reason="provider confirmed it dropped the order", force=True)
+        levers.cancel(job_id, by="ops", reason="stuck")
+    levers.cancel(job_id, by="ops", reason="provider confirmed it dropped the order", force=True)
     assert job(engine, job_id).status == conv.CANCELLED
     assert balances(engine, BROKER, "transit:USD") == {BROKER: usd(250_000), "transit:USD": 0}
 
@@ -443,7 +443,7 @@ def test_a_pending_job_holds_its_amount_against_the_next_cycle_and_manual_conver
     assert job(engine, second).source_amount == usdc(50_000)  # what is left, not 150,000
     with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
         with pytest.raises(Refused, match="can spare 0"):
-            jobs.convert_manually(uow, source_type="system_buffer_usdc",
+            levers.convert_manually(uow, source_type="system_buffer_usdc",
                                   destination_type="broker_operational", amount=1,
                                   performed_by="ops")
     for job_id in (second, first):  # the newer job submits first: both still fit
@@ -473,7 +473,7 @@ def test_cycles_and_manual_conversions_racing_never_take_a_source_below_its_min(
     def manual():
         try:
             with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
-                jobs.convert_manually(uow, source_type="system_buffer_usdc",
+                levers.convert_manually(uow, source_type="system_buffer_usdc",
                                       destination_type="system_buffer_fiat",
                                       amount=usdc(30_000), performed_by="ops")
                 uow.commit()

@@ -13,8 +13,8 @@ from domain import conversions as conv
 from domain.errors import InvalidCommand, Refused
 from infra.cli.main import cli
 from infra.conditions import evaluate
-from infra.treasury import conditions, jobs, overrides, reconcile
-from tests.steps import polling, submission
+from infra.treasury import conditions, reconcile
+from tests.steps import polling, submission, levers
 from infra.treasury.conditions import reconciliation
 from infra.uow import UnitOfWork
 from tests.harness import CLI_OPERATOR, uid
@@ -36,14 +36,14 @@ def run(*args, code=0):
 
 def freeze(engine, by="ops", reason="incident 42"):
     with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
-        state = overrides.freeze(uow, by=by, reason=reason)
+        state = levers.freeze(uow, by=by, reason=reason)
         uow.commit()
     return state
 
 
 def thaw(engine, by="ops"):
     with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
-        state = overrides.thaw(uow, by=by)
+        state = levers.thaw(uow, by=by)
         uow.commit()
     return state
 
@@ -64,7 +64,7 @@ def thawed(engine):
     """Every test leaves conversions thawed, whatever it asserted."""
     yield
     with engine.connect() as conn:
-        frozen = overrides.frozen(conn)
+        frozen = levers.frozen(conn)
     if frozen:
         thaw(engine, by="test-cleanup")
 
@@ -78,7 +78,7 @@ def test_a_freeze_stops_new_jobs_and_submissions_but_held_jobs_are_still_polled(
     submission.submit(held, engine)
     assert job(engine, held).status == conv.SUBMITTED
     with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
-        pending = jobs.convert_manually(uow, source_type="broker_operational",
+        pending = levers.convert_manually(uow, source_type="broker_operational",
                                         destination_type="system_buffer_usdc", amount=usd(1_000),
                                         performed_by="ops")
         uow.commit()
@@ -96,7 +96,7 @@ def test_a_freeze_stops_new_jobs_and_submissions_but_held_jobs_are_still_polled(
     assert reset_low < usdc(10_000)
     with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
         with pytest.raises(Refused, match="frozen by alice"):  # ... nor an operator's conversion
-            jobs.convert_manually(uow, source_type="broker_operational",
+            levers.convert_manually(uow, source_type="broker_operational",
                                   destination_type="system_buffer_usdc", amount=usd(1_000),
                                   performed_by="ops")
     # no submission: the pending job stays pending, nothing moved to transit
@@ -115,7 +115,7 @@ def test_a_freeze_stops_new_jobs_and_submissions_but_held_jobs_are_still_polled(
     assert [e["data"]["frozen_by"] for e in _events(engine, "conversion.thawed")][-1] == who
     assert drive(engine, pending).status == conv.COMPLETED
     with engine.connect() as conn:
-        log = overrides.audit_log(conn)
+        log = levers.audit_log(conn)
     assert [(a["action"], a["by"]) for a in log[:2]] == [("thaw", "bob"), ("freeze", who)]
     with pytest.raises(Refused, match="not frozen"):
         thaw(engine)
@@ -160,10 +160,10 @@ def test_a_stuck_job_completed_by_hand_posts_exactly_what_the_provider_would(eng
     polling.poll(job_id, engine)
     assert job(engine, job_id).status == conv.PROCESSING
     with pytest.raises(InvalidCommand, match="evidence"):
-        overrides.complete_by_hand(job_id, by="ops", reason="provider confirmed", evidence="",
+        levers.complete_by_hand(job_id, by="ops", reason="provider confirmed", evidence="",
                                    destination_amount=1, fee_amount=0, engine=engine)
-    with pytest.raises(InvalidCommand, match="--by"):
-        overrides.complete_by_hand(job_id, by="", reason="r", evidence="e",
+    with pytest.raises(InvalidCommand, match="performed_by"):  # the contract's rule
+        levers.complete_by_hand(job_id, by="", reason="r", evidence="e",
                                    destination_amount=1, fee_amount=0, engine=engine)
     fees_before = balance(engine, "fees:conversion:USD")
 
@@ -365,7 +365,8 @@ def test_the_callback_handler_refuses_what_it_cannot_believe(engine):
 
     def call(doc, **over):
         body, headers = signing.signed_request(secret, doc)
-        return callbacks.handle(engine, name, {**headers, **over}, body)
+        return callbacks.handle(engine, name, {**headers, **over}, body,
+                                polling.apply_callback(engine))
 
     assert call({"idempotency_key": "ballast-nope", "status": "completed",
                  "destination_amount": 1})[0] == 404
@@ -418,7 +419,7 @@ def test_every_everyday_lever_records_who_pulled_it(engine):
     run("buffers", "set", "system_buffer_fiat", "--batch", str(usd(50_000)), "--by", CLI_OPERATOR,
         "--yes", "--json")
     with engine.connect() as conn:
-        log = overrides.audit_log(conn, limit=6)
+        log = levers.audit_log(conn, limit=6)
     assert [(a["action"], a["by"]) for a in reversed(log)] == [
         ("rebalance", CLI_OPERATOR), ("pause_provider", CLI_OPERATOR),
         ("resume_provider", CLI_OPERATOR), ("pause_rebalancing", CLI_OPERATOR),

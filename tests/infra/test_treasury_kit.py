@@ -15,8 +15,8 @@ from domain.buffers import DEFAULT_THRESHOLDS, account_code
 from domain.money import major_to_minor
 from infra import ledger
 from infra.providers.simulated import make_config
-from infra.treasury import jobs, store
-from tests.steps import cycle, polling, submission
+from infra.treasury import store
+from tests.steps import cycle, polling, submission, levers
 from infra.uow import UnitOfWork
 from tests.harness import uid
 
@@ -34,7 +34,7 @@ def reset(engine, *, usdc_buffer: int = 0, fiat: int = 0, broker: int = 0) -> No
     with engine.connect() as conn:
         active = store.list_jobs(conn, active_only=True, limit=10_000)
     for job in active:
-        jobs.cancel(job.id, by="test", reason="reset", force=True, engine=engine)
+        levers.cancel(job.id, by="test", reason="reset", force=True, engine=engine)
     with UnitOfWork(actor="test", request_id=uid("reset"), engine=engine) as uow:
         uow.conn.execute(text("UPDATE conversion_providers SET status = 'paused'"))
         for account_type, t in DEFAULT_THRESHOLDS.items():

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from domain.errors import BallastError
-from infra.treasury import jobs, overrides, reconcile
-from tests.steps import polling, submission
+from infra.treasury import reconcile
+from tests.steps import polling, submission, levers
 from infra.uow import UnitOfWork
 from tests.harness import uid
 from tests.infra.test_treasury_kit import (
@@ -23,10 +23,10 @@ MONEY_CHECKS = ("transit", "job_ledger", "orphan_transaction", "orphaned_job")
 
 def _thaw(engine) -> None:
     with engine.connect() as conn:
-        if not overrides.frozen(conn):
+        if not levers.frozen(conn):
             return
     with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
-        overrides.thaw(uow, by="test")
+        levers.thaw(uow, by="test")
         uow.commit()
 
 
@@ -38,18 +38,18 @@ def _act(engine, action: str, job_id: int, provider: str, mode: str) -> None:
     elif action in ("freeze", "thaw"):
         with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
             if action == "freeze":
-                overrides.freeze(uow, by="prop", reason="drill")
+                levers.freeze(uow, by="prop", reason="drill")
             else:
-                overrides.thaw(uow, by="prop")
+                levers.thaw(uow, by="prop")
             uow.commit()
     elif action == "complete":
-        overrides.complete_by_hand(job_id, by="prop", reason="confirmed", evidence="REF-1",
+        levers.complete_by_hand(job_id, by="prop", reason="confirmed", evidence="REF-1",
                                    destination_amount=123_456, fee_amount=789, engine=engine)
     elif action == "fail":
-        overrides.fail_by_hand(job_id, by="prop", reason="never executed", evidence="REF-2",
+        levers.fail_by_hand(job_id, by="prop", reason="never executed", evidence="REF-2",
                                engine=engine)
     elif action == "cancel":
-        jobs.cancel(job_id, by="prop", reason="drill", force=True, engine=engine)
+        levers.cancel(job_id, by="prop", reason="drill", force=True, engine=engine)
     else:
         set_mode(engine, provider, mode)
 
@@ -65,7 +65,7 @@ def test_whatever_happens_to_jobs_transit_and_every_job_s_ledger_reconcile(engin
              for i, m in enumerate(modes)]
     [first] = cycle_now(engine)
     with UnitOfWork(actor="t", request_id=uid(), engine=engine) as uow:
-        second = jobs.convert_manually(uow, source_type="broker_operational",
+        second = levers.convert_manually(uow, source_type="broker_operational",
                                        destination_type="system_buffer_usdc", amount=usd(1_000),
                                        performed_by="prop")
         uow.commit()

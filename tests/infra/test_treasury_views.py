@@ -12,8 +12,7 @@ from sqlalchemy import text
 from domain.buffers import Thresholds, status as buffer_status
 from domain.providers import is_healthy
 from infra.cli.main import cli
-from infra.treasury import jobs
-from tests.steps import polling, submission
+from tests.steps import polling, submission, levers
 from infra.uow import UnitOfWork
 from tests.harness import uid
 from tests.infra.test_treasury_kit import (
@@ -98,7 +97,7 @@ def test_ballast_conversions_active_json_is_v_active_conversion_jobs(engine):
     add_provider(engine, priority=1)
     created = cycle_now(engine)
     with UnitOfWork(actor="convert", request_id=uid("manual"), engine=engine) as uow:
-        created.append(jobs.convert_manually(uow, source_type="broker_operational",
+        created.append(levers.convert_manually(uow, source_type="broker_operational",
                                              destination_type="system_buffer_usdc",
                                              amount=usd(1_000), performed_by="ops"))
         uow.commit()
