@@ -87,7 +87,6 @@ class UnitOfWork(Transaction):
     def __enter__(self) -> "UnitOfWork":
         super().__enter__()
         self.ledger = LedgerRepository(self.conn)
-        self.wallets = WalletRepository(self)
         self.alerts = AlertRepository(self)
         self.conversions = ConversionRepository(self.conn)
         self.buffers = BufferRepository(self.conn)
