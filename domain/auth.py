@@ -34,6 +34,7 @@ POLICY: dict[str, frozenset[str]] = {
         "open_market", "resolve_market", "void_market", "rollback_market",
         "run_settlement_cycle", "plan_cycle", "open_cycle", "link_payment",
         "dispute_market", "confirm_market", "retry_market_settlement", "close_cycle",
+        "retry_challenge_settlement",
         "acknowledge_alert", "set_provider_status", "set_auto_rebalance",
         "set_buffer_thresholds", "add_provider", "update_provider",
         "resolve_alert", "convert_manually", "cancel_conversion", "freeze_conversions",

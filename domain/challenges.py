@@ -51,6 +51,40 @@ CHALLENGE = Lifecycle("challenge", "open", table(
 #: (won or lost) or refunded (a void result).
 MATCH = Lifecycle("treasury match", "reserved", table(
     reserved=("active",), active=("settled", "refunded"), settled=(), refunded=()))
+#: The match statuses whose P&L is realized (settled won or lost, or refunded): the
+#: dashboard's, the daily summary's and the settlement report's matches (bound in SQL).
+MATCH_SETTLED: tuple[str, ...] = tuple(sorted(MATCH.terminal))
+#: A VOID challenge's treasury match: its stake back, P&L 0.
+MATCH_REFUNDED = "refunded"
+#: A settled treasury match's ``result``.
+TREASURY_WON = "treasury_won"
+TREASURY_LOST = "treasury_lost"
+
+#: Alert keys of treasury balancing (``… + id``); the alert sweep parses the id back by prefix.
+BUDGET_ALERT = "treasury:budget:"
+PERSONAS_ALERT = "treasury:personas:"
+UNDERFUNDED_ALERT = "treasury:underfunded:"
+SETTLEMENT_FAILED_ALERT = "challenge_settlement_failed:"
+
+
+def budget_alert_key(challenge_id: str) -> str:
+    """Open while a challenge's budget cannot fund one more stake."""
+    return BUDGET_ALERT + challenge_id
+
+
+def personas_alert_key(challenge_id: str) -> str:
+    """Open while a challenge has no unused persona left for a fill."""
+    return PERSONAS_ALERT + challenge_id
+
+
+def underfunded_alert_key(currency: str) -> str:
+    """Open while ``treasury:{CUR}`` could not pay a fill."""
+    return UNDERFUNDED_ALERT + currency
+
+
+def settlement_failed_alert_key(challenge_id: str) -> str:
+    """Open while a challenge's settlement has failed for good."""
+    return SETTLEMENT_FAILED_ALERT + challenge_id
 
 
 def escrow_account(challenge_id: str) -> str:
@@ -88,11 +122,15 @@ class Challenge:
     closes_at: datetime | None = None
     max_participants: int | None = None
 
+    @property
+    def terms(self) -> dict[str, object]:
+        """What a resend of ``open_challenge`` must repeat (``domain.resends``)."""
+        return {"title": self.title, "currency": self.currency, "stake": self.stake,
+                "admin_created": self.admin_created, "closes_at": self.closes_at,
+                "max_participants": self.max_participants}
+
     def same_terms(self, other: "Challenge") -> bool:
-        return (self.title, self.currency, self.stake, self.admin_created, self.closes_at,
-                self.max_participants) == (
-            other.title, other.currency, other.stake, other.admin_created, other.closes_at,
-            other.max_participants)
+        return self.terms == other.terms
 
     def check_new(self, now: datetime) -> None:
         """A new challenge's limits make sense: it does not open already closed."""
@@ -235,8 +273,12 @@ class TreasuryConfig:
                           f"({self.allocated} allocated + {self.reserved} reserved)")
         return replace(self, max_risk=max_risk, notes=notes)
 
+    def funds(self, stake: int) -> bool:
+        """The budget can still fund one match (one stake)."""
+        return self.available >= stake
+
     def ensure_can_fund(self, stake: int, challenge_id: str) -> None:
-        if self.available < stake:
+        if not self.funds(stake):
             raise Refused(f"treasury budget exhausted for challenge {challenge_id}: "
                           f"{self.available} available of max_risk {self.max_risk}, "
                           f"one match needs {stake}")
@@ -338,7 +380,7 @@ class MatchSettlement:
 
     @property
     def status(self) -> str:
-        return "refunded" if self.result is None else "settled"
+        return MATCH_REFUNDED if self.result is None else "settled"
 
 
 def settle_user(*, stake: int, side: str, result: str, opponent: str | None) -> UserSettlement:
@@ -355,8 +397,8 @@ def settle_treasury_match(*, stake: int, user_side: str, result: str) -> MatchSe
     if result == "VOID":
         return MatchSettlement(None, stake, 0)
     if user_side == result:
-        return MatchSettlement("treasury_lost", 0, -stake)
-    return MatchSettlement("treasury_won", 2 * stake, stake)
+        return MatchSettlement(TREASURY_LOST, 0, -stake)
+    return MatchSettlement(TREASURY_WON, 2 * stake, stake)
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,9 +417,9 @@ class TreasuryOutcome:
 
 
 def treasury_outcome(settled: Sequence[MatchSettlement], stake: int) -> TreasuryOutcome:
-    won = [m for m in settled if m.result == "treasury_won"]
-    lost = [m for m in settled if m.result == "treasury_lost"]
-    void = [m for m in settled if m.status == "refunded"]
+    won = [m for m in settled if m.result == TREASURY_WON]
+    lost = [m for m in settled if m.result == TREASURY_LOST]
+    void = [m for m in settled if m.status == MATCH_REFUNDED]
     return TreasuryOutcome(
         matches=len(settled), won=len(won), lost=len(lost), refunded=len(void),
         won_amount=stake * len(won), lost_amount=stake * len(lost),

@@ -63,6 +63,12 @@ PARTICIPATION = Lifecycle("participation", AWAITING, table(
 #: A cycle: planned → open (with the capital its participations brought) → closed.
 CYCLE = Lifecycle("cycle", "planned", table(planned=("open",), open=("closed",), closed=()))
 
+#: Which participation expects a payment: one awaiting it, or opted in and topping up…
+TAKING_PAYMENT: tuple[str, ...] = (AWAITING, OPTED_IN)
+#: …in a cycle not yet open.  (``participation_problem``; bound in SQL by the journal's
+#: repository and views, held equal by tests/infra/test_journal_expecting.py.)
+CYCLE_TAKING_PAYMENTS = CYCLE.initial
+
 # What a journal entry must be to pay for a participation.
 DONATION = "player_donation"
 LOGISTICS = "LOGISTICS"
@@ -347,9 +353,9 @@ def payment_problem(ref_type: str, amount: int, receiver_role: str | None) -> st
 
 def participation_problem(status: str, cycle_status: str) -> str | None:
     """Why a participation cannot take a payment, or None (awaiting, or topping up before open)."""
-    if status not in (AWAITING, OPTED_IN):
+    if status not in TAKING_PAYMENT:
         return f"participation is {status}"
-    if cycle_status != "planned":
+    if cycle_status != CYCLE_TAKING_PAYMENTS:
         return f"its cycle is {cycle_status}, no longer taking payments"
     return None
 

@@ -1,5 +1,6 @@
-"""The ledger and the alerts as the unit of work hands them out (``uow.ledger``,
-``uow.alerts``): the same small interfaces ``infra/uow_fake.py`` implements in memory.
+"""The ledger and the alerts as the unit of work hands them out
+(``uow.ledger``, ``uow.alerts``): the same small interfaces
+``infra/uow_fake.py`` implements in memory.
 
 Each is a thin face over the module that does the work (``infra.ledger``,
 ``infra.alerts``), bound to the unit of work's transaction.
@@ -67,3 +68,12 @@ class AlertRepository:
     def resolve_by_hand(self, alert_id: int, by: str, note: str) -> dict[str, Any]:
         """An alert resolved by an operator, ``alert.resolved`` announced; the alert."""
         return alerts.resolve_by_hand(self.unit, alert_id, by, note)
+
+    def announce_resolved(self, rows: Sequence[Any], note: str | None = None,
+                          also: Sequence[tuple[str, dict[str, Any], str | None]] = ()) -> None:
+        """The events of alerts a merged statement resolved, and the caller's ``also``."""
+        alerts.announce_resolved(self.unit, rows, note, also)
+
+    def announce_raised(self, items: Sequence[alerts.Alert], new: dict[str, int]) -> None:
+        """The events of alerts a merged statement newly opened (``new``: key -> id)."""
+        alerts.announce_raised(self.unit, items, new)

@@ -14,9 +14,9 @@ process's broker and the repositories.
 
 The repositories it owns are bound to its transaction: ``uow.conversions``,
 ``uow.buffers``, ``uow.providers`` (``infra/treasury/repository.py``),
-``uow.journal`` (``infra/journal/repository.py``), ``uow.personas``
-(``infra/challenges/personas.py``), ``uow.markets``
-(``infra/markets/repository.py``), ``uow.ledger`` and ``uow.alerts``
+``uow.journal`` (``infra/journal/repository.py``), ``uow.markets``
+(``infra/markets/repository.py``), ``uow.challenges`` (``infra/challenges/repository.py``),
+``uow.personas`` (``infra/challenges/personas.py``), ``uow.ledger`` and ``uow.alerts``
 (``infra/repositories.py``), ``uow.wallets`` and ``uow.guard``
 (``infra/wallets/repository.py``).  A step that calls the outside world between
 transactions enters the same unit of work again: each ``with uow:`` is a new
@@ -40,6 +40,7 @@ from sqlalchemy import Engine, func, select
 from domain.errors import RequestConflict
 from infra import broker as process_broker
 from infra.challenges.personas import PersonaRepository
+from infra.challenges.repository import ChallengeRepository
 from infra.db.engine import sql
 from infra.db.tables import processed_requests
 from infra.journal.repository import JournalRepository
@@ -97,6 +98,7 @@ class UnitOfWork(Transaction):
         self.guard = GuardRepository(self)
         self.wallets = WalletRepository(self, self.guard)
         self.markets = MarketRepository(self)
+        self.challenges = ChallengeRepository(self.conn, self)
         return self
 
     def claim(self) -> bool:

@@ -3,14 +3,15 @@
 Same interface as ``infra/uow.py``'s for what the handlers use: ``claim``, ``send``,
 ``send_later``, ``emit``, ``commit``, re-entry per transaction, ``hold_lock``, and the
 repositories ``ledger``, ``alerts``, ``buffers``, ``providers``, ``conversions``,
-``journal``, ``markets``, ``wallets``, ``guard``.  Leaving a block without ``commit()``
-restores the state it found (what a side transaction committed on its own, ``aside``,
-stays).
+``journal``, ``markets``, ``challenges``, ``wallets``, ``guard``.  Leaving a block without
+``commit()`` restores the state it found (what a side transaction committed on its own,
+``aside``, stays).
 """
 
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -21,7 +22,8 @@ from domain import accounts
 from domain import conversions as conv
 from domain import guard as rules
 from domain.buffers import CURRENCY_OF, account_code
-from domain.errors import InsufficientFunds, NotFound, Refused, RequestConflict
+from domain.challenges import CHALLENGE, MATCH, MATCH_SETTLED, Challenge, MatchSettlement, SideTally
+from domain.errors import InsufficientFunds, LedgerError, NotFound, Refused, RequestConflict
 from domain.guard import (BALANCE_ALERT_KINDS, DAILY_WINDOW, DEFAULT_TIER, EXPIRING_ALERT_KINDS,
                           WEEKLY_WINDOW, GuardContext, LimitTable, Limits, Usage)
 from domain.ledger import Posting, may_go_negative, validate_postings
@@ -38,6 +40,16 @@ from domain.markets import (
     Market,
     line,
 )
+from domain.resends import check_same_terms
+from infra.challenges.repository import (
+    Closed,
+    Fill,
+    Participant,
+    Persona,
+    ReservedMatch,
+    Seat,
+    Written,
+)
 from infra.markets.repository import DisputeRow, DistributionRow, Paid
 from infra.treasury.store import Buffer, Job
 from infra.uow import payload_hash
@@ -50,6 +62,11 @@ class FakeLedger:
         self.transactions: list[dict[str, Any]] = []
 
     def post(self, postings, **options: Any) -> int:
+        key = options.get("idempotency_key")
+        earlier = next((i for i, t in enumerate(self.transactions, 1)
+                        if key is not None and t.get("idempotency_key") == key), None)
+        if earlier is not None:  # as the ledger: the earlier transaction, nothing posted again
+            return earlier
         checked = validate_postings(postings)  # balanced per currency, or LedgerError
         for p in checked:
             after = self.balance.get(p.account, 0) + p.amount
@@ -77,8 +94,29 @@ class FakeLedger:
 
 
 class FakeAlerts:
-    def __init__(self) -> None:
+    """Open alerts by key; their events go to ``unit`` (the fake unit of work)."""
+
+    def __init__(self, unit: Any = None) -> None:
         self.open: dict[str, dict[str, Any]] = {}
+        self.unit = unit
+
+    def resolve_keys(self, keys) -> list[SimpleNamespace]:
+        """Resolve the open ones of ``keys`` (a merged statement's ``rs``): their rows."""
+        return [SimpleNamespace(dedupe_key=k, **self.open.pop(k)) for k in keys if k in self.open]
+
+    def raise_items(self, items) -> dict[str, int]:
+        """Open ``items`` (a merged statement's ``al``): ``{key: id}`` of the new ones."""
+        return {a.dedupe_key: i for a in items
+                if (i := self.raise_(kind=a.kind, severity=a.severity, subject=a.subject,
+                                     dedupe_key=a.dedupe_key, data=a.data)) is not None}
+
+    def announce_resolved(self, rows, note: str | None = None, also=()) -> None:
+        self.unit.emit_many([("alert.resolved", {"dedupe_key": r.dedupe_key, "note": note},
+                              "admin") for r in rows] + list(also))
+
+    def announce_raised(self, items, new: dict[str, int]) -> None:
+        self.unit.emit_many([("alert.raised", {"dedupe_key": a.dedupe_key, "kind": a.kind},
+                              "admin") for a in items if a.dedupe_key in new])
 
     def raise_(self, *, dedupe_key: str, **alert: Any) -> int | None:
         new = dedupe_key not in self.open
@@ -484,17 +522,21 @@ class FakeMarkets:
 
 
 class FakePersonas:
-    """``uow.personas`` in memory: ``pool`` maps a code to its persona row."""
+    """``uow.personas`` in memory: it adds to the pool the fake challenges assign from
+    (``uow.challenges.personas``), as the real one adds to ``shadow_personas``."""
 
-    def __init__(self) -> None:
-        self.pool: dict[str, dict[str, Any]] = {}
+    def __init__(self, unit: "FakeUnitOfWork") -> None:
+        self.unit = unit
+
+    @property
+    def pool(self) -> list[Persona]:
+        return self.unit.challenges.personas
 
     def add(self, code: str, display_name: str, category: str) -> int | None:
-        if code in self.pool:
+        if any(p.code == code for p in self.pool):
             return None
-        persona_id = len(self.pool) + 1
-        self.pool[code] = {"id": persona_id, "code": code, "display_name": display_name,
-                           "category": category, "active": True}
+        persona_id = max((p.id for p in self.pool), default=0) + 1
+        self.pool.append(Persona(persona_id, code, display_name, category))
         return persona_id
 
 
@@ -664,6 +706,230 @@ class FakeWallets:
         else:
             self.unit.send("evaluate_balance_alerts", request_id=f"balance-alerts:{txn_id}:0",
                            transaction_id=txn_id)
+class FakeChallenges:
+    """Treasury balancing's rows in memory, with the database's guarantees the handlers
+    rely on (a persona once per challenge, a user once per challenge, guarded statuses).
+
+    ``personas`` is the pool (add ``Persona`` rows); ``now`` the transaction time."""
+
+    def __init__(self, unit: Any, ledger: FakeLedger, alerts: FakeAlerts) -> None:
+        self.unit, self.ledger, self.alerts = unit, ledger, alerts
+        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self.challenges: dict[str, Challenge] = {}
+        self.participants: dict[int, dict[str, Any]] = {}
+        self.configs: dict[str, Any] = {}
+        self.config_changes: list[tuple[str, int, str, str]] = []
+        self.fills: dict[int, dict[str, Any]] = {}
+        self.matches: dict[int, dict[str, Any]] = {}
+        self.personas: list[Persona] = []
+        self.retries: dict[str, int] = {}
+
+    # --- challenges
+    def get(self, challenge_id: str, *, lock: bool = False) -> Challenge:
+        if challenge_id not in self.challenges:
+            raise NotFound(f"challenge {challenge_id} does not exist")
+        return self.challenges[challenge_id]
+
+    def open_new(self, challenge: Challenge):
+        existing = self.challenges.get(challenge.challenge_id)
+        if existing is None:
+            self.challenges[challenge.challenge_id] = challenge
+            return self.now
+        check_same_terms(f"challenge {challenge.challenge_id}", existing.terms, challenge.terms)
+        return None
+
+    def _move(self, challenge_id: str, new: str, **fields: Any) -> bool:
+        ch = self.get(challenge_id)
+        if ch.status not in CHALLENGE.sources(new):
+            return False
+        self.challenges[challenge_id] = replace(ch, status=new, **fields)
+        return True
+
+    def mark_settlement_failed(self, challenge_id: str, reason: str) -> bool:
+        return self._move(challenge_id, "settlement_failed")
+
+    def reopen_settlement(self, challenge_id: str) -> int:
+        self._move(challenge_id, "resolved")
+        self.retries[challenge_id] = self.retries.get(challenge_id, 0) + 1
+        return self.retries[challenge_id]
+
+    # --- participants
+    def _of(self, challenge_id: str) -> list[dict[str, Any]]:
+        return [p for p in self.participants.values() if p["challenge_id"] == challenge_id]
+
+    def _waiting(self, challenge_id: str, side: str) -> list[Participant]:
+        held = {m["participant_id"] for m in self.matches.values()}
+        return [Participant(p["id"], p["user_id"], p["side"]) for p in self._of(challenge_id)
+                if p["side"] == side and p["paired_with"] is None and p["match_id"] is None
+                and not p["settled"] and p["id"] not in held]
+
+    def join_context(self, challenge_id: str, user_id: str):
+        mine = self._of(challenge_id)
+        return self.now, len(mine), any(p["user_id"] == user_id for p in mine)
+
+    def add_participant_waiting(self, challenge: Challenge, user_id: str, side: str,
+                                join_transaction_id: int):
+        if any(p["user_id"] == user_id for p in self._of(challenge.challenge_id)):
+            raise Refused("unique violation: (challenge_id, user_id)")
+        pid = len(self.participants) + 1
+        self.participants[pid] = {
+            "id": pid, "challenge_id": challenge.challenge_id, "user_id": user_id, "side": side,
+            "stake": challenge.stake, "join_txn": join_transaction_id, "paired_with": None,
+            "match_id": None, "outcome": None, "payout": None, "settled": False}
+        counts = self.waiting_counts(challenge.challenge_id)
+        k = min(counts.values())
+        return (Participant(pid, user_id, side), self.waiting(challenge.challenge_id, "YES", k),
+                self.waiting(challenge.challenge_id, "NO", k))
+
+    def waiting_counts(self, challenge_id: str) -> dict[str, int]:
+        return {s: len(self._waiting(challenge_id, s)) for s in ("YES", "NO")}
+
+    def waiting(self, challenge_id: str, side: str, limit: int) -> list[Participant]:
+        return self._waiting(challenge_id, side)[:limit]
+
+    def pair(self, pairs, events) -> None:
+        for a, b in pairs:
+            self.participants[a.id]["paired_with"] = b.id
+            self.participants[b.id]["paired_with"] = a.id
+        self.unit.emit_many(events)
+
+    def tallies(self, challenge_id: str):
+        def side(s: str) -> SideTally:
+            mine = [p for p in self._of(challenge_id) if p["side"] == s]
+            return SideTally(len(mine), sum(p["stake"] for p in mine),
+                             sum(p["paired_with"] is None and p["match_id"] is None for p in mine))
+        return side("YES"), side("NO")
+
+    # --- the treasury config
+    def config(self, challenge_id: str, *, lock: bool = False):
+        return self.configs.get(challenge_id)
+
+    def save_config(self, challenge_id: str, cfg) -> None:
+        self.configs[challenge_id] = cfg
+
+    def configure(self, challenge_id: str, cfg, admin_id: str, resolve_keys=()) -> Written:
+        self.configs[challenge_id] = cfg
+        self.config_changes.append((challenge_id, cfg.max_risk, cfg.notes, admin_id))
+        return Written(self.alerts.resolve_keys(resolve_keys), {})
+
+    # --- fills and matches
+    def add_fill(self, challenge_id: str, side: str, requested: int, admin_id: str,
+                 request_id: str, next_actor: str, next_kwargs: dict) -> int:
+        fid = len(self.fills) + 1
+        self.fills[fid] = {"id": fid, "challenge_id": challenge_id, "side": side,
+                           "requested": requested, "admin_id": admin_id,
+                           "request_id": request_id, "status": "requested", "assigned": None,
+                           "shortfall": None, "reasons": [], "failure_reason": None,
+                           "transaction_id": None}
+        self.unit.send(next_actor, **next_kwargs, fill_id=fid)
+        return fid
+
+    def _fill(self, fill_id: int, challenge_id: str) -> Fill:
+        f = self.fills.get(fill_id)
+        if f is None or f["challenge_id"] != challenge_id:
+            raise NotFound(f"fill {fill_id} of challenge {challenge_id} does not exist")
+        return Fill(f["id"], f["challenge_id"], f["side"], f["requested"], f["status"],
+                    f["admin_id"])
+
+    def finish_fill(self, fill_id: int, status: str, *, reason: str | None = None) -> None:
+        self.fills[fill_id].update(status=status, failure_reason=reason)
+
+    def unused_personas(self, challenge_id: str) -> list[Persona]:
+        used = {m["persona_id"] for m in self.matches.values()
+                if m["challenge_id"] == challenge_id}
+        return sorted((p for p in self.personas if p.id not in used), key=lambda p: p.id)
+
+    def release(self, fill_id: int) -> int:
+        held = [i for i, m in self.matches.items()
+                if m["fill_id"] == fill_id and m["status"] == MATCH.initial]
+        return sum(self.matches.pop(i)["stake"] for i in held)
+
+    def assign_context(self, fill_id: int, challenge_id: str):
+        fill = self._fill(fill_id, challenge_id)
+        return (fill, self.config(challenge_id),
+                self.waiting(challenge_id, fill.side, fill.requested),
+                self.unused_personas(challenge_id))
+
+    def reserve(self, fill: Fill, pairs, stake: int, cfg, shortfall: int, reasons,
+                next_actor: str | None = None, next_kwargs: dict | None = None) -> None:
+        for user, persona in pairs:
+            if any(m["challenge_id"] == fill.challenge_id and m["persona_id"] == persona.id
+                   or m["participant_id"] == user.id for m in self.matches.values()):
+                raise Refused("unique violation: a persona or a user matched twice")
+            mid = max(self.matches, default=0) + 1
+            self.matches[mid] = {
+                "id": mid, "challenge_id": fill.challenge_id, "fill_id": fill.id,
+                "participant_id": user.id, "persona_id": persona.id, "persona": persona,
+                "user_id": user.user_id, "user_side": fill.side, "stake": stake,
+                "status": MATCH.initial, "result": None, "payout": None, "pnl": None}
+        self.configs[fill.challenge_id] = cfg
+        self.fills[fill.id].update(assigned=len(pairs), shortfall=shortfall, reasons=list(reasons),
+                                   status="assigned" if pairs else "empty")
+        if next_actor is not None:
+            self.unit.send(next_actor, **(next_kwargs or {}))
+
+    def fill_context(self, fill_id: int, challenge_id: str):
+        fill = self._fill(fill_id, challenge_id)
+        reserved = sorted((m for m in self.matches.values()
+                           if m["fill_id"] == fill_id and m["status"] == MATCH.initial),
+                          key=lambda m: m["participant_id"])
+        return fill, self.config(challenge_id), [
+            ReservedMatch(m["id"], m["participant_id"], m["user_id"], m["user_side"], m["persona"])
+            for m in reserved]
+
+    def activate(self, challenge_id: str, fill_id: int, matches, cfg, transaction_id: int,
+                 events, resolve_keys=(), raise_items=()) -> Written:
+        for m in matches:
+            row = self.matches[m.match_id]
+            row["status"] = MATCH.check(row["status"], "active")
+            self.participants[m.participant_id]["match_id"] = m.match_id
+        self.configs[challenge_id] = cfg
+        self.fills[fill_id].update(status="created", failure_reason=None,
+                                   transaction_id=transaction_id)
+        self.unit.emit_many(events)
+        return Written(self.alerts.resolve_keys(resolve_keys),
+                       self.alerts.raise_items(raise_items))
+
+    def resolve(self, challenge: Challenge, resolved_by: str, next_actor: str,
+                next_kwargs: dict) -> list[int]:
+        self._move(challenge.challenge_id, "resolved", result=challenge.result)
+        self.unit.send(next_actor, **next_kwargs)
+        return sorted(f["id"] for f in self.fills.values()
+                      if f["challenge_id"] == challenge.challenge_id
+                      and f["status"] in ("requested", "assigned"))
+
+    # --- settlement
+    def unsettled(self, challenge_id: str, limit: int) -> list[Seat]:
+        return [Seat(p["id"], p["user_id"], p["side"], p["stake"],
+                     "user" if p["paired_with"] else "treasury" if p["match_id"] else None,
+                     p["match_id"])
+                for p in sorted(self._of(challenge_id), key=lambda p: p["id"])
+                if not p["settled"]][:limit]
+
+    def settle_seats(self, seats, transaction_id, matches, events) -> None:
+        for seat, outcome in seats:
+            self.participants[seat.participant_id].update(
+                outcome=outcome.outcome, payout=outcome.payout, settled=True)
+        for match_id, m in matches:
+            row = self.matches[match_id]
+            row.update(status=MATCH.check(row["status"], m.status), result=m.result,
+                       payout=m.payout, pnl=m.pnl)
+        self.unit.emit_many(events)
+
+    def close_settlement(self, challenge_id: str, escrow: str, resolve_keys) -> Closed:
+        self._move(challenge_id, "settled")
+        settled = [MatchSettlement(m["result"], m["payout"], m["pnl"])
+                   for _, m in sorted(self.matches.items())
+                   if m["challenge_id"] == challenge_id and m["status"] in MATCH_SETTLED]
+        users = {"won": 0, "lost": 0, "refunded": 0}
+        for p in self._of(challenge_id):
+            if p["outcome"]:
+                users[p["outcome"]] += 1
+        return Closed(self.ledger.balance.get(escrow, 0), settled, users,
+                      self.alerts.resolve_keys(resolve_keys))
+
+    def daily_summary(self, start: datetime, end: datetime) -> dict[str, Any]:
+        return {"from": start.isoformat(), "to": end.isoformat(), "currencies": {}}
 
 
 class FakeUnitOfWork:
@@ -673,16 +939,17 @@ class FakeUnitOfWork:
                  payload: Any = None) -> None:
         self.actor, self.request_id, self.payload = actor, request_id, payload
         self.ledger = FakeLedger()
-        self.alerts = FakeAlerts()
+        self.alerts = FakeAlerts(self)
         self.buffers = FakeBuffers(self.ledger)
         self.providers = FakeProviders()
         self.conversions = FakeConversions()
         self.journal = FakeJournal()
-        self.personas = FakePersonas()
         self.wallet_state = FakeWalletState()
         self.guard = FakeGuard(self)
         self.wallets = FakeWallets(self, self.guard)
         self.markets = FakeMarkets(self.ledger, self)
+        self.challenges = FakeChallenges(self, self.ledger, self.alerts)
+        self.personas = FakePersonas(self)
         self.claims: dict[tuple, str] = {}
         self.sent: list[tuple[str, int, dict[str, Any]]] = []  # published after commit
         self.events: list[tuple[str, dict[str, Any], str | None]] = []
@@ -691,10 +958,13 @@ class FakeUnitOfWork:
         self._pending: list[tuple[str, tuple]] = []
 
     _STATE = ("ledger", "alerts", "buffers", "providers", "conversions", "journal", "markets",
-              "wallet_state", "claims", "personas")
+              "challenges", "wallet_state", "claims")
 
     def __enter__(self) -> "FakeUnitOfWork":
-        self._saved = copy.deepcopy({k: getattr(self, k) for k in self._STATE})
+        # One copy of the whole state (repositories share the ledger and the alerts); the
+        # unit itself, which they emit through, is not copied.
+        self._saved = copy.deepcopy({k: getattr(self, k) for k in self._STATE},
+                                    {id(self): self})
         self._pending, self.committed = [], False
         return self
 

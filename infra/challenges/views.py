@@ -1,14 +1,14 @@
-"""Operator views of treasury balancing: ``challenge show``, the dashboard, the daily summary."""
+"""Operator views of treasury balancing: ``challenge show`` and the dashboard (the daily
+summary is the repository's: ``ChallengeRepository.daily_summary``)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
 
 from domain.challenges import fillable, imbalance
-from infra.challenges import repository as repo
+from infra.challenges.repository import PNL_COLUMNS, PNL_PARAMS, ChallengeRepository
 
 #: Settled challenges listed on the dashboard.
 RECENT_SETTLEMENTS = 10
@@ -18,15 +18,14 @@ def show(conn: Connection, challenge_id: str, match_limit: int | None = None,
          match_offset: int = 0) -> dict[str, Any]:
     """The challenge, its imbalance, its treasury budget and its treasury matches
     (``match_limit``/``match_offset`` page the matches in SQL, as the console does)."""
-    challenge = repo.get(conn, challenge_id)
-    bal = imbalance(*repo.tallies(conn, challenge_id))
-    cfg = repo.config(conn, challenge_id)
-    extra = conn.execute(
-        text("SELECT settlement_failure, settlement_failed_at, settlement_retries FROM challenges "
-             "WHERE id = :c"), {"c": challenge_id}).one()
+    repo = ChallengeRepository(conn)
+    challenge = repo.get(challenge_id)
+    bal = imbalance(*repo.tallies(challenge_id))
+    cfg = repo.config(challenge_id)
+    extra = repo.settlement_state(challenge_id)
     heavy_waiting = {"YES": bal.unmatched_yes, "NO": bal.unmatched_no}.get(bal.imbalanced_side or "", 0)
     can_fill = fillable(heavy_waiting, cfg.available if cfg else 0, challenge.stake,
-                        len(repo.unused_personas(conn, challenge_id))) if cfg and challenge.status == "open" else 0
+                        len(repo.unused_personas(challenge_id))) if cfg and challenge.status == "open" else 0
     matches = conn.execute(
         text("SELECT m.user_id, p.code AS persona, m.user_side, m.stake, m.status, m.result, "
              "m.treasury_payout, m.pnl FROM treasury_matches m "
@@ -93,24 +92,19 @@ def dashboard(conn: Connection, currency: str) -> dict[str, Any]:
         {"cur": currency},
     ).one()
     matches = conn.execute(
-        text("SELECT count(*) FILTER (WHERE m.status IN ('active', 'settled', 'refunded')) AS total, "
-             "count(*) FILTER (WHERE m.status = 'active') AS pending, "
-             "COALESCE(sum(m.pnl) FILTER (WHERE m.status IN ('settled', 'refunded')), 0) AS pnl "
+        text("SELECT count(*) FILTER (WHERE m.status = 'active' OR m.status = ANY(:settled)) "
+             "AS total, count(*) FILTER (WHERE m.status = 'active') AS pending, "
+             "COALESCE(sum(m.pnl) FILTER (WHERE m.status = ANY(:settled)), 0) AS pnl "
              "FROM treasury_matches m JOIN challenges c ON c.id = m.challenge_id "
              "WHERE c.currency = :cur"),
-        {"cur": currency},
+        {"cur": currency, **PNL_PARAMS},
     ).one()
     recent = conn.execute(
-        text("SELECT c.id, c.result, c.settled_at, count(m.id) AS matches, "
-             "count(*) FILTER (WHERE m.result = 'treasury_won') AS won, "
-             "count(*) FILTER (WHERE m.result = 'treasury_lost') AS lost, "
-             "count(*) FILTER (WHERE m.status = 'refunded') AS refunded, "
-             "COALESCE(sum(m.pnl), 0) AS net_pnl FROM challenges c "
-             "JOIN treasury_matches m ON m.challenge_id = c.id "
-             "AND m.status IN ('settled', 'refunded') "
+        text(f"SELECT c.id, c.result, c.settled_at, {PNL_COLUMNS} FROM challenges c "
+             "JOIN treasury_matches m ON m.challenge_id = c.id AND m.status = ANY(:settled) "
              "WHERE c.currency = :cur AND c.status = 'settled' "
              "GROUP BY c.id ORDER BY c.settled_at DESC, c.id LIMIT :n"),
-        {"cur": currency, "n": RECENT_SETTLEMENTS},
+        {"cur": currency, "n": RECENT_SETTLEMENTS, **PNL_PARAMS},
     )
     currencies = conn.execute(
         text("SELECT DISTINCT c.currency FROM challenge_treasury t "
@@ -133,46 +127,3 @@ def dashboard(conn: Connection, currency: str) -> dict[str, Any]:
         ],
         "currencies": list(currencies),
     }
-
-
-def daily_summary(conn: Connection, start: datetime, end: datetime) -> dict[str, Any]:
-    """The treasury's activity in ``[start, end)``, per currency: fills, matches, settlements, P&L."""
-    window = {"start": start, "end": end}
-    per: dict[str, dict[str, int]] = {}
-
-    def bucket(cur: str) -> dict[str, int]:
-        return per.setdefault(cur, {
-            "fills": 0, "fills_short": 0, "fills_failed": 0, "matches_created": 0,
-            "treasury_staked": 0, "challenges_settled": 0, "matches_settled": 0, "won": 0,
-            "lost": 0, "refunded": 0, "won_amount": 0, "lost_amount": 0, "net_pnl": 0})
-
-    for r in conn.execute(text(
-            "SELECT c.currency, count(*) AS fills, count(*) FILTER (WHERE f.shortfall > 0) AS short, "
-            "count(*) FILTER (WHERE f.status = 'failed') AS failed FROM treasury_fills f "
-            "JOIN challenges c ON c.id = f.challenge_id "
-            "WHERE f.created_at >= :start AND f.created_at < :end GROUP BY c.currency"), window):
-        b = bucket(r.currency)
-        b.update(fills=int(r.fills), fills_short=int(r.short), fills_failed=int(r.failed))
-    for r in conn.execute(text(
-            "SELECT c.currency, count(*) AS n, sum(m.stake) AS staked FROM treasury_matches m "
-            "JOIN challenges c ON c.id = m.challenge_id "
-            "WHERE m.matched_at >= :start AND m.matched_at < :end GROUP BY c.currency"), window):
-        bucket(r.currency).update(matches_created=int(r.n), treasury_staked=int(r.staked))
-    for r in conn.execute(text(
-            "SELECT c.currency, count(*) AS n, "
-            "count(*) FILTER (WHERE m.result = 'treasury_won') AS won, "
-            "count(*) FILTER (WHERE m.result = 'treasury_lost') AS lost, "
-            "count(*) FILTER (WHERE m.status = 'refunded') AS refunded, "
-            "COALESCE(sum(m.stake) FILTER (WHERE m.result = 'treasury_won'), 0) AS won_amount, "
-            "COALESCE(sum(m.stake) FILTER (WHERE m.result = 'treasury_lost'), 0) AS lost_amount, "
-            "sum(m.pnl) AS pnl FROM treasury_matches m JOIN challenges c ON c.id = m.challenge_id "
-            "WHERE m.settled_at >= :start AND m.settled_at < :end GROUP BY c.currency"), window):
-        bucket(r.currency).update(
-            matches_settled=int(r.n), won=int(r.won), lost=int(r.lost), refunded=int(r.refunded),
-            won_amount=int(r.won_amount), lost_amount=int(r.lost_amount), net_pnl=int(r.pnl))
-    for r in conn.execute(text(
-            "SELECT currency, count(*) AS n FROM challenges "
-            "WHERE settled_at >= :start AND settled_at < :end GROUP BY currency"), window):
-        bucket(r.currency)["challenges_settled"] = int(r.n)
-    return {"from": start.isoformat(), "to": end.isoformat(),
-            "currencies": {cur: per[cur] for cur in sorted(per)}}

@@ -3,19 +3,17 @@ dashboard``, ``ballast personas [list|add]`` (CONTRACT.md)."""
 
 from __future__ import annotations
 
-import uuid
-
 import click
 
 from domain.challenges import PERSONA_CATEGORIES, format_amount
-from domain.errors import BallastError, NotFound, Refused
+from domain.errors import BallastError, InvalidCommand, NotFound, Refused
 from domain.money import CURRENCIES
+from domain.request_ids import fresh
 from infra.challenges import personas as persona_pool
-from infra.challenges import settlement, views
+from infra.challenges import views
 from infra.cli import in_process
 from infra.cli.output import console, emit, fail, json_option, table, timestamp
 from infra.db.engine import get_read_engine
-from infra.uow import UnitOfWork
 
 
 def register(cli: click.Group) -> None:
@@ -77,13 +75,15 @@ def challenge_show(challenge_id: str, as_json: bool) -> None:
 @json_option
 def challenge_settle(challenge_id: str, by: str, as_json: bool) -> None:
     """Retry a settlement that failed for good, once its cause is fixed: seats already
-    paid are skipped, so nobody is paid twice."""
+    paid are skipped, so nobody is paid twice.  The command ``retry_challenge_settlement``,
+    run here (validated, claimed, committed)."""
     if not by.strip():
         fail("--by needs a name", 2)
     try:
-        with UnitOfWork(actor="challenge_settle", request_id=f"cli:{uuid.uuid4()}") as uow:
-            settlement.retry(uow, challenge_id, by.strip())
-            uow.commit()
+        in_process.call("retry_challenge_settlement", request_id=fresh("cli", "challenge_settle"),
+                        challenge_id=challenge_id, retried_by=by.strip())
+    except InvalidCommand as exc:
+        fail(str(exc), 2)
     except (NotFound, Refused) as exc:
         fail(str(exc), 1)
     emit({"challenge_id": challenge_id, "status": "resolved", "settlement": "retrying"}, as_json,

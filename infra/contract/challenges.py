@@ -73,12 +73,21 @@ class SettleChallenge(Command):
     challenge_id: Identifier
 
 
+class RetryChallengeSettlement(Command):
+    """``ballast challenge settle ID --by NAME`` as a message: a settlement that failed for
+    good is retried (the seats already paid are skipped)."""
+
+    challenge_id: Identifier
+    retried_by: Identifier
+
+
 SPECS = [
     ActorSpec("open_challenge", QUEUE, OpenChallenge),
     ActorSpec("join_challenge", QUEUE, JoinChallenge),
     ActorSpec("configure_treasury", QUEUE, ConfigureTreasury),
     ActorSpec("fill_treasury", QUEUE, FillTreasury),
     ActorSpec("resolve_challenge", QUEUE, ResolveChallenge),
+    ActorSpec("retry_challenge_settlement", QUEUE, RetryChallengeSettlement),
     ActorSpec("assign_personas", "ballast.step.personas", AssignPersonas, step=True),
     ActorSpec("create_treasury_matches", "ballast.step.matches", CreateTreasuryMatches, step=True),
     ActorSpec("settle_challenge", "ballast.step.settlement", SettleChallenge, step=True),

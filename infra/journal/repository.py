@@ -17,13 +17,14 @@ from sqlalchemy.dialects.postgresql import insert
 
 from domain.errors import NotFound
 from domain.matching import (
-    AWAITING,
     CYCLE,
+    CYCLE_TAKING_PAYMENTS,
     DONATION,
     EXPIRED,
     LOGISTICS,
     OPTED_IN,
     PARTICIPATION,
+    TAKING_PAYMENT,
     expected_memo,
 )
 from infra.db.once import create_once
@@ -184,7 +185,7 @@ def expecting(conn: Connection) -> list[Row]:
     return list(conn.execute(
         select(p.c.participation_id, p.c.cycle_id, p.c.character_name, p.c.pledged)
         .join(cycles, cycles.c.cycle_id == p.c.cycle_id)
-        .where(cycles.c.status == "planned", p.c.status.in_([AWAITING, OPTED_IN]))
+        .where(cycles.c.status == CYCLE_TAKING_PAYMENTS, p.c.status.in_(TAKING_PAYMENT))
         .order_by(p.c.participation_id)
     ))
 

@@ -8,7 +8,16 @@ from typing import Any
 from sqlalchemy import Connection, func, select, text
 
 from domain import accounts
-from domain.matching import AWAITING, MATCHED, OPTED_IN, Candidate, payment_state, suggest
+from domain.matching import (
+    AWAITING,
+    CYCLE_TAKING_PAYMENTS,
+    MATCHED,
+    OPTED_IN,
+    TAKING_PAYMENT,
+    Candidate,
+    payment_state,
+    suggest,
+)
 from infra.db.tables import accounts as accounts_t
 from infra.db.tables import journal_characters as characters
 from infra.db.tables import journal_participations as participations_t
@@ -172,7 +181,7 @@ def _add_suggestions(conn: Connection, unmatched: list[dict[str, Any]], cycle_id
             "SELECT p.participation_id, p.user_id, lower(p.character_name) AS name, p.pledged, "
             "CAST(EXTRACT(EPOCH FROM p.created_at) AS bigint) AS at "
             "FROM journal_participations p JOIN journal_cycles c USING (cycle_id) "
-            "WHERE c.status = 'planned' AND p.status IN (:awaiting, :opted) "
+            "WHERE c.status = :taking AND p.status = ANY(:expecting) "
             "AND (CAST(:c AS text) IS NULL OR p.cycle_id = :c) "
             # Only those one of these payments could be suggested: the same amount as a
             # payment, or a payer's known character or user (a page's worth, not a cycle's).
@@ -183,7 +192,7 @@ def _add_suggestions(conn: Connection, unmatched: list[dict[str, Any]], cycle_id
             "JOIN journal_participations q USING (participation_id) "
             "WHERE l.payer_character_id = ANY(CAST(:ids AS text[]))))"
         ),
-        {"awaiting": AWAITING, "opted": OPTED_IN, "c": cycle_id,
+        {"taking": CYCLE_TAKING_PAYMENTS, "expecting": list(TAKING_PAYMENT), "c": cycle_id,
          "amounts": sorted({int(u["amount"]) for u in unmatched}), "ids": payers},
     ).all()
     if not parts:

@@ -15,7 +15,7 @@ from flask import Blueprint, abort, current_app, g, redirect, render_template, r
 from domain import challenges as rules
 from domain.errors import BallastError, InvalidCommand
 from infra import deadletter_log, rabbit
-from infra.challenges import repository as challenge_repo
+from infra.challenges.repository import ChallengeRepository
 from infra.challenges import views as challenge_views
 from infra.commands import send_command
 from infra.contract import ACTORS, QUEUES, parse
@@ -228,7 +228,7 @@ def _configure_preview(challenge_id: str, max_risk: int) -> tuple[list[str], str
             doc = challenge_views.show(conn, challenge_id, 0)
         except BallastError:
             return [], None  # the worker refuses it with the reason
-        cfg = challenge_repo.config(conn, challenge_id)
+        cfg = ChallengeRepository(conn).config(challenge_id)
     cur = doc["currency"]
     at_risk = (cfg.max_risk - cfg.available) if cfg else 0
     fmt = lambda n: rules.format_amount(n, cur)  # noqa: E731
@@ -263,13 +263,13 @@ def _fill_preview(challenge_id: str, side: str, count: int) -> tuple[list[str], 
     """What the fill would do now, by the domain's own plan (the worker decides again)."""
     with _engine().connect() as conn:
         doc = challenge_views.show(conn, challenge_id, 0)  # the numbers, not the matches
-        cfg = challenge_repo.config(conn, challenge_id)
+        cfg = ChallengeRepository(conn).config(challenge_id)
         if cfg is None:
             return [], "This challenge has no treasury budget yet: configure it first."
         plan = rules.plan_fill(
             challenge_id=challenge_id, match_count=count,
-            waiting=challenge_repo.waiting(conn, challenge_id, side, count),
-            unused_personas=challenge_repo.unused_personas(conn, challenge_id),
+            waiting=ChallengeRepository(conn).waiting(challenge_id, side, count),
+            unused_personas=ChallengeRepository(conn).unused_personas(challenge_id),
             available=cfg.available, stake=doc["stake"], persona_key=lambda p: p.code)
     cur = doc["currency"]
     at_risk = plan.n * doc["stake"]

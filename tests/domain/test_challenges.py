@@ -11,6 +11,7 @@ from domain.challenges import (
     Challenge,
     SideTally,
     TreasuryConfig,
+    fillable,
     imbalance,
     pair_first_come,
     plan_fill,
@@ -300,3 +301,13 @@ def test_the_settlement_line_states_the_signed_net_pnl(won, lost, stake):
     digits = int(amount.lstrip("+").replace("₦", "").replace(",", "").replace(".", ""))
     assert digits == (won - lost) * stake
     assert amount.startswith("+") == ((won - lost) * stake > 0)
+
+
+@given(max_risk=st.integers(0, 10**9), allocated=st.integers(0, 10**9),
+       reserved=st.integers(0, 10**9), stake=st.integers(1, 10**6))
+def test_a_budget_funds_a_stake_exactly_when_a_fill_could_use_it(max_risk, allocated, reserved,
+                                                                  stake):
+    """``funds`` (the fill's check, the budget alert and its clearing) and the fill plan's
+    budget limit (``fillable``) are one rule."""
+    cfg = TreasuryConfig(max_risk, allocated, reserved)
+    assert cfg.funds(stake) == (fillable(1, cfg.available, stake, 1) == 1)

@@ -12,6 +12,8 @@ from domain.errors import LedgerError
 from infra.attempts import final_attempt
 from infra.settings import get_settings
 
+import actors.challenges  # noqa: E402,F401  (settle_challenge on the global broker: its policy)
+
 
 def during(options: dict, exc: BaseException) -> bool:
     message = dramatiq.Message(queue_name="ballast.step.settlement", actor_name="settle_challenge",

@@ -461,6 +461,22 @@ def test_treasury_alerts_clear_by_themselves_when_their_condition_clears(engine)
         with engine.begin() as conn:
             conn.execute(text("UPDATE shadow_personas SET active = false WHERE code = :c"), {"c": code})
 
+    # A used-up budget clears once it funds one stake again (exactly one: the boundary).
+    spent = open_challenge(max_risk=STAKE)
+    join(spent, "YES")
+    p.run("fill_treasury", challenge_id=spent, side="YES", match_count=1, admin_id="adm")
+    assert open_alert(engine, f"treasury:budget:{spent}")
+    with engine.begin() as conn:  # raised by hand, short of a stake by one
+        conn.execute(text("UPDATE challenge_treasury SET max_risk = :m WHERE challenge_id = :c"),
+                     {"m": 2 * STAKE - 1, "c": spent})
+    sweep()
+    assert open_alert(engine, f"treasury:budget:{spent}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE challenge_treasury SET max_risk = :m WHERE challenge_id = :c"),
+                     {"m": 2 * STAKE, "c": spent})
+    sweep()
+    assert open_alert(engine, f"treasury:budget:{spent}") is None
+
 
 def open_alert(engine, key: str):
     with engine.connect() as conn:

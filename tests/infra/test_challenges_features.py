@@ -10,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-import actors.challenges as challenge_actors
+from domain.challenges import settlement_failed_alert_key
 from domain.errors import Refused
 from infra.cli import output
 from infra.cli.main import cli
 from infra import ledger
-from infra.challenges import settlement, views
-from infra.uow import UnitOfWork
+from infra.challenges import views
+from services import challenges as challenge_service
 from tests.harness import uid
 from tests.infra import challenges_pipeline as p
 from tests.infra.test_challenges import STAKE, join, set_treasury, show, snapshot
@@ -170,7 +170,7 @@ CREATE TRIGGER test_fail_settlement_{tag} BEFORE UPDATE ON challenge_participant
 
 
 def test_a_settlement_failing_for_good_is_visible_and_its_retry_pays_nobody_twice(engine, monkeypatch):
-    monkeypatch.setattr(challenge_actors, "SETTLE_BATCH", 2)
+    monkeypatch.setattr(challenge_service, "SETTLE_BATCH", 2)
     set_treasury(engine, 100 * STAKE)
     cid = open_limited()
     p.run("configure_treasury", challenge_id=cid, max_risk=5 * STAKE, notes="", admin_id="adm")
@@ -186,7 +186,7 @@ def test_a_settlement_failing_for_good_is_visible_and_its_retry_pays_nobody_twic
         assert doc["status"] == "settlement_failed" and "injected" in doc["settlement_failure"]
         first_batch = [p.balance(engine, f"user:{u}:NGN") for u in users[:2]]
         assert first_batch == [0, 2 * STAKE]  # y1 lost to n1: the first batch was paid
-        a = alert(engine, settlement.alert_key(cid))
+        a = alert(engine, settlement_failed_alert_key(cid))
         assert (a.kind, a.severity, a.status) == ("challenge_settlement_failed", "critical", "open")
         with pytest.raises(Refused, match="already settlement_failed"):
             p.run("join_challenge", challenge_id=cid, user_id=uid(), side="NO")
@@ -197,12 +197,9 @@ def test_a_settlement_failing_for_good_is_visible_and_its_retry_pays_nobody_twic
             conn.execute(text(f"DROP TRIGGER test_fail_settlement_{tag} ON challenge_participants"))
 
     # The operator's retry (`ballast challenge settle`) hands a new settle_challenge on.
-    with UnitOfWork(actor="challenge_settle", request_id=uid("cli"), broker=p._COLLECTOR) as uow:
-        settlement.retry(uow, cid, "ops-ada")
-        uow.commit()
+    p.run("retry_challenge_settlement", challenge_id=cid, retried_by="ops-ada", drain=False)
     with pytest.raises(Refused, match="only a settlement_failed"):  # a second retry: nothing
-        with UnitOfWork(actor="challenge_settle", request_id=uid("cli")) as uow:
-            settlement.retry(uow, cid, "ops-ada")
+        p.run("retry_challenge_settlement", challenge_id=cid, retried_by="ops-ada", drain=False)
     assert [m.actor_name for m in p.pending()] == ["settle_challenge"]
     p.run_pending()
     doc = show(engine, cid)
@@ -214,6 +211,6 @@ def test_a_settlement_failing_for_good_is_visible_and_its_retry_pays_nobody_twic
     assert len(p.events(engine, "admin.treasury.settlement", challenge_id=cid)) == 1
     told = [e["recipient"] for e in p.events(engine, "challenge.settled", challenge_id=cid)]
     assert sorted(told) == sorted(users)  # each user told once
-    assert alert(engine, settlement.alert_key(cid)).status == "resolved"
+    assert alert(engine, settlement_failed_alert_key(cid)).status == "resolved"
     with engine.connect() as conn:
         assert ledger.check(conn)["ok"]

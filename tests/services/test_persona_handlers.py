@@ -21,7 +21,8 @@ def test_a_persona_joins_the_pool_active_with_no_matches():
     doc = personas.add_persona(_cmd(), uow)
     assert doc == {"persona_id": 1, "code": "newcomer", "display_name": "Newcomer",
                    "category": "casual", "active": True, "matches": 0}
-    assert uow.personas.pool["newcomer"]["active"]
+    # The pool persona assignment draws from (any challenge: it has played in none).
+    assert [p.code for p in uow.challenges.unused_personas("c1")] == ["newcomer"]
 
 
 def test_a_taken_code_is_refused():
@@ -29,7 +30,7 @@ def test_a_taken_code_is_refused():
     personas.add_persona(_cmd(), uow)
     with pytest.raises(Refused, match="already exists"):
         personas.add_persona(_cmd(display_name="Again"), uow)
-    assert uow.personas.pool["newcomer"]["display_name"] == "Newcomer"
+    assert [(p.code, p.display_name) for p in uow.personas.pool] == [("newcomer", "Newcomer")]
 
 
 @pytest.mark.parametrize("bad", [{"category": "whale"}, {"code": ""}, {"code": "x" * 65},
