@@ -146,7 +146,7 @@ def personas_list(as_json: bool) -> None:
 def personas_add(code: str, display_name: str, category: str, as_json: bool) -> None:
     """Add a persona to the pool."""
     try:  # the add_persona command, run here; every refusal is bad input (exit 2)
-        doc = in_process.call("add_persona", request_id=f"cli:add_persona:{uuid.uuid4()}",
+        doc = in_process.call("add_persona", request_id=fresh("cli", "add_persona"),
                               code=code, display_name=display_name, category=category)
     except BallastError as exc:
         fail(str(exc), 2)
