@@ -23,16 +23,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from dramatiq.middleware import TimeLimitExceeded
-
 from domain import challenges as rules
 from domain.challenges import Challenge, TreasuryConfig, escrow_account, treasury_account
-from domain.errors import InsufficientFunds, LedgerError, Refused
+from domain.errors import InsufficientFunds, Refused
 from domain.ledger import Posting
 from domain.request_ids import next_step
 from domain.wallet import WalletChange
+from infra import faults
 from infra.alerts import Alert
-from infra.attempts import final_attempt
 from infra.challenges.repository import Fill, ReservedMatch, Seat
 from infra.contract.challenges import (
     AssignPersonas,
@@ -49,11 +47,12 @@ from infra.contract.operations import SendDailySummary
 from infra.logs import get_logger
 from infra.settings import get_settings
 from infra.uow import UnitOfWork
-from services import wallets
+from services import payouts, wallets
 
 log = get_logger(__name__)
 
-#: Participants settled per transaction; a crash loses at most one batch of work, never pays twice.
+#: Seats per ledger transaction of a settlement (the whole settlement is one database
+#: transaction: ``services/payouts.py``).
 SETTLE_BATCH = get_settings().challenge_settle_batch
 
 
@@ -200,31 +199,23 @@ def create_treasury_matches(cmd: CreateTreasuryMatches, uow: UnitOfWork) -> None
 # --- settlement -----------------------------------------------------------------------
 
 def settle_challenge(cmd: SettleChallenge, uow: UnitOfWork) -> None:
-    """Pay every seat of a resolved challenge, batch by batch; then close the escrow.
-
-    Each batch is one transaction (``uow`` entered once per batch) that marks its
-    participants settled, so a worker killed between batches resumes where it stopped and
-    pays nobody twice.  A failure for good (permanent, or transient on the last attempt)
-    leaves the challenge ``settlement_failed`` with an alert before the message is
-    dead-lettered.
+    """Pay every seat of a resolved challenge, batch by batch, then close the escrow: one
+    transaction (``services/payouts.py``, the escrow payouts' one mechanism), so a crash
+    pays nothing and a redelivery after the commit finds the challenge settled.  A failure
+    for good (permanent, or transient on the last attempt) leaves the challenge
+    ``settlement_failed`` with an alert before the message is dead-lettered.
     """
-    try:
-        finished = False
-        while not finished:
-            with uow:
-                finished = settle_next_batch(cmd.challenge_id, uow)
-                uow.commit()
-    except (Exception, TimeLimitExceeded) as exc:
-        if final_attempt(exc):
-            try:
-                record_settlement_failure(cmd.challenge_id, f"{type(exc).__name__}: {exc}", uow)
-            except Exception as unrecorded:  # the database is the cause: the dead letter stays
-                log.error("challenge.settlement_failure_unrecorded", error=str(unrecorded))
-        raise
+    def pay() -> None:
+        while not settle_next_batch(cmd.challenge_id, uow):
+            faults.point("settle_batch", "settle_challenge")  # (a crash here pays nothing)
+
+    payouts.pay_out(uow, pay,
+                    lambda reason: record_settlement_failure(cmd.challenge_id, reason, uow))
 
 
 def settle_next_batch(challenge_id: str, uow: UnitOfWork) -> bool:
-    """Settle the next batch of seats; the last batch also closes the escrow.  True when done."""
+    """Settle the next batch of seats (one wallet transaction from the escrow, its seats
+    marked settled); the last batch also closes the escrow.  True when done."""
     challenge = uow.challenges.get(challenge_id, lock=True)
     if challenge.status == "settled":
         return True
@@ -279,8 +270,8 @@ def record_settlement_failure(challenge_id: str, reason: str, uow: UnitOfWork) -
 
 def retry_challenge_settlement(cmd: RetryChallengeSettlement, uow: UnitOfWork) -> Challenge:
     """``ballast challenge settle ID --by NAME``, once its cause is fixed: settlement_failed →
-    resolved, and a new ``settle_challenge`` (the batches already paid are skipped, so nobody
-    is paid twice)."""
+    resolved, and a new ``settle_challenge`` (the failed one paid nothing: its transaction
+    rolled back)."""
     challenge = uow.challenges.get(cmd.challenge_id, lock=True).retry_settlement()
     attempt = uow.challenges.reopen_settlement(cmd.challenge_id)
     uow.send("settle_challenge", challenge_id=cmd.challenge_id,
@@ -326,9 +317,7 @@ def _close_settlement(uow: UnitOfWork, challenge: Challenge) -> None:
     closed = uow.challenges.close_settlement(
         cid, escrow_account(cid), [rules.budget_alert_key(cid), rules.personas_alert_key(cid),
                                    rules.settlement_failed_alert_key(cid)])
-    if closed.escrow_left != 0:
-        raise LedgerError(f"escrow of challenge {cid} holds {closed.escrow_left} after "
-                          "every seat was settled")
+    payouts.check_escrow(escrow_account(cid), closed.escrow_left, 0)
     outcome = rules.treasury_outcome(closed.matches, challenge.stake)
     report = {
         "challenge_id": cid, "result": challenge.result,

@@ -24,10 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dramatiq.middleware import TimeLimitExceeded
-
 from domain import accounts, request_ids
-from domain.errors import BallastError, LedgerError, Refused
+from domain.errors import Refused
 from domain.ledger import Posting
 from domain.markets import (
     CLOSED,
@@ -51,7 +49,6 @@ from domain.markets import (
 from domain.resends import check_same_terms
 from domain.wallet import WalletChange
 from infra import faults
-from infra.attempts import final_attempt
 from infra.contract.markets import (
     ConfirmMarket,
     DisputeMarket,
@@ -67,7 +64,7 @@ from infra.errors import Transient
 from infra.logs import get_logger
 from infra.settings import get_settings
 from infra.uow import UnitOfWork
-from services import wallets
+from services import payouts, wallets
 
 log = get_logger(__name__)
 
@@ -172,17 +169,8 @@ def settle_market(cmd: SettleMarket, uow: UnitOfWork) -> "Settled | None":
     """The settlement step: pay the distribution out in bulk, in one transaction of the
     (unentered) unit of work.  A settlement that fails for good (refused, or a transient
     failure on its last attempt) is recorded as ``failed`` with an alert."""
-    try:
-        with uow:
-            if not uow.claim():
-                return None
-            done = settle(uow, cmd.distribution_id)
-            uow.commit()
-            return done
-    except (Exception, TimeLimitExceeded) as exc:
-        if final_attempt(exc):
-            _record_failure(uow, cmd, exc)
-        raise
+    return payouts.pay_out(uow, lambda: settle(uow, cmd.distribution_id),
+                           lambda reason: _record_failure(uow, cmd, reason), claim=True)
 
 
 # --- resolving ------------------------------------------------------------------------------
@@ -302,10 +290,8 @@ def fee_postings(market: Market, t: Terms, left: int) -> list[Posting]:
 
 
 def _check_escrow_holds(uow: UnitOfWork, market: Market, expected: int) -> None:
-    held = uow.markets.escrow_held(market)
-    if held != expected:
-        raise LedgerError(f"{escrow_account(market.market_id)} holds {held}, expected {expected}: "
-                          "the books disagree with the commitments; nothing was paid")
+    payouts.check_escrow(escrow_account(market.market_id), uow.markets.escrow_held(market),
+                         expected)
 
 
 # --- rolling back ---------------------------------------------------------------------------
@@ -388,16 +374,11 @@ def record_failure(uow: UnitOfWork, market_id: str, distribution_id: int, reason
     return True
 
 
-def _record_failure(uow: UnitOfWork, cmd: SettleMarket, exc: BaseException) -> None:
+def _record_failure(uow: UnitOfWork, cmd: SettleMarket, reason: str) -> None:
     """``record_failure`` in a transaction of its own (the settlement's rolled back)."""
-    # A transient failure out of retries names its kind; a refusal is its own sentence.
-    reason = str(exc) if isinstance(exc, BallastError) else f"{type(exc).__name__}: {exc}"
-    try:
-        with uow:
-            if record_failure(uow, cmd.market_id, cmd.distribution_id, reason):
-                uow.commit()
-    except Exception as unrecorded:  # the database is the cause: the dead letter stays
-        log.error("market.settlement_failure_unrecorded", error=str(unrecorded))
+    with uow:
+        if record_failure(uow, cmd.market_id, cmd.distribution_id, reason):
+            uow.commit()
 
 
 def retry(uow: UnitOfWork, market_id: str, by: str) -> int:

@@ -168,7 +168,7 @@ def test_concurrent_fills_never_exceed_max_risk_nor_reuse_a_persona(env, engine,
 
 
 def test_a_worker_killed_during_settlement_pays_nobody_twice(env, engine, clean_queues):
-    w = Worker(env, processes=1, threads=4, faults="after_commit:settle_challenge",
+    w = Worker(env, processes=1, threads=4, faults="settle_batch:settle_challenge",
                BALLAST_CHALLENGE_SETTLE_BATCH="3").start()
     try:
         fund_treasury(env, engine, 10 * STAKE)
@@ -182,14 +182,15 @@ def test_a_worker_killed_during_settlement_pays_nobody_twice(env, engine, clean_
                                   "WHERE challenge_id = :c", c=cid) == 3, what="fill")
         send(env, "resolve_challenge", request_id=uid("res"), challenge_id=cid, result="YES",
              resolved_by="ops-ada")
-        w.wait_dead()  # killed right after the first batch committed, before the ack
+        w.wait_dead()  # killed after the first batch of seats, before the commit
         settled = scalar(engine, "SELECT count(*) FROM challenge_participants "
                          "WHERE challenge_id = :c AND settled_at IS NOT NULL", c=cid)
-        assert settled == 3 and status(engine, cid) == "resolved"
-        w.start()  # RabbitMQ redelivers the settlement; it resumes where it stopped
-        wait_until(lambda: status(engine, cid) == "settled", 60, what="settlement resumed")
+        assert settled == 0 and status(engine, cid) == "resolved"  # one transaction: nothing paid
+        assert balance(engine, f"escrow:challenge:{cid}") == 13 * STAKE  # every stake still held
+        w.start()  # RabbitMQ redelivers the settlement; it settles the whole challenge
+        wait_until(lambda: status(engine, cid) == "settled", 60, what="settlement redone")
 
-        def swept():  # the crash left the first batch's notices for the outbox sweeper
+        def swept():  # every event of the settlement is published
             send(env, "sweep_outbox", request_id=uid("sweep"))
             return scalar(engine, "SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0
 

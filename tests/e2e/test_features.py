@@ -21,7 +21,7 @@ STAKE = 150_000
 @pytest.fixture
 def worker(env, clean_queues):
     """One retry only (200 ms later) and settlement batches of 2 seats: a transient
-    failure runs out of retries quickly, after a first batch was paid."""
+    failure runs out of retries quickly, in a settlement's second batch."""
     w = Worker(env, processes=1, threads=4, BALLAST_RETRY_MAX_RETRIES="1",
                BALLAST_CHALLENGE_SETTLE_BATCH="2").start()
     yield w
@@ -152,7 +152,9 @@ def test_a_challenge_settlement_out_of_retries_is_failed_then_retried_paying_nob
         letter = wait_until(lambda: [d for d in dead(env, "settle_challenge")
                                      if "injected" in (d.get("reason") or "")], what="dead letter")
         assert "1 retries exhausted" in letter[0]["reason"]
-        assert [balance(engine, f"user:{u}:NGN") for u in users[:2]] == [2 * STAKE, 0]  # batch 1
+        # One transaction: batch 1's payout rolled back with the failing batch 2.
+        assert [balance(engine, f"user:{u}:NGN") for u in users[:2]] == [0, 0]
+        assert balance(engine, f"escrow:challenge:{cid}") == 5 * STAKE
         assert scalar(engine, "SELECT status FROM alerts WHERE dedupe_key = :k",
                       k=f"challenge_settlement_failed:{cid}") == "open"
         code, doc, _ = cli(env, "challenge", "show", cid)

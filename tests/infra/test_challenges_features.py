@@ -185,7 +185,8 @@ def test_a_settlement_failing_for_good_is_visible_and_its_retry_pays_nobody_twic
         doc = show(engine, cid)
         assert doc["status"] == "settlement_failed" and "injected" in doc["settlement_failure"]
         first_batch = [p.balance(engine, f"user:{u}:NGN") for u in users[:2]]
-        assert first_batch == [0, 2 * STAKE]  # y1 lost to n1: the first batch was paid
+        assert first_batch == [0, 0]  # one transaction: n1's winnings of the first batch rolled back
+        assert p.balance(engine, f"escrow:challenge:{cid}") == 6 * STAKE  # every stake still held
         a = alert(engine, settlement_failed_alert_key(cid))
         assert (a.kind, a.severity, a.status) == ("challenge_settlement_failed", "critical", "open")
         with pytest.raises(Refused, match="already settlement_failed"):

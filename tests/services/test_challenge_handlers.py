@@ -242,26 +242,26 @@ def test_a_settlement_failing_for_good_is_recorded_and_its_retry_pays_nobody_twi
     users = [("y1", "YES"), ("n1", "NO"), ("y2", "YES"), ("y3", "YES")]
     for user, side in users:
         join(uow, cid, user, side)
-    settle_seats = uow.challenges.settle_seats
+    # Patched on the class: a rollback restores the repository's state as a copy.
+    settle_seats = type(uow.challenges).settle_seats
     calls = []
 
-    def second_batch_fails(seats, *args):
+    def second_batch_fails(self, seats, *args):
         calls.append(len(seats))
         if len(calls) == 2:
             raise LedgerError("injected")
-        settle_seats(seats, *args)
+        settle_seats(self, seats, *args)
 
-    monkeypatch.setattr(uow.challenges, "settle_seats", second_batch_fails)
+    monkeypatch.setattr(type(uow.challenges), "settle_seats", second_batch_fails)
     with pytest.raises(LedgerError, match="injected"):
         run(uow, "resolve_challenge", challenge_id=cid, result="YES", resolved_by="adm")
     assert uow.challenges.get(cid).status == "settlement_failed"
     assert settlement_failed_alert_key(cid) in uow.alerts.open
     assert len(events(uow, "admin.treasury.settlement_failed")) == 1
-    paid_once = uow.ledger.balance["user:y1:NGN"]
-    assert paid_once == 2 * STAKE  # the first batch was paid
+    assert uow.ledger.balance.get("user:y1:NGN", 0) == 0  # one transaction: the first batch too rolled back
     uow.sent.clear()  # the dead letter stays; the operator retries
 
-    monkeypatch.setattr(uow.challenges, "settle_seats", settle_seats)
+    monkeypatch.setattr(type(uow.challenges), "settle_seats", settle_seats)
     run(uow, "retry_challenge_settlement", challenge_id=cid, retried_by="ops-ada")
     with pytest.raises(Refused, match="only a settlement_failed"):
         run(uow, "retry_challenge_settlement", challenge_id=cid, retried_by="ops-ada")
