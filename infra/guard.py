@@ -19,6 +19,7 @@ from sqlalchemy import Connection, func, select, text
 from domain import accounts
 from domain import guard as rules
 from domain.guard import DEFAULT_TIER, LimitTable, Usage
+from domain import request_ids
 from infra.db import tables as t
 from infra.wallets import _escape_like
 from infra.wallets.repository import (INLINE_ALERT_WALLETS, GuardRepository, load_limits,
@@ -47,7 +48,7 @@ def alerts_after(uow, txn_id: int, wallets: int) -> None:
     if wallets <= INLINE_ALERT_WALLETS:
         uow.guard.alerts_of_chunk(txn_id)
     else:
-        uow.send("evaluate_balance_alerts", request_id=f"balance-alerts:{txn_id}:0",
+        uow.send("evaluate_balance_alerts", request_id=request_ids.next_step("balance-alerts", txn_id, 0),
                  transaction_id=txn_id)
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
-from domain import accounts
+from domain import accounts, request_ids
 from domain import conversions as conv
 from domain import guard as rules
 from domain.buffers import CURRENCY_OF, account_code
@@ -704,7 +704,7 @@ class FakeWallets:
         if len(moves) <= INLINE_ALERT_WALLETS:
             self.guard.refresh_balance_alerts(tiers, moves, txn_id)
         else:
-            self.unit.send("evaluate_balance_alerts", request_id=f"balance-alerts:{txn_id}:0",
+            self.unit.send("evaluate_balance_alerts", request_id=request_ids.next_step("balance-alerts", txn_id, 0),
                            transaction_id=txn_id)
 class FakeChallenges:
     """Treasury balancing's rows in memory, with the database's guarantees the handlers

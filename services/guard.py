@@ -23,6 +23,7 @@ from domain.errors import InvalidCommand
 from domain.guard import GuardContext, Limits, Paired
 from domain.ledger import Posting
 from domain.wallet import BalanceRefused
+from domain import request_ids
 from infra.contract.operations import EvaluateBalanceAlerts, SetGuardLimits
 from infra.uow import UnitOfWork
 
@@ -68,7 +69,7 @@ def evaluate_balance_alerts(cmd: EvaluateBalanceAlerts, uow: UnitOfWork) -> None
     last = uow.guard.alerts_of_chunk(cmd.transaction_id, after)
     if last is not None:
         uow.send("evaluate_balance_alerts",
-                 request_id=f"balance-alerts:{cmd.transaction_id}:{last[0]}:{last[1]}",
+                 request_id=request_ids.next_step("balance-alerts", cmd.transaction_id, last[0], last[1]),
                  transaction_id=cmd.transaction_id, after_user=last[0], after_currency=last[1])
 
 

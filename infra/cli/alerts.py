@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timezone
 
 import click
@@ -11,6 +10,7 @@ import click
 from domain import guard as rules
 from domain.errors import BallastError, InvalidCommand
 from domain.money import CURRENCIES, format_minor
+from domain import request_ids
 from infra import alerts, guard
 from infra.cli import in_process
 from infra.cli.identity import operator_identity
@@ -51,7 +51,7 @@ def _call(actor: str, **kwargs):
     """The command of ``actor`` run here (validated, claimed, committed, as its actor would):
     bad input exits 2, a refusal 1, with one line."""
     try:
-        return in_process.call(actor, request_id=f"cli:{actor}:{uuid.uuid4()}", **kwargs)
+        return in_process.call(actor, request_id=request_ids.fresh("cli", actor), **kwargs)
     except InvalidCommand as exc:
         fail(str(exc), 2)
     except BallastError as exc:
@@ -253,7 +253,7 @@ def guard_set_limit(tier: str, currency: str, min_balance, max_balance, daily, w
     by = operator_identity(by)
     try:  # the set_guard_limits command, run here; every refusal is bad input (exit 2)
         stored = in_process.call("set_guard_limits",
-                                 request_id=f"cli:set_guard_limits:{uuid.uuid4()}", tier=tier,
+                                 request_id=request_ids.fresh("cli", "set_guard_limits"), tier=tier,
                                  currency=currency, performed_by=by, **changes)
     except BallastError as exc:
         fail(str(exc), 2)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 
 import click
 
+from domain import request_ids
 from domain.errors import InvalidCommand, NotFound
 from domain.money import format_minor
 from infra.cli import in_process
@@ -88,7 +88,7 @@ def matching_group() -> None:
 def matching_run(cycle_id: str | None, as_json: bool) -> None:
     """Run the matching step now, in this process, and print its counts."""
     try:
-        cmd = parse(MatchPayments, {"request_id": f"cli:{uuid.uuid4()}", "cycle_id": cycle_id})
+        cmd = parse(MatchPayments, {"request_id": request_ids.fresh("cli", "matching"), "cycle_id": cycle_id})
     except InvalidCommand as exc:
         fail(str(exc), 2)
     try:  # the match_payments handler, through the contract (validated, claimed)

@@ -8,7 +8,6 @@ subcommands to it.)
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -18,6 +17,7 @@ from domain.buffers import CURRENCY_OF, changed_thresholds, thresholds_doc
 from domain.conversions import DIRECTIONS, PPM, format_rate, parse_rate
 from domain.errors import BallastError, InvalidCommand
 from domain.money import format_minor
+from domain import request_ids
 from infra import providers
 from infra.cli import in_process
 from infra.cli.identity import operator_identity
@@ -55,13 +55,13 @@ def _guarded(fn: Callable[[], Any]) -> Any:
 
 
 def _uow(actor: str, what: str) -> UnitOfWork:
-    return UnitOfWork(actor=actor, request_id=f"cli:{what}:{uuid.uuid4()}", payload={"cli": what})
+    return UnitOfWork(actor=actor, request_id=request_ids.fresh("cli", what), payload={"cli": what})
 
 
 def _call(actor: str, **kwargs: Any) -> Any:
     """The command of ``actor`` run here (validated, claimed, committed, as its actor
     would); what its handler returns.  Refusals as ``_guarded``'s one line."""
-    return _guarded(lambda: in_process.call(actor, request_id=f"cli:{actor}:{uuid.uuid4()}",
+    return _guarded(lambda: in_process.call(actor, request_id=request_ids.fresh("cli", actor),
                                             **kwargs))
 
 
@@ -80,7 +80,7 @@ def _lever(actor: str, command: str, target: str | None, by: str,
         record(uow.conn, by, command, target, detail(result) if callable(detail) else detail)
 
     return _guarded(lambda: in_process.call(actor, then=audit,
-                                            request_id=f"cli:{actor}:{uuid.uuid4()}", **kwargs))
+                                            request_id=request_ids.fresh("cli", actor), **kwargs))
 
 
 # --- buffers -----------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def buffers_rebalance(by: str, as_json: bool) -> None:
         # one transaction.  --by is checked here (check_by), as it always was, so it goes to
         # the handler beside the message, whose requested_by is a narrower identifier.
         return in_process.call("run_settlement_cycle", extras={"requested_by": by}, then=audit,
-                              request_id=f"cli:rebalance:{uuid.uuid4()}", trigger="manual")
+                              request_id=request_ids.fresh("cli", "rebalance"), trigger="manual")
 
     created = _guarded(run)
     emit({"jobs_created": len(created)}, as_json,
@@ -411,7 +411,7 @@ def conversions_group(ctx: click.Context, active: bool, limit: int, as_json: boo
 @json_option
 def conversions_poll(as_json: bool) -> None:
     """Poll every job a provider holds, now."""
-    polled = in_process.call("poll_conversion", request_id=f"cli:poll:{uuid.uuid4()}")
+    polled = in_process.call("poll_conversion", request_id=request_ids.fresh("cli", "poll"))
     emit({"polled": polled}, as_json, lambda d: console.print(f"polled {d['polled']} job(s)"))
 
 
@@ -621,7 +621,7 @@ def apply_callback(job_id: int, key: str, report: Report) -> bool:
     """A verified callback, applied by the ``apply_conversion_callback`` step in this
     process (the endpoint's ``apply``)."""
     return in_process.call("apply_conversion_callback",
-                           request_id=f"conversion:{job_id}:callback", job_id=job_id,
+                           request_id=request_ids.next_step("conversion", job_id, "callback"), job_id=job_id,
                            idempotency_key=key, **asdict(report))
 
 

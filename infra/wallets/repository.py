@@ -30,6 +30,7 @@ from domain.ledger import Posting
 from domain.guard import (BALANCE_ALERT_KINDS, DAILY_WINDOW, DEFAULT_TIER, EXPIRING_ALERT_KINDS,
                           WEEKLY_WINDOW, AlertSpec, GuardContext, LimitTable, Limits, Paired, Usage)
 from domain.wallet import WalletChange
+from domain import request_ids
 from infra import alerts, ledger, outbox
 from infra.alerts import Alert
 from infra.db import tables as t
@@ -247,7 +248,7 @@ class WalletRepository:
         if len(moves) <= INLINE_ALERT_WALLETS:
             self.guard.refresh_balance_alerts(tiers, moves, txn_id)
         else:
-            self.unit.send("evaluate_balance_alerts", request_id=f"balance-alerts:{txn_id}:0",
+            self.unit.send("evaluate_balance_alerts", request_id=request_ids.next_step("balance-alerts", txn_id, 0),
                            transaction_id=txn_id)
 
     def _record_at_once(self, params: dict[str, Any],
