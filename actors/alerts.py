@@ -4,7 +4,7 @@ the balance guard's alerts and limits (SPEC §4)."""
 from __future__ import annotations
 
 from infra import alerts
-from infra.conditions import CONDITIONS, evaluate
+from services.conditions import CONDITIONS, evaluate
 from infra.contract.operations import (AcknowledgeAlert, DeliverAlertWebhooks, EvaluateAlerts,
                                        EvaluateBalanceAlerts, ResolveAlert, SetGuardLimits)
 from infra.db.engine import get_engine
@@ -16,7 +16,7 @@ from services import guard
 
 @command(transactional=False, max_retries=20, retry_within_ms=55_000)  # fired every 60 s
 def evaluate_alerts(cmd: EvaluateAlerts) -> None:
-    """Evaluate every condition of the table (``infra.conditions.CONDITIONS``), each in its
+    """Evaluate every condition of the table (``services.conditions.CONDITIONS``), each in its
     own unit of work: one failing condition raises ``alert_condition_failed`` and the others
     still run.  A repeated request (same scheduler slot) evaluates each condition once."""
     evaluate(CONDITIONS, request_id=cmd.request_id, payload=cmd)

@@ -463,7 +463,7 @@ def deliver_pending(engine: Engine, url: str | None = None, *, limit: int = 100,
     return {"delivered": delivered, "failed": failed}
 
 
-# --- conditions of the alert sweep (listed in infra.conditions.CONDITIONS) -------------------
+# --- conditions of the alert sweep (listed in services.conditions.CONDITIONS) -------------------
 
 def dead_letters(uow) -> None:
     """Dead letters of a queue that nobody replayed or purged are an open alert naming the

@@ -21,7 +21,7 @@ from infra.treasury.store import Buffer
 from infra.contract.operations import ReportCustody, SetAutoRebalance, SetBufferThresholds
 from infra.contract.treasury import RecordBufferFlow, RunSettlementCycle
 from infra.logs import get_logger
-from infra.treasury import jobs
+from services import jobs
 from infra.treasury.cycle import AUTO_REBALANCE, evaluate_buffer_alerts
 from infra.uow import UnitOfWork
 

@@ -22,7 +22,7 @@ back to the next provider.  A worker that dies between 2 and 3 leaves the attemp
 heard of it is the same key sent again, which cannot become a second order), so a job is
 never converted twice.  The provider's word then moves a job by one path (``drive``, for
 polls and signed callbacks alike, under the job's lock); how a job ends (``complete``,
-``fail``) is ``infra/treasury/jobs.py``.  A job with its provider for 30 minutes is
+``fail``) is ``services/jobs.py``.  A job with its provider for 30 minutes is
 stale: an alert, and it keeps being polled — never resubmitted while the provider may
 still complete it.  Pending jobs nobody touched for a while go back to submission.
 """
@@ -51,7 +51,7 @@ from infra.providers import (
     ProviderUnavailable,
     Report,
 )
-from infra.treasury.jobs import (SUBMIT_LOCK_WAIT_S, ProviderUncertain, complete, fail,
+from services.jobs import (SUBMIT_LOCK_WAIT_S, ProviderUncertain, complete, fail,
                                  flag_if_stale, job_lock, now_utc, schedule_first)
 from infra.treasury.store import Attempt, Job
 from infra.uow import UnitOfWork

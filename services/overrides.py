@@ -28,8 +28,8 @@ from infra.contract.operations import (CancelConversion, CompleteConversion, Con
                                        FailConversion, FreezeConversions, ThawConversions)
 from infra.logs import get_logger
 from infra.providers import Report
-from infra.treasury import jobs
-from infra.treasury.jobs import SUBMIT_LOCK_WAIT_S, job_lock, now_utc
+from services import jobs
+from services.jobs import SUBMIT_LOCK_WAIT_S, job_lock, now_utc
 from infra.treasury.store import FROZEN, Attempt, Job
 from infra.uow import UnitOfWork
 

@@ -15,11 +15,11 @@ from infra.contract.journal import CloseCycle, LinkPayment, OpenCycle
 from infra.contract.treasury import (ApplyConversionCallback, PollConversion, ProbeProviders, RecordBufferFlow,
                                      RunSettlementCycle, SubmitConversion)
 from infra.journal import conditions as _journal_conditions  # noqa: F401  (registers them)
-from infra.treasury import conditions as _treasury_conditions  # noqa: F401
+from services import treasury_conditions as _treasury_conditions  # noqa: F401
 from infra.treasury import store as _store
 from infra.treasury.overrides import audit_log
 from infra.treasury.cycle import auto_rebalance_enabled, evaluate_buffer_alerts
-from infra.treasury.jobs import flag_if_stale, schedule_first
+from services.jobs import flag_if_stale, schedule_first
 from infra.uow import UnitOfWork
 from services import buffers, conversions, journal, overrides, providers
 from services.conversions import (RESUBMIT_PENDING_AFTER_S, JobBusy, _apply_report,

@@ -178,7 +178,7 @@ def test_the_graph_is_read():
             "schedules.runner"} <= set(modules())
     graph = _graph()
     assert "infra.broker" in graph["infra.uow"]
-    assert "infra.alerts" in graph["infra.conditions"]
+    assert "infra.alerts" in graph["services.conditions"]
 
 
 def test_cycles_are_found():

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import text
 
 from domain.errors import NotFound, Refused
-from infra import alerts, conditions, outbox, rabbit
+from infra import alerts, outbox, rabbit
+from services import conditions
 from infra.alerts import Alert
 from infra.settings import get_settings
 from infra.uow import UnitOfWork

@@ -421,7 +421,7 @@ def test_personas_can_be_added_and_refused_twice(engine):
 
 def test_treasury_alerts_clear_by_themselves_when_their_condition_clears(engine):
     from infra.challenges.conditions import treasury_balancing
-    from infra.conditions import CONDITIONS
+    from services.conditions import CONDITIONS
     from infra.uow import UnitOfWork
 
     assert CONDITIONS["treasury_balancing"] is treasury_balancing

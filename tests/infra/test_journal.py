@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from domain.errors import NotFound, Refused
 from infra import ledger
-from infra.conditions import CONDITIONS
+from services.conditions import CONDITIONS
 from infra.contract.journal import JournalEntry
 from infra.journal import repository as repo, views
 from tests.steps import matching

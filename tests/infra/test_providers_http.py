@@ -7,7 +7,7 @@ import pytest
 from domain import conversions as conv
 from infra.providers import Order, ProviderRejected, ProviderUnavailable
 from infra.providers.http import HttpProvider, make_config
-from infra.treasury import jobs
+from services import jobs
 from tests.steps import submission
 from tests.infra.test_treasury_kit import (
     FakeHttpProvider, add_provider, attempts, balance, cycle_now, drive, free_port, job,

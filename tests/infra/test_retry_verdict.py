@@ -10,7 +10,7 @@ from infra.errors import RetryPolicy, Transient, is_transient, kind_of, verdict
 from services.journal import LinkRace
 from services.markets import SettlementPending
 from infra.middleware.auth import VerificationUnavailable
-from infra.treasury.jobs import ProviderUncertain
+from services.jobs import ProviderUncertain
 from services.conversions import JobBusy
 
 

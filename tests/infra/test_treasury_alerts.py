@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from domain import conversions as conv
-from infra.conditions import CONDITIONS
+from services.conditions import CONDITIONS
 from tests.steps import polling, submission  # also registers the conditions
 from infra.uow import UnitOfWork
 from tests.harness import uid

@@ -12,10 +12,11 @@ from sqlalchemy import text
 from domain import conversions as conv
 from domain.errors import InvalidCommand, Refused
 from infra.cli.main import cli
-from infra.conditions import evaluate
-from infra.treasury import conditions, reconcile
+from services.conditions import evaluate
+from infra.treasury import reconcile
+from services import treasury_conditions as conditions
 from tests.steps import polling, submission, levers
-from infra.treasury.conditions import reconciliation
+from services.treasury_conditions import reconciliation
 from infra.uow import UnitOfWork
 from tests.harness import CLI_OPERATOR, uid
 from tests.infra.test_treasury_kit import (
@@ -335,7 +336,7 @@ def test_a_custody_difference_is_an_alert_with_amounts_until_it_is_resolved(engi
         "--by", CLI_OPERATOR, "--json")
     evaluate({"treasury.reconciliation": reconciliation}, request_id=uid("sweep"), engine=engine)
     assert open_alert(engine, key) is None
-    from infra.conditions import CONDITIONS
+    from services.conditions import CONDITIONS
     assert CONDITIONS["treasury.reconciliation"] is conditions.reconciliation  # in the sweep
 
 

@@ -164,7 +164,7 @@ def rows_fetched(engine):
 
 
 CHART_POINTS = inspect.signature(queries.balance_history).parameters["points"].default
-CHART_SQL = "SELECT t.created_at AS at, a.balance - COALESCE(sum(e.amount) OVER"
+CHART_SQL = "SELECT ledger_transactions.created_at AS at, accounts.balance - coalesce(sum(e.amount) OVER"
 
 
 def fetch(client, engine, url: str) -> str:

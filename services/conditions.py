@@ -15,7 +15,7 @@ from infra.challenges import conditions as challenges
 from infra.journal import conditions as journal
 from infra.logs import get_logger
 from infra.middleware import auth
-from infra.treasury import conditions as treasury
+from services import treasury_conditions as treasury
 from infra.uow import UnitOfWork
 from schedules import conditions as schedules
 

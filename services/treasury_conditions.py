@@ -8,7 +8,8 @@ from domain import conversions as conv
 from domain.providers import ACTIVE
 from infra import alerts
 from infra.db.tables import conversion_jobs
-from infra.treasury import cycle, jobs, reconcile
+from infra.treasury import cycle, reconcile
+from services import jobs
 from infra.uow import UnitOfWork
 
 

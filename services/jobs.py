@@ -1,5 +1,6 @@
 """Conversion jobs: creating them, the per-job lock, and how they end (the steps shared by
-the conversion handlers, ``services/conversions.py`` and ``services/overrides.py``).
+the conversion handlers, ``services/conversions.py``, ``services/overrides.py`` and
+``services/buffers.py``, and the stale-job condition).
 
 A job moves ``pending -> provider_submitted -> provider_processing ->
 completed`` (or ``failed`` / ``cancelled``), every transition recorded with its
