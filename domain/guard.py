@@ -150,6 +150,18 @@ def _refused(change: WalletChange, rule: str, by: int, limit: int, message: str)
     return BalanceRefused(message, rule=rule, exceeded_by=by, limit=limit, change=change)
 
 
+#: SPEC §4's risk score, its terms (``risk_score``; the SQL twin binds the same values):
+#: (share of the balance before a change must exceed, points).
+RISK_LARGE = (Fraction(1, 2), 20)
+RISK_VERY_LARGE = (Fraction(4, 5), 30)  # added to RISK_LARGE's
+RISK_NEGATIVE = 25  # the new balance is negative
+RISK_TIER: Mapping[str, int] = {"bronze": 10, "diamond": -10}
+
+
+def _exceeds(size: int, base: int, share: Fraction) -> bool:
+    return size * share.denominator > base * share.numerator
+
+
 def risk_score(before: int, amount: int, tier: str) -> int:
     """SPEC §4's risk score of one change, 0–100.
 
@@ -159,16 +171,13 @@ def risk_score(before: int, amount: int, tier: str) -> int:
     """
     size, base = abs(amount), abs(before)
     score = 0
-    if 2 * size > base:
-        score += 20
-        if 5 * size > 4 * base:
-            score += 30
+    if _exceeds(size, base, RISK_LARGE[0]):
+        score += RISK_LARGE[1]
+        if _exceeds(size, base, RISK_VERY_LARGE[0]):
+            score += RISK_VERY_LARGE[1]
     if before + amount < 0:
-        score += 25
-    if tier == "bronze":
-        score += 10
-    elif tier == "diamond":
-        score -= 10
+        score += RISK_NEGATIVE
+    score += RISK_TIER.get(tier, 0)
     return max(0, min(100, score))
 
 

@@ -22,13 +22,14 @@ from domain.guard import DEFAULT_TIER, LimitTable, Usage
 from domain import request_ids
 from infra.db import tables as t
 from infra.wallets import _escape_like
-from infra.wallets.repository import (INLINE_ALERT_WALLETS, GuardRepository, load_limits,
-                                      record_select, risk_sql, set_limits, tiers_of, usage)
+from infra.wallets.repository import (INLINE_ALERT_WALLETS, RISK_PARAMS, GuardRepository,
+                                      load_limits, record_select, risk_sql, set_limits, tiers_of,
+                                      usage)
 
-__all__ = ["INLINE_ALERT_WALLETS", "LimitTable", "agent_analytics", "alerts_after", "analytics",
-           "balance_alert_expiry", "history", "history_page", "limit_table", "limits_report",
-           "recent_changes", "record_select", "risk_sql", "set_limits", "tier_of", "tiers_of",
-           "usage"]
+__all__ = ["INLINE_ALERT_WALLETS", "RISK_PARAMS", "LimitTable", "agent_analytics", "alerts_after",
+           "analytics", "balance_alert_expiry", "history", "history_page", "limit_table",
+           "limits_report", "recent_changes", "record_select", "risk_sql", "set_limits", "tier_of",
+           "tiers_of", "usage"]
 
 
 def tier_of(conn: Connection, user_id: str) -> str:

@@ -28,7 +28,8 @@ from domain import guard as rules
 from domain.errors import InvalidCommand
 from domain.ledger import Posting
 from domain.guard import (BALANCE_ALERT_KINDS, DAILY_WINDOW, DEFAULT_TIER, EXPIRING_ALERT_KINDS,
-                          WEEKLY_WINDOW, AlertSpec, GuardContext, LimitTable, Limits, Paired, Usage)
+                          RISK_LARGE, RISK_NEGATIVE, RISK_TIER, RISK_VERY_LARGE, WEEKLY_WINDOW,
+                          AlertSpec, GuardContext, LimitTable, Limits, Paired, Usage)
 from domain.wallet import WalletChange
 from domain import request_ids
 from infra import alerts, ledger, outbox
@@ -462,16 +463,30 @@ def usage(conn: Connection, wallets: Sequence[tuple[str, str]],
     return {(r.user_id, r.currency): Usage(int(r.daily), int(r.weekly)) for r in rows}
 
 
+#: The domain's risk terms (``domain.guard.RISK_*``), bound into ``risk_sql``'s statements.
+RISK_PARAMS: dict[str, Any] = {
+    "_rl_num": RISK_LARGE[0].numerator, "_rl_den": RISK_LARGE[0].denominator,
+    "_rl_pts": RISK_LARGE[1],
+    "_rv_num": RISK_VERY_LARGE[0].numerator, "_rv_den": RISK_VERY_LARGE[0].denominator,
+    "_rv_pts": RISK_VERY_LARGE[1],
+    "_rn_pts": RISK_NEGATIVE, "_rt": json.dumps(dict(RISK_TIER)),
+}
+
+
 def risk_sql(before: str, amount: str, tier: str) -> str:
     """``domain.guard.risk_score`` in SQL over three column expressions (exact numeric
-    arithmetic, as Python's integers); the property test
-    ``test_the_database_scores_risk_as_the_domain`` holds the two equal."""
+    arithmetic, as Python's integers), its terms bound from the domain: the statement
+    carries ``RISK_PARAMS``.  The property test ``test_the_database_scores_risk_as_the_domain``
+    holds the two equal."""
     size, base = f"abs(CAST({amount} AS numeric))", f"abs(CAST({before} AS numeric))"
-    return (f"CAST(GREATEST(0, LEAST(100, (CASE WHEN 2 * {size} > {base} THEN 20 + "
-            f"(CASE WHEN 5 * {size} > 4 * {base} THEN 30 ELSE 0 END) ELSE 0 END) + "
-            f"(CASE WHEN CAST({before} AS numeric) + CAST({amount} AS numeric) < 0 THEN 25 "
-            f"ELSE 0 END) + (CASE {tier} WHEN 'bronze' THEN 10 WHEN 'diamond' THEN -10 "
-            "ELSE 0 END))) AS smallint)")
+
+    def exceeds(p: str) -> str:
+        return f"CAST(:_{p}_den AS numeric) * {size} > CAST(:_{p}_num AS numeric) * {base}"
+    return (f"CAST(GREATEST(0, LEAST(100, (CASE WHEN {exceeds('rl')} THEN CAST(:_rl_pts AS int) + "
+            f"(CASE WHEN {exceeds('rv')} THEN CAST(:_rv_pts AS int) ELSE 0 END) ELSE 0 END) + "
+            f"(CASE WHEN CAST({before} AS numeric) + CAST({amount} AS numeric) < 0 "
+            "THEN CAST(:_rn_pts AS int) ELSE 0 END) + "
+            f"COALESCE(CAST(CAST(:_rt AS jsonb) ->> {tier} AS int), 0))) AS smallint)")
 
 
 def record_select(conn: Connection, kind: str, select_sql: str, params: dict[str, Any], *,
@@ -495,5 +510,6 @@ def record_select(conn: Connection, kind: str, select_sql: str, params: dict[str
         "x.balance_before, x.balance_before + x.amount, x.reason, CAST(:_by AS text), x.metadata, "
         f"{risk_sql('x.balance_before', 'x.amount', tier)}, {tier} "
         f"FROM ({select_sql}) x LEFT JOIN user_tiers ut ON ut.user_id = x.user_id ORDER BY x.ord"),
-        {**params, "_kind": kind, "_by": performed_by, "_default_tier": DEFAULT_TIER},
+        {**params, **RISK_PARAMS, "_kind": kind, "_by": performed_by,
+         "_default_tier": DEFAULT_TIER},
     ).rowcount

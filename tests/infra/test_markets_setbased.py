@@ -62,7 +62,7 @@ def test_the_database_scores_risk_as_the_domain(engine, changes):
             "FROM unnest(CAST(:b AS bigint[]), CAST(:a AS bigint[]), CAST(:t AS text[])) "
             "WITH ORDINALITY AS c(b, a, t, n) ORDER BY c.n"),
             {"b": [b for b, _, _ in changes], "a": [a for _, a, _ in changes],
-             "t": [t for _, _, t in changes]}).scalars().all()
+             "t": [t for _, _, t in changes], **guard.RISK_PARAMS}).scalars().all()
     assert got == [rules.risk_score(b, a, t) for b, a, t in changes]
 
 
