@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import select
 import threading
 
-from sqlalchemy import Engine, TextClause, create_engine, text
+from sqlalchemy import Engine, TextClause, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 
 from infra.settings import get_settings
@@ -33,18 +34,50 @@ def _pooled(key: str, url: str, pool_size: int, max_overflow: int, **connect_arg
                 url,
                 pool_size=pool_size,
                 max_overflow=max_overflow,
-                pool_pre_ping=True,
+                # Liveness is checked at checkout without a round trip (``_alive``): a
+                # pre-ping's SELECT 1 was one round trip per transaction on the hot path.
+                pool_pre_ping=False,
                 pool_recycle=POOL_RECYCLE_S,
                 connect_args={"connect_timeout": CONNECT_TIMEOUT_S, **connect_args},
             )
+            event.listen(engine, "checkout", _alive)
             _engines[(os.getpid(), key)] = engine
         return engine
+
+
+def _alive(dbapi_connection, _record, _proxy) -> None:
+    """A pooled connection is handed out only while its socket is quiet.
+
+    An idle connection receives nothing from PostgreSQL unless the server closed it (a
+    restart, ``pg_terminate_backend``, an idle timeout: an error message, then end of
+    file), so a socket that is readable — or gone — at checkout means the connection is
+    dead: the pool drops it and connects anew (``DisconnectionError``), as a pre-ping
+    would, but without a round trip.  A connection lost silently (no packet at all) is
+    not seen here, as it was not by a pre-ping's wait either; its first statement fails
+    and the step is retried (``infra.errors``: transient)."""
+    try:
+        if dbapi_connection.closed:
+            raise exc.DisconnectionError("the connection is closed")
+        fd = dbapi_connection.pgconn.socket
+        readable, _, _ = select.select([fd], [], [], 0)
+    except exc.DisconnectionError:
+        raise
+    except Exception as e:  # no socket any more
+        raise exc.DisconnectionError(f"the connection has no socket: {e}") from e
+    if readable:
+        raise exc.DisconnectionError("the server closed the connection")
 
 
 def get_engine(url: str | None = None) -> Engine:
     """The process's engine for ``url`` (default: settings)."""
     url = url or get_settings().database_url
     return _pooled(url, url, POOL_SIZE, MAX_OVERFLOW)
+
+
+def autocommit(engine: Engine | None = None):
+    """A connection for one read outside any transaction (a signature's key lookup): no
+    ``BEGIN`` and no ``ROLLBACK`` round trips around its statement."""
+    return (engine or get_engine()).connect().execution_options(isolation_level="AUTOCOMMIT")
 
 
 def get_read_engine() -> Engine:

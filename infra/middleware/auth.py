@@ -22,7 +22,7 @@ from domain.auth import (Limits, canonical_bytes, check_fresh, check_key, check_
 from domain.errors import InvalidCommand, Unauthorized
 from infra import auth
 from infra.alerts import raise_alert, resolve_all_except
-from infra.db.engine import get_engine
+from infra.db.engine import autocommit, get_engine
 from infra.errors import Transient
 from infra.logs import get_logger
 from infra.settings import get_settings
@@ -102,7 +102,7 @@ class Authenticate(Middleware):
         producer = None
         try:
             producer, key_id, signed_at, signature = parse_auth(raw)
-            with get_engine().connect() as conn:
+            with autocommit() as conn:  # one read: no BEGIN, no ROLLBACK
                 found = auth.lookup_key(conn, key_id)
             key = check_key(found[0] if found else None, producer, key_id, signed_at)
             auth.verify_signature(found[1], canonical_bytes(
@@ -137,7 +137,7 @@ class Authenticate(Middleware):
             replayed_at, signature = raw["replayed_at"], str(raw["signature"])
             if not isinstance(replayed_at, int):
                 return False
-            with get_engine().connect() as conn:
+            with autocommit() as conn:
                 found = auth.lookup_key(conn, key_id)
             key = check_key(found[0] if found else None, producer, key_id, replayed_at)
             if "operator" not in key.roles:
