@@ -5,7 +5,7 @@ The guard's place in a wallet change (limits checked under the wallet locks, the
 post-and-record path, balance alerts, refusals) is ``services/guard.py`` and
 ``services/wallets.py``, its rules ``domain.guard``, its statements
 ``infra/wallets/repository.py`` (``uow.guard``, ``uow.wallets``).  ``record_select`` and
-``alerts_after`` serve the markets settlement, which is still in ``infra``.
+``alerts_after`` serve the markets repository's set-based settlement (``uow.markets.pay_lines``).
 """
 
 from __future__ import annotations

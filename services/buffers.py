@@ -17,13 +17,13 @@ from domain.conversions import DIRECTIONS
 from domain.ledger import Posting
 from domain.money import format_minor
 from domain.providers import smallest_minimum
-from infra.treasury.store import Buffer
 from infra.contract.operations import ReportCustody, SetAutoRebalance, SetBufferThresholds
 from infra.contract.treasury import RecordBufferFlow, RunSettlementCycle
 from infra.logs import get_logger
-from services import jobs
-from infra.treasury.cycle import AUTO_REBALANCE, evaluate_buffer_alerts
+from infra.treasury.cycle import AUTO_REBALANCE
+from infra.treasury.store import Buffer
 from infra.uow import UnitOfWork
+from services import jobs
 
 log = get_logger(__name__)
 
@@ -137,3 +137,33 @@ def report_custody(cmd: ReportCustody, uow: UnitOfWork) -> dict[str, Any]:
     """What the custodian (the chain for USDC, a bank for USD) holds for a buffer now, for
     reconciliation against the ledger.  Returns the report."""
     return uow.buffers.report_custody(cmd.account_type, cmd.balance, cmd.performed_by)
+
+
+def evaluate_buffer_alerts(uow, buffers: dict[str, Buffer] | None = None) -> None:
+    """Critical low and over capitalized, raised while true and resolved when cleared."""
+    buffers = buffers or uow.buffers.load()
+    for buf in buffers.values():
+        t = buf.thresholds
+        checks = {
+            "critical_low": (buf.status == b.CRITICAL_LOW, "critical",
+                             f"{buf.account_type} is critically low: "
+                             f"{format_minor(buf.balance, buf.currency)} < "
+                             f"{format_minor(t.min, buf.currency)}"),
+            "over_capitalized": (buf.status == b.OVER_CAPITALIZED, "warning",
+                                 f"{buf.account_type} is over capitalized: "
+                                 f"{format_minor(buf.balance, buf.currency)} > "
+                                 f"{format_minor(t.max, buf.currency)}"),
+        }
+        for name, (true, severity, subject) in checks.items():
+            key = f"buffer:{name}:{buf.account_type}"
+            if true:
+                uow.alerts.raise_(kind="buffer", severity=severity, subject=subject,
+                                  dedupe_key=key,
+                                  data={"account_type": buf.account_type, "balance": buf.balance,
+                                        "min": t.min, "target": t.target, "max": t.max})
+            else:
+                uow.alerts.resolve(key, note=f"{buf.account_type} is {buf.status}")
+        if buf.status != b.CRITICAL_LOW:
+            for name in ("cannot_replenish", "shortfall"):
+                uow.alerts.resolve(f"buffer:{name}:{buf.account_type}",
+                                   note=f"{buf.account_type} is {buf.status}")

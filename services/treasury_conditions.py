@@ -8,14 +8,19 @@ from domain import conversions as conv
 from domain.providers import ACTIVE
 from infra import alerts
 from infra.db.tables import conversion_jobs
-from infra.treasury import cycle, reconcile
-from services import jobs
+from infra.logs import get_logger
+from infra.treasury import reconcile
+from infra.treasury.reconcile import KEY_PREFIX, Difference
 from infra.uow import UnitOfWork
+from services import jobs
+from services.buffers import evaluate_buffer_alerts
+
+log = get_logger(__name__)
 
 
 def buffer_levels(uow: UnitOfWork) -> None:
     """Buffers critically low or over capitalized."""
-    cycle.evaluate_buffer_alerts(uow)
+    evaluate_buffer_alerts(uow)
 
 
 def provider_health(uow: UnitOfWork) -> None:
@@ -65,4 +70,19 @@ def stale_jobs(uow: UnitOfWork) -> None:
 def reconciliation(uow: UnitOfWork) -> None:
     """Ledger against custodian, providers' books and our own jobs; differences alert."""
     found = reconcile.differences(uow.conn, reconcile.provider_reports(uow.engine))
-    reconcile.raise_alerts(uow, found)
+    raise_alerts(uow, found)
+
+
+def raise_alerts(uow, found: list[Difference]) -> int:
+    """One alert per difference (with its amounts), ``conversion.reconciliation_failed`` for
+    each new one; alerts of differences gone are resolved.  Returns how many are new."""
+    opened = alerts.reconcile(uow, KEY_PREFIX, [
+        alerts.Alert("reconciliation", "warning" if d.check == "stuck_job" else "critical",
+                     f"reconciliation: {d.detail}"[:300], d.key, d.doc())
+        for d in found])
+    for d in {d.key: d for d in found}.values():  # one event per new alert
+        if d.key in opened:
+            uow.emit("conversion.reconciliation_failed", d.doc(), recipient="admin")
+    if found:
+        log.warning("reconcile.differences", count=len(found), new=len(opened))
+    return len(opened)

@@ -18,7 +18,8 @@ from infra.journal import conditions as _journal_conditions  # noqa: F401  (regi
 from services import treasury_conditions as _treasury_conditions  # noqa: F401
 from infra.treasury import store as _store
 from infra.treasury.overrides import audit_log
-from infra.treasury.cycle import auto_rebalance_enabled, evaluate_buffer_alerts
+from infra.treasury.cycle import auto_rebalance_enabled
+from services.buffers import evaluate_buffer_alerts
 from services.jobs import flag_if_stale, schedule_first
 from infra.uow import UnitOfWork
 from services import buffers, conversions, journal, overrides, providers

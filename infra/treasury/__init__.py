@@ -5,7 +5,7 @@ conditions ``services/treasury_conditions.py``.
 
 - ``store``: its tables (Core), and ``repository``: the repositories the unit of work hands
   out (``uow.buffers``, ``uow.providers``, ``uow.conversions``).
-- ``cycle``: the buffer alerts and the auto-rebalancing setting.
+- ``cycle``: the auto-rebalancing setting.
 - ``views``: what operators see (``ballast buffers|providers|conversions``), from the SQL
   views ``v_buffer_status``, ``v_provider_health``, ``v_active_conversion_jobs``.
 - ``overrides``: the levers' audit (``treasury_overrides``).

@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, text
 from domain import accounts
 from domain import conversions as conv
 from domain.money import CURRENCIES
-from infra import alerts, providers
+from infra import providers
 from infra.db.tables import accounts as accounts_table
 from infra.db.tables import conversion_jobs, custodian_reports
 from infra.logs import get_logger
@@ -234,21 +234,6 @@ def report(conn: Connection, reports: dict[str, dict[str, int]]) -> dict[str, An
     found = differences(conn, reports)
     return {"ok": not found, "checked_at": datetime.now(timezone.utc).isoformat(),
             "providers_reporting": sorted(reports), "differences": [d.doc() for d in found]}
-
-
-def raise_alerts(uow, found: list[Difference]) -> int:
-    """One alert per difference (with its amounts), ``conversion.reconciliation_failed`` for
-    each new one; alerts of differences gone are resolved.  Returns how many are new."""
-    opened = alerts.reconcile(uow, KEY_PREFIX, [
-        alerts.Alert("reconciliation", "warning" if d.check == "stuck_job" else "critical",
-                     f"reconciliation: {d.detail}"[:300], d.key, d.doc())
-        for d in found])
-    for d in {d.key: d for d in found}.values():  # one event per new alert
-        if d.key in opened:
-            uow.emit("conversion.reconciliation_failed", d.doc(), recipient="admin")
-    if found:
-        log.warning("reconcile.differences", count=len(found), new=len(opened))
-    return len(opened)
 
 
 def record_custody(conn: Connection, account_type: str, balance: int, by: str,
