@@ -55,13 +55,10 @@ def _alive(dbapi_connection, _record, _proxy) -> None:
     would, but without a round trip.  A connection lost silently (no packet at all) is
     not seen here, as it was not by a pre-ping's wait either; its first statement fails
     and the step is retried (``infra.errors``: transient)."""
+    if dbapi_connection.closed:
+        raise exc.DisconnectionError("the connection is closed")
     try:
-        if dbapi_connection.closed:
-            raise exc.DisconnectionError("the connection is closed")
-        fd = dbapi_connection.pgconn.socket
-        readable, _, _ = select.select([fd], [], [], 0)
-    except exc.DisconnectionError:
-        raise
+        readable, _, _ = select.select([dbapi_connection.pgconn.socket], [], [], 0)
     except Exception as e:  # no socket any more
         raise exc.DisconnectionError(f"the connection has no socket: {e}") from e
     if readable:

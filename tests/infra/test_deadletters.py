@@ -49,6 +49,25 @@ def dead_letter(env, message_id: str) -> rabbit.DeadLetter | None:
     return found[0] if found else None
 
 
+def records(engine, message_id: str, columns: str) -> list[tuple]:
+    """``columns`` of the message's rows in the durable dead-letter log."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(
+            f"SELECT {columns} FROM dead_letters WHERE message_id = :m"), {"m": message_id})]
+
+
+def rejections_written(engine, message_id: str) -> int:
+    """How many ``command.rejected`` outbox rows name the message."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return conn.execute(text(
+            "SELECT count(*) FROM outbox WHERE event_name = 'command.rejected' "
+            "AND body->'data'->>'message_id' = :m"), {"m": message_id}).scalar_one()
+
+
 def test_a_transient_error_is_retried_with_backoff_then_dead_lettered_with_its_traceback(env, flaky_worker):
     key = uid("k")
     message_id = send(env, "always_transient", key)
@@ -151,13 +170,9 @@ def test_a_refused_envelope_whose_record_cannot_be_written_is_recorded_once_the_
             assert dead_letter(env, message_id) is None  # not dead-lettered unrecorded
             locker.rollback()
 
-        def recorded():
-            with engine.connect() as conn:
-                return conn.execute(text(
-                    "SELECT code, status FROM dead_letters WHERE message_id = :m"),
-                    {"m": message_id}).all()
-        rows = wait_until(recorded, what="the refusal's record")
-        assert [tuple(r) for r in rows] == [("invalid", "dead")]
+        rows = wait_until(lambda: records(engine, message_id, "code, status"),
+                          what="the refusal's record")
+        assert rows == [("invalid", "dead")]
         letter = wait_until(lambda: dead_letter(env, message_id), what="dead letter")
         assert letter.info["code"] == "invalid"
         assert letter.info["reason"].startswith("invalid payload")
@@ -167,11 +182,7 @@ def test_a_refused_envelope_whose_record_cannot_be_written_is_recorded_once_the_
         copies = [d for d in rabbit.list_dead_letters(QUEUE, 1000, env.broker_url)
                   if d.message_id == message_id]
         assert len(copies) == 1
-        with engine.connect() as conn:
-            announced = conn.execute(text(
-                "SELECT count(*) FROM outbox WHERE event_name = 'command.rejected' "
-                "AND body->'data'->>'message_id' = :m"), {"m": message_id}).scalar_one()
-        assert announced == 1
+        assert rejections_written(engine, message_id) == 1
     finally:
         tap.close()
         w.stop()
@@ -266,13 +277,9 @@ def test_a_refusal_whose_record_cannot_be_written_is_recorded_once_the_database_
             assert dead_letter(env, message_id) is None  # not dead-lettered unrecorded
             locker.rollback()
 
-        def recorded():
-            with engine.connect() as conn:
-                return conn.execute(text(
-                    "SELECT code, reason, status FROM dead_letters WHERE message_id = :m"),
-                    {"m": message_id}).all()
-        rows = wait_until(recorded, what="the dead letter's record")
-        assert [tuple(r) for r in rows] == [("refused", f"{key} is refused for good", "dead")]
+        rows = wait_until(lambda: records(engine, message_id, "code, reason, status"),
+                          what="the dead letter's record")
+        assert rows == [("refused", f"{key} is refused for good", "dead")]
         letter = wait_until(lambda: dead_letter(env, message_id), what="dead letter")
         assert letter.info["code"] == "refused" and letter.info["retries"] == 0
         assert "dead_letter_pending" not in letter.body["options"]
@@ -280,11 +287,7 @@ def test_a_refusal_whose_record_cannot_be_written_is_recorded_once_the_database_
                                        if e["data"]["message_id"] == message_id])
         assert rejected[0]["data"]["reason"] == f"{key} is refused for good"
         assert len(attempts(env, key)) == 1  # the refused command never ran again
-        with engine.connect() as conn:
-            announced = conn.execute(text(
-                "SELECT count(*) FROM outbox WHERE event_name = 'command.rejected' "
-                "AND body->'data'->>'message_id' = :m"), {"m": message_id}).scalar_one()
-        assert announced == 1
+        assert rejections_written(engine, message_id) == 1
     finally:
         tap.close()
         w.stop()
