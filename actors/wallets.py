@@ -8,7 +8,7 @@ from infra.uow import UnitOfWork
 from services import wallets
 
 
-@command()
+@command(grouped=(wallets.deposit_group, wallets.deposit_wallet))
 def deposit(cmd: Deposit, uow: UnitOfWork):
     return wallets.deposit(cmd, uow)
 

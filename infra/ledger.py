@@ -155,6 +155,14 @@ def prepare_post(
                            [reverses_id])
 
 
+def prepare_post_many(items: Sequence[PostingBatchItem]) -> PreparedPosting:
+    """``post_many``'s validation and parameters, not run yet (a batch inside a bigger
+    statement: ``uow.wallets.post_and_record``)."""
+    checked = validate_batch(items)
+    reverses: list[int | None] = [None] * len(checked)
+    return PreparedPosting(_POST_MANY.text, _post_params(checked, reverses), checked, reverses)
+
+
 def post(
     conn: Connection,
     postings: Sequence[Posting],

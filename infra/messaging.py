@@ -22,28 +22,41 @@ commits (``then``: the CLI's audit rows, committed with what they record or not 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 
 from domain.errors import BallastError
+from infra import faults
 from infra.broker import get_broker
 from infra.contract import parse, spec_for
+from infra.group_commit import GroupCommit
 from infra.logs import get_logger
 from infra.middleware import metrics
+from infra.settings import get_settings
 from infra.uow import UnitOfWork
 
 log = get_logger(__name__)
 
 #: Every registered command's runner by actor name (``infra.cli.in_process.call`` runs one).
 RUNNERS: dict[str, Callable[..., Any]] = {}
+#: The group commits of the ``grouped`` commands by actor name (their counters).
+GROUPS: dict[str, GroupCommit] = {}
 
 
-def command(*, transactional: bool = True, **options: Any) -> Callable:
+def command(*, transactional: bool = True,
+            grouped: tuple[Callable[[UnitOfWork, Sequence[Any]], list[Any]],
+                           Callable[[Any], Any]] | None = None,
+            **options: Any) -> Callable:
     """Register a function as the Dramatiq actor of the same name in CONTRACT.md.
 
     Parameters:
       transactional: wrap the call in a claimed UnitOfWork (default) or not.
+      grouped: ``(handler, key)``: the messages a worker's threads handle at once share one
+        transaction (``infra.group_commit``: claimed together, handled by ``handler(uow,
+        commands)`` — the results in order —, one commit; all or nothing, else each runs
+        alone).  No two commands of a group have the same ``key(command)``.
       options: extra Dramatiq actor options (``max_retries``, ``time_limit``...).
     """
 
@@ -52,9 +65,8 @@ def command(*, transactional: bool = True, **options: Any) -> Callable:
 
         takes_uow = len(inspect.signature(fn).parameters) > 1
 
-        def invoke(kwargs: dict[str, Any], extras: dict[str, Any] | None = None,
-                   then: Callable[[UnitOfWork, Any], None] | None = None) -> Any:
-            cmd = parse(spec.schema, kwargs)
+        def apply(cmd: Any, extras: dict[str, Any] | None = None,
+                  then: Callable[[UnitOfWork, Any], None] | None = None) -> Any:
             extras = extras or {}
             if not transactional:
                 if then is not None:
@@ -74,8 +86,44 @@ def command(*, transactional: bool = True, **options: Any) -> Callable:
                 uow.commit()
             return result
 
-        def run(**kwargs: Any) -> Any:  # a message's kwargs: the command, nothing else
-            return invoke(kwargs)
+        def invoke(kwargs: dict[str, Any], extras: dict[str, Any] | None = None,
+                   then: Callable[[UnitOfWork, Any], None] | None = None) -> Any:
+            return apply(parse(spec.schema, kwargs), extras, then)
+
+        def apply_group(items: Sequence[tuple[Any, str | None]]) -> list[Any]:
+            """Several commands in one transaction, one commit (``infra.group_commit``)."""
+            handler, _ = grouped
+            with UnitOfWork(actor=spec.actor) as uow:
+                fresh = uow.claim_many([(cmd.request_id, cmd, mid) for cmd, mid in items])
+                for (cmd, _), new in zip(items, fresh):
+                    if not new:
+                        log.info("request.duplicate", request_id=cmd.request_id,
+                                 detail="already applied; nothing done")
+                        _count_duplicate(spec.queue, spec.actor)
+                new_cmds = [cmd for (cmd, _), new in zip(items, fresh) if new]
+                done = iter(handler(uow, new_cmds) if new_cmds else [])
+                results = [next(done) if new else None for new in fresh]
+                uow.commit()
+            faults.point("after_group_commit", spec.actor)
+            return results
+
+        group: GroupCommit | None = None
+        if grouped is not None and transactional and get_settings().group_commit_max > 1:
+            key = grouped[1]
+            group = GroupCommit(apply_group, lambda item: apply(item[0]),
+                                key=lambda item: key(item[0]),
+                                max_size=get_settings().group_commit_max, name=spec.actor)
+            GROUPS[spec.actor] = group
+
+        def run(**kwargs: Any) -> None:  # a message's kwargs: the command, nothing else
+            # Nothing is returned to Dramatiq: no message wants a result (there is no
+            # results backend), and a value would cost a warning in the log per message.
+            # In-process callers get the handler's result from ``RUNNERS``.
+            message = CurrentMessage.get_current_message()
+            if group is None or message is None:  # not in a worker: no one to group with
+                invoke(kwargs)
+            else:
+                group.submit((parse(spec.schema, kwargs), message.message_id))
 
         run.__name__ = fn.__name__
         run.__doc__ = fn.__doc__

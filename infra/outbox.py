@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import dramatiq
 import pika
@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from infra.auth import sign_as_ballast
 from infra.contract import EVENTS_EXCHANGE, spec_for
-from infra.db.engine import delete_in_batches
+from infra.db.engine import delete_in_batches, pg_array
 from infra.db.tables import outbox
 from infra.logs import get_logger
 
@@ -198,16 +198,19 @@ def add_events(
 def events_statement(
     events: Iterable[tuple[str, dict[str, Any], str | None]],
     transaction_from: str | None = None,
+    transaction_of: Sequence[int] | None = None,
 ) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
     """``add_events`` as a statement to run inside a bigger one (a CTE): its SQL (returning
     ``id`` and ``key``, the event id), its parameters (prefixed ``ev_``) and the bodies;
     ``rows_of`` turns what it returned into OutboxRows.
 
-    ``transaction_from``: the name of a relation of the bigger statement with at most one
-    row and a column ``id``, a ledger transaction posted by that statement: each stored
-    body's ``data.transaction_id`` is set to it, and nothing is written when it has no
-    row.  The caller sets the same id in the bodies (``data["transaction_id"]``) before
-    they are published."""
+    ``transaction_from``: the name of a relation of the bigger statement with columns
+    ``id`` and ``n``, the ledger transactions posted by that statement (``n``: 1, 2, … in
+    the order of its batch); ``transaction_of``: for each event, the ``n`` of its
+    transaction (default: all 1).  Each stored body's ``data.transaction_id`` is set to
+    its transaction's id, and an event whose transaction has no row is not written.  The
+    caller sets the same ids in the bodies (``data["transaction_id"]``) before they are
+    published."""
     now = datetime.now(timezone.utc).isoformat()
     bodies = [
         {"event": name, "event_id": str(uuid.uuid4()), "occurred_at": now,
@@ -217,12 +220,14 @@ def events_statement(
     params = {"ev_dest": EVENTS_EXCHANGE, "ev_bodies": json.dumps(bodies, default=str)}
     if transaction_from is None:
         return EVENTS_STATEMENT, params, bodies
-    # Each stored event's data.transaction_id is the posted transaction's (one-row relation
-    # ``transaction_from`` of the bigger statement); nothing is written without its row.
+    t = transaction_from
+    params["ev_txn"] = pg_array(transaction_of if transaction_of is not None else [1] * len(bodies))
     statement = EVENTS_STATEMENT.replace(
-        "e.body FROM jsonb_array_elements(",
-        f"jsonb_set(e.body, '{{data,transaction_id}}', to_jsonb({transaction_from}.id)) "
-        f"FROM {transaction_from} CROSS JOIN jsonb_array_elements(")
+        "e.body FROM jsonb_array_elements(CAST(:ev_bodies AS jsonb)) WITH ORDINALITY AS e(body, n) ",
+        f"jsonb_set(e.body, '{{data,transaction_id}}', to_jsonb({t}.id)) "
+        "FROM jsonb_array_elements(CAST(:ev_bodies AS jsonb)) WITH ORDINALITY AS e(body, n) "
+        f"JOIN {t} ON {t}.n = (CAST(:ev_txn AS int[]))[e.n] ")
+    assert statement != EVENTS_STATEMENT
     return statement, params, bodies
 
 

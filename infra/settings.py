@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     # How often a worker process's threads hand the GIL over (``SwitchInterval``); 0 keeps
     # Python's default (5,000 µs).
     worker_switch_interval_us: int = Field(default=500, ge=0)
+    # Most messages of one actor a worker process commits in one transaction
+    # (``infra.group_commit``; the actors declared ``grouped``); 1 turns grouping off.
+    group_commit_max: int = Field(default=16, ge=1, le=100)
 
     # Settlement batch sizes (seats / commitments per transaction).
     challenge_settle_batch: int = Field(default=200, ge=1)

@@ -30,7 +30,7 @@ import hashlib
 import json
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
@@ -41,7 +41,7 @@ from domain.errors import RequestConflict
 from infra import broker as process_broker
 from infra.challenges.personas import PersonaRepository
 from infra.challenges.repository import ChallengeRepository
-from infra.db.engine import sql
+from infra.db.engine import fetch
 from infra.db.tables import processed_requests
 from infra.journal.repository import JournalRepository
 from infra.markets.repository import MarketRepository
@@ -49,6 +49,14 @@ from infra.repositories import AlertRepository, LedgerRepository
 from infra.transaction import Transaction
 from infra.treasury.repository import BufferRepository, ConversionRepository, ProviderRepository
 from infra.wallets.repository import GuardRepository, WalletRepository
+
+#: Every transactional command's first statement (the hot path: ``engine.fetch``).
+_CLAIM = ("INSERT INTO processed_requests (actor, request_id, payload_hash, message_id) "
+          "VALUES (:a, :r, :h, :m) ON CONFLICT DO NOTHING RETURNING 1")
+
+_CLAIM_MANY = ("INSERT INTO processed_requests (actor, request_id, payload_hash, message_id) "
+               "SELECT :a, x.r, x.h, x.m FROM json_to_recordset(CAST(:rows AS json)) "
+               "AS x(r text, h text, m text) ON CONFLICT DO NOTHING RETURNING request_id")
 
 #: How often ``hold_lock`` tries again while another process holds the lock.
 LOCK_POLL_S = 0.1  # s
@@ -108,13 +116,8 @@ class UnitOfWork(Transaction):
         A concurrent claim of the same key waits for the other transaction.
         """
         digest = payload_hash(self.payload)
-        inserted = self.conn.execute(
-            sql(
-                "INSERT INTO processed_requests (actor, request_id, payload_hash, message_id) "
-                "VALUES (:a, :r, :h, :m) ON CONFLICT DO NOTHING RETURNING 1"
-            ),
-            {"a": self.actor, "r": self.request_id, "h": digest, "m": _current_message_id()},
-        ).scalar_one_or_none()
+        inserted = fetch(self.conn, _CLAIM, {"a": self.actor, "r": self.request_id,
+                                             "h": digest, "m": _current_message_id()})
         if inserted:
             return True
         p = processed_requests.c
@@ -127,6 +130,33 @@ class UnitOfWork(Transaction):
                 "with a different payload"
             )
         return False
+
+    def claim_many(self, requests: Sequence[tuple[str, Any, str | None]]) -> list[bool]:
+        """Claim several requests of this actor at once (a group commit): ``(request_id,
+        payload, message_id)`` each, in one statement.  For each in order: True when it is
+        new, False when it already took effect (an earlier transaction's claim, or the same
+        request earlier in ``requests``).  Raises RequestConflict as ``claim`` does."""
+        digests = [payload_hash(payload) for _, payload, _ in requests]
+        rows = json.dumps([{"r": r, "h": h, "m": m}
+                           for (r, _, m), h in zip(requests, digests)])
+        inserted = {row.request_id for row in fetch(self.conn, _CLAIM_MANY,
+                                                    {"a": self.actor, "rows": rows})}
+        fresh: list[bool] = []
+        for (request_id, _, _), digest in zip(requests, digests):
+            fresh.append(request_id in inserted)
+            inserted.discard(request_id)  # a second copy in the group is a repeat
+        repeats = {r for (r, _, _), new in zip(requests, fresh) if not new}
+        if repeats:
+            p = processed_requests.c
+            earlier = dict(self.conn.execute(
+                select(p.request_id, p.payload_hash)
+                .where(p.actor == self.actor, p.request_id.in_(sorted(repeats)))).all())
+            for (request_id, _, _), digest, new in zip(requests, digests, fresh):
+                if not new and earlier[request_id] != digest:
+                    raise RequestConflict(
+                        f"request_id {request_id!r} was already used for {self.actor} "
+                        "with a different payload")
+        return fresh
 
     def broker(self) -> dramatiq.Broker:
         """The broker given, else the process's global one (``infra.broker.get_broker``)."""

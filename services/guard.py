@@ -3,6 +3,7 @@ written, the post-and-record path, refusals told, the balance alerts of a big tr
 
     check                    a user-initiated change may not break its tier's limits
     post_and_record          the posting, its audit trail, events and alerts at once
+    post_and_record_many     the same for several transactions of distinct wallets at once
     tell_refusal             a refusal leaves an event (and limit_exceeded) behind
     evaluate_balance_alerts  the balance alerts of one chunk of a big transaction
     set_guard_limits         an operator changes one tier's limits in one currency
@@ -14,7 +15,7 @@ window sums see the first one's audit line and together they never exceed a limi
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -26,6 +27,7 @@ from domain.wallet import BalanceRefused
 from domain import request_ids
 from infra.contract.operations import EvaluateBalanceAlerts, SetGuardLimits
 from infra.uow import UnitOfWork
+from infra.wallets.repository import WalletPosting
 
 
 def check(uow: UnitOfWork, changes: Paired, *, context: GuardContext | None = None,
@@ -55,12 +57,39 @@ def post_and_record(uow: UnitOfWork, changes: Paired, postings: Sequence[Posting
     """The posting with its audit lines, events and the balance alerts it raises in one
     statement (a few wallets, their ``context`` read under the locks); the alerts it
     clears resolved after, only when one was open.  Returns the transaction id."""
-    raised, resolve = rules.alert_decisions(context, rules.wallet_moves(changes), None,
-                                            datetime.now(timezone.utc))
-    txn_id = uow.wallets.post_and_record(changes, postings, context.tiers, raised, events,
-                                         kind=kind, memo=memo, metadata=metadata)
+    return post_and_record_many(uow, [Posted(changes, postings, events, kind, memo, metadata)],
+                                context)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """One ledger transaction of wallet changes for ``post_and_record_many``."""
+
+    changes: Paired
+    postings: Sequence[Posting]
+    events: list[tuple[str, dict[str, Any], str | None]]
+    kind: str
+    memo: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+def post_and_record_many(uow: UnitOfWork, items: Sequence[Posted],
+                         context: GuardContext) -> list[int]:
+    """Several ledger transactions of wallet changes (their wallets distinct, locked, the
+    ``context`` read under the locks) posted with their audit lines, events and raised
+    balance alerts in one statement; the alerts they clear resolved after.  Each item's
+    alerts are decided as they would be alone: no two items share a wallet.  Returns the
+    transaction ids in order."""
+    now = datetime.now(timezone.utc)
+    postings, resolve = [], []
+    for item in items:
+        raised, clears = rules.alert_decisions(context, rules.wallet_moves(item.changes), None, now)
+        postings.append(WalletPosting(item.changes, item.postings, raised, item.events,
+                                      item.kind, item.memo, item.metadata))
+        resolve += clears
+    txn_ids = uow.wallets.post_and_record_many(postings, context.tiers)
     uow.guard.resolve_open(context, resolve)
-    return txn_id
+    return txn_ids
 
 
 def evaluate_balance_alerts(cmd: EvaluateBalanceAlerts, uow: UnitOfWork) -> None:

@@ -2,6 +2,7 @@
 treasury funding, and the one path every change to a user wallet takes.
 
     deposit         money arrives from outside into the user's wallet
+    deposit_group   several deposits (distinct wallets) in one transaction: a group commit
     withdraw        money leaves the user's wallet for the outside; the guard may refuse it
     adjust_balance  an operator corrects a wallet against the ``adjustments`` account
     set_tier        a user moves to another tier: new limits from the next change on
@@ -32,6 +33,35 @@ def deposit(cmd: Deposit, uow: UnitOfWork) -> int:
                           reason=cmd.reference, performed_by=cmd.user_id)
     return apply_changes(uow, [change], counter_account=accounts.world(cmd.currency),
                          kind="deposit", memo=cmd.reference)
+
+
+def deposit_group(uow: UnitOfWork, cmds: Sequence[Deposit]) -> list[int]:
+    """Several deposits in one transaction (``infra.group_commit``), their wallets distinct:
+    each one checked and posted as ``deposit`` would alone, set-wise — the wallets locked
+    with the guard's context in one statement (in account id order, as every transaction
+    locks), every ledger transaction with its audit line, event and alerts in one more.
+    A refusal raises (the group rolls back and each deposit runs alone, where a refusal is
+    told).  Returns the transaction ids in order."""
+    changes = [WalletChange(c.user_id, c.currency, c.amount, "deposit", reason=c.reference,
+                            performed_by=c.user_id) for c in cmds]
+    if len({c.account for c in changes}) != len(changes) or len(changes) > CONTEXT_WALLETS:
+        raise ValueError("a deposit group needs distinct wallets, at most CONTEXT_WALLETS")
+    wanted = {accounts.world(c.currency): c.currency for c in changes}
+    wanted.update({c.account: c.currency for c in changes})
+    balances, context = uow.wallets.lock(wanted, changes, with_context=True)
+    items = []
+    for change, cmd in zip(changes, cmds):
+        _, postings = postings_for([change], accounts.world(change.currency))
+        paired = paired_with_balances([change], balances)
+        guard.check(uow, paired, context=context)
+        items.append(guard.Posted(paired, postings, changed_events(paired, None),
+                                  "deposit", cmd.reference))
+    return guard.post_and_record_many(uow, items, context)
+
+
+def deposit_wallet(cmd: Deposit) -> tuple[str, str]:
+    """What two deposits of one group may not share (``deposit_group``)."""
+    return cmd.user_id, cmd.currency
 
 
 def withdraw(cmd: Withdraw, uow: UnitOfWork) -> int:

@@ -7,7 +7,12 @@ import os
 import select
 import threading
 
-from sqlalchemy import Engine, TextClause, create_engine, event, exc, text
+from typing import Any, Mapping
+
+import psycopg
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Connection, Engine, TextClause, create_engine, event, exc, text
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.engine import make_url
 
 from infra.settings import get_settings
@@ -95,6 +100,51 @@ def sql(statement: str) -> TextClause:
     its ``:name`` parameters with a regular expression every time, which on the hot path
     (a deposit's statements) cost more client CPU than binding them."""
     return text(statement)
+
+
+_DIALECT = psycopg_dialect.dialect()
+
+
+@functools.lru_cache(maxsize=1024)
+def _driver_sql(statement: str) -> str:
+    """``statement`` as SQLAlchemy sends it to psycopg (``:name`` -> ``%(name)s``, a literal
+    ``%`` doubled), compiled once per distinct statement."""
+    return str(text(statement).compile(dialect=_DIALECT))
+
+
+def fetch(conn: Connection, statement: str, params: Mapping[str, Any]) -> list:
+    """Run a hot-path ``statement`` (``text()`` syntax) in ``conn``'s transaction on its
+    driver cursor and return every row (named tuples: ``row.code``, ``row[0]``).
+
+    What ``conn.execute(sql(statement), params)`` does, without SQLAlchemy's per-call
+    work around the driver — the compiled-cache lookup, the parameter processing and,
+    above all, the result's metadata (a ``Column`` per column per call, then merged by
+    name): measured ~0.25 ms of client CPU per statement, a quarter of a deposit's.  The
+    connection's ``before/after_cursor_execute`` listeners still see the statement (the
+    statement-counting tests and benches), a driver error is raised as SQLAlchemy raises it
+    (``sqlalchemy.exc.DBAPIError``'s subclass: ``infra.errors`` classifies those) and a
+    lost connection is invalidated so the pool drops it.  For statements that return
+    rows; parameters bound as given (``text()`` binds untyped values the same way)."""
+    query = _driver_sql(statement)
+    dbapi = conn.connection.dbapi_connection
+    cursor = dbapi.cursor(row_factory=namedtuple_row)
+    dispatch = conn.dispatch
+    try:
+        if dispatch.before_cursor_execute:
+            dispatch.before_cursor_execute(conn, cursor, query, params, None, False)
+        cursor.execute(query, params)
+        rows = cursor.fetchall()
+        if dispatch.after_cursor_execute:
+            dispatch.after_cursor_execute(conn, cursor, query, params, None, False)
+        return rows
+    except psycopg.Error as e:
+        lost = conn.dialect.is_disconnect(e, dbapi, cursor)
+        if lost:
+            conn.invalidate(e)
+        raise exc.DBAPIError.instance(query, params, e, psycopg.Error,
+                                      connection_invalidated=lost, dialect=conn.dialect) from e
+    finally:
+        cursor.close()
 
 
 def dispose_engines() -> None:

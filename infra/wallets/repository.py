@@ -17,6 +17,7 @@ transaction's wallets).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -26,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert
 from domain import accounts
 from domain import guard as rules
 from domain.errors import InvalidCommand
-from domain.ledger import Posting
+from domain.ledger import Posting, PostingBatchItem
 from domain.guard import (BALANCE_ALERT_KINDS, DAILY_WINDOW, DEFAULT_TIER, EXPIRING_ALERT_KINDS,
                           RISK_LARGE, RISK_NEGATIVE, RISK_TIER, RISK_VERY_LARGE, WEEKLY_WINDOW,
                           AlertSpec, GuardContext, LimitTable, Limits, Paired, Usage)
@@ -35,7 +36,7 @@ from domain import request_ids
 from infra import alerts, ledger, outbox
 from infra.alerts import Alert
 from infra.db import tables as t
-from infra.db.engine import pg_array, sql
+from infra.db.engine import fetch, pg_array, sql
 from infra.transaction import Transaction
 
 #: Up to this many wallets, the accounts are locked and the guard's context (tiers, limits,
@@ -54,7 +55,7 @@ Events = Sequence[tuple[str, dict[str, Any], str | None]]
 
 _KINDS_ARRAY = pg_array(BALANCE_ALERT_KINDS)
 # Migration 0017: the trailing windows are the domain's, bound (``:day``, ``:week``).
-_LOCK_CONTEXT = sql(
+_LOCK_CONTEXT = (
     "SELECT * FROM wallet_lock_context(CAST(:codes AS text[]), CAST(:curs AS text[]), "
     "CAST(:negs AS boolean[]), CAST(:sharded AS boolean[]), CAST(:users AS text[]), "
     "CAST(:wcurs AS text[]), CAST(:mine AS boolean[]), CAST(:kinds AS text[]), "
@@ -99,15 +100,16 @@ def _audit_rows(changes: Paired, tiers: dict[str, str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _audit_sql(txn: str, source: str = "") -> str:
+def _audit_sql(txn: str, join: str = "") -> str:
     """The audit lines' INSERT from the JSON ``:rows``; ``txn``: the SQL of their ledger
-    transaction id (``:txn``, or a column of ``source``, a relation joined in)."""
+    transaction id (``:txn``, or a column of a relation ``join`` brings in, matched on a
+    row's ``n``)."""
     # One JSON document rather than eleven arrays: far cheaper to bind for 100,000 rows.
     return ("INSERT INTO wallet_audit (transaction_id, user_id, currency, kind, user_initiated, "
             "amount, balance_before, balance_after, reason, performed_by, metadata, risk_score, tier) "
             f"SELECT {txn}, x.u, x.c, x.k, x.ui, x.a, x.b, x.b + x.a, x.r, x.p, x.m, x.rs, x.t "
-            f"FROM {source}json_to_recordset(CAST(:rows AS json)) AS x(u text, c text, k text, "
-            "ui boolean, a bigint, b bigint, r text, p text, m jsonb, rs smallint, t text)")
+            "FROM json_to_recordset(CAST(:rows AS json)) AS x(u text, c text, k text, "
+            f"ui boolean, a bigint, b bigint, r text, p text, m jsonb, rs smallint, t text, n int){join}")
 
 
 def _context_of_rows(rows) -> GuardContext:
@@ -133,6 +135,20 @@ def _context_of_rows(rows) -> GuardContext:
 def _publish(unit, rows: list) -> None:
     if rows and hasattr(unit, "publish_after_commit"):
         unit.publish_after_commit(rows)  # (an OutboxOnly unit leaves them to the sweeper)
+
+
+@dataclass(frozen=True, slots=True)
+class WalletPosting:
+    """One ledger transaction of wallet changes for ``post_and_record_many``: the changes
+    with their balances before, its postings, the balance alerts it raises, its events."""
+
+    changes: Paired
+    postings: Sequence[Posting]
+    raised: Sequence[AlertSpec]
+    events: Events
+    kind: str
+    memo: str | None = None
+    metadata: dict[str, Any] | None = None
 
 
 class WalletRepository:
@@ -163,13 +179,13 @@ class WalletRepository:
             return {code: acc.balance for code, acc in locked.items()}, None
         wallets = sorted({(c.user_id, c.currency) for c in changes})
         initiated = {(c.user_id, c.currency) for c in changes if c.user_initiated}
-        rows = self.conn.execute(_LOCK_CONTEXT, {
+        rows = fetch(self.conn, _LOCK_CONTEXT, {
             **ledger.account_arrays(wanted),
             "now": now, "users": pg_array([u for u, _ in wallets]),
             "wcurs": pg_array([c for _, c in wallets]),
             "mine": pg_array([w in initiated for w in wallets]), "kinds": _KINDS_ARRAY,
             "default": DEFAULT_TIER, "day": DAILY_WINDOW, "week": WEEKLY_WINDOW,
-        }).all()
+        })
         balances = {r.code: int(r.balance) for r in rows if r.what == "account"}
         return balances, _context_of_rows([r for r in rows if r.what == "wallet"])
 
@@ -181,49 +197,66 @@ class WalletRepository:
                         tiers: dict[str, str], raised: Sequence[AlertSpec], events: Events, *,
                         kind: str, memo: str | None = None,
                         metadata: dict[str, Any] | None = None) -> int:
-        """The posting (``ledger_post_many``), the audit lines, the ``events`` and the
-        ``raised`` alerts in one statement, each written only once the posting is (a
-        refusal writes nothing and is raised as ``ledger.post`` raises it).  Every event's
-        and alert's ``transaction_id`` is the transaction's (in the database and in the
-        dicts).  Returns the transaction id.  For a posting with an idempotency key (a
-        repeat must give the earlier transaction), use ``ledger.post`` then ``record``."""
+        """One ``post_and_record_many`` transaction; returns its id."""
+        return self.post_and_record_many(
+            [WalletPosting(changes, postings, raised, events, kind, memo, metadata)], tiers)[0]
+
+    def post_and_record_many(self, items: Sequence["WalletPosting"],
+                             tiers: dict[str, str]) -> list[int]:
+        """The postings (one ``ledger_post_many`` call, a ledger transaction per item), the
+        audit lines, the events and the raised alerts of every item in one statement, each
+        written only once the postings are (a refusal writes nothing and is raised as
+        ``ledger.post`` raises it).  Every event's and alert's ``transaction_id`` is its
+        item's transaction's (in the database and in the dicts).  Returns the transaction
+        ids in order.  For a posting with an idempotency key (a repeat must give the earlier
+        transaction), use ``ledger.post`` then ``record``."""
         conn = self.conn
-        posting = ledger.prepare_post(postings, kind=kind, memo=memo, metadata=metadata)
-        assert len(posting.checked) == 1 and posting.checked[0][0].idempotency_key is None
-        items = alerts.distinct(Alert(*a) for a in raised)
+        posting = ledger.prepare_post_many([PostingBatchItem(list(i.postings), i.kind, None, i.memo,
+                                                             i.metadata) for i in items])
+        audit: list[dict[str, Any]] = []
+        events: list[tuple[str, dict[str, Any], str | None]] = []
+        events_of: list[int] = []
+        raised: dict[str, tuple[Alert, int]] = {}  # by key: distinct across the items
+        for n, item in enumerate(items, start=1):
+            audit += [{**row, "n": n} for row in _audit_rows(item.changes, tiers)]
+            events += item.events
+            events_of += [n] * len(item.events)
+            for a in alerts.distinct(Alert(*a) for a in item.raised):
+                raised[a.dedupe_key] = (a, n)
+        opened = [a for a, _ in raised.values()]
         parts = [f"p AS ({posting.sql})",
-                 "txn AS (SELECT p.ids[1] AS id FROM p WHERE p.status = 'posted')",
-                 f"aud AS ({_audit_sql('txn.id', 'txn CROSS JOIN ')})"]
-        params: dict[str, Any] = {**posting.params,
-                                  "rows": json.dumps(_audit_rows(changes, tiers), default=str)}
+                 "txn AS (SELECT t.id, t.n FROM p CROSS JOIN unnest(p.ids) WITH ORDINALITY "
+                 "AS t(id, n) WHERE p.status = 'posted')",
+                 f"aud AS ({_audit_sql('txn.id', join=' JOIN txn ON txn.n = x.n')})"]
+        params: dict[str, Any] = {**posting.params, "rows": json.dumps(audit, default=str)}
         outputs = ["p.*"]
         bodies: list[dict[str, Any]] = []
         if events:
-            ev_sql, ev_params, bodies = outbox.events_statement(list(events), transaction_from="txn")
+            ev_sql, ev_params, bodies = outbox.events_statement(events, "txn", events_of)
             parts.append(f"ev AS ({ev_sql})")
             params.update(ev_params)
             outputs += ["(SELECT array_agg(id) FROM ev) AS ev_ids",
                         "(SELECT array_agg(key) FROM ev) AS ev_keys"]
-        if items:
-            al_sql, al_params = alerts.upsert_statement(items, transaction_from="txn")
+        if opened:
+            al_sql, al_params = alerts.upsert_statement(opened, "txn",
+                                                        [n for _, n in raised.values()])
             parts.append(f"al AS ({al_sql})")
             params.update(al_params)
             outputs += ["(SELECT array_agg(key) FILTER (WHERE inserted) FROM al) AS al_new_keys",
                         "(SELECT array_agg(id) FILTER (WHERE inserted) FROM al) AS al_new_ids"]
-        row = conn.execute(sql(f"WITH {', '.join(parts)} SELECT {', '.join(outputs)} FROM p"),
-                           params).one()
-        txn_id = posting.outcome(conn, row)[0]  # raises on a refusal (nothing was written)
-        for b in bodies:
-            b["data"]["transaction_id"] = txn_id
-        for a in items:
-            a.data["transaction_id"] = txn_id
+        (row,) = fetch(conn, f"WITH {', '.join(parts)} SELECT {', '.join(outputs)} FROM p", params)
+        txn_ids = posting.outcome(conn, row)  # raises on a refusal (nothing was written)
+        for b, n in zip(bodies, events_of):
+            b["data"]["transaction_id"] = txn_ids[n - 1]
+        for a, n in raised.values():
+            a.data["transaction_id"] = txn_ids[n - 1]
         if bodies:
             _publish(self.unit, outbox.rows_of(bodies, dict(zip(row.ev_keys or [],
                                                                 row.ev_ids or []))))
-        if items:
-            alerts.announce_raised(self.unit, items,
+        if opened:
+            alerts.announce_raised(self.unit, opened,
                                    dict(zip(row.al_new_keys or [], row.al_new_ids or [])))
-        return txn_id
+        return txn_ids
 
     def record(self, changes: Paired, txn_id: int, *, context: GuardContext | None = None,
                events: Events = ()) -> None:

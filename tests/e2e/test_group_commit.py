@@ -1,0 +1,132 @@
+"""Group commit (``infra.group_commit``): the deposits a worker's threads handle at once share
+one transaction — each still applied once, refused alone, and safe across a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import dramatiq
+import pika
+import pytest
+from sqlalchemy import text
+
+from infra import ledger
+from infra.broker import build_broker
+from infra.contract import spec_for
+from tests.harness import EventTap, Worker, _signed, uid, wait_quiet, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def _publish_all(env, actor: str, kwargs_list: list[dict]) -> None:
+    """Every command on one channel, all at once, so the worker's threads take them
+    together (the situation group commit is for)."""
+    queue = spec_for(actor).queue
+    bodies = [_signed(env, json.dumps(dramatiq.Message(
+        queue_name=queue, actor_name=actor, args=(), kwargs=kw, options={}).asdict()).encode())
+        for kw in kwargs_list]
+    broker = build_broker(env.broker_url)
+    try:
+        broker.declare_queue(queue, ensure=True)
+        for body in bodies:
+            broker.channel.basic_publish(exchange="", routing_key=queue, body=body,
+                                         properties=pika.BasicProperties(delivery_mode=2))
+    finally:
+        broker.close()
+
+
+def _deposits(users: list[str], rounds: int, tag: str) -> list[dict]:
+    return [dict(request_id=f"{tag}-{r}-{n}", user_id=u, currency="NGN", amount=100 + n,
+                 reference=f"group {r}") for r in range(rounds) for n, u in enumerate(users)]
+
+
+def _state(engine, tag: str, users: list[str]) -> dict:
+    with engine.connect() as conn:
+        claims = conn.execute(text(
+            "SELECT count(*) AS n, count(DISTINCT xmin::text) AS txns FROM processed_requests "
+            "WHERE actor = 'deposit' AND request_id LIKE :t"), {"t": f"{tag}-%"}).one()
+        balances = dict(conn.execute(text(
+            "SELECT code, balance FROM accounts WHERE code = ANY(:c)"),
+            {"c": [f"user:{u}:NGN" for u in users]}).all())
+        entries = dict(conn.execute(text(
+            "SELECT a.code, count(*) FROM ledger_entries e JOIN accounts a ON a.id = e.account_id "
+            "WHERE a.code = ANY(:c) GROUP BY a.code"), {"c": [f"user:{u}:NGN" for u in users]}).all())
+        audit = conn.execute(text(
+            "SELECT count(*) FROM wallet_audit WHERE user_id = ANY(:u)"), {"u": users}).scalar_one()
+        ok = ledger.check(conn)["ok"]
+    return {"claims": claims.n, "txns": claims.txns, "balances": balances, "entries": entries,
+            "audit": audit, "ledger_ok": ok}
+
+
+def test_concurrent_deposits_share_commits_and_each_takes_effect_once(env, engine, clean_queues):
+    users = [uid() for _ in range(40)]
+    tag = uid("grp")
+    tap = EventTap(env, "wallet.changed")
+    try:
+        with Worker(env, threads=8):
+            _publish_all(env, "deposit", _deposits(users, 5, tag))
+            wait_quiet(env, timeout=120)
+            got = _state(engine, tag, users)
+        assert got["claims"] == 200 and got["audit"] == 200
+        # Claims committed together share their transaction id: fewer commits than deposits.
+        assert got["txns"] < 200
+        assert got["balances"] == {f"user:{u}:NGN": 5 * (100 + n) for n, u in enumerate(users)}
+        assert set(got["entries"].values()) == {5}
+        assert got["ledger_ok"]
+        events = [e for e in tap.drain() if e["recipient"] in set(users)]
+        assert len(events) == 200  # every deposit's wallet.changed was published
+        assert len({e["data"]["transaction_id"] for e in events}) == 200
+    finally:
+        tap.close()
+
+
+def test_a_refused_deposit_in_a_group_is_refused_alone_and_the_others_apply(env, engine,
+                                                                           clean_queues):
+    users = [uid() for _ in range(30)]
+    tag = uid("grp")
+    kwargs = _deposits(users, 3, tag)
+    # Bronze's daily limit is NGN 50,000 (SPEC §4), 5,000,000 minor units: this one breaks it.
+    refused = dict(kwargs[45], amount=600_000_000, request_id=f"{tag}-big")
+    tap = EventTap(env, "balance.change_rejected")
+    try:
+        with Worker(env, threads=8) as w:
+            _publish_all(env, "deposit", kwargs[:45] + [refused] + kwargs[45:])
+            wait_quiet(env, timeout=120)
+            got = _state(engine, tag, users)
+            log = w.log()
+        assert got["claims"] == 90  # the refused one left no claim
+        assert got["balances"] == {f"user:{u}:NGN": 3 * (100 + n) for n, u in enumerate(users)}
+        assert got["ledger_ok"]
+        rejected = wait_until(lambda: [e for e in tap.drain() if e["recipient"] == refused["user_id"]],
+                              what="the refusal's event")
+        assert rejected[0]["data"]["amount"] == 600_000_000
+        assert "group_commit.fallback" in log or got["txns"] == 90  # refused in a group, or alone
+    finally:
+        tap.close()
+
+
+def test_a_worker_killed_after_a_group_commit_applies_nothing_twice(env, engine, clean_queues,
+                                                                   tmp_path):
+    users = [uid() for _ in range(40)]
+    tag = uid("grp")
+    _publish_all(env, "deposit", _deposits(users, 4, tag))
+    w = Worker(env, threads=8, faults="after_group_commit:deposit",
+               BALLAST_FAULT_DIR=str(tmp_path)).start(wait=False)
+    try:
+        w.wait_dead(timeout=60)  # SIGKILLed right after a group's commit, before its acks
+        assert os.path.exists(tmp_path / "ballast-fault-after_group_commit-deposit")
+        with engine.connect() as conn:
+            committed = conn.execute(text(
+                "SELECT count(*) FROM processed_requests WHERE actor = 'deposit' "
+                "AND request_id LIKE :t"), {"t": f"{tag}-%"}).scalar_one()
+        assert 2 <= committed < 160
+        w.start()  # RabbitMQ redelivers every unacknowledged deposit
+        wait_quiet(env, timeout=120, outbox=False)
+        got = _state(engine, tag, users)
+        assert got["claims"] == 160 and got["audit"] == 160
+        assert got["balances"] == {f"user:{u}:NGN": 4 * (100 + n) for n, u in enumerate(users)}
+        assert set(got["entries"].values()) == {4}
+        assert got["ledger_ok"]
+    finally:
+        w.stop()
