@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from infra.contract.wallets import AdjustBalance, Deposit, FundTreasury, SetTier, Withdraw
+from infra.group_commit import Grouping
 from infra.messaging import command
 from infra.uow import UnitOfWork
 from services import wallets
 
 
-@command(grouped=(wallets.deposit_group, wallets.deposit_wallet))
+@command(grouped=Grouping(wallets.deposit_group, key=wallets.deposit_wallet))
 def deposit(cmd: Deposit, uow: UnitOfWork):
     return wallets.deposit(cmd, uow)
 

@@ -27,6 +27,7 @@ finds its claim.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from infra.logs import get_logger
@@ -35,21 +36,45 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
-class _Alone(Exception):
-    """The group failed: run this command alone."""
+@dataclass(frozen=True)
+class Grouping:
+    """How an actor's commands are grouped (``infra.messaging.command(grouped=...)``).
+
+    Parameters:
+      handler: ``handler(uow, commands) -> results``, the whole group at once (set-based);
+        None: each command through the actor's own handler, one after the other, in the
+        group's transaction.
+      key: no two commands of a group share ``key(command)`` (None: no such rule).
+      partition: ``GroupCommit``'s: commands of different partitions group apart.
+    """
+
+    handler: Callable[[Any, Sequence[Any]], list[Any]] | None = None
+    key: Callable[[Any], Any] | None = None
+    partition: Callable[[Any], Any] | None = None
 
 
 class _Slot(Generic[T]):
-    __slots__ = ("item", "done", "lead", "taken", "result", "error", "alone")
+    __slots__ = ("item", "queue", "done", "lead", "taken", "result", "error", "alone")
 
-    def __init__(self, item: T) -> None:
+    def __init__(self, item: T, queue: "_Queue[T]") -> None:
         self.item = item
+        self.queue = queue
         self.done = threading.Event()
         self.lead = False  # this thread is to lead the next group
         self.taken = False  # a group has taken this command
         self.result: Any = None
         self.error: BaseException | None = None
         self.alone = False  # the group rolled back: run alone
+
+
+class _Queue(Generic[T]):
+    """The commands of one partition: at most one group of them runs at a time."""
+
+    __slots__ = ("pending", "leading")
+
+    def __init__(self) -> None:
+        self.pending: list[_Slot[T]] = []
+        self.leading = False
 
 
 class GroupCommit(Generic[T]):
@@ -61,35 +86,44 @@ class GroupCommit(Generic[T]):
       run_alone: runs one command in a transaction of its own (the ordinary path).
       max_size: most commands in one group.
       key: no two commands of a group have the same key (the others wait for the next).
+      partition: commands of different partitions are grouped apart and their groups run
+        at the same time; within a partition one group runs at a time (default: one
+        partition).  For commands that would queue on one row lock anyway (the joins of
+        one challenge), the partition is that row: its group takes the lock once.
     """
 
     def __init__(self, run_group: Callable[[Sequence[T]], list[Any]],
                  run_alone: Callable[[T], Any], *, max_size: int,
-                 key: Callable[[T], Any] = id, name: str = "") -> None:
+                 key: Callable[[T], Any] = id, partition: Callable[[T], Any] | None = None,
+                 name: str = "") -> None:
         self._run_group = run_group
         self._run_alone = run_alone
         self._key = key
+        self._partition = partition
         self._max = max_size
         self._name = name
         self._lock = threading.Lock()
-        self._pending: list[_Slot[T]] = []
-        self._leading = False
+        self._queues: dict[Any, _Queue[T]] = {}
         self.groups = 0  # groups of more than one command committed (for tests and benches)
         self.grouped = 0  # commands committed in them
         self.fallbacks = 0  # groups rolled back and run alone
 
     def submit(self, item: T) -> Any:
         """Run ``item`` (in a group if others are waiting); its result, or its error."""
-        slot: _Slot[T] = _Slot(item)
+        part = self._partition(item) if self._partition is not None else None
         with self._lock:
-            self._pending.append(slot)
-            if not self._leading:
-                self._leading = slot.lead = True
+            queue = self._queues.get(part)
+            if queue is None:
+                queue = self._queues[part] = _Queue()
+            slot: _Slot[T] = _Slot(item, queue)
+            queue.pending.append(slot)
+            if not queue.leading:
+                queue.leading = slot.lead = True
         try:
             if not slot.lead:
                 slot.done.wait()  # for a result, or for the lead
             if slot.lead and not slot.taken:
-                self._lead()
+                self._lead(queue)
         except BaseException:
             self._withdraw(slot)
             raise
@@ -99,10 +133,10 @@ class GroupCommit(Generic[T]):
             raise slot.error
         return slot.result
 
-    def _lead(self) -> None:
+    def _lead(self, queue: _Queue[T]) -> None:
         with self._lock:  # the first waiting, up to max_size, no two with one key
             batch, rest, keys = [], [], set()
-            for s in self._pending:
+            for s in queue.pending:
                 k = self._key(s.item)
                 if len(batch) < self._max and k not in keys:
                     keys.add(k)
@@ -110,19 +144,28 @@ class GroupCommit(Generic[T]):
                     s.taken = True
                 else:
                     rest.append(s)
-            self._pending = rest
+            queue.pending = rest
         try:
             self._run(batch)
         finally:
             with self._lock:
-                if self._pending:  # hand the lead on: the next group starts at once
-                    nxt = self._pending[0]
-                    nxt.lead = True
-                    nxt.done.set()
-                else:
-                    self._leading = False
+                self._hand_on(queue)
             for s in batch:
                 s.done.set()
+
+    def _hand_on(self, queue: _Queue[T]) -> None:
+        """The next one waiting leads the next group; an idle partition is forgotten.
+        (Called holding the lock.)"""
+        if queue.pending:
+            nxt = queue.pending[0]
+            nxt.lead = True
+            nxt.done.set()
+            return
+        queue.leading = False
+        for part, q in list(self._queues.items()):
+            if q is queue:
+                del self._queues[part]
+                break
 
     def _run(self, batch: list[_Slot[T]]) -> None:
         if len(batch) == 1:  # the leader's own command: the ordinary path, holding the
@@ -154,12 +197,8 @@ class GroupCommit(Generic[T]):
         """An interrupted waiter: its command leaves the queue unless a group has taken it;
         a lead it was handed goes to the next one waiting."""
         with self._lock:
-            if slot in self._pending:
-                self._pending.remove(slot)
+            queue = slot.queue
+            if slot in queue.pending:
+                queue.pending.remove(slot)
             if slot.lead and not slot.taken:
-                if self._pending:
-                    nxt = self._pending[0]
-                    nxt.lead = True
-                    nxt.done.set()
-                else:
-                    self._leading = False
+                self._hand_on(queue)

@@ -31,7 +31,7 @@ from domain.errors import BallastError
 from infra import faults
 from infra.broker import get_broker
 from infra.contract import parse, spec_for
-from infra.group_commit import GroupCommit
+from infra.group_commit import GroupCommit, Grouping
 from infra.logs import get_logger
 from infra.middleware import metrics
 from infra.settings import get_settings
@@ -46,17 +46,16 @@ GROUPS: dict[str, GroupCommit] = {}
 
 
 def command(*, transactional: bool = True,
-            grouped: tuple[Callable[[UnitOfWork, Sequence[Any]], list[Any]],
-                           Callable[[Any], Any]] | None = None,
+            grouped: Grouping | None = None,
             **options: Any) -> Callable:
     """Register a function as the Dramatiq actor of the same name in CONTRACT.md.
 
     Parameters:
       transactional: wrap the call in a claimed UnitOfWork (default) or not.
-      grouped: ``(handler, key)``: the messages a worker's threads handle at once share one
-        transaction (``infra.group_commit``: claimed together, handled by ``handler(uow,
-        commands)`` — the results in order —, one commit; all or nothing, else each runs
-        alone).  No two commands of a group have the same ``key(command)``.
+      grouped: the messages a worker's threads handle at once share one transaction
+        (``infra.group_commit``: claimed together, handled together — set-based by the
+        ``Grouping``'s handler, else one after the other by ``fn`` —, one commit; all or
+        nothing, else each runs alone).
       options: extra Dramatiq actor options (``max_retries``, ``time_limit``...).
     """
 
@@ -92,7 +91,7 @@ def command(*, transactional: bool = True,
 
         def apply_group(items: Sequence[tuple[Any, str | None]]) -> list[Any]:
             """Several commands in one transaction, one commit (``infra.group_commit``)."""
-            handler, _ = grouped
+            handler = grouped.handler or (lambda uow, cmds: [fn(cmd, uow) for cmd in cmds])
             with UnitOfWork(actor=spec.actor) as uow:
                 fresh = uow.claim_many([(cmd.request_id, cmd, mid) for cmd, mid in items])
                 for (cmd, _), new in zip(items, fresh):
@@ -109,9 +108,10 @@ def command(*, transactional: bool = True,
 
         group: GroupCommit | None = None
         if grouped is not None and transactional and get_settings().group_commit_max > 1:
-            key = grouped[1]
+            key, part = grouped.key, grouped.partition
             group = GroupCommit(apply_group, lambda item: apply(item[0]),
-                                key=lambda item: key(item[0]),
+                                key=(lambda item: key(item[0])) if key else id,
+                                partition=(lambda item: part(item[0])) if part else None,
                                 max_size=get_settings().group_commit_max, name=spec.actor)
             GROUPS[spec.actor] = group
 

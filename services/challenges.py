@@ -91,6 +91,12 @@ def join_challenge(cmd: JoinChallenge, uow: UnitOfWork) -> None:
         uow.challenges.pair(pairs, _pair_events(challenge, pairs))
 
 
+def join_partition(cmd: JoinChallenge) -> str:
+    """Joins of one challenge are grouped together (``infra.group_commit``): each locks
+    the challenge's row, so a group takes it once instead of queueing for it."""
+    return cmd.challenge_id
+
+
 def configure_treasury(cmd: ConfigureTreasury, uow: UnitOfWork) -> None:
     """An admin sets (or changes) how much the treasury may stake on an admin challenge."""
     challenge = uow.challenges.get(cmd.challenge_id, lock=True)

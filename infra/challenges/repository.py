@@ -41,7 +41,7 @@ from domain.errors import NotFound
 from domain.resends import check_same_terms
 from infra import alerts, outbox
 from infra.db import tables
-from infra.db.engine import sql
+from infra.db.engine import fetch, sql
 
 _ch, _pt = tables.challenges.c, tables.challenge_participants.c
 _tr, _fl = tables.challenge_treasury.c, tables.treasury_fills.c
@@ -299,8 +299,8 @@ class _Merged:
     def run(self, conn: Connection) -> tuple[list, list[outbox.OutboxRow], Written]:
         """Run it: the rows it returned, the outbox rows to publish, what it resolved/raised."""
         selects = self.selects or [self._NO_ROWS]
-        got = conn.execute(sql(f"WITH {', '.join(self.parts)} {' UNION ALL '.join(selects)}"),
-                           self.params).all()
+        got = fetch(conn, f"WITH {', '.join(self.parts)} {' UNION ALL '.join(selects)}",
+                    self.params)
         rows = outbox.rows_of(self.bodies, {r.key: r.id for r in got if r.what == "ev"}
                               ) if self.bodies else []
         if self.message is not None:
@@ -331,8 +331,8 @@ class ChallengeRepository:
     # --- challenges -------------------------------------------------------------------
 
     def get(self, challenge_id: str, *, lock: bool = False) -> Challenge:
-        row = self.conn.execute(_CHALLENGE_LOCKED if lock else _CHALLENGE,
-                                {"id": challenge_id}).one_or_none()
+        rows = fetch(self.conn, _CHALLENGE_LOCKED if lock else _CHALLENGE, {"id": challenge_id})
+        row = rows[0] if rows else None
         if row is None:
             raise NotFound(f"challenge {challenge_id} does not exist")
         return Challenge(row.id, row.title, row.currency, int(row.stake), row.admin_created,
@@ -380,13 +380,13 @@ class ChallengeRepository:
 
     def join_context(self, challenge_id: str, user_id: str) -> tuple[datetime, int, bool]:
         """``(now, participants, already joined)`` in one statement (after the challenge lock)."""
-        row = self.conn.execute(
-            sql("SELECT now() AS now, "
-                "(SELECT count(*) FROM challenge_participants WHERE challenge_id = :c) AS n, "
-                "EXISTS (SELECT 1 FROM challenge_participants WHERE challenge_id = :c "
-                "AND user_id = :u) AS joined"),
-            {"c": challenge_id, "u": user_id},
-        ).one()
+        (row,) = fetch(
+            self.conn,
+            "SELECT now() AS now, "
+            "(SELECT count(*) FROM challenge_participants WHERE challenge_id = :c) AS n, "
+            "EXISTS (SELECT 1 FROM challenge_participants WHERE challenge_id = :c "
+            "AND user_id = :u) AS joined",
+            {"c": challenge_id, "u": user_id})
         return row.now, int(row.n), bool(row.joined)
 
     def add_participant_waiting(self, challenge: Challenge, user_id: str, side: str,
@@ -395,8 +395,9 @@ class ChallengeRepository:
         """Insert the participant; the new one and, of each side, the ``k`` earliest waiting
         users (the new one included, ``k`` the smaller side's number of waiting users): what
         ``waiting_counts`` and ``waiting`` would read after the insert, in one statement."""
-        rows = self.conn.execute(
-            sql("WITH ins AS (INSERT INTO challenge_participants "
+        rows = fetch(
+            self.conn,
+            ("WITH ins AS (INSERT INTO challenge_participants "
                 "(challenge_id, user_id, side, stake, join_transaction_id) "
                 "VALUES (:c, :u, :s, :stake, :t) RETURNING id, user_id, side), "
                 "w AS (SELECT id, user_id, side, true AS mine FROM ins UNION ALL "
@@ -407,8 +408,7 @@ class ChallengeRepository:
                 "SELECT r.id, r.user_id, r.side, r.mine, r.rn <= k.k AS pairable FROM r, k "
                 "WHERE r.mine OR r.rn <= k.k ORDER BY r.id"),
             {"c": challenge.challenge_id, "u": user_id, "s": side, "stake": challenge.stake,
-             "t": join_transaction_id},
-        ).all()
+             "t": join_transaction_id})
         me = next(Participant(r.id, r.user_id, r.side) for r in rows if r.mine)
         yes = [Participant(r.id, r.user_id, r.side) for r in rows if r.pairable and r.side == "YES"]
         no = [Participant(r.id, r.user_id, r.side) for r in rows if r.pairable and r.side == "NO"]
@@ -452,9 +452,8 @@ class ChallengeRepository:
     # --- the treasury config ----------------------------------------------------------
 
     def config(self, challenge_id: str, *, lock: bool = False) -> TreasuryConfig | None:
-        row = self.conn.execute(_CONFIG_LOCKED if lock else _CONFIG,
-                                {"c": challenge_id}).one_or_none()
-        return _config_of(row)
+        rows = fetch(self.conn, _CONFIG_LOCKED if lock else _CONFIG, {"c": challenge_id})
+        return _config_of(rows[0] if rows else None)
 
     def save_config(self, challenge_id: str, cfg: TreasuryConfig) -> None:
         self.conn.execute(sql(SAVE_CONFIG), _config_params(challenge_id, cfg, None))

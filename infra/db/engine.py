@@ -14,6 +14,7 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, Engine, TextClause, create_engine, event, exc, text
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.engine import make_url
+from sqlalchemy.sql import ClauseElement
 
 from infra.settings import get_settings
 
@@ -106,15 +107,28 @@ _DIALECT = psycopg_dialect.dialect()
 
 
 @functools.lru_cache(maxsize=1024)
-def _driver_sql(statement: str) -> str:
+def _driver_sql(statement: str | ClauseElement) -> str:
     """``statement`` as SQLAlchemy sends it to psycopg (``:name`` -> ``%(name)s``, a literal
-    ``%`` doubled), compiled once per distinct statement."""
-    return str(text(statement).compile(dialect=_DIALECT))
+    ``%`` doubled), compiled once per distinct statement.  A Core statement qualifies only
+    when none of its parameters and columns needs SQLAlchemy to convert a value (its types
+    are the driver's own: text, integers, booleans, timestamps, JSON)."""
+    if isinstance(statement, str):
+        return str(text(statement).compile(dialect=_DIALECT))
+    compiled = statement.compile(dialect=_DIALECT)
+    types = [b.type for b in compiled.binds.values()]
+    converted = [t for t in types if t._cached_bind_processor(_DIALECT) is not None]
+    converted += [c[3] for c in compiled._result_columns
+                  if c[3]._cached_result_processor(_DIALECT, None) is not None]
+    if converted:
+        raise TypeError(f"fetch cannot run a statement whose values SQLAlchemy converts: "
+                        f"{sorted({type(t).__name__ for t in converted})}")
+    return str(compiled)
 
 
-def fetch(conn: Connection, statement: str, params: Mapping[str, Any]) -> list:
-    """Run a hot-path ``statement`` (``text()`` syntax) in ``conn``'s transaction on its
-    driver cursor and return every row (named tuples: ``row.code``, ``row[0]``).
+def fetch(conn: Connection, statement: str | ClauseElement, params: Mapping[str, Any]) -> list:
+    """Run a hot-path ``statement`` (``text()`` syntax, or a Core statement with named
+    ``bindparam``s) in ``conn``'s transaction on its driver cursor and return every row
+    (named tuples: ``row.code``, ``row[0]``).
 
     What ``conn.execute(sql(statement), params)`` does, without SQLAlchemy's per-call
     work around the driver — the compiled-cache lookup, the parameter processing and,

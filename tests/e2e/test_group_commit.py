@@ -130,3 +130,37 @@ def test_a_worker_killed_after_a_group_commit_applies_nothing_twice(env, engine,
         assert got["ledger_ok"]
     finally:
         w.stop()
+
+
+def test_the_joins_of_one_challenge_are_grouped_and_each_user_joins_once(env, engine,
+                                                                         clean_queues):
+    cid, users = uid("ch"), [uid() for _ in range(12)]
+    with Worker(env, threads=8):
+        _publish_all(env, "deposit", [dict(request_id=f"{cid}-f{n}", user_id=u, currency="NGN",
+                                           amount=100_000, reference="funds")
+                                      for n, u in enumerate(users)])
+        _publish_all(env, "open_challenge", [dict(request_id=f"{cid}-open", challenge_id=cid,
+                                                  title="grouped joins", currency="NGN",
+                                                  stake=10_000, admin_created=True)])
+        wait_quiet(env, timeout=60)
+        joins = [dict(request_id=f"{cid}-j{n}", challenge_id=cid, user_id=u,
+                      side="YES" if n % 2 else "NO") for n, u in enumerate(users)]
+        _publish_all(env, "join_challenge", joins + joins[:3])  # three resent
+        wait_quiet(env, timeout=120)
+    with engine.connect() as conn:
+        claims = conn.execute(text(
+            "SELECT count(*) AS n, count(DISTINCT xmin::text) AS txns FROM processed_requests "
+            "WHERE actor = 'join_challenge' AND request_id LIKE :t"), {"t": f"{cid}-j%"}).one()
+        seats = conn.execute(text(
+            "SELECT user_id, paired_with IS NOT NULL AS paired FROM challenge_participants "
+            "WHERE challenge_id = :c"), {"c": cid}).all()
+        balances = dict(conn.execute(text(
+            "SELECT code, balance FROM account_balances WHERE code = ANY(:c)"),
+            {"c": [f"user:{u}:NGN" for u in users]}).all())
+        ok = ledger.check(conn)["ok"]
+    assert claims.n == 12
+    assert claims.txns < 12  # joins of the challenge committed together
+    assert sorted(s.user_id for s in seats) == sorted(users)  # each joined once
+    assert all(s.paired for s in seats)  # six YES, six NO: every seat paired
+    assert set(balances.values()) == {90_000}
+    assert ok

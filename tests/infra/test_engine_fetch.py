@@ -81,3 +81,17 @@ def test_a_lost_connection_is_invalidated_and_never_handed_out_again(engine):
     with engine.connect() as conn:  # the pool connects anew
         assert fetch(conn, "SELECT pg_backend_pid() AS pid", {})[0].pid != pid
         conn.rollback()
+
+
+def test_a_core_statement_runs_compiled_once_and_one_needing_conversion_is_refused(engine):
+    import sqlalchemy as sa
+
+    t = sa.table("pg_database", sa.column("datname", sa.String))
+    query = sa.select(t.c.datname).where(t.c.datname == sa.bindparam("d"))
+    with engine.connect() as conn:
+        name = conn.execute(sa.text("SELECT current_database()")).scalar_one()
+        assert [r.datname for r in fetch(conn, query, {"d": name})] == [name]
+        conn.rollback()
+    flags = sa.table("f", sa.column("on", sa.Boolean))  # SQLAlchemy converts these values
+    with pytest.raises(TypeError, match="converts"):
+        fetch(None, sa.select(flags.c.on).where(flags.c.on == sa.bindparam("b")), {})
