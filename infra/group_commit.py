@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from infra.logs import get_logger
+from infra.middleware import metrics
 
 log = get_logger(__name__)
 
@@ -179,6 +180,8 @@ class GroupCommit(Generic[T]):
             results = self._run_group([s.item for s in batch])
         except Exception as e:  # nothing committed: every command runs alone
             self.fallbacks += 1
+            if metrics.GROUP_FALLBACKS is not None:
+                metrics.GROUP_FALLBACKS.labels(actor=self._name).inc()
             log.info("group_commit.fallback", actor=self._name, size=len(batch),
                      reason=f"{type(e).__name__}: {e}"[:200])
             for s in batch:
@@ -190,6 +193,8 @@ class GroupCommit(Generic[T]):
             raise e
         self.groups += 1
         self.grouped += len(batch)
+        if metrics.GROUPED is not None:
+            metrics.GROUPED.labels(actor=self._name, size=str(len(batch))).inc()
         for s, r in zip(batch, results):
             s.result = r
 

@@ -8,6 +8,8 @@ Replaces Dramatiq's Prometheus middleware (whose labels are ``queue_name`` and
   ``ballast_message_duration_seconds{queue,actor}`` (histogram);
 - ``ballast_dead_letters_total{queue,actor,code}``, ``ballast_duplicate_requests_total{queue,actor}``,
   ``ballast_worker_threads_replaced_total{kind}``;
+- ``ballast_group_commits_total{actor,size}``, ``ballast_group_commit_fallbacks_total{actor}``
+  (``infra.group_commit``);
 - ``ballast_worker_heartbeat_timestamp_seconds{pid}``: each worker process's last beat (its
   thread watcher, every second, after it found every thread alive).
 
@@ -38,6 +40,8 @@ log = get_logger(__name__)
 #: Created after the multiprocess directory is set (``after_process_boot``).
 DEAD_LETTERS = None
 DUPLICATES = None
+GROUPED = None
+GROUP_FALLBACKS = None
 THREADS_REPLACED = None
 HEARTBEAT = None
 MESSAGES = None
@@ -96,7 +100,7 @@ class BallastMetrics(Middleware):
         return [serve_worker_metrics]
 
     def after_process_boot(self, broker):
-        global DEAD_LETTERS, DUPLICATES, THREADS_REPLACED, HEARTBEAT
+        global DEAD_LETTERS, DUPLICATES, GROUPED, GROUP_FALLBACKS, THREADS_REPLACED, HEARTBEAT
         global MESSAGES, ERRORS, RETRIES, INPROGRESS, DURATION
 
         metrics_dir()  # multiprocess mode must be on before prometheus_client is imported
@@ -118,6 +122,12 @@ class BallastMetrics(Middleware):
                                     ["queue", "actor", "code"], registry=None)
         DUPLICATES = prom.Counter("ballast_duplicate_requests_total",
                                   "Requests already applied", qa, registry=None)
+        GROUPED = prom.Counter("ballast_group_commits_total",
+                               "Transactions of a group commit (infra.group_commit), by size",
+                               ["actor", "size"], registry=None)
+        GROUP_FALLBACKS = prom.Counter("ballast_group_commit_fallbacks_total",
+                                       "Groups rolled back whose commands then ran alone",
+                                       ["actor"], registry=None)
         THREADS_REPLACED = prom.Counter(
             "ballast_worker_threads_replaced_total",
             "Worker and consumer threads that died and were replaced", ["kind"], registry=None)

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from infra import ledger
 from infra.broker import build_broker
 from infra.contract import spec_for
+from tests.e2e.test_observability import free_port, sample, scrape
 from tests.harness import EventTap, Worker, _signed, uid, wait_quiet, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -59,18 +60,36 @@ def _state(engine, tag: str, users: list[str]) -> dict:
             "audit": audit, "ledger_ok": ok}
 
 
+def _group_sizes(engine, actor: str, like: str) -> dict[int, int]:
+    """Transactions by how many claims of ``actor`` they hold (size -> how many)."""
+    with engine.connect() as conn:
+        return dict(conn.execute(text(
+            "SELECT n, count(*) FROM (SELECT count(*) AS n FROM processed_requests "
+            "WHERE actor = :a AND request_id LIKE :t GROUP BY xmin::text) g GROUP BY n"),
+            {"a": actor, "t": like}).all())
+
+
 def test_concurrent_deposits_share_commits_and_each_takes_effect_once(env, engine, clean_queues):
     users = [uid() for _ in range(40)]
     tag = uid("grp")
     tap = EventTap(env, "wallet.changed")
+    port = free_port()
     try:
-        with Worker(env, threads=8):
+        with Worker(env, threads=8, BALLAST_METRICS_PORT=str(port),
+                    BALLAST_METRICS_HOST="127.0.0.1"):
             _publish_all(env, "deposit", _deposits(users, 5, tag))
             wait_quiet(env, timeout=120)
             got = _state(engine, tag, users)
+            exposition = scrape(port)
         assert got["claims"] == 200 and got["audit"] == 200
         # Claims committed together share their transaction id: fewer commits than deposits.
         assert got["txns"] < 200
+        # The worker counted the same groups the database holds.
+        sizes = _group_sizes(engine, "deposit", f"{tag}-%")
+        for size, count in sizes.items():
+            if size > 1:
+                assert sample(exposition, "ballast_group_commits_total", actor="deposit",
+                              size=str(size)) == count
         assert got["balances"] == {f"user:{u}:NGN": 5 * (100 + n) for n, u in enumerate(users)}
         assert set(got["entries"].values()) == {5}
         assert got["ledger_ok"]
