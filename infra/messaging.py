@@ -25,6 +25,7 @@ import inspect
 from typing import Any, Callable, Sequence
 
 import dramatiq
+import structlog
 from dramatiq.middleware import CurrentMessage
 
 from domain.errors import BallastError
@@ -34,6 +35,7 @@ from infra.contract import parse, spec_for
 from infra.group_commit import GroupCommit, Grouping
 from infra.logs import get_logger
 from infra.middleware import metrics
+from infra.middleware.logcontext import domain_ids
 from infra.settings import get_settings
 from infra.uow import UnitOfWork
 
@@ -91,7 +93,18 @@ def command(*, transactional: bool = True,
 
         def apply_group(items: Sequence[tuple[Any, str | None]]) -> list[Any]:
             """Several commands in one transaction, one commit (``infra.group_commit``)."""
-            handler = grouped.handler or (lambda uow, cmds: [fn(cmd, uow) for cmd in cmds])
+            message_of = {id(cmd): mid for cmd, mid in items}
+
+            def one_by_one(uow: UnitOfWork, cmds: Sequence[Any]) -> list[Any]:
+                results = []
+                for cmd in cmds:  # each one's log lines carry its own ids, not the leader's
+                    with structlog.contextvars.bound_contextvars(
+                            request_id=cmd.request_id, message_id=message_of[id(cmd)],
+                            **domain_ids(cmd.model_dump())):
+                        results.append(fn(cmd, uow))
+                return results
+
+            handler = grouped.handler or one_by_one
             with UnitOfWork(actor=spec.actor) as uow:
                 fresh = uow.claim_many([(cmd.request_id, cmd, mid) for cmd, mid in items])
                 for (cmd, _), new in zip(items, fresh):
