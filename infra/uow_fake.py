@@ -692,6 +692,13 @@ class FakeWallets:
         self.guard._raise(raised)
         return txn_id
 
+    def post_and_record_many(self, items, tiers) -> list[int]:
+        # One item after the other: a refusal part-way leaves the earlier ones in the fake's
+        # rows, where the real statement writes none (a refused group is rolled back).
+        return [self.post_and_record(i.changes, i.postings, tiers, i.raised, list(i.events),
+                                     kind=i.kind, memo=i.memo, metadata=i.metadata)
+                for i in items]
+
     def record(self, changes, txn_id: int, *, context: GuardContext | None = None,
                events=()) -> None:
         if not changes:

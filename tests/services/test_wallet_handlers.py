@@ -207,3 +207,42 @@ def test_the_fake_wallets_and_guard_have_the_real_ones_interface(real, fake):
         assert twin is not None, f"{fake.__name__} lacks {name}"
         assert list(inspect.signature(twin).parameters) == \
             list(inspect.signature(method).parameters), name
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["u1", "u2", "u3", "u4", "u5"]),
+                          st.sampled_from(["NGN", "USD"]), st.integers(1, 3_000_000)),
+                min_size=1, max_size=8, unique_by=lambda d: (d[0], d[1])),
+       st.integers(1, 4_000_000))
+def test_a_deposit_group_does_what_its_deposits_do_alone(deposits, earlier):
+    """``deposit_group`` (a group commit) against the same deposits one by one: the same
+    balances, audit lines, events and alerts, in order — or the same refusal."""
+    cmds = [_deposit(u, a, c, rid=f"d{n}") for n, (u, c, a) in enumerate(deposits)]
+    grouped, alone = FakeUnitOfWork(), FakeUnitOfWork()
+    for uow in (grouped, alone):  # some history under the daily limit
+        run(uow, wallets.deposit, _deposit("u1", earlier, rid="before"))
+    try:
+        with alone:
+            ids_alone = [wallets.deposit(cmd, alone) for cmd in cmds]
+            alone.commit()
+    except BalanceRefused as refused:
+        with pytest.raises(BalanceRefused) as got, grouped:
+            wallets.deposit_group(grouped, cmds)
+        assert str(got.value) == str(refused)
+        return
+    with grouped:
+        ids = wallets.deposit_group(grouped, cmds)
+        grouped.commit()
+    assert len(ids) == len(cmds) == len(set(ids))
+    assert grouped.ledger.balance == alone.ledger.balance
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "transaction_id"} for r in rows]  # noqa: E731
+    assert strip(grouped.wallet_state.audit) == strip(alone.wallet_state.audit)
+    assert [(e[0], e[2], e[1]["balance_after"]) for e in grouped.events] == [
+        (e[0], e[2], e[1]["balance_after"]) for e in alone.events]
+    assert sorted(grouped.alerts.open) == sorted(alone.alerts.open)
+
+
+def test_a_deposit_group_refuses_two_deposits_of_one_wallet():
+    uow = FakeUnitOfWork()
+    with pytest.raises(ValueError, match="distinct wallets"), uow:
+        wallets.deposit_group(uow, [_deposit("u1", 5, rid="a"), _deposit("u1", 6, rid="b")])
