@@ -43,8 +43,6 @@ log = get_logger(__name__)
 
 #: Every registered command's runner by actor name (``infra.cli.in_process.call`` runs one).
 RUNNERS: dict[str, Callable[..., Any]] = {}
-#: The group commits of the ``grouped`` commands by actor name (their counters).
-GROUPS: dict[str, GroupCommit] = {}
 
 
 def command(*, transactional: bool = True,
@@ -126,7 +124,6 @@ def command(*, transactional: bool = True,
                                 key=(lambda item: key(item[0])) if key else id,
                                 partition=(lambda item: part(item[0])) if part else None,
                                 max_size=get_settings().group_commit_max, name=spec.actor)
-            GROUPS[spec.actor] = group
 
         def run(**kwargs: Any) -> None:  # a message's kwargs: the command, nothing else
             # Nothing is returned to Dramatiq: no message wants a result (there is no

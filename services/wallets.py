@@ -27,10 +27,14 @@ from infra.wallets.repository import CONTEXT_WALLETS
 from services import guard
 
 
+def _deposit_change(cmd: Deposit) -> WalletChange:
+    return WalletChange(cmd.user_id, cmd.currency, cmd.amount, "deposit",
+                        reason=cmd.reference, performed_by=cmd.user_id)
+
+
 def deposit(cmd: Deposit, uow: UnitOfWork) -> int:
     """Money arrives from outside the platform into the user's wallet."""
-    change = WalletChange(cmd.user_id, cmd.currency, cmd.amount, "deposit",
-                          reason=cmd.reference, performed_by=cmd.user_id)
+    change = _deposit_change(cmd)
     return apply_changes(uow, [change], counter_account=accounts.world(cmd.currency),
                          kind="deposit", memo=cmd.reference)
 
@@ -42,8 +46,7 @@ def deposit_group(uow: UnitOfWork, cmds: Sequence[Deposit]) -> list[int]:
     locks), every ledger transaction with its audit line, event and alerts in one more.
     A refusal raises (the group rolls back and each deposit runs alone, where a refusal is
     told).  Returns the transaction ids in order."""
-    changes = [WalletChange(c.user_id, c.currency, c.amount, "deposit", reason=c.reference,
-                            performed_by=c.user_id) for c in cmds]
+    changes = [_deposit_change(c) for c in cmds]
     if len({c.account for c in changes}) != len(changes) or len(changes) > CONTEXT_WALLETS:
         raise ValueError("a deposit group needs distinct wallets, at most CONTEXT_WALLETS")
     wanted = {accounts.world(c.currency): c.currency for c in changes}
