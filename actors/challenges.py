@@ -31,8 +31,10 @@ def open_challenge(cmd: OpenChallenge, uow: UnitOfWork):
 
 
 # The joins of one challenge queue on its row anyway: a worker commits those it holds at
-# once together, the row locked once (``infra.group_commit``); other challenges' apart.
-@command(grouped=Grouping(partition=challenges.join_partition))
+# once together, set-wise, the row locked once (``infra.group_commit``); other challenges'
+# in groups of their own.
+@command(grouped=Grouping(challenges.join_group, key=challenges.join_user,
+                          partition=challenges.join_partition))
 def join_challenge(cmd: JoinChallenge, uow: UnitOfWork):
     return challenges.join_challenge(cmd, uow)
 

@@ -788,6 +788,17 @@ class FakeChallenges:
         return (Participant(pid, user_id, side), self.waiting(challenge.challenge_id, "YES", k),
                 self.waiting(challenge.challenge_id, "NO", k))
 
+    def join_context_many(self, challenge_id: str, user_ids):
+        mine = self._of(challenge_id)
+        return self.now, len(mine), {p["user_id"] for p in mine} & set(user_ids)
+
+    def add_participants_waiting(self, challenge: Challenge, joins):
+        for user_id, side, txn in joins:
+            self.add_participant_waiting(challenge, user_id, side, txn)
+        k = min(self.waiting_counts(challenge.challenge_id).values())
+        return (self.waiting(challenge.challenge_id, "YES", k),
+                self.waiting(challenge.challenge_id, "NO", k))
+
     def waiting_counts(self, challenge_id: str) -> dict[str, int]:
         return {s: len(self._waiting(challenge_id, s)) for s in ("YES", "NO")}
 

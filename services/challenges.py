@@ -21,6 +21,7 @@ derived from the parent's (``domain.request_ids.next_step``).  The I/O is the un
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Sequence
 from zoneinfo import ZoneInfo
 
 from domain import challenges as rules
@@ -77,10 +78,7 @@ def join_challenge(cmd: JoinChallenge, uow: UnitOfWork) -> None:
     if joined:
         raise Refused(f"user {cmd.user_id} already joined challenge {challenge.challenge_id}")
     challenge.ensure_can_join(now, participants)
-    wager = WalletChange(cmd.user_id, challenge.currency, -challenge.stake, "wager",
-                         reason=f"challenge {challenge.challenge_id} {cmd.side}",
-                         performed_by=cmd.user_id,
-                         metadata={"challenge_id": challenge.challenge_id, "side": cmd.side})
+    wager = _wager(challenge, cmd)
     txn = wallets.apply_changes(uow, [wager],
                                 counter_account=escrow_account(challenge.challenge_id),
                                 kind="challenge_join", memo=wager.reason,
@@ -91,9 +89,52 @@ def join_challenge(cmd: JoinChallenge, uow: UnitOfWork) -> None:
         uow.challenges.pair(pairs, _pair_events(challenge, pairs))
 
 
+def join_group(uow: UnitOfWork, cmds: Sequence[JoinChallenge]) -> list[None]:
+    """Several joins of one challenge, of distinct users (a group commit:
+    ``infra.group_commit``), each checked and taking effect as ``join_challenge`` would one
+    after the other — set-wise: the challenge locked once, who already joined read once,
+    every stake posted as its own ledger transaction with its audit line and event in one
+    statement (``wallets.apply_each``), the participants inserted and paired in one more.
+    Any refusal raises (the group rolls back and each join runs alone)."""
+    challenge = uow.challenges.get(cmds[0].challenge_id, lock=True)
+    if any(c.challenge_id != challenge.challenge_id for c in cmds):
+        raise ValueError("a join group is of one challenge")
+    now, participants, joined = uow.challenges.join_context_many(
+        challenge.challenge_id, [c.user_id for c in cmds])
+    stakes = []
+    for n, cmd in enumerate(cmds):
+        challenge.ensure_open(f"join {cmd.side}")
+        if cmd.user_id in joined:
+            raise Refused(f"user {cmd.user_id} already joined challenge {challenge.challenge_id}")
+        challenge.ensure_can_join(now, participants + n)
+        wager = _wager(challenge, cmd)
+        stakes.append((wager, escrow_account(challenge.challenge_id), wager.reason,
+                       {"challenge_id": challenge.challenge_id}))
+    txns = wallets.apply_each(uow, stakes, kind="challenge_join")
+    yes, no = uow.challenges.add_participants_waiting(
+        challenge, [(c.user_id, c.side, txn) for c, txn in zip(cmds, txns)])
+    pairs = rules.pair_first_come(yes, no)
+    if pairs:
+        uow.challenges.pair(pairs, _pair_events(challenge, pairs))
+    return [None] * len(cmds)
+
+
+def _wager(challenge: Challenge, cmd: JoinChallenge) -> WalletChange:
+    return WalletChange(cmd.user_id, challenge.currency, -challenge.stake, "wager",
+                        reason=f"challenge {challenge.challenge_id} {cmd.side}",
+                        performed_by=cmd.user_id,
+                        metadata={"challenge_id": challenge.challenge_id, "side": cmd.side})
+
+
+def join_user(cmd: JoinChallenge) -> str:
+    """No two joins of one user in a group (``join_group``)."""
+    return cmd.user_id
+
+
 def join_partition(cmd: JoinChallenge) -> str:
     """Joins of one challenge are grouped together (``infra.group_commit``): each locks
-    the challenge's row, so a group takes it once instead of queueing for it."""
+    the challenge's row, so a group takes it once instead of queueing for it (and writes
+    them set-wise: ``join_group``)."""
     return cmd.challenge_id
 
 

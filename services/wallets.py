@@ -3,6 +3,7 @@ treasury funding, and the one path every change to a user wallet takes.
 
     deposit         money arrives from outside into the user's wallet
     deposit_group   several deposits (distinct wallets) in one transaction: a group commit
+    apply_each      several one-wallet changes, each its own ledger transaction, at once
     withdraw        money leaves the user's wallet for the outside; the guard may refuse it
     adjust_balance  an operator corrects a wallet against the ``adjustments`` account
     set_tier        a user moves to another tier: new limits from the next change on
@@ -40,26 +41,40 @@ def deposit(cmd: Deposit, uow: UnitOfWork) -> int:
 
 
 def deposit_group(uow: UnitOfWork, cmds: Sequence[Deposit]) -> list[int]:
-    """Several deposits in one transaction (``infra.group_commit``), their wallets distinct:
-    each one checked and posted as ``deposit`` would alone, set-wise — the wallets locked
-    with the guard's context in one statement (in account id order, as every transaction
-    locks), every ledger transaction with its audit line, event and alerts in one more.
-    A refusal raises (the group rolls back and each deposit runs alone, where a refusal is
-    told).  Returns the transaction ids in order."""
-    changes = [_deposit_change(c) for c in cmds]
+    """Several deposits in one transaction (``infra.group_commit``), their wallets distinct,
+    each checked and posted as ``deposit`` would alone (``apply_each``).  A refusal raises
+    (the group rolls back and each deposit runs alone, where a refusal is told).  Returns
+    the transaction ids in order."""
+    return apply_each(uow, [(_deposit_change(c), accounts.world(c.currency), c.reference, None)
+                            for c in cmds], kind="deposit")
+
+
+def apply_each(uow: UnitOfWork,
+               items: Sequence[tuple[WalletChange, str, str | None, dict[str, Any] | None]],
+               *, kind: str) -> list[int]:
+    """Several one-wallet changes of distinct wallets, each ``(change, counter_account,
+    memo, metadata)`` its own ledger transaction, as ``apply_changes`` would post each one
+    alone — set-wise: the wallets and counter accounts locked with the guard's context in
+    one statement (in account id order, as every transaction locks), every change checked
+    by the guard against its wallet's balance and windows, every transaction written with
+    its audit line, event and alerts in one more.  A refusal raises before anything is
+    written (and is not told: the caller runs the changes alone then).  Returns the
+    transaction ids in order."""
+    changes = [change for change, _, _, _ in items]
     if len({c.account for c in changes}) != len(changes) or len(changes) > CONTEXT_WALLETS:
-        raise ValueError("a deposit group needs distinct wallets, at most CONTEXT_WALLETS")
-    wanted = {accounts.world(c.currency): c.currency for c in changes}
+        raise ValueError("changes posted together need distinct wallets, at most "
+                         "CONTEXT_WALLETS")
+    wanted = {counter: change.currency for change, counter, _, _ in items}
     wanted.update({c.account: c.currency for c in changes})
     balances, context = uow.wallets.lock(wanted, changes, with_context=True)
-    items = []
-    for change, cmd in zip(changes, cmds):
-        _, postings = postings_for([change], accounts.world(change.currency))
+    posted = []
+    for change, counter, memo, metadata in items:
+        _, postings = postings_for([change], counter)
         paired = paired_with_balances([change], balances)
         guard.check(uow, paired, context=context)
-        items.append(guard.Posted(paired, postings, changed_events(paired, None),
-                                  "deposit", cmd.reference))
-    return guard.post_and_record_many(uow, items, context)
+        posted.append(guard.Posted(paired, postings, changed_events(paired, None), kind, memo,
+                                   metadata))
+    return guard.post_and_record_many(uow, posted, context)
 
 
 def deposit_wallet(cmd: Deposit) -> tuple[str, str]:

@@ -16,6 +16,7 @@ statement and handed to the unit of work to publish after commit.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Iterable, Sequence
@@ -41,7 +42,7 @@ from domain.errors import NotFound
 from domain.resends import check_same_terms
 from infra import alerts, outbox
 from infra.db import tables
-from infra.db.engine import fetch, sql
+from infra.db.engine import fetch, pg_array, sql
 
 _ch, _pt = tables.challenges.c, tables.challenge_participants.c
 _tr, _fl = tables.challenge_treasury.c, tables.treasury_fills.c
@@ -388,6 +389,45 @@ class ChallengeRepository:
             "AND user_id = :u) AS joined",
             {"c": challenge_id, "u": user_id})
         return row.now, int(row.n), bool(row.joined)
+
+    def join_context_many(self, challenge_id: str, user_ids: Sequence[str]
+                          ) -> tuple[datetime, int, set[str]]:
+        """``(now, participants, those of user_ids already joined)`` in one statement."""
+        (row,) = fetch(
+            self.conn,
+            "SELECT now() AS now, "
+            "(SELECT count(*) FROM challenge_participants WHERE challenge_id = :c) AS n, "
+            "(SELECT array_agg(user_id) FROM challenge_participants WHERE challenge_id = :c "
+            "AND user_id = ANY(CAST(:u AS text[]))) AS joined",
+            {"c": challenge_id, "u": pg_array(list(user_ids))})
+        return row.now, int(row.n), set(row.joined or [])
+
+    def add_participants_waiting(self, challenge: Challenge,
+                                 joins: Sequence[tuple[str, str, int]]
+                                 ) -> tuple[list[Participant], list[Participant]]:
+        """Insert the participants ``(user_id, side, join transaction id)`` in order; of
+        each side, the ``k`` earliest waiting users (the new ones included, ``k`` the
+        smaller side's number of waiting users), in one statement: what the joins one
+        after the other would have paired, since each pairs the earliest waiting of the
+        other side."""
+        rows = fetch(
+            self.conn,
+            ("WITH ins AS (INSERT INTO challenge_participants "
+             "(challenge_id, user_id, side, stake, join_transaction_id) "
+             "SELECT :c, x.u, x.s, :stake, x.t FROM json_to_recordset(CAST(:rows AS json)) "
+             "AS x(u text, s text, t bigint, n int) ORDER BY x.n RETURNING id, user_id, side), "
+             "w AS (SELECT id, user_id, side FROM ins UNION ALL "
+             f"SELECT p.id, p.user_id, p.side FROM challenge_participants p WHERE {WAITING}), "
+             "r AS (SELECT w.*, row_number() OVER (PARTITION BY side ORDER BY id) AS rn FROM w), "
+             "k AS (SELECT LEAST(count(*) FILTER (WHERE side = 'YES'), "
+             "count(*) FILTER (WHERE side = 'NO')) AS k FROM w) "
+             "SELECT r.id, r.user_id, r.side FROM r, k WHERE r.rn <= k.k ORDER BY r.id"),
+            {"c": challenge.challenge_id, "stake": challenge.stake,
+             "rows": json.dumps([{"u": u, "s": side, "t": txn, "n": n}
+                                 for n, (u, side, txn) in enumerate(joins)])})
+        yes = [Participant(r.id, r.user_id, r.side) for r in rows if r.side == "YES"]
+        no = [Participant(r.id, r.user_id, r.side) for r in rows if r.side == "NO"]
+        return yes, no
 
     def add_participant_waiting(self, challenge: Challenge, user_id: str, side: str,
                                 join_transaction_id: int

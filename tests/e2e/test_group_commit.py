@@ -154,7 +154,7 @@ def test_a_worker_killed_after_a_group_commit_applies_nothing_twice(env, engine,
 def test_the_joins_of_one_challenge_are_grouped_and_each_user_joins_once(env, engine,
                                                                          clean_queues):
     cid, users = uid("ch"), [uid() for _ in range(12)]
-    with Worker(env, threads=8):
+    with Worker(env, threads=8) as w:
         _publish_all(env, "deposit", [dict(request_id=f"{cid}-f{n}", user_id=u, currency="NGN",
                                            amount=100_000, reference="funds")
                                       for n, u in enumerate(users)])
@@ -166,6 +166,7 @@ def test_the_joins_of_one_challenge_are_grouped_and_each_user_joins_once(env, en
                       side="YES" if n % 2 else "NO") for n, u in enumerate(users)]
         _publish_all(env, "join_challenge", joins + joins[:3])  # three resent
         wait_quiet(env, timeout=120)
+        log = w.log()
     with engine.connect() as conn:
         claims = conn.execute(text(
             "SELECT count(*) AS n, count(DISTINCT xmin::text) AS txns FROM processed_requests "
@@ -179,6 +180,7 @@ def test_the_joins_of_one_challenge_are_grouped_and_each_user_joins_once(env, en
         ok = ledger.check(conn)["ok"]
     assert claims.n == 12
     assert claims.txns < 12  # joins of the challenge committed together
+    assert "group_commit.fallback" not in log  # set-wise, not one by one after a failure
     assert sorted(s.user_id for s in seats) == sorted(users)  # each joined once
     assert all(s.paired for s in seats)  # six YES, six NO: every seat paired
     assert set(balances.values()) == {90_000}

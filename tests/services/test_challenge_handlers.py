@@ -270,3 +270,59 @@ def test_a_settlement_failing_for_good_is_recorded_and_its_retry_pays_nobody_twi
     assert uow.ledger.balance[f"escrow:challenge:{cid}"] == 0
     assert settlement_failed_alert_key(cid) not in uow.alerts.open
     assert balanced(uow)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from infra.contract.challenges import JoinChallenge  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["YES", "NO"]), max_size=4),
+       st.lists(st.sampled_from(["YES", "NO"]), min_size=1, max_size=8),
+       st.none() | st.integers(1, 10))
+def test_a_join_group_does_what_its_joins_do_one_after_the_other(earlier, sides, cap):
+    """``join_group`` (a group commit) against the same joins one by one: the same seats,
+    pairs, balances and events — or, when any of them is refused alone, a refusal."""
+    def setup() -> FakeUnitOfWork:
+        uow = FakeUnitOfWork()
+        run(uow, "open_challenge", challenge_id="c1", title="Derby", currency="NGN",
+            stake=STAKE, admin_created=True, max_participants=cap)
+        for n, side in enumerate(earlier):
+            try:
+                join(uow, "c1", f"e{n}", side)
+            except Refused:
+                pass
+        for n in range(len(sides)):
+            fund(uow, f"user:g{n}:NGN", STAKE)
+        return uow
+
+    cmds = [parse(JoinChallenge, {"request_id": f"j{n}", "challenge_id": "c1",
+                                  "user_id": f"g{n}", "side": side})
+            for n, side in enumerate(sides)]
+    alone, grouped = setup(), setup()
+    refused = False
+    for cmd in cmds:
+        try:
+            with alone:
+                challenges.join_challenge(cmd, alone)
+                alone.commit()
+        except Refused:
+            refused = True
+    if refused:
+        with pytest.raises(Refused), grouped:
+            challenges.join_group(grouped, cmds)
+        return
+    with grouped:
+        challenges.join_group(grouped, cmds)
+        grouped.commit()
+    seats = lambda uow: sorted((p["user_id"], p["side"], p["paired_with"] is not None)  # noqa: E731
+                               for p in uow.challenges.participants.values())
+    pairs = lambda uow: sorted(tuple(sorted((uow.challenges.participants[p["paired_with"]]["user_id"],  # noqa: E731
+                                             p["user_id"])))
+                               for p in uow.challenges.participants.values() if p["paired_with"])
+    assert seats(grouped) == seats(alone)
+    assert pairs(grouped) == pairs(alone)
+    assert grouped.ledger.balance == alone.ledger.balance
+    assert sorted(e[0] for e in grouped.events) == sorted(e[0] for e in alone.events)
