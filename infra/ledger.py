@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import Connection, text
 
-from infra.db.engine import pg_array, sql
+from infra.db.engine import fetch, pg_array, sql
 
 from domain.errors import InsufficientFunds, LedgerError, NotFound
 from domain.money import CURRENCIES
@@ -227,7 +227,7 @@ def _post_checked(conn: Connection, checked: list[tuple[PostingBatchItem, list[P
                   reverses: list[int | None]) -> list[int]:
     """Post validated transactions through ``ledger_post_many``; raise on a refusal
     (which wrote nothing)."""
-    row = conn.execute(_POST_MANY, _post_params(checked, reverses)).one()
+    (row,) = fetch(conn, _POST_MANY, _post_params(checked, reverses))
     return _outcome(conn, checked, reverses, row)
 
 

@@ -658,7 +658,7 @@ class ChallengeRepository:
     # --- settlement -------------------------------------------------------------------
 
     def unsettled(self, challenge_id: str, limit: int) -> list[Seat]:
-        rows = self.conn.execute(_UNSETTLED, {"c": challenge_id, "n": limit})
+        rows = fetch(self.conn, _UNSETTLED, {"c": challenge_id, "n": limit})
         return [Seat(r.id, r.user_id, r.side, int(r.stake), r.opponent, r.treasury_match_id)
                 for r in rows]
 

@@ -107,13 +107,14 @@ _DIALECT = psycopg_dialect.dialect()
 
 
 @functools.lru_cache(maxsize=1024)
-def _driver_sql(statement: str | ClauseElement) -> str:
+def _driver_sql(statement: str | ClauseElement) -> tuple[str, dict[str, Any]]:
     """``statement`` as SQLAlchemy sends it to psycopg (``:name`` -> ``%(name)s``, a literal
-    ``%`` doubled), compiled once per distinct statement.  A Core statement qualifies only
+    ``%`` doubled), compiled once per distinct statement, with the values its Core
+    expression carries itself (a literal in a ``CASE``).  A Core statement qualifies only
     when none of its parameters and columns needs SQLAlchemy to convert a value (its types
     are the driver's own: text, integers, booleans, timestamps, JSON)."""
     if isinstance(statement, str):
-        return str(text(statement).compile(dialect=_DIALECT))
+        return str(text(statement).compile(dialect=_DIALECT)), {}
     compiled = statement.compile(dialect=_DIALECT)
     types = [b.type for b in compiled.binds.values()]
     converted = [t for t in types if t._cached_bind_processor(_DIALECT) is not None]
@@ -122,7 +123,10 @@ def _driver_sql(statement: str | ClauseElement) -> str:
     if converted:
         raise TypeError(f"fetch cannot run a statement whose values SQLAlchemy converts: "
                         f"{sorted({type(t).__name__ for t in converted})}")
-    return str(compiled)
+    query = str(compiled)
+    own = {name: b.value for name, b in compiled.binds.items()
+           if not b.required and b.callable is None and f"%({name})s" in query}
+    return query, own
 
 
 def fetch(conn: Connection, statement: str | ClauseElement, params: Mapping[str, Any]) -> list:
@@ -139,7 +143,9 @@ def fetch(conn: Connection, statement: str | ClauseElement, params: Mapping[str,
     (``sqlalchemy.exc.DBAPIError``'s subclass: ``infra.errors`` classifies those) and a
     lost connection is invalidated so the pool drops it.  For statements that return
     rows; parameters bound as given (``text()`` binds untyped values the same way)."""
-    query = _driver_sql(statement)
+    query, own = _driver_sql(statement)
+    if own:
+        params = {**own, **params}
     dbapi = conn.connection.dbapi_connection
     cursor = dbapi.cursor(row_factory=namedtuple_row)
     dispatch = conn.dispatch

@@ -95,3 +95,15 @@ def test_a_core_statement_runs_compiled_once_and_one_needing_conversion_is_refus
     flags = sa.table("f", sa.column("on", sa.Boolean))  # SQLAlchemy converts these values
     with pytest.raises(TypeError, match="converts"):
         fetch(None, sa.select(flags.c.on).where(flags.c.on == sa.bindparam("b")), {})
+
+
+def test_a_core_statement_carries_its_own_literal_values(engine):
+    import sqlalchemy as sa
+
+    t = sa.table("pg_database", sa.column("datname", sa.String))
+    query = sa.select(sa.case((t.c.datname == sa.bindparam("d"), "mine"), else_="other")
+                      .label("whose")).where(t.c.datname == sa.bindparam("d"))
+    with engine.connect() as conn:
+        name = conn.execute(sa.text("SELECT current_database()")).scalar_one()
+        assert [r.whose for r in fetch(conn, query, {"d": name})] == ["mine"]
+        conn.rollback()
