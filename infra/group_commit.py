@@ -3,9 +3,10 @@ database transaction.
 
 A worker thread hands its validated command to its actor's ``GroupCommit`` and waits.  The
 first thread to arrive while no group is running leads: it takes every command waiting (up
-to ``max_size``, its own first), runs them one after the other in one transaction and
-commits once, then hands each thread its result and passes the lead to the next command
-waiting, if any.  A lone command is a group of one and runs exactly as without grouping
+to ``max_size``, its own first), runs them in one transaction — set-wise, by the actor's
+group handler (``services.wallets.deposit_group``, ``services.challenges.join_group``) —
+and commits once, then hands each thread its result and passes the lead to the next
+command waiting, if any.  A lone command is a group of one and runs exactly as without grouping
 (its own transaction), so a quiet worker pays nothing; under load, the commands that
 arrive while one group runs form the next, and its commit, round trips and WAL flush are
 shared by all of them.
@@ -37,19 +38,20 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
+
 @dataclass(frozen=True)
 class Grouping:
     """How an actor's commands are grouped (``infra.messaging.command(grouped=...)``).
 
     Parameters:
-      handler: ``handler(uow, commands) -> results``, the whole group at once (set-based);
-        None: each command through the actor's own handler, one after the other, in the
-        group's transaction.
+      handler: ``handler(uow, commands) -> results``: the whole group at once, each command
+        taking effect as the actor's own handler would alone (a property test for each
+        holds the two equal); raises when any would be refused.
       key: no two commands of a group share ``key(command)`` (None: no such rule).
       partition: ``GroupCommit``'s: commands of different partitions group apart.
     """
 
-    handler: Callable[[Any, Sequence[Any]], list[Any]] | None = None
+    handler: Callable[[Any, Sequence[Any]], list[Any]]
     key: Callable[[Any], Any] | None = None
     partition: Callable[[Any], Any] | None = None
 

@@ -25,7 +25,6 @@ import inspect
 from typing import Any, Callable, Sequence
 
 import dramatiq
-import structlog
 from dramatiq.middleware import CurrentMessage
 
 from domain.errors import BallastError
@@ -35,7 +34,6 @@ from infra.contract import parse, spec_for
 from infra.group_commit import GroupCommit, Grouping
 from infra.logs import get_logger
 from infra.middleware import metrics
-from infra.middleware.logcontext import domain_ids
 from infra.settings import get_settings
 from infra.uow import UnitOfWork
 
@@ -53,9 +51,8 @@ def command(*, transactional: bool = True,
     Parameters:
       transactional: wrap the call in a claimed UnitOfWork (default) or not.
       grouped: the messages a worker's threads handle at once share one transaction
-        (``infra.group_commit``: claimed together, handled together — set-based by the
-        ``Grouping``'s handler, else one after the other by ``fn`` —, one commit; all or
-        nothing, else each runs alone).
+        (``infra.group_commit``: claimed together, handled set-wise by the ``Grouping``'s
+        handler, one commit; all or nothing, else each runs alone).
       options: extra Dramatiq actor options (``max_retries``, ``time_limit``...).
     """
 
@@ -91,18 +88,7 @@ def command(*, transactional: bool = True,
 
         def apply_group(items: Sequence[tuple[Any, str | None]]) -> list[Any]:
             """Several commands in one transaction, one commit (``infra.group_commit``)."""
-            message_of = {id(cmd): mid for cmd, mid in items}
-
-            def one_by_one(uow: UnitOfWork, cmds: Sequence[Any]) -> list[Any]:
-                results = []
-                for cmd in cmds:  # each one's log lines carry its own ids, not the leader's
-                    with structlog.contextvars.bound_contextvars(
-                            request_id=cmd.request_id, message_id=message_of[id(cmd)],
-                            **domain_ids(cmd.model_dump())):
-                        results.append(fn(cmd, uow))
-                return results
-
-            handler = grouped.handler or one_by_one
+            handler = grouped.handler
             with UnitOfWork(actor=spec.actor) as uow:
                 fresh = uow.claim_many([(cmd.request_id, cmd, mid) for cmd, mid in items])
                 for (cmd, _), new in zip(items, fresh):
