@@ -73,9 +73,10 @@ class _Slot(Generic[T]):
 class _Queue(Generic[T]):
     """The commands of one partition: at most one group of them runs at a time."""
 
-    __slots__ = ("pending", "leading")
+    __slots__ = ("part", "pending", "leading")
 
-    def __init__(self) -> None:
+    def __init__(self, part: Any) -> None:
+        self.part = part
         self.pending: list[_Slot[T]] = []
         self.leading = False
 
@@ -107,9 +108,6 @@ class GroupCommit(Generic[T]):
         self._name = name
         self._lock = threading.Lock()
         self._queues: dict[Any, _Queue[T]] = {}
-        self.groups = 0  # groups of more than one command committed (for tests and benches)
-        self.grouped = 0  # commands committed in them
-        self.fallbacks = 0  # groups rolled back and run alone
 
     def submit(self, item: T) -> Any:
         """Run ``item`` (in a group if others are waiting); its result, or its error."""
@@ -117,7 +115,7 @@ class GroupCommit(Generic[T]):
         with self._lock:
             queue = self._queues.get(part)
             if queue is None:
-                queue = self._queues[part] = _Queue()
+                queue = self._queues[part] = _Queue(part)
             slot: _Slot[T] = _Slot(item, queue)
             queue.pending.append(slot)
             if not queue.leading:
@@ -165,10 +163,7 @@ class GroupCommit(Generic[T]):
             nxt.done.set()
             return
         queue.leading = False
-        for part, q in list(self._queues.items()):
-            if q is queue:
-                del self._queues[part]
-                break
+        del self._queues[queue.part]
 
     def _run(self, batch: list[_Slot[T]]) -> None:
         if len(batch) == 1:  # the leader's own command: the ordinary path, holding the
@@ -181,7 +176,6 @@ class GroupCommit(Generic[T]):
         try:
             results = self._run_group([s.item for s in batch])
         except Exception as e:  # nothing committed: every command runs alone
-            self.fallbacks += 1
             if metrics.GROUP_FALLBACKS is not None:
                 metrics.GROUP_FALLBACKS.labels(actor=self._name).inc()
             log.info("group_commit.fallback", actor=self._name, size=len(batch),
@@ -193,8 +187,6 @@ class GroupCommit(Generic[T]):
             for s in batch:
                 s.alone = True
             raise e
-        self.groups += 1
-        self.grouped += len(batch)
         if metrics.GROUPED is not None:
             metrics.GROUPED.labels(actor=self._name, size=str(len(batch))).inc()
         for s, r in zip(batch, results):

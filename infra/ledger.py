@@ -38,7 +38,7 @@ from domain.ledger import (
 
 __all__ = ["Account", "Posting", "PostingBatchItem", "balance", "balances", "check",
            "ensure_accounts", "lock_accounts", "open_and_lock_accounts", "post", "post_many",
-           "PreparedPosting", "prepare_post", "account_arrays", "account_of", "post_select",
+           "PreparedPosting", "prepare_post_many", "account_arrays", "account_of", "post_select",
            "postings_of", "reverse"]
 
 
@@ -122,9 +122,9 @@ _POST_MANY = sql(
 
 @dataclass(frozen=True, slots=True)
 class PreparedPosting:
-    """One ``ledger_post_many`` call, validated and bound, to run on its own (``post``) or
-    inside a bigger statement (``uow.wallets.post_and_record``: ``sql`` as a CTE, its row
-    given back to ``outcome``)."""
+    """One ``ledger_post_many`` call, validated and bound, to run inside a bigger statement
+    (``uow.wallets.post_and_record_many``: ``sql`` as a CTE, its row given back to
+    ``outcome``)."""
 
     #: ``SELECT * FROM ledger_post_many(...)``: one row (status, ids, idx, code, ...).
     sql: str
@@ -137,27 +137,9 @@ class PreparedPosting:
         return _outcome(conn, self.checked, self.reverses, row)
 
 
-def prepare_post(
-    postings: Sequence[Posting],
-    *,
-    kind: str,
-    idempotency_key: str | None = None,
-    memo: str | None = None,
-    metadata: dict[str, Any] | None = None,
-    reverses_id: int | None = None,
-) -> PreparedPosting:
-    """``post``'s validation and parameters, not run yet (raises as ``post`` does on
-    postings that do not balance)."""
-    postings = validate_postings(postings)
-    item = PostingBatchItem(postings, kind, idempotency_key, memo, metadata)
-    checked = [(item, postings)]
-    return PreparedPosting(_POST_MANY.text, _post_params(checked, [reverses_id]), checked,
-                           [reverses_id])
-
-
 def prepare_post_many(items: Sequence[PostingBatchItem]) -> PreparedPosting:
     """``post_many``'s validation and parameters, not run yet (a batch inside a bigger
-    statement: ``uow.wallets.post_and_record``)."""
+    statement: ``uow.wallets.post_and_record_many``)."""
     checked = validate_batch(items)
     reverses: list[int | None] = [None] * len(checked)
     return PreparedPosting(_POST_MANY.text, _post_params(checked, reverses), checked, reverses)

@@ -680,24 +680,23 @@ class FakeWallets:
                 "reason": c.reason, "performed_by": c.performed_by, "tier": tier,
                 "risk_score": rules.risk_score(before, c.amount, tier), "at": self.guard.state.now})
 
-    def post_and_record(self, changes, postings, tiers, raised, events, *, kind: str,
-                        memo: str | None = None, metadata=None) -> int:
-        txn_id = self.unit.ledger.post(postings, kind=kind, memo=memo, metadata=metadata)
-        self._audit(changes, txn_id, tiers)
-        for _, data, _ in events:
-            data["transaction_id"] = txn_id
-        for a in raised:
-            a[4]["transaction_id"] = txn_id
-        self.unit.emit_many(events)
-        self.guard._raise(raised)
-        return txn_id
-
     def post_and_record_many(self, items, tiers) -> list[int]:
         # One item after the other: a refusal part-way leaves the earlier ones in the fake's
         # rows, where the real statement writes none (a refused group is rolled back).
-        return [self.post_and_record(i.changes, i.postings, tiers, i.raised, list(i.events),
-                                     kind=i.kind, memo=i.memo, metadata=i.metadata)
-                for i in items]
+        return [self._post_and_record(i, tiers) for i in items]
+
+    def _post_and_record(self, item, tiers) -> int:
+        txn_id = self.unit.ledger.post(item.postings, kind=item.kind, memo=item.memo,
+                                       metadata=item.metadata)
+        self._audit(item.changes, txn_id, tiers)
+        events = list(item.events)
+        for _, data, _ in events:
+            data["transaction_id"] = txn_id
+        for a in item.raised:
+            a[4]["transaction_id"] = txn_id
+        self.unit.emit_many(events)
+        self.guard._raise(item.raised)
+        return txn_id
 
     def record(self, changes, txn_id: int, *, context: GuardContext | None = None,
                events=()) -> None:
@@ -770,31 +769,19 @@ class FakeChallenges:
                 if p["side"] == side and p["paired_with"] is None and p["match_id"] is None
                 and not p["settled"] and p["id"] not in held]
 
-    def join_context(self, challenge_id: str, user_id: str):
-        mine = self._of(challenge_id)
-        return self.now, len(mine), any(p["user_id"] == user_id for p in mine)
-
-    def add_participant_waiting(self, challenge: Challenge, user_id: str, side: str,
-                                join_transaction_id: int):
-        if any(p["user_id"] == user_id for p in self._of(challenge.challenge_id)):
-            raise Refused("unique violation: (challenge_id, user_id)")
-        pid = len(self.participants) + 1
-        self.participants[pid] = {
-            "id": pid, "challenge_id": challenge.challenge_id, "user_id": user_id, "side": side,
-            "stake": challenge.stake, "join_txn": join_transaction_id, "paired_with": None,
-            "match_id": None, "outcome": None, "payout": None, "settled": False}
-        counts = self.waiting_counts(challenge.challenge_id)
-        k = min(counts.values())
-        return (Participant(pid, user_id, side), self.waiting(challenge.challenge_id, "YES", k),
-                self.waiting(challenge.challenge_id, "NO", k))
-
-    def join_context_many(self, challenge_id: str, user_ids):
+    def join_context(self, challenge_id: str, user_ids):
         mine = self._of(challenge_id)
         return self.now, len(mine), {p["user_id"] for p in mine} & set(user_ids)
 
     def add_participants_waiting(self, challenge: Challenge, joins):
         for user_id, side, txn in joins:
-            self.add_participant_waiting(challenge, user_id, side, txn)
+            if any(p["user_id"] == user_id for p in self._of(challenge.challenge_id)):
+                raise Refused("unique violation: (challenge_id, user_id)")
+            pid = len(self.participants) + 1
+            self.participants[pid] = {
+                "id": pid, "challenge_id": challenge.challenge_id, "user_id": user_id,
+                "side": side, "stake": challenge.stake, "join_txn": txn, "paired_with": None,
+                "match_id": None, "outcome": None, "payout": None, "settled": False}
         k = min(self.waiting_counts(challenge.challenge_id).values())
         return (self.waiting(challenge.challenge_id, "YES", k),
                 self.waiting(challenge.challenge_id, "NO", k))

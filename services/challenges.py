@@ -74,7 +74,8 @@ def join_challenge(cmd: JoinChallenge, uow: UnitOfWork) -> None:
     challenge = uow.challenges.get(cmd.challenge_id, lock=True)
     challenge.ensure_open(f"join {cmd.side}")
     # Under the challenge's row lock (read after it): concurrent joins see each other, the cap holds.
-    now, participants, joined = uow.challenges.join_context(challenge.challenge_id, cmd.user_id)
+    now, participants, joined = uow.challenges.join_context(challenge.challenge_id,
+                                                                 [cmd.user_id])
     if joined:
         raise Refused(f"user {cmd.user_id} already joined challenge {challenge.challenge_id}")
     challenge.ensure_can_join(now, participants)
@@ -83,7 +84,7 @@ def join_challenge(cmd: JoinChallenge, uow: UnitOfWork) -> None:
                                 counter_account=escrow_account(challenge.challenge_id),
                                 kind="challenge_join", memo=wager.reason,
                                 metadata={"challenge_id": challenge.challenge_id})
-    _, yes, no = uow.challenges.add_participant_waiting(challenge, cmd.user_id, cmd.side, txn)
+    yes, no = uow.challenges.add_participants_waiting(challenge, [(cmd.user_id, cmd.side, txn)])
     pairs = rules.pair_first_come(yes, no)
     if pairs:
         uow.challenges.pair(pairs, _pair_events(challenge, pairs))
@@ -99,7 +100,7 @@ def join_group(uow: UnitOfWork, cmds: Sequence[JoinChallenge]) -> list[None]:
     challenge = uow.challenges.get(cmds[0].challenge_id, lock=True)
     if any(c.challenge_id != challenge.challenge_id for c in cmds):
         raise ValueError("a join group is of one challenge")
-    now, participants, joined = uow.challenges.join_context_many(
+    now, participants, joined = uow.challenges.join_context(
         challenge.challenge_id, [c.user_id for c in cmds])
     stakes = []
     for n, cmd in enumerate(cmds):

@@ -15,7 +15,7 @@ window sums see the first one's audit line and together they never exceed a limi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -57,35 +57,22 @@ def post_and_record(uow: UnitOfWork, changes: Paired, postings: Sequence[Posting
     """The posting with its audit lines, events and the balance alerts it raises in one
     statement (a few wallets, their ``context`` read under the locks); the alerts it
     clears resolved after, only when one was open.  Returns the transaction id."""
-    return post_and_record_many(uow, [Posted(changes, postings, events, kind, memo, metadata)],
-                                context)[0]
+    return post_and_record_many(
+        uow, [WalletPosting(changes, postings, (), events, kind, memo, metadata)], context)[0]
 
 
-@dataclass(frozen=True, slots=True)
-class Posted:
-    """One ledger transaction of wallet changes for ``post_and_record_many``."""
-
-    changes: Paired
-    postings: Sequence[Posting]
-    events: list[tuple[str, dict[str, Any], str | None]]
-    kind: str
-    memo: str | None = None
-    metadata: dict[str, Any] | None = None
-
-
-def post_and_record_many(uow: UnitOfWork, items: Sequence[Posted],
+def post_and_record_many(uow: UnitOfWork, items: Sequence[WalletPosting],
                          context: GuardContext) -> list[int]:
     """Several ledger transactions of wallet changes (their wallets distinct, locked, the
-    ``context`` read under the locks) posted with their audit lines, events and raised
-    balance alerts in one statement; the alerts they clear resolved after.  Each item's
-    alerts are decided as they would be alone: no two items share a wallet.  Returns the
+    ``context`` read under the locks) posted with their audit lines, events and the balance
+    alerts they raise (decided here: each item's as it would be alone, no two items share a
+    wallet) in one statement; the alerts they clear resolved after.  Returns the
     transaction ids in order."""
     now = datetime.now(timezone.utc)
     postings, resolve = [], []
     for item in items:
         raised, clears = rules.alert_decisions(context, rules.wallet_moves(item.changes), None, now)
-        postings.append(WalletPosting(item.changes, item.postings, raised, item.events,
-                                      item.kind, item.memo, item.metadata))
+        postings.append(replace(item, raised=raised))
         resolve += clears
     txn_ids = uow.wallets.post_and_record_many(postings, context.tiers)
     uow.guard.resolve_open(context, resolve)

@@ -24,7 +24,7 @@ from domain.wallet import (BalanceRefused, WalletChange, changed_events, paired_
                            postings_for)
 from infra.contract.wallets import AdjustBalance, Deposit, FundTreasury, SetTier, Withdraw
 from infra.uow import UnitOfWork
-from infra.wallets.repository import CONTEXT_WALLETS
+from infra.wallets.repository import CONTEXT_WALLETS, WalletPosting
 from services import guard
 
 
@@ -72,8 +72,8 @@ def apply_each(uow: UnitOfWork,
         _, postings = postings_for([change], counter)
         paired = paired_with_balances([change], balances)
         guard.check(uow, paired, context=context)
-        posted.append(guard.Posted(paired, postings, changed_events(paired, None), kind, memo,
-                                   metadata))
+        posted.append(WalletPosting(paired, postings, (), changed_events(paired, None), kind,
+                                    memo, metadata))
     return guard.post_and_record_many(uow, posted, context)
 
 

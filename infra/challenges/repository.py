@@ -379,20 +379,10 @@ class ChallengeRepository:
 
     # --- participants and pairing -----------------------------------------------------
 
-    def join_context(self, challenge_id: str, user_id: str) -> tuple[datetime, int, bool]:
-        """``(now, participants, already joined)`` in one statement (after the challenge lock)."""
-        (row,) = fetch(
-            self.conn,
-            "SELECT now() AS now, "
-            "(SELECT count(*) FROM challenge_participants WHERE challenge_id = :c) AS n, "
-            "EXISTS (SELECT 1 FROM challenge_participants WHERE challenge_id = :c "
-            "AND user_id = :u) AS joined",
-            {"c": challenge_id, "u": user_id})
-        return row.now, int(row.n), bool(row.joined)
-
-    def join_context_many(self, challenge_id: str, user_ids: Sequence[str]
+    def join_context(self, challenge_id: str, user_ids: Sequence[str]
                           ) -> tuple[datetime, int, set[str]]:
-        """``(now, participants, those of user_ids already joined)`` in one statement."""
+        """``(now, participants, those of user_ids already joined)`` in one statement
+        (after the challenge lock)."""
         (row,) = fetch(
             self.conn,
             "SELECT now() AS now, "
@@ -428,31 +418,6 @@ class ChallengeRepository:
         yes = [Participant(r.id, r.user_id, r.side) for r in rows if r.side == "YES"]
         no = [Participant(r.id, r.user_id, r.side) for r in rows if r.side == "NO"]
         return yes, no
-
-    def add_participant_waiting(self, challenge: Challenge, user_id: str, side: str,
-                                join_transaction_id: int
-                                ) -> tuple[Participant, list[Participant], list[Participant]]:
-        """Insert the participant; the new one and, of each side, the ``k`` earliest waiting
-        users (the new one included, ``k`` the smaller side's number of waiting users): what
-        ``waiting_counts`` and ``waiting`` would read after the insert, in one statement."""
-        rows = fetch(
-            self.conn,
-            ("WITH ins AS (INSERT INTO challenge_participants "
-                "(challenge_id, user_id, side, stake, join_transaction_id) "
-                "VALUES (:c, :u, :s, :stake, :t) RETURNING id, user_id, side), "
-                "w AS (SELECT id, user_id, side, true AS mine FROM ins UNION ALL "
-                f"SELECT p.id, p.user_id, p.side, false FROM challenge_participants p WHERE {WAITING}), "
-                "r AS (SELECT w.*, row_number() OVER (PARTITION BY side ORDER BY id) AS rn FROM w), "
-                "k AS (SELECT LEAST(count(*) FILTER (WHERE side = 'YES'), "
-                "count(*) FILTER (WHERE side = 'NO')) AS k FROM w) "
-                "SELECT r.id, r.user_id, r.side, r.mine, r.rn <= k.k AS pairable FROM r, k "
-                "WHERE r.mine OR r.rn <= k.k ORDER BY r.id"),
-            {"c": challenge.challenge_id, "u": user_id, "s": side, "stake": challenge.stake,
-             "t": join_transaction_id})
-        me = next(Participant(r.id, r.user_id, r.side) for r in rows if r.mine)
-        yes = [Participant(r.id, r.user_id, r.side) for r in rows if r.pairable and r.side == "YES"]
-        no = [Participant(r.id, r.user_id, r.side) for r in rows if r.pairable and r.side == "NO"]
-        return me, yes, no
 
     def waiting_counts(self, challenge_id: str) -> dict[str, int]:
         rows = self.conn.execute(

@@ -193,14 +193,6 @@ class WalletRepository:
         """Lock existing accounts in id order and return their balances."""
         return {code: a.balance for code, a in ledger.lock_accounts(self.conn, codes).items()}
 
-    def post_and_record(self, changes: Paired, postings: Sequence[Posting],
-                        tiers: dict[str, str], raised: Sequence[AlertSpec], events: Events, *,
-                        kind: str, memo: str | None = None,
-                        metadata: dict[str, Any] | None = None) -> int:
-        """One ``post_and_record_many`` transaction; returns its id."""
-        return self.post_and_record_many(
-            [WalletPosting(changes, postings, raised, events, kind, memo, metadata)], tiers)[0]
-
     def post_and_record_many(self, items: Sequence["WalletPosting"],
                              tiers: dict[str, str]) -> list[int]:
         """The postings (one ``ledger_post_many`` call, a ledger transaction per item), the

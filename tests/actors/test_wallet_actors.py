@@ -145,7 +145,7 @@ def test_fund_treasury_moves_capital_from_the_world_into_the_treasury_once(engin
 
 def test_a_deposit_takes_three_statements_in_its_transaction(engine, wallets):
     """The claim, the locks with the guard's context (``wallet_lock_context``), and the
-    posting with its audit line and event (``uow.wallets.post_and_record``): the hot path
+    posting with its audit line and event (``uow.wallets.post_and_record_many``): the hot path
     takes no more round trips for being behind the repositories.  (A deposit that opens a
     balance alert announces it in one more.)"""
     seen: list[str] = []

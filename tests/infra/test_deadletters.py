@@ -9,6 +9,7 @@ import time
 import dramatiq
 import pytest
 import redis
+from sqlalchemy import text
 
 from infra import rabbit
 from tests.e2e.flaky_actors import QUEUE
@@ -51,8 +52,6 @@ def dead_letter(env, message_id: str) -> rabbit.DeadLetter | None:
 
 def records(engine, message_id: str, columns: str) -> list[tuple]:
     """``columns`` of the message's rows in the durable dead-letter log."""
-    from sqlalchemy import text
-
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(text(
             f"SELECT {columns} FROM dead_letters WHERE message_id = :m"), {"m": message_id})]
@@ -60,8 +59,6 @@ def records(engine, message_id: str, columns: str) -> list[tuple]:
 
 def rejections_written(engine, message_id: str) -> int:
     """How many ``command.rejected`` outbox rows name the message."""
-    from sqlalchemy import text
-
     with engine.connect() as conn:
         return conn.execute(text(
             "SELECT count(*) FROM outbox WHERE event_name = 'command.rejected' "
@@ -151,8 +148,6 @@ def test_a_refused_envelope_whose_record_cannot_be_written_is_recorded_once_the_
     written (a lock timeout on the locked table): it goes back to its queue after a pause
     rather than to ``Q.XQ`` unrecorded, and is recorded, dead-lettered and announced once
     the lock is gone."""
-    from sqlalchemy import text
-
     flaky_worker.stop()
     w = Worker(env, modules=["tests.e2e.flaky_actors"], BALLAST_RETRY_MAX_RETRIES="8",
                PGOPTIONS="-c lock_timeout=300").start()
@@ -205,8 +200,6 @@ def test_a_command_not_shaped_as_the_contract_says_is_dead_lettered_at_once(env,
 
 
 def alert(engine, key: str):
-    from sqlalchemy import text
-
     with engine.connect() as conn:
         return conn.execute(text("SELECT kind, severity, status, data FROM alerts "
                                  "WHERE dedupe_key = :k"), {"k": key}).mappings().first()
@@ -260,8 +253,6 @@ def test_a_refusal_whose_record_cannot_be_written_is_recorded_once_the_database_
     take its ``dead_letters`` row.  Here the write fails for real (a lock timeout on the
     locked table); the refusal is recorded once the lock is gone, published to ``Q.XQ`` and
     announced once, and the actor never runs again."""
-    from sqlalchemy import text
-
     flaky_worker.stop()
     # Only this worker's connections give up on a lock after 300 ms.
     w = Worker(env, modules=["tests.e2e.flaky_actors"], BALLAST_RETRY_MAX_RETRIES="8",
