@@ -165,6 +165,11 @@ class Authenticate(Middleware):
         """One auth_log row; a burst of refusals (or any unsigned command let through)
         raises an alert, in the same small transaction (published to ``broker``)."""
         with Transaction(broker) as uow:
+            # One producer's records are counted one after the other: two refusals counted
+            # at once would not see each other's uncommitted row, and a burst could stay one
+            # short of its alert.
+            uow.conn.execute(text("SELECT pg_advisory_xact_lock(:ns, hashtext(:p))"),
+                             {"ns": AUTH_LOG_LOCK, "p": producer})
             recent = uow.conn.execute(text(
                 "WITH ins AS (INSERT INTO auth_log (producer, actor, rule, outcome, message_id) "
                 "VALUES (:p, :a, :r, :o, :m)) "
@@ -184,6 +189,10 @@ class Authenticate(Middleware):
                             dedupe_key=f"auth:burst:{producer}",
                             data=_burst_data(producer, rule, int(recent), self.burst_window_s))
             uow.commit()
+
+
+#: Advisory-lock namespace of ``_record``'s per-producer count (``pg_advisory_xact_lock``).
+AUTH_LOG_LOCK = 7340218
 
 
 def _burst_data(producer: str, rule: str, recent: int, window_s: int) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import dramatiq
@@ -345,3 +346,33 @@ def test_the_middleware_refuses_before_anything_else_what_is_not_an_envelope():
         with pytest.raises(InvalidCommand) as raised:
             Authenticate().before_process_message(None, msg)
         assert isinstance(raised.value, MiddlewareError)
+
+
+def test_refusals_counted_at_once_still_reach_the_burst_alert(engine):
+    """Refusals of one producer recorded at the same moment, from several threads, each
+    count the others: the burst's alert opens at exactly its threshold."""
+    import threading
+
+    from sqlalchemy import text as sql_text
+
+    from infra.broker import get_broker
+    from infra.middleware.auth import Authenticate
+
+    mw = Authenticate()
+    producer = f"burst-{uuid.uuid4().hex[:8]}"
+    start = threading.Barrier(mw.burst_count)
+
+    def refuse(n: int) -> None:
+        start.wait()
+        mw._record(get_broker(), producer, "deposit", "role_may_not_send", "refused", f"m{n}")
+
+    threads = [threading.Thread(target=refuse, args=(n,)) for n in range(mw.burst_count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    with engine.connect() as conn:
+        opened = conn.execute(sql_text(
+            "SELECT count(*) FROM alerts WHERE dedupe_key = :k AND status = 'open'"),
+            {"k": f"auth:burst:{producer}"}).scalar_one()
+    assert opened == 1
